@@ -1,0 +1,22 @@
+"""The REST API: lists and serves backups from backup-dir, enqueues backup jobs. Never imports `worker`."""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask
+
+from api import backups, errors, jobs
+from api.state import State
+from common import queue
+from common.config import Config
+
+
+def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
+    """Build the API for `config`, on `connection` or on a new connection to the configured Redis."""
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's key order
+    app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)))
+    errors.init_app(app)
+    app.register_blueprint(backups.bp)
+    app.register_blueprint(jobs.bp)
+    return app

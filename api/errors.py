@@ -1,0 +1,39 @@
+"""One JSON error shape, `{"message": ...}` (the seed's), for every error the API answers."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str) -> tuple[Response, int]:
+    return jsonify(message=message), status
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    # Redis down must not take the API down: GETs read the directory and keep working.
+    app.register_error_handler(redis.RedisError, _queue_unavailable)
+    app.register_error_handler(Exception, _internal_error)
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    response, status = error_response(exc.code or 500, exc.description or exc.name)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response, status
+
+
+def _queue_unavailable(exc: redis.RedisError) -> tuple[Response, int]:
+    logger.error("job queue unavailable: %s", exc)
+    return error_response(503, f"job queue unavailable: {exc}")
+
+
+def _internal_error(exc: Exception) -> tuple[Response, int]:
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response(500, f"internal error: {type(exc).__name__}")

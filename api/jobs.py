@@ -1,0 +1,79 @@
+"""Backup job outcomes: waiting for a job, turning it into the seed's JSON answer, GET /api/v1/jobs/<id>."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify, url_for
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+from api.state import state
+from common.queue import fetch_backup_job
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
+
+FAILED_MESSAGE = "failed to save an etcd backup"
+SUCCESS_MESSAGE = "backup successfully"
+WAIT_STEP = 2
+"""Seconds of one blocking wait for a result; between waits the job's state is looked at again."""
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+_UNFINISHED_MESSAGES = {
+    JobStatus.QUEUED: "backup queued",
+    JobStatus.STARTED: "backup in progress",
+}
+
+
+@bp.get("/<job_id>")
+def show_job(job_id: str) -> tuple[Response, int]:
+    """Report a backup job's state and, once it is done, what the POST would have answered."""
+    job = fetch_backup_job(state().queue.connection, job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None:
+        abort(404, description=f"no backup job {job_id}")
+    _, body = job_outcome(job)
+    # 200 whatever the job's fate: the job was found; its fate is in "status" and "message".
+    return jsonify({**body, "job": job.id, "status": job.get_status().value}), 200
+
+
+def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
+    """Answer a POST: the job's outcome, or 202 pointing at the job if it is not done by `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        # latest_result blocks on Redis (XREAD) and wakes as soon as the worker stores a result.
+        step = max(1, min(WAIT_STEP, math.ceil(remaining)))
+        if job.latest_result(timeout=step) is not None or remaining <= 0:
+            break
+        if job.get_status() in (JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FAILED):
+            break
+    status, body = job_outcome(job)
+    response = jsonify(body)
+    if status == 202:
+        response.headers["Location"] = url_for("jobs.show_job", job_id=job.id)
+    return response, status
+
+
+def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
+    """Return the HTTP status and body that a POST gets for `job` in its current state."""
+    result = job.latest_result()
+    if result is not None and result.type == Result.Type.SUCCESSFUL:
+        value: dict[str, Any] = result.return_value or {}
+        return 200, {"message": SUCCESS_MESSAGE, "filename": value["filename"], "filesize": value["filesize"]}
+    status = job.get_status()
+    if result is not None or status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        return 500, {"message": f"{FAILED_MESSAGE}: {_failure_cause(job, result)}"}
+    message = _UNFINISHED_MESSAGES.get(status, f"backup {status.value}")
+    return 202, {"message": message, "job": job.id}
+
+
+def _failure_cause(job: Job, result: Result | None) -> str:
+    # The worker puts a known cause in job.meta; anything else is the last line of the traceback.
+    cause = job.get_meta(refresh=True).get("error")
+    if cause:
+        return str(cause)
+    lines = (result.exc_string or "").strip().splitlines() if result is not None else []
+    return lines[-1] if lines else f"the backup job ended as {job.get_status().value}"

@@ -1,0 +1,35 @@
+"""How gunicorn serves the API: settings shared by the Procfile's `web` and the all-in-one server."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from common.config import Config, load_config_or_exit
+
+HTTP_THREADS = 32
+"""Requests served at once per gunicorn worker; a POST holds a thread while it waits for its job."""
+
+
+def gunicorn_settings(config: Config) -> dict[str, Any]:
+    # gthread: a POST that waits minutes for its backup blocks a thread, not the worker's heartbeat.
+    return {
+        "bind": [config.listen],
+        "worker_class": "gthread",
+        "threads": HTTP_THREADS,
+        "accesslog": "-",
+        # Several servers may run on one host (a web process beside an all-in-one, tests): the
+        # control socket's fixed default path would be fought over.
+        "control_socket_disable": True,
+    }
+
+
+def load_web_config() -> Config:
+    """Load the config of an API process that runs apart from its workers (the Procfile's `web`)."""
+    config = load_config_or_exit(None)
+    if config.redis_url is None:
+        # The embedded queue lives inside one process: a separate API would wait for no worker.
+        print("etcd-backup: redis-url: required when the API runs apart from its workers "
+              "(set redis-url in the config or REDIS_URL)", file=sys.stderr)
+        raise SystemExit(2)
+    return config

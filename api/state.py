@@ -1,0 +1,25 @@
+"""What the views need from the app: the config and the backup queue, built once by create_app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from flask import current_app
+from rq import Queue
+
+from common.config import Config
+
+
+@dataclass(frozen=True)
+class State:
+    KEY: ClassVar[str] = "etcd_backup"
+
+    config: Config
+    queue: Queue
+
+
+def state() -> State:
+    """Return the State of the app handling the current request."""
+    value: State = current_app.extensions[State.KEY]
+    return value

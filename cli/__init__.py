@@ -1,0 +1,1 @@
+"""The `etcd-backup` command: composes the API and the worker, which never import each other."""

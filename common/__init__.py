@@ -1,0 +1,1 @@
+"""What the API and the workers share: config, backup-dir rules, queue and etcd connections."""

@@ -1,0 +1,111 @@
+"""The backup directory: file naming, listing, rotation and temp-file hygiene.
+
+Only names of the form `snapshot-YYYYMMDD_HHMMSS.tar.gz` are backups. Everything else in the
+directory (temp files, an operator's notes, a symlink) is never listed, served or deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BACKUP_SUFFIX = ".tar.gz"
+NAME_TIME_FORMAT = "%Y%m%d_%H%M%S"
+BACKUP_NAME = re.compile(r"snapshot-(\d{8}_\d{6})\.tar\.gz")
+# Temp files are hidden (leading dot) so that `ls` and globbing tools skip them too.
+TEMP_PREFIX = ".snapshot-"
+TEMP_SUFFIX = ".part"
+
+
+def backup_name(started: datetime) -> str:
+    """Return the archive name for a snapshot started at `started` (UTC)."""
+    return f"snapshot-{started.astimezone(UTC).strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+
+
+def member_name(archive_name: str) -> str:
+    """Return the name of the snapshot file inside archive `archive_name`."""
+    return archive_name.removesuffix(BACKUP_SUFFIX) + ".db"
+
+
+def backup_time(name: str) -> datetime | None:
+    """Return the UTC time encoded in a backup name, or None if `name` is not a backup name."""
+    match = BACKUP_NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), NAME_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # well-formed digits, impossible date such as month 13
+        return None
+
+
+def is_backup_name(name: str) -> bool:
+    return backup_time(name) is not None
+
+
+def list_backups(backup_dir: Path) -> list[str]:
+    """Return the names of complete backups in `backup_dir`, oldest first."""
+    names = []
+    with os.scandir(backup_dir) as entries:
+        for entry in entries:
+            # follow_symlinks=False: a symlink planted in the directory must never be served.
+            if is_backup_name(entry.name) and entry.is_file(follow_symlinks=False):
+                names.append(entry.name)
+    # The timestamp is fixed-width, so name order is time order.
+    return sorted(names)
+
+
+def backup_path(backup_dir: Path, name: str) -> Path | None:
+    """Return the path of backup `name` if it exists as a regular file, else None.
+
+    `name` must already be a valid backup name, which cannot contain a path separator.
+    """
+    path = backup_dir / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return path if stat.S_ISREG(st.st_mode) else None
+
+
+def rotate(backup_dir: Path, keep: int, protect: str) -> list[str]:
+    """Delete all but the newest `keep` backups, never `protect`; return the deleted names."""
+    names = list_backups(backup_dir)
+    doomed = [name for name in names[: max(len(names) - keep, 0)] if name != protect]
+    for name in doomed:
+        try:
+            os.unlink(backup_dir / name)
+        except FileNotFoundError:  # another process rotated it already
+            continue
+        logger.info("rotation removed %s (keeping the newest %d)", name, keep)
+    return doomed
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def remove_temp_files(backup_dir: Path) -> list[str]:
+    """Remove temp files left by a crashed backup; call only while no backup is being written."""
+    removed = []
+    with os.scandir(backup_dir) as entries:
+        for entry in entries:
+            if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+                logger.warning("removed %s, left by an interrupted backup", entry.name)
+    return removed
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

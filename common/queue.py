@@ -1,0 +1,116 @@
+"""The job queue shared by the API and the workers: Redis connection, RQ queue, key names.
+
+The API enqueues `BACKUP_JOB` by its dotted path, so it never imports worker code. Jobs are
+serialized as JSON, not pickle: whoever can write to Redis must not be able to run code in a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import fakeredis
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from common.config import Config
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME = "etcd-backup"
+BACKUP_JOB = "worker.jobs.take_backup"
+PENDING_KEY = "etcd-backup:pending-job"
+"""Id of the backup job that is queued and not yet started; POSTs that find one join it."""
+LOCK_KEY = "etcd-backup:backup-lock"
+"""Held by the worker that is taking a backup, so backups of one cluster run one at a time."""
+JOB_TIMEOUT = 3600
+"""Seconds a worker may spend on one backup (etcd's 8 GiB maximum streams in a few minutes)."""
+RESULT_TTL = 86400
+"""Seconds a finished or failed job (and so GET /api/v1/jobs/<id>) is kept."""
+PENDING_TTL = RESULT_TTL
+"""A pending marker outlives no job: it expires even if its job was lost with a flushed Redis."""
+REDIS_SOCKET_TIMEOUT = 5.0
+"""Seconds to connect to Redis before a request is answered 503."""
+
+
+def connect(config: Config) -> redis.Redis:
+    """Return a client for the configured Redis, or for a new embedded in-process one."""
+    if config.redis_url is None:
+        return embedded_connection(fakeredis.FakeServer())
+    return redis.Redis.from_url(
+        config.redis_url,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+
+
+def embedded_connection(server: fakeredis.FakeServer) -> redis.Redis:
+    """Return a client of the in-process Redis `server` (the embedded single-process mode)."""
+    return fakeredis.FakeRedis(server=server)
+
+
+def backup_queue(connection: redis.Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer)
+
+
+def enqueue_or_join(queue: Queue) -> Job:
+    """Return the queued, not yet started backup job, enqueueing one if there is none.
+
+    A job that is joined has not started, so its snapshot starts after the caller arrived.
+    """
+    connection = queue.connection
+    while True:
+        with connection.pipeline() as pipe:
+            try:
+                # The marker and the job are written in one transaction, so a marker never names a
+                # job that is still being enqueued.
+                pipe.watch(PENDING_KEY)  # type: ignore[no-untyped-call]
+                pending = pipe.get(PENDING_KEY)
+                if pending is None:
+                    pipe.multi()
+                    job_id = uuid.uuid4().hex
+                    pipe.set(PENDING_KEY, job_id, ex=PENDING_TTL)
+                    job = queue.enqueue_call(
+                        BACKUP_JOB, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                        failure_ttl=RESULT_TTL, pipeline=pipe,
+                    )
+                    pipe.execute()
+                    return job
+            except redis.WatchError:  # another request or a worker changed the marker: look again
+                continue
+        pending_id = _text(pending)
+        queued = fetch_backup_job(connection, pending_id)
+        if queued is not None and queued.get_status() == JobStatus.QUEUED:
+            return queued
+        # The marker outlived its job (the job expired or its Redis data was lost): drop it.
+        release_pending(connection, pending_id)
+
+
+def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
+    """Return backup job `job_id`, or None if there is no such job (or it is no backup job)."""
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+    return job if job.func_name == BACKUP_JOB else None
+
+
+def release_pending(connection: redis.Redis, job_id: str) -> None:
+    """Clear the pending marker if it still names `job_id`; new requests then queue a new job."""
+    with connection.pipeline() as pipe:
+        try:
+            pipe.watch(PENDING_KEY)  # type: ignore[no-untyped-call]
+            current = pipe.get(PENDING_KEY)
+            if current is not None and _text(current) == job_id:
+                pipe.multi()
+                pipe.delete(PENDING_KEY)
+                pipe.execute()
+        except redis.WatchError:  # someone else changed it: it no longer names job_id
+            pass
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,76 @@
+"""One backup, start to finish: snapshot etcd, verify, archive, rotate. Knows nothing of RQ."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+
+from common import backups, etcd
+from common.config import Config
+from worker.archive import write_archive
+from worker.errors import BackupError
+from worker.snapshot import verified_snapshot
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    filename: str
+    filesize: int
+    endpoint: str
+    seconds: float
+
+
+def take_backup(config: Config) -> BackupResult:
+    """Take one backup; raise BackupError naming the cause. The caller holds the backup lock."""
+    began = time.monotonic()
+    try:
+        connection = etcd.connect(config.etcd)
+    except etcd.EtcdUnavailable as exc:
+        raise BackupError(str(exc)) from None
+    with connection:
+        started = _fresh_second(config)
+        name = backups.backup_name(started)
+        try:
+            member_size, chunks = verified_snapshot(connection.snapshot())
+            size = write_archive(config.backup_dir, name, started, member_size, chunks, config.gzip_level)
+        except grpc.RpcError as exc:
+            cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
+            raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None
+        except FileExistsError:
+            raise BackupError(f"{name} already exists in backup-dir; it was not overwritten") from None
+        except OSError as exc:
+            raise BackupError(_describe_os_error(exc, config)) from None
+    # Rotation runs only now that the new backup is complete and durable.
+    backups.rotate(config.backup_dir, config.rotate, protect=name)
+    seconds = time.monotonic() - began
+    logger.info("backup %s: %d bytes from %s in %.2fs", name, size, connection.endpoint, seconds)
+    return BackupResult(name, size, connection.endpoint, seconds)
+
+
+def _fresh_second(config: Config) -> datetime:
+    """Return the start time for the next backup: now, or the next second after the newest backup.
+
+    Names have one-second resolution; two backups must never share one.
+    """
+    now = datetime.now(UTC)
+    names = backups.list_backups(config.backup_dir)
+    newest = backups.backup_time(names[-1]) if names else None
+    if newest is not None and now < newest + timedelta(seconds=1):
+        wait = (newest + timedelta(seconds=1) - now).total_seconds()
+        if wait <= 1:  # a clock far behind the newest name is no reason to stall; link() still never clobbers
+            time.sleep(wait)
+            now = datetime.now(UTC)
+    return now.replace(microsecond=0)
+
+
+def _describe_os_error(exc: OSError, config: Config) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"backup-dir {config.backup_dir} is full ({exc.strerror}); older backups were kept"
+    return f"cannot write to backup-dir {config.backup_dir}: {exc.strerror or exc}"

@@ -1,0 +1,50 @@
+"""RQ job functions, enqueued by the API by dotted path (`common.queue.BACKUP_JOB`).
+
+A job's arguments carry no secrets: the worker reads etcd's credentials from its own config,
+installed once by `configure()` when the worker process starts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rq import get_current_job
+
+from common import backups, queue
+from common.config import Config
+from worker import backup
+from worker.errors import BackupError
+from worker.lock import backup_lock
+
+logger = logging.getLogger(__name__)
+
+_config: Config | None = None
+
+ERROR_META = "error"
+"""job.meta key holding the cause of a failed backup, for the API's 500 message."""
+
+
+def configure(config: Config) -> None:
+    """Install the config that jobs run with in this process."""
+    global _config
+    _config = config
+
+
+def take_backup() -> dict[str, object]:
+    """Take one backup of the cluster; return the file's name and size."""
+    if _config is None:
+        raise RuntimeError("worker.jobs.configure() was not called in this worker process")
+    job = get_current_job()
+    assert job is not None, "take_backup runs only as an RQ job"
+    # From here on, new requests queue a new job: this one's snapshot is about to start.
+    queue.release_pending(job.connection, job.id)
+    try:
+        with backup_lock(job.connection):
+            # Holding the lock, no other backup is writing: any temp file is a crash's leftover.
+            backups.remove_temp_files(_config.backup_dir)
+            result = backup.take_backup(_config)
+    except BackupError as exc:
+        job.meta[ERROR_META] = str(exc)
+        job.save_meta()  # type: ignore[no-untyped-call]
+        raise
+    return {"filename": result.filename, "filesize": result.filesize}

@@ -1,0 +1,61 @@
+"""Verify etcd's snapshot stream while it passes through.
+
+etcd's Maintenance.Snapshot streams the bbolt file in messages that carry `remaining_bytes`, so the
+first one tells the data size up front. After the data, etcd sends one more message whose blob is
+the 32-byte SHA-256 of all the data. `etcdctl snapshot save` writes data + that trailer, and
+`etcdctl snapshot restore` checks it; we keep it so our member is byte for byte the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import Protocol
+
+from worker.errors import SnapshotError
+
+TRAILER_SIZE = hashlib.sha256().digest_size
+
+
+class SnapshotMessage(Protocol):
+    blob: bytes
+    remaining_bytes: int
+
+
+def verified_snapshot(responses: Iterable[SnapshotMessage]) -> tuple[int, Iterator[bytes]]:
+    """Return the size of the snapshot file (data + trailer) and an iterator over its bytes.
+
+    The iterator raises SnapshotError, after the last data byte and before the trailer, if the
+    stream ended early or the trailer does not match the data.
+    """
+    stream = iter(responses)
+    first = next(stream, None)
+    if first is None:
+        raise SnapshotError("etcd ended the snapshot stream before sending any data")
+    data_size = len(first.blob) + first.remaining_bytes
+    return data_size + TRAILER_SIZE, _checked(chain([first], stream), data_size)
+
+
+def _checked(stream: Iterator[SnapshotMessage], data_size: int) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    received = 0
+    trailer = b""
+    for message in stream:
+        blob = message.blob
+        if received < data_size:
+            data = blob[: data_size - received]
+            digest.update(data)
+            received += len(data)
+            yield data
+            blob = blob[len(data):]
+        trailer += blob
+        if len(trailer) > TRAILER_SIZE:
+            raise SnapshotError(f"etcd sent more than the {data_size} bytes it announced")
+    if received < data_size:
+        raise SnapshotError(f"snapshot stream ended early, after {received} of {data_size} bytes")
+    if len(trailer) != TRAILER_SIZE:
+        raise SnapshotError("snapshot stream ended without its SHA-256 trailer")
+    if trailer != digest.digest():
+        raise SnapshotError("snapshot SHA-256 trailer does not match the data: the snapshot is corrupt")
+    yield trailer
