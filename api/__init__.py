@@ -15,6 +15,10 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     """Build the API for `config`, on `connection` or on a new connection to the configured Redis."""
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's key order
+    # No redirects (they would answer HTML): "//" stays in a file name (and is refused), and a
+    # trailing slash is accepted where it is harmless.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)))
     errors.init_app(app)
     app.register_blueprint(backups.bp)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, abort, jsonify, send_file
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from api.jobs import wait_for_job
 from api.state import state
@@ -10,6 +12,19 @@ from common import backups
 from common.queue import enqueue_or_join
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
+
+
+class AnyNameConverter(BaseConverter):
+    """Match any rest of the path, slashes (even a leading one) included, so that every bad name
+    is answered by the name check (400) rather than by routing."""
+
+    regex = ".+"
+    part_isolating = False
+
+
+@bp.record_once
+def _register_converter(setup: BlueprintSetupState) -> None:
+    setup.app.url_map.converters["any_name"] = AnyNameConverter
 
 MAX_NAME_IN_MESSAGE = 80
 
@@ -20,7 +35,7 @@ def list_backups() -> Response:
     return jsonify(backups.list_backups(state().config.backup_dir))
 
 
-@bp.get("/<path:filename>")
+@bp.get("/<any_name:filename>")
 def download_backup(filename: str) -> Response:
     """Send one backup file; HEAD, Range and conditional requests come with send_file."""
     if not backups.is_backup_name(filename):

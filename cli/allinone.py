@@ -11,25 +11,28 @@ from api import create_app
 from api.server import gunicorn_settings
 from common import queue
 from common.config import Config
-from worker.runner import start_thread_worker
+from worker.runner import ThreadWorker, start_thread_worker
 
 
 class AllInOneServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.worker: ThreadWorker | None = None
         super().__init__()
 
     def load_config(self) -> None:
         # One gunicorn worker process: the embedded queue and its worker thread live inside it.
-        settings = {**gunicorn_settings(self.config), "workers": 1}
+        settings = {**gunicorn_settings(self.config), "workers": 1, "worker_exit": self.worker_exit}
         for key, value in settings.items():
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
         # Runs in the gunicorn worker process, so the embedded Redis is created after fork().
         connection = queue.connect(self.config)
-        start_thread_worker(self.config, connection)
+        self.worker = start_thread_worker(self.config, connection)
         return create_app(self.config, connection)
 
-    def load_config_from_file(self, filename: str) -> Any:  # pragma: no cover - never called
-        raise NotImplementedError
+    def worker_exit(self, server: Any, gunicorn_worker: Any) -> None:
+        """On shutdown, let a running backup finish (within gunicorn's graceful timeout)."""
+        if self.worker is not None:
+            self.worker.stop(timeout=self.cfg.graceful_timeout)

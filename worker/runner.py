@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import redis
 from rq import SimpleWorker
@@ -24,12 +25,37 @@ class BackupWorker(SimpleWorker):
 
 
 class ThreadWorker(BackupWorker):
-    """A worker that runs off the main thread, where signal handlers cannot be installed."""
+    """A worker that runs off the main thread: no signal handlers (only the main thread may install
+    them), a timer instead of SIGALRM for job timeouts, and `stop()` to end it between jobs."""
 
     death_penalty_class = TimerDeathPenalty
+    POLL_SECONDS = 1
+    """How often an idle worker looks whether it was asked to stop."""
 
     def _install_signal_handlers(self) -> None:
         pass
+
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Work the queue in a daemon thread."""
+        self._thread = threading.Thread(target=self.work, kwargs={"logging_level": "INFO"}, name="rq-worker",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the worker, now if it is idle or after the current job; wait up to `timeout` for it."""
+        self._stop_requested = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        # RQ's own wait only ends on a job; wait in short slices so that stop() is seen.
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(self.POLL_SECONDS, max_idle_time=self.POLL_SECONDS)
+            if result is not None:
+                return result
+        return None
 
 
 def prepare(config: Config, connection: redis.Redis) -> None:
@@ -51,10 +77,9 @@ def run_worker(config: Config) -> None:
     worker.work(logging_level="INFO")
 
 
-def start_thread_worker(config: Config, connection: redis.Redis) -> threading.Thread:
-    """Start a worker thread on `connection` (the all-in-one server's embedded queue)."""
+def start_thread_worker(config: Config, connection: redis.Redis) -> ThreadWorker:
+    """Start a worker thread on `connection` (the all-in-one server's); `stop()` ends it."""
     prepare(config, connection)
     worker = ThreadWorker([queue.backup_queue(connection)], connection=connection, serializer=JSONSerializer)
-    thread = threading.Thread(target=worker.work, kwargs={"logging_level": "INFO"}, name="rq-worker", daemon=True)
-    thread.start()
-    return thread
+    worker.start()
+    return worker

@@ -1,0 +1,107 @@
+"""Fixtures: a real etcd and a real Redis per session, a fresh config and backup-dir per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from flask.testing import FlaskClient
+
+from api import create_app
+from common.config import Config, load_config
+from tests.services import EtcdServer, RedisServer, free_port
+from worker.runner import ThreadWorker, start_thread_worker
+
+ConfigFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_conn(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    connection = redis_server.client()
+    connection.flushall()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def backup_dir(tmp_path: Path) -> Path:
+    return tmp_path / "backups"
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, backup_dir: Path, etcd: EtcdServer) -> ConfigFactory:
+    """Return a function that writes a config file (the test's etcd, backup-dir) with overrides."""
+
+    def write(etcd_overrides: dict[str, Any] | None = None, **overrides: Any) -> Path:
+        document: dict[str, Any] = {
+            "backup-dir": str(backup_dir),
+            "listen": f"127.0.0.1:{free_port()}",
+            "etcd": {"endpoints": [etcd.url], **(etcd_overrides or {})},
+        }
+        document.update({key.replace("_", "-"): value for key, value in overrides.items()})
+        path = tmp_path / "config.yml"
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    return write
+
+
+class Service:
+    """The API (Flask test client) and one worker thread, both on the real Redis."""
+
+    def __init__(self, config: Config, connection: redis.Redis) -> None:
+        self.config = config
+        self.connection = connection
+        self.client: FlaskClient = create_app(config, connection).test_client()
+        self.worker: ThreadWorker | None = None
+
+    def start_worker(self) -> None:
+        self.worker = start_thread_worker(self.config, self.connection)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(timeout=30)
+            self.worker = None
+
+
+@pytest.fixture
+def make_service(
+    write_config: ConfigFactory, redis_server: RedisServer, redis_conn: redis.Redis
+) -> Iterator[Callable[..., Service]]:
+    """Return a function that builds a Service from config overrides (redis-url is the test's Redis)."""
+    services: list[Service] = []
+
+    def make(worker: bool = True, **overrides: Any) -> Service:
+        overrides.setdefault("redis_url", redis_server.url)
+        service = Service(load_config(write_config(**overrides)), redis_conn)
+        if worker:
+            service.start_worker()
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        service.stop_worker()
+
+
+@pytest.fixture
+def service(make_service: Callable[..., Service]) -> Service:
+    return make_service()

@@ -1,0 +1,133 @@
+"""Real etcd and Redis servers for the tests, on free loopback ports, in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import etcd3
+import redis
+
+ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
+BIN_DIR = Path(sys.executable).parent
+"""Where the project's console scripts (etcd-backup, gunicorn) are installed."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with status {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what}: not ready after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class EtcdServer:
+    """One etcd member (Debian's etcd-server) on loopback."""
+
+    def __init__(self, data_dir: Path, name: str = "default") -> None:
+        self.data_dir = data_dir
+        self.name = name
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self) -> EtcdServer:
+        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")  # noqa: SIM115 - lives with proc
+        self.proc = subprocess.Popen(
+            [ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+             "--initial-cluster", f"{self.name}={self.peer_url}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(self.healthy, 30, f"etcd at {self.url}", self.proc)
+        return self
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+            return b'"true"' in response.read()
+
+    def client(self) -> Any:
+        return etcd3.client(host="127.0.0.1", port=self.client_port, timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+class RedisServer:
+    """A redis-server (Debian's) on loopback, with persistence off."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.work_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: bool(self.client().ping()), 15, f"redis at {self.url}", self.proc)
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def etcdctl(*args: str, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [ETCDCTL_BIN, *([f"--endpoints={endpoint}"] if endpoint else []), *args]
+    return subprocess.run(command, env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True,
+                          check=True, timeout=60)

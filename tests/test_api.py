@@ -1,0 +1,287 @@
+"""The seed's three endpoints and the job endpoint, against a real etcd, Redis and worker."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from werkzeug.test import TestResponse
+
+from common.backups import backup_time
+from tests.conftest import Service
+from tests.services import EtcdServer
+
+
+def post_backup(service: Service) -> dict[str, object]:
+    response = service.client.post("/api/v1/backup")
+    assert response.status_code == 200, response.get_json()
+    body: dict[str, object] = response.get_json()
+    return body
+
+
+def fetch(service: Service, url: str, method: str = "GET", **kwargs: object) -> TestResponse:
+    """Request `url`, read the whole body and close the response (a download holds a file open)."""
+    response = service.client.open(url, method=method, **kwargs)
+    response.get_data()
+    response.close()
+    return response
+
+
+def test_list_is_empty_at_first(service: Service) -> None:
+    response = service.client.get("/api/v1/backup")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    assert response.get_json() == []
+
+
+def test_post_takes_a_backup_with_the_seeds_answer(service: Service, etcd: EtcdServer) -> None:
+    etcd.client().put("/test/post", "value")
+    before = datetime.now(UTC).replace(microsecond=0)
+    response = service.client.post("/api/v1/backup")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    body = response.get_json()
+    assert list(body) == ["message", "filename", "filesize"]
+    assert body["message"] == "backup successfully"
+    path = service.config.backup_dir / body["filename"]
+    assert body["filesize"] == path.stat().st_size
+    started = backup_time(body["filename"])
+    assert started is not None and before <= started <= datetime.now(UTC)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(service.config.backup_dir.stat().st_mode) == 0o700
+    assert service.client.get("/api/v1/backup").get_json() == [body["filename"]]
+
+
+def test_archive_holds_one_verified_snapshot_member(service: Service) -> None:
+    body = post_backup(service)
+    name = str(body["filename"])
+    with tarfile.open(service.config.backup_dir / name, "r:gz") as archive:
+        members = archive.getmembers()
+        assert [m.name for m in members] == [name.replace(".tar.gz", ".db")]
+        data = archive.extractfile(members[0]).read()  # type: ignore[union-attr]
+    import hashlib
+
+    # etcd's trailer: the last 32 bytes are the SHA-256 of everything before them.
+    assert len(data) % 512 == 32
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+    with gzip.open(service.config.backup_dir / name) as gz:
+        assert gz.read(257)[257 - 257:] != b""  # readable as plain gzip too
+
+
+def test_download_serves_the_file(service: Service) -> None:
+    name = str(post_backup(service)["filename"])
+    content = (service.config.backup_dir / name).read_bytes()
+    response = fetch(service, f"/api/v1/backup/{name}")
+    assert response.status_code == 200
+    assert response.content_type == "application/gzip"
+    assert response.headers["Content-Length"] == str(len(content))
+    assert response.data == content
+    assert response.headers["ETag"]
+
+
+def test_download_head_range_and_conditional(service: Service) -> None:
+    name = str(post_backup(service)["filename"])
+    content = (service.config.backup_dir / name).read_bytes()
+    url = f"/api/v1/backup/{name}"
+
+    head = fetch(service, url, method="HEAD")
+    assert head.status_code == 200 and head.data == b""
+    assert head.headers["Content-Length"] == str(len(content))
+
+    partial = fetch(service, url, headers={"Range": "bytes=10-19"})
+    assert partial.status_code == 206
+    assert partial.data == content[10:20]
+    assert partial.headers["Content-Range"] == f"bytes 10-19/{len(content)}"
+
+    full = fetch(service, url)
+    assert fetch(service, url, headers={"If-None-Match": full.headers["ETag"]}).status_code == 304
+    assert fetch(service, url, headers={"If-Modified-Since": full.headers["Last-Modified"]}).status_code == 304
+
+
+def test_list_shows_only_complete_backups_oldest_first(service: Service) -> None:
+    first = str(post_backup(service)["filename"])
+    second = str(post_backup(service)["filename"])
+    directory = service.config.backup_dir
+    (directory / ".snapshot-20300101_000000.tar.gz.1234abcd.part").write_bytes(b"partial")
+    (directory / "notes.txt").write_text("not a backup")
+    (directory / "snapshot-20301301_000000.tar.gz").write_bytes(b"month 13 is no backup time")
+    (directory / "snapshot-20300101_000000.tar.gz.bak").write_bytes(b"")
+    os.mkdir(directory / "snapshot-20300102_000000.tar.gz")
+    os.symlink("/etc/passwd", directory / "snapshot-20300103_000000.tar.gz")
+    assert first < second
+    assert service.client.get("/api/v1/backup").get_json() == [first, second]
+    # The symlink is neither listed nor served.
+    assert fetch(service, "/api/v1/backup/snapshot-20300103_000000.tar.gz").status_code == 404
+
+
+def test_two_backups_never_share_a_second(service: Service) -> None:
+    names = [str(post_backup(service)["filename"]) for _ in range(3)]
+    assert len(set(names)) == 3
+    assert names == sorted(names)
+
+
+def test_rotation_keeps_the_newest_and_never_touches_other_files(make_service: Callable[..., Service]) -> None:
+    service = make_service(rotate=2)
+    directory = service.config.backup_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    old = ["snapshot-20200101_000000.tar.gz", "snapshot-20200102_000000.tar.gz"]
+    for name in old:
+        (directory / name).write_bytes(b"old backup")
+    (directory / "keep-me.txt").write_text("operator's notes")
+    made = [str(post_backup(service)["filename"]) for _ in range(3)]
+    assert service.client.get("/api/v1/backup").get_json() == made[-2:]
+    assert (directory / "keep-me.txt").read_text() == "operator's notes"
+
+
+def test_concurrent_posts_join_the_queued_job(make_service: Callable[..., Service]) -> None:
+    service = make_service(worker=False)
+    answers: list[dict[str, object]] = []
+
+    def post() -> None:
+        client = service.client.application.test_client()
+        response = client.post("/api/v1/backup")
+        answers.append({"status": response.status_code, **response.get_json()})
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    # All five POSTs queue behind one job while no worker runs; one worker then serves them all.
+    deadline = time.monotonic() + 10
+    while service.connection.llen("rq:queue:etcd-backup") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert service.connection.llen("rq:queue:etcd-backup") == 1
+    service.start_worker()
+    for thread in threads:
+        thread.join(30)
+    assert [a["status"] for a in answers] == [200] * 5
+    assert len({a["filename"] for a in answers}) == 1
+    assert len(service.client.get("/api/v1/backup").get_json()) == 1
+
+
+def test_a_post_never_gets_a_snapshot_started_before_it(service: Service) -> None:
+    first = post_backup(service)
+    arrived = datetime.now(UTC).replace(microsecond=0)
+    second = post_backup(service)
+    assert second["filename"] != first["filename"]
+    started = backup_time(str(second["filename"]))
+    assert started is not None and started >= arrived
+
+
+def test_post_answers_202_with_a_job_when_the_wait_ends_first(make_service: Callable[..., Service]) -> None:
+    service = make_service(worker=False, backup_timeout="1s")
+    began = time.monotonic()
+    response = service.client.post("/api/v1/backup")
+    assert time.monotonic() - began < 5
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["message"] == "backup queued"
+    location = response.headers["Location"]
+    assert location == f"/api/v1/jobs/{body['job']}"
+
+    queued = service.client.get(location)
+    assert queued.status_code == 200
+    assert queued.get_json()["status"] == "queued"
+
+    service.start_worker()
+    deadline = time.monotonic() + 30
+    while (done := service.client.get(location).get_json())["status"] != "finished":
+        assert time.monotonic() < deadline, done
+        time.sleep(0.1)
+    assert done["message"] == "backup successfully"
+    assert done["filename"] in service.client.get("/api/v1/backup").get_json()
+    assert done["filesize"] == (service.config.backup_dir / done["filename"]).stat().st_size
+
+
+def test_etcd_down_is_a_500_within_the_timeout(make_service: Callable[..., Service]) -> None:
+    service = make_service(etcd_overrides={"endpoints": ["http://127.0.0.1:1"], "timeout": "1s"})
+    began = time.monotonic()
+    response = service.client.post("/api/v1/backup")
+    elapsed = time.monotonic() - began
+    assert response.status_code == 500
+    message = response.get_json()["message"]
+    assert message.startswith("failed to save an etcd backup: ")
+    assert "http://127.0.0.1:1" in message
+    assert elapsed < 1 + 5
+    assert service.client.get("/api/v1/backup").get_json() == []
+    assert os.listdir(service.config.backup_dir) == []
+
+
+def test_unreachable_endpoints_are_skipped_in_order(make_service: Callable[..., Service], etcd: EtcdServer) -> None:
+    service = make_service(etcd_overrides={"endpoints": ["http://127.0.0.1:1", etcd.url], "timeout": "1s"})
+    assert post_backup(service)["message"] == "backup successfully"
+
+
+def test_failed_job_reports_its_cause_on_the_job_endpoint(make_service: Callable[..., Service]) -> None:
+    service = make_service(etcd_overrides={"endpoints": ["http://127.0.0.1:1"], "timeout": "500ms"})
+    service.client.post("/api/v1/backup")
+    job_ids = [key.decode().rsplit(":", 1)[1] for key in service.connection.keys("rq:job:*")]
+    assert len(job_ids) == 1
+    body = service.client.get(f"/api/v1/jobs/{job_ids[0]}").get_json()
+    assert body["status"] == "failed"
+    assert body["message"].startswith("failed to save an etcd backup: no etcd endpoint answered")
+
+
+def test_redis_down_is_503_and_gets_keep_working(make_service: Callable[..., Service], tmp_path: Path) -> None:
+    import redis as redis_lib
+
+    from api import create_app
+    from common.config import load_config
+
+    service = make_service()
+    name = str(post_backup(service)["filename"])
+    dead = redis_lib.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    client = create_app(service.config, dead).test_client()
+    response = client.post("/api/v1/backup")
+    assert response.status_code == 503
+    assert response.get_json()["message"].startswith("job queue unavailable: ")
+    assert client.get("/api/v1/backup").get_json() == [name]
+    with client.get(f"/api/v1/backup/{name}") as download:
+        assert download.status_code == 200
+    assert client.get("/api/v1/jobs/" + "0" * 32).status_code == 503
+    assert load_config is not None and tmp_path.exists()
+
+
+@pytest.mark.parametrize("name", [
+    "snapshot-2018122_024105.tar.gz",
+    "snapshot-20181220_024105.tar",
+    "snapshot-20181320_024105.tar.gz",
+    "passwd",
+    "..",
+    "../../etc/passwd",
+    "%2e%2e/%2e%2e/etc/passwd",
+    "..%2f..%2fetc%2fpasswd",
+    "%2fetc%2fpasswd",
+    "/etc/passwd",
+    "snapshot-20181220_024105.tar.gz%00.txt",
+    "snapshot-20181220_024105.tar.gz/..",
+    "a" * 5000,
+])
+def test_bad_names_get_400_and_nothing_outside_is_read(service: Service, name: str) -> None:
+    response = fetch(service, f"/api/v1/backup/{name}")
+    assert response.status_code == 400
+    assert response.content_type == "application/json"
+    assert "root:" not in response.get_data(as_text=True)
+    assert response.get_json()["message"].startswith("invalid backup file name")
+
+
+def test_well_formed_missing_name_is_404(service: Service) -> None:
+    response = service.client.get("/api/v1/backup/snapshot-20181220_024105.tar.gz")
+    assert response.status_code == 404
+    assert response.get_json() == {"message": "snapshot-20181220_024105.tar.gz not found"}
+
+
+def test_backup_written_by_the_service_is_readable(service: Service) -> None:
+    name = str(post_backup(service)["filename"])
+    data = fetch(service, f"/api/v1/backup/{name}").data
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        assert archive.getnames() == [name.replace(".tar.gz", ".db")]
