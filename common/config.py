@@ -157,13 +157,13 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
 
 def _backup_dir(value: str) -> Path:
     path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("backup-dir", f"{value} is not a directory")
     try:
         # 0700: a snapshot holds every secret stored in etcd.
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError("backup-dir", f"cannot create {value}: {exc.strerror}") from None
-    if not path.is_dir():
-        raise ConfigError("backup-dir", f"{value} is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError("backup-dir", f"{value} is not writable")
     return path

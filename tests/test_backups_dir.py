@@ -1,0 +1,58 @@
+"""backup-dir rules: names, listing, rotation, temp-file cleanup (pure units on a temp dir)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from common import backups
+
+
+def touch(directory: Path, *names: str) -> None:
+    for name in names:
+        (directory / name).write_bytes(name.encode())
+
+
+def test_names_round_trip() -> None:
+    started = datetime(2018, 12, 20, 2, 41, 5, 999, tzinfo=UTC)
+    name = backups.backup_name(started)
+    assert name == "snapshot-20181220_024105.tar.gz"
+    assert backups.member_name(name) == "snapshot-20181220_024105.db"
+    assert backups.backup_time(name) == started.replace(microsecond=0)
+
+
+@pytest.mark.parametrize("name", [
+    "snapshot-20181220_024105.tar.gz.part", ".snapshot-20181220_024105.tar.gz", "snapshot-20181232_024105.tar.gz",
+    "snapshot-20181220_246105.tar.gz", "xsnapshot-20181220_024105.tar.gz", "snapshot-20181220_024105.tar.gz\n",
+])
+def test_not_backup_names(name: str) -> None:
+    assert not backups.is_backup_name(name)
+
+
+def test_rotation_keeps_newest_by_name_time(tmp_path: Path) -> None:
+    names = [f"snapshot-2024010{day}_000000.tar.gz" for day in range(1, 6)]
+    touch(tmp_path, *reversed(names), "README", ".snapshot-20240101_000000.tar.gz.ab.part")
+    # mtimes say nothing: the newest file on disk is the oldest backup.
+    os.utime(tmp_path / names[0], (2e9, 2e9))
+    deleted = backups.rotate(tmp_path, keep=2, protect=names[-1])
+    assert deleted == names[:3]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [".snapshot-20240101_000000.tar.gz.ab.part", "README", *names[3:]]
+    )
+
+
+def test_rotation_never_deletes_the_protected_backup(tmp_path: Path) -> None:
+    names = ["snapshot-20240101_000000.tar.gz", "snapshot-20240102_000000.tar.gz", "snapshot-20240103_000000.tar.gz"]
+    touch(tmp_path, *names)
+    # A clock that went backwards made the new backup the oldest one.
+    assert backups.rotate(tmp_path, keep=1, protect=names[0]) == names[1:2]
+    assert backups.list_backups(tmp_path) == [names[0], names[2]]
+
+
+def test_remove_temp_files_removes_only_temp_files(tmp_path: Path) -> None:
+    touch(tmp_path, ".snapshot-20240101_000000.tar.gz.1a2b.part", "snapshot-20240101_000000.tar.gz", ".bashrc")
+    assert backups.remove_temp_files(tmp_path) == [".snapshot-20240101_000000.tar.gz.1a2b.part"]
+    assert sorted(os.listdir(tmp_path)) == [".bashrc", "snapshot-20240101_000000.tar.gz"]
