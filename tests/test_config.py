@@ -160,3 +160,16 @@ def test_web_process_needs_redis(tmp_path: Path) -> None:
         "etcd-backup: redis-url: required when the API runs apart from its workers "
         "(set redis-url in the config or REDIS_URL)"
     ]
+
+
+def test_example_configs_use_only_known_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).resolve().parent.parent
+    example = yaml.safe_load((root / "examples" / "config.yml").read_text())
+    for key in ("tls-ca-file", "tls-cert-file", "tls-key-file"):
+        del example["etcd"][key]  # they name files of a real deployment
+    example["backup-dir"] = str(tmp_path / "b")
+    config = parse(example)
+    assert config.etcd.endpoints == ("https://10.0.0.1:2379", "https://10.0.0.2:2379")
+    monkeypatch.chdir(tmp_path)
+    demo = load_config(root / "examples" / "demo.yml")
+    assert demo.listen == "127.0.0.1:8080" and demo.redis_url is None

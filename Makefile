@@ -1,0 +1,33 @@
+# Two commands do all the setup on a fresh Debian/Ubuntu machine:
+#   make demo   installs what is missing, starts a throwaway etcd and runs the service on :8080
+#   make test   installs what is missing, then runs ruff, mypy and the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := etcd-server etcd-client redis-server python3-venv
+
+.PHONY: demo test lint system-deps
+
+system-deps:
+	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v redis-server >/dev/null \
+	    || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+	  echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: system-deps lint
+	$(VENV)/bin/pytest
+
+demo: system-deps $(VENV)/.installed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./examples/demo.sh

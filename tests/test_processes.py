@@ -1,0 +1,124 @@
+"""The real processes: `etcd-backup --config` (embedded queue) and the Procfile's web + workers on Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import Worker
+
+from common.queue import QUEUE_NAME
+from tests.conftest import ConfigFactory
+from tests.services import BIN_DIR, RedisServer, free_port, stop_process, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def http(method: str, url: str, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def start(command: str, config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """Start a Procfile-style command through the shell, as foreman/honcho would."""
+    environment = {**os.environ, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", "ETCD_BACKUP_CONFIG": str(config), **env}
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, shell=True, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for_api(base: str, proc: subprocess.Popen[bytes]) -> None:
+    wait_until(lambda: http("GET", f"{base}/api/v1/backup", timeout=1)[0] == 200, 30, base, proc)
+
+
+def test_all_in_one_cli_on_the_embedded_queue(write_config: ConfigFactory, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(listen=f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    proc = start(f"exec etcd-backup --config {config}", config, tmp_path / "server.log", REDIS_URL="")
+    try:
+        wait_for_api(base, proc)
+        status, headers, body = http("POST", f"{base}/api/v1/backup")
+        assert status == 200, body
+        answer = json.loads(body)
+        assert answer["message"] == "backup successfully"
+        status, headers, listing = http("GET", f"{base}/api/v1/backup")
+        assert json.loads(listing) == [answer["filename"]]
+        status, headers, data = http("GET", f"{base}/api/v1/backup/{answer['filename']}")
+        assert status == 200 and headers["Content-Type"] == "application/gzip"
+        assert len(data) == answer["filesize"] == int(headers["Content-Length"])
+        status, _, body = http("GET", f"{base}/api/v1/backup/nope")
+        assert status == 400 and "message" in json.loads(body)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0  # a clean shutdown, the worker thread stopped first
+    log = (tmp_path / "server.log").read_text()
+    assert "Starting gunicorn" in log  # a production WSGI server, not Flask's development server
+    assert "WARNING: This is a development server" not in log
+
+
+def test_procfile_web_and_two_workers_on_redis(
+    write_config: ConfigFactory, redis_server: RedisServer, redis_conn: redis.Redis, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = write_config(listen=f"127.0.0.1:{port}", redis_url=redis_server.url, rotate=3)
+    base = f"http://127.0.0.1:{port}"
+    commands = procfile()
+    assert set(commands) >= {"web", "worker"}
+    procs = [start(commands["web"], config, tmp_path / "web.log")]
+    procs += [start(commands["worker"], config, tmp_path / f"worker{i}.log") for i in range(2)]
+    try:
+        wait_for_api(base, procs[0])
+        wait_until(lambda: len(Worker.all(connection=redis_conn)) == 2, 30, "two workers")
+        answers: list[tuple[int, Any]] = []
+
+        def post() -> None:
+            status, _, body = http("POST", f"{base}/api/v1/backup")
+            answers.append((status, json.loads(body)))
+
+        # Rounds of concurrent POSTs: each round coalesces into few jobs, spread over both workers.
+        for _ in range(4):
+            threads = [threading.Thread(target=post) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        assert [status for status, _ in answers] == [200] * 12, answers
+        names = {body["filename"] for _, body in answers}
+        assert 4 <= len(names) < 12
+        status, _, listing = http("GET", f"{base}/api/v1/backup")
+        assert json.loads(listing) == sorted(names)[-3:]
+        workers_used = {line.split(":")[0] for line in _job_lines(tmp_path)}
+        assert workers_used == {"worker0.log", "worker1.log"}
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            stop_process(proc)
+    assert redis_conn.llen(f"rq:queue:{QUEUE_NAME}") == 0
+
+
+def _job_lines(log_dir: Path) -> list[str]:
+    """Lines 'workerN.log: ...' for each job a worker process completed."""
+    return [f"{log.name}: {line}" for log in sorted(log_dir.glob("worker*.log"))
+            for line in log.read_text().splitlines() if "Job OK" in line]
