@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +56,31 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
             proc.wait()
 
 
-class EtcdServer:
-    """One etcd member (Debian's etcd-server) on loopback."""
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for an etcd that serves TLS and checks client certificates."""
 
-    def __init__(self, data_dir: Path, name: str = "default") -> None:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+class EtcdServer:
+    """One etcd member (Debian's etcd-server) on loopback, optionally serving TLS to clients."""
+
+    def __init__(self, data_dir: Path, name: str = "default", tls: TLSFiles | None = None) -> None:
         self.data_dir = data_dir
         self.name = name
+        self.tls = tls
         self.client_port = free_port()
         self.peer_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -78,15 +92,25 @@ class EtcdServer:
             [ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
-             "--initial-cluster", f"{self.name}={self.peer_url}"],
+             "--initial-cluster", f"{self.name}={self.peer_url}", *self._tls_args()],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
         wait_until(self.healthy, 30, f"etcd at {self.url}", self.proc)
         return self
 
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
+
     def healthy(self) -> bool:
-        with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=context) as response:
             return b'"true"' in response.read()
 
     def client(self) -> Any:

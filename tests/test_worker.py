@@ -1,0 +1,80 @@
+"""Worker behaviour beyond the happy path: crash leftovers, a full disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.config import load_config
+from tests.conftest import ConfigFactory, Service
+from worker.lock import backup_lock
+from worker.runner import prepare
+
+LEFTOVER = ".snapshot-20240101_000000.tar.gz.0badc0de.part"
+OLD_BACKUP = "snapshot-20240101_000000.tar.gz"
+
+
+def test_worker_start_removes_leftover_temp_files(write_config: ConfigFactory, backup_dir: Path,
+                                                  redis_conn: redis.Redis) -> None:
+    config = load_config(write_config())
+    (backup_dir / LEFTOVER).write_bytes(b"half a backup")
+    (backup_dir / OLD_BACKUP).write_bytes(b"a good backup")
+    prepare(config, redis_conn)
+    assert sorted(os.listdir(backup_dir)) == [OLD_BACKUP]
+
+
+def test_temp_files_are_kept_while_another_worker_backs_up(write_config: ConfigFactory, backup_dir: Path,
+                                                           redis_conn: redis.Redis) -> None:
+    config = load_config(write_config())
+    (backup_dir / LEFTOVER).write_bytes(b"being written by another worker")
+    with backup_lock(redis_conn) as acquired:
+        assert acquired
+        prepare(config, redis_conn)
+        assert os.listdir(backup_dir) == [LEFTOVER]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, nearly full filesystem: a 1 MiB tmpfs."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_is_a_500_that_says_so_and_keeps_old_backups(
+    make_service: Callable[..., Service], small_disk: Path
+) -> None:
+    service = make_service(backup_dir=str(small_disk), rotate=1)
+    old = small_disk / OLD_BACKUP
+    old.write_bytes(b"an older good backup")
+    # Fill the disk: whatever is left is less than one archive needs.
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    response = service.client.post("/api/v1/backup")
+    assert response.status_code == 500
+    message = response.get_json()["message"]
+    assert message.startswith("failed to save an etcd backup: ")
+    assert "is full (No space left on device)" in message
+    assert sorted(os.listdir(small_disk)) == ["filler", OLD_BACKUP]  # no temp file; rotation did not run
+    assert old.read_bytes() == b"an older good backup"
