@@ -156,7 +156,8 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
 
 
 def _backup_dir(value: str) -> Path:
-    path = Path(value)
+    # Absolute: gunicorn's --chdir and daemons must not change which directory is meant.
+    path = Path(value).absolute()
     if path.exists() and not path.is_dir():
         raise ConfigError("backup-dir", f"{value} is not a directory")
     try:
@@ -285,7 +286,7 @@ DEFAULT_CONFIG_PATH = "/etc/etcd-backup/config.yml"
 
 def load_config_or_exit(path: str | None) -> Config:
     """Load the config for a process that cannot start without it: one line and exit 2 on error."""
-    path = path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+    path = os.path.abspath(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
     try:
         return load_config(path)
     except ConfigError as exc:

@@ -16,7 +16,7 @@ etcd_pid=$!
 trap 'kill "$etcd_pid" 2>/dev/null; wait "$etcd_pid" 2>/dev/null' EXIT
 
 for _ in $(seq 100); do
-  curl -sf "$ETCD_CLIENT/health" >/dev/null 2>&1 && break
+  ETCDCTL_API=3 etcdctl --endpoints "$ETCD_CLIENT" endpoint health >/dev/null 2>&1 && break
   sleep 0.1
 done
 for i in $(seq 1 20); do
