@@ -13,6 +13,9 @@ from common.queue import enqueue_or_join
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
 
+MAX_NAME_IN_MESSAGE = 80
+"""A name longer than this is cut short in the 400 message."""
+
 
 class AnyNameConverter(BaseConverter):
     """Match any rest of the path, slashes (even a leading one) included, so that every bad name
@@ -25,8 +28,6 @@ class AnyNameConverter(BaseConverter):
 @bp.record_once
 def _register_converter(setup: BlueprintSetupState) -> None:
     setup.app.url_map.converters["any_name"] = AnyNameConverter
-
-MAX_NAME_IN_MESSAGE = 80
 
 
 @bp.get("")

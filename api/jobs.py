@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 
 from api.state import state
-from common.queue import fetch_backup_job
+from common.queue import ERROR_META, fetch_backup_job
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
@@ -72,7 +72,7 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
 
 def _failure_cause(job: Job, result: Result | None) -> str:
     # The worker puts a known cause in job.meta; anything else is the last line of the traceback.
-    cause = job.get_meta(refresh=True).get("error")
+    cause = job.get_meta(refresh=True).get(ERROR_META)
     if cause:
         return str(cause)
     lines = (result.exc_string or "").strip().splitlines() if result is not None else []

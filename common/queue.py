@@ -6,7 +6,6 @@ serialized as JSON, not pickle: whoever can write to Redis must not be able to r
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 import fakeredis
@@ -18,20 +17,20 @@ from rq.serializers import JSONSerializer
 
 from common.config import Config
 
-logger = logging.getLogger(__name__)
-
 QUEUE_NAME = "etcd-backup"
 BACKUP_JOB = "worker.jobs.take_backup"
 PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
 LOCK_KEY = "etcd-backup:backup-lock"
 """Held by the worker that is taking a backup, so backups of one cluster run one at a time."""
+ERROR_META = "error"
+"""job.meta key where a worker puts the cause of a failed backup, for the API's 500 message."""
 JOB_TIMEOUT = 3600
 """Seconds a worker may spend on one backup (etcd's 8 GiB maximum streams in a few minutes)."""
 RESULT_TTL = 86400
 """Seconds a finished or failed job (and so GET /api/v1/jobs/<id>) is kept."""
 PENDING_TTL = RESULT_TTL
-"""A pending marker outlives no job: it expires even if its job was lost with a flushed Redis."""
+"""Seconds before a pending marker expires by itself, should its job be lost (a flushed Redis)."""
 REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds to connect to Redis before a request is answered 503."""
 
@@ -39,17 +38,13 @@ REDIS_SOCKET_TIMEOUT = 5.0
 def connect(config: Config) -> redis.Redis:
     """Return a client for the configured Redis, or for a new embedded in-process one."""
     if config.redis_url is None:
-        return embedded_connection(fakeredis.FakeServer())
+        # The embedded mode: an in-process Redis, shared by the API and the worker thread.
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
     return redis.Redis.from_url(
         config.redis_url,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
         health_check_interval=30,
     )
-
-
-def embedded_connection(server: fakeredis.FakeServer) -> redis.Redis:
-    """Return a client of the in-process Redis `server` (the embedded single-process mode)."""
-    return fakeredis.FakeRedis(server=server)
 
 
 def backup_queue(connection: redis.Redis) -> Queue:

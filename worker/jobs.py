@@ -20,9 +20,6 @@ logger = logging.getLogger(__name__)
 
 _config: Config | None = None
 
-ERROR_META = "error"
-"""job.meta key holding the cause of a failed backup, for the API's 500 message."""
-
 
 def configure(config: Config) -> None:
     """Install the config that jobs run with in this process."""
@@ -44,7 +41,7 @@ def take_backup() -> dict[str, object]:
             backups.remove_temp_files(_config.backup_dir)
             result = backup.take_backup(_config)
     except BackupError as exc:
-        job.meta[ERROR_META] = str(exc)
+        job.meta[queue.ERROR_META] = str(exc)
         job.save_meta()  # type: ignore[no-untyped-call]
         raise
     return {"filename": result.filename, "filesize": result.filesize}
