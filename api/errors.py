@@ -19,6 +19,8 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     # Redis down must not take the API down: GETs read the directory and keep working.
     app.register_error_handler(redis.RedisError, _queue_unavailable)
+    # The API's only file system work is reading backup-dir.
+    app.register_error_handler(OSError, _backup_dir_error)
     app.register_error_handler(Exception, _internal_error)
 
 
@@ -32,6 +34,11 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 def _queue_unavailable(exc: redis.RedisError) -> tuple[Response, int]:
     logger.error("job queue unavailable: %s", exc)
     return error_response(503, f"job queue unavailable: {exc}")
+
+
+def _backup_dir_error(exc: OSError) -> tuple[Response, int]:
+    logger.error("cannot read backup-dir: %s", exc)
+    return error_response(500, f"cannot read backup-dir: {exc.strerror or exc}")
 
 
 def _internal_error(exc: Exception) -> tuple[Response, int]:

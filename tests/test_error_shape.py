@@ -57,6 +57,13 @@ def test_503_from_redis_failure(make_service: Callable[..., Service]) -> None:
         assert set(response.get_json()) == {"message"}
 
 
+def test_500_from_a_vanished_backup_dir(service: Service) -> None:
+    service.config.backup_dir.rmdir()
+    response = service.client.get("/api/v1/backup")
+    assert response.status_code == 500
+    assert response.get_json() == {"message": "cannot read backup-dir: No such file or directory"}
+
+
 def test_202_carries_a_message(make_service: Callable[..., Service]) -> None:
     service = make_service(worker=False, backup_timeout="500ms")
     response = service.client.post("/api/v1/backup")
