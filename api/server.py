@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from common.config import Config, load_config_or_exit
+from common.config import Config, exit_unless_shared_queue, load_config_or_exit
 
 HTTP_THREADS = 32
 """Requests served at once per gunicorn worker; a POST holds a thread while it waits for its job."""
@@ -27,9 +26,5 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
 def load_web_config() -> Config:
     """Load the config of an API process that runs apart from its workers (the Procfile's `web`)."""
     config = load_config_or_exit(None)
-    if config.redis_url is None:
-        # The embedded queue lives inside one process: a separate API would wait for no worker.
-        print("etcd-backup: redis-url: required when the API runs apart from its workers "
-              "(set redis-url in the config or REDIS_URL)", file=sys.stderr)
-        raise SystemExit(2)
+    exit_unless_shared_queue(config, "the API runs apart from its workers")
     return config

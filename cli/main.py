@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from common.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config_or_exit
+from common.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, exit_unless_shared_queue, load_config_or_exit
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "worker":
         from worker.runner import run_worker
 
+        exit_unless_shared_queue(config, "a worker runs apart from the API")
         run_worker(config)
     else:
         from cli.allinone import AllInOneServer

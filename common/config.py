@@ -284,6 +284,14 @@ CONFIG_ENV = "ETCD_BACKUP_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/etcd-backup/config.yml"
 
 
+def exit_unless_shared_queue(config: Config, situation: str) -> None:
+    """Exit 2 if `config` has no Redis: the embedded queue cannot link separate processes."""
+    if config.redis_url is None:
+        print(f"etcd-backup: redis-url: required when {situation} "
+              f"(set redis-url in the config or {REDIS_URL_ENV})", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def load_config_or_exit(path: str | None) -> Config:
     """Load the config for a process that cannot start without it: one line and exit 2 on error."""
     path = os.path.abspath(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)

@@ -149,6 +149,16 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, command: list[str]) -> None:
     assert result.stderr == f"etcd-backup: bad config {path}: rotate: must be at least 1, got -3\n"
 
 
+def test_worker_process_needs_redis(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"etcd": {}, "backup-dir": str(tmp_path)}))
+    result = subprocess.run([str(BIN_DIR / "etcd-backup"), "worker", "--config", str(path)],
+                            env={"PATH": str(BIN_DIR)}, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == ("etcd-backup: redis-url: required when a worker runs apart from the API "
+                             "(set redis-url in the config or REDIS_URL)\n")
+
+
 def test_web_process_needs_redis(tmp_path: Path) -> None:
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump({"etcd": {}, "backup-dir": str(tmp_path)}))

@@ -36,10 +36,10 @@ class ThreadWorker(BackupWorker):
     POLL_SECONDS = 1
     """How often an idle worker looks whether it was asked to stop."""
 
+    _thread: threading.Thread | None = None
+
     def _install_signal_handlers(self) -> None:
         pass
-
-    _thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Work the queue in a daemon thread."""
