@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_config_or_exit(args.config)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # Each command imports only what it runs: a worker never loads gunicorn or Flask.
     if args.command == "worker":
+        exit_unless_shared_queue(config, "a worker runs apart from the API")
         from worker.runner import run_worker
 
-        exit_unless_shared_queue(config, "a worker runs apart from the API")
         run_worker(config)
     else:
         from cli.allinone import AllInOneServer
