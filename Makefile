@@ -1,16 +1,17 @@
 # Two commands do all the setup on a fresh Debian/Ubuntu machine:
 #   make demo   installs what is missing, starts a throwaway etcd and runs the service on :8080
 #   make test   installs what is missing, then runs ruff, mypy and the test suite
+#   make bench  the benchmark (bench/run.py; BENCH_ARGS="--size 1000" to change it), a few minutes
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := etcd-server etcd-client redis-server python3-venv
+DEBIAN_PACKAGES := etcd-server etcd-client redis-server nginx curl python3-venv
 
-.PHONY: demo test lint system-deps
+.PHONY: demo test lint bench system-deps
 
 system-deps:
 	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v redis-server >/dev/null \
-	    || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+	    || ! [ -x /usr/sbin/nginx ] || ! command -v curl >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
@@ -31,3 +32,6 @@ test: system-deps lint
 
 demo: system-deps $(VENV)/.installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./examples/demo.sh
+
+bench: system-deps $(VENV)/.installed
+	$(PY) -m bench $(BENCH_ARGS)

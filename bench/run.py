@@ -1,0 +1,311 @@
+"""The benchmark: etcd-backup against `etcdctl snapshot save`, by hand `tar czf`, and nginx.
+
+One run starts a throwaway etcd and Redis on loopback and grows the etcd through the sizes it
+needs, measuring at each size what is due there:
+
+- tiny etcd: the POST round trip of both deployments (isolated requests, spaced apart), and the
+  time of `GET /api/v1/backup` with many backups in the directory;
+- each `--rss-sizes` size: the peak RSS of a fresh worker process over one backup;
+- `--size`: the contenders, alternated round by round, then downloads from the API and nginx.
+
+Machines are noisy: compare the ratios, which come from one run, rather than absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.fill import fill
+from bench.services import NGINX_BIN, Nginx, Service
+from common.backups import backup_name
+from tests.services import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, EtcdServer, RedisServer, http
+
+MB = 1 << 20
+ETCD_ARGS = [
+    "--quota-backend-bytes", str(16 << 30),  # room for the largest size
+    "--max-request-bytes", str(16 << 20), "--max-txn-ops", "100000",  # so that fill() can batch
+]
+TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    # measurement key: (target text, check)
+    "embedded_vs_etcdctl": ("<= 1.15", lambda value: value <= 1.15),
+    "redis_vs_etcdctl": ("<= 1.15", lambda value: value <= 1.15),
+    "embedded_vs_etcdctl_tar": ("<= 0.5", lambda value: value <= 0.5),
+    "redis_vs_etcdctl_tar": ("<= 0.5", lambda value: value <= 0.5),
+    "worker_peak_rss_mb_at_size": ("< 150", lambda value: value < 150),
+    "worker_rss_growth_mb": ("< 20", lambda value: value < 20),
+    "post_round_trip_ms_embedded": ("< 100", lambda value: value < 100),
+    "post_round_trip_ms_redis": ("< 100", lambda value: value < 100),
+    "download_vs_nginx": (">= 0.8", lambda value: value >= 0.8),
+    "list_ms": ("< 20", lambda value: value < 20),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=300, help="etcd database size for the contenders, MB")
+    parser.add_argument("--rss-sizes", type=int, nargs=2, default=[100, 1000], metavar=("SMALL", "LARGE"),
+                        help="database sizes at which to take the worker's peak RSS, MB")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each contender (medians are reported)")
+    parser.add_argument("--round-trips", type=int, default=10, help="POSTs per deployment on the tiny etcd")
+    parser.add_argument("--list-backups", type=int, default=1000, help="backups in the directory when listing")
+    parser.add_argument("--output", type=Path, default=Path("bench/result.json"), help="where to write the JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data) for a look")
+    options = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="etcd-backup-bench-"))
+    try:
+        result = Benchmark(work, options).run()
+    finally:
+        if not options.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"\nwritten to {options.output}")
+
+
+class Benchmark:
+    def __init__(self, work: Path, options: argparse.Namespace) -> None:
+        self.work = work
+        self.options = options
+        self.etcd = EtcdServer(work / "etcd", extra_args=ETCD_ARGS)
+        self.redis = RedisServer(work / "redis")
+        self.measured: dict[str, float] = {}
+        self.details: dict[str, Any] = {}
+
+    def run(self) -> dict[str, Any]:
+        self.etcd.start()
+        self.redis.start()
+        client = self.etcd.client()
+        embedded = Service(self.work / "embedded", self.etcd.url)
+        on_redis = Service(self.work / "redis-deployment", self.etcd.url, self.redis)
+        try:
+            embedded.start()
+            on_redis.start()
+            self.round_trips(embedded, on_redis)
+            self.listing()
+            small, large = sorted(self.options.rss_sizes)
+            for size in sorted({small, self.options.size, large}):
+                self.log(f"filling etcd to {size} MB")
+                db_size = fill(client, size * MB)
+                on_redis.start_worker()
+                if size == self.options.size:
+                    self.contenders(embedded, on_redis, db_size)
+                    self.downloads(on_redis)
+                else:
+                    on_redis.post_backup()
+                self.details.setdefault("worker_peak_rss_mb", {})[str(size)] = on_redis.worker_peak_rss() / MB
+            peaks = self.details["worker_peak_rss_mb"]
+            self.measured["worker_peak_rss_mb_at_size"] = peaks[str(self.options.size)]
+            self.measured["worker_rss_growth_mb"] = peaks[str(large)] - peaks[str(small)]
+        finally:
+            embedded.stop()
+            on_redis.stop()
+            client.close()
+            self.redis.stop()
+            self.etcd.stop()
+        return {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "settings": {key: (str(value) if isinstance(value, Path) else value)
+                         for key, value in vars(self.options).items()},
+            "measured": self.measured,
+            "targets": {key: {"target": text, "met": check(self.measured[key])}
+                        for key, (text, check) in TARGETS.items()},
+            "details": self.details,
+        }
+
+    def round_trips(self, embedded: Service, on_redis: Service) -> None:
+        """POSTs on the tiny etcd, one per deployment per second (backup names have one-second resolution)."""
+        self.log(f"POST round trips on a tiny etcd, {self.options.round_trips} per deployment")
+        times: dict[str, list[float]] = {"embedded": [], "redis": []}
+        for _ in range(self.options.round_trips):
+            began = time.monotonic()
+            for key, service in (("embedded", embedded), ("redis", on_redis)):
+                times[key].append(timed(service.post_backup) * 1000)
+            time.sleep(max(0.0, 1.1 - (time.monotonic() - began)))
+        for key, values in times.items():
+            self.measured[f"post_round_trip_ms_{key}"] = statistics.median(values)
+            self.details[f"post_round_trip_ms_{key}"] = summary(values)
+
+    def listing(self) -> None:
+        """GET /api/v1/backup with many backups in the directory (empty files: a listing reads names only)."""
+        count = self.options.list_backups
+        self.log(f"GET /api/v1/backup with {count} backups")
+        lister = Service(self.work / "lister", self.etcd.url, rotate=count)
+        lister.backup_dir.mkdir(mode=0o700)
+        first = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+        for number in range(count):
+            (lister.backup_dir / backup_name(datetime.fromtimestamp(first + 3600 * number, UTC))).touch(0o600)
+        lister.start()
+        try:
+            def get_list() -> None:
+                status, _, body = http("GET", f"{lister.base}/api/v1/backup")
+                assert status == 200 and len(json.loads(body)) == count, (status, body[:200])
+
+            get_list()  # warm-up
+            values = [timed(get_list) * 1000 for _ in range(50)]
+        finally:
+            lister.stop()
+        self.measured["list_ms"] = statistics.median(values)
+        self.details["list_ms"] = summary(values)
+
+    def contenders(self, embedded: Service, on_redis: Service, db_size: int) -> None:
+        scratch = self.work / "scratch"
+        scratch.mkdir(exist_ok=True)
+        snapshot, archive = scratch / "snapshot.db", scratch / "snapshot.tar.gz"
+
+        def etcdctl_save() -> None:
+            subprocess.run([ETCDCTL_BIN, f"--endpoints={self.etcd.url}", "snapshot", "save", str(snapshot)],
+                           env={"ETCDCTL_API": "3"}, check=True, capture_output=True)
+
+        def etcdctl_save_and_tar() -> None:
+            etcdctl_save()
+            subprocess.run(["tar", "czf", str(archive), "-C", str(scratch), snapshot.name], check=True)
+
+        contenders: dict[str, Callable[[], object]] = {
+            "etcdctl": etcdctl_save,
+            "etcdctl_tar": etcdctl_save_and_tar,
+            "embedded": embedded.post_backup,
+            "redis": on_redis.post_backup,
+        }
+        rounds = self.options.rounds
+        self.log(f"contenders on a {db_size / MB:.0f} MB database: 1 warm-up round, {rounds} measured")
+        times: dict[str, list[float]] = {key: [] for key in contenders}
+        for number in range(-1, rounds):
+            keys = list(contenders)
+            keys = keys[number % len(keys):] + keys[: number % len(keys)]  # alternate who goes first
+            for key in keys:
+                if key in ("embedded", "redis"):
+                    # Backup names have one-second resolution: a POST within the second of the previous
+                    # backup waits for the next second, which is not the time of a backup.
+                    time.sleep(1)
+                seconds = timed(contenders[key])
+                for leftover in (snapshot, archive):
+                    leftover.unlink(missing_ok=True)
+                if number >= 0:
+                    times[key].append(seconds)
+        medians = {key: statistics.median(values) for key, values in times.items()}
+        for key in ("embedded", "redis"):
+            self.measured[f"{key}_vs_etcdctl"] = medians[key] / medians["etcdctl"]
+            self.measured[f"{key}_vs_etcdctl_tar"] = medians[key] / medians["etcdctl_tar"]
+        self.details["backup"] = {
+            "db_mb": db_size / MB,
+            "archive_mb": on_redis.newest_backup().stat().st_size / MB,
+            "seconds": {key: summary(values) for key, values in times.items()},
+        }
+
+    def downloads(self, on_redis: Service) -> None:
+        """The newest backup, from the API (gunicorn) and from nginx, alternated, with curl to /dev/null."""
+        newest = on_redis.newest_backup()
+        nginx = Nginx(self.work / "nginx", on_redis.backup_dir).start()
+        self.log(f"downloading {newest.stat().st_size / MB:.0f} MB, {self.options.rounds} rounds")
+        speeds: dict[str, list[float]] = {"api": [], "nginx": []}
+        try:
+            for number in range(-1, self.options.rounds):
+                for key, base in (("api", on_redis.base), ("nginx", nginx.base))[:: 1 if number % 2 else -1]:
+                    speed = curl_download(f"{base}/api/v1/backup/{newest.name}", newest.stat().st_size)
+                    if number >= 0:
+                        speeds[key].append(speed)
+        finally:
+            nginx.stop()
+        self.measured["download_vs_nginx"] = statistics.median(speeds["api"]) / statistics.median(speeds["nginx"])
+        self.details["download_mb_per_s"] = {key: summary(values) for key, values in speeds.items()}
+
+    @staticmethod
+    def log(message: str) -> None:
+        print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def timed(action: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    action()
+    return time.perf_counter() - began
+
+
+def curl_download(url: str, expected_size: int) -> float:
+    """Download `url` to /dev/null with curl; return MB/s."""
+    output = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
+                             url], check=True, capture_output=True, text=True, timeout=600).stdout
+    status, size, seconds = output.split()
+    if status != "200" or int(size) != expected_size:
+        raise RuntimeError(f"GET {url}: status {status}, {size} of {expected_size} bytes")
+    return expected_size / MB / float(seconds)
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
+
+
+def machine() -> dict[str, str]:
+    def version(command: list[str]) -> str:
+        done = subprocess.run(command, capture_output=True, text=True)
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory_gb": f"{memory_kb / (1 << 20):.0f}",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "etcd": version([ETCD_BIN, "--version"]),
+        "redis": version([REDIS_BIN, "--version"]),
+        "nginx": version([NGINX_BIN, "-v"]),
+    }
+
+
+ROWS = [
+    # (measurement key, what it is)
+    ("embedded_vs_etcdctl", "POST (all-in-one, embedded queue) / `etcdctl snapshot save`"),
+    ("redis_vs_etcdctl", "POST (gunicorn + Redis + worker) / `etcdctl snapshot save`"),
+    ("embedded_vs_etcdctl_tar", "POST (all-in-one) / `etcdctl snapshot save` + `tar czf`"),
+    ("redis_vs_etcdctl_tar", "POST (gunicorn + Redis + worker) / `etcdctl snapshot save` + `tar czf`"),
+    ("worker_peak_rss_mb_at_size", "worker peak RSS at the contenders' size, MB"),
+    ("worker_rss_growth_mb", "worker peak RSS growth, small to large database, MB"),
+    ("post_round_trip_ms_embedded", "POST round trip, tiny etcd, all-in-one, median ms"),
+    ("post_round_trip_ms_redis", "POST round trip, tiny etcd, gunicorn + Redis + worker, median ms"),
+    ("download_vs_nginx", "download throughput, API (gunicorn) / nginx sendfile"),
+    ("list_ms", "GET /api/v1/backup with many backups, median ms"),
+]
+
+
+def table(result: dict[str, Any]) -> str:
+    details, settings = result["details"], result["settings"]
+    seconds = details["backup"]["seconds"]
+    lines = [
+        f"etcd database {details['backup']['db_mb']:.0f} MB, archive {details['backup']['archive_mb']:.0f} MB, "
+        f"{settings['rounds']} rounds; listing {settings['list_backups']} backups; "
+        f"worker peak RSS measured at {', '.join(details['worker_peak_rss_mb'])} MB",
+        "",
+        "| contender | median s | min s | max s |",
+        "|---|---|---|---|",
+    ]
+    names = {"etcdctl": "1. `etcdctl snapshot save`", "etcdctl_tar": "2. `etcdctl snapshot save` + `tar czf`",
+             "embedded": "3. POST, all-in-one (embedded queue)", "redis": "4. POST, gunicorn + Redis + worker"}
+    lines += [f"| {names[key]} | {value['median']:.2f} | {value['min']:.2f} | {value['max']:.2f} |"
+              for key, value in seconds.items()]
+    speeds = details["download_mb_per_s"]
+    lines += [f"| 5. download: API {speeds['api']['median']:.0f} MB/s, nginx {speeds['nginx']['median']:.0f} MB/s "
+              "(medians) | | | |", "", "| measurement | result | target | met |", "|---|---|---|---|"]
+    for key, what in ROWS:
+        target = result["targets"][key]
+        lines.append(f"| {what} | {result['measured'][key]:.2f} | {target['target']} | "
+                     f"{'yes' if target['met'] else 'no'} |")
+    machine_info = result["machine"]
+    lines += ["", f"{result['date']}: {machine_info['cpu']}, {machine_info['cores']} cores, "
+              f"{machine_info['memory_gb']} GB; {machine_info['etcd']}; Python {machine_info['python']}"]
+    return "\n".join(lines)

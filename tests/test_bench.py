@@ -1,0 +1,35 @@
+"""The benchmark's smoke run: a few MB, one round, so that `make bench` keeps working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run import ROWS, TARGETS
+from tests.services import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_smoke_run_measures_every_contender(tmp_path: Path) -> None:
+    output = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "4", "--rss-sizes", "2", "8", "--rounds", "1",
+         "--round-trips", "2", "--list-backups", "30", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(output.read_text())
+    assert set(result["measured"]) == set(TARGETS) == {key for key, _ in ROWS}
+    growth = result["measured"].pop("worker_rss_growth_mb")  # can be zero, or below zero by noise
+    assert all(value > 0 for value in result["measured"].values()), result["measured"]
+    assert abs(growth) < 100
+    seconds = result["details"]["backup"]["seconds"]
+    assert set(seconds) == {"etcdctl", "etcdctl_tar", "embedded", "redis"}
+    assert result["details"]["backup"]["db_mb"] >= 4
+    assert set(result["details"]["worker_peak_rss_mb"]) == {"2", "4", "8"}
+    assert "| 4. POST, gunicorn + Redis + worker |" in done.stdout

@@ -1,0 +1,72 @@
+"""Read a stream on a thread of its own, a bounded number of items ahead of its consumer.
+
+A backup has two halves that each need about a core: receiving etcd's stream (gRPC, protobuf
+parsing, SHA-256) and compressing + writing it. Run one after the other they add up; overlapped,
+the backup takes about as long as etcd needs to send the snapshot. The GIL is no obstacle: the
+heavy calls on both sides (hashlib, isal, file writes, gRPC's wait for data) release it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+POLL_SECONDS = 0.1
+"""How often a producer blocked on a full queue checks whether the consumer gave up."""
+
+
+@dataclass(frozen=True)
+class _End:
+    error: BaseException | None
+
+
+def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object]) -> Generator[T, None, None]:
+    """Yield what `items` yields, produced on a background thread up to `depth` items ahead.
+
+    An exception raised by `items` is raised here, in the consumer, after the items before it.
+    Whatever ends the consumer's loop early (an exception, `close()`), the producer is stopped:
+    `cancel()` must make a blocked `next(items)` return or raise (for gRPC: the call's cancel()),
+    and the thread is joined before this generator finishes, so nothing outlives the backup.
+    """
+    handoff: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def put(item: T | _End) -> bool:
+        while not stopped.is_set():
+            try:
+                handoff.put(item, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(_End(exc))
+        else:
+            put(_End(None))
+
+    producer = threading.Thread(target=produce, name="snapshot-reader", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = handoff.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        stopped.set()
+        if producer.is_alive():
+            cancel()
+        producer.join()
