@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, url_for
@@ -12,7 +13,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 
 from api.state import state
-from common.queue import ERROR_META, fetch_backup_job
+from common.queue import ERROR_META, HEARTBEAT_TTL, fetch_backup_job, heartbeat_key
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
@@ -21,6 +22,10 @@ SUCCESS_MESSAGE = "backup successfully"
 WAIT_STEP = 2
 """Seconds of one blocking wait for a result; between waits the job's state is looked at again."""
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+LOST = "lost"
+"""The status GET /api/v1/jobs/<id> reports for a started job whose worker stopped answering."""
+LOST_CAUSE = ("the worker taking the backup stopped answering before it reported a result "
+              "(killed, crashed or cut off from Redis); no partial backup is listed")
 
 _UNFINISHED_MESSAGES = {
     JobStatus.QUEUED: "backup queued",
@@ -35,8 +40,9 @@ def show_job(job_id: str) -> tuple[Response, int]:
     if job is None:
         abort(404, description=f"no backup job {job_id}")
     _, body = job_outcome(job)
+    status = LOST if worker_lost(job) else job.get_status().value
     # 200 whatever the job's fate: the job was found; its fate is in "status" and "message".
-    return jsonify({**body, "job": job.id, "status": job.get_status().value}), 200
+    return jsonify({**body, "job": job.id, "status": status}), 200
 
 
 def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
@@ -48,7 +54,7 @@ def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
         step = max(1, min(WAIT_STEP, math.ceil(remaining)))
         if job.latest_result(timeout=step) is not None or remaining <= 0:
             break
-        if job.get_status() in (JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FAILED):
+        if job.get_status() in (JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FAILED) or worker_lost(job):
             break
     status, body = job_outcome(job)
     response = jsonify(body)
@@ -66,8 +72,27 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
     status = job.get_status()
     if result is not None or status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
         return 500, {"message": f"{FAILED_MESSAGE}: {_failure_cause(job, result)}"}
+    if worker_lost(job):
+        return 500, {"message": f"{FAILED_MESSAGE}: {LOST_CAUSE}"}
     message = _UNFINISHED_MESSAGES.get(status, f"backup {status.value}")
     return 202, {"message": message, "job": job.id}
+
+
+def worker_lost(job: Job) -> bool:
+    """Whether `job` is "started" but its worker stopped renewing its heartbeat (killed, or cut off).
+
+    RQ itself notices a dead worker only when the job's timeout has passed (an hour).
+    """
+    if job.connection.exists(heartbeat_key(job.id)):
+        return False
+    job.refresh()  # type: ignore[no-untyped-call]
+    started = job.started_at
+    if job.get_status(refresh=False) != JobStatus.STARTED or started is None:
+        return False
+    if started.tzinfo is None:  # RQ stores UTC
+        started = started.replace(tzinfo=UTC)
+    # A job that has just started may not have written its first heartbeat yet.
+    return datetime.now(UTC) - started > timedelta(seconds=HEARTBEAT_TTL)
 
 
 def _failure_cause(job: Job, result: Result | None) -> str:

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,19 +87,40 @@ def rotate(backup_dir: Path, keep: int, protect: str) -> list[str]:
     return doomed
 
 
+def temp_name(name: str, tag: str) -> str:
+    """The hidden name under which the archive `name` is written by the backup tagged `tag`."""
+    return f"{TEMP_PREFIX}{name.removeprefix('snapshot-')}.{tag}{TEMP_SUFFIX}"
+
+
 def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
-def remove_temp_files(backup_dir: Path) -> list[str]:
-    """Remove temp files left by a crashed backup; call only while no backup is being written."""
-    removed = []
+def temp_tag(name: str) -> str:
+    return name.removesuffix(TEMP_SUFFIX).rsplit(".", 1)[-1]
+
+
+def remove_temp_files(backup_dir: Path, active_tag: Callable[[], str | None]) -> list[str]:
+    """Remove temp files left by interrupted backups: all but those tagged with `active_tag()`.
+
+    A backup creates its temp file only while it holds the backup lock. So a temp file that exists
+    now and is not tagged as the live holder of the lock, asked after the listing, is a dead
+    backup's (worker.leases.live_backup).
+    """
     with os.scandir(backup_dir) as entries:
-        for entry in entries:
-            if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
-                removed.append(entry.name)
-                logger.warning("removed %s, left by an interrupted backup", entry.name)
+        temp_files = [entry.name for entry in entries
+                      if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False)]
+    active = active_tag()
+    removed = []
+    for name in temp_files:
+        if temp_tag(name) == active:
+            continue
+        try:
+            os.unlink(backup_dir / name)
+        except FileNotFoundError:  # another worker cleaned it up first
+            continue
+        removed.append(name)
+        logger.warning("removed %s, left by an interrupted backup", name)
     return removed
 
 

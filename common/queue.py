@@ -23,6 +23,8 @@ PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
 LOCK_KEY = "etcd-backup:backup-lock"
 """Held by the worker that is taking a backup, so backups of one cluster run one at a time."""
+HEARTBEAT_TTL = 10.0
+"""Seconds a backup job's heartbeat key outlives its worker: a killed worker's POST fails this long after."""
 ERROR_META = "error"
 """job.meta key where a worker puts the cause of a failed backup, for the API's 500 message."""
 JOB_TIMEOUT = 3600
@@ -33,6 +35,11 @@ PENDING_TTL = RESULT_TTL
 """Seconds before a pending marker expires by itself, should its job be lost (a flushed Redis)."""
 REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds to connect to Redis before a request is answered 503."""
+
+
+def heartbeat_key(job_id: str) -> str:
+    """The key a worker renews while it runs the job `job_id` (worker.leases.job_heartbeat)."""
+    return f"etcd-backup:heartbeat:{job_id}"
 
 
 def connect(config: Config) -> redis.Redis:

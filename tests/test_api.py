@@ -20,7 +20,7 @@ from api import create_app
 from common.backups import backup_time
 from tests.conftest import Service
 from tests.services import EtcdServer
-from worker.lock import backup_lock
+from worker.leases import backup_lock
 
 
 def post_backup(service: Service) -> dict[str, object]:
@@ -283,7 +283,7 @@ def test_backup_written_by_the_service_is_readable(service: Service) -> None:
 def test_a_worker_waits_for_the_backup_lock(make_service: Callable[..., Service]) -> None:
     """While another worker holds the cluster's lock, a backup job waits; then it runs."""
     service = make_service(backup_timeout="1s")
-    with backup_lock(service.connection) as acquired:
+    with backup_lock(service.connection, token="another-job") as acquired:
         assert acquired
         response = service.client.post("/api/v1/backup")
         assert response.status_code == 202

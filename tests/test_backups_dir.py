@@ -52,7 +52,10 @@ def test_rotation_never_deletes_the_protected_backup(tmp_path: Path) -> None:
     assert backups.list_backups(tmp_path) == [names[0], names[2]]
 
 
-def test_remove_temp_files_removes_only_temp_files(tmp_path: Path) -> None:
-    touch(tmp_path, ".snapshot-20240101_000000.tar.gz.1a2b.part", "snapshot-20240101_000000.tar.gz", ".bashrc")
-    assert backups.remove_temp_files(tmp_path) == [".snapshot-20240101_000000.tar.gz.1a2b.part"]
-    assert sorted(os.listdir(tmp_path)) == [".bashrc", "snapshot-20240101_000000.tar.gz"]
+def test_remove_temp_files_removes_only_temp_files_of_backups_that_lost_the_lock(tmp_path: Path) -> None:
+    dead = backups.temp_name("snapshot-20240101_000000.tar.gz", "1a2b")
+    active = backups.temp_name("snapshot-20240101_000001.tar.gz", "3c4d")
+    touch(tmp_path, dead, active, "snapshot-20240101_000000.tar.gz", ".bashrc")
+    assert backups.remove_temp_files(tmp_path, lambda: "3c4d") == [dead]
+    assert sorted(os.listdir(tmp_path)) == sorted([active, ".bashrc", "snapshot-20240101_000000.tar.gz"])
+    assert backups.remove_temp_files(tmp_path, lambda: None) == [active]

@@ -75,7 +75,7 @@ def test_bad_streams_fail(messages: list[Message], words: str) -> None:
 def test_archive_is_a_tar_gz_with_the_snapshot_member(tmp_path: Path) -> None:
     data = database(300_000)
     size, chunks = verified_snapshot(etcd_stream(data))
-    filesize = write_archive(tmp_path, NAME, STARTED, size, chunks, level=1)
+    filesize = write_archive(tmp_path, NAME, STARTED, size, chunks, level=1, tag="t")
     path = tmp_path / NAME
     assert os.listdir(tmp_path) == [NAME]
     assert filesize == path.stat().st_size
@@ -92,7 +92,7 @@ def test_archive_is_a_tar_gz_with_the_snapshot_member(tmp_path: Path) -> None:
 def test_every_gzip_level_gives_the_same_content(tmp_path: Path, level: int) -> None:
     data = database(50_000)
     size, chunks = verified_snapshot(etcd_stream(data))
-    write_archive(tmp_path, NAME, STARTED, size, chunks, level=level)
+    write_archive(tmp_path, NAME, STARTED, size, chunks, level=level, tag="t")
     with tarfile.open(tmp_path / NAME, "r:gz") as archive:
         assert archive.extractfile(archive.getmembers()[0]).read()[:-32] == data  # type: ignore[union-attr]
 
@@ -109,7 +109,7 @@ def test_failed_stream_leaves_no_file(tmp_path: Path, messages: object) -> None:
     data = database(200_000)
     size, chunks = verified_snapshot(messages(data))  # type: ignore[operator]
     with pytest.raises(SnapshotError):
-        write_archive(tmp_path, NAME, STARTED, size, chunks, level=1)
+        write_archive(tmp_path, NAME, STARTED, size, chunks, level=1, tag="t")
     assert os.listdir(tmp_path) == []
 
 
@@ -117,6 +117,6 @@ def test_an_existing_name_is_never_overwritten(tmp_path: Path) -> None:
     (tmp_path / NAME).write_bytes(b"the older backup")
     size, chunks = verified_snapshot(etcd_stream(database(1000)))
     with pytest.raises(FileExistsError):
-        write_archive(tmp_path, NAME, STARTED, size, chunks, level=1)
+        write_archive(tmp_path, NAME, STARTED, size, chunks, level=1, tag="t")
     assert (tmp_path / NAME).read_bytes() == b"the older backup"
     assert os.listdir(tmp_path) == [NAME]

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from common.backups import temp_name
 from common.config import load_config
+from common.queue import LOCK_KEY
 from tests.conftest import ConfigFactory, Service
-from worker.lock import backup_lock
+from worker.leases import backup_lock, job_heartbeat
 from worker.runner import prepare
 
 LEFTOVER = ".snapshot-20240101_000000.tar.gz.0badc0de.part"
@@ -29,14 +31,16 @@ def test_worker_start_removes_leftover_temp_files(write_config: ConfigFactory, b
     assert sorted(os.listdir(backup_dir)) == [OLD_BACKUP]
 
 
-def test_temp_files_are_kept_while_another_worker_backs_up(write_config: ConfigFactory, backup_dir: Path,
-                                                           redis_conn: redis.Redis) -> None:
+def test_the_temp_file_of_the_lock_holder_is_kept(write_config: ConfigFactory, backup_dir: Path,
+                                                 redis_conn: redis.Redis) -> None:
     config = load_config(write_config())
-    (backup_dir / LEFTOVER).write_bytes(b"being written by another worker")
-    with backup_lock(redis_conn) as acquired:
+    with job_heartbeat(redis_conn, "job1"), backup_lock(redis_conn, token="job1") as acquired:
         assert acquired
+        being_written = temp_name(OLD_BACKUP, "job1")
+        (backup_dir / being_written).write_bytes(b"being written by another worker")
+        (backup_dir / LEFTOVER).write_bytes(b"left by a worker that was killed")
         prepare(config, redis_conn)
-        assert os.listdir(backup_dir) == [LEFTOVER]
+        assert os.listdir(backup_dir) == [being_written]
 
 
 @pytest.fixture
@@ -78,3 +82,14 @@ def test_full_disk_is_a_500_that_says_so_and_keeps_old_backups(
     assert "is full (No space left on device)" in message
     assert sorted(os.listdir(small_disk)) == ["filler", OLD_BACKUP]  # no temp file; rotation did not run
     assert old.read_bytes() == b"an older good backup"
+
+
+def test_the_temp_file_of_a_lock_holder_without_heartbeat_is_removed(
+    write_config: ConfigFactory, backup_dir: Path, redis_conn: redis.Redis
+) -> None:
+    """A worker killed mid-backup leaves the lock (until it expires) but its heartbeat stops."""
+    config = load_config(write_config())
+    redis_conn.set(LOCK_KEY, "killed-job", ex=30)
+    (backup_dir / temp_name(OLD_BACKUP, "killed-job")).write_bytes(b"half a backup")
+    prepare(config, redis_conn)
+    assert os.listdir(backup_dir) == []

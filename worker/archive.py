@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import tarfile
-import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import BinaryIO
 
 from isal import igzip
 
-from common.backups import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, member_name
+from common.backups import fsync_dir, member_name, temp_name
 from worker.errors import SnapshotError
 
 ISAL_MAX_LEVEL = 3
@@ -26,15 +25,17 @@ ISAL_MAX_LEVEL = 3
 
 
 def write_archive(
-    backup_dir: Path, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int
+    backup_dir: Path, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int, tag: str
 ) -> int:
     """Write the archive `name` into `backup_dir`; return its size in bytes.
+
+    `tag` goes into the temp file's name (common.backups.temp_name).
 
     The bytes go to a hidden temp file that is fsynced, then linked to `name` (link, unlike rename,
     fails instead of replacing an existing file), then removed. Whatever fails, no temp file and no
     partial archive remain.
     """
-    temp = backup_dir / f"{TEMP_PREFIX}{name.removeprefix('snapshot-')}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+    temp = backup_dir / temp_name(name, tag)
     # 0600: a snapshot holds every secret stored in etcd.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

@@ -32,8 +32,11 @@ class BackupResult:
     seconds: float
 
 
-def take_backup(config: Config) -> BackupResult:
-    """Take one backup; raise BackupError naming the cause. The caller holds the backup lock."""
+def take_backup(config: Config, temp_tag: str) -> BackupResult:
+    """Take one backup; raise BackupError naming the cause. The caller holds the backup lock.
+
+    `temp_tag` (the job's id) goes into the temp file's name, to tell whose it is.
+    """
     began = time.monotonic()
     try:
         connection = etcd.connect(config.etcd)
@@ -47,7 +50,8 @@ def take_backup(config: Config) -> BackupResult:
             member_size, chunks = verified_snapshot(responses)
             # The stream is received and checked on a thread of its own while this one compresses and writes.
             with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel)) as received:
-                size = write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level)
+                size = write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level,
+                                     tag=temp_tag)
         except grpc.RpcError as exc:
             cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
             raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None

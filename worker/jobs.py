@@ -14,7 +14,7 @@ from common import backups, queue
 from common.config import Config
 from worker import backup
 from worker.errors import BackupError
-from worker.lock import backup_lock
+from worker.leases import backup_lock, job_heartbeat, live_backup
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,14 @@ def take_backup() -> dict[str, object]:
         raise RuntimeError("worker.jobs.configure() was not called in this worker process")
     job = get_current_job()
     assert job is not None, "take_backup runs only as an RQ job"
+    connection = job.connection
     # From here on, new requests queue a new job: this one's snapshot is about to start.
-    queue.release_pending(job.connection, job.id)
+    queue.release_pending(connection, job.id)
     try:
-        with backup_lock(job.connection):
-            # Holding the lock, no other backup is writing: any temp file is a crash's leftover.
-            backups.remove_temp_files(_config.backup_dir)
-            result = backup.take_backup(_config)
+        with job_heartbeat(connection, job.id), backup_lock(connection, token=job.id):
+            # Holding the lock, no other backup is writing: any temp file is a dead backup's.
+            backups.remove_temp_files(_config.backup_dir, lambda: live_backup(connection))
+            result = backup.take_backup(_config, temp_tag=job.id)
     except BackupError as exc:
         job.meta[queue.ERROR_META] = str(exc)
         job.save_meta()  # type: ignore[no-untyped-call]

@@ -15,7 +15,7 @@ from rq.timeouts import TimerDeathPenalty
 from common import backups, queue
 from common.config import Config
 from worker import jobs
-from worker.lock import backup_lock
+from worker.leases import live_backup
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,8 @@ class ThreadWorker(BackupWorker):
 def prepare(config: Config, connection: redis.Redis) -> None:
     """Install the config for jobs and remove temp files that a crashed backup left behind."""
     jobs.configure(config)
-    # Only while no backup runs anywhere may temp files be taken for leftovers.
-    with backup_lock(connection, blocking=False) as acquired:
-        if acquired:
-            backups.remove_temp_files(config.backup_dir)
-        else:
-            logger.info("a backup is running elsewhere; leftover temp files are left for later")
+    # The live backup that holds the lock (on any worker) keeps its temp file; the others' are dead.
+    backups.remove_temp_files(config.backup_dir, lambda: live_backup(connection))
 
 
 def run_worker(config: Config) -> None:

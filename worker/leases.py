@@ -1,0 +1,90 @@
+"""Keys in Redis that a live worker keeps renewing, so that others can tell when it died.
+
+- The job heartbeat: the API's waiting POST sees a backup job whose worker was killed (the job stays
+  "started" in RQ for an hour) as soon as its heartbeat expires.
+- The backup lock: one backup of the cluster at a time across all workers. A job takes it with its
+  own id as the token, which also tags its temp file: a temp file is a dead backup's unless it
+  carries the lock holder's id and that holder's heartbeat is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+from redis.exceptions import LockError
+
+from common.queue import HEARTBEAT_TTL, LOCK_KEY, heartbeat_key
+
+logger = logging.getLogger(__name__)
+
+LOCK_TTL = 30.0
+"""Seconds the lock outlives a worker that was killed; a live holder renews it every third of that."""
+
+
+@contextmanager
+def backup_lock(connection: redis.Redis, token: str, blocking: bool = True) -> Iterator[bool]:
+    """Hold the backup lock, as `token`, for the duration of the block; yield whether it was acquired."""
+    # thread_local=False: the renewing thread must see the token that this thread acquired.
+    lock = connection.lock(LOCK_KEY, timeout=LOCK_TTL, thread_local=False)
+    if not lock.acquire(blocking=blocking, token=token):
+        yield False
+        return
+    try:
+        with _renewing(lock.reacquire, LOCK_TTL / 3, "the backup lock"):
+            yield True
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            logger.warning("the backup lock expired before the backup ended")
+
+
+def live_backup(connection: redis.Redis) -> str | None:
+    """The job id of the backup that holds the lock with a live heartbeat, if any."""
+    holder = connection.get(LOCK_KEY)
+    if holder is None:
+        return None
+    job_id = holder.decode() if isinstance(holder, bytes) else str(holder)
+    return job_id if connection.exists(heartbeat_key(job_id)) else None
+
+
+@contextmanager
+def job_heartbeat(connection: redis.Redis, job_id: str) -> Iterator[None]:
+    """Keep the job's heartbeat key alive while the block runs.
+
+    The key is left to expire rather than deleted at the end: between this block and RQ storing the
+    job's result, the API must not take the job for dead.
+    """
+    key = heartbeat_key(job_id)
+
+    def beat() -> None:
+        connection.set(key, 1, ex=int(HEARTBEAT_TTL))
+
+    beat()
+    with _renewing(beat, HEARTBEAT_TTL / 3, "the job heartbeat"):
+        yield
+
+
+@contextmanager
+def _renewing(renew: Callable[[], object], every: float, what: str) -> Iterator[None]:
+    """Call `renew` every `every` seconds on a thread while the block runs."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            try:
+                renew()
+            except (LockError, redis.RedisError) as exc:
+                logger.warning("cannot renew %s: %s", what, exc)
+
+    renewer = threading.Thread(target=loop, name=f"renew {what}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
