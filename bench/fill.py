@@ -14,6 +14,12 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+ETCD_FLAGS = [
+    "--quota-backend-bytes", str(16 << 30),  # room for a large database (etcd's default stops at 2 GB)
+    "--max-request-bytes", str(16 << 20), "--max-txn-ops", "100000",  # so that fill() can batch
+]
+"""Flags for an etcd that fill() fills."""
+
 BATCH_BYTES = 4 << 20
 """One transaction carries about this many bytes of values (etcd runs with --max-request-bytes above it)."""
 

@@ -27,16 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.fill import fill
-from bench.services import NGINX_BIN, Nginx, Service
+from bench.fill import ETCD_FLAGS, fill
+from bench.services import NGINX_BIN, Nginx, peak_rss
 from common.backups import backup_name
-from tests.services import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, EtcdServer, RedisServer, http
+from tests.services import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, Deployment, EtcdServer, RedisServer, http
 
 MB = 1 << 20
-ETCD_ARGS = [
-    "--quota-backend-bytes", str(16 << 30),  # room for the largest size
-    "--max-request-bytes", str(16 << 20), "--max-txn-ops", "100000",  # so that fill() can batch
-]
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     # measurement key: (target text, check)
     "embedded_vs_etcdctl": ("<= 1.15", lambda value: value <= 1.15),
@@ -79,7 +75,7 @@ class Benchmark:
     def __init__(self, work: Path, options: argparse.Namespace) -> None:
         self.work = work
         self.options = options
-        self.etcd = EtcdServer(work / "etcd", extra_args=ETCD_ARGS)
+        self.etcd = EtcdServer(work / "etcd", extra_args=ETCD_FLAGS)
         self.redis = RedisServer(work / "redis")
         self.measured: dict[str, float] = {}
         self.details: dict[str, Any] = {}
@@ -88,8 +84,8 @@ class Benchmark:
         self.etcd.start()
         self.redis.start()
         client = self.etcd.client()
-        embedded = Service(self.work / "embedded", self.etcd.url)
-        on_redis = Service(self.work / "redis-deployment", self.etcd.url, self.redis)
+        embedded = Deployment(self.work / "embedded", [self.etcd.url], rotate=2)
+        on_redis = Deployment(self.work / "redis-deployment", [self.etcd.url], self.redis, rotate=2)
         try:
             embedded.start()
             on_redis.start()
@@ -99,13 +95,13 @@ class Benchmark:
             for size in sorted({small, self.options.size, large}):
                 self.log(f"filling etcd to {size} MB")
                 db_size = fill(client, size * MB)
-                on_redis.start_worker()
+                worker = on_redis.replace_workers()  # a fresh process: its peak RSS is this size's
                 if size == self.options.size:
                     self.contenders(embedded, on_redis, db_size)
                     self.downloads(on_redis)
                 else:
                     on_redis.post_backup()
-                self.details.setdefault("worker_peak_rss_mb", {})[str(size)] = on_redis.worker_peak_rss() / MB
+                self.details.setdefault("worker_peak_rss_mb", {})[str(size)] = peak_rss(worker.pid) / MB
             peaks = self.details["worker_peak_rss_mb"]
             self.measured["worker_peak_rss_mb_at_size"] = peaks[str(self.options.size)]
             self.measured["worker_rss_growth_mb"] = peaks[str(large)] - peaks[str(small)]
@@ -126,7 +122,7 @@ class Benchmark:
             "details": self.details,
         }
 
-    def round_trips(self, embedded: Service, on_redis: Service) -> None:
+    def round_trips(self, embedded: Deployment, on_redis: Deployment) -> None:
         """POSTs on the tiny etcd, one per deployment per second (backup names have one-second resolution)."""
         self.log(f"POST round trips on a tiny etcd, {self.options.round_trips} per deployment")
         times: dict[str, list[float]] = {"embedded": [], "redis": []}
@@ -143,7 +139,7 @@ class Benchmark:
         """GET /api/v1/backup with many backups in the directory (empty files: a listing reads names only)."""
         count = self.options.list_backups
         self.log(f"GET /api/v1/backup with {count} backups")
-        lister = Service(self.work / "lister", self.etcd.url, rotate=count)
+        lister = Deployment(self.work / "lister", [self.etcd.url], rotate=count)
         lister.backup_dir.mkdir(mode=0o700)
         first = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
         for number in range(count):
@@ -161,7 +157,7 @@ class Benchmark:
         self.measured["list_ms"] = statistics.median(values)
         self.details["list_ms"] = summary(values)
 
-    def contenders(self, embedded: Service, on_redis: Service, db_size: int) -> None:
+    def contenders(self, embedded: Deployment, on_redis: Deployment, db_size: int) -> None:
         scratch = self.work / "scratch"
         scratch.mkdir(exist_ok=True)
         snapshot, archive = scratch / "snapshot.db", scratch / "snapshot.tar.gz"
@@ -202,13 +198,13 @@ class Benchmark:
             self.measured[f"{key}_vs_etcdctl_tar"] = medians[key] / medians["etcdctl_tar"]
         self.details["backup"] = {
             "db_mb": db_size / MB,
-            "archive_mb": on_redis.newest_backup().stat().st_size / MB,
+            "archive_mb": (on_redis.backup_dir / on_redis.backups()[-1]).stat().st_size / MB,
             "seconds": {key: summary(values) for key, values in times.items()},
         }
 
-    def downloads(self, on_redis: Service) -> None:
+    def downloads(self, on_redis: Deployment) -> None:
         """The newest backup, from the API (gunicorn) and from nginx, alternated, with curl to /dev/null."""
-        newest = on_redis.newest_backup()
+        newest = on_redis.backup_dir / on_redis.backups()[-1]
         nginx = Nginx(self.work / "nginx", on_redis.backup_dir).start()
         self.log(f"downloading {newest.stat().st_size / MB:.0f} MB, {self.options.rounds} rounds")
         speeds: dict[str, list[float]] = {"api": [], "nginx": []}

@@ -17,6 +17,42 @@ from tests.services import EtcdServer, RedisServer, free_port
 from worker.runner import ThreadWorker, start_thread_worker
 
 ConfigFactory = Callable[..., Path]
+Report = Callable[[str, str], None]
+
+REPORT_OPTION = "--reliability-report"
+_report_rows: list[tuple[str, str, str]] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(REPORT_OPTION, metavar="PATH", default=None,
+                     help="write what the reliability tests tried and what the service did, as markdown")
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    """Record one row of the reliability table: what a test tried and what the service did (measured)."""
+
+    def add(tried: str, outcome: str) -> None:
+        _report_rows.append((request.node.nodeid, tried, outcome))
+
+    return add
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption(REPORT_OPTION)
+    if not path or not _report_rows or exitstatus != 0:  # only a run where every test passed
+        return
+    lines = [
+        "# Reliability: faults and hostile input tried, and what the service did",
+        "",
+        f"Written by `pytest {REPORT_OPTION} {path}` from the suite's own run; every outcome is measured by",
+        "the test named in the last column, which fails if the service does otherwise.",
+        "",
+        "| tried | what the service did | test |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {tried} | {outcome} | `{nodeid}` |" for nodeid, tried, outcome in _report_rows]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,6 +19,10 @@ from typing import Any
 
 import etcd3
 import redis
+import yaml
+from rq import Worker
+
+from common.backups import is_temp_name, list_backups
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -80,6 +85,8 @@ class EtcdServer:
         self.extra_args = list(extra_args)
         self.client_port = free_port()
         self.peer_port = free_port()
+        self.initial_cluster = f"{name}={self.peer_url}"
+        """The members of the cluster this one starts in: itself alone unless start_cluster() says otherwise."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,17 +98,22 @@ class EtcdServer:
         return f"http://127.0.0.1:{self.peer_port}"
 
     def start(self) -> EtcdServer:
+        """Start the member and wait until it is healthy (for a cluster member: until there is a quorum)."""
+        self.launch()
+        assert self.proc is not None
+        wait_until(self.healthy, 30, f"etcd at {self.url}", self.proc)
+        return self
+
+    def launch(self) -> None:
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")  # noqa: SIM115 - lives with proc
         self.proc = subprocess.Popen(
             [ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
-             "--initial-cluster", f"{self.name}={self.peer_url}", *self._tls_args(), *self.extra_args],
+             "--initial-cluster", self.initial_cluster, *self._tls_args(), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_until(self.healthy, 30, f"etcd at {self.url}", self.proc)
-        return self
 
     def _tls_args(self) -> list[str]:
         if self.tls is None:
@@ -123,6 +135,19 @@ class EtcdServer:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+
+def start_cluster(work_dir: Path, size: int = 3) -> list[EtcdServer]:
+    """Start a `size`-member etcd cluster on loopback; return its members, healthy."""
+    members = [EtcdServer(work_dir / f"member{number}", name=f"member{number}") for number in range(size)]
+    initial_cluster = ",".join(f"{member.name}={member.peer_url}" for member in members)
+    for member in members:
+        member.initial_cluster = initial_cluster
+        member.launch()  # all at once: none is healthy before a quorum has started
+    for member in members:
+        assert member.proc is not None
+        wait_until(member.healthy, 60, f"etcd member at {member.url}", member.proc)
+    return members
 
 
 class RedisServer:
@@ -190,3 +215,88 @@ def start(command: str, config: Path, log: Path, **env: str) -> subprocess.Popen
 
 def wait_for_api(base: str, proc: subprocess.Popen[bytes]) -> None:
     wait_until(lambda: http("GET", f"{base}/api/v1/backup", timeout=1)[0] == 200, 30, base, proc)
+
+
+class Deployment:
+    """etcd-backup as users run it, from its config file: `etcd-backup --config` alone (embedded
+    queue) when `redis` is None, else the Procfile's web process and worker processes on Redis."""
+
+    def __init__(self, work: Path, etcd_urls: list[str], redis: RedisServer | None = None, **config: Any) -> None:
+        self.work = work
+        self.redis = redis
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.backup_dir = work / "backups"
+        self.config = work / "config.yml"
+        work.mkdir(parents=True, exist_ok=True)
+        document: dict[str, Any] = {
+            "backup-dir": str(self.backup_dir),
+            "listen": f"127.0.0.1:{self.port}",
+            "etcd": {"endpoints": etcd_urls},
+            **({"redis-url": redis.url} if redis is not None else {}),
+        }
+        document.update({key.replace("_", "-"): value for key, value in config.items()})
+        self.config.write_text(yaml.safe_dump(document))
+        self.web: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start(self, workers: int = 1) -> Deployment:
+        if self.redis is None:  # the all-in-one command: API and worker thread on the embedded queue
+            self.web = start(f"exec etcd-backup --config {self.config}", self.config, self.work / "web.log",
+                             REDIS_URL="")
+        else:
+            self.web = start(f"exec {procfile()['web']}", self.config, self.work / "web.log")
+            for _ in range(workers):
+                self.start_worker()
+        wait_for_api(self.base, self.web)
+        return self
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """Start one more worker process and wait until it has registered with RQ."""
+        assert self.redis is not None, "the all-in-one process has its worker inside"
+        connection = self.redis.client()
+        expected = len(Worker.all(connection=connection)) + 1
+        worker = start(f"exec {procfile()['worker']}", self.config, self.work / f"worker{len(self.workers)}.log")
+        self.workers.append(worker)
+        wait_until(lambda: len(Worker.all(connection=connection)) == expected, 30, "the worker to register", worker)
+        return worker
+
+    def replace_workers(self) -> subprocess.Popen[bytes]:
+        """Stop every worker process (SIGTERM) and start a fresh one."""
+        assert self.redis is not None
+        connection = self.redis.client()
+        self.stop_workers()
+        wait_until(lambda: not Worker.all(connection=connection), 30, "the old workers to leave")
+        return self.start_worker()
+
+    def web_worker_pid(self) -> int:
+        """The pid of gunicorn's worker process, the one that serves requests."""
+        assert self.web is not None
+        return int(Path(f"/proc/{self.web.pid}/task/{self.web.pid}/children").read_text().split()[0])
+
+    def request(self, method: str, path: str, timeout: float = 120) -> tuple[int, dict[str, str], bytes]:
+        return http(method, f"{self.base}{path}", timeout=timeout)
+
+    def post_backup(self) -> dict[str, Any]:
+        """POST /api/v1/backup; return the answer, which must be a 200."""
+        status, _, body = self.request("POST", "/api/v1/backup", timeout=3600)
+        if status != 200:
+            raise RuntimeError(f"POST {self.base}/api/v1/backup: {status} {body!r}")
+        answer: dict[str, Any] = json.loads(body)
+        return answer
+
+    def backups(self) -> list[str]:
+        return list_backups(self.backup_dir)
+
+    def temp_files(self) -> list[str]:
+        return sorted(name for name in os.listdir(self.backup_dir) if is_temp_name(name))
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            stop_process(worker, timeout=30)
+        self.workers.clear()
+
+    def stop(self) -> None:
+        self.stop_workers()
+        if self.web is not None:
+            stop_process(self.web, timeout=30)

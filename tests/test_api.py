@@ -18,9 +18,10 @@ from werkzeug.test import TestResponse
 
 from api import create_app
 from common.backups import backup_time
+from common.queue import LOCK_KEY
 from tests.conftest import Service
 from tests.services import EtcdServer
-from worker.leases import backup_lock
+from worker.leases import backup_lock, job_heartbeat
 
 
 def post_backup(service: Service) -> dict[str, object]:
@@ -283,7 +284,7 @@ def test_backup_written_by_the_service_is_readable(service: Service) -> None:
 def test_a_worker_waits_for_the_backup_lock(make_service: Callable[..., Service]) -> None:
     """While another worker holds the cluster's lock, a backup job waits; then it runs."""
     service = make_service(backup_timeout="1s")
-    with backup_lock(service.connection, token="another-job") as acquired:
+    with job_heartbeat(service.connection, "another-job"), backup_lock(service.connection, "another-job") as acquired:
         assert acquired
         response = service.client.post("/api/v1/backup")
         assert response.status_code == 202
@@ -295,3 +296,14 @@ def test_a_worker_waits_for_the_backup_lock(make_service: Callable[..., Service]
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
     assert service.client.get("/api/v1/backup").get_json() == [job["filename"]]
+
+
+def test_a_dead_workers_lock_is_taken_over_once_its_heartbeat_expires(make_service: Callable[..., Service]) -> None:
+    """A worker killed mid-backup leaves the lock behind for up to its TTL; its heartbeat is gone."""
+    service = make_service()
+    service.connection.set(LOCK_KEY, "killed-job", ex=30)
+    began = time.monotonic()
+    response = service.client.post("/api/v1/backup")
+    assert response.status_code == 200, response.get_json()
+    assert time.monotonic() - began < 5  # not the 30 s until the lock expires
+    assert service.connection.get(LOCK_KEY) is None

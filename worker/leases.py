@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -22,7 +23,9 @@ from common.queue import HEARTBEAT_TTL, LOCK_KEY, heartbeat_key
 logger = logging.getLogger(__name__)
 
 LOCK_TTL = 30.0
-"""Seconds the lock outlives a worker that was killed; a live holder renews it every third of that."""
+"""Seconds the lock outlives a worker cut off from Redis; a live holder renews it every third of that."""
+LOCK_POLL_SECONDS = 0.2
+"""How often a backup waiting for the lock tries again."""
 
 
 @contextmanager
@@ -30,9 +33,12 @@ def backup_lock(connection: redis.Redis, token: str, blocking: bool = True) -> I
     """Hold the backup lock, as `token`, for the duration of the block; yield whether it was acquired."""
     # thread_local=False: the renewing thread must see the token that this thread acquired.
     lock = connection.lock(LOCK_KEY, timeout=LOCK_TTL, thread_local=False)
-    if not lock.acquire(blocking=blocking, token=token):
-        yield False
-        return
+    while not lock.acquire(blocking=False, token=token):
+        if not blocking:
+            yield False
+            return
+        _break_if_holder_dead(connection)
+        time.sleep(LOCK_POLL_SECONDS)
     try:
         with _renewing(lock.reacquire, LOCK_TTL / 3, "the backup lock"):
             yield True
@@ -43,13 +49,34 @@ def backup_lock(connection: redis.Redis, token: str, blocking: bool = True) -> I
             logger.warning("the backup lock expired before the backup ended")
 
 
+def _break_if_holder_dead(connection: redis.Redis) -> None:
+    """Delete the lock if its holder's heartbeat has expired: a killed worker's lock would otherwise
+    keep every backup waiting until its TTL ran out."""
+    with connection.pipeline() as pipe:
+        try:
+            pipe.watch(LOCK_KEY)  # type: ignore[no-untyped-call]
+            holder = pipe.get(LOCK_KEY)
+            if holder is None or pipe.exists(heartbeat_key(_text(holder))):
+                return
+            pipe.multi()
+            pipe.delete(LOCK_KEY)
+            pipe.execute()
+            logger.warning("took over the backup lock of job %s, whose worker stopped answering", _text(holder))
+        except redis.WatchError:
+            return  # the lock changed hands meanwhile: look again on the next turn
+
+
 def live_backup(connection: redis.Redis) -> str | None:
     """The job id of the backup that holds the lock with a live heartbeat, if any."""
     holder = connection.get(LOCK_KEY)
     if holder is None:
         return None
-    job_id = holder.decode() if isinstance(holder, bytes) else str(holder)
+    job_id = _text(holder)
     return job_id if connection.exists(heartbeat_key(job_id)) else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @contextmanager
