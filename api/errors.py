@@ -32,8 +32,8 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 
 def _queue_unavailable(exc: redis.RedisError) -> tuple[Response, int]:
-    logger.error("job queue unavailable: %s", exc)
-    return error_response(503, f"job queue unavailable: {exc}")
+    logger.error("job queue (Redis) unavailable: %s", exc)
+    return error_response(503, f"job queue (Redis) unavailable: {exc}")
 
 
 def _backup_dir_error(exc: OSError) -> tuple[Response, int]:

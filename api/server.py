@@ -6,7 +6,7 @@ from typing import Any
 
 from common.config import Config, exit_unless_shared_queue, load_config_or_exit
 
-HTTP_THREADS = 32
+HTTP_THREADS = 64
 """Requests served at once per gunicorn worker; a POST holds a thread while it waits for its job."""
 
 

@@ -139,6 +139,7 @@ class EtcdServer:
 
 def start_cluster(work_dir: Path, size: int = 3) -> list[EtcdServer]:
     """Start a `size`-member etcd cluster on loopback; return its members, healthy."""
+    work_dir.mkdir(parents=True, exist_ok=True)
     members = [EtcdServer(work_dir / f"member{number}", name=f"member{number}") for number in range(size)]
     initial_cluster = ",".join(f"{member.name}={member.peer_url}" for member in members)
     for member in members:

@@ -238,7 +238,7 @@ def test_redis_down_is_503_and_gets_keep_working(make_service: Callable[..., Ser
     client = create_app(service.config, dead).test_client()
     response = client.post("/api/v1/backup")
     assert response.status_code == 503
-    assert response.get_json()["message"].startswith("job queue unavailable: ")
+    assert response.get_json()["message"].startswith("job queue (Redis) unavailable: ")
     assert client.get("/api/v1/backup").get_json() == [name]
     with client.get(f"/api/v1/backup/{name}") as download:
         assert download.status_code == 200
