@@ -12,6 +12,7 @@ import yaml
 from flask.testing import FlaskClient
 
 from api import create_app
+from bench.fill import ETCD_FLAGS, fill
 from common.config import Config, load_config
 from tests.services import EtcdServer, RedisServer, free_port
 from worker.runner import ThreadWorker, start_thread_worker
@@ -58,6 +59,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
+    yield server
+    server.stop()
+
+
+BIG_ETCD_BYTES = 150 << 20
+
+
+@pytest.fixture(scope="session")
+def big_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd filled with 150 MB of Kubernetes-like objects: its backup lasts long enough to be hit mid-stream."""
+    server = EtcdServer(tmp_path_factory.mktemp("big-etcd") / "data", extra_args=ETCD_FLAGS).start()
+    client = server.client()
+    fill(client, BIG_ETCD_BYTES)
+    client.close()
     yield server
     server.stop()
 

@@ -1,7 +1,7 @@
 """Faults, with real processes killed for real: nothing partial is ever listed, no good backup lost.
 
 The deployments are the Procfile's (gunicorn web + `etcd-backup worker` processes on a real Redis)
-backing up a real etcd filled to 150 MB, so that a backup lasts long enough to be hit mid-stream.
+backing up a real etcd filled to 150 MB (`big_etcd`), so that a backup lasts long enough to be hit mid-stream.
 """
 
 from __future__ import annotations
@@ -19,24 +19,10 @@ import pytest
 import redis
 
 from api.jobs import LOST_CAUSE
-from bench.fill import ETCD_FLAGS, fill
 from tests.conftest import Report
 from tests.services import Deployment, EtcdServer, RedisServer, start_cluster, wait_until
 
 pytestmark = pytest.mark.slow
-
-BIG_DB = 150 << 20
-
-
-@pytest.fixture(scope="module")
-def big_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("big-etcd") / "data", extra_args=ETCD_FLAGS).start()
-    client = server.client()
-    fill(client, BIG_DB)
-    client.close()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def deployment(tmp_path: Path, big_etcd: EtcdServer, redis_server: RedisServer,
