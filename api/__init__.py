@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Flask
 
-from api import backups, errors, jobs
+from api import auth, backups, errors, jobs, meta
 from api.state import State
 from common import queue
 from common.config import Config
@@ -21,6 +21,8 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)))
     errors.init_app(app)
+    auth.init_app(app)
+    app.register_blueprint(meta.bp)
     app.register_blueprint(backups.bp)
     app.register_blueprint(jobs.bp)
     return app

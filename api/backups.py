@@ -39,10 +39,11 @@ def list_backups() -> Response:
 @bp.get("/<any_name:filename>")
 def download_backup(filename: str) -> Response:
     """Send one backup file; HEAD, Range and conditional requests come with send_file."""
-    if not backups.is_backup_name(filename):
+    if not backups.BACKUP_NAME.fullmatch(filename):
         shown = filename[:MAX_NAME_IN_MESSAGE] + ("..." if len(filename) > MAX_NAME_IN_MESSAGE else "")
         abort(400, description=f"invalid backup file name {shown!r}: expected snapshot-YYYYMMDD_HHMMSS.tar.gz")
-    path = backups.backup_path(state().config.backup_dir, filename)
+    # A well-formed name with an impossible time (month 13) is never a listed backup: not found.
+    path = backups.backup_path(state().config.backup_dir, filename) if backups.is_backup_name(filename) else None
     if path is None:
         abort(404, description=f"{filename} not found")
     return send_file(path, mimetype="application/gzip", as_attachment=True, download_name=filename,

@@ -16,6 +16,7 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         "bind": [config.listen],
         "worker_class": "gthread",
         "threads": HTTP_THREADS,
+        **({"certfile": str(config.api_tls_cert), "keyfile": str(config.api_tls_key)} if config.api_tls_cert else {}),
         "accesslog": "-",
         # Several servers may run on one host (a web process beside an all-in-one, tests): the
         # control socket's fixed default path would be fought over.

@@ -20,8 +20,13 @@ DEFAULT_ETCD_TIMEOUT = "2s"
 DEFAULT_BACKUP_TIMEOUT = "5m"
 DEFAULT_GZIP_LEVEL = 1
 REDIS_URL_ENV = "REDIS_URL"
+API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
+MIN_API_TOKEN_LENGTH = 16
 
-TOP_LEVEL_KEYS = frozenset({"backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level"})
+TOP_LEVEL_KEYS = frozenset({
+    "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
+    "api-token", "api-tls-cert", "api-tls-key",
+})
 ETCD_KEYS = frozenset({
     "endpoints", "prefix", "timeout", "username", "password",
     "tls-ca", "tls-cert", "tls-key", "tls-ca-file", "tls-cert-file", "tls-key-file",
@@ -62,6 +67,11 @@ class Config:
     redis_url: str | None = field(default=None, repr=False)
     backup_timeout: float = 300.0
     gzip_level: int = DEFAULT_GZIP_LEVEL
+    api_token: str | None = field(default=None, repr=False)
+    """When set, every request but /healthz needs `Authorization: Bearer <api_token>`."""
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
+    """When set (both), the API listens with TLS."""
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -119,6 +129,8 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         redis_url=_redis_url(top.get_str("redis-url", None), environ),
         backup_timeout=top.get_duration("backup-timeout", DEFAULT_BACKUP_TIMEOUT),
         gzip_level=top.get_int("gzip-level", DEFAULT_GZIP_LEVEL, minimum=0, maximum=9),
+        api_token=_api_token(top.get_str("api-token", None), environ),
+        **_api_tls(top.get_str("api-tls-cert", None), top.get_str("api-tls-key", None)),
     )
 
 
@@ -176,6 +188,29 @@ def _redis_url(value: str | None, environ: dict[str, str] | os._Environ[str]) ->
         key = "redis-url" if value else REDIS_URL_ENV
         raise ConfigError(key, "expected a redis://, rediss:// or unix:// URL")
     return url
+
+
+def _api_token(value: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    token = value or environ.get(API_TOKEN_ENV) or None
+    if token is not None and len(token) < MIN_API_TOKEN_LENGTH:
+        key = "api-token" if value else API_TOKEN_ENV
+        raise ConfigError(key, f"must be at least {MIN_API_TOKEN_LENGTH} characters long")
+    return token
+
+
+def _api_tls(cert: str | None, key: str | None) -> dict[str, Path]:
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        missing = "api-tls-cert" if cert is None else "api-tls-key"
+        raise ConfigError(missing, "api-tls-cert and api-tls-key go together")
+    files = {}
+    for name, value in (("api-tls-cert", cert), ("api-tls-key", key)):
+        path = Path(value).absolute()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(name, f"{value} is not a readable file")
+        files[name.replace("-", "_")] = path
+    return files
 
 
 def _one_line(exc: Exception) -> str:

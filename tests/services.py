@@ -215,7 +215,7 @@ def start(command: str, config: Path, log: Path, **env: str) -> subprocess.Popen
 
 
 def wait_for_api(base: str, proc: subprocess.Popen[bytes]) -> None:
-    wait_until(lambda: http("GET", f"{base}/api/v1/backup", timeout=1)[0] == 200, 30, base, proc)
+    wait_until(lambda: http("GET", f"{base}/healthz", timeout=1)[0] == 200, 30, base, proc)
 
 
 class Deployment:
@@ -249,7 +249,11 @@ class Deployment:
             self.web = start(f"exec {procfile()['web']}", self.config, self.work / "web.log")
             for _ in range(workers):
                 self.start_worker()
-        wait_for_api(self.base, self.web)
+        try:
+            wait_for_api(self.base, self.web)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def start_worker(self) -> subprocess.Popen[bytes]:

@@ -248,7 +248,6 @@ def test_redis_down_is_503_and_gets_keep_working(make_service: Callable[..., Ser
 @pytest.mark.parametrize("name", [
     "snapshot-2018122_024105.tar.gz",
     "snapshot-20181220_024105.tar",
-    "snapshot-20181320_024105.tar.gz",
     "passwd",
     "..",
     "../../etc/passwd",
@@ -268,10 +267,14 @@ def test_bad_names_get_400_and_nothing_outside_is_read(service: Service, name: s
     assert response.get_json()["message"].startswith("invalid backup file name")
 
 
-def test_well_formed_missing_name_is_404(service: Service) -> None:
-    response = service.client.get("/api/v1/backup/snapshot-20181220_024105.tar.gz")
+@pytest.mark.parametrize("name", ["snapshot-20181220_024105.tar.gz", "snapshot-20181320_024105.tar.gz"])
+def test_well_formed_missing_name_is_404(service: Service, name: str) -> None:
+    """A name of the right form is not found if no such backup exists, or if its time is impossible (month 13):
+    a file of that name is never a backup, even if one was put there."""
+    (service.config.backup_dir / "snapshot-20181320_024105.tar.gz").write_bytes(b"not a backup")
+    response = service.client.get(f"/api/v1/backup/{name}")
     assert response.status_code == 404
-    assert response.get_json() == {"message": "snapshot-20181220_024105.tar.gz not found"}
+    assert response.get_json() == {"message": f"{name} not found"}
 
 
 def test_backup_written_by_the_service_is_readable(service: Service) -> None:

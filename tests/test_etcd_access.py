@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+import redis
 
-from tests.conftest import Service
-from tests.services import EtcdServer, TLSFiles, etcdctl
+from tests.conftest import Report, Service
+from tests.pki import make_tls_files
+from tests.services import EtcdServer, etcdctl
 
 pytestmark = pytest.mark.slow
 
@@ -28,63 +25,61 @@ def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     server.stop()
 
 
-def test_username_and_password(make_service: Callable[..., Service], auth_etcd: EtcdServer) -> None:
+def test_username_and_password(make_service: Callable[..., Service], auth_etcd: EtcdServer, report: Report) -> None:
     service = make_service(etcd_overrides={"endpoints": [auth_etcd.url], "username": "root",
                                            "password": "root-password"})
     response = service.client.post("/api/v1/backup")
     assert response.status_code == 200, response.get_json()
+    report("etcd with authentication enabled, right username and password", "POST 200, backup taken")
 
 
-def test_wrong_password_is_a_500_that_says_so(make_service: Callable[..., Service], auth_etcd: EtcdServer) -> None:
-    service = make_service(etcd_overrides={"endpoints": [auth_etcd.url], "username": "root", "password": "wrong"})
-    response = service.client.post("/api/v1/backup")
+WRONG_PASSWORD = "Wr0ng-Pa55word-4-etcd"
+API_TOKEN = "api-token-that-must-stay-secret"
+
+
+def test_wrong_password_is_a_500_that_says_so_and_no_secret_leaks(
+    make_service: Callable[..., Service], auth_etcd: EtcdServer, caplog: pytest.LogCaptureFixture, report: Report
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    service = make_service(api_token=API_TOKEN, etcd_overrides={
+        "endpoints": [auth_etcd.url], "username": "root", "password": WRONG_PASSWORD})
+    response = service.client.post("/api/v1/backup", headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert response.status_code == 500
     message = response.get_json()["message"]
     assert message.startswith("failed to save an etcd backup: ")
     assert f"{auth_etcd.url}: authentication refused" in message
-    assert "wrong" not in message
+    # Nowhere: not in the answer, the logs, the config's repr, or anything in Redis (jobs, results).
+    stored = redis_dump(service.connection)
+    assert b"authentication refused" in stored  # the dump does hold the job's records
+    for secret in (WRONG_PASSWORD, API_TOKEN):
+        assert secret not in message
+        assert secret not in caplog.text
+        assert secret not in repr(service.config)
+        assert secret.encode() not in stored
+    report("etcd with authentication, wrong password",
+           f"POST 500: \"{message}\"; the password and the API token appear in no answer, log line, config "
+           f"repr or Redis key ({len(caplog.records)} log records, {service.connection.dbsize()} Redis keys searched)")
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_pem(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def _issue(name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-           issuer_key: ec.EllipticCurvePrivateKey, usage: list[x509.ObjectIdentifier] | None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(issuer.subject if issuer else subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1)))
-    if usage is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False).add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                         x509.DNSName("localhost")]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def make_tls_files(directory: Path, prefix: str = "") -> TLSFiles:
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = _key()
-    ca = _issue(f"{prefix}test-ca", ca_key, None, ca_key, None)
-    files = {}
-    for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = _key()
-        cert = _issue(f"{role}", key, ca, ca_key, [usage])
-        files[f"{role}_cert"] = _write_pem(directory / f"{role}.pem", cert.public_bytes(serialization.Encoding.PEM))
-        files[f"{role}_key"] = _write_pem(directory / f"{role}-key.pem", key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    ca_path = _write_pem(directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
-    return TLSFiles(ca=ca_path, **files)
+def redis_dump(connection: redis.Redis) -> bytes:
+    """Every key and value in Redis (strings, hashes, lists, streams), as one blob to search."""
+    parts = []
+    for key in connection.scan_iter():
+        parts.append(key)
+        kind = connection.type(key)
+        if kind == b"string":
+            parts.append(connection.get(key) or b"")
+        elif kind == b"hash":
+            parts += [item for pair in connection.hgetall(key).items() for item in pair]
+        elif kind == b"list":
+            parts += connection.lrange(key, 0, -1)
+        elif kind == b"zset":
+            parts += connection.zrange(key, 0, -1)
+        elif kind == b"set":
+            parts += list(connection.smembers(key))
+        elif kind == b"stream":
+            parts += [value for _, fields in connection.xrange(key) for pair in fields.items() for value in pair]
+    return b"\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +90,7 @@ def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     server.stop()
 
 
-def test_tls_with_files(make_service: Callable[..., Service], tls_etcd: EtcdServer) -> None:
+def test_tls_with_files(make_service: Callable[..., Service], tls_etcd: EtcdServer, report: Report) -> None:
     assert tls_etcd.tls is not None
     service = make_service(etcd_overrides={
         "endpoints": [tls_etcd.url], "tls-ca-file": str(tls_etcd.tls.ca),
@@ -103,9 +98,10 @@ def test_tls_with_files(make_service: Callable[..., Service], tls_etcd: EtcdServ
     })
     response = service.client.post("/api/v1/backup")
     assert response.status_code == 200, response.get_json()
+    report("etcd serving TLS with client-certificate auth; CA, cert and key as files", "POST 200, backup taken")
 
 
-def test_tls_with_inline_pem(make_service: Callable[..., Service], tls_etcd: EtcdServer) -> None:
+def test_tls_with_inline_pem(make_service: Callable[..., Service], tls_etcd: EtcdServer, report: Report) -> None:
     assert tls_etcd.tls is not None
     service = make_service(etcd_overrides={
         "endpoints": [tls_etcd.url], "tls-ca": tls_etcd.tls.ca.read_text(),
@@ -113,10 +109,11 @@ def test_tls_with_inline_pem(make_service: Callable[..., Service], tls_etcd: Etc
     })
     response = service.client.post("/api/v1/backup")
     assert response.status_code == 200, response.get_json()
+    report("etcd serving TLS; CA, cert and key as inline PEM in the config", "POST 200, backup taken")
 
 
 def test_tls_with_a_wrong_ca_is_refused(make_service: Callable[..., Service], tls_etcd: EtcdServer,
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, report: Report) -> None:
     assert tls_etcd.tls is not None
     other = make_tls_files(tmp_path / "other", prefix="other-")
     service = make_service(etcd_overrides={
@@ -129,3 +126,4 @@ def test_tls_with_a_wrong_ca_is_refused(make_service: Callable[..., Service], tl
     assert message.startswith(f"failed to save an etcd backup: no etcd endpoint answered: {tls_etcd.url}: ")
     assert "CERTIFICATE_VERIFY_FAILED" in message
     assert service.client.get("/api/v1/backup").get_json() == []
+    report("etcd serving TLS, the config's tls-ca is another CA", f"POST 500: \"{message}\"; nothing written")
