@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := etcd-server etcd-client redis-server nginx curl python3-venv
 
-.PHONY: demo test lint bench system-deps
+.PHONY: demo test lint bench reliability-report system-deps
 
 system-deps:
 	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v redis-server >/dev/null \
@@ -35,3 +35,7 @@ demo: system-deps $(VENV)/.installed
 
 bench: system-deps $(VENV)/.installed
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The whole suite, writing docs/reliability.md from what its fault and hostile-input tests saw.
+reliability-report: system-deps lint
+	$(VENV)/bin/pytest --reliability-report docs/reliability.md

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +49,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     lines = [
         "# Reliability: faults and hostile input tried, and what the service did",
         "",
-        f"Written by `pytest {REPORT_OPTION} {path}` from the suite's own run; every outcome is measured by",
-        "the test named in the last column, which fails if the service does otherwise.",
+        f"Written by `pytest {REPORT_OPTION} {path}` (`make reliability-report`) from the suite's own run",
+        f"on {datetime.now(UTC):%Y-%m-%d}, {platform.system()} {platform.machine()}, {os.cpu_count()} cores. Every "
+        "outcome is measured by the test named in the last column, which fails if the service does otherwise.",
         "",
         "| tried | what the service did | test |",
         "|---|---|---|",

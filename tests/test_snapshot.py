@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Report
 from worker.archive import write_archive
 from worker.errors import SnapshotError
 from worker.snapshot import verified_snapshot
@@ -101,16 +102,17 @@ def corrupt_stream(data: bytes) -> Iterator[Message]:
     yield from etcd_stream(data, trailer=b"\1" * 32)
 
 
-@pytest.mark.parametrize("messages", [
-    lambda data: corrupt_stream(data),
-    lambda data: iter(etcd_stream(data)[:3]),
-])
-def test_failed_stream_leaves_no_file(tmp_path: Path, messages: object) -> None:
+@pytest.mark.parametrize(("what", "messages"), [
+    ("a snapshot stream whose SHA-256 trailer does not match its data", lambda data: corrupt_stream(data)),
+    ("a snapshot stream that ends early", lambda data: iter(etcd_stream(data)[:3])),
+], ids=["bad-trailer", "ended-early"])
+def test_failed_stream_leaves_no_file(tmp_path: Path, what: str, messages: object, report: Report) -> None:
     data = database(200_000)
     size, chunks = verified_snapshot(messages(data))  # type: ignore[operator]
-    with pytest.raises(SnapshotError):
+    with pytest.raises(SnapshotError) as failure:
         write_archive(tmp_path, NAME, STARTED, size, chunks, level=1, tag="t")
     assert os.listdir(tmp_path) == []
+    report(f"{what} (a fake stream, unit level)", f"the backup fails: \"{failure.value}\"; nothing written")
 
 
 def test_an_existing_name_is_never_overwritten(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import redis
 from common.backups import temp_name
 from common.config import load_config
 from common.queue import LOCK_KEY
-from tests.conftest import ConfigFactory, Service
+from tests.conftest import ConfigFactory, Report, Service
 from worker.leases import backup_lock, job_heartbeat
 from worker.runner import prepare
 
@@ -61,7 +61,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_full_disk_is_a_500_that_says_so_and_keeps_old_backups(
-    make_service: Callable[..., Service], small_disk: Path
+    make_service: Callable[..., Service], small_disk: Path, report: Report
 ) -> None:
     service = make_service(backup_dir=str(small_disk), rotate=1)
     old = small_disk / OLD_BACKUP
@@ -82,6 +82,8 @@ def test_full_disk_is_a_500_that_says_so_and_keeps_old_backups(
     assert "is full (No space left on device)" in message
     assert sorted(os.listdir(small_disk)) == ["filler", OLD_BACKUP]  # no temp file; rotation did not run
     assert old.read_bytes() == b"an older good backup"
+    report("backup-dir on a full 1 MiB tmpfs (rotate 1, one older backup)",
+           f"POST 500: \"{message}\"; temp file removed; the older backup still there, byte for byte")
 
 
 def test_the_temp_file_of_a_lock_holder_without_heartbeat_is_removed(
