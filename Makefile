@@ -38,4 +38,4 @@ bench: system-deps $(VENV)/.installed
 
 # The whole suite, writing docs/reliability.md from what its fault and hostile-input tests saw.
 reliability-report: system-deps lint
-	$(VENV)/bin/pytest --reliability-report docs/reliability.md
+	$(VENV)/bin/pytest --reliability-report=docs/reliability.md

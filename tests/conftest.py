@@ -49,7 +49,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     lines = [
         "# Reliability: faults and hostile input tried, and what the service did",
         "",
-        f"Written by `pytest {REPORT_OPTION} {path}` (`make reliability-report`) from the suite's own run",
+        f"Written by `pytest {REPORT_OPTION}={path}` (`make reliability-report`) from the suite's own run",
         f"on {datetime.now(UTC):%Y-%m-%d}, {platform.system()} {platform.machine()}, {os.cpu_count()} cores. Every "
         "outcome is measured by the test named in the last column, which fails if the service does otherwise.",
         "",
