@@ -11,15 +11,17 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis as redis_lib
+from rq.job import JobStatus
 from werkzeug.test import TestResponse
 
 from api import create_app
+from api.jobs import LOST_CAUSE
 from common.backups import backup_time
-from common.queue import LOCK_KEY
+from common.queue import HEARTBEAT_TTL, LOCK_KEY, backup_queue, enqueue_or_join, heartbeat_key
 from tests.conftest import Report, Service
 from tests.services import EtcdServer
 from worker.leases import backup_lock, job_heartbeat
@@ -322,3 +324,17 @@ def test_a_dead_workers_lock_is_taken_over_once_its_heartbeat_expires(make_servi
     assert response.status_code == 200, response.get_json()
     assert time.monotonic() - began < 5  # not the 30 s until the lock expires
     assert service.connection.get(LOCK_KEY) is None
+
+
+def test_a_started_job_without_heartbeat_is_reported_lost(make_service: Callable[..., Service]) -> None:
+    """What a worker killed mid-backup leaves in Redis: a job "started" long ago, no heartbeat."""
+    service = make_service(worker=False)
+    job = enqueue_or_join(backup_queue(service.connection))
+    job.set_status(JobStatus.STARTED)
+    job.started_at = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_TTL + 5)
+    job.save()
+    answer = service.client.get(f"/api/v1/jobs/{job.id}").get_json()
+    assert answer["status"] == "lost"
+    assert answer["message"] == f"failed to save an etcd backup: {LOST_CAUSE}"
+    service.connection.set(heartbeat_key(job.id), 1, ex=10)  # a live worker's job is not lost
+    assert service.client.get(f"/api/v1/jobs/{job.id}").get_json()["status"] == "started"
