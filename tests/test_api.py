@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import re
 import socket
 import stat
 import tarfile
@@ -338,3 +340,14 @@ def test_a_started_job_without_heartbeat_is_reported_lost(make_service: Callable
     assert answer["message"] == f"failed to save an etcd backup: {LOST_CAUSE}"
     service.connection.set(heartbeat_key(job.id), 1, ex=10)  # a live worker's job is not lost
     assert service.client.get(f"/api/v1/jobs/{job.id}").get_json()["status"] == "started"
+
+
+def test_one_log_line_per_backup(service: Service, etcd: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="worker.backup")
+    revision = int(etcd.client().put("/log-line-test", "x").header.revision)
+    answer = post_backup(service)
+    lines = [record.getMessage() for record in caplog.records if record.name == "worker.backup"]
+    assert len(lines) == 1
+    assert re.fullmatch(rf"backup {answer['filename']}: {answer['filesize']} bytes in \d+\.\d\ds, "
+                        rf"revision (\d+) from {re.escape(etcd.url)}", lines[0])
+    assert int(lines[0].split("revision ")[1].split()[0]) >= revision

@@ -29,6 +29,8 @@ class BackupResult:
     filename: str
     filesize: int
     endpoint: str
+    revision: int
+    """etcd's revision when the snapshot started (from the Status call just before it)."""
     seconds: float
 
 
@@ -62,8 +64,11 @@ def take_backup(config: Config, temp_tag: str) -> BackupResult:
     # Rotation runs only now that the new backup is complete and durable.
     backups.rotate(config.backup_dir, config.rotate, protect=name)
     seconds = time.monotonic() - began
-    logger.info("backup %s: %d bytes from %s in %.2fs", name, size, connection.endpoint, seconds)
-    return BackupResult(name, size, connection.endpoint, seconds)
+    revision = int(connection.status.header.revision)
+    # One line per backup, never a secret: what an operator greps for.
+    logger.info("backup %s: %d bytes in %.2fs, revision %d from %s", name, size, seconds, revision,
+                connection.endpoint)
+    return BackupResult(name, size, connection.endpoint, revision, seconds)
 
 
 def _fresh_second(config: Config) -> datetime:
