@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, jsonify, send_file
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, jsonify, request, send_file
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
 from api.jobs import wait_for_job
 from api.state import state
 from common import backups
+from common.metadata import read_metadata
 from common.queue import enqueue_or_join
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
@@ -30,10 +33,32 @@ def _register_converter(setup: BlueprintSetupState) -> None:
     setup.app.url_map.converters["any_name"] = AnyNameConverter
 
 
+DETAIL_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
 @bp.get("")
 def list_backups() -> Response:
-    """List complete backups, oldest first."""
-    return jsonify(backups.list_backups(state().config.backup_dir))
+    """List complete backups, oldest first: names (the seed's answer), or with ?detail=true their metadata."""
+    backup_dir = state().config.backup_dir
+    names = backups.list_backups(backup_dir)
+    detail = request.args.get("detail", "false").lower()
+    if detail not in DETAIL_VALUES:
+        abort(400, description=f"detail must be true or false, got {detail[:20]!r}")
+    if not DETAIL_VALUES[detail]:
+        return jsonify(names)
+    return jsonify([_detail(backup_dir, name) for name in names])
+
+
+def _detail(backup_dir: Path, name: str) -> dict[str, object]:
+    metadata = read_metadata(backup_dir, name)
+    if metadata is not None:
+        return metadata.to_json()
+    # Taken before metadata was recorded (or put there by hand): what the directory tells.
+    try:
+        size = (backup_dir / name).stat().st_size
+    except FileNotFoundError:  # rotated away since the listing
+        size = 0
+    return {"filename": name, "filesize": size}
 
 
 @bp.get("/<any_name:filename>")
@@ -46,8 +71,13 @@ def download_backup(filename: str) -> Response:
     path = backups.backup_path(state().config.backup_dir, filename) if backups.is_backup_name(filename) else None
     if path is None:
         abort(404, description=f"{filename} not found")
-    return send_file(path, mimetype="application/gzip", as_attachment=True, download_name=filename,
-                     conditional=True, etag=True)
+    response = send_file(path, mimetype="application/gzip", as_attachment=True, download_name=filename,
+                         conditional=True, etag=True)
+    metadata = read_metadata(state().config.backup_dir, filename)
+    if metadata is not None:  # as etcd-operator's backup sidecar does
+        response.headers["X-Etcd-Revision"] = str(metadata.revision)
+        response.headers["X-Etcd-Version"] = metadata.etcd_version
+    return response
 
 
 @bp.post("")

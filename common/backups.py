@@ -22,6 +22,8 @@ BACKUP_NAME = re.compile(r"snapshot-(\d{8}_\d{6})\.tar\.gz")
 # Temp files are hidden (leading dot) so that `ls` and globbing tools skip them too.
 TEMP_PREFIX = ".snapshot-"
 TEMP_SUFFIX = ".part"
+METADATA_SUFFIX = ".json"
+"""A backup's metadata (common.metadata) is in a file named after the archive, plus this."""
 
 
 def backup_name(started: datetime) -> str:
@@ -61,6 +63,10 @@ def list_backups(backup_dir: Path) -> list[str]:
     return sorted(names)
 
 
+def metadata_name(archive_name: str) -> str:
+    return archive_name + METADATA_SUFFIX
+
+
 def backup_path(backup_dir: Path, name: str) -> Path | None:
     """Return the path of backup `name` if it exists as a regular file, else None.
 
@@ -79,12 +85,20 @@ def rotate(backup_dir: Path, keep: int, protect: str) -> list[str]:
     names = list_backups(backup_dir)
     doomed = [name for name in names[: max(len(names) - keep, 0)] if name != protect]
     for name in doomed:
-        try:
-            os.unlink(backup_dir / name)
-        except FileNotFoundError:  # another process rotated it already
-            continue
-        logger.info("rotation removed %s (keeping the newest %d)", name, keep)
+        if delete_backup(backup_dir, name):
+            logger.info("rotation removed %s (keeping the newest %d)", name, keep)
     return doomed
+
+
+def delete_backup(backup_dir: Path, name: str) -> bool:
+    """Delete a backup and its metadata; return False if another process deleted it first."""
+    try:
+        os.unlink(backup_dir / name)
+    except FileNotFoundError:
+        return False
+    finally:
+        (backup_dir / metadata_name(name)).unlink(missing_ok=True)
+    return True
 
 
 def temp_name(name: str, tag: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -25,11 +25,13 @@ ISAL_MAX_LEVEL = 3
 
 
 def write_archive(
-    backup_dir: Path, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int, tag: str
+    backup_dir: Path, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int, tag: str,
+    before_publish: Callable[[int], object] = lambda size: None,
 ) -> int:
     """Write the archive `name` into `backup_dir`; return its size in bytes.
 
-    `tag` goes into the temp file's name (common.backups.temp_name).
+    `tag` goes into the temp file's name (common.backups.temp_name). `before_publish(size)` runs
+    once the archive is complete and durable, just before it becomes visible (to write its metadata).
 
     The bytes go to a hidden temp file that is fsynced, then linked to `name` (link, unlike rename,
     fails instead of replacing an existing file), then removed. Whatever fails, no temp file and no
@@ -44,6 +46,7 @@ def write_archive(
             raw.flush()
             os.fsync(raw.fileno())
             size = os.fstat(raw.fileno()).st_size
+        before_publish(size)
         os.link(temp, backup_dir / name)
     finally:
         temp.unlink(missing_ok=True)

@@ -6,17 +6,17 @@ import errno
 import logging
 import time
 from contextlib import closing
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
 
 from common import backups, etcd
 from common.config import Config
+from common.metadata import BackupMetadata, remove_metadata, write_metadata
 from worker.archive import write_archive
 from worker.errors import BackupError
 from worker.pipeline import read_ahead
-from worker.snapshot import verified_snapshot
+from worker.snapshot import TRAILER_SIZE, verified_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -24,17 +24,7 @@ READ_AHEAD_MESSAGES = 64
 """Snapshot messages (32 KiB each) received ahead of the compressor: 2 MiB at most in memory."""
 
 
-@dataclass(frozen=True)
-class BackupResult:
-    filename: str
-    filesize: int
-    endpoint: str
-    revision: int
-    """etcd's revision when the snapshot started (from the Status call just before it)."""
-    seconds: float
-
-
-def take_backup(config: Config, temp_tag: str) -> BackupResult:
+def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
     """Take one backup; raise BackupError naming the cause. The caller holds the backup lock.
 
     `temp_tag` (the job's id) goes into the temp file's name, to tell whose it is.
@@ -47,13 +37,33 @@ def take_backup(config: Config, temp_tag: str) -> BackupResult:
     with connection:
         started = _fresh_second(config)
         name = backups.backup_name(started)
+        status = connection.status
+        digests: list[bytes] = []
+        recorded: list[BackupMetadata] = []
+
+        def record(archive_size: int) -> None:
+            metadata = BackupMetadata(
+                filename=name, filesize=archive_size, cluster_id=f"{status.header.cluster_id:x}",
+                member_id=f"{status.header.member_id:x}", endpoint=connection.endpoint,
+                revision=int(status.header.revision), etcd_version=status.version,
+                db_size=member_size - TRAILER_SIZE, db_sha256=digests[0].hex(), started=started.isoformat(),
+                duration=round(time.monotonic() - began, 3),
+            )
+            write_metadata(config.backup_dir, metadata, tag=temp_tag)
+            recorded.append(metadata)
+
         try:
             responses = connection.snapshot()
-            member_size, chunks = verified_snapshot(responses)
-            # The stream is received and checked on a thread of its own while this one compresses and writes.
-            with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel)) as received:
-                size = write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level,
-                                     tag=temp_tag)
+            member_size, chunks = verified_snapshot(responses, on_verified=digests.append)
+            try:
+                # The stream is received and checked on a thread of its own while this one compresses and writes.
+                with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel)) as received:
+                    write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level,
+                                  tag=temp_tag, before_publish=record)
+            except BaseException:
+                if recorded:  # our metadata went in, the archive did not: no metadata without its backup
+                    remove_metadata(config.backup_dir, name)
+                raise
         except grpc.RpcError as exc:
             cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
             raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None
@@ -61,14 +71,13 @@ def take_backup(config: Config, temp_tag: str) -> BackupResult:
             raise BackupError(f"{name} already exists in backup-dir; it was not overwritten") from None
         except OSError as exc:
             raise BackupError(_describe_os_error(exc, config)) from None
+    metadata = recorded[0]
+    # One line per backup, never a secret: what an operator greps for.
+    logger.info("backup %s: %d bytes in %.2fs, revision %d from %s", name, metadata.filesize, metadata.duration,
+                metadata.revision, metadata.endpoint)
     # Rotation runs only now that the new backup is complete and durable.
     backups.rotate(config.backup_dir, config.rotate, protect=name)
-    seconds = time.monotonic() - began
-    revision = int(connection.status.header.revision)
-    # One line per backup, never a secret: what an operator greps for.
-    logger.info("backup %s: %d bytes in %.2fs, revision %d from %s", name, size, seconds, revision,
-                connection.endpoint)
-    return BackupResult(name, size, connection.endpoint, revision, seconds)
+    return metadata
 
 
 def _fresh_second(config: Config) -> datetime:

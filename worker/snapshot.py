@@ -9,7 +9,7 @@ the 32-byte SHA-256 of all the data. `etcdctl snapshot save` writes data + that 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Protocol
 
@@ -23,21 +23,26 @@ class SnapshotMessage(Protocol):
     remaining_bytes: int
 
 
-def verified_snapshot(responses: Iterable[SnapshotMessage]) -> tuple[int, Iterator[bytes]]:
+def verified_snapshot(
+    responses: Iterable[SnapshotMessage], on_verified: Callable[[bytes], object] = lambda digest: None
+) -> tuple[int, Iterator[bytes]]:
     """Return the size of the snapshot file (data + trailer) and an iterator over its bytes.
 
     The iterator raises SnapshotError, after the last data byte and before the trailer, if the
-    stream ended early or the trailer does not match the data.
+    stream ended early or the trailer does not match the data; if it matches, `on_verified` gets
+    the SHA-256 of the data.
     """
     stream = iter(responses)
     first = next(stream, None)
     if first is None:
         raise SnapshotError("etcd ended the snapshot stream before sending any data")
     data_size = len(first.blob) + first.remaining_bytes
-    return data_size + TRAILER_SIZE, _checked(chain([first], stream), data_size)
+    return data_size + TRAILER_SIZE, _checked(chain([first], stream), data_size, on_verified)
 
 
-def _checked(stream: Iterator[SnapshotMessage], data_size: int) -> Iterator[bytes]:
+def _checked(
+    stream: Iterator[SnapshotMessage], data_size: int, on_verified: Callable[[bytes], object]
+) -> Iterator[bytes]:
     digest = hashlib.sha256()
     received = 0
     trailer = b""
@@ -58,4 +63,5 @@ def _checked(stream: Iterator[SnapshotMessage], data_size: int) -> Iterator[byte
         raise SnapshotError("snapshot stream ended without its SHA-256 trailer")
     if trailer != digest.digest():
         raise SnapshotError("snapshot SHA-256 trailer does not match the data: the snapshot is corrupt")
+    on_verified(trailer)
     yield trailer
