@@ -23,13 +23,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench.fill import ETCD_FLAGS, fill
 from bench.services import NGINX_BIN, Nginx, peak_rss
 from common.backups import backup_name
+from common.metadata import BackupMetadata, write_metadata
 from tests.services import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, Deployment, EtcdServer, RedisServer, http
 
 MB = 1 << 20
@@ -45,6 +46,7 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "post_round_trip_ms_redis": ("< 100", lambda value: value < 100),
     "download_vs_nginx": (">= 0.8", lambda value: value >= 0.8),
     "list_ms": ("< 20", lambda value: value < 20),
+    "list_detail_ms": ("< 100", lambda value: value < 100),
 }
 
 
@@ -136,26 +138,34 @@ class Benchmark:
             self.details[f"post_round_trip_ms_{key}"] = summary(values)
 
     def listing(self) -> None:
-        """GET /api/v1/backup with many backups in the directory (empty files: a listing reads names only)."""
+        """GET /api/v1/backup, plain and ?detail=true, with many backups in the directory (empty archives:
+        a listing reads names, a detail listing their metadata files)."""
         count = self.options.list_backups
         self.log(f"GET /api/v1/backup with {count} backups")
         lister = Deployment(self.work / "lister", [self.etcd.url], rotate=count)
         lister.backup_dir.mkdir(mode=0o700)
-        first = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+        first = datetime(2026, 1, 1, tzinfo=UTC)
         for number in range(count):
-            (lister.backup_dir / backup_name(datetime.fromtimestamp(first + 3600 * number, UTC))).touch(0o600)
+            started = first + timedelta(hours=number)
+            name = backup_name(started)
+            (lister.backup_dir / name).touch(0o600)
+            write_metadata(lister.backup_dir, BackupMetadata(
+                filename=name, filesize=0, cluster_id="cdf818194e3a8c32", member_id="8e9e05c52164694d",
+                endpoint=self.etcd.url, revision=number + 1, etcd_version="3.4.23", db_size=0,
+                db_sha256="0" * 64, started=started.isoformat(), duration=1.0), tag="bench")
         lister.start()
         try:
-            def get_list() -> None:
-                status, _, body = http("GET", f"{lister.base}/api/v1/backup")
-                assert status == 200 and len(json.loads(body)) == count, (status, body[:200])
+            for key, path in (("list_ms", "/api/v1/backup"), ("list_detail_ms", "/api/v1/backup?detail=true")):
+                def get_list(path: str = path) -> None:
+                    status, _, body = http("GET", f"{lister.base}{path}")
+                    assert status == 200 and len(json.loads(body)) == count, (status, body[:200])
 
-            get_list()  # warm-up
-            values = [timed(get_list) * 1000 for _ in range(50)]
+                get_list()  # warm-up
+                values = [timed(get_list) * 1000 for _ in range(50)]
+                self.measured[key] = statistics.median(values)
+                self.details[key] = summary(values)
         finally:
             lister.stop()
-        self.measured["list_ms"] = statistics.median(values)
-        self.details["list_ms"] = summary(values)
 
     def contenders(self, embedded: Deployment, on_redis: Deployment, db_size: int) -> None:
         scratch = self.work / "scratch"
@@ -276,6 +286,7 @@ ROWS = [
     ("post_round_trip_ms_redis", "POST round trip, tiny etcd, gunicorn + Redis + worker, median ms"),
     ("download_vs_nginx", "download throughput, API (gunicorn) / nginx sendfile"),
     ("list_ms", "GET /api/v1/backup with many backups, median ms"),
+    ("list_detail_ms", "GET /api/v1/backup?detail=true with many backups, median ms"),
 ]
 
 
