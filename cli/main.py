@@ -1,11 +1,15 @@
-"""`etcd-backup [--config FILE]`: the whole service; `etcd-backup worker --config FILE`: a worker."""
+"""`etcd-backup [--config FILE]`: the whole service; `etcd-backup worker --config FILE`: a worker;
+`etcd-backup prune --config FILE [--dry-run]`: apply rotate and retention now."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from datetime import UTC, datetime
 
-from common.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, exit_unless_shared_queue, load_config_or_exit
+from common import retention
+from common.backups import list_backups
+from common.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, exit_unless_shared_queue, load_config_or_exit
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -13,9 +17,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="etcd-backup", description="REST API backup service for etcd.")
     parser.add_argument(
-        "command", nargs="?", choices=["serve", "worker"], default="serve",
-        help="serve: the API and one worker in one process (default); worker: a backup worker only",
+        "command", nargs="?", choices=["serve", "worker", "prune"], default="serve",
+        help="serve: the API and one worker in one process (default); worker: a backup worker only; "
+             "prune: delete the backups that rotate and retention do not keep (as after each backup)",
     )
+    parser.add_argument("--dry-run", action="store_true", help="prune: list what would go and why, delete nothing")
     parser.add_argument(
         "--config", metavar="FILE",
         help=f"YAML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
@@ -28,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config_or_exit(args.config)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     # Each command imports only what it runs: a worker never loads gunicorn or Flask.
-    if args.command == "worker":
+    if args.command == "prune":
+        prune(config, dry_run=args.dry_run)
+    elif args.command == "worker":
         exit_unless_shared_queue(config, "a worker runs apart from the API")
         from worker.runner import run_worker
 
@@ -37,3 +45,15 @@ def main(argv: list[str] | None = None) -> None:
         from cli.allinone import AllInOneServer
 
         AllInOneServer(config).run()
+
+
+def prune(config: Config, dry_run: bool) -> None:
+    """Print each backup with the verdict and its reason, newest first; delete unless `dry_run`."""
+    now = datetime.now(UTC)
+    if dry_run:
+        decisions = retention.plan(list_backups(config.backup_dir), now, config.rotate, config.retention)
+    else:
+        decisions = retention.prune(config.backup_dir, now, config.rotate, config.retention)
+    for decision in decisions:
+        verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
+        print(f"{verdict:12} {decision.name}  {decision.reason}")

@@ -80,16 +80,6 @@ def backup_path(backup_dir: Path, name: str) -> Path | None:
     return path if stat.S_ISREG(st.st_mode) else None
 
 
-def rotate(backup_dir: Path, keep: int, protect: str) -> list[str]:
-    """Delete all but the newest `keep` backups, never `protect`; return the deleted names."""
-    names = list_backups(backup_dir)
-    doomed = [name for name in names[: max(len(names) - keep, 0)] if name != protect]
-    for name in doomed:
-        if delete_backup(backup_dir, name):
-            logger.info("rotation removed %s (keeping the newest %d)", name, keep)
-    return doomed
-
-
 def delete_backup(backup_dir: Path, name: str) -> bool:
     """Delete a backup and its metadata; return False if another process deleted it first."""
     try:

@@ -25,8 +25,9 @@ MIN_API_TOKEN_LENGTH = 16
 
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
-    "api-token", "api-tls-cert", "api-tls-key",
+    "api-token", "api-tls-cert", "api-tls-key", "retention",
 })
+RETENTION_KEYS = frozenset({"max-age", "hourly", "daily", "weekly"})
 ETCD_KEYS = frozenset({
     "endpoints", "prefix", "timeout", "username", "password",
     "tls-ca", "tls-cert", "tls-key", "tls-ca-file", "tls-cert-file", "tls-key-file",
@@ -57,6 +58,21 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """The optional `retention` section (common.retention applies it)."""
+
+    max_age: float | None = None
+    """Seconds; backups younger than this are kept."""
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+
+    @property
+    def tiered(self) -> bool:
+        return bool(self.hourly or self.daily or self.weekly)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole service's settings: the seed's keys plus this service's own."""
 
@@ -72,6 +88,7 @@ class Config:
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
     """When set (both), the API listens with TLS."""
+    retention: RetentionConfig | None = None
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -131,7 +148,23 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         gzip_level=top.get_int("gzip-level", DEFAULT_GZIP_LEVEL, minimum=0, maximum=9),
         api_token=_api_token(top.get_str("api-token", None), environ),
         **_api_tls(top.get_str("api-tls-cert", None), top.get_str("api-tls-key", None)),
+        retention=_parse_retention(top.get_section("retention")),
     )
+
+
+def _parse_retention(raw: Any) -> RetentionConfig | None:
+    if raw is None:
+        return None
+    section = _Section(raw, "retention.", RETENTION_KEYS)
+    retention = RetentionConfig(
+        max_age=section.get_duration("max-age", "1s") if "max-age" in raw else None,
+        hourly=section.get_int("hourly", 0, minimum=0),
+        daily=section.get_int("daily", 0, minimum=0),
+        weekly=section.get_int("weekly", 0, minimum=0),
+    )
+    if retention.max_age is None and not retention.tiered:
+        raise ConfigError("retention", "give max-age, or at least one of hourly, daily, weekly")
+    return retention
 
 
 def _parse_etcd(raw: Any) -> EtcdConfig:
@@ -238,6 +271,10 @@ class _Section:
 
     def _value(self, key: str) -> Any:
         return self._raw.get(key)
+
+    def get_section(self, key: str) -> Any:
+        """The raw value of an optional sub-section (validated by its own _Section), or None."""
+        return self._value(key)
 
     def require(self, key: str) -> Any:
         if key not in self._raw:

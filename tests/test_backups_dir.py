@@ -1,4 +1,4 @@
-"""backup-dir rules: names, listing, rotation, temp-file cleanup (pure units on a temp dir)."""
+"""backup-dir rules: names, listing, temp-file cleanup (pure units on a temp dir)."""
 
 from __future__ import annotations
 
@@ -30,26 +30,6 @@ def test_names_round_trip() -> None:
 ])
 def test_not_backup_names(name: str) -> None:
     assert not backups.is_backup_name(name)
-
-
-def test_rotation_keeps_newest_by_name_time(tmp_path: Path) -> None:
-    names = [f"snapshot-2024010{day}_000000.tar.gz" for day in range(1, 6)]
-    touch(tmp_path, *reversed(names), "README", ".snapshot-20240101_000000.tar.gz.ab.part")
-    # mtimes say nothing: the newest file on disk is the oldest backup.
-    os.utime(tmp_path / names[0], (2e9, 2e9))
-    deleted = backups.rotate(tmp_path, keep=2, protect=names[-1])
-    assert deleted == names[:3]
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        [".snapshot-20240101_000000.tar.gz.ab.part", "README", *names[3:]]
-    )
-
-
-def test_rotation_never_deletes_the_protected_backup(tmp_path: Path) -> None:
-    names = ["snapshot-20240101_000000.tar.gz", "snapshot-20240102_000000.tar.gz", "snapshot-20240103_000000.tar.gz"]
-    touch(tmp_path, *names)
-    # A clock that went backwards made the new backup the oldest one.
-    assert backups.rotate(tmp_path, keep=1, protect=names[0]) == names[1:2]
-    assert backups.list_backups(tmp_path) == [names[0], names[2]]
 
 
 def test_remove_temp_files_removes_only_temp_files_of_backups_that_lost_the_lock(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 
-from common import backups, etcd
+from common import backups, etcd, retention
 from common.config import Config
 from common.metadata import BackupMetadata, remove_metadata, write_metadata
 from worker.archive import write_archive
@@ -75,8 +75,8 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
     # One line per backup, never a secret: what an operator greps for.
     logger.info("backup %s: %d bytes in %.2fs, revision %d from %s", name, metadata.filesize, metadata.duration,
                 metadata.revision, metadata.endpoint)
-    # Rotation runs only now that the new backup is complete and durable.
-    backups.rotate(config.backup_dir, config.rotate, protect=name)
+    # Rotation and retention run only now that the new backup is complete and durable.
+    retention.prune(config.backup_dir, datetime.now(UTC), config.rotate, config.retention, protect=name)
     return metadata
 
 

@@ -1,0 +1,137 @@
+"""Which backups to keep: the seed's `rotate` (keep the newest N), and the optional `retention`
+section: a maximum age, and a tiered policy (everything from the last hour, then the newest backup
+of each hour, day and week for so many hours, days and weeks; as gardener's etcd-backup-restore and
+kops' etcd-manager keep theirs).
+
+A backup is kept if any rule keeps it; `rotate` then caps how many are kept; the newest backup is
+never deleted. Backup times come from the names, never from file dates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from common import backups
+from common.config import RetentionConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    keep: bool
+    reason: str
+
+
+def plan(names: list[str], now: datetime, rotate: int, retention: RetentionConfig | None,
+         protect: str | None = None) -> list[Decision]:
+    """Decide, for each backup name (any order), whether to keep it and why; newest first."""
+    newest_first = sorted(names, reverse=True)
+    times = {name: _time(name) for name in newest_first}
+    reasons: dict[str, str] = {}
+    if newest_first:
+        reasons[newest_first[0]] = "the newest backup"
+    if protect in times:
+        reasons.setdefault(protect, "the backup just taken")
+    if retention is None:
+        for name in newest_first[:rotate]:
+            reasons.setdefault(name, f"among the newest {rotate} (rotate)")
+    else:
+        for rule in _rules(retention):
+            for name, why in rule(newest_first, times, now).items():
+                reasons.setdefault(name, why)
+    decisions = []
+    kept = 0
+    for name in newest_first:
+        kept_because = reasons.get(name)
+        if kept_because is not None and (kept < rotate or name in (newest_first[0], protect)):
+            kept += 1
+            decisions.append(Decision(name, True, kept_because))
+        elif kept_because is not None:
+            decisions.append(Decision(name, False, f"beyond rotate {rotate}, though {kept_because}"))
+        else:
+            decisions.append(Decision(name, False, _why_not(retention, rotate)))
+    return decisions
+
+
+def prune(backup_dir: Path, now: datetime, rotate: int, retention: RetentionConfig | None,
+          protect: str | None = None) -> list[Decision]:
+    """Delete the backups (and their metadata) that `plan` does not keep; return the decisions."""
+    decisions = plan(backups.list_backups(backup_dir), now, rotate, retention, protect)
+    for decision in decisions:
+        if not decision.keep and backups.delete_backup(backup_dir, decision.name):
+            logger.info("removed %s: %s", decision.name, decision.reason)
+    return decisions
+
+
+Rule = Callable[[list[str], dict[str, datetime], datetime], dict[str, str]]
+
+
+def _rules(retention: RetentionConfig) -> list[Rule]:
+    rules: list[Rule] = []
+    if retention.max_age is not None:
+        max_age = timedelta(seconds=retention.max_age)
+        rules.append(lambda names, times, now: {
+            name: f"younger than max-age {_duration(max_age)}" for name in names if now - times[name] < max_age})
+    if retention.tiered:
+        rules.append(lambda names, times, now: {
+            name: "from the last hour" for name in names if now - times[name] < timedelta(hours=1)})
+        tiers = [
+            ("hour", retention.hourly, timedelta(hours=1), lambda t: t.strftime("%Y-%m-%d %H:00")),
+            ("day", retention.daily, timedelta(days=1), lambda t: t.strftime("%Y-%m-%d")),
+            ("week", retention.weekly, timedelta(weeks=1), lambda t: f"{t.isocalendar()[0]}-W{t.isocalendar()[1]:02d}"),
+        ]
+        for unit, count, length, bucket in tiers:
+            if count:
+                rules.append(_newest_per_bucket(unit, count * length, bucket))
+    return rules
+
+
+def _newest_per_bucket(unit: str, window: timedelta, bucket: Callable[[datetime], str]) -> Rule:
+    """Keep the newest backup of each hour/day/week that is younger than `window`."""
+
+    def rule(names: list[str], times: dict[str, datetime], now: datetime) -> dict[str, str]:
+        kept: dict[str, str] = {}
+        seen: set[str] = set()
+        for name in names:  # newest first: the first of each bucket is its newest
+            if now - times[name] >= window:
+                continue
+            key = bucket(times[name])
+            if key not in seen:
+                seen.add(key)
+                kept[name] = f"the newest of its {unit} ({key})"
+        return kept
+
+    return rule
+
+
+def _why_not(retention: RetentionConfig | None, rotate: int) -> str:
+    if retention is None:
+        return f"beyond the newest {rotate} (rotate)"
+    parts = []
+    if retention.max_age is not None:
+        parts.append(f"older than max-age {_duration(timedelta(seconds=retention.max_age))}")
+    if retention.tiered:
+        parts.append(f"not kept by the tiers (hourly {retention.hourly}, daily {retention.daily}, "
+                     f"weekly {retention.weekly})")
+    return " and ".join(parts) or "kept by no rule"
+
+
+def _time(name: str) -> datetime:
+    started = backups.backup_time(name)
+    assert started is not None, f"{name} is not a backup name"
+    return started
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds}s"

@@ -1,0 +1,122 @@
+"""rotate (the seed's keep-N) and the retention section, with a fixed clock; `etcd-backup prune`."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli.main import main
+from common import retention
+from common.backups import backup_name, list_backups
+from common.config import ConfigError, RetentionConfig, parse_config
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+
+
+def names_at(*ages: timedelta) -> list[str]:
+    return [backup_name(NOW - age) for age in ages]
+
+
+def kept(decisions: list[retention.Decision]) -> list[str]:
+    return [decision.name for decision in decisions if decision.keep]
+
+
+def test_rotate_keeps_the_newest_by_name_time_and_nothing_else_is_touched(tmp_path: Path) -> None:
+    names = [f"snapshot-2024010{day}_000000.tar.gz" for day in range(1, 6)]
+    for name in [*names, "README", ".snapshot-20240101_000000.tar.gz.ab.part"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / f"{names[0]}.json").write_text("{}")
+    os.utime(tmp_path / names[0], (2e9, 2e9))  # mtimes say nothing: the newest file is the oldest backup
+    decisions = retention.prune(tmp_path, NOW, rotate=2, retention=None, protect=names[-1])
+    assert kept(decisions) == names[:2:-1]
+    assert [d.reason for d in decisions if not d.keep] == ["beyond the newest 2 (rotate)"] * 3
+    assert sorted(os.listdir(tmp_path)) == sorted([".snapshot-20240101_000000.tar.gz.ab.part", "README", *names[3:]])
+
+
+def test_the_backup_just_taken_is_never_deleted() -> None:
+    names = ["snapshot-20240101_000000.tar.gz", "snapshot-20240102_000000.tar.gz", "snapshot-20240103_000000.tar.gz"]
+    # A clock that went backwards made the new backup the oldest one.
+    assert kept(retention.plan(names, NOW, rotate=1, retention=None, protect=names[0])) == [names[2], names[0]]
+
+
+def test_max_age_keeps_the_young_and_always_the_newest() -> None:
+    names = names_at(timedelta(hours=1), timedelta(days=2), timedelta(days=40))
+    policy = RetentionConfig(max_age=timedelta(days=30).total_seconds())
+    decisions = retention.plan(names, NOW, rotate=100, retention=policy)
+    assert kept(decisions) == names[:2]
+    assert decisions[2].reason == "older than max-age 30d"
+    only_old = names_at(timedelta(days=40), timedelta(days=50))
+    assert kept(retention.plan(only_old, NOW, rotate=100, retention=policy)) == only_old[:1]
+
+
+def test_tiered_policy() -> None:
+    # A backup every 15 minutes for three weeks.
+    names = names_at(*(timedelta(minutes=15 * step) for step in range(4 * 24 * 21)))
+    policy = RetentionConfig(hourly=6, daily=3, weekly=2)
+    decisions = {d.name: d for d in retention.plan(names, NOW, rotate=1000, retention=policy)}
+    keep = sorted((name for name, d in decisions.items() if d.keep), reverse=True)
+    last_hour = names_at(*(timedelta(minutes=m) for m in (0, 15, 30, 45)))
+    assert keep[:4] == last_hour and decisions[last_hour[1]].reason == "from the last hour"
+    # Then the newest of each clock hour younger than 6 hours: 10:45 ... 06:45 (11:45 is in the last hour).
+    hourly = [backup_name(datetime(2026, 11, 27, hour, 45, tzinfo=UTC)) for hour in (10, 9, 8, 7, 6)]
+    assert all(decisions[name].keep for name in hourly)
+    assert decisions[hourly[0]].reason == "the newest of its hour (2026-11-27 10:00)"
+    assert decisions[backup_name(datetime(2026, 11, 27, 10, 30, tzinfo=UTC))].keep is False
+    # The newest of each day younger than 3 days (23:45 of the 26th, 25th, 24th), of each ISO week younger than
+    # 2 weeks (the Sundays 22nd and 15th: weeks 47 and 46; week 48 is today's).
+    daily = [backup_name(datetime(2026, 11, day, 23, 45, tzinfo=UTC)) for day in (26, 25, 24)]
+    assert [decisions[name].reason for name in daily] == [
+        f"the newest of its day (2026-11-{day})" for day in (26, 25, 24)]
+    assert decisions[backup_name(datetime(2026, 11, 26, 22, 0, tzinfo=UTC))].keep is False
+    weekly = [backup_name(datetime(2026, 11, day, 23, 45, tzinfo=UTC)) for day in (22, 15)]
+    assert [decisions[name].reason for name in weekly] == [
+        "the newest of its week (2026-W47)", "the newest of its week (2026-W46)"]
+    assert decisions[names[-1]].keep is False and "not kept by the tiers" in decisions[names[-1]].reason
+    assert keep == last_hour + hourly + daily + weekly
+
+
+def test_any_rule_keeps_and_rotate_caps_the_total() -> None:
+    names = names_at(timedelta(minutes=5), timedelta(hours=3), timedelta(days=2), timedelta(days=9))
+    policy = RetentionConfig(max_age=timedelta(days=3).total_seconds(), weekly=2)
+    assert kept(retention.plan(names, NOW, rotate=100, retention=policy)) == names  # the 9-day-old: weekly
+    capped = retention.plan(names, NOW, rotate=2, retention=policy)
+    assert kept(capped) == names[:2]
+    assert capped[2].reason == "beyond rotate 2, though younger than max-age 3d"
+
+
+def test_retention_config_errors() -> None:
+    base = {"etcd": {"endpoints": ["http://127.0.0.1:2379"]}}
+    assert parse_config({**base, "retention": {"max-age": "720h", "daily": 7}}, {}).retention == RetentionConfig(
+        max_age=720 * 3600, daily=7)
+    for section, message in [({}, "retention: give max-age, or at least one of hourly, daily, weekly"),
+                             ({"hourly": -1}, "retention.hourly: must be at least 0"),
+                             ({"monthly": 3}, "retention.monthly: unknown key"),
+                             ({"max-age": "a month"}, "retention.max-age: ")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**base, "retention": section}, {})
+
+
+def test_prune_command_dry_run_then_for_real(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    backup_dir = tmp_path / "backups"
+    backup_dir.mkdir(mode=0o700)
+    now = datetime.now(UTC)
+    names = [backup_name(now - timedelta(days=days)) for days in (0, 1, 10, 20)]
+    for name in names:
+        (backup_dir / name).write_bytes(b"x")
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"backup-dir": str(backup_dir), "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+                                      "retention": {"max-age": "120h"}}))
+    main(["prune", "--config", str(config), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"keep         {names[0]}  the newest backup",
+                     f"keep         {names[1]}  younger than max-age 5d",
+                     f"would delete {names[2]}  older than max-age 5d",
+                     f"would delete {names[3]}  older than max-age 5d"]
+    assert list_backups(backup_dir) == sorted(names)
+    main(["prune", "--config", str(config)])
+    assert capsys.readouterr().out.count("deleted ") == 2
+    assert list_backups(backup_dir) == sorted(names[:2])
