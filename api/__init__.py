@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Flask
 
-from api import auth, backups, errors, jobs, meta
+from api import auth, backups, errors, jobs, meta, metrics
 from api.state import State
 from common import queue
 from common.config import Config
@@ -25,4 +25,5 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     app.register_blueprint(meta.bp)
     app.register_blueprint(backups.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(metrics.bp)
     return app

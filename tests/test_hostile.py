@@ -101,7 +101,8 @@ def test_fuzzing_report(fuzz_service: Service, report: Report) -> None:
 @pytest.mark.parametrize("method, path", [
     ("GET", "/api/v1/backup"), ("POST", "/api/v1/backup"), ("GET", "/api/v1/backup/snapshot-20240101_000000.tar.gz"),
     ("HEAD", "/api/v1/backup/snapshot-20240101_000000.tar.gz"), ("GET", "/api/v1/jobs/" + "0" * 32),
-    ("GET", "/api/v1/openapi.json"), ("GET", "/readyz"), ("GET", "/nowhere"),
+    ("GET", "/api/v1/openapi.json"), ("GET", "/readyz"), ("GET", "/metrics"),
+    ("GET", "/nowhere"),
 ])
 def test_api_token_is_required_everywhere_but_healthz(make_service: Callable[..., Service], method: str,
                                                       path: str) -> None:

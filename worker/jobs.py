@@ -12,6 +12,7 @@ from rq import get_current_job
 
 from common import backups, queue
 from common.config import Config
+from common.metrics import record_outcome
 from worker import backup
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat, live_backup
@@ -41,8 +42,11 @@ def take_backup() -> dict[str, object]:
             # Holding the lock, no other backup is writing: any temp file is a dead backup's.
             backups.remove_temp_files(_config.backup_dir, lambda: live_backup(connection))
             result = backup.take_backup(_config, temp_tag=job.id)
-    except BackupError as exc:
-        job.meta[queue.ERROR_META] = str(exc)
-        job.save_meta()  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
+            job.meta[queue.ERROR_META] = str(exc)
+            job.save_meta()  # type: ignore[no-untyped-call]
+        record_outcome(connection, "failure")
         raise
+    record_outcome(connection, "success", result.duration)
     return {"filename": result.filename, "filesize": result.filesize}

@@ -1,0 +1,86 @@
+"""GET /metrics in Prometheus' text format: what backup-dir holds (read on each scrape) and the
+outcome counters that workers and schedulers keep in Redis (common.metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import redis
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from rq.registry import FailedJobRegistry
+
+from api.state import State, state
+from common import backups
+from common.metadata import read_metadata
+from common.metrics import read_durations, read_outcomes
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BackupCollector(state()))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class BackupCollector(Collector):
+    def __init__(self, current: State) -> None:
+        self.config = current.config
+        self.queue = current.queue
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._from_backup_dir()
+        yield from self._from_redis()
+
+    def _from_backup_dir(self) -> Iterator[Metric]:
+        backup_dir = self.config.backup_dir
+        names = backups.list_backups(backup_dir)
+        sizes = []
+        for name in names:
+            try:
+                sizes.append((backup_dir / name).stat().st_size)
+            except FileNotFoundError:  # deleted since the listing
+                continue
+        yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(sizes))
+        yield GaugeMetricFamily("etcd_backup_backups_on_disk_bytes", "Bytes of the backups in backup-dir.",
+                                value=sum(sizes))
+        newest = read_metadata(backup_dir, names[-1]) if names else None
+        if newest is None:
+            return
+        finished = datetime.fromisoformat(newest.started).timestamp() + newest.duration
+        yield GaugeMetricFamily("etcd_backup_last_success_timestamp_seconds",
+                                "When the newest backup was complete (Unix time): alert when it is too old.",
+                                value=finished)
+        yield GaugeMetricFamily("etcd_backup_last_size_bytes", "Size of the newest backup's archive.",
+                                value=newest.filesize)
+        yield GaugeMetricFamily("etcd_backup_last_revision", "etcd revision of the newest backup.",
+                                value=newest.revision)
+        yield GaugeMetricFamily("etcd_backup_last_db_size_bytes", "Size of the etcd database in the newest backup.",
+                                value=newest.db_size)
+
+    def _from_redis(self) -> Iterator[Metric]:
+        connection = self.queue.connection
+        try:
+            outcomes = read_outcomes(connection)
+            buckets, total = read_durations(connection)
+            depth = self.queue.count
+            failed = FailedJobRegistry(queue=self.queue).count
+        except redis.RedisError:
+            yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=0)
+            return
+        yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=1)
+        counter = CounterMetricFamily("etcd_backup_backups", "Backups by outcome (success, failure, skipped).",
+                                      labels=["outcome"])
+        for outcome, count in outcomes.items():
+            counter.add_metric([outcome], count)
+        yield counter
+        yield HistogramMetricFamily("etcd_backup_duration_seconds", "Duration of successful backups.",
+                                    buckets=buckets, sum_value=total)
+        yield GaugeMetricFamily("etcd_backup_queue_depth", "Backup jobs waiting for a worker.", value=depth)
+        yield GaugeMetricFamily("etcd_backup_failed_jobs", "Failed backup jobs kept in RQ (for a day).",
+                                value=failed)
