@@ -1,7 +1,9 @@
-"""The all-in-one server: the API under gunicorn plus one worker thread, in one process."""
+"""The all-in-one server: the API under gunicorn plus one worker thread (and the schedule's, when the
+config has one), in one process."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flask import Flask
@@ -11,6 +13,7 @@ from api import create_app
 from api.server import gunicorn_settings
 from common import queue
 from common.config import Config
+from scheduler.cron import start_thread_scheduler
 from worker.runner import ThreadWorker, start_thread_worker
 
 
@@ -18,6 +21,7 @@ class AllInOneServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: Config) -> None:
         self.config = config
         self.worker: ThreadWorker | None = None
+        self.scheduler: tuple[threading.Thread, threading.Event] | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -30,9 +34,15 @@ class AllInOneServer(BaseApplication):  # type: ignore[misc]
         # Runs in the gunicorn worker process, so the embedded Redis is created after fork().
         connection = queue.connect(self.config)
         self.worker = start_thread_worker(self.config, connection)
+        if self.config.schedule is not None:
+            self.scheduler = start_thread_scheduler(self.config, connection)
         return create_app(self.config, connection)
 
     def worker_exit(self, server: Any, gunicorn_worker: Any) -> None:
         """On shutdown, let a running backup finish (within gunicorn's graceful timeout)."""
+        if self.scheduler is not None:
+            thread, stop = self.scheduler
+            stop.set()
+            thread.join(self.cfg.graceful_timeout)
         if self.worker is not None:
             self.worker.stop(timeout=self.cfg.graceful_timeout)

@@ -1,10 +1,12 @@
 """`etcd-backup [--config FILE]`: the whole service; `etcd-backup worker --config FILE`: a worker;
+`etcd-backup scheduler --config FILE`: the backup schedule;
 `etcd-backup prune --config FILE [--dry-run]`: apply rotate and retention now."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from datetime import UTC, datetime
 
 from common import retention
@@ -17,9 +19,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="etcd-backup", description="REST API backup service for etcd.")
     parser.add_argument(
-        "command", nargs="?", choices=["serve", "worker", "prune"], default="serve",
-        help="serve: the API and one worker in one process (default); worker: a backup worker only; "
-             "prune: delete the backups that rotate and retention do not keep (as after each backup)",
+        "command", nargs="?", choices=["serve", "worker", "scheduler", "prune"], default="serve",
+        help="serve: the API and one worker (and the schedule, if any) in one process (default); worker: a "
+             "backup worker only; scheduler: takes the config's schedule; prune: delete the backups that "
+             "rotate and retention do not keep (as after each backup)",
     )
     parser.add_argument("--dry-run", action="store_true", help="prune: list what would go and why, delete nothing")
     parser.add_argument(
@@ -36,6 +39,18 @@ def main(argv: list[str] | None = None) -> None:
     # Each command imports only what it runs: a worker never loads gunicorn or Flask.
     if args.command == "prune":
         prune(config, dry_run=args.dry_run)
+    elif args.command == "scheduler":
+        exit_unless_shared_queue(config, "a scheduler runs apart from the API")
+        if config.schedule is None:
+            # Idle rather than exit: a Procfile runner (foreman, honcho) stops every process when one ends.
+            logging.getLogger("scheduler").warning("the config sets no schedule: idle until stopped")
+            stop_signals = {signal.SIGTERM, signal.SIGINT}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+            signal.sigwait(stop_signals)
+            return
+        from scheduler.cron import run_scheduler
+
+        run_scheduler(config)
     elif args.command == "worker":
         exit_unless_shared_queue(config, "a worker runs apart from the API")
         from worker.runner import run_worker

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from croniter import croniter
 
 DEFAULT_BACKUP_DIR = "/etcd-backup/"
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -25,7 +26,7 @@ MIN_API_TOKEN_LENGTH = 16
 
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
-    "api-token", "api-tls-cert", "api-tls-key", "retention",
+    "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged",
 })
 RETENTION_KEYS = frozenset({"max-age", "hourly", "daily", "weekly"})
 ETCD_KEYS = frozenset({
@@ -89,6 +90,10 @@ class Config:
     api_tls_key: Path | None = None
     """When set (both), the API listens with TLS."""
     retention: RetentionConfig | None = None
+    schedule: str | None = None
+    """A cron expression, in UTC (five fields; a sixth for seconds): when scheduled backups are taken."""
+    skip_unchanged: bool = False
+    """A scheduled backup is skipped when etcd's revision is the newest backup's."""
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -149,7 +154,15 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         api_token=_api_token(top.get_str("api-token", None), environ),
         **_api_tls(top.get_str("api-tls-cert", None), top.get_str("api-tls-key", None)),
         retention=_parse_retention(top.get_section("retention")),
+        schedule=_schedule(top.get_str("schedule", None)),
+        skip_unchanged=top.get_bool("skip-unchanged", False),
     )
+
+
+def _schedule(expression: str | None) -> str | None:
+    if expression is not None and not croniter.is_valid(expression):
+        raise ConfigError("schedule", f"not a cron expression: {expression!r} (e.g. \"0 */6 * * *\")")
+    return expression
 
 
 def _parse_retention(raw: Any) -> RetentionConfig | None:
@@ -298,6 +311,14 @@ class _Section:
         if value < minimum or (maximum is not None and value > maximum):
             limits = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
             raise ConfigError(self._key(key), f"must be {limits}, got {value}")
+        return value
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self._value(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(self._key(key), f"expected true or false, got {_type_name(value)}")
         return value
 
     def get_duration(self, key: str, default: str) -> float:

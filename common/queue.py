@@ -6,7 +6,10 @@ serialized as JSON, not pickle: whoever can write to Redis must not be able to r
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
+from collections.abc import Callable
 
 import fakeredis
 import redis
@@ -16,6 +19,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from common.config import Config
+
+logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "etcd-backup"
 BACKUP_JOB = "worker.jobs.take_backup"
@@ -33,6 +38,8 @@ RESULT_TTL = 86400
 """Seconds a finished or failed job (and so GET /api/v1/jobs/<id>) is kept."""
 PENDING_TTL = RESULT_TTL
 """Seconds before a pending marker expires by itself, should its job be lost (a flushed Redis)."""
+REDIS_RETRY_SECONDS = 2.0
+"""How often a starting worker or scheduler tries Redis again while it is unreachable."""
 REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds to connect to Redis before a request is answered 503."""
 
@@ -116,3 +123,15 @@ def release_pending(connection: redis.Redis, job_id: str) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def retry_until_redis_answers(action: Callable[[], object]) -> None:
+    """Run `action`, again every few seconds while Redis is unreachable: a process started before
+    Redis (or while it restarts) waits for it rather than dying."""
+    while True:
+        try:
+            action()
+            return
+        except redis.ConnectionError as exc:
+            logger.warning("waiting for Redis: %s", exc)
+            time.sleep(REDIS_RETRY_SECONDS)

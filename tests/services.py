@@ -296,6 +296,10 @@ class Deployment:
     def temp_files(self) -> list[str]:
         return sorted(name for name in os.listdir(self.backup_dir) if is_temp_name(name))
 
+    def start_process(self, command: str, name: str) -> subprocess.Popen[bytes]:
+        """Start another process of this deployment (a Procfile line) with its config; stopped by the caller."""
+        return start(command, self.config, self.work / f"{name}.log")
+
     def stop_workers(self) -> None:
         for worker in self.workers:
             stop_process(worker, timeout=30)

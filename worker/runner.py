@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import redis
@@ -18,10 +17,6 @@ from worker import jobs
 from worker.leases import live_backup
 
 logger = logging.getLogger(__name__)
-
-REDIS_RETRY_SECONDS = 2.0
-"""How often a starting worker tries Redis again while it is unreachable."""
-
 
 class BackupWorker(SimpleWorker):
     """Runs jobs in the worker process itself, without fork(): a backup needs no isolation, and a
@@ -72,14 +67,7 @@ def prepare(config: Config, connection: redis.Redis) -> None:
 def run_worker(config: Config) -> None:
     """Work the backup queue in this process until SIGTERM/SIGINT (finishing the current backup)."""
     connection = queue.connect(config)
-    while True:
-        try:
-            prepare(config, connection)
-            break
-        except redis.ConnectionError as exc:
-            # A worker started before Redis (or while it restarts) waits for it rather than dying.
-            logger.warning("waiting for Redis: %s", exc)
-            time.sleep(REDIS_RETRY_SECONDS)
+    queue.retry_until_redis_answers(lambda: prepare(config, connection))
     worker = BackupWorker([queue.backup_queue(connection)], connection=connection, serializer=JSONSerializer)
     worker.work(logging_level="INFO")
 

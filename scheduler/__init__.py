@@ -1,0 +1,1 @@
+"""Scheduled backups: RQ's cron scheduler, with a tick of our own (scheduler/cron.py)."""

@@ -1,0 +1,125 @@
+"""One tick of the backup schedule, and RQ's cron scheduler driving it.
+
+RQ's `CronScheduler` keeps the time table (when the next tick is due, its heartbeat and registry
+in Redis, signals); what a tick does is ours, in a `CronJob` subclass:
+
+- one backup per tick however many schedulers run: the first to claim the tick in Redis
+  (SET NX on a key named after the tick's time) enqueues, the others let it pass;
+- the backup job is enqueued like a POST's (common.queue.enqueue_or_join: JSON, no arguments),
+  and joins a backup already queued instead of adding one;
+- with `skip-unchanged`, a tick finds etcd at the newest backup's revision and counts a skip;
+- the cron expression is read in UTC (RQ reads it in the host's local time).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+import redis
+from croniter import croniter
+from rq.cron import CronJob, CronScheduler
+from rq.job import Job
+
+from common import backups, etcd
+from common.config import Config
+from common.metadata import read_metadata
+from common.metrics import record_outcome
+from common.queue import BACKUP_JOB, QUEUE_NAME, backup_queue, connect, enqueue_or_join, retry_until_redis_answers
+
+logger = logging.getLogger(__name__)
+
+TICK_KEY_TTL = 86400
+"""Seconds a claimed tick is remembered (any scheduler that is that late gives up the tick anyway)."""
+
+
+def tick_key(tick: datetime) -> str:
+    return f"etcd-backup:schedule-tick:{tick.astimezone(UTC).isoformat()}"
+
+
+def run_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler: str) -> Job | None:
+    """Take the backup due at `tick`, unless another scheduler claimed the tick or it is skipped."""
+    if not connection.set(tick_key(tick), scheduler, nx=True, ex=TICK_KEY_TTL):
+        logger.info("tick %s: taken by another scheduler", tick.isoformat())
+        return None
+    if config.skip_unchanged:
+        unchanged_since = _unchanged_since(config)
+        if unchanged_since is not None:
+            record_outcome(connection, "skipped")
+            logger.info("tick %s: skipped, etcd's revision is unchanged since %s", tick.isoformat(), unchanged_since)
+            return None
+    job = enqueue_or_join(backup_queue(connection))
+    logger.info("tick %s: backup job %s", tick.isoformat(), job.id)
+    return job
+
+
+def _unchanged_since(config: Config) -> str | None:
+    """The newest backup's name if etcd's revision is still the one it recorded, else None."""
+    names = backups.list_backups(config.backup_dir)
+    newest = read_metadata(config.backup_dir, names[-1]) if names else None
+    if newest is None:
+        return None
+    try:
+        with etcd.connect(config.etcd) as connection:
+            revision = int(connection.status.header.revision)
+    except etcd.EtcdUnavailable as exc:
+        logger.warning("skip-unchanged cannot read etcd's revision, backing up anyway: %s", exc)
+        return None
+    return newest.filename if revision == newest.revision else None
+
+
+class BackupTick(CronJob):
+    """RQ's CronJob for the config's schedule, read in UTC, whose enqueue() is run_tick()."""
+
+    def __init__(self, config: Config, scheduler: str) -> None:
+        assert config.schedule is not None
+        self.config = config
+        self.scheduler = scheduler
+        super().__init__(queue_name=QUEUE_NAME, func_name=BACKUP_JOB, cron=config.schedule, name="etcd-backup")
+
+    def get_next_enqueue_time(self) -> datetime:
+        base = self.latest_enqueue_time or datetime.now(UTC)
+        next_time: datetime = croniter(self.cron, base.astimezone(UTC)).get_next(datetime)
+        return next_time
+
+    def enqueue(self, connection: redis.Redis) -> Job | None:  # type: ignore[override]  # RQ ignores the value
+        # next_enqueue_time is still the tick that is due: RQ moves it on after this returns.
+        assert self.next_enqueue_time is not None
+        return run_tick(self.config, connection, self.next_enqueue_time, self.scheduler)
+
+
+class BackupScheduler(CronScheduler):
+    """RQ's cron scheduler with the one backup tick (RQ's register() only builds plain CronJobs)."""
+
+    def __init__(self, config: Config, connection: redis.Redis) -> None:
+        super().__init__(connection, logging_level=logging.INFO)
+        self._cron_jobs.append(BackupTick(config, self.name))
+
+    def run_until(self, stop: threading.Event) -> None:
+        """start()'s loop for a thread (start() installs signal handlers: the main thread's job)."""
+        self.register_birth()
+        try:
+            while not stop.is_set():
+                if self.enqueue_jobs():
+                    self.save()
+                self.heartbeat()
+                stop.wait(self.calculate_sleep_interval())
+        finally:
+            self.register_death()
+
+
+def start_thread_scheduler(config: Config, connection: redis.Redis) -> tuple[threading.Thread, threading.Event]:
+    """Run the schedule on a daemon thread (the all-in-one process); set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=BackupScheduler(config, connection).run_until, args=(stop,),
+                              name="backup-scheduler", daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def run_scheduler(config: Config) -> None:
+    """Run the schedule in this process until SIGTERM/SIGINT (the Procfile's `scheduler`)."""
+    connection = connect(config)
+    retry_until_redis_answers(connection.ping)
+    BackupScheduler(config, connection).start()  # type: ignore[no-untyped-call]
