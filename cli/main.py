@@ -1,14 +1,17 @@
 """`etcd-backup [--config FILE]`: the whole service; `etcd-backup worker --config FILE`: a worker;
 `etcd-backup scheduler --config FILE`: the backup schedule;
-`etcd-backup prune --config FILE [--dry-run]`: apply rotate and retention now."""
+`etcd-backup prune --config FILE [--dry-run]`: apply rotate and retention now;
+`etcd-backup verify|restore|download|list ...`: recovery (cli/recovery.py)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import sys
 from datetime import UTC, datetime
 
+from cli import recovery
 from common import retention
 from common.backups import list_backups
 from common.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, exit_unless_shared_queue, load_config_or_exit
@@ -33,7 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in recovery.COMMANDS:
+        recovery.main(arguments)
+        return
+    args = parse_args(arguments)
     config = load_config_or_exit(args.config)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     # Each command imports only what it runs: a worker never loads gunicorn or Flask.

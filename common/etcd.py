@@ -59,6 +59,14 @@ class EtcdConnection:
         )
         return responses
 
+    def key_count(self, revision: int, timeout: float) -> int:
+        """How many keys etcd holds at `revision` (a count-only range over the whole keyspace)."""
+        response = etcdrpc.KVStub(self.channel).Range(
+            etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True, revision=revision),
+            metadata=self.metadata, timeout=timeout,
+        )
+        return int(response.count)
+
     def close(self) -> None:
         self.channel.close()
 

@@ -34,6 +34,10 @@ class BackupMetadata:
     """When the snapshot started, UTC, ISO 8601."""
     duration: float
     """Seconds from connecting to etcd to the archive being durable."""
+    key_count: int | None = None
+    """Keys in etcd at `revision` (None in metadata written before it was recorded)."""
+    drill: dict[str, Any] | None = None
+    """The last restore drill of this backup: time, outcome, reason, seconds (recovery.drill)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +59,19 @@ def write_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str) -> None
         os.link(temp, final)
     finally:
         temp.unlink(missing_ok=True)
+    fsync_dir(backup_dir)
+
+
+def update_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str) -> None:
+    """Replace the metadata file of an existing backup (to record a drill), atomically."""
+    final = backup_dir / metadata_name(metadata.filename)
+    temp = backup_dir / temp_name(metadata_name(metadata.filename), tag)
+    with open(temp, "x", encoding="utf-8") as out:
+        os.chmod(temp, 0o600)
+        json.dump(metadata.to_json(), out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, final)
     fsync_dir(backup_dir)
 
 

@@ -27,6 +27,7 @@ def test_metadata_of_a_backup(service: Service, etcd: EtcdServer) -> None:
     assert metadata["filename"] == name and metadata["filesize"] == answer["filesize"]
     assert metadata["endpoint"] == etcd.url
     assert metadata["revision"] >= revision
+    assert metadata["key_count"] == etcd.client().get_all_response(keys_only=True).count
     assert metadata["etcd_version"].startswith("3.")
     assert metadata["db_size"] == len(data)
     assert metadata["db_sha256"] == hashlib.sha256(data).hexdigest() == trailer.hex()

@@ -38,6 +38,7 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
         started = _fresh_second(config)
         name = backups.backup_name(started)
         status = connection.status
+        key_count = _key_count(connection, int(status.header.revision), config)
         digests: list[bytes] = []
         recorded: list[BackupMetadata] = []
 
@@ -47,7 +48,7 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
                 member_id=f"{status.header.member_id:x}", endpoint=connection.endpoint,
                 revision=int(status.header.revision), etcd_version=status.version,
                 db_size=member_size - TRAILER_SIZE, db_sha256=digests[0].hex(), started=started.isoformat(),
-                duration=round(time.monotonic() - began, 3),
+                duration=round(time.monotonic() - began, 3), key_count=key_count,
             )
             write_metadata(config.backup_dir, metadata, tag=temp_tag)
             recorded.append(metadata)
@@ -78,6 +79,15 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
     # Rotation and retention run only now that the new backup is complete and durable.
     retention.prune(config.backup_dir, datetime.now(UTC), config.rotate, config.retention, protect=name)
     return metadata
+
+
+def _key_count(connection: etcd.EtcdConnection, revision: int, config: Config) -> int | None:
+    """For the metadata (a restore drill checks it); a backup does not fail for want of it."""
+    try:
+        return connection.key_count(revision, config.etcd.timeout)
+    except grpc.RpcError as exc:
+        logger.warning("cannot count etcd's keys: %s", etcd.describe_rpc_error(exc, config.etcd.timeout))
+        return None
 
 
 def _fresh_second(config: Config) -> datetime:

@@ -1,0 +1,1 @@
+"""Recovery: verify a backup, restore it with etcd's own tool, download it, drill it."""
