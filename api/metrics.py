@@ -16,7 +16,7 @@ from rq.registry import FailedJobRegistry
 from api.state import State, state
 from common import backups
 from common.metadata import read_metadata
-from common.metrics import read_durations, read_outcomes
+from common.metrics import read_drill, read_durations, read_outcomes
 
 bp = Blueprint("metrics", __name__)
 
@@ -70,6 +70,7 @@ class BackupCollector(Collector):
             buckets, total = read_durations(connection)
             depth = self.queue.count
             failed = FailedJobRegistry(queue=self.queue).count
+            drill = read_drill(connection)
         except redis.RedisError:
             yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=0)
             return
@@ -84,3 +85,12 @@ class BackupCollector(Collector):
         yield GaugeMetricFamily("etcd_backup_queue_depth", "Backup jobs waiting for a worker.", value=depth)
         yield GaugeMetricFamily("etcd_backup_failed_jobs", "Failed backup jobs kept in RQ (for a day).",
                                 value=failed)
+        if "time" in drill:
+            yield GaugeMetricFamily("etcd_backup_last_drill_timestamp_seconds", "When the last restore drill ended.",
+                                    value=float(drill["time"]))
+            yield GaugeMetricFamily("etcd_backup_last_drill_passed", "Whether the last restore drill passed (1).",
+                                    value=1 if drill["outcome"] == "passed" else 0)
+        if "last_success" in drill:
+            yield GaugeMetricFamily("etcd_backup_last_drill_success_timestamp_seconds",
+                                    "When a restore drill last proved the newest backup restores.",
+                                    value=float(drill["last_success"]))

@@ -34,7 +34,7 @@ class AllInOneServer(BaseApplication):  # type: ignore[misc]
         # Runs in the gunicorn worker process, so the embedded Redis is created after fork().
         connection = queue.connect(self.config)
         self.worker = start_thread_worker(self.config, connection)
-        if self.config.schedule is not None:
+        if self.config.schedule is not None or self.config.drill is not None:
             self.scheduler = start_thread_scheduler(self.config, connection)
         return create_app(self.config, connection)
 

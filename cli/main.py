@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         prune(config, dry_run=args.dry_run)
     elif args.command == "scheduler":
         exit_unless_shared_queue(config, "a scheduler runs apart from the API")
-        if config.schedule is None:
+        if config.schedule is None and config.drill is None:
             # Idle rather than exit: a Procfile runner (foreman, honcho) stops every process when one ends.
             logging.getLogger("scheduler").warning("the config sets no schedule: idle until stopped")
             stop_signals = {signal.SIGTERM, signal.SIGINT}

@@ -26,7 +26,7 @@ MIN_API_TOKEN_LENGTH = 16
 
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
-    "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged",
+    "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
 })
 RETENTION_KEYS = frozenset({"max-age", "hourly", "daily", "weekly"})
 ETCD_KEYS = frozenset({
@@ -94,6 +94,8 @@ class Config:
     """A cron expression, in UTC (five fields; a sixth for seconds): when scheduled backups are taken."""
     skip_unchanged: bool = False
     """A scheduled backup is skipped when etcd's revision is the newest backup's."""
+    drill: str | None = None
+    """A cron expression, in UTC: when the newest backup is restored and started to prove it works."""
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -156,12 +158,13 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         retention=_parse_retention(top.get_section("retention")),
         schedule=_schedule(top.get_str("schedule", None)),
         skip_unchanged=top.get_bool("skip-unchanged", False),
+        drill=_schedule(top.get_str("drill", None), "drill"),
     )
 
 
-def _schedule(expression: str | None) -> str | None:
+def _schedule(expression: str | None, key: str = "schedule") -> str | None:
     if expression is not None and not croniter.is_valid(expression):
-        raise ConfigError("schedule", f"not a cron expression: {expression!r} (e.g. \"0 */6 * * *\")")
+        raise ConfigError(key, f"not a cron expression: {expression!r} (e.g. \"0 */6 * * *\")")
     return expression
 
 

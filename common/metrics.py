@@ -16,6 +16,8 @@ DURATION_KEY = "etcd-backup:metrics:duration"
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 """Upper bounds, in seconds; the last bucket (+Inf) is "count"."""
 OUTCOMES = ("success", "failure", "skipped")
+DRILL_KEY = "etcd-backup:metrics:drill"
+"""Hash: the last restore drill (time, backup, outcome, reason) and last_success (Unix times)."""
 
 
 def record_outcome(connection: redis.Redis, outcome: str, duration: float | None = None) -> None:
@@ -45,6 +47,18 @@ def read_durations(connection: redis.Redis) -> tuple[list[tuple[str, float]], fl
     buckets = [(str(bound), float(raw.get(str(bound), 0))) for bound in DURATION_BUCKETS]
     buckets.append(("+Inf", float(raw.get("count", 0))))
     return buckets, float(raw.get("sum", 0))
+
+
+def record_drill(connection: redis.Redis, time: float, backup: str, passed: bool, reason: str) -> None:
+    fields: dict[str, str] = {"time": str(time), "backup": backup, "outcome": "passed" if passed else "failed",
+                              "reason": reason}
+    if passed:
+        fields["last_success"] = str(time)
+    connection.hset(DRILL_KEY, mapping=fields)  # type: ignore[arg-type]
+
+
+def read_drill(connection: redis.Redis) -> dict[str, str]:
+    return {_text(key): _text(value) for key, value in connection.hgetall(DRILL_KEY).items()}
 
 
 def _text(value: bytes | str) -> str:

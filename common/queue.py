@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "etcd-backup"
 BACKUP_JOB = "worker.jobs.take_backup"
+DRILL_JOB = "worker.jobs.restore_drill"
 PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
 LOCK_KEY = "etcd-backup:backup-lock"
@@ -96,6 +97,12 @@ def enqueue_or_join(queue: Queue) -> Job:
             return queued
         # The marker outlived its job (the job expired or its Redis data was lost): drop it.
         release_pending(connection, pending_id)
+
+
+def enqueue_drill(queue: Queue) -> Job:
+    """Queue a restore drill of the newest backup (recovery.drill, run by a worker)."""
+    job: Job = queue.enqueue_call(DRILL_JOB, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL)
+    return job
 
 
 def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import grpc
 import redis
@@ -25,13 +24,12 @@ import redis
 from common import backups, etcd
 from common.config import Config, EtcdConfig
 from common.metadata import BackupMetadata, read_metadata, update_metadata
+from common.metrics import record_drill
 from recovery.restore import Member, RestoreError, restore
 from recovery.verify import VerifyError, verify_file
 
 logger = logging.getLogger(__name__)
 
-DRILL_KEY = "etcd-backup:drill"
-"""Hash: the last drill (time, backup, outcome, reason) and last_success (Unix time)."""
 START_TIMEOUT = 60.0
 """Seconds the restored etcd has to answer."""
 
@@ -141,11 +139,7 @@ def _record(config: Config, connection: redis.Redis | None, result: DrillResult)
                      "seconds": result.seconds}
             update_metadata(config.backup_dir, replace(metadata, drill=drill), tag="drill")
     if connection is not None:
-        fields: dict[Any, Any] = {"time": now.timestamp(), "backup": result.backup or "",
-                                                  "outcome": outcome, "reason": result.reason}
-        if result.passed:
-            fields["last_success"] = now.timestamp()
-        connection.hset(DRILL_KEY, mapping=fields)
+        record_drill(connection, now.timestamp(), result.backup or "", result.passed, result.reason)
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""One tick of the backup schedule, and RQ's cron scheduler driving it.
+"""The ticks of the backup schedule and of the restore drill, and RQ's cron scheduler driving them.
 
 RQ's `CronScheduler` keeps the time table (when the next tick is due, its heartbeat and registry
 in Redis, signals); what a tick does is ours, in a `CronJob` subclass:
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis
@@ -26,7 +27,16 @@ from common import backups, etcd
 from common.config import Config
 from common.metadata import read_metadata
 from common.metrics import record_outcome
-from common.queue import BACKUP_JOB, QUEUE_NAME, backup_queue, connect, enqueue_or_join, retry_until_redis_answers
+from common.queue import (
+    BACKUP_JOB,
+    DRILL_JOB,
+    QUEUE_NAME,
+    backup_queue,
+    connect,
+    enqueue_drill,
+    enqueue_or_join,
+    retry_until_redis_answers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +44,21 @@ TICK_KEY_TTL = 86400
 """Seconds a claimed tick is remembered (any scheduler that is that late gives up the tick anyway)."""
 
 
-def tick_key(tick: datetime) -> str:
-    return f"etcd-backup:schedule-tick:{tick.astimezone(UTC).isoformat()}"
+def tick_key(tick: datetime, kind: str = "schedule") -> str:
+    return f"etcd-backup:{kind}-tick:{tick.astimezone(UTC).isoformat()}"
+
+
+def _claim(connection: redis.Redis, tick: datetime, kind: str, scheduler: str) -> bool:
+    """Whether this scheduler is the first to claim the tick (the others let it pass)."""
+    if connection.set(tick_key(tick, kind), scheduler, nx=True, ex=TICK_KEY_TTL):
+        return True
+    logger.info("%s tick %s: taken by another scheduler", kind, tick.isoformat())
+    return False
 
 
 def run_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler: str) -> Job | None:
     """Take the backup due at `tick`, unless another scheduler claimed the tick or it is skipped."""
-    if not connection.set(tick_key(tick), scheduler, nx=True, ex=TICK_KEY_TTL):
-        logger.info("tick %s: taken by another scheduler", tick.isoformat())
+    if not _claim(connection, tick, "schedule", scheduler):
         return None
     if config.skip_unchanged:
         unchanged_since = _unchanged_since(config)
@@ -51,6 +68,15 @@ def run_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler:
             return None
     job = enqueue_or_join(backup_queue(connection))
     logger.info("tick %s: backup job %s", tick.isoformat(), job.id)
+    return job
+
+
+def run_drill_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler: str) -> Job | None:
+    """Queue the restore drill due at `tick` (a worker runs it), unless another scheduler claimed the tick."""
+    if not _claim(connection, tick, "drill", scheduler):
+        return None
+    job = enqueue_drill(backup_queue(connection))
+    logger.info("drill tick %s: drill job %s", tick.isoformat(), job.id)
     return job
 
 
@@ -69,14 +95,17 @@ def _unchanged_since(config: Config) -> str | None:
     return newest.filename if revision == newest.revision else None
 
 
-class BackupTick(CronJob):
-    """RQ's CronJob for the config's schedule, read in UTC, whose enqueue() is run_tick()."""
+TickAction = Callable[[Config, redis.Redis, datetime, str], "Job | None"]
 
-    def __init__(self, config: Config, scheduler: str) -> None:
-        assert config.schedule is not None
+
+class Tick(CronJob):
+    """RQ's CronJob for one of the config's cron expressions, read in UTC, whose enqueue() is `action`."""
+
+    def __init__(self, config: Config, scheduler: str, cron: str, action: TickAction, job: str) -> None:
         self.config = config
         self.scheduler = scheduler
-        super().__init__(queue_name=QUEUE_NAME, func_name=BACKUP_JOB, cron=config.schedule, name="etcd-backup")
+        self.action = action
+        super().__init__(queue_name=QUEUE_NAME, func_name=job, cron=cron, name=job)
 
     def get_next_enqueue_time(self) -> datetime:
         base = self.latest_enqueue_time or datetime.now(UTC)
@@ -86,15 +115,19 @@ class BackupTick(CronJob):
     def enqueue(self, connection: redis.Redis) -> Job | None:  # type: ignore[override]  # RQ ignores the value
         # next_enqueue_time is still the tick that is due: RQ moves it on after this returns.
         assert self.next_enqueue_time is not None
-        return run_tick(self.config, connection, self.next_enqueue_time, self.scheduler)
+        return self.action(self.config, connection, self.next_enqueue_time, self.scheduler)
 
 
 class BackupScheduler(CronScheduler):
-    """RQ's cron scheduler with the one backup tick (RQ's register() only builds plain CronJobs)."""
+    """RQ's cron scheduler with our ticks: backups (`schedule`), restore drills (`drill`).
+    (RQ's register() only builds plain CronJobs from functions.)"""
 
     def __init__(self, config: Config, connection: redis.Redis) -> None:
         super().__init__(connection, logging_level=logging.INFO)
-        self._cron_jobs.append(BackupTick(config, self.name))
+        if config.schedule is not None:
+            self._cron_jobs.append(Tick(config, self.name, config.schedule, run_tick, BACKUP_JOB))
+        if config.drill is not None:
+            self._cron_jobs.append(Tick(config, self.name, config.drill, run_drill_tick, DRILL_JOB))
 
     def run_until(self, stop: threading.Event) -> None:
         """start()'s loop for a thread (start() installs signal handlers: the main thread's job)."""

@@ -14,8 +14,8 @@ import redis
 
 from common.config import ConfigError, load_config, parse_config
 from common.metrics import read_outcomes
-from common.queue import backup_queue, enqueue_or_join
-from scheduler.cron import BackupTick, run_tick, tick_key
+from common.queue import BACKUP_JOB, backup_queue, enqueue_or_join
+from scheduler.cron import Tick, run_tick, tick_key
 from tests.conftest import ConfigFactory, Report, Service
 from tests.services import Deployment, EtcdServer, RedisServer, procfile, wait_until
 
@@ -57,7 +57,7 @@ def test_skip_unchanged(make_service: Callable[..., Service], etcd: EtcdServer, 
 
 def test_cron_is_read_in_utc_and_checked() -> None:
     config = parse_config({"etcd": {}, "schedule": "30 6 * * *"}, {})
-    tick = BackupTick(config, "test")
+    tick = Tick(config, "test", "30 6 * * *", run_tick, BACKUP_JOB)
     tick.latest_enqueue_time = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
     assert tick.get_next_enqueue_time() == datetime(2026, 11, 27, 6, 30, tzinfo=UTC)
     with pytest.raises(ConfigError, match="schedule: not a cron expression"):

@@ -13,6 +13,7 @@ from rq import get_current_job
 from common import backups, queue
 from common.config import Config
 from common.metrics import record_outcome
+from recovery.drill import run_drill
 from worker import backup
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat, live_backup
@@ -28,10 +29,15 @@ def configure(config: Config) -> None:
     _config = config
 
 
-def take_backup() -> dict[str, object]:
-    """Take one backup of the cluster; return the file's name and size."""
+def _configured() -> Config:
     if _config is None:
         raise RuntimeError("worker.jobs.configure() was not called in this worker process")
+    return _config
+
+
+def take_backup() -> dict[str, object]:
+    """Take one backup of the cluster; return the file's name and size."""
+    config = _configured()
     job = get_current_job()
     assert job is not None, "take_backup runs only as an RQ job"
     connection = job.connection
@@ -40,8 +46,8 @@ def take_backup() -> dict[str, object]:
     try:
         with job_heartbeat(connection, job.id), backup_lock(connection, token=job.id):
             # Holding the lock, no other backup is writing: any temp file is a dead backup's.
-            backups.remove_temp_files(_config.backup_dir, lambda: live_backup(connection))
-            result = backup.take_backup(_config, temp_tag=job.id)
+            backups.remove_temp_files(config.backup_dir, lambda: live_backup(connection))
+            result = backup.take_backup(config, temp_tag=job.id)
     except Exception as exc:
         if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
             job.meta[queue.ERROR_META] = str(exc)
@@ -50,3 +56,12 @@ def take_backup() -> dict[str, object]:
         raise
     record_outcome(connection, "success", result.duration)
     return {"filename": result.filename, "filesize": result.filesize}
+
+
+def restore_drill() -> dict[str, object]:
+    """Restore the newest backup into a throwaway etcd and check it (recovery.drill)."""
+    config = _configured()
+    job = get_current_job()
+    assert job is not None, "restore_drill runs only as an RQ job"
+    result = run_drill(config, job.connection)
+    return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds}
