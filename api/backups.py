@@ -12,7 +12,7 @@ from api.jobs import wait_for_job
 from api.state import state
 from common import backups
 from common.metadata import read_metadata
-from common.queue import enqueue_or_join
+from common.queue import enqueue_or_join, enqueue_verify
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
 
@@ -64,13 +64,7 @@ def _detail(backup_dir: Path, name: str) -> dict[str, object]:
 @bp.get("/<any_name:filename>")
 def download_backup(filename: str) -> Response:
     """Send one backup file; HEAD, Range and conditional requests come with send_file."""
-    if not backups.BACKUP_NAME.fullmatch(filename):
-        shown = filename[:MAX_NAME_IN_MESSAGE] + ("..." if len(filename) > MAX_NAME_IN_MESSAGE else "")
-        abort(400, description=f"invalid backup file name {shown!r}: expected snapshot-YYYYMMDD_HHMMSS.tar.gz")
-    # A well-formed name with an impossible time (month 13) is never a listed backup: not found.
-    path = backups.backup_path(state().config.backup_dir, filename) if backups.is_backup_name(filename) else None
-    if path is None:
-        abort(404, description=f"{filename} not found")
+    path = _existing_backup(filename)
     response = send_file(path, mimetype="application/gzip", as_attachment=True, download_name=filename,
                          conditional=True, etag=True)
     metadata = read_metadata(state().config.backup_dir, filename)
@@ -78,6 +72,26 @@ def download_backup(filename: str) -> Response:
         response.headers["X-Etcd-Revision"] = str(metadata.revision)
         response.headers["X-Etcd-Version"] = metadata.etcd_version
     return response
+
+
+def _existing_backup(filename: str) -> Path:
+    """The path of backup `filename`; 400 for a name that is no backup name, 404 for a missing backup."""
+    if not backups.BACKUP_NAME.fullmatch(filename):
+        shown = filename[:MAX_NAME_IN_MESSAGE] + ("..." if len(filename) > MAX_NAME_IN_MESSAGE else "")
+        abort(400, description=f"invalid backup file name {shown!r}: expected snapshot-YYYYMMDD_HHMMSS.tar.gz")
+    # A well-formed name with an impossible time (month 13) is never a listed backup: not found.
+    path = backups.backup_path(state().config.backup_dir, filename) if backups.is_backup_name(filename) else None
+    if path is None:
+        abort(404, description=f"{filename} not found")
+    return path
+
+
+@bp.post("/<any_name:filename>/verify")
+def verify_backup(filename: str) -> tuple[Response, int]:
+    """Check a backup as `etcd-backup verify` does, on a worker, and answer with the result."""
+    _existing_backup(filename)
+    current = state()
+    return wait_for_job(enqueue_verify(current.queue, filename), current.config.backup_timeout)
 
 
 @bp.post("")

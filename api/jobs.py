@@ -1,4 +1,5 @@
-"""Backup job outcomes: waiting for a job, turning it into the seed's JSON answer, GET /api/v1/jobs/<id>."""
+"""Job outcomes: waiting for a job, turning it into its JSON answer (the seed's, for a backup),
+GET /api/v1/jobs/<id>."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 
 from api.state import state
-from common.queue import ERROR_META, HEARTBEAT_TTL, fetch_backup_job, heartbeat_key
+from common.queue import BACKUP_JOB, ERROR_META, HEARTBEAT_TTL, VERIFY_JOB, fetch_backup_job, heartbeat_key
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
 FAILED_MESSAGE = "failed to save an etcd backup"
 SUCCESS_MESSAGE = "backup successfully"
+VERIFIED_MESSAGE = "backup verified"
+NOT_VERIFIED_MESSAGE = "backup verification failed"
+_ANSWERS: dict[str, tuple[str, str, int]] = {
+    # job function: (success message, failure message, failure status)
+    BACKUP_JOB: (SUCCESS_MESSAGE, FAILED_MESSAGE, 500),
+    # A check that ran and found the backup bad is no server error.
+    VERIFY_JOB: (VERIFIED_MESSAGE, NOT_VERIFIED_MESSAGE, 422),
+}
 WAIT_STEP = 2
 """Seconds of one blocking wait for a result; between waits the job's state is looked at again."""
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -65,15 +74,18 @@ def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
 
 def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
     """Return the HTTP status and body that a POST gets for `job` in its current state."""
+    success, failure, failure_status = _ANSWERS.get(job.func_name or "", ("done", "failed", 500))
     result = job.latest_result()
     if result is not None and result.type == Result.Type.SUCCESSFUL:
         value: dict[str, Any] = result.return_value or {}
-        return 200, {"message": SUCCESS_MESSAGE, "filename": value["filename"], "filesize": value["filesize"]}
+        if job.func_name == BACKUP_JOB:  # the seed's answer, to the letter
+            return 200, {"message": success, "filename": value["filename"], "filesize": value["filesize"]}
+        return 200, {"message": success, **value}
     status = job.get_status()
     if result is not None or status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        return 500, {"message": f"{FAILED_MESSAGE}: {_failure_cause(job, result)}"}
+        return failure_status, {"message": f"{failure}: {_failure_cause(job, result)}"}
     if worker_lost(job):
-        return 500, {"message": f"{FAILED_MESSAGE}: {LOST_CAUSE}"}
+        return 500, {"message": f"{failure}: {LOST_CAUSE}"}
     message = _UNFINISHED_MESSAGES.get(status, f"backup {status.value}")
     return 202, {"message": message, "job": job.id}
 

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 QUEUE_NAME = "etcd-backup"
 BACKUP_JOB = "worker.jobs.take_backup"
 DRILL_JOB = "worker.jobs.restore_drill"
+VERIFY_JOB = "worker.jobs.verify_backup"
+JOBS = frozenset({BACKUP_JOB, DRILL_JOB, VERIFY_JOB})
+"""The functions a worker runs; GET /api/v1/jobs/<id> shows jobs of these only."""
 PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
 LOCK_KEY = "etcd-backup:backup-lock"
@@ -105,13 +108,20 @@ def enqueue_drill(queue: Queue) -> Job:
     return job
 
 
+def enqueue_verify(queue: Queue, filename: str) -> Job:
+    """Queue a check of backup `filename` (recovery.verify, run by a worker); the name is no secret."""
+    job: Job = queue.enqueue_call(VERIFY_JOB, args=(filename,), timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                                  failure_ttl=RESULT_TTL)
+    return job
+
+
 def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
-    """Return backup job `job_id`, or None if there is no such job (or it is no backup job)."""
+    """Return job `job_id`, or None if there is no such job (or it is none of ours)."""
     try:
         job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return None
-    return job if job.func_name == BACKUP_JOB else None
+    return job if job.func_name in JOBS else None
 
 
 def release_pending(connection: redis.Redis, job_id: str) -> None:

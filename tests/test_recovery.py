@@ -197,3 +197,23 @@ def test_verify_json_is_what_snapshot_status_says(backup: Path, tmp_path: Path) 
     verified = verify_file(backup, work)
     assert (verified.revision, verified.total_keys, verified.hash) == (
         status["revision"], status["totalKey"], status["hash"])
+
+
+def test_verify_endpoint(service: Service, backup: Path, report: Report) -> None:
+    response = service.client.post(f"/api/v1/backup/{backup.name}/verify")
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    metadata = read_metadata(backup.parent, backup.name)
+    assert metadata is not None
+    assert answer["message"] == "backup verified" and answer["filename"] == backup.name
+    assert answer["revision"] == metadata.revision and answer["db_sha256"] == metadata.db_sha256
+    assert service.client.post("/api/v1/backup/snapshot-20200101_000000.tar.gz/verify").status_code == 404
+    assert service.client.post("/api/v1/backup/../../etc/passwd/verify").status_code == 400
+    data = bytearray(backup.read_bytes())
+    data[-100] ^= 0xFF
+    backup.write_bytes(bytes(data))
+    bad = service.client.post(f"/api/v1/backup/{backup.name}/verify")
+    assert bad.status_code == 422
+    assert bad.get_json()["message"].startswith("backup verification failed: not an intact .tar.gz")
+    report("POST /api/v1/backup/<name>/verify on a good backup, then on the same with a flipped byte",
+           f"200 with revision {answer['revision']} and the SHA-256; then 422 \"{bad.get_json()['message']}\"")

@@ -7,13 +7,17 @@ installed once by `configure()` when the worker process starts.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 from rq import get_current_job
+from rq.job import Job
 
 from common import backups, queue
 from common.config import Config
 from common.metrics import record_outcome
 from recovery.drill import run_drill
+from recovery.verify import VerifyError, verify_file
 from worker import backup
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat, live_backup
@@ -50,8 +54,7 @@ def take_backup() -> dict[str, object]:
             result = backup.take_backup(config, temp_tag=job.id)
     except Exception as exc:
         if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
-            job.meta[queue.ERROR_META] = str(exc)
-            job.save_meta()  # type: ignore[no-untyped-call]
+            _record_cause(job, exc)
         record_outcome(connection, "failure")
         raise
     record_outcome(connection, "success", result.duration)
@@ -65,3 +68,27 @@ def restore_drill() -> dict[str, object]:
     assert job is not None, "restore_drill runs only as an RQ job"
     result = run_drill(config, job.connection)
     return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds}
+
+
+def verify_backup(filename: str) -> dict[str, object]:
+    """Check backup `filename` as `etcd-backup verify` does (recovery.verify); raise VerifyError if bad."""
+    config = _configured()
+    job = get_current_job()
+    assert job is not None, "verify_backup runs only as an RQ job"
+    path = backups.backup_path(config.backup_dir, filename) if backups.is_backup_name(filename) else None
+    try:
+        if path is None:
+            raise VerifyError(f"{filename} is not a backup in backup-dir")
+        with tempfile.TemporaryDirectory(prefix="etcd-backup-verify-") as work:
+            verified = verify_file(path, Path(work))
+    except VerifyError as exc:
+        _record_cause(job, exc)
+        raise
+    return {"filename": filename, "revision": verified.revision, "total_keys": verified.total_keys,
+            "total_size": verified.total_size, "hash": verified.hash, "db_sha256": verified.db_sha256}
+
+
+def _record_cause(job: Job, exc: Exception) -> None:
+    """Put a failure's known cause where the API finds it for its answer (job.meta)."""
+    job.meta[queue.ERROR_META] = str(exc)
+    job.save_meta()  # type: ignore[no-untyped-call]
