@@ -24,7 +24,7 @@ class AnyNameConverter(BaseConverter):
     """Match any rest of the path, slashes (even a leading one) included, so that every bad name
     is answered by the name check (400) rather than by routing."""
 
-    regex = ".+"
+    regex = ".+(?<!/verify)"  # ".../<name>/verify" is the verify route's alone (its Allow lists only POST)
     part_isolating = False
 
 
