@@ -21,7 +21,7 @@ from recovery.drill import run_drill
 from recovery.verify import VerifyError, verify_file
 from scheduler.cron import run_drill_tick
 from tests.conftest import Report, Service
-from tests.services import Deployment, EtcdServer
+from tests.services import Deployment, EtcdServer, wait_until
 from tests.test_schedule import TICK
 
 
@@ -217,3 +217,33 @@ def test_verify_endpoint(service: Service, backup: Path, report: Report) -> None
     assert bad.get_json()["message"].startswith("backup verification failed: not an intact .tar.gz")
     report("POST /api/v1/backup/<name>/verify on a good backup, then on the same with a flipped byte",
            f"200 with revision {answer['revision']} and the SHA-256; then 422 \"{bad.get_json()['message']}\"")
+
+
+@pytest.mark.slow
+def test_restore_a_three_member_cluster(backup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        report: Report) -> None:
+    """The README's cluster steps: the same backup on every member, then all started together."""
+    members = [EtcdServer(tmp_path / f"member{n}", name=f"member{n}") for n in range(3)]
+    initial_cluster = ",".join(f"{member.name}={member.peer_url}" for member in members)
+    for member in members:
+        main(["restore", str(backup), "--data-dir", str(member.data_dir), "--name", member.name,
+              "--initial-advertise-peer-urls", member.peer_url, "--initial-cluster", initial_cluster,
+              "--initial-cluster-token", "restored-cluster"])
+        member.initial_cluster = initial_cluster
+        member.extra_args = ["--initial-cluster-token", "restored-cluster"]
+    capsys.readouterr()
+    for member in members:
+        member.launch()
+    try:
+        for member in members:
+            assert member.proc is not None
+            wait_until(member.healthy, 60, f"restored member {member.name}", member.proc)
+        values = {key.key.decode(): value.decode() for value, key in members[2].client().get_prefix("/recovery/")}
+        member_list = members[0].client().members
+        assert len(list(member_list)) == 3
+    finally:
+        for member in members:
+            member.stop()
+    assert values == {f"/recovery/key-{n}": f"value-{n}" for n in range(10)}
+    report("`etcd-backup restore` of one backup on 3 members (README's cluster steps), then all started",
+           "a healthy 3-member cluster serving the 10 keys written before the backup")
