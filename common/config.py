@@ -297,13 +297,16 @@ class _Section:
             raise ConfigError(self._key(key), "is required")
         return self._value(key)
 
-    def get_str(self, key: str, default: str | None) -> Any:
+    def _get_typed(self, key: str, default: Any, kind: type, expected: str) -> Any:
         value = self._value(key)
         if value is None:
             return default
-        if not isinstance(value, str):
-            raise ConfigError(self._key(key), f"expected a string, got {_type_name(value)}")
+        if not isinstance(value, kind):
+            raise ConfigError(self._key(key), f"expected {expected}, got {_type_name(value)}")
         return value
+
+    def get_str(self, key: str, default: str | None) -> Any:
+        return self._get_typed(key, default, str, "a string")
 
     def get_int(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
         value = self._value(key)
@@ -317,12 +320,7 @@ class _Section:
         return value
 
     def get_bool(self, key: str, default: bool) -> bool:
-        value = self._value(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise ConfigError(self._key(key), f"expected true or false, got {_type_name(value)}")
-        return value
+        return bool(self._get_typed(key, default, bool, "true or false"))
 
     def get_duration(self, key: str, default: str) -> float:
         text = self.get_str(key, default)
