@@ -50,7 +50,12 @@ http {{
                 [NGINX_BIN, "-p", str(self.work), "-c", str(self.work / "nginx.conf"), "-e", "stderr"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_until(lambda: http("GET", f"{self.base}/api/v1/backup/none", timeout=1)[0] == 404, 30, "nginx", self.proc)
+        try:
+            wait_until(lambda: http("GET", f"{self.base}/api/v1/backup/none", timeout=1)[0] == 404, 30, "nginx",
+                       self.proc)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
