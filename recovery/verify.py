@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from isal import igzip
+from isal import igzip, igzip_lib
 
 TRAILER_SIZE = 32
 CHUNK = 1 << 20
+CORRUPT_DEFLATE: type[Exception] = igzip_lib.IsalError
+"""What isal raises for deflate data that cannot be decompressed (not an OSError, unlike zlib's gzip)."""
 
 
 class VerifyError(Exception):
@@ -48,7 +50,9 @@ def verify_archive(archive: BinaryIO, workdir: Path) -> Verified:
         gz = igzip.IGzipFile(fileobj=archive, mode="rb")  # type: ignore[no-untyped-call]
         with gz, tarfile.open(fileobj=gz, mode="r|") as tar:
             db_path, db_size, digest = _extract_single_db(tar, workdir)
-    except (OSError, EOFError, tarfile.TarError) as exc:  # igzip raises BadGzipFile (an OSError), EOFError
+    except (OSError, EOFError, tarfile.TarError, CORRUPT_DEFLATE) as exc:
+        # igzip raises BadGzipFile (an OSError) for a bad header or CRC, EOFError when cut short,
+        # IsalError for corrupt deflate data.
         raise VerifyError(f"not an intact .tar.gz: {exc}") from None
     status = snapshot_status(db_path)
     return Verified(db_path=db_path, db_size=db_size, db_sha256=digest, revision=int(status["revision"]),

@@ -61,6 +61,8 @@ def test_verify_a_good_backup(backup: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 BAD_BACKUPS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
+    "corrupt compressed data": (lambda good, path: _write(path, _flip_archive(good.read_bytes())),
+                                "not an intact .tar.gz"),
     "truncated": (lambda good, path: _write(path, good.read_bytes()[: good.stat().st_size // 2]),
                   "not an intact .tar.gz"),
     "a flipped byte in the db": (lambda good, path: write_tar_gz(path, [_flip(snapshot_of(good), 5000)]),
@@ -93,6 +95,14 @@ def test_verify_refuses_a_bad_backup(backup: Path, tmp_path: Path, kind: str, re
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def _flip_archive(data: bytes) -> bytes:
+    """Flip bytes all through the deflate data (not the 10-byte gzip header): the archive cannot decompress."""
+    changed = bytearray(data)
+    for offset in range(20, len(changed) - 8, 97):
+        changed[offset] ^= 0x55
+    return bytes(changed)
 
 
 def _flip(member: tuple[str, bytes], offset: int) -> tuple[str, bytes]:
