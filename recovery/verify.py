@@ -19,7 +19,7 @@ from isal import igzip, igzip_lib
 
 TRAILER_SIZE = 32
 CHUNK = 1 << 20
-CORRUPT_DEFLATE: type[Exception] = igzip_lib.IsalError
+CORRUPT_DEFLATE: type[Exception] = igzip_lib.IsalError  # type: ignore[assignment]  # the stub says instance
 """What isal raises for deflate data that cannot be decompressed (not an OSError, unlike zlib's gzip)."""
 
 
