@@ -21,6 +21,7 @@ import redis
 from api.jobs import LOST_CAUSE
 from tests.conftest import Report
 from tests.services import Deployment, EtcdServer, RedisServer, start_cluster, wait_until
+from worker.backup import STALL_SECONDS
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +181,24 @@ def test_a_backup_with_the_first_cluster_member_stopped(tmp_path: Path, redis_se
             member.stop()
     report("3-member etcd cluster, the first configured member stopped",
            f"POST 200 in {seconds:.2f} s, snapshot taken from the second member")
+
+
+def test_etcd_frozen_mid_stream(deployment: Deployment, big_etcd: EtcdServer, report: Report) -> None:
+    """SIGSTOP: the connection stays open and nothing more arrives (a hung etcd, a black-holed network)."""
+    post = BackgroundPost(deployment)
+    wait_for_temp_file(deployment)
+    assert big_etcd.proc is not None
+    frozen_at = time.monotonic()
+    big_etcd.proc.send_signal(signal.SIGSTOP)
+    try:
+        post.join(90)
+    finally:
+        big_etcd.proc.send_signal(signal.SIGCONT)
+    waited = post.finished_at - frozen_at
+    assert post.status == 500, post.answer
+    assert post.answer["message"] == (f"failed to save an etcd backup: snapshot stream from {big_etcd.url} stalled: "
+                                      f"nothing received for {STALL_SECONDS:g}s")
+    assert waited < STALL_SECONDS + 10
+    assert deployment.backups() == [] and deployment.temp_files() == []
+    report("etcd frozen (SIGSTOP) in the middle of streaming a 150 MB snapshot",
+           f"POST 500 after {waited:.1f} s: \"{post.answer['message']}\"; no file, no temp file")

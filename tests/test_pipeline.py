@@ -8,7 +8,7 @@ from contextlib import closing
 
 import pytest
 
-from worker.pipeline import read_ahead
+from worker.pipeline import Stalled, read_ahead
 
 
 def reader_threads() -> list[threading.Thread]:
@@ -62,3 +62,19 @@ def test_a_consumer_that_gives_up_stops_a_reader_blocked_on_a_full_queue() -> No
         assert next(received) == 0
     assert reader_threads() == []
     assert len(produced) <= 5  # the reader stayed at most `depth` items ahead
+
+
+def test_a_stream_that_sends_nothing_for_the_idle_timeout_stalls() -> None:
+    cancelled = threading.Event()
+
+    def frozen_stream() -> Iterator[bytes]:
+        yield b"first"
+        cancelled.wait(30)  # a peer that stopped sending, until cancel() wakes the reader
+        raise RuntimeError("cancelled")
+
+    received = read_ahead(frozen_stream(), depth=8, cancel=cancelled.set, idle_timeout=0.3)
+    assert next(received) == b"first"
+    with pytest.raises(Stalled, match="nothing received for 0.3s"):
+        next(received)
+    assert cancelled.is_set()
+    assert reader_threads() == []

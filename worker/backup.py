@@ -15,13 +15,16 @@ from common.config import Config
 from common.metadata import BackupMetadata, remove_metadata, write_metadata
 from worker.archive import write_archive
 from worker.errors import BackupError
-from worker.pipeline import read_ahead
+from worker.pipeline import Stalled, read_ahead
 from worker.snapshot import TRAILER_SIZE, verified_snapshot
 
 logger = logging.getLogger(__name__)
 
 READ_AHEAD_MESSAGES = 64
 """Snapshot messages (32 KiB each) received ahead of the compressor: 2 MiB at most in memory."""
+STALL_SECONDS = 15.0
+"""A snapshot stream that sends nothing for this long fails the backup: etcd streams its database
+without pauses, and gRPC's keepalive alone takes about a minute to notice a frozen peer."""
 
 
 def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
@@ -58,7 +61,8 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
             member_size, chunks = verified_snapshot(responses, on_verified=digests.append)
             try:
                 # The stream is received and checked on a thread of its own while this one compresses and writes.
-                with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel)) as received:
+                with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel,
+                                        idle_timeout=STALL_SECONDS)) as received:
                     write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level,
                                   tag=temp_tag, before_publish=record)
             except BaseException:
@@ -68,6 +72,8 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
         except grpc.RpcError as exc:
             cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
             raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None
+        except Stalled as exc:
+            raise BackupError(f"snapshot stream from {connection.endpoint} stalled: {exc}") from None
         except FileExistsError:
             raise BackupError(f"{name} already exists in backup-dir; it was not overwritten") from None
         except OSError as exc:

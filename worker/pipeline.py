@@ -25,10 +25,16 @@ class _End:
     error: BaseException | None
 
 
-def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object]) -> Generator[T, None, None]:
+class Stalled(Exception):
+    """The stream produced nothing for longer than its idle timeout."""
+
+
+def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
+               idle_timeout: float | None = None) -> Generator[T, None, None]:
     """Yield what `items` yields, produced on a background thread up to `depth` items ahead.
 
     An exception raised by `items` is raised here, in the consumer, after the items before it.
+    If `items` produces nothing for `idle_timeout` seconds, Stalled is raised (and `items` cancelled).
     Whatever ends the consumer's loop early (an exception, `close()`), the producer is stopped:
     `cancel()` must make a blocked `next(items)` return or raise (for gRPC: the call's cancel()),
     and the thread is joined before this generator finishes, so nothing outlives the backup.
@@ -59,7 +65,10 @@ def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object]) -> 
     producer.start()
     try:
         while True:
-            item = handoff.get()
+            try:
+                item = handoff.get(timeout=idle_timeout)
+            except queue.Empty:
+                raise Stalled(f"nothing received for {idle_timeout:g}s") from None
             if isinstance(item, _End):
                 if item.error is not None:
                     raise item.error
