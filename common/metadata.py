@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ class BackupMetadata:
     """The last restore drill of this backup: time, outcome, reason, seconds (recovery.drill)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict(): its deep copy was half the time of a 1,000-backup detail listing.
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 def write_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str) -> None:
