@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from common.backups import fsync_dir, metadata_name, temp_name
+from common.backups import METADATA_SUFFIX, fsync_dir, is_backup_name, metadata_name, temp_name
 
 
 @dataclass(frozen=True)
@@ -87,3 +87,18 @@ def read_metadata(backup_dir: Path, archive_name: str) -> BackupMetadata | None:
 
 def remove_metadata(backup_dir: Path, archive_name: str) -> None:
     (backup_dir / metadata_name(archive_name)).unlink(missing_ok=True)
+
+
+def remove_orphan_metadata(backup_dir: Path) -> list[str]:
+    """Remove metadata files whose archive is gone (a crash between the two links); call only while
+    holding the backup lock, when no backup is between writing its metadata and linking its archive."""
+    removed = []
+    with os.scandir(backup_dir) as entries:
+        names = [entry.name for entry in entries]
+    present = set(names)
+    for name in names:
+        archive = name.removesuffix(METADATA_SUFFIX)
+        if name != archive and is_backup_name(archive) and archive not in present:
+            (backup_dir / name).unlink(missing_ok=True)
+            removed.append(name)
+    return removed

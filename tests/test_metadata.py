@@ -58,3 +58,14 @@ def test_rotation_deletes_the_metadata_with_the_archive(make_service: Callable[.
     for _ in range(2):
         newest = service.client.post("/api/v1/backup").get_json()["filename"]
     assert sorted(path.name for path in service.config.backup_dir.iterdir()) == [newest, f"{newest}.json"]
+
+
+def test_orphan_metadata_is_removed_before_the_next_backup(service: Service) -> None:
+    """A crash between linking the metadata and linking the archive leaves metadata alone."""
+    orphan = service.config.backup_dir / "snapshot-20200101_000000.tar.gz.json"
+    orphan.write_text("{}")
+    kept = service.config.backup_dir / "notes.json"
+    kept.write_text("an operator's file")
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    assert not orphan.exists() and kept.exists()
+    assert (service.config.backup_dir / f"{name}.json").exists()

@@ -15,6 +15,7 @@ from rq.job import Job
 
 from common import backups, queue
 from common.config import Config
+from common.metadata import remove_orphan_metadata
 from common.metrics import record_outcome
 from recovery.drill import run_drill
 from recovery.verify import VerifyError, verify_file
@@ -51,6 +52,7 @@ def take_backup() -> dict[str, object]:
         with job_heartbeat(connection, job.id), backup_lock(connection, token=job.id):
             # Holding the lock, no other backup is writing: any temp file is a dead backup's.
             backups.remove_temp_files(config.backup_dir, lambda: live_backup(connection))
+            remove_orphan_metadata(config.backup_dir)
             result = backup.take_backup(config, temp_tag=job.id)
     except Exception as exc:
         if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
