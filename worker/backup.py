@@ -58,17 +58,17 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
 
         try:
             responses = connection.snapshot()
-            # The stream is received on a thread of its own while this one checks, compresses and writes.
-            with closing(read_ahead(responses, READ_AHEAD_MESSAGES, cancel=responses.cancel,
-                                    idle_timeout=STALL_SECONDS)) as received:
-                member_size, chunks = verified_snapshot(received, on_verified=digests.append)
-                try:
-                    write_archive(config.backup_dir, name, started, member_size, chunks, config.gzip_level,
+            member_size, chunks = verified_snapshot(responses, on_verified=digests.append)
+            try:
+                # The stream is received and checked on a thread of its own while this one compresses and writes.
+                with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel,
+                                        idle_timeout=STALL_SECONDS)) as received:
+                    write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level,
                                   tag=temp_tag, before_publish=record)
-                except BaseException:
-                    if recorded:  # our metadata went in, the archive did not: no metadata without its backup
-                        remove_metadata(config.backup_dir, name)
-                    raise
+            except BaseException:
+                if recorded:  # our metadata went in, the archive did not: no metadata without its backup
+                    remove_metadata(config.backup_dir, name)
+                raise
         except grpc.RpcError as exc:
             cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
             raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None
