@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 
 from common.backups import temp_name
 from common.config import load_config
+from common.etcd import EtcdConnection
 from common.queue import LOCK_KEY
 from tests.conftest import ConfigFactory, Report, Service
+from worker import backup
+from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat
 from worker.runner import prepare
 
@@ -94,4 +100,35 @@ def test_the_temp_file_of_a_lock_holder_without_heartbeat_is_removed(
     redis_conn.set(LOCK_KEY, "killed-job", ex=30)
     (backup_dir / temp_name(OLD_BACKUP, "killed-job")).write_bytes(b"half a backup")
     prepare(config, redis_conn)
+    assert os.listdir(backup_dir) == []
+
+
+class _FrozenStream:
+    """What a snapshot call on a frozen etcd gives: no message ever, until cancel()."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def __iter__(self) -> _FrozenStream:
+        return self
+
+    def __next__(self) -> object:
+        self.cancelled.wait(30)
+        raise grpc.RpcError("cancelled")
+
+    def cancel(self) -> bool:
+        self.cancelled.set()
+        return True
+
+
+def test_a_stream_frozen_before_its_first_message_stalls(write_config: ConfigFactory, backup_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = _FrozenStream()
+    monkeypatch.setattr(EtcdConnection, "snapshot", lambda self: stream)
+    monkeypatch.setattr(backup, "STALL_SECONDS", 0.5)
+    config = load_config(write_config())
+    began = time.monotonic()
+    with pytest.raises(BackupError, match=r"stalled: nothing received for 0.5s"):
+        backup.take_backup(config, temp_tag="job")
+    assert time.monotonic() - began < 5 and stream.cancelled.is_set()
     assert os.listdir(backup_dir) == []

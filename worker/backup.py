@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -58,7 +60,8 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
 
         try:
             responses = connection.snapshot()
-            member_size, chunks = verified_snapshot(responses, on_verified=digests.append)
+            with _first_message_deadline(responses):
+                member_size, chunks = verified_snapshot(responses, on_verified=digests.append)
             try:
                 # The stream is received and checked on a thread of its own while this one compresses and writes.
                 with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel,
@@ -85,6 +88,28 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
     # Rotation and retention run only now that the new backup is complete and durable.
     retention.prune(config.backup_dir, datetime.now(UTC), config.rotate, config.retention, protect=name)
     return metadata
+
+
+@contextmanager
+def _first_message_deadline(responses: etcd.SnapshotStream) -> Iterator[None]:
+    """Cancel the stream if its first message takes longer than STALL_SECONDS (read_ahead's idle
+    timeout watches the messages after it), and say so: Stalled, not gRPC's "cancelled"."""
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        responses.cancel()
+
+    timer = threading.Timer(STALL_SECONDS, expire)
+    timer.start()
+    try:
+        yield
+    except grpc.RpcError:
+        if fired.is_set():
+            raise Stalled(f"nothing received for {STALL_SECONDS:g}s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def _key_count(connection: etcd.EtcdConnection, revision: int, config: Config) -> int | None:
