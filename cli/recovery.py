@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
         else:
             _restore(args)
     except (VerifyError, RestoreError, ClientError) as exc:
-        sys.exit(f"etcd-backup {args.command}: {args.source if 'source' in args else ''}: {exc}".replace(": : ", ": "))
+        where = f" {args.source}" if "source" in args else ""
+        sys.exit(f"etcd-backup {args.command}{where}: {exc}")  # status 1, the message on stderr
 
 
 def _verify(source: str, token: str | None, work: Path) -> Verified:

@@ -34,6 +34,10 @@ START_TIMEOUT = 60.0
 """Seconds the restored etcd has to answer."""
 
 
+class DrillFailed(Exception):
+    """The restored etcd did not start, or does not hold what the backup recorded."""
+
+
 @dataclass(frozen=True)
 class DrillResult:
     backup: str | None
@@ -62,10 +66,6 @@ def _drill(config: Config, name: str, began: float) -> DrillResult:
     except (VerifyError, RestoreError, DrillFailed) as exc:
         return DrillResult(name, False, str(exc), round(time.monotonic() - began, 3))
     return DrillResult(name, True, reason, round(time.monotonic() - began, 3))
-
-
-class DrillFailed(Exception):
-    pass
 
 
 def _restore_and_check(archive: Path, work: Path, metadata: BackupMetadata | None) -> str:
