@@ -17,7 +17,7 @@ from common.metrics import read_outcomes
 from common.queue import BACKUP_JOB, backup_queue, enqueue_or_join
 from scheduler.cron import Tick, run_tick, tick_key
 from tests.conftest import ConfigFactory, Report, Service
-from tests.services import Deployment, EtcdServer, RedisServer, procfile, wait_until
+from tests.services import Deployment, EtcdServer, RedisServer, procfile, start, wait_until
 
 TICK = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 
@@ -101,3 +101,20 @@ def test_all_in_one_runs_the_schedule(tmp_path: Path, etcd: EtcdServer) -> None:
         assert status == 200 and len(json.loads(body)) >= 2
     finally:
         deployment.stop()
+
+
+@pytest.mark.slow
+def test_a_scheduler_without_schedule_idles_until_stopped(write_config: ConfigFactory,
+                                                          redis_server: RedisServer, tmp_path: Path) -> None:
+    """The Procfile has a scheduler line for everyone: without `schedule` it must not end (foreman would
+    stop the web and workers with it), and it must stop cleanly."""
+    config = write_config(redis_url=redis_server.url)
+    process = start(f"exec {procfile()['scheduler']}", config, tmp_path / "scheduler.log")
+    try:
+        wait_until(lambda: "idle until stopped" in (tmp_path / "scheduler.log").read_text(), 30, "the idle scheduler",
+                   process)
+        time.sleep(0.5)
+        assert process.poll() is None
+    finally:
+        process.terminate()
+    assert process.wait(10) == 0
