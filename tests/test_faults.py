@@ -111,12 +111,19 @@ def test_worker_sigterm_mid_backup_finishes_it_then_exits(deployment: Deployment
            "the worker finished that backup (POST 200, archive intact), then exited with status 0; no temp file")
 
 
-def test_etcd_killed_mid_stream(deployment: Deployment, big_etcd: EtcdServer, report: Report) -> None:
+def signal_etcd_mid_stream(deployment: Deployment, etcd: EtcdServer, signum: int) -> tuple[BackgroundPost, float]:
+    """Start a POST, wait until its backup is being written, signal etcd; return the POST and when."""
     post = BackgroundPost(deployment)
     wait_for_temp_file(deployment)
+    assert etcd.proc is not None
+    signalled_at = time.monotonic()
+    etcd.proc.send_signal(signum)
+    return post, signalled_at
+
+
+def test_etcd_killed_mid_stream(deployment: Deployment, big_etcd: EtcdServer, report: Report) -> None:
+    post, killed_at = signal_etcd_mid_stream(deployment, big_etcd, signal.SIGKILL)
     assert big_etcd.proc is not None
-    killed_at = time.monotonic()
-    big_etcd.proc.send_signal(signal.SIGKILL)
     big_etcd.proc.wait()
     try:
         post.join(90)
@@ -185,11 +192,8 @@ def test_a_backup_with_the_first_cluster_member_stopped(tmp_path: Path, redis_se
 
 def test_etcd_frozen_mid_stream(deployment: Deployment, big_etcd: EtcdServer, report: Report) -> None:
     """SIGSTOP: the connection stays open and nothing more arrives (a hung etcd, a black-holed network)."""
-    post = BackgroundPost(deployment)
-    wait_for_temp_file(deployment)
+    post, frozen_at = signal_etcd_mid_stream(deployment, big_etcd, signal.SIGSTOP)
     assert big_etcd.proc is not None
-    frozen_at = time.monotonic()
-    big_etcd.proc.send_signal(signal.SIGSTOP)
     try:
         post.join(90)
     finally:
