@@ -79,8 +79,7 @@ def _existing_backup(filename: str) -> Path:
     if not backups.BACKUP_NAME.fullmatch(filename):
         shown = filename[:MAX_NAME_IN_MESSAGE] + ("..." if len(filename) > MAX_NAME_IN_MESSAGE else "")
         abort(400, description=f"invalid backup file name {shown!r}: expected snapshot-YYYYMMDD_HHMMSS.tar.gz")
-    # A well-formed name with an impossible time (month 13) is never a listed backup: not found.
-    path = backups.backup_path(state().config.backup_dir, filename) if backups.is_backup_name(filename) else None
+    path = backups.backup_path(state().config.backup_dir, filename)  # month 13 included: not found
     if path is None:
         abort(404, description=f"{filename} not found")
     return path

@@ -70,10 +70,13 @@ def metadata_name(archive_name: str) -> str:
 
 
 def backup_path(backup_dir: Path, name: str) -> Path | None:
-    """Return the path of backup `name` if it exists as a regular file, else None.
+    """Return the path of backup `name` if it is a backup name and exists as a regular file, else None.
 
-    `name` must already be a valid backup name, which cannot contain a path separator.
+    A backup name cannot contain a path separator; a well-formed name with an impossible time
+    (month 13) is never a backup, even if such a file was put there.
     """
+    if not is_backup_name(name):
+        return None
     path = backup_dir / name
     try:
         st = os.lstat(path)

@@ -44,10 +44,11 @@ class BackupMetadata:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-def write_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str) -> None:
+def write_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str, replace: bool = False) -> None:
     """Write the metadata file of `metadata.filename` durably, via a temp file tagged `tag`.
 
-    Like archives, it is linked into place (FileExistsError rather than replacing another's).
+    Like archives, a new one is linked into place (FileExistsError rather than replacing another's);
+    `replace=True` updates the metadata of an existing backup (to record a drill), atomically.
     """
     final = backup_dir / metadata_name(metadata.filename)
     temp = backup_dir / temp_name(metadata_name(metadata.filename), tag)
@@ -57,22 +58,12 @@ def write_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str) -> None
             json.dump(metadata.to_json(), out, indent=1)
             out.flush()
             os.fsync(out.fileno())
-        os.link(temp, final)
+        if replace:
+            os.replace(temp, final)
+        else:
+            os.link(temp, final)
     finally:
         temp.unlink(missing_ok=True)
-    fsync_dir(backup_dir)
-
-
-def update_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str) -> None:
-    """Replace the metadata file of an existing backup (to record a drill), atomically."""
-    final = backup_dir / metadata_name(metadata.filename)
-    temp = backup_dir / temp_name(metadata_name(metadata.filename), tag)
-    with open(temp, "x", encoding="utf-8") as out:
-        os.chmod(temp, 0o600)
-        json.dump(metadata.to_json(), out, indent=1)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, final)
     fsync_dir(backup_dir)
 
 

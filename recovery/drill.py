@@ -23,7 +23,7 @@ import redis
 
 from common import backups, etcd
 from common.config import Config, EtcdConfig
-from common.metadata import BackupMetadata, read_metadata, update_metadata
+from common.metadata import BackupMetadata, read_metadata, write_metadata
 from common.metrics import record_drill
 from recovery.restore import Member, RestoreError, restore
 from recovery.verify import VerifyError, verify_file
@@ -137,7 +137,7 @@ def _record(config: Config, connection: redis.Redis | None, result: DrillResult)
         if metadata is not None:
             drill = {"time": now.isoformat(timespec="seconds"), "outcome": outcome, "reason": result.reason,
                      "seconds": result.seconds}
-            update_metadata(config.backup_dir, replace(metadata, drill=drill), tag="drill")
+            write_metadata(config.backup_dir, replace(metadata, drill=drill), tag="drill", replace=True)
     if connection is not None:
         record_drill(connection, now.timestamp(), result.backup or "", result.passed, result.reason)
 

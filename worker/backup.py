@@ -106,7 +106,7 @@ def _first_message_deadline(responses: etcd.SnapshotStream) -> Iterator[None]:
         yield
     except grpc.RpcError:
         if fired.is_set():
-            raise Stalled(f"nothing received for {STALL_SECONDS:g}s") from None
+            raise Stalled(STALL_SECONDS) from None
         raise
     finally:
         timer.cancel()

@@ -77,7 +77,7 @@ def verify_backup(filename: str) -> dict[str, object]:
     config = _configured()
     job = get_current_job()
     assert job is not None, "verify_backup runs only as an RQ job"
-    path = backups.backup_path(config.backup_dir, filename) if backups.is_backup_name(filename) else None
+    path = backups.backup_path(config.backup_dir, filename)
     try:
         if path is None:
             raise VerifyError(f"{filename} is not a backup in backup-dir")

@@ -28,6 +28,9 @@ class _End:
 class Stalled(Exception):
     """The stream produced nothing for longer than its idle timeout."""
 
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"nothing received for {seconds:g}s")
+
 
 def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
                idle_timeout: float | None = None) -> Generator[T, None, None]:
@@ -68,7 +71,7 @@ def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
             try:
                 item = handoff.get(timeout=idle_timeout)
             except queue.Empty:
-                raise Stalled(f"nothing received for {idle_timeout:g}s") from None
+                raise Stalled(idle_timeout or 0) from None
             if isinstance(item, _End):
                 if item.error is not None:
                     raise item.error
