@@ -19,15 +19,14 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from common.config import Config
+from common.jobs import BACKUP_JOB as BACKUP_JOB  # the job names are re-exported: callers know them from here
+from common.jobs import DRILL_JOB as DRILL_JOB
+from common.jobs import JOB_TIMEOUT, JOBS, TrustedJob
+from common.jobs import QUEUE_NAME as QUEUE_NAME
+from common.jobs import VERIFY_JOB as VERIFY_JOB
 
 logger = logging.getLogger(__name__)
 
-QUEUE_NAME = "etcd-backup"
-BACKUP_JOB = "worker.jobs.take_backup"
-DRILL_JOB = "worker.jobs.restore_drill"
-VERIFY_JOB = "worker.jobs.verify_backup"
-JOBS = frozenset({BACKUP_JOB, DRILL_JOB, VERIFY_JOB})
-"""The functions a worker runs; GET /api/v1/jobs/<id> shows jobs of these only."""
 PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
 LOCK_KEY = "etcd-backup:backup-lock"
@@ -36,8 +35,6 @@ HEARTBEAT_TTL = 10.0
 """Seconds a backup job's heartbeat key outlives its worker: a killed worker's POST fails this long after."""
 ERROR_META = "error"
 """job.meta key where a worker puts the cause of a failed backup, for the API's 500 message."""
-JOB_TIMEOUT = 3600
-"""Seconds a worker may spend on one backup (etcd's 8 GiB maximum streams in a few minutes)."""
 RESULT_TTL = 86400
 """Seconds a finished or failed job (and so GET /api/v1/jobs/<id>) is kept."""
 PENDING_TTL = RESULT_TTL
@@ -66,7 +63,8 @@ def connect(config: Config) -> redis.Redis:
 
 
 def backup_queue(connection: redis.Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer)
+    # TrustedJob: whatever RQ fetches from this queue's keys imports nothing but our job functions.
+    return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer, job_class=TrustedJob)
 
 
 def enqueue_or_join(queue: Queue) -> Job:
@@ -118,7 +116,7 @@ def enqueue_verify(queue: Queue, filename: str) -> Job:
 def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
     """Return job `job_id`, or None if there is no such job (or it is none of ours)."""
     try:
-        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        job = TrustedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return None
     return job if job.func_name in JOBS else None

@@ -7,12 +7,15 @@ import threading
 from typing import Any
 
 import redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
 
 from common import backups, queue
 from common.config import Config
+from common.jobs import TrustedJob, refusal
 from worker import jobs
 from worker.leases import live_backup
 
@@ -20,7 +23,31 @@ logger = logging.getLogger(__name__)
 
 class BackupWorker(SimpleWorker):
     """Runs jobs in the worker process itself, without fork(): a backup needs no isolation, and a
-    forked child per job would add its start-up to every POST's round trip."""
+    forked child per job would add its start-up to every POST's round trip.
+
+    It runs only this service's jobs (common.jobs): any other job found in Redis is failed, never
+    imported or called, and logged as refused.
+    """
+
+    job_class = TrustedJob
+
+    def __init__(self, connection: redis.Redis) -> None:
+        # A job's description is whatever its writer put in Redis: never log it.
+        super().__init__([queue.backup_queue(connection)], connection=connection, serializer=JSONSerializer,
+                         job_class=TrustedJob, log_job_description=False)
+
+    def execute_job(self, job: Job, origin: Queue) -> None:
+        why = refusal(job)
+        if why is None:
+            super().execute_job(job, origin)
+            return
+        logger.error("refused job %s: %s; moved to the failed jobs, nothing run", job.id, why)
+        # RQ's own bookkeeping for a job that failed at once, so that the job ends in the failed
+        # registry like any other; its callbacks, webhooks and retries are never acted on (TrustedJob).
+        job.retries_left = None
+        execution = self.prepare_execution(job)
+        self.handle_job_failure(job, origin, exc_string=f"refused by etcd-backup's worker: {why}", execution=execution)
+        self.set_state(WorkerStatus.IDLE)
 
 
 class ThreadWorker(BackupWorker):
@@ -68,13 +95,13 @@ def run_worker(config: Config) -> None:
     """Work the backup queue in this process until SIGTERM/SIGINT (finishing the current backup)."""
     connection = queue.connect(config)
     queue.retry_until_redis_answers(lambda: prepare(config, connection))
-    worker = BackupWorker([queue.backup_queue(connection)], connection=connection, serializer=JSONSerializer)
+    worker = BackupWorker(connection)
     worker.work(logging_level="INFO")
 
 
 def start_thread_worker(config: Config, connection: redis.Redis) -> ThreadWorker:
     """Start a worker thread on `connection` (the all-in-one server's); `stop()` ends it."""
     prepare(config, connection)
-    worker = ThreadWorker([queue.backup_queue(connection)], connection=connection, serializer=JSONSerializer)
+    worker = ThreadWorker(connection)
     worker.start()
     return worker
