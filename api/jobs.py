@@ -14,7 +14,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 
 from api.state import state
-from common.queue import BACKUP_JOB, ERROR_META, HEARTBEAT_TTL, VERIFY_JOB, fetch_backup_job, heartbeat_key
+from common.queue import BACKUP_JOB, DRILL_JOB, ERROR_META, HEARTBEAT_TTL, VERIFY_JOB, fetch_backup_job, heartbeat_key
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
@@ -27,27 +27,32 @@ _ANSWERS: dict[str, tuple[str, str, int]] = {
     BACKUP_JOB: (SUCCESS_MESSAGE, FAILED_MESSAGE, 500),
     # A check that ran and found the backup bad is no server error.
     VERIFY_JOB: (VERIFIED_MESSAGE, NOT_VERIFIED_MESSAGE, 422),
+    # A drill that ran reports passed or not in its body; "failed" is a drill that could not run.
+    DRILL_JOB: ("drill done", "drill failed", 500),
 }
 WAIT_STEP = 2
 """Seconds of one blocking wait for a result; between waits the job's state is looked at again."""
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+"""The form of every job id (common.queue.new_job_id), whatever its kind."""
+KINDS = {BACKUP_JOB: "backup", VERIFY_JOB: "verify", DRILL_JOB: "drill"}
+"""The word that names each kind of job in the answers about it ("verify queued")."""
 LOST = "lost"
 """The status GET /api/v1/jobs/<id> reports for a started job whose worker stopped answering."""
 LOST_CAUSE = ("the worker taking the backup stopped answering before it reported a result "
               "(killed, crashed or cut off from Redis); no partial backup is listed")
 
 _UNFINISHED_MESSAGES = {
-    JobStatus.QUEUED: "backup queued",
-    JobStatus.STARTED: "backup in progress",
+    JobStatus.QUEUED: "{kind} queued",
+    JobStatus.STARTED: "{kind} in progress",
 }
 
 
 @bp.get("/<job_id>")
 def show_job(job_id: str) -> tuple[Response, int]:
-    """Report a backup job's state and, once it is done, what the POST would have answered."""
+    """Report a job's state and, once it is done, what its POST would have answered."""
     job = fetch_backup_job(state().queue.connection, job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
-        abort(404, description=f"no backup job {job_id}")
+        abort(404, description=f"no job {job_id}")
     _, body = job_outcome(job)
     status = LOST if worker_lost(job) else job.get_status().value
     # 200 whatever the job's fate: the job was found; its fate is in "status" and "message".
@@ -74,7 +79,7 @@ def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
 
 def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
     """Return the HTTP status and body that a POST gets for `job` in its current state."""
-    success, failure, failure_status = _ANSWERS.get(job.func_name or "", ("done", "failed", 500))
+    success, failure, failure_status = _ANSWERS[job.func_name or ""]  # fetch_backup_job gives only these
     result = job.latest_result()
     if result is not None and result.type == Result.Type.SUCCESSFUL:
         value: dict[str, Any] = result.return_value or {}
@@ -86,8 +91,12 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
         return failure_status, {"message": f"{failure}: {_failure_cause(job, result)}"}
     if worker_lost(job):
         return 500, {"message": f"{failure}: {LOST_CAUSE}"}
-    message = _UNFINISHED_MESSAGES.get(status, f"backup {status.value}")
+    message = _UNFINISHED_MESSAGES.get(status, "{kind} " + status.value).format(kind=_kind(job))
     return 202, {"message": message, "job": job.id}
+
+
+def _kind(job: Job) -> str:
+    return KINDS.get(job.func_name or "", "job")
 
 
 def worker_lost(job: Job) -> bool:
@@ -113,4 +122,4 @@ def _failure_cause(job: Job, result: Result | None) -> str:
     if cause:
         return str(cause)
     lines = (result.exc_string or "").strip().splitlines() if result is not None else []
-    return lines[-1] if lines else f"the backup job ended as {job.get_status().value}"
+    return lines[-1] if lines else f"the {_kind(job)} job ended as {job.get_status().value}"

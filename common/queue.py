@@ -45,6 +45,11 @@ REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds to connect to Redis before a request is answered 503."""
 
 
+def new_job_id() -> str:
+    """A new job's id: 32 hex digits, the one form GET /api/v1/jobs/<id> looks up (RQ's own has dashes)."""
+    return uuid.uuid4().hex
+
+
 def heartbeat_key(job_id: str) -> str:
     """The key a worker renews while it runs the job `job_id` (worker.leases.job_heartbeat)."""
     return f"etcd-backup:heartbeat:{job_id}"
@@ -82,7 +87,7 @@ def enqueue_or_join(queue: Queue) -> Job:
                 pending = pipe.get(PENDING_KEY)
                 if pending is None:
                     pipe.multi()
-                    job_id = uuid.uuid4().hex
+                    job_id = new_job_id()
                     pipe.set(PENDING_KEY, job_id, ex=PENDING_TTL)
                     job = queue.enqueue_call(
                         BACKUP_JOB, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
@@ -102,14 +107,15 @@ def enqueue_or_join(queue: Queue) -> Job:
 
 def enqueue_drill(queue: Queue) -> Job:
     """Queue a restore drill of the newest backup (recovery.drill, run by a worker)."""
-    job: Job = queue.enqueue_call(DRILL_JOB, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL)
+    job: Job = queue.enqueue_call(DRILL_JOB, job_id=new_job_id(), timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                                  failure_ttl=RESULT_TTL)
     return job
 
 
 def enqueue_verify(queue: Queue, filename: str) -> Job:
     """Queue a check of backup `filename` (recovery.verify, run by a worker); the name is no secret."""
-    job: Job = queue.enqueue_call(VERIFY_JOB, args=(filename,), timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
-                                  failure_ttl=RESULT_TTL)
+    job: Job = queue.enqueue_call(VERIFY_JOB, args=(filename,), job_id=new_job_id(), timeout=JOB_TIMEOUT,
+                                  result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL)
     return job
 
 
