@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from croniter import croniter
+from redis import connection as redis_connection
 
 DEFAULT_BACKUP_DIR = "/etcd-backup/"
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -231,12 +232,44 @@ def _backup_dir(value: str) -> Path:
     return path
 
 
+REDIS_URL_HINT = "percent-encode special characters in the password (# as %23, / as %2F, ? as %3F, @ as %40, % as %25)"
+
+
 def _redis_url(value: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
     url = value or environ.get(REDIS_URL_ENV) or None
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        key = "redis-url" if value else REDIS_URL_ENV
-        raise ConfigError(key, "expected a redis://, rediss:// or unix:// URL")
+    if url is not None and (problem := _redis_url_problem(url)) is not None:
+        raise ConfigError("redis-url" if value else REDIS_URL_ENV, problem)
     return url
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why Redis' client would misread `url` (or fail on it with a traceback), or None.
+
+    The URL holds the password: the answer never quotes it, nor any part of it. A password's `#`, `/`
+    or `?` ends the URL's host part early, so the rest of the password is taken for the port, the
+    database or the query.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):  # as redis-py checks it: lower case
+        return "expected a redis://, rediss:// or unix:// URL"
+    try:
+        parts = urlsplit(url)
+        port = parts.port if parts.scheme != "unix" else None
+    except ValueError:  # a port that is no number, or an unbalanced [ of an IPv6 host
+        return f"the host part is not HOST:PORT: {REDIS_URL_HINT}"
+    # Where the host part ended early, the password's rest (and its "@host") lands after it.
+    if "#" in url or "@" in url[len(parts.scheme) + len("://") + len(parts.netloc):]:
+        return f"the password ends the host part early: {REDIS_URL_HINT}"
+    if parts.scheme == "unix":
+        return None if parts.path else "expected unix:///path/to/redis.sock"
+    if not parts.hostname or port == 0:  # redis-py would quietly use localhost, or port 6379
+        return f"no host or port: {REDIS_URL_HINT}"
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        return f"the path must be a database number (/0): {REDIS_URL_HINT}"
+    try:
+        redis_connection.parse_url(url)  # type: ignore[no-untyped-call]  # what redis.Redis.from_url does
+    except ValueError:  # its messages may quote the URL
+        return f"not a URL that Redis' client reads: {REDIS_URL_HINT}"
+    return None
 
 
 def _api_token(value: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+import redis
 import yaml
 
 from common.config import Config, ConfigError, load_config, parse_config, parse_duration
-from tests.services import BIN_DIR
+from common.queue import connect
+from tests.conftest import Report
+from tests.services import BIN_DIR, RedisServer, free_port
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -183,3 +187,71 @@ def test_example_configs_use_only_known_keys(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     demo = load_config(root / "examples" / "demo.yml")
     assert demo.listen == "127.0.0.1:8080" and demo.redis_url is None
+
+
+# Passwords with the characters that cut a URL short. The ids name the character: a test's tmp_path (and so
+# the config path in the error line) must not hold the password.
+SECRET_PASSWORDS = {"hash": "Xk7#Pq2Vn9", "slash": "Xk7/Pq2Vn9", "question": "Xk7?Pq2Vn9"}
+
+
+def shown_secret(secret: str, text: str) -> str | None:
+    """The longest piece (3 characters or more) of `secret` that `text` shows, if any."""
+    pieces = (secret[start:end] for start in range(len(secret)) for end in range(len(secret), start + 2, -1))
+    return next((piece for piece in pieces if piece in text), None)
+
+
+@pytest.mark.parametrize("secret", SECRET_PASSWORDS.values(), ids=SECRET_PASSWORDS.keys())
+@pytest.mark.parametrize("from_environment", [False, True], ids=["redis-url", "REDIS_URL"])
+def test_redis_password_that_cuts_the_url_is_one_line_without_it(tmp_path: Path, secret: str,
+                                                                 from_environment: bool) -> None:
+    url = f"redis://:{secret}@127.0.0.1:6379/0"
+    document: dict[str, Any] = {"etcd": {}, "backup-dir": str(tmp_path / "b")}
+    if not from_environment:
+        document["redis-url"] = url
+    with pytest.raises(ConfigError) as info:
+        parse(document, {"REDIS_URL": url} if from_environment else {})
+    assert info.value.key == ("REDIS_URL" if from_environment else "redis-url")
+    assert "percent-encode" in str(info.value) and "\n" not in str(info.value)
+    assert shown_secret(secret, str(info.value)) is None, str(info.value)
+
+
+COMMANDS = {"all-in-one": ["etcd-backup"], "worker": ["etcd-backup", "worker"],
+            "scheduler": ["etcd-backup", "scheduler"], "web": ["gunicorn", "--config", "python:api.gunicorn_conf"]}
+
+
+@pytest.mark.parametrize("secret", SECRET_PASSWORDS.values(), ids=SECRET_PASSWORDS.keys())
+@pytest.mark.parametrize("process", COMMANDS)
+def test_every_process_refuses_an_unencoded_redis_password(tmp_path: Path, process: str, secret: str,
+                                                           report: Report) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"etcd": {}, "backup-dir": str(tmp_path / "b"), "listen": f"127.0.0.1:{free_port()}",
+                                    "redis-url": f"redis://:{secret}@127.0.0.1:6379/0"}))
+    command = [str(BIN_DIR / COMMANDS[process][0]), *COMMANDS[process][1:]]
+    result = subprocess.run(command if process == "web" else [*command, "--config", str(path)],
+                            env={"ETCD_BACKUP_CONFIG": str(path), "PATH": str(BIN_DIR)},
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"etcd-backup: bad config {path}: redis-url: "), lines
+    shown = shown_secret(secret, result.stdout + result.stderr)
+    assert shown is None, f"{shown!r} shown in: {result.stdout + result.stderr}"
+    report(f"`{' '.join(COMMANDS[process])}` with a Redis password holding {secret[3]!r}, not percent-encoded",
+           f"exit {result.returncode}, {len(lines)} line on stderr, no 3 characters of the password: "
+           f"\"{lines[0].split(': ', 1)[1].replace(str(path), 'PATH')}\"")
+
+
+def test_a_percent_encoded_redis_password_connects(tmp_path: Path, redis_conn: redis.Redis,
+                                                   redis_server: RedisServer) -> None:
+    """The README's advice works: with #, / and ? percent-encoded, the service logs in to a real Redis."""
+    secret = "Xk7#Pq2/Vn9?Wm"
+    redis_conn.acl_setuser("etcd-backup-test", enabled=True, passwords=[f"+{secret}"], keys=["*"],
+                           commands=["+@all"])
+    try:
+        raw = f"redis://etcd-backup-test:{secret}@127.0.0.1:{redis_server.port}/0"
+        with pytest.raises(ConfigError, match="^redis-url: .*percent-encode"):
+            parse({"etcd": {}, "backup-dir": str(tmp_path / "b"), "redis-url": raw})
+        encoded = f"redis://etcd-backup-test:{quote(secret, safe='')}@127.0.0.1:{redis_server.port}/0"
+        config = parse({"etcd": {}, "backup-dir": str(tmp_path / "b"), "redis-url": encoded})
+        assert connect(config).acl_whoami() == "etcd-backup-test"
+    finally:
+        redis_conn.acl_deluser("etcd-backup-test")
