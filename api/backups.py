@@ -11,6 +11,7 @@ from werkzeug.routing import BaseConverter
 from api.jobs import wait_for_job
 from api.state import state
 from common import backups
+from common.clock import redis_clock
 from common.metadata import read_metadata
 from common.queue import enqueue_or_join, enqueue_verify
 
@@ -39,8 +40,10 @@ DETAIL_VALUES = {"true": True, "1": True, "false": False, "0": False}
 @bp.get("")
 def list_backups() -> Response:
     """List complete backups, oldest first: names (the seed's answer), or with ?detail=true their metadata."""
-    backup_dir = state().config.backup_dir
-    names = backups.list_backups(backup_dir)
+    current = state()
+    backup_dir = current.config.backup_dir
+    # Backups named in the future come first: a client's "latest" (the last) is never one of them.
+    names = backups.list_backups(backup_dir, redis_clock(current.queue.connection)())
     detail = request.args.get("detail", "false").lower()
     if detail not in DETAIL_VALUES:
         abort(400, description=f"detail must be true or false, got {detail[:20]!r}")

@@ -14,6 +14,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 
 from api.state import state
+from common import queue
 from common.queue import BACKUP_JOB, DRILL_JOB, ERROR_META, HEARTBEAT_TTL, VERIFY_JOB, fetch_backup_job, heartbeat_key
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
@@ -53,8 +54,9 @@ def show_job(job_id: str) -> tuple[Response, int]:
     job = fetch_backup_job(state().queue.connection, job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
         abort(404, description=f"no job {job_id}")
-    _, body = job_outcome(job)
-    status = LOST if worker_lost(job) else job.get_status().value
+    code, body = job_outcome(job)
+    # 200 is a finished job's answer, also when its worker died after publishing the backup.
+    status = JobStatus.FINISHED.value if code == 200 else LOST if worker_lost(job) else job.get_status().value
     # 200 whatever the job's fate: the job was found; its fate is in "status" and "message".
     return jsonify({**body, "job": job.id, "status": status}), 200
 
@@ -86,6 +88,10 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
         if job.func_name == BACKUP_JOB:  # the seed's answer, to the letter
             return 200, {"message": success, "filename": value["filename"], "filesize": value["filesize"]}
         return 200, {"message": success, **value}
+    # Published (listed) before its worker died or failed, in rotation: the backup is there all the same.
+    published = queue.published_backup(job) if job.func_name == BACKUP_JOB else None
+    if published is not None:
+        return 200, {"message": success, **published}
     status = job.get_status()
     if result is not None or status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
         return failure_status, {"message": f"{failure}: {_failure_cause(job, result)}"}

@@ -15,6 +15,7 @@ from rq.registry import FailedJobRegistry
 
 from api.state import State, state
 from common import backups
+from common.clock import redis_clock
 from common.metadata import read_metadata
 from common.metrics import read_drill, read_durations, read_outcomes
 
@@ -39,7 +40,8 @@ class BackupCollector(Collector):
 
     def _from_backup_dir(self) -> Iterator[Metric]:
         backup_dir = self.config.backup_dir
-        names = backups.list_backups(backup_dir)
+        now = redis_clock(self.queue.connection)()
+        names = backups.list_backups(backup_dir, now)
         sizes = []
         for name in names:
             try:
@@ -49,10 +51,17 @@ class BackupCollector(Collector):
         yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(sizes))
         yield GaugeMetricFamily("etcd_backup_backups_on_disk_bytes", "Bytes of the backups in backup-dir.",
                                 value=sum(sizes))
-        newest = read_metadata(backup_dir, names[-1]) if names else None
+        future = sum(1 for name in names if backups.is_future(name, now))
+        yield GaugeMetricFamily("etcd_backup_future_backups",
+                                "Backups named in the future (a host's clock was ahead): never counted as the newest.",
+                                value=future)
+        newest_name = backups.newest(names, now)
+        newest = read_metadata(backup_dir, newest_name) if newest_name is not None else None
         if newest is None:
             return
-        finished = datetime.fromisoformat(newest.started).timestamp() + newest.duration
+        # When it was complete by the clock that took it (not its name), and never later than now: a
+        # gauge in the future would keep the too-old alert from firing.
+        finished = min(datetime.fromisoformat(newest.started).timestamp() + newest.duration, now.timestamp())
         yield GaugeMetricFamily("etcd_backup_last_success_timestamp_seconds",
                                 "When the newest backup was complete (Unix time): alert when it is too old.",
                                 value=finished)

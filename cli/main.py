@@ -9,11 +9,11 @@ import argparse
 import logging
 import signal
 import sys
-from datetime import UTC, datetime
 
 from cli import recovery
-from common import retention
+from common import queue, retention
 from common.backups import list_backups
+from common.clock import redis_clock
 from common.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, exit_unless_shared_queue, load_config_or_exit
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def prune(config: Config, dry_run: bool) -> None:
     """Print each backup with the verdict and its reason, newest first; delete unless `dry_run`."""
-    now = datetime.now(UTC)
+    # The clock that names the backups (Redis'), not this host's: a clock behind would take new
+    # backups for backups named in the future.
+    now = redis_clock(queue.connect(config) if config.redis_url is not None else None)()
     if dry_run:
         decisions = retention.plan(list_backups(config.backup_dir), now, config.rotate, config.retention)
     else:

@@ -229,6 +229,15 @@ def _backup_dir(value: str) -> Path:
         raise ConfigError("backup-dir", f"cannot create {value}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError("backup-dir", f"{value} is not writable")
+    # Refused, not chmod-ed: files may already have been planted while it was open (a FIFO, a backup
+    # named in the future), and it may be open on purpose (a tmpfs mount, a share): the operator decides.
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise ConfigError("backup-dir", f"{value} is owned by uid {st.st_uid}, not by this process' user "
+                                        f"(uid {os.geteuid()}): its owner could plant or remove backups")
+    if st.st_mode & 0o022:
+        raise ConfigError("backup-dir", f"{value} is writable by group or others (mode {st.st_mode & 0o777:04o}): "
+                                        "anyone could plant files there; make it private (chmod 0700)")
     return path
 
 

@@ -7,13 +7,26 @@ truth: Redis may be empty, the list with details and the metrics still know ever
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from common.backups import METADATA_SUFFIX, fsync_dir, is_backup_name, metadata_name, temp_name
+from common.backups import (
+    METADATA_SUFFIX,
+    fsync_dir,
+    is_backup_name,
+    metadata_name,
+    remove_file,
+    report_once,
+    temp_name,
+)
+
+MAX_METADATA_BYTES = 64 << 10
+"""A metadata file is under 1 KiB; a bigger one is not ours, and is not read (nor held in memory)."""
 
 
 @dataclass(frozen=True)
@@ -68,16 +81,50 @@ def write_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str, replace
 
 
 def read_metadata(backup_dir: Path, archive_name: str) -> BackupMetadata | None:
-    """The metadata of a backup, or None if it has none (taken by an older version, or by hand)."""
+    """The metadata of a backup, or None if it has none (taken by an older version, or by hand), or
+    if what is there is no regular file of ours (logged)."""
+    path = backup_dir / metadata_name(archive_name)
+    raw = _read_regular_file(path, MAX_METADATA_BYTES)
+    if raw is None:
+        return None
     try:
-        raw = json.loads((backup_dir / metadata_name(archive_name)).read_bytes())
-        return BackupMetadata(**raw)
-    except (FileNotFoundError, ValueError, TypeError):
+        return BackupMetadata(**json.loads(raw))
+    except (ValueError, TypeError):
+        report_once(path, "skipped: not backup metadata")
         return None
 
 
+def _read_regular_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes, else None (logged if it is there).
+
+    O_NOFOLLOW: a symlink (to /dev/zero, to another user's file) is never followed. O_NONBLOCK: opening
+    a FIFO does not wait for a writer, and fstat() then tells it is no file. A file that grows after
+    fstat() is still read no further than the limit.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        report_once(path, "skipped: a symlink" if exc.errno == errno.ELOOP else f"skipped: {exc.strerror}")
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            report_once(path, "skipped: not a regular file")
+            return None
+        data = b""
+        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        report_once(path, f"skipped: larger than {limit} bytes")
+        return None
+    return data
+
+
 def remove_metadata(backup_dir: Path, archive_name: str) -> None:
-    (backup_dir / metadata_name(archive_name)).unlink(missing_ok=True)
+    remove_file(backup_dir / metadata_name(archive_name))
 
 
 def remove_orphan_metadata(backup_dir: Path) -> list[str]:
@@ -90,6 +137,6 @@ def remove_orphan_metadata(backup_dir: Path) -> list[str]:
     for name in names:
         archive = name.removesuffix(METADATA_SUFFIX)
         if name != archive and is_backup_name(archive) and archive not in present:
-            (backup_dir / name).unlink(missing_ok=True)
-            removed.append(name)
+            if remove_file(backup_dir / name):
+                removed.append(name)
     return removed

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import fakeredis
 import redis
@@ -35,6 +36,9 @@ HEARTBEAT_TTL = 10.0
 """Seconds a backup job's heartbeat key outlives its worker: a killed worker's POST fails this long after."""
 ERROR_META = "error"
 """job.meta key where a worker puts the cause of a failed backup, for the API's 500 message."""
+PUBLISHED_META = "published"
+"""job.meta key where a worker puts the new backup's filename and filesize as soon as it is listed:
+the API answers success from it even if the worker dies afterwards (during rotation)."""
 RESULT_TTL = 86400
 """Seconds a finished or failed job (and so GET /api/v1/jobs/<id>) is kept."""
 PENDING_TTL = RESULT_TTL
@@ -126,6 +130,21 @@ def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
     except NoSuchJobError:
         return None
     return job if job.func_name in JOBS else None
+
+
+def record_published(job: Job, filename: str, filesize: int) -> None:
+    """Note in `job`'s meta that its backup `filename` is complete and listed (PUBLISHED_META)."""
+    job.meta[PUBLISHED_META] = {"filename": filename, "filesize": filesize}
+    job.save_meta()  # type: ignore[no-untyped-call]
+
+
+def published_backup(job: Job) -> dict[str, Any] | None:
+    """The filename and filesize that `job` recorded as published (record_published), if it did."""
+    value = job.get_meta(refresh=True).get(PUBLISHED_META)
+    if not (isinstance(value, dict) and isinstance(value.get("filename"), str)
+            and isinstance(value.get("filesize"), int)):
+        return None  # none recorded (or not by us: anyone who can write to Redis can write there)
+    return {"filename": value["filename"], "filesize": value["filesize"]}
 
 
 def release_pending(connection: redis.Redis, job_id: str) -> None:

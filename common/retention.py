@@ -30,30 +30,38 @@ class Decision:
 
 def plan(names: list[str], now: datetime, rotate: int, retention: RetentionConfig | None,
          protect: str | None = None) -> list[Decision]:
-    """Decide, for each backup name (any order), whether to keep it and why; newest first."""
-    newest_first = sorted(names, reverse=True)
-    times = {name: _time(name) for name in newest_first}
+    """Decide, for each backup name (any order), whether to keep it and why; newest first.
+
+    Backups named in the future (common.backups.in_time_order) count as the oldest: no age rule
+    keeps them (their age is unknown), and they are never "the newest".
+    """
+    newest_first = backups.in_time_order(names, now)[::-1]
+    newest = backups.newest(names, now)
+    placed = [name for name in newest_first if not backups.is_future(name, now)]
+    times = {name: _time(name) for name in placed}
     reasons: dict[str, str] = {}
-    if newest_first:
-        reasons[newest_first[0]] = "the newest backup"
-    if protect in times:
+    if newest is not None:
+        reasons[newest] = "the newest backup"
+    if protect in names:
         reasons.setdefault(protect, "the backup just taken")
     if retention is None:
         for name in newest_first[:rotate]:
             reasons.setdefault(name, f"among the newest {rotate} (rotate)")
     else:
         for rule in _rules(retention):
-            for name, why in rule(newest_first, times, now).items():
+            for name, why in rule(placed, times, now).items():
                 reasons.setdefault(name, why)
     decisions = []
     kept = 0
     for name in newest_first:
         kept_because = reasons.get(name)
-        if kept_because is not None and (kept < rotate or name in (newest_first[0], protect)):
+        if kept_because is not None and (kept < rotate or name in (newest, protect)):
             kept += 1
             decisions.append(Decision(name, True, kept_because))
         elif kept_because is not None:
             decisions.append(Decision(name, False, f"beyond rotate {rotate}, though {kept_because}"))
+        elif name not in times:
+            decisions.append(Decision(name, False, "named in the future: its age is unknown, no rule keeps it"))
         else:
             decisions.append(Decision(name, False, _why_not(retention, rotate)))
     return decisions
@@ -62,7 +70,7 @@ def plan(names: list[str], now: datetime, rotate: int, retention: RetentionConfi
 def prune(backup_dir: Path, now: datetime, rotate: int, retention: RetentionConfig | None,
           protect: str | None = None) -> list[Decision]:
     """Delete the backups (and their metadata) that `plan` does not keep; return the decisions."""
-    decisions = plan(backups.list_backups(backup_dir), now, rotate, retention, protect)
+    decisions = plan(backups.list_backups(backup_dir, now), now, rotate, retention, protect)
     for decision in decisions:
         if not decision.keep and backups.delete_backup(backup_dir, decision.name):
             logger.info("removed %s: %s", decision.name, decision.reason)

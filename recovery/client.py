@@ -7,8 +7,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
+
+from common import backups
 
 CHUNK = 1 << 20
 PART_SUFFIX = ".part"
@@ -52,6 +55,11 @@ class Client:
         names = self.list()
         if not names:
             raise ClientError(f"{self.base_url} has no backup yet")
+        # The service lists backups named in the future first, so the last is the newest; if even the
+        # last is in the future (all are, or an older service), which is the newest is unknown.
+        if backups.is_future(names[-1], datetime.now(UTC)):
+            raise ClientError(f"the newest backup listed, {names[-1]}, is named in the future (a clock was ahead): "
+                              "give the name of the backup to download")
         return names[-1]
 
     def download(self, name: str, directory: Path, progress: TextIO | None = sys.stderr) -> Path:

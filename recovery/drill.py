@@ -22,6 +22,7 @@ import grpc
 import redis
 
 from common import backups, etcd
+from common.clock import redis_clock
 from common.config import Config, EtcdConfig
 from common.metadata import BackupMetadata, read_metadata, write_metadata
 from common.metrics import record_drill
@@ -49,11 +50,11 @@ class DrillResult:
 def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillResult:
     """Drill the newest backup; record and return the result."""
     began = time.monotonic()
-    names = backups.list_backups(config.backup_dir)
-    if not names:
+    newest = backups.newest(backups.list_backups(config.backup_dir), redis_clock(connection)())
+    if newest is None:
         result = DrillResult(None, False, "no backup to drill", 0.0)
     else:
-        result = _drill(config, names[-1], began)
+        result = _drill(config, newest, began)
     _record(config, connection, result)
     return result
 

@@ -24,6 +24,7 @@ from rq.cron import CronJob, CronScheduler
 from rq.job import Job
 
 from common import backups, etcd
+from common.clock import redis_clock
 from common.config import Config
 from common.metadata import read_metadata
 from common.metrics import record_outcome
@@ -61,7 +62,7 @@ def run_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler:
     if not _claim(connection, tick, "schedule", scheduler):
         return None
     if config.skip_unchanged:
-        unchanged_since = _unchanged_since(config)
+        unchanged_since = _unchanged_since(config, connection)
         if unchanged_since is not None:
             record_outcome(connection, "skipped")
             logger.info("tick %s: skipped, etcd's revision is unchanged since %s", tick.isoformat(), unchanged_since)
@@ -80,15 +81,15 @@ def run_drill_tick(config: Config, connection: redis.Redis, tick: datetime, sche
     return job
 
 
-def _unchanged_since(config: Config) -> str | None:
+def _unchanged_since(config: Config, connection: redis.Redis) -> str | None:
     """The newest backup's name if etcd's revision is still the one it recorded, else None."""
-    names = backups.list_backups(config.backup_dir)
-    newest = read_metadata(config.backup_dir, names[-1]) if names else None
+    name = backups.newest(backups.list_backups(config.backup_dir), redis_clock(connection)())
+    newest = read_metadata(config.backup_dir, name) if name is not None else None
     if newest is None:
         return None
     try:
-        with etcd.connect(config.etcd) as connection:
-            revision = int(connection.status.header.revision)
+        with etcd.connect(config.etcd) as member:
+            revision = int(member.status.header.revision)
     except etcd.EtcdUnavailable as exc:
         logger.warning("skip-unchanged cannot read etcd's revision, backing up anyway: %s", exc)
         return None

@@ -6,13 +6,14 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 
 from common import backups, etcd, retention
+from common.clock import Clock, local_now
 from common.config import Config
 from common.metadata import BackupMetadata, remove_metadata, write_metadata
 from worker.archive import write_archive
@@ -29,10 +30,14 @@ STALL_SECONDS = 15.0
 without pauses, and gRPC's keepalive alone takes about a minute to notice a frozen peer."""
 
 
-def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
+def take_backup(config: Config, temp_tag: str, now: Clock = local_now,
+                published: Callable[[BackupMetadata], object] = lambda metadata: None) -> BackupMetadata:
     """Take one backup; raise BackupError naming the cause. The caller holds the backup lock.
 
-    `temp_tag` (the job's id) goes into the temp file's name, to tell whose it is.
+    `temp_tag` (the job's id) goes into the temp file's name, to tell whose it is. `now` is the
+    clock that names the backup and ages the others (common.clock: Redis' when there are workers).
+    `published(metadata)` runs as soon as the backup is listed, before rotation: whatever happens
+    after, the backup exists.
     """
     began = time.monotonic()
     try:
@@ -40,8 +45,7 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
     except etcd.EtcdUnavailable as exc:
         raise BackupError(str(exc)) from None
     with connection:
-        started = _fresh_second(config)
-        name = backups.backup_name(started)
+        started, name = _fresh_name(config, now)
         status = connection.status
         key_count = _key_count(connection, int(status.header.revision), config)
         digests: list[bytes] = []
@@ -82,11 +86,12 @@ def take_backup(config: Config, temp_tag: str) -> BackupMetadata:
         except OSError as exc:
             raise BackupError(_describe_os_error(exc, config)) from None
     metadata = recorded[0]
+    published(metadata)
     # One line per backup, never a secret: what an operator greps for.
     logger.info("backup %s: %d bytes in %.2fs, revision %d from %s", name, metadata.filesize, metadata.duration,
                 metadata.revision, metadata.endpoint)
     # Rotation and retention run only now that the new backup is complete and durable.
-    retention.prune(config.backup_dir, datetime.now(UTC), config.rotate, config.retention, protect=name)
+    retention.prune(config.backup_dir, now(), config.rotate, config.retention, protect=name)
     return metadata
 
 
@@ -121,20 +126,27 @@ def _key_count(connection: etcd.EtcdConnection, revision: int, config: Config) -
         return None
 
 
-def _fresh_second(config: Config) -> datetime:
-    """Return the start time for the next backup: now, or the next second after the newest backup.
+def _fresh_name(config: Config, now: Clock) -> tuple[datetime, str]:
+    """Return the start time and the name of the next backup, a second after the newest backup's.
 
-    Names have one-second resolution; two backups must never share one.
+    Names have one-second resolution; two backups must never share one, and the new backup must be
+    the newest (rotation keeps the newest). Within a second of the newest, wait for the next second.
+    A newest named further ahead (by up to FUTURE_TOLERANCE: a clock that stepped back) is followed
+    by the next second's name rather than waited for; the start time stays the clock's.
     """
-    now = datetime.now(UTC)
-    names = backups.list_backups(config.backup_dir)
-    newest = backups.backup_time(names[-1]) if names else None
-    if newest is not None and now < newest + timedelta(seconds=1):
-        wait = (newest + timedelta(seconds=1) - now).total_seconds()
-        if wait <= 1:  # a clock far behind the newest name is no reason to stall; link() still never clobbers
-            time.sleep(wait)
-            now = datetime.now(UTC)
-    return now.replace(microsecond=0)
+    current = now()
+    # A second less than the tolerance: the name chosen after the newest must not be in the future itself.
+    newest = backups.newest(backups.list_backups(config.backup_dir), current - timedelta(seconds=1))
+    newest_time = backups.backup_time(newest) if newest is not None else None
+    if newest_time is None:
+        return current.replace(microsecond=0), backups.backup_name(current)
+    after_newest = newest_time + timedelta(seconds=1)
+    wait = (after_newest - current).total_seconds()
+    if 0 < wait <= 1:
+        time.sleep(wait)
+        current = now()
+    started = current.replace(microsecond=0)
+    return started, backups.backup_name(max(started, after_newest))
 
 
 def _describe_os_error(exc: OSError, config: Config) -> str:

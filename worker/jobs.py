@@ -14,6 +14,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from common import backups, queue
+from common.clock import redis_clock
 from common.config import Config
 from common.metadata import remove_orphan_metadata
 from common.metrics import record_outcome
@@ -53,7 +54,10 @@ def take_backup() -> dict[str, object]:
             # Holding the lock, no other backup is writing: any temp file is a dead backup's.
             backups.remove_temp_files(config.backup_dir, lambda: live_backup(connection))
             remove_orphan_metadata(config.backup_dir)
-            result = backup.take_backup(config, temp_tag=job.id)
+            # Named from Redis' clock, shared by all workers; published in job.meta before rotation.
+            result = backup.take_backup(
+                config, temp_tag=job.id, now=redis_clock(connection),
+                published=lambda metadata: queue.record_published(job, metadata.filename, metadata.filesize))
     except Exception as exc:
         if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
             _record_cause(job, exc)
