@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import redis
 from flask import Flask
 
 from api import auth, backups, errors, jobs, meta, metrics
+from api.server import WAITING_REQUESTS
 from api.state import State
 from common import queue
 from common.config import Config
@@ -19,7 +22,8 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     # trailing slash is accepted where it is harmless.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)))
+    app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)),
+                                      threading.BoundedSemaphore(WAITING_REQUESTS))
     errors.init_app(app)
     auth.init_app(app)
     app.register_blueprint(meta.bp)

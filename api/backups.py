@@ -6,6 +6,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, jsonify, request, send_file
 from flask.blueprints import BlueprintSetupState
+from werkzeug.http import parse_range_header
 from werkzeug.routing import BaseConverter
 
 from api.jobs import wait_for_job
@@ -68,6 +69,7 @@ def _detail(backup_dir: Path, name: str) -> dict[str, object]:
 def download_backup(filename: str) -> Response:
     """Send one backup file; HEAD, Range and conditional requests come with send_file."""
     path = _existing_backup(filename)
+    _ignore_unservable_range()
     response = send_file(path, mimetype="application/gzip", as_attachment=True, download_name=filename,
                          conditional=True, etag=True)
     metadata = read_metadata(state().config.backup_dir, filename)
@@ -75,6 +77,16 @@ def download_backup(filename: str) -> Response:
         response.headers["X-Etcd-Revision"] = str(metadata.revision)
         response.headers["X-Etcd-Version"] = metadata.etcd_version
     return response
+
+
+def _ignore_unservable_range() -> None:
+    """Drop a Range header that asks for several ranges or that does not parse: RFC 9110 lets a server
+    ignore it and send the whole file (200); send_file would answer 416. One range past the end of the
+    file still gets 416, as the RFC wants."""
+    value = request.headers.get("Range")
+    parsed = parse_range_header(value) if value is not None else None
+    if value is not None and (parsed is None or len(parsed.ranges) != 1):
+        request.environ.pop("HTTP_RANGE")
 
 
 def _existing_backup(filename: str) -> Path:

@@ -62,7 +62,23 @@ def show_job(job_id: str) -> tuple[Response, int]:
 
 
 def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
-    """Answer a POST: the job's outcome, or 202 pointing at the job if it is not done by `timeout`."""
+    """Answer a POST: the job's outcome, or 202 pointing at the job if it is not done by `timeout`.
+
+    A waiting POST holds one of the server's threads: when `api.server.WAITING_REQUESTS` wait already,
+    it answers at once (202 and the job's Location), so that GETs and health checks always find one.
+    """
+    slots = state().waiting_slots
+    if not slots.acquire(blocking=False):
+        return _answer(job)
+    try:
+        _wait(job, timeout)
+    finally:
+        slots.release()
+    return _answer(job)
+
+
+def _wait(job: Job, timeout: float) -> None:
+    """Wait up to `timeout` seconds for `job` to end (its result, a failure, or its worker lost)."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -72,6 +88,9 @@ def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
             break
         if job.get_status() in (JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FAILED) or worker_lost(job):
             break
+
+
+def _answer(job: Job) -> tuple[Response, int]:
     status, body = job_outcome(job)
     response = jsonify(body)
     if status == 202:

@@ -6,15 +6,19 @@ from typing import Any
 
 from common.config import Config, exit_unless_shared_queue, load_config_or_exit
 
-HTTP_THREADS = 64
+HTTP_THREADS = 128
 """Requests served at once per gunicorn worker; a POST holds a thread while it waits for its job."""
+WAITING_REQUESTS = HTTP_THREADS - 32
+"""POSTs that may wait for their job at once; more get 202 at once, so that 32 threads always remain
+for downloads, listings and health checks."""
 
 
 def gunicorn_settings(config: Config) -> dict[str, Any]:
-    # gthread: a POST that waits minutes for its backup blocks a thread, not the worker's heartbeat.
+    # gthread (a POST that waits minutes for its backup blocks a thread, not the worker's heartbeat),
+    # reading each request whole before it gets a thread (api.http_worker).
     return {
         "bind": [config.listen],
-        "worker_class": "gthread",
+        "worker_class": "api.http_worker.RequestFirstWorker",
         "threads": HTTP_THREADS,
         **({"certfile": str(config.api_tls_cert), "keyfile": str(config.api_tls_key)} if config.api_tls_cert else {}),
         "accesslog": "-",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,6 +18,8 @@ class State:
 
     config: Config
     queue: Queue
+    waiting_slots: threading.BoundedSemaphore
+    """One per request that may wait for its job (a POST); the others answer 202 at once."""
 
 
 def state() -> State:
