@@ -3,21 +3,37 @@ GET /api/v1/jobs/<id>."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import re
 import time
+import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from flask import Blueprint, Response, abort, jsonify, url_for
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
+from api.errors import error_response
 from api.state import state
 from common import queue
-from common.queue import BACKUP_JOB, DRILL_JOB, ERROR_META, HEARTBEAT_TTL, VERIFY_JOB, fetch_backup_job, heartbeat_key
+from common.queue import (
+    BACKUP_JOB,
+    DRILL_JOB,
+    ERROR_META,
+    HEARTBEAT_TTL,
+    VERIFY_JOB,
+    UnreadableJob,
+    heartbeat_key,
+    read_job,
+)
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
+logger = logging.getLogger(__name__)
 
 FAILED_MESSAGE = "failed to save an etcd backup"
 SUCCESS_MESSAGE = "backup successfully"
@@ -46,12 +62,41 @@ _UNFINISHED_MESSAGES = {
     JobStatus.QUEUED: "{kind} queued",
     JobStatus.STARTED: "{kind} in progress",
 }
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, OverflowError, zlib.error, DeserializationError,
+               InvalidJobOperation, NoSuchJobError)
+"""What RQ's parsing of a job's hash and result, and this module's reading of them, raise on a value that
+neither RQ nor a worker wrote (JSON that is no mapping, a date that is no date, ...); NoSuchJobError is
+TrustedJob's answer to such a hash on a refresh."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _unreadable_is_one_answer(answer: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn a bad value in the Redis state of the job being answered about into UnreadableJob: one 500 for
+    that job (handled below), never a crash of anything else."""
+
+    @functools.wraps(answer)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return answer(*args, **kwargs)
+        except _UNREADABLE as exc:
+            job_id = kwargs.get("job_id") or next(arg.id for arg in args if isinstance(arg, Job))
+            raise UnreadableJob(str(job_id), exc) from exc
+
+    return guarded
+
+
+@bp.app_errorhandler(UnreadableJob)
+def _unreadable_job(exc: UnreadableJob) -> tuple[Response, int]:
+    logger.error("%s: answered 500", exc, exc_info=exc.__cause__)  # the traceback tells which field
+    return error_response(500, str(exc))
 
 
 @bp.get("/<job_id>")
+@_unreadable_is_one_answer
 def show_job(job_id: str) -> tuple[Response, int]:
     """Report a job's state and, once it is done, what its POST would have answered."""
-    job = fetch_backup_job(state().queue.connection, job_id) if JOB_ID.fullmatch(job_id) else None
+    job = read_job(state().queue.connection, job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
         abort(404, description=f"no job {job_id}")
     code, body = job_outcome(job)
@@ -61,6 +106,7 @@ def show_job(job_id: str) -> tuple[Response, int]:
     return jsonify({**body, "job": job.id, "status": status}), 200
 
 
+@_unreadable_is_one_answer
 def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
     """Answer a POST: the job's outcome, or 202 pointing at the job if it is not done by `timeout`.
 

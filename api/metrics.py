@@ -17,7 +17,7 @@ from api.state import State, state
 from common import backups
 from common.clock import redis_clock
 from common.metadata import read_metadata
-from common.metrics import read_drill, read_durations, read_outcomes
+from common.metrics import read_drill, read_durations, read_outcomes, skip_wrong_type
 
 bp = Blueprint("metrics", __name__)
 
@@ -74,11 +74,13 @@ class BackupCollector(Collector):
 
     def _from_redis(self) -> Iterator[Metric]:
         connection = self.queue.connection
+        failed_jobs = FailedJobRegistry(queue=self.queue)
         try:
+            # A bad value (or a key of the wrong type) leaves its metric out, logged; the rest is scraped.
             outcomes = read_outcomes(connection)
-            buckets, total = read_durations(connection)
-            depth = self.queue.count
-            failed = FailedJobRegistry(queue=self.queue).count
+            durations = read_durations(connection)
+            depth = skip_wrong_type(lambda: self.queue.count, self.queue.key)
+            failed = skip_wrong_type(lambda: failed_jobs.count, failed_jobs.key)
             drill = read_drill(connection)
         except redis.RedisError:
             yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=0)
@@ -89,17 +91,21 @@ class BackupCollector(Collector):
         for outcome, count in outcomes.items():
             counter.add_metric([outcome], count)
         yield counter
-        yield HistogramMetricFamily("etcd_backup_duration_seconds", "Duration of successful backups.",
-                                    buckets=buckets, sum_value=total)
-        yield GaugeMetricFamily("etcd_backup_queue_depth", "Backup jobs waiting for a worker.", value=depth)
-        yield GaugeMetricFamily("etcd_backup_failed_jobs", "Failed backup jobs kept in RQ (for a day).",
-                                value=failed)
+        if durations is not None:
+            yield HistogramMetricFamily("etcd_backup_duration_seconds", "Duration of successful backups.",
+                                        buckets=durations[0], sum_value=durations[1])
+        if depth is not None:
+            yield GaugeMetricFamily("etcd_backup_queue_depth", "Backup jobs waiting for a worker.", value=depth)
+        if failed is not None:
+            yield GaugeMetricFamily("etcd_backup_failed_jobs", "Failed backup jobs kept in RQ (for a day).",
+                                    value=failed)
         if "time" in drill:
             yield GaugeMetricFamily("etcd_backup_last_drill_timestamp_seconds", "When the last restore drill ended.",
-                                    value=float(drill["time"]))
+                                    value=drill["time"])
+        if "passed" in drill:
             yield GaugeMetricFamily("etcd_backup_last_drill_passed", "Whether the last restore drill passed (1).",
-                                    value=1 if drill["outcome"] == "passed" else 0)
+                                    value=drill["passed"])
         if "last_success" in drill:
             yield GaugeMetricFamily("etcd_backup_last_drill_success_timestamp_seconds",
                                     "When a restore drill last proved the newest backup restores.",
-                                    value=float(drill["last_success"]))
+                                    value=drill["last_success"])

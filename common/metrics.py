@@ -7,7 +7,15 @@ process did; these are read from where the facts are kept.
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
 import redis
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 OUTCOMES_KEY = "etcd-backup:metrics:outcomes"
 """Hash: outcome (success, failure, skipped) -> number of backups that ended so."""
@@ -34,19 +42,42 @@ def record_outcome(connection: redis.Redis, outcome: str, duration: float | None
         pipe.execute()
 
 
+# The readers below never raise on what they find in Redis: whoever can write there (or a bug) may leave
+# a value that is no number, and a bad value must cost its own metric, never the whole /metrics scrape.
+
+
 def read_outcomes(connection: redis.Redis) -> dict[str, int]:
-    raw = connection.hgetall(OUTCOMES_KEY)
+    """Backups by outcome; an outcome whose count is unreadable is left out (and logged)."""
+    raw = _read_hash(connection, OUTCOMES_KEY)
+    if raw is None:
+        return {}
     counts = {outcome: 0 for outcome in OUTCOMES}
-    counts.update({_text(key): int(value) for key, value in raw.items()})
+    for field, value in raw.items():
+        if field not in OUTCOMES:  # a label made up in Redis would be a new time series on every scrape
+            _skipped(OUTCOMES_KEY, field, value, "not an outcome")
+            continue
+        count = _number(OUTCOMES_KEY, field, value, int)
+        if count is None:
+            del counts[field]
+        else:
+            counts[field] = int(count)
     return counts
 
 
-def read_durations(connection: redis.Redis) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative bucket counts (as prometheus wants them, +Inf last) and the sum."""
-    raw = {_text(key): value for key, value in connection.hgetall(DURATION_KEY).items()}
-    buckets = [(str(bound), float(raw.get(str(bound), 0))) for bound in DURATION_BUCKETS]
-    buckets.append(("+Inf", float(raw.get("count", 0))))
-    return buckets, float(raw.get("sum", 0))
+def read_durations(connection: redis.Redis) -> tuple[list[tuple[str, float]], float] | None:
+    """Cumulative bucket counts (as prometheus wants them, +Inf last) and the sum; None if one is unreadable."""
+    raw = _read_hash(connection, DURATION_KEY)
+    if raw is None:
+        return None
+    fields = [str(bound) for bound in DURATION_BUCKETS] + ["count", "sum"]
+    # Absent is zero (nothing recorded yet); one unreadable value makes the whole histogram untrustworthy.
+    values = [_number(DURATION_KEY, field, raw[field], float) if field in raw else 0.0 for field in fields]
+    numbers = [value for value in values if value is not None]
+    if len(numbers) < len(values):
+        return None
+    buckets = [(str(bound), count) for bound, count in zip(DURATION_BUCKETS, numbers, strict=False)]
+    buckets.append(("+Inf", numbers[-2]))
+    return buckets, numbers[-1]
 
 
 def record_drill(connection: redis.Redis, time: float, backup: str, passed: bool, reason: str) -> None:
@@ -57,8 +88,60 @@ def record_drill(connection: redis.Redis, time: float, backup: str, passed: bool
     connection.hset(DRILL_KEY, mapping=fields)  # type: ignore[arg-type]
 
 
-def read_drill(connection: redis.Redis) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in connection.hgetall(DRILL_KEY).items()}
+def read_drill(connection: redis.Redis) -> dict[str, float]:
+    """The last drill's "time", "passed" (1 or 0) and the "last_success" time, each only if it is readable."""
+    raw = _read_hash(connection, DRILL_KEY) or {}
+    drill: dict[str, float] = {}
+    for field in ("time", "last_success"):
+        if field in raw and (value := _number(DRILL_KEY, field, raw[field], float)) is not None:
+            drill[field] = value
+    if "outcome" in raw:
+        if raw["outcome"] in ("passed", "failed"):
+            drill["passed"] = 1.0 if raw["outcome"] == "passed" else 0.0
+        else:
+            _skipped(DRILL_KEY, "outcome", raw["outcome"], "neither passed nor failed")
+    return drill
+
+
+def skip_wrong_type(read: Callable[[], _T], key: str) -> _T | None:
+    """Run `read` of the Redis key `key`; None (logged) if the key holds another type than `read` expects."""
+    try:
+        return read()
+    except redis.ResponseError as exc:  # WRONGTYPE; an unreachable Redis raises ConnectionError instead
+        logger.warning("/metrics skipped %s: %s", key, exc)
+        return None
+
+
+def _read_hash(connection: redis.Redis, key: str) -> dict[str, str] | None:
+    """The hash at `key`; None if `key` is not a hash. A field whose name is not UTF-8 is skipped."""
+    raw = skip_wrong_type(lambda: connection.hgetall(key), key)
+    if raw is None:
+        return None
+    fields = {}
+    for name, value in raw.items():
+        # A value that is not UTF-8 is no number either: replaced, it fails to parse and is skipped there.
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        try:
+            fields[_text(name)] = text
+        except UnicodeDecodeError:
+            _skipped(key, repr(name), text, "a field name that is not UTF-8")
+    return fields
+
+
+def _number(key: str, field: str, value: str, kind: Callable[[str], float]) -> float | None:
+    """`value` as an int or a float (`kind`): finite and not negative, as every count and time here; else None."""
+    try:
+        number: float | None = kind(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or number < 0:
+        _skipped(key, field, value, "not a finite number of 0 or more")
+        return None
+    return number
+
+
+def _skipped(key: str, field: str, value: str, why: str) -> None:
+    logger.warning("/metrics skipped %s %s = %r: %s", key, field, value[:50], why)
 
 
 def _text(value: bytes | str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import fakeredis
 import redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -123,13 +123,38 @@ def enqueue_verify(queue: Queue, filename: str) -> Job:
     return job
 
 
-def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
-    """Return job `job_id`, or None if there is no such job (or it is none of ours)."""
+class UnreadableJob(Exception):
+    """Job `job_id` is in Redis, but a value in its hash or result is not what RQ or this service writes."""
+
+    def __init__(self, job_id: str, cause: BaseException) -> None:
+        # Cut short: the value may be anything that was planted in Redis.
+        super().__init__(f"job {job_id} has unreadable state in Redis: {type(cause).__name__}: {cause}"[:300])
+
+
+def read_job(connection: redis.Redis, job_id: str) -> Job | None:
+    """Return job `job_id`, or None if there is no such job (or it is none of ours); raise UnreadableJob
+    if its hash is there but cannot be read."""
     try:
         job = TrustedJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
-    except NoSuchJobError:
+        func_name = job.func_name
+    except NoSuchJobError as exc:
+        # TrustedJob takes a hash it cannot read for no job: the API must not say "no job" of one that is there.
+        if not connection.exists(Job.key_for(job_id)):
+            return None
+        raise UnreadableJob(job_id, exc.__cause__ or exc) from exc
+    except DeserializationError as exc:  # its data is not JSON of the form RQ writes
+        raise UnreadableJob(job_id, exc.__cause__ or exc) from exc
+    # Only compared, never imported: a name that is not one of ours is no job of ours.
+    return job if isinstance(func_name, str) and func_name in JOBS else None
+
+
+def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
+    """Return job `job_id`, or None if there is no such job, it is none of ours, or it is unreadable."""
+    try:
+        return read_job(connection, job_id)
+    except UnreadableJob as exc:
+        logger.warning("%s: taken for no job", exc)
         return None
-    return job if job.func_name in JOBS else None
 
 
 def record_published(job: Job, filename: str, filesize: int) -> None:

@@ -3,10 +3,15 @@ cannot read."""
 
 from __future__ import annotations
 
+import base64
+import json
+import sys
 import time
 from collections.abc import Callable
 
-from common.queue import backup_queue, enqueue_drill
+import pytest
+
+from common.queue import backup_queue, enqueue_drill, enqueue_or_join, release_pending
 from tests.conftest import Report, Service
 
 
@@ -53,3 +58,72 @@ def test_every_kind_of_job_is_at_the_location_its_202_gives(make_service: Callab
            f"verify: 202 \"{verify.get_json()['message']}\", its Location answered {queued.status_code} "
            f"({queued.get_json()['status']}), then \"{verified['message']}\"; drill: "
            f"{drill_answer.status_code} \"{drill_answer.get_json()['message']}\"")
+
+
+def _b64_json(value: object) -> str:
+    return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+# Values planted in a job's hash (rq:job:<id>) or its latest result (the stream rq:results:<id>), each
+# unreadable by RQ or by the API in its own way.
+HASH_PLANTS: dict[str, dict[str, str]] = {
+    "status": {"status": "bogus"},
+    "created_at": {"created_at": "zzz"},
+    "enqueued_at": {"enqueued_at": "zzz"},
+    "started_at": {"started_at": "2026-13-45T99:00:00.000000Z"},
+    "ended_at": {"ended_at": "zzz"},
+    "last_heartbeat": {"last_heartbeat": "zzz"},
+    "timeout": {"timeout": "an hour"},
+    "result_ttl": {"result_ttl": "x"},
+    "failure_ttl": {"failure_ttl": "x"},
+    "ttl": {"ttl": "x"},
+    "dependency_ids": {"dependency_ids": "[unclosed"},
+    "retries_left": {"retries_left": "x"},
+    "data-not-json": {"data": "not json"},
+    # A function name that is no string: never imported, never even compared as one of ours.
+    "data-func-not-a-string": {"data": '[["json.tool.main"], null, [], {}]'},
+    "meta-not-json": {"meta": "{not json", "status": "failed"},
+    "meta-not-a-mapping": {"meta": "[1]", "status": "failed"},
+}
+RESULT_PLANTS: dict[str, dict[str, str]] = {
+    "result-type": {"type": "9"},
+    "result-without-type": {"return_value": _b64_json({})},
+    "result-return_value-not-base64": {"type": "1", "return_value": "!!!"},
+    "result-return_value-a-list": {"type": "1", "return_value": _b64_json(["snapshot"])},
+    "result-exc_string-not-zlib": {"type": "2", "exc_string": _b64_json("x")},
+    "result-execution_started_at": {"type": "1", "return_value": _b64_json({}), "execution_started_at": "zzz"},
+}
+
+
+@pytest.mark.parametrize("plant", [*HASH_PLANTS, *RESULT_PLANTS])
+def test_an_unreadable_job_is_one_json_error_not_the_api(make_service: Callable[..., Service], plant: str,
+                                                         caplog: pytest.LogCaptureFixture, report: Report) -> None:
+    service = make_service(worker=False, backup_timeout="1s")
+    job = enqueue_or_join(backup_queue(service.connection))
+    if plant in HASH_PLANTS:
+        service.connection.hset(f"rq:job:{job.id}", mapping=HASH_PLANTS[plant])  # type: ignore[arg-type]
+    else:  # a result comes once a job has started: no POST joins it any more
+        release_pending(service.connection, job.id)
+        service.connection.xadd(f"rq:results:{job.id}", RESULT_PLANTS[plant])  # type: ignore[arg-type]
+    assert "json.tool" not in sys.modules
+
+    answer = service.client.get(f"/api/v1/jobs/{job.id}")
+    message = answer.get_json()["message"]
+    if plant == "data-func-not-a-string":  # no job of ours, as any function but our three
+        assert (answer.status_code, message) == (404, f"no job {job.id}")
+    else:
+        assert answer.status_code == 500, message
+        assert message.startswith(f"job {job.id} has unreadable state in Redis: "), message
+        assert any(job.id in record.getMessage() and "unreadable" in record.getMessage() for record in caplog.records)
+    assert "json.tool" not in sys.modules  # nothing that a job hash names was imported
+
+    # The rest of the API is untouched; a POST queues a new job rather than join the unreadable one.
+    assert service.client.get("/api/v1/backup").status_code == 200
+    post = service.client.post("/api/v1/backup")
+    assert post.status_code == 202 and post.get_json()["job"] != job.id, post.get_json()
+    assert service.client.get(post.headers["Location"]).get_json()["status"] == "queued"
+    where = "rq:job:<id>" if plant in HASH_PLANTS else "its latest result in rq:results:<id>"
+    planted = HASH_PLANTS.get(plant) or RESULT_PLANTS[plant]
+    report(f"a queued backup job with {planted} planted in {where}",
+           f"GET /api/v1/jobs/<id>: {answer.status_code} \"{message.replace(job.id, '<id>')[:160]}\"; other "
+           f"requests unaffected (a POST queued a new job: {post.status_code}); nothing imported")
