@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import redis
@@ -12,6 +13,8 @@ from api.server import WAITING_REQUESTS
 from api.state import State
 from common import queue
 from common.config import Config
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
@@ -24,6 +27,8 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)),
                                       threading.BoundedSemaphore(WAITING_REQUESTS))
+    if config.open_to_the_network:
+        logger.warning("%s (set api-token)", meta.auth_detail(config))
     errors.init_app(app)
     auth.init_app(app)
     app.register_blueprint(meta.bp)

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.state import state
 from common import etcd
-from common.config import EtcdConfig
+from common.config import Config, EtcdConfig
 
 bp = Blueprint("meta", __name__)
 
@@ -31,6 +31,8 @@ def readyz() -> tuple[Response, int]:
         "redis": _check(lambda: _ping(current.queue.connection)),
         "backup-dir": _check(lambda: _readable_dir(current.config.backup_dir)),
         "etcd": _check(lambda: _answering_endpoint(current.config.etcd)),
+        # Never fails readiness (the original's default is open), but says so where operators look.
+        "api-auth": {"ok": True, "detail": auth_detail(current.config)},
     }
     failed = [name for name, outcome in checks.items() if not outcome["ok"]]
     status = 503 if failed else 200
@@ -38,6 +40,16 @@ def readyz() -> tuple[Response, int]:
     if failed:
         body["message"] = "not ready: " + "; ".join(f"{name}: {checks[name]['error']}" for name in failed)
     return jsonify(body), status
+
+
+def auth_detail(config: Config) -> str:
+    """How the API is protected, in one line (a warning when it is open to the network)."""
+    if config.api_token is not None:
+        return "api-token required"
+    if config.open_to_the_network:
+        return (f"WARNING: no api-token and listening on {config.listen}: anyone who can reach it can download "
+                "every Secret in the cluster")
+    return f"no api-token; listening on loopback only ({config.listen})"
 
 
 def _check(probe: Callable[[], str | None]) -> dict[str, object]:

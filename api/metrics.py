@@ -35,6 +35,9 @@ class BackupCollector(Collector):
         self.queue = current.queue
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("etcd_backup_api_auth_enabled",
+                                "1 when the API needs a token; 0: anyone who reaches it can download every Secret.",
+                                value=0 if self.config.api_token is None else 1)
         yield from self._from_backup_dir()
         yield from self._from_redis()
 
@@ -71,6 +74,12 @@ class BackupCollector(Collector):
                                 value=newest.revision)
         yield GaugeMetricFamily("etcd_backup_last_db_size_bytes", "Size of the etcd database in the newest backup.",
                                 value=newest.db_size)
+        if newest.raft_term is not None:  # metadata from before it was recorded has none
+            yield GaugeMetricFamily("etcd_backup_last_raft_term", "Raft term of the member the newest backup is from.",
+                                    value=newest.raft_term)
+            yield GaugeMetricFamily("etcd_backup_last_from_leader",
+                                    "1 when the newest backup was streamed from the raft leader.",
+                                    value=1 if newest.leader else 0)
 
     def _from_redis(self) -> Iterator[Metric]:
         connection = self.queue.connection

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -101,6 +102,17 @@ class Config:
     @property
     def listen_host_port(self) -> tuple[str, int]:
         return split_listen(self.listen)
+
+    @property
+    def open_to_the_network(self) -> bool:
+        """Whether the API listens beyond loopback without a token: anyone who reaches it gets every Secret."""
+        host, _ = self.listen_host_port
+        if self.api_token is not None or host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name other than localhost
+            return True
 
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -38,18 +38,40 @@ class SnapshotStream(Iterator[etcdrpc.SnapshotResponse], Protocol):
     def cancel(self) -> bool: ...
 
 
+PROBE_KEY = b"\0etcd-backup:currency-probe"
+"""A key nobody writes. Reading it linearizably through a member costs one round trip to the leader."""
+
+
 class EtcdUnavailable(Exception):
     """No configured endpoint could be used; the message says why for each one."""
 
 
+class NotCurrent(Exception):
+    """A member answers, but cannot prove that it holds the cluster's current data."""
+
+
+@dataclass(frozen=True)
+class Currency:
+    """What proves a member current: the quorum's revision read through it, and its raft state."""
+
+    cluster_revision: int
+    """The cluster's revision, read through the member from the quorum (a linearizable read)."""
+    raft_term: int
+    raft_index: int
+    is_leader: bool
+    alarms: tuple[str, ...]
+    """The cluster's active alarms, as `NOSPACE on <member id>`; none disqualifies but CORRUPT on this member."""
+
+
 @dataclass
 class EtcdConnection:
-    """An open channel to one healthy etcd member."""
+    """An open channel to one etcd member that was proven current (in the quorum, caught up)."""
 
     endpoint: str
     channel: grpc.Channel
     metadata: Metadata
     status: etcdrpc.StatusResponse
+    currency: Currency
 
     def snapshot(self) -> SnapshotStream:
         """Start the Maintenance.Snapshot stream (no deadline: a big database takes a while)."""
@@ -78,7 +100,8 @@ class EtcdConnection:
 
 
 def connect(config: EtcdConfig) -> EtcdConnection:
-    """Return a connection to the first endpoint, in configured order, that answers in time."""
+    """Return a connection to the first endpoint, in configured order, that answers in time and
+    proves current: a member cut off from the quorum answers too, with old data."""
     problems = []
     for endpoint in config.endpoints:
         channel = _open_channel(endpoint, config)
@@ -87,13 +110,45 @@ def connect(config: EtcdConfig) -> EtcdConnection:
             status = etcdrpc.MaintenanceStub(channel).Status(
                 etcdrpc.StatusRequest(), timeout=config.timeout, metadata=metadata
             )
-        except grpc.RpcError as exc:
+            currency = prove_current(channel, metadata, status, config.timeout)
+        except (grpc.RpcError, NotCurrent) as exc:
             channel.close()
-            problems.append(f"{endpoint}: {describe_rpc_error(exc, config.timeout)}")
+            why = describe_rpc_error(exc, config.timeout) if isinstance(exc, grpc.RpcError) else f"not current: {exc}"
+            problems.append(f"{endpoint}: {why}")
             logger.warning("etcd endpoint %s", problems[-1])
             continue
-        return EtcdConnection(endpoint, channel, metadata, status)
-    raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(problems))
+        return EtcdConnection(endpoint, channel, metadata, status, currency)
+    raise EtcdUnavailable("no current etcd member answered: " + "; ".join(problems))
+
+
+def prove_current(channel: grpc.Channel, metadata: Metadata, status: etcdrpc.StatusResponse,
+                  timeout: float) -> Currency:
+    """Prove that the member behind `channel` is in the quorum and caught up; raise NotCurrent if not.
+
+    A linearizable read through the member needs the leader's ReadIndex (a quorum's heartbeat), and
+    is answered only once the member has applied everything up to it: a member cut off from its peers,
+    or a learner, fails it. A snapshot the member starts after this read holds at least the revision
+    the read returned, so a backup is behind the cluster by at most the writes made while it streams.
+    """
+    member = status.header.member_id
+    if status.leader == 0:
+        raise NotCurrent("it has no leader (cut off from the cluster's quorum)")
+    try:
+        read = etcdrpc.KVStub(channel).Range(etcdrpc.RangeRequest(key=PROBE_KEY), metadata=metadata,
+                                             timeout=timeout)
+        alarms = etcdrpc.MaintenanceStub(channel).Alarm(
+            etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET), metadata=metadata, timeout=timeout).alarms
+    except grpc.RpcError as exc:
+        raise NotCurrent(f"a linearizable read through it failed: {describe_rpc_error(exc, timeout)}") from None
+    if any(alarm.memberID == member and alarm.alarm == etcdrpc.CORRUPT for alarm in alarms):
+        raise NotCurrent("etcd raised a CORRUPT alarm on it")
+    # NOSPACE (the cluster takes no writes until an operator frees space) leaves the data consistent
+    # and current: the very moment a backup is wanted. It is recorded, not refused.
+    return Currency(
+        cluster_revision=int(read.header.revision), raft_term=int(read.header.raft_term),
+        raft_index=int(status.raftIndex), is_leader=status.leader == member,
+        alarms=tuple(f"{etcdrpc.AlarmType.Name(alarm.alarm)} on {alarm.memberID:x}" for alarm in alarms),
+    )
 
 
 def describe_rpc_error(exc: grpc.RpcError, timeout: float) -> str:

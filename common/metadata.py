@@ -48,9 +48,25 @@ class BackupMetadata:
     duration: float
     """Seconds from connecting to etcd to the archive being durable."""
     key_count: int | None = None
-    """Keys in etcd at `revision` (None in metadata written before it was recorded)."""
+    """Keys in etcd at `revision` (None: see key_count_error, or metadata older than the count)."""
+    key_count_error: str | None = None
+    """Why etcd could not count the keys, when key_count is None."""
+    revision_at_end: int | None = None
+    """The member's revision when the snapshot was received. The snapshot holds a revision from
+    `revision` (the cluster's, read from the quorum through the member just before) to this one:
+    exactly `revision` when they are equal. None in older metadata."""
+    leader: bool | None = None
+    """Whether the member snapshotted was the raft leader."""
+    raft_term: int | None = None
+    raft_index: int | None = None
+    alarms: list[str] | None = None
+    """etcd's active alarms when the backup was taken, e.g. `NOSPACE on <member id>`."""
     drill: dict[str, Any] | None = None
     """The last restore drill of this backup: time, outcome, reason, seconds (recovery.drill)."""
+
+    def snapshot_revision(self) -> int | None:
+        """The revision the snapshot holds, if known exactly (metadata older than revision_at_end: `revision`)."""
+        return self.revision if self.revision_at_end in (None, self.revision) else None
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict(): its deep copy was half the time of a 1,000-backup detail listing.

@@ -82,18 +82,19 @@ def run_drill_tick(config: Config, connection: redis.Redis, tick: datetime, sche
 
 
 def _unchanged_since(config: Config, connection: redis.Redis) -> str | None:
-    """The newest backup's name if etcd's revision is still the one it recorded, else None."""
+    """The newest backup's name if etcd's revision is still the one its snapshot holds, else None."""
     name = backups.newest(backups.list_backups(config.backup_dir), redis_clock(connection)())
     newest = read_metadata(config.backup_dir, name) if name is not None else None
     if newest is None:
         return None
     try:
         with etcd.connect(config.etcd) as member:
-            revision = int(member.status.header.revision)
+            revision = member.currency.cluster_revision
     except etcd.EtcdUnavailable as exc:
         logger.warning("skip-unchanged cannot read etcd's revision, backing up anyway: %s", exc)
         return None
-    return newest.filename if revision == newest.revision else None
+    # A snapshot whose exact revision is unknown (writes while it streamed) is not proof enough.
+    return newest.filename if revision == newest.snapshot_revision() else None
 
 
 TickAction = Callable[[Config, redis.Redis, datetime, str], "Job | None"]

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -77,12 +78,15 @@ class EtcdServer:
     """One etcd member (Debian's etcd-server) on loopback, optionally serving TLS to clients."""
 
     def __init__(
-        self, data_dir: Path, name: str = "default", tls: TLSFiles | None = None, extra_args: Sequence[str] = ()
+        self, data_dir: Path, name: str = "default", tls: TLSFiles | None = None, extra_args: Sequence[str] = (),
+        uid: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.name = name
         self.tls = tls
         self.extra_args = list(extra_args)
+        self.uid = uid
+        """Run etcd as this user (its data dir's parent must be theirs): iptables can then match its traffic."""
         self.client_port = free_port()
         self.peer_port = free_port()
         self.initial_cluster = f"{name}={self.peer_url}"
@@ -106,8 +110,10 @@ class EtcdServer:
 
     def launch(self) -> None:
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")  # noqa: SIM115 - lives with proc
+        as_user = [] if self.uid is None else [
+            "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
         self.proc = subprocess.Popen(
-            [ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
+            [*as_user, ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
              "--initial-cluster", self.initial_cluster, *self._tls_args(), *self.extra_args],
@@ -137,10 +143,21 @@ class EtcdServer:
             stop_process(self.proc)
 
 
-def start_cluster(work_dir: Path, size: int = 3) -> list[EtcdServer]:
-    """Start a `size`-member etcd cluster on loopback; return its members, healthy."""
+def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()) -> list[EtcdServer]:
+    """Start a `size`-member etcd cluster on loopback; return its members, healthy.
+
+    Member i runs as user `uids[i]` when given (its data dir then lives in a directory of its own,
+    owned by that user, outside pytest's root-only temp dir).
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
-    members = [EtcdServer(work_dir / f"member{number}", name=f"member{number}") for number in range(size)]
+    members = []
+    for number in range(size):
+        uid = uids[number] if number < len(uids) else None
+        home = work_dir
+        if uid is not None:
+            home = Path(tempfile.mkdtemp(prefix=f"etcd-member{number}-"))
+            os.chown(home, uid, uid)
+        members.append(EtcdServer(home / f"member{number}", name=f"member{number}", uid=uid))
     initial_cluster = ",".join(f"{member.name}={member.peer_url}" for member in members)
     for member in members:
         member.initial_cluster = initial_cluster

@@ -244,7 +244,7 @@ def test_failed_job_reports_its_cause_on_the_job_endpoint(make_service: Callable
     assert len(job_ids) == 1
     body = service.client.get(f"/api/v1/jobs/{job_ids[0]}").get_json()
     assert body["status"] == "failed"
-    assert body["message"].startswith("failed to save an etcd backup: no etcd endpoint answered")
+    assert body["message"].startswith("failed to save an etcd backup: no current etcd member answered")
 
 
 def test_redis_down_is_503_and_gets_keep_working(make_service: Callable[..., Service]) -> None:

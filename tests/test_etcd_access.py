@@ -123,7 +123,7 @@ def test_tls_with_a_wrong_ca_is_refused(make_service: Callable[..., Service], tl
     response = service.client.post("/api/v1/backup")
     assert response.status_code == 500
     message = response.get_json()["message"]
-    assert message.startswith(f"failed to save an etcd backup: no etcd endpoint answered: {tls_etcd.url}: ")
+    assert message.startswith(f"failed to save an etcd backup: no current etcd member answered: {tls_etcd.url}: ")
     assert "CERTIFICATE_VERIFY_FAILED" in message
     assert service.client.get("/api/v1/backup").get_json() == []
     report("etcd serving TLS, the config's tls-ca is another CA", f"POST 500: \"{message}\"; nothing written")

@@ -11,6 +11,7 @@ from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 
 import grpc
+from etcd3 import etcdrpc
 
 from common import backups, etcd, retention
 from common.clock import Clock, local_now
@@ -46,8 +47,10 @@ def take_backup(config: Config, temp_tag: str, now: Clock = local_now,
         raise BackupError(str(exc)) from None
     with connection:
         started, name = _fresh_name(config, now)
-        status = connection.status
-        key_count = _key_count(connection, int(status.header.revision), config)
+        status, currency = connection.status, connection.currency
+        # The snapshot starts after the linearizable read that gave this revision: it holds at least it.
+        revision = currency.cluster_revision
+        key_count, key_count_error = _key_count(connection, revision, config)
         digests: list[bytes] = []
         recorded: list[BackupMetadata] = []
 
@@ -55,9 +58,11 @@ def take_backup(config: Config, temp_tag: str, now: Clock = local_now,
             metadata = BackupMetadata(
                 filename=name, filesize=archive_size, cluster_id=f"{status.header.cluster_id:x}",
                 member_id=f"{status.header.member_id:x}", endpoint=connection.endpoint,
-                revision=int(status.header.revision), etcd_version=status.version,
+                revision=revision, etcd_version=status.version,
                 db_size=member_size - TRAILER_SIZE, db_sha256=digests[0].hex(), started=started.isoformat(),
-                duration=round(time.monotonic() - began, 3), key_count=key_count,
+                duration=round(time.monotonic() - began, 3), key_count=key_count, key_count_error=key_count_error,
+                revision_at_end=_revision_now(connection, config), leader=currency.is_leader,
+                raft_term=currency.raft_term, raft_index=currency.raft_index, alarms=list(currency.alarms),
             )
             write_metadata(config.backup_dir, metadata, tag=temp_tag)
             recorded.append(metadata)
@@ -117,13 +122,28 @@ def _first_message_deadline(responses: etcd.SnapshotStream) -> Iterator[None]:
         timer.cancel()
 
 
-def _key_count(connection: etcd.EtcdConnection, revision: int, config: Config) -> int | None:
-    """For the metadata (a restore drill checks it); a backup does not fail for want of it."""
+def _key_count(connection: etcd.EtcdConnection, revision: int, config: Config) -> tuple[int | None, str | None]:
+    """The key count for the metadata (a restore drill checks it), or why it could not be had: a
+    backup does not fail for want of it."""
     try:
-        return connection.key_count(revision, config.etcd.timeout)
+        return connection.key_count(revision, config.etcd.timeout), None
     except grpc.RpcError as exc:
-        logger.warning("cannot count etcd's keys: %s", etcd.describe_rpc_error(exc, config.etcd.timeout))
+        why = etcd.describe_rpc_error(exc, config.etcd.timeout)
+        logger.warning("cannot count etcd's keys at revision %d: %s", revision, why)
+        return None, why
+
+
+def _revision_now(connection: etcd.EtcdConnection, config: Config) -> int | None:
+    """The member's revision once the snapshot is received: with `revision`, it brackets the snapshot's
+    (equal: the snapshot holds exactly that revision). None if the member no longer answers."""
+    try:
+        status = etcdrpc.MaintenanceStub(connection.channel).Status(
+            etcdrpc.StatusRequest(), metadata=connection.metadata, timeout=config.etcd.timeout)
+    except grpc.RpcError as exc:
+        logger.warning("cannot read etcd's revision after the snapshot: %s",
+                       etcd.describe_rpc_error(exc, config.etcd.timeout))
         return None
+    return int(status.header.revision)
 
 
 def _fresh_name(config: Config, now: Clock) -> tuple[datetime, str]:
