@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from flask import Blueprint, Response, abort, jsonify, request, send_file
@@ -76,6 +77,12 @@ def download_backup(filename: str) -> Response:
     if metadata is not None:  # as etcd-operator's backup sidecar does
         response.headers["X-Etcd-Revision"] = str(metadata.revision)
         response.headers["X-Etcd-Version"] = metadata.etcd_version
+    if metadata is not None and metadata.archive_sha256 is not None:
+        # The whole archive's digest, on a 206 too (RFC 9530's Repr-Digest is the representation's): a client
+        # checks a resumed download once it is complete.
+        response.headers["X-Backup-Sha256"] = metadata.archive_sha256
+        digest = base64.b64encode(bytes.fromhex(metadata.archive_sha256)).decode()
+        response.headers["Repr-Digest"] = f"sha-256=:{digest}:"
     return response
 
 

@@ -4,6 +4,7 @@ they work on a backup file, or talk to a running service's API."""
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import sys
@@ -12,8 +13,17 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
-from common.config import API_TOKEN_ENV
-from recovery.client import Client, ClientError
+from common.config import API_TOKEN_ENV, parse_duration
+from recovery.client import (
+    BACKUP_PATH,
+    CHUNK,
+    DEFAULT_DEADLINE,
+    Client,
+    ClientError,
+    UsageError,
+    check_given_name,
+    one_line,
+)
 from recovery.restore import Member, RestoreError, restore, restore_command
 from recovery.verify import Verified, VerifyError, verify_archive
 
@@ -28,6 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     token = argparse.ArgumentParser(add_help=False)
     token.add_argument("--token", default=os.environ.get(API_TOKEN_ENV),
                        help=f"the service's api-token (default: ${API_TOKEN_ENV})")
+    token.add_argument("--deadline", type=duration, default=DEFAULT_DEADLINE, metavar="DURATION",
+                       help="how long the command may take to get its answers from the service, e.g. 90s, 2h "
+                            f"(default: {DEFAULT_DEADLINE / 3600:g}h)")
     service = argparse.ArgumentParser(add_help=False, parents=[token])
     service.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
                          help=f"the service (default: ${URL_ENV}, else {DEFAULT_URL})")
@@ -47,34 +60,75 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     download = commands.add_parser("download", parents=[service], help="download a backup (resumes a cut one)")
     download.add_argument("name", metavar="NAME|latest")
     download.add_argument("--output-dir", type=Path, default=Path("."))
+    download.add_argument("--verify", action="store_true",
+                          help="verify the backup (as `verify` does) before keeping it")
 
     commands.add_parser("list", parents=[service], help="list the service's backups, oldest first")
     return parser.parse_args(argv)
+
+
+def duration(text: str) -> float:
+    """A positive Go duration, in seconds."""
+    seconds = parse_duration(text)  # ValueError: argparse's usage error (status 2)
+    if seconds <= 0:
+        raise ValueError(text)
+    return seconds
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     try:
         if args.command == "list":
-            print("\n".join(Client(args.url, args.token).list()))
+            print("\n".join(Client(args.url, args.token, deadline=args.deadline).list()))
         elif args.command == "download":
-            print(Client(args.url, args.token).download(args.name, args.output_dir))
+            _download(args)
         elif args.command == "verify":
             with tempfile.TemporaryDirectory(prefix="etcd-backup-verify-") as work:
-                print(f"{args.source}: {_verify(args.source, args.token, Path(work)).report()}")
+                print(f"{args.source}: {_verify(args, Path(work)).report()}")
         else:
             _restore(args)
+    except UsageError as exc:
+        _fail(args, exc, status=2)
     except (VerifyError, RestoreError, ClientError) as exc:
-        where = f" {args.source}" if "source" in args else ""
-        sys.exit(f"etcd-backup {args.command}{where}: {exc}")  # status 1, the message on stderr
+        _fail(args, exc, status=1)
+    except OSError as exc:  # this host's side: a full disk, a directory that cannot be written
+        _fail(args, f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", status=1)
 
 
-def _verify(source: str, token: str | None, work: Path) -> Verified:
+def _fail(args: argparse.Namespace, cause: object, status: int) -> None:
+    """One line on stderr, whatever the cause holds (a server's message may hold newlines, escapes)."""
+    where = f" {args.source}" if "source" in args else ""
+    message = one_line(f"etcd-backup {args.command}{where}: {cause}", limit=1000)
+    if status == 1:
+        sys.exit(message)  # status 1, the message on stderr
+    print(message, file=sys.stderr)
+    sys.exit(status)
+
+
+def _download(args: argparse.Namespace) -> None:
+    client = Client(args.url, args.token, deadline=args.deadline)
+    progress = sys.stderr if sys.stderr.isatty() else None  # a bar in a log file is noise
+    if not args.verify:
+        print(client.download(args.name, args.output_dir, progress))
+        return
+    verified: list[Verified] = []
+    with tempfile.TemporaryDirectory(prefix="etcd-backup-verify-") as work:
+        path = client.download(args.name, args.output_dir, progress,
+                               check=lambda archive: verified.append(verify_archive(archive, Path(work))))
+    print(f"{path}: {verified[0].report()}")
+
+
+def _verify(args: argparse.Namespace, work: Path) -> Verified:
+    source: str = args.source
     with ExitStack() as stack:
         archive: BinaryIO
         if source.startswith(("http://", "https://")):
-            base, _, path = source.partition("/api/")
-            archive = stack.enter_context(Client(base, token).open("/api/" + path))
+            base, found, name = source.partition(f"{BACKUP_PATH}/")
+            if not found:
+                raise UsageError(f"not a backup's URL: expected <service>{BACKUP_PATH}/<name>")
+            path = f"{BACKUP_PATH}/{check_given_name(name)}"
+            body = Client(base, args.token, deadline=args.deadline).open(path)
+            archive = stack.enter_context(io.BufferedReader(body, CHUNK))
         else:
             try:
                 archive = stack.enter_context(open(source, "rb"))
@@ -91,7 +145,7 @@ def _restore(args: argparse.Namespace) -> None:
     # The snapshot is extracted beside the data dir: same file system, and no second copy in /tmp.
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as work:
-        verified = _verify(args.source, args.token, Path(work))
+        verified = _verify(args, Path(work))
         print(f"{args.source}: {verified.report()}")
         print("running: " + " ".join(restore_command(verified.db_path, data_dir, member)))
         restore(verified.db_path, data_dir, member)

@@ -47,6 +47,9 @@ class BackupMetadata:
     """When the snapshot started, UTC, ISO 8601."""
     duration: float
     """Seconds from connecting to etcd to the archive being durable."""
+    archive_sha256: str | None = None
+    """SHA-256 of the .tar.gz archive, hex, computed as it was written: downloads carry it (None in older
+    metadata)."""
     key_count: int | None = None
     """Keys in etcd at `revision` (None: see key_count_error, or metadata older than the count)."""
     key_count_error: str | None = None

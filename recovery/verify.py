@@ -80,7 +80,10 @@ def _extract_single_db(tar: tarfile.TarFile, workdir: Path) -> tuple[Path, int, 
     data_left = member.size - TRAILER_SIZE
     digest = hashlib.sha256()
     trailer = b""
-    with open(db_path, "wb") as out:
+    # 0600 whatever the umask: the snapshot holds every Secret. O_EXCL|O_NOFOLLOW: never written through
+    # a file or symlink already at the name.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(db_path, flags, 0o600), "wb") as out:
         while chunk := source.read(CHUNK):
             out.write(chunk)
             data = chunk[:data_left]

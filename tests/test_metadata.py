@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import stat
@@ -69,3 +70,23 @@ def test_orphan_metadata_is_removed_before_the_next_backup(service: Service) -> 
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     assert not orphan.exists() and kept.exists()
     assert (service.config.backup_dir / f"{name}.json").exists()
+
+
+def test_downloads_carry_the_archive_sha256(service: Service) -> None:
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    digest = hashlib.sha256((service.config.backup_dir / name).read_bytes())
+    metadata = json.loads((service.config.backup_dir / f"{name}.json").read_text())
+    assert metadata["archive_sha256"] == digest.hexdigest()
+    repr_digest = f"sha-256=:{base64.b64encode(digest.digest()).decode()}:"
+    for headers, status in (({}, 200), ({"Range": "bytes=100-"}, 206)):
+        response = service.client.get(f"/api/v1/backup/{name}", headers=headers)
+        response.close()
+        assert response.status_code == status
+        # Of the whole archive on a 206 too: RFC 9530's Repr-Digest is the representation's, not the part's.
+        assert response.headers["X-Backup-Sha256"] == digest.hexdigest()
+        assert response.headers["Repr-Digest"] == repr_digest
+    planted = "snapshot-20200101_000000.tar.gz"  # no metadata: no digest to send
+    (service.config.backup_dir / planted).write_bytes(b"taken before metadata existed")
+    response = service.client.get(f"/api/v1/backup/{planted}")
+    response.close()
+    assert "X-Backup-Sha256" not in response.headers and "Repr-Digest" not in response.headers

@@ -8,6 +8,7 @@ flow straight from the gRPC stream into gzip.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import tarfile
 from collections.abc import Callable, Iterable
@@ -26,12 +27,13 @@ ISAL_MAX_LEVEL = 3
 
 def write_archive(
     backup_dir: Path, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int, tag: str,
-    before_publish: Callable[[int], object] = lambda size: None,
+    before_publish: Callable[[int, str], object] = lambda size, sha256: None,
 ) -> int:
     """Write the archive `name` into `backup_dir`; return its size in bytes.
 
-    `tag` goes into the temp file's name (common.backups.temp_name). `before_publish(size)` runs
-    once the archive is complete and durable, just before it becomes visible (to write its metadata).
+    `tag` goes into the temp file's name (common.backups.temp_name). `before_publish(size, sha256)` runs
+    once the archive is complete and durable, just before it becomes visible (to write its metadata);
+    `sha256` is the archive's, hex.
 
     The bytes go to a hidden temp file that is fsynced, then linked to `name` (link, unlike rename,
     fails instead of replacing an existing file), then removed. Whatever fails, no temp file and no
@@ -42,11 +44,12 @@ def write_archive(
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as raw:
-            _write_tar_gz(raw, name, started, member_size, chunks, level)
+            hashing = _HashingWriter(raw)
+            _write_tar_gz(hashing, name, started, member_size, chunks, level)
             raw.flush()
             os.fsync(raw.fileno())
             size = os.fstat(raw.fileno()).st_size
-        before_publish(size)
+        before_publish(size, hashing.digest.hexdigest())
         os.link(temp, backup_dir / name)
     finally:
         temp.unlink(missing_ok=True)
@@ -54,8 +57,24 @@ def write_archive(
     return size
 
 
+class _HashingWriter:
+    """The archive's file, hashing what gzip writes to it: clients check downloads against the archive's
+    SHA-256, and hashing on the way costs no second read of the file."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def _write_tar_gz(
-    raw: BinaryIO, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int
+    raw: _HashingWriter, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int
 ) -> None:
     opener = igzip.IGzipFile if level <= ISAL_MAX_LEVEL else gzip.GzipFile
     # filename= sets the name recorded in the gzip header (without ".gz"), not the temp file's.

@@ -54,10 +54,11 @@ def take_backup(config: Config, temp_tag: str, now: Clock = local_now,
         digests: list[bytes] = []
         recorded: list[BackupMetadata] = []
 
-        def record(archive_size: int) -> None:
+        def record(archive_size: int, archive_sha256: str) -> None:
             metadata = BackupMetadata(
-                filename=name, filesize=archive_size, cluster_id=f"{status.header.cluster_id:x}",
-                member_id=f"{status.header.member_id:x}", endpoint=connection.endpoint,
+                filename=name, filesize=archive_size, archive_sha256=archive_sha256,
+                cluster_id=f"{status.header.cluster_id:x}", member_id=f"{status.header.member_id:x}",
+                endpoint=connection.endpoint,
                 revision=revision, etcd_version=status.version,
                 db_size=member_size - TRAILER_SIZE, db_sha256=digests[0].hex(), started=started.isoformat(),
                 duration=round(time.monotonic() - began, 3), key_count=key_count, key_count_error=key_count_error,
