@@ -1,6 +1,7 @@
 """`etcd-backup [--config FILE]`: the whole service; `etcd-backup worker --config FILE`: a worker;
 `etcd-backup scheduler --config FILE`: the backup schedule;
 `etcd-backup prune --config FILE [--dry-run]`: apply rotate and retention now;
+`etcd-backup config check --config FILE`: print the effective config, secrets masked;
 `etcd-backup verify|restore|download|list ...`: recovery (cli/recovery.py)."""
 
 from __future__ import annotations
@@ -10,11 +11,20 @@ import logging
 import signal
 import sys
 
+import yaml
+
 from cli import recovery
 from common import queue, retention
 from common.backups import list_backups
 from common.clock import redis_clock
-from common.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, exit_unless_shared_queue, load_config_or_exit
+from common.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    Config,
+    effective_config,
+    exit_unless_shared_queue,
+    load_config_or_exit,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -28,17 +38,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "rotate and retention do not keep (as after each backup)",
     )
     parser.add_argument("--dry-run", action="store_true", help="prune: list what would go and why, delete nothing")
+    add_config_option(parser)
+    return parser.parse_args(argv)
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE",
         help=f"YAML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
     )
-    return parser.parse_args(argv)
+
+
+def config_command(argv: list[str]) -> None:
+    """`etcd-backup config check`: load the config as every process does; print what it runs with."""
+    parser = argparse.ArgumentParser(prog="etcd-backup config", description="Check the config file.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="print the effective config (defaults and environment applied, "
+                                              "secrets masked); a bad config is one line and exit 2")
+    add_config_option(check)
+    args = parser.parse_args(argv)
+    print(yaml.safe_dump(effective_config(load_config_or_exit(args.config)), sort_keys=False), end="")
 
 
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments and arguments[0] in recovery.COMMANDS:
         recovery.main(arguments)
+        return
+    if arguments[:1] == ["config"]:
+        config_command(arguments[1:])
         return
     args = parse_args(arguments)
     config = load_config_or_exit(args.config)

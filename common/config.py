@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from redis import connection as redis_connection
 
 DEFAULT_BACKUP_DIR = "/etcd-backup/"
@@ -25,6 +28,27 @@ DEFAULT_GZIP_LEVEL = 1
 REDIS_URL_ENV = "REDIS_URL"
 API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
 MIN_API_TOKEN_LENGTH = 16
+
+# Bounds of values that pass for the right type but cannot work (issue 19).
+ETCD_TIMEOUT_BOUNDS = (0.1, 600.0)
+"""Seconds: etcd.timeout bounds connecting and authenticating, not the snapshot. Below 100ms even a
+healthy member on the same host misses it; beyond 10 minutes a dead endpoint holds the backup that long."""
+BACKUP_TIMEOUT_BOUNDS = (0.1, 3600.0)
+"""Seconds a POST waits before answering 202: beyond an hour (a job's own limit, common.jobs.JOB_TIMEOUT)
+it waits for nothing; below 100ms it is no wait at all."""
+RETENTION_HORIZON = 100 * 365.25 * 86400
+"""Seconds: no retention rule reaches back more than 100 years (beyond ~2,000, date arithmetic overflows)."""
+MAX_AGE_BOUNDS = (60.0, RETENTION_HORIZON)
+TIER_LENGTHS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
+"""Seconds per step of each retention tier: a tier may count steps up to RETENTION_HORIZON."""
+CRON_HORIZON = timedelta(days=366)
+"""A schedule must fire at least this often: one that never fires (30 February) stops the scheduler."""
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 20
+"""YAML nesting the file may have; the config itself needs 4 (etcd: endpoints: - URL)."""
+MAX_NUMBER_CHARACTERS = 30
+"""Beyond it a number is past every bound (and past 4,300 digits Python will not even read it)."""
+MASK = "***"
 
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
@@ -41,8 +65,15 @@ class ConfigError(Exception):
     """A config value is missing or wrong; the message names the key."""
 
     def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
+        # One line whatever a key or a path holds (a newline, a NUL): the message is one stderr line.
+        key = printable(key)
+        super().__init__(f"{key}: {printable(problem)}")
         self.key = key
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped, as Python writes them in a string literal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -58,6 +89,8 @@ class EtcdConfig:
     tls_ca: bytes | None = field(default=None, repr=False)
     tls_cert: bytes | None = field(default=None, repr=False)
     tls_key: bytes | None = field(default=None, repr=False)
+    tls_files: tuple[tuple[str, str], ...] = ()
+    """(key, path) of each PEM read from a file, e.g. ("tls-ca", "/etc/etcd/ca.pem"); the others were inline."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +168,18 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_duration(seconds: float) -> str:
+    """Write `seconds` in Go's duration syntax, as parse_duration reads it back ("1m30s", "500ms")."""
+    left = round(seconds * 1e9)
+    parts = []
+    for unit, nanoseconds in (("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9), ("ms", 10**6),
+                              ("us", 10**3), ("ns", 1)):
+        count, left = divmod(left, nanoseconds)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0"
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """Split "host:port" (or "[v6]:port") into its parts."""
     host, sep, port = listen.rpartition(":")
@@ -146,13 +191,100 @@ def split_listen(listen: str) -> tuple[str, int]:
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
     """Read the YAML file at `path`; raise ConfigError naming the first bad key."""
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+        # A named stream: YAML's errors then say which file (a str would be "<unicode string>").
+        loader = _StrictLoader(_NamedText(_read_config_file(path), str(path)))
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{path} is not valid YAML: {_one_line(exc)}") from None
     return parse_config(raw, os.environ if environ is None else environ)
+
+
+def _read_config_file(path: str | os.PathLike[str]) -> str:
+    try:
+        # Non-blocking: opening a FIFO nobody writes to would otherwise wait forever. Checked before
+        # reading: a device (/dev/zero) or a directory is no config either.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError("config", f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("config", f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError("config", f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line}") from None
+
+
+class _NamedText(io.StringIO):
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(text)
+        self.name = name
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, refusing what it would take silently or crash on: duplicate keys (it keeps the last),
+    deep nesting (RecursionError), NUL in a string (paths and secrets cannot hold one), numbers too long
+    to read. It checks each node as it is composed, where the key path is known."""
+
+    def __init__(self, stream: _NamedText) -> None:
+        super().__init__(stream)
+        self._keys: list[str] = []
+        self._depth = 0
+
+    def _where(self, *more: str) -> str:
+        return ".".join([*self._keys, *more][:2]) or "config"  # the config's keys are two deep at most
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_NESTING:
+            line = self.get_mark().line + 1  # where the reader is: at the too-deep node or just past it
+            raise ConfigError(self._where(), f"nested more than {MAX_NESTING} levels deep (line {line}); "
+                                             "no setting nests like that")
+        # A mapping's value is composed with its key node as `index`; a key and a list item are not.
+        key = index.value if isinstance(index, yaml.ScalarNode) else None
+        if key is not None:
+            self._keys.append(str(key))
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+            is_key = isinstance(parent, yaml.MappingNode) and index is None
+            if isinstance(node, yaml.ScalarNode):
+                self._check_scalar(node, self._where(node.value) if is_key else self._where())
+            elif isinstance(node, yaml.MappingNode):
+                self._check_keys(node)
+        finally:
+            self._depth -= 1
+            if key is not None:
+                self._keys.pop()
+        return node
+
+    def _check_scalar(self, node: yaml.ScalarNode, where: str) -> None:
+        if "\0" in node.value:
+            raise ConfigError(where, f"contains a NUL character (line {node.start_mark.line + 1})")
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_NUMBER_CHARACTERS:
+            raise ConfigError(where, f"a number of {len(node.value)} digits, beyond every bound")
+
+    def _check_keys(self, node: yaml.MappingNode) -> None:
+        seen: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                first = seen.get((key.tag, key.value))
+                if first is not None:
+                    raise ConfigError(self._where(key.value), f"duplicate key (lines {first} and {line}): "
+                                                              "YAML would silently keep the last")
+                seen[key.tag, key.value] = line
 
 
 def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config:
@@ -164,7 +296,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         listen=top.get_listen("listen", DEFAULT_LISTEN),
         rotate=top.get_int("rotate", DEFAULT_ROTATE, minimum=1),
         redis_url=_redis_url(top.get_str("redis-url", None), environ),
-        backup_timeout=top.get_duration("backup-timeout", DEFAULT_BACKUP_TIMEOUT),
+        backup_timeout=top.get_duration("backup-timeout", DEFAULT_BACKUP_TIMEOUT, BACKUP_TIMEOUT_BOUNDS),
         gzip_level=top.get_int("gzip-level", DEFAULT_GZIP_LEVEL, minimum=0, maximum=9),
         api_token=_api_token(top.get_str("api-token", None), environ),
         **_api_tls(top.get_str("api-tls-cert", None), top.get_str("api-tls-key", None)),
@@ -175,9 +307,26 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
     )
 
 
+def next_fire(expression: str, after: datetime) -> datetime:
+    """When the cron `expression`, read in UTC, next fires after `after` (RQ would read it in local time)."""
+    fire: datetime = croniter(expression, after.astimezone(UTC)).get_next(datetime)
+    return fire
+
+
 def _schedule(expression: str | None, key: str = "schedule") -> str | None:
-    if expression is not None and not croniter.is_valid(expression):
+    if expression is None:
+        return None
+    if not croniter.is_valid(expression):
         raise ConfigError(key, f"not a cron expression: {expression!r} (e.g. \"0 */6 * * *\")")
+    # From four starts a year apart: "0 0 29 2 *" would otherwise pass or fail by the date it is checked.
+    now = datetime.now(UTC)
+    for start in (now + k * CRON_HORIZON for k in range(4)):
+        try:
+            fires_in_time = next_fire(expression, start) - start <= CRON_HORIZON
+        except CroniterBadDateError:  # nothing found for decades
+            fires_in_time = False
+        if not fires_in_time:
+            raise ConfigError(key, f"{expression!r} does not fire within a year (is there such a day?)")
     return expression
 
 
@@ -185,11 +334,13 @@ def _parse_retention(raw: Any) -> RetentionConfig | None:
     if raw is None:
         return None
     section = _Section(raw, "retention.", RETENTION_KEYS)
+    tiers = {key: section.get_int(key, 0, minimum=0, maximum=int(RETENTION_HORIZON // length), note="100 years")
+             for key, length in TIER_LENGTHS.items()}
     retention = RetentionConfig(
-        max_age=section.get_duration("max-age", "1s") if "max-age" in raw else None,
-        hourly=section.get_int("hourly", 0, minimum=0),
-        daily=section.get_int("daily", 0, minimum=0),
-        weekly=section.get_int("weekly", 0, minimum=0),
+        # `max-age: null` is no max-age, as every other key's null is its default.
+        max_age=section.get_duration("max-age", "1m", MAX_AGE_BOUNDS, note="100 years")
+        if raw.get("max-age") is not None else None,
+        **tiers,
     )
     if retention.max_age is None and not retention.tiered:
         raise ConfigError("retention", "give max-age, or at least one of hourly, daily, weekly")
@@ -212,24 +363,29 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
     if (username is None) != (password is None):
         missing = "etcd.password" if password is None else "etcd.username"
         raise ConfigError(missing, "username and password must be given together")
-    cert = section.get_pem("tls-cert")
-    key = section.get_pem("tls-key")
+    ca, ca_file = section.get_pem("tls-ca")
+    cert, cert_file = section.get_pem("tls-cert")
+    key, key_file = section.get_pem("tls-key")
     if (cert is None) != (key is None):
         raise ConfigError("etcd.tls-key" if key is None else "etcd.tls-cert",
                           "tls-cert and tls-key must be given together")
     return EtcdConfig(
         endpoints=tuple(endpoints),
         prefix=section.get_str("prefix", ""),
-        timeout=section.get_duration("timeout", DEFAULT_ETCD_TIMEOUT),
+        timeout=section.get_duration("timeout", DEFAULT_ETCD_TIMEOUT, ETCD_TIMEOUT_BOUNDS),
         username=username,
         password=password,
-        tls_ca=section.get_pem("tls-ca"),
+        tls_ca=ca,
         tls_cert=cert,
         tls_key=key,
+        tls_files=tuple((name, path) for name, path in (("tls-ca", ca_file), ("tls-cert", cert_file),
+                                                        ("tls-key", key_file)) if path is not None),
     )
 
 
 def _backup_dir(value: str) -> Path:
+    if not value:
+        raise ConfigError("backup-dir", "is empty (it would mean the current directory): give a directory")
     # Absolute: gunicorn's --chdir and daemons must not change which directory is meant.
     path = Path(value).absolute()
     if path.exists() and not path.is_dir():
@@ -316,6 +472,59 @@ def _api_tls(cert: str | None, key: str | None) -> dict[str, Path]:
     return files
 
 
+def effective_config(config: Config) -> dict[str, Any]:
+    """The settings `config` runs with, as a config file would give them, secrets masked (`config check`)."""
+    etcd = config.etcd
+    files = dict(etcd.tls_files)
+    etcd_section: dict[str, Any] = {
+        "endpoints": list(etcd.endpoints), "timeout": format_duration(etcd.timeout), "prefix": etcd.prefix,
+        "username": etcd.username, "password": _masked(etcd.password),
+    }
+    for name, pem in (("tls-ca", etcd.tls_ca), ("tls-cert", etcd.tls_cert), ("tls-key", etcd.tls_key)):
+        if name in files:
+            etcd_section[f"{name}-file"] = files[name]
+        elif pem is not None:  # inline: certificates are public, the key is not
+            etcd_section[name] = MASK if name == "tls-key" else pem.decode()
+    retention = config.retention
+    return {
+        "backup-dir": str(config.backup_dir),
+        "listen": config.listen,
+        "rotate": config.rotate,
+        "etcd": etcd_section,
+        "redis-url": None if config.redis_url is None else _masked_url(config.redis_url),
+        "backup-timeout": format_duration(config.backup_timeout),
+        "gzip-level": config.gzip_level,
+        "api-token": _masked(config.api_token),
+        "api-tls-cert": None if config.api_tls_cert is None else str(config.api_tls_cert),
+        "api-tls-key": None if config.api_tls_key is None else str(config.api_tls_key),
+        "retention": None if retention is None else {
+            "max-age": None if retention.max_age is None else format_duration(retention.max_age),
+            "hourly": retention.hourly, "daily": retention.daily, "weekly": retention.weekly,
+        },
+        "schedule": config.schedule,
+        "skip-unchanged": config.skip_unchanged,
+        "drill": config.drill,
+    }
+
+
+def _masked(secret: str | None) -> str | None:
+    return None if secret is None else MASK
+
+
+def _masked_url(url: str) -> str:
+    """`url` with its password masked: in the user part, and in a `password=` query (redis-py reads both)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{host}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        query = urlencode([(name, MASK if name == "password" else value) for name, value in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
@@ -362,28 +571,35 @@ class _Section:
     def get_str(self, key: str, default: str | None) -> Any:
         return self._get_typed(key, default, str, "a string")
 
-    def get_int(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    def get_int(self, key: str, default: int, minimum: int, maximum: int | None = None, note: str = "") -> int:
         value = self._value(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(self._key(key), f"expected an integer, got {_type_name(value)}")
         if value < minimum or (maximum is not None and value > maximum):
-            limits = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            limits = f"at least {minimum}" if value < minimum else f"at most {maximum}" + (f" ({note})" if note else "")
             raise ConfigError(self._key(key), f"must be {limits}, got {value}")
         return value
 
     def get_bool(self, key: str, default: bool) -> bool:
         return bool(self._get_typed(key, default, bool, "true or false"))
 
-    def get_duration(self, key: str, default: str) -> float:
+    def get_duration(self, key: str, default: str, bounds: tuple[float, float], note: str = "") -> float:
         text = self.get_str(key, default)
         try:
             seconds = parse_duration(text)
         except ValueError as exc:
             raise ConfigError(self._key(key), str(exc)) from None
+        shown = repr(text) if len(text) <= 40 else f"a {len(text)}-character duration"
         if seconds <= 0:
-            raise ConfigError(self._key(key), f"must be longer than zero, got {text!r}")
+            raise ConfigError(self._key(key), f"must be longer than zero, got {shown}")
+        minimum, maximum = bounds
+        if seconds < minimum:
+            raise ConfigError(self._key(key), f"must be at least {format_duration(minimum)}, got {shown}")
+        if seconds > maximum:  # also infinity: float() makes it of 400 digits
+            limit = format_duration(maximum) + (f" ({note})" if note else "")
+            raise ConfigError(self._key(key), f"must be at most {limit}, got {shown}")
         return seconds
 
     def get_listen(self, key: str, default: str) -> str:
@@ -404,20 +620,21 @@ class _Section:
             raise ConfigError(self._key(key), "expected a non-empty list of strings")
         return value
 
-    def get_pem(self, name: str) -> bytes | None:
-        """Read `name` (inline PEM, or a path) or `name-file` (a path); at most one of them."""
+    def get_pem(self, name: str) -> tuple[bytes | None, str | None]:
+        """Read `name` (inline PEM, or a path) or `name-file` (a path); at most one of them.
+        Return the PEM and the file it came from (None: inline)."""
         inline, file_key = self.get_str(name, None), f"{name}-file"
         path = self.get_str(file_key, None)
         if inline is not None and path is not None:
             raise ConfigError(self._key(name), f"give either {name} or {file_key}, not both")
         if inline is not None and inline.lstrip().startswith("-----BEGIN"):
-            return str(inline).encode()
+            return str(inline).encode(), None
         source, key = (inline, name) if inline is not None else (path, file_key)
         if source is None:
-            return None
+            return None, None
         try:
             with open(source, "rb") as f:
-                return f.read()
+                return f.read(), os.path.abspath(source)
         except OSError as exc:
             raise ConfigError(self._key(key), f"cannot read {source}: {exc.strerror}") from None
 
@@ -446,5 +663,5 @@ def load_config_or_exit(path: str | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"etcd-backup: bad config {path}: {exc}", file=sys.stderr)
+        print(f"etcd-backup: bad config {printable(path)}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

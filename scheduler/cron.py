@@ -19,13 +19,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis
-from croniter import croniter
 from rq.cron import CronJob, CronScheduler
 from rq.job import Job
 
 from common import backups, etcd
 from common.clock import redis_clock
-from common.config import Config
+from common.config import Config, next_fire
 from common.metadata import read_metadata
 from common.metrics import record_outcome
 from common.queue import (
@@ -110,9 +109,8 @@ class Tick(CronJob):
         super().__init__(queue_name=QUEUE_NAME, func_name=job, cron=cron, name=job)
 
     def get_next_enqueue_time(self) -> datetime:
-        base = self.latest_enqueue_time or datetime.now(UTC)
-        next_time: datetime = croniter(self.cron, base.astimezone(UTC)).get_next(datetime)
-        return next_time
+        assert self.cron is not None  # every Tick is built with one (RQ's CronJob may have an interval instead)
+        return next_fire(self.cron, self.latest_enqueue_time or datetime.now(UTC))
 
     def enqueue(self, connection: redis.Redis) -> Job | None:  # type: ignore[override]  # RQ ignores the value
         # next_enqueue_time is still the tick that is due: RQ moves it on after this returns.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -98,7 +101,7 @@ def test_bad_go_durations(text: str) -> None:
     ({"etcd": {}, "rotate": True}, "rotate", "expected an integer"),
     ({"etcd": {}, "listen": 8080}, "listen", "expected a string"),
     ({"etcd": {}, "listen": "localhost"}, "listen", "HOST:PORT"),
-    ({"etcd": {}, "gzip-level": 10}, "gzip-level", "between 0 and 9"),
+    ({"etcd": {}, "gzip-level": 10}, "gzip-level", "at most 9"),
     ({"etcd": {}, "backup-timeout": "5 minutes"}, "backup-timeout", "invalid duration"),
     ({"etcd": {}, "backup-timeout": "0s"}, "backup-timeout", "longer than zero"),
     ({"etcd": {"timeout": "2"}}, "etcd.timeout", "invalid duration"),
@@ -255,3 +258,227 @@ def test_a_percent_encoded_redis_password_connects(tmp_path: Path, redis_conn: r
         assert connect(config).acl_whoami() == "etcd-backup-test"
     finally:
         redis_conn.acl_deluser("etcd-backup-test")
+
+
+# Refusing what cannot work: each case runs the real `etcd-backup` as a user starts it. A value the
+# service wrongly accepts makes it serve until the timeout (and the test fail), never pass.
+
+def etcd_backup(*arguments: str, env: dict[str, str] | None = None,
+                timeout: float = 20) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run the real command; return its result and how long it took."""
+    started = time.monotonic()
+    result = subprocess.run([str(BIN_DIR / "etcd-backup"), *arguments], env=env or {"PATH": str(BIN_DIR)},
+                            capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def refused(result: subprocess.CompletedProcess[str], path: Path, key: str) -> str:
+    """Check the one line and exit 2 of a refused config naming `key`; return the problem it states."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stdout == ""
+    prefix = f"etcd-backup: bad config {path}: {key}: "
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr[-3000:]
+    assert result.stderr.startswith(prefix), result.stderr
+    return result.stderr[len(prefix):-1]
+
+
+def written(tmp_path: Path, text: str | bytes, name: str = "config.yml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def header(tmp_path: Path) -> str:
+    """The lines every case starts with: a private backup-dir, a free port (a wrongly started service binds it)."""
+    return f"backup-dir: {tmp_path / 'b'}\nlisten: 127.0.0.1:{free_port()}\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_config_path_that_is_not_a_regular_file_is_refused_promptly(tmp_path: Path, kind: str,
+                                                                      report: Report) -> None:
+    path = tmp_path / "config.yml"
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes to it: opening it to read would wait forever
+    else:
+        path.mkdir()
+    result, seconds = etcd_backup("--config", str(path), timeout=10)
+    problem = refused(result, path, "config")
+    assert problem == f"{path} is not a regular file"
+    assert seconds < 5
+    report(f"`etcd-backup --config` naming a {kind} (a FIFO nobody writes to)" if kind == "fifo" else
+           f"`etcd-backup --config` naming a {kind}",
+           f"exit 2 after {seconds:.1f} s, 1 line on stderr: \"config: PATH is not a regular file\"")
+
+
+NESTED_1000 = "[" * 1000 + "]" * 1000
+
+UNREADABLE_FILES: dict[str, tuple[bytes, str, str]] = {
+    # id: (the file after the header, the key named, words of the problem)
+    "non-UTF-8 byte": (b'etcd: {}\ngzip-level: 1  # caf\xe9\n', "config", "not UTF-8 text: byte 0xe9 on line 4"),
+    "NUL escaped in a path": (b'etcd: {}\napi-tls-cert: "/etc/x\\0.pem"\napi-tls-key: /k\n', "api-tls-cert",
+                              "contains a NUL character"),
+    "NUL escaped in a secret": (b'etcd:\n  username: root\n  password: "s3\\0cret"\n', "etcd.password",
+                                "contains a NUL character"),
+    "raw NUL byte": (b'etcd: {}\nprefix: "a\x00b"\n', "config", "unacceptable character #x0000"),
+    "1,000-deep flow list": (f"etcd:\n  endpoints: {NESTED_1000}\n".encode(), "etcd.endpoints",
+                             "nested more than 20 levels deep"),
+    "1,000-deep block mapping": (b"etcd: {}\nretention:\n" + b"".join(b"  " * (i + 1) + b"a:\n" for i in range(1000)),
+                                 "retention.a", "nested more than 20 levels deep"),
+    "5,000-digit number": (b"etcd: {}\nrotate: " + b"9" * 5000 + b"\n", "rotate",
+                           "a number of 5000 digits, beyond every bound"),
+    "duplicate top-level key": (b"etcd: {}\nrotate: 3\nrotate: 50\n", "rotate",
+                                "duplicate key (lines 4 and 5): YAML would silently keep the last"),
+    "duplicate nested key": (b"etcd:\n  timeout: 2s\n  timeout: 5s\n", "etcd.timeout",
+                             "duplicate key (lines 4 and 5)"),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE_FILES)
+def test_a_config_file_that_cannot_be_read_as_meant_is_one_line(tmp_path: Path, case: str, report: Report) -> None:
+    body, key, words = UNREADABLE_FILES[case]
+    path = written(tmp_path, header(tmp_path).encode() + body)
+    result, seconds = etcd_backup("--config", str(path))
+    problem = refused(result, path, key)
+    assert words in problem
+    assert "s3" not in problem and "cret" not in problem  # a value is never quoted: it may be a secret
+    report(f"`etcd-backup --config` on a config with a {case}",
+           f"exit 2 after {seconds:.1f} s, 1 line on stderr: \"{key}: {problem.replace(str(path), 'PATH')}\"")
+
+
+def test_a_config_nested_1000_deep_at_its_root_is_one_line(tmp_path: Path) -> None:
+    path = written(tmp_path, NESTED_1000)
+    assert refused(etcd_backup("--config", str(path))[0], path, "config").startswith("nested more than 20 levels")
+
+
+ALL_IN_ONE: tuple[str, ...] = ()
+PRUNE = ("prune",)
+SCHEDULER = ("scheduler",)
+FOREVER = "9" * 400  # a float() of it is infinity
+
+OUT_OF_BOUNDS: dict[str, tuple[tuple[str, ...], dict[str, Any], str, str]] = {
+    # id: (the command, the config's keys besides backup-dir and listen, the key named, words of the problem)
+    "backup-timeout 1ns": (ALL_IN_ONE, {"backup-timeout": "1ns"}, "backup-timeout",
+                           "must be at least 100ms, got '1ns'"),
+    "backup-timeout of 400 digits": (ALL_IN_ONE, {"backup-timeout": FOREVER + "s"}, "backup-timeout",
+                                     "must be at most 1h, got a 401-character duration"),
+    "etcd.timeout 1ns": (ALL_IN_ONE, {"etcd": {"timeout": "1ns"}}, "etcd.timeout", "must be at least 100ms"),
+    "etcd.timeout of 400 digits": (ALL_IN_ONE, {"etcd": {"timeout": FOREVER + "ms"}}, "etcd.timeout",
+                                   "must be at most 10m"),
+    "retention.max-age of 400 digits": (PRUNE, {"retention": {"max-age": FOREVER + "h"}}, "retention.max-age",
+                                        "must be at most 876600h (100 years)"),
+    "retention.max-age 1ns": (PRUNE, {"retention": {"max-age": "1ns"}}, "retention.max-age",
+                              "must be at least 1m"),
+    "retention.hourly 10^20": (PRUNE, {"retention": {"hourly": 10**20}}, "retention.hourly",
+                               "must be at most 876600 (100 years), got 100000000000000000000"),
+    "retention.daily 10^20": (PRUNE, {"retention": {"daily": 10**20}}, "retention.daily",
+                              "must be at most 36525 (100 years)"),
+    "retention.weekly 10^20": (PRUNE, {"retention": {"weekly": 10**20}}, "retention.weekly",
+                               "must be at most 5217 (100 years)"),
+    "empty backup-dir": (ALL_IN_ONE, {"backup-dir": ""}, "backup-dir",
+                         "is empty (it would mean the current directory): give a directory"),
+    "schedule 0 0 30 2 * (all-in-one)": (ALL_IN_ONE, {"schedule": "0 0 30 2 *"}, "schedule",
+                                         "'0 0 30 2 *' does not fire within a year (is there such a day?)"),
+    "schedule 0 0 30 2 * (scheduler)": (SCHEDULER, {"schedule": "0 0 30 2 *"}, "schedule",
+                                        "does not fire within a year"),
+    "drill 0 0 30 2 * (all-in-one)": (ALL_IN_ONE, {"drill": "0 0 30 2 *"}, "drill", "does not fire within a year"),
+    "drill 0 0 30 2 * (scheduler)": (SCHEDULER, {"drill": "0 0 30 2 *"}, "drill", "does not fire within a year"),
+    "schedule 0 0 29 2 * (every 4 years)": (ALL_IN_ONE, {"schedule": "0 0 29 2 *"}, "schedule",
+                                            "does not fire within a year"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_BOUNDS)
+def test_values_that_cannot_work_are_refused_with_one_line(tmp_path: Path, case: str, redis_server: RedisServer,
+                                                           report: Report) -> None:
+    command, keys, key, words = OUT_OF_BOUNDS[case]
+    # The scheduler needs Redis, and a real one: the old code died there with a traceback.
+    document: dict[str, Any] = {"backup-dir": str(tmp_path / "b"), "listen": f"127.0.0.1:{free_port()}",
+                                "etcd": {}, "redis-url": redis_server.url, **keys}
+    path = written(tmp_path, yaml.safe_dump(document, width=10_000))
+    result, seconds = etcd_backup(*command, "--config", str(path))
+    problem = refused(result, path, key)
+    assert words in problem
+    report(f"`{' '.join(['etcd-backup', *command])} --config` with {case}",
+           f"exit 2 after {seconds:.1f} s, 1 line on stderr: \"{key}: {problem}\"")
+
+
+@pytest.mark.parametrize(("keys", "attribute", "value"), [
+    ({"backup-timeout": "100ms"}, "backup_timeout", 0.1), ({"backup-timeout": "1h"}, "backup_timeout", 3600.0),
+    ({"etcd": {"timeout": "100ms"}}, "etcd.timeout", 0.1), ({"etcd": {"timeout": "10m"}}, "etcd.timeout", 600.0),
+    ({"retention": {"max-age": "1m"}}, "retention.max_age", 60.0),
+    ({"retention": {"max-age": "876600h"}}, "retention.max_age", 876600 * 3600.0),
+    ({"retention": {"hourly": 876600, "daily": 36525, "weekly": 5217}}, "retention.weekly", 5217),
+    ({"schedule": "0 0 1 1 *"}, "schedule", "0 0 1 1 *"), ({"drill": "* * * * * */2"}, "drill", "* * * * * */2"),
+])
+def test_the_bounds_themselves_are_accepted(tmp_path: Path, keys: dict[str, Any], attribute: str, value: Any) -> None:
+    assert attrgetter(attribute)(parse({"etcd": {}, "backup-dir": str(tmp_path / "b"), **keys})) == value
+
+
+SECRETS = {"api-token": "Tq8zVw3RkP1mXn6Y", "etcd password": "Hd5pLs9Qe2Zr",
+           "redis password": "Gm4Jt7Wb1Kc", "tls key": "Zq7Wx2Lp9Ty4Hv"}
+
+
+def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: Path, report: Report) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(PEM)
+    key_pem = f"-----BEGIN PRIVATE KEY-----\n{SECRETS['tls key']}\n-----END PRIVATE KEY-----\n"
+    path = written(tmp_path, yaml.safe_dump({
+        "backup-dir": str(tmp_path / "b"),
+        "etcd": {"endpoints": ["https://10.0.0.1:2379"], "username": "root", "password": SECRETS["etcd password"],
+                 "tls-ca-file": str(ca), "tls-cert": PEM, "tls-key": key_pem},
+        "retention": {"daily": 7},
+        "schedule": "0 */6 * * *",
+    }))
+    environment = {"PATH": str(BIN_DIR), "ETCD_BACKUP_API_TOKEN": SECRETS["api-token"],
+                   "REDIS_URL": f"redis://default:{SECRETS['redis password']}@127.0.0.1:6379/0"}
+    result, _ = etcd_backup("config", "check", "--config", str(path), env=environment)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    for what, secret in SECRETS.items():
+        assert shown_secret(secret, result.stdout) is None, f"the {what} is shown: {result.stdout}"
+    assert yaml.safe_load(result.stdout) == {
+        "backup-dir": str(tmp_path / "b"),
+        "listen": "0.0.0.0:8080",
+        "rotate": 14,
+        "etcd": {"endpoints": ["https://10.0.0.1:2379"], "timeout": "2s", "prefix": "", "username": "root",
+                 "password": "***", "tls-ca-file": str(ca), "tls-cert": PEM, "tls-key": "***"},
+        "redis-url": "redis://default:***@127.0.0.1:6379/0",
+        "backup-timeout": "5m",
+        "gzip-level": 1,
+        "api-token": "***",
+        "api-tls-cert": None,
+        "api-tls-key": None,
+        "retention": {"max-age": None, "hourly": 0, "daily": 7, "weekly": 0},
+        "schedule": "0 */6 * * *",
+        "skip-unchanged": False,
+        "drill": None,
+    }
+    report("`etcd-backup config check` on a config with every kind of secret (api-token and REDIS_URL "
+           "from the environment, etcd password, inline TLS key)",
+           f"exit 0, the effective config ({len(result.stdout.splitlines())} lines of YAML, defaults filled in); "
+           "no 3 characters of any secret shown")
+
+
+def test_config_check_prints_file_paths_and_durations_as_given(tmp_path: Path) -> None:
+    key = tmp_path / "client-key.pem"
+    key.write_text(PEM)
+    path = written(tmp_path, yaml.safe_dump({
+        "backup-dir": str(tmp_path / "b"), "backup-timeout": "1m30s",
+        "etcd": {"timeout": "1500ms", "tls-cert-file": str(key), "tls-key": str(key)},
+        "redis-url": "redis://127.0.0.1:6379/0", "retention": {"max-age": "720h"},
+    }))
+    result, _ = etcd_backup("config", "check", "--config", str(path))
+    printed = yaml.safe_load(result.stdout)
+    assert (printed["backup-timeout"], printed["etcd"]["timeout"]) == ("1m30s", "1s500ms")
+    assert (printed["etcd"]["tls-cert-file"], printed["etcd"]["tls-key-file"]) == (str(key), str(key))
+    assert printed["redis-url"] == "redis://127.0.0.1:6379/0"  # no password, nothing masked
+    assert printed["retention"]["max-age"] == "720h"
+    # What it prints reads back as the same config.
+    assert load_config(written(tmp_path, result.stdout, "printed.yml"), {}) == load_config(path, {})
+
+
+def test_config_check_refuses_a_bad_config_with_one_line(tmp_path: Path) -> None:
+    path = written(tmp_path, header(tmp_path) + "etcd: {}\nbackup-timeout: 1ns\n")
+    result, _ = etcd_backup("config", "check", "--config", str(path))
+    assert refused(result, path, "backup-timeout") == "must be at least 100ms, got '1ns'"
