@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import re
 import selectors
+import socket
 import ssl
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from gunicorn import http, util
 from gunicorn import sock as gunicorn_sock
@@ -34,12 +36,16 @@ MAX_HEAD_BYTES = 64 << 10
 """A request head larger than this is refused (431, or 414 when its first line alone is longer)."""
 MAX_BODY_BYTES = 64 << 10
 """No endpoint takes a body: one larger than this is refused (413) rather than read."""
+SEND_TIMEOUT = 10
+"""Seconds a client may take no byte of its answer before its connection is cut (SO_SNDTIMEO): a
+client that stops reading holds a thread this long, not for ever."""
 RECV_BYTES = 64 << 10
 
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.IGNORECASE | re.MULTILINE)
 _HEAD_END = b"\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 def json_error(status: int, reason: str, message: str) -> bytes:
@@ -86,6 +92,8 @@ class RequestFirstWorker(ThreadWorker):  # type: ignore[misc]
             self.log.debug("accept failed", exc_info=True)
             return
         self.nr_conns += 1
+        # In a thread the socket blocks: a send that moves nothing for SEND_TIMEOUT fails instead.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SEND_TIMEOUT, 0))
         conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking from here
         if self.cfg.is_ssl:  # the handshake is done by the event loop, not on connect
             conn.sock = gunicorn_sock.ssl_wrap_socket(conn.sock, self.cfg)
@@ -122,6 +130,13 @@ class RequestFirstWorker(ThreadWorker):  # type: ignore[misc]
             self._on_readable(incoming, conn.sock)
 
     def _on_readable(self, incoming: _Incoming, _sock: Any) -> None:
+        try:
+            self._receive(incoming)
+        except Exception:  # an exception here would end the worker process and every request in it
+            self.log.exception("dropped a connection from %s on an unexpected error", incoming.conn.client)
+            self._close(incoming)
+
+    def _receive(self, incoming: _Incoming) -> None:
         conn = incoming.conn
         try:
             if not incoming.handshaken:
@@ -151,16 +166,21 @@ class RequestFirstWorker(ThreadWorker):  # type: ignore[misc]
                     self._refuse(incoming, 431, "Request Header Fields Too Large",
                                  f"the request head is over {MAX_HEAD_BYTES} bytes")
             return
-        head, body = bytes(received[:head_end]), received[head_end + len(_HEAD_END):]
+        head, body = bytes(received[:head_end]), bytes(received[head_end + len(_HEAD_END):])
         if _CHUNKED.search(head):
-            complete = body.endswith(_LAST_CHUNK)
+            state = _chunked_body_state(body)
+            if state == "malformed":
+                self._refuse(incoming, 400, "Bad Request", "the chunked request body is malformed")
+                return
+            complete = state == "whole"
             too_large = len(body) > MAX_BODY_BYTES
         else:
             lengths = _CONTENT_LENGTH.findall(head)
-            # Several or no lengths: gunicorn's parser decides (a 400, or no body).
-            length = int(lengths[0]) if len(lengths) == 1 else 0
+            # Several or no lengths: gunicorn's parser decides (a 400, or no body). A length of more
+            # digits than any body we take is not even parsed (int() refuses over 4,300 digits).
+            length = int(lengths[0]) if len(lengths) == 1 and len(lengths[0]) <= 18 else 0
             complete = len(body) >= length
-            too_large = length > MAX_BODY_BYTES
+            too_large = length > MAX_BODY_BYTES or (len(lengths) == 1 and len(lengths[0]) > 18)
         if too_large:
             self._refuse(incoming, 413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         elif complete:
@@ -193,3 +213,33 @@ class RequestFirstWorker(ThreadWorker):  # type: ignore[misc]
     def _forget(self, incoming: _Incoming) -> None:
         self.poller.unregister(incoming.conn.sock)
         self._incoming.remove(incoming)
+
+
+def _chunked_body_state(body: bytes) -> Literal["whole", "partial", "malformed"]:
+    """How much of a chunked body (RFC 9112 7.1) has arrived: whole (last chunk and trailers included),
+    partial, or malformed. Each chunk's declared size is honoured, so a chunk that merely contains
+    the bytes of a last chunk does not end the body."""
+    position = 0
+    while True:
+        line_end = body.find(_CRLF, position)
+        if line_end < 0:
+            return "partial"
+        size_text = body[position:line_end].split(b";", 1)[0].strip()
+        if not size_text or len(size_text) > 8 or not _HEX_DIGITS.issuperset(size_text):
+            return "malformed"
+        size = int(size_text, 16)
+        position = line_end + len(_CRLF)
+        if size == 0:
+            break
+        if len(body) < position + size + len(_CRLF):
+            return "partial"
+        if body[position + size:position + size + len(_CRLF)] != _CRLF:
+            return "malformed"
+        position += size + len(_CRLF)
+    while True:  # the trailer section: header lines, then an empty line
+        line_end = body.find(_CRLF, position)
+        if line_end < 0:
+            return "partial"
+        if line_end == position:
+            return "whole"
+        position = line_end + len(_CRLF)

@@ -10,6 +10,7 @@ that the worker fails it without running anything.
 
 from __future__ import annotations
 
+import base64
 import logging
 import zlib
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.results import Result
 from rq.utils import import_attribute
 
 from common.backups import is_backup_name
@@ -81,6 +83,9 @@ class TrustedJob(Job):
             logger.warning("job %s in Redis is unreadable (%s: %s): ignored", self.id, type(exc).__name__, exc)
             raise NoSuchJobError(f"job {self.id} is unreadable") from exc
 
+    def latest_result(self, timeout: int = 0) -> Result | None:
+        return _BoundedResult.fetch_latest(self, serializer=self.serializer, timeout=timeout)
+
     @property
     def func(self) -> Callable[..., Any] | None:
         why = refusal(self)
@@ -103,6 +108,18 @@ class TrustedJob(Job):
 
     def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
         return None
+
+
+class _BoundedResult(Result):
+    """A job's result as RQ stores it, refused (ValueError) when its traceback would inflate past the bound."""
+
+    @classmethod
+    def restore(cls, job_id: str, result_id: str, payload: dict[Any, Any], connection: Any,
+                serializer: Any = None) -> Result:
+        compressed = payload.get(b"exc_string") or payload.get("exc_string")
+        if compressed and not _inflates_within_bound(base64.b64decode(compressed)):
+            raise ValueError(f"the result of job {job_id} inflates beyond {MAX_JOB_FIELD_BYTES} bytes")
+        return super().restore(job_id, result_id, payload, connection, serializer)
 
 
 def refusal(job: Job) -> str | None:

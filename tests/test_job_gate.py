@@ -7,8 +7,10 @@ any import of it or call into it, so the check fails if RQ (or our code) imports
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import resource
 import socket
 import threading
 import time
@@ -189,13 +191,20 @@ def test_a_dead_jobs_failure_callback_is_never_imported(
            "calls the callback of a job whose worker died)", "cleaned up; the callback was never imported or called")
 
 
+def zlib_bomb(size: int) -> bytes:
+    """zlib data that inflates to `size` zero bytes, made without holding them in memory."""
+    deflater = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    return b"".join(deflater.compress(block) for _ in range(size >> 20)) + deflater.flush()
+
+
 UNREADABLE: dict[str, dict[str, Any]] = {
     "a bad status": {"status": "zzz"},
     "a bad date": {"created_at": "yesterday"},
     "a bad timeout": {"timeout": "forever"},
     "data that is not JSON": {"data": b"\x80\x04not json"},
-    "data that inflates to 256 MiB": {"data": zlib.compress(b"0" * (256 << 20))},
-    "a traceback that inflates to 256 MiB": {"exc_info": zlib.compress(b"0" * (256 << 20))},
+    "data that inflates to 256 MiB": {"data": zlib_bomb(256 << 20)},
+    "a traceback that inflates to 256 MiB": {"exc_info": zlib_bomb(256 << 20)},
 }
 
 
@@ -242,3 +251,52 @@ def test_the_issue_repro_against_a_worker_process(
            "'[\"subprocess.call\", null, [[\"sh\",\"-c\",\"id > pwned\"]], {}]' + RPUSH on the queue",
            "the worker logged 'refused job evil: ...', the job is failed, no file was written; the next POST "
            "took a backup")
+
+
+# Keys RQ's own housekeeping parses when a worker starts (and every few minutes): whoever writes to
+# Redis can fill them with anything. Each stopped a worker before (adversarial review).
+HOUSEKEEPING_PLANTS: dict[str, Callable[[redis.Redis], object]] = {
+    "a job id that is not UTF-8 on the queue": lambda r: r.rpush(QUEUE_KEY, b"\xff\xfe"),
+    "a job id that is not UTF-8 in the intermediate list": lambda r: r.rpush(f"{QUEUE_KEY}:intermediate", b"\xff"),
+    "a first-seen time that is no number": lambda r: (
+        r.rpush(f"{QUEUE_KEY}:intermediate", "ghost"), r.set(f"{QUEUE_KEY}:intermediate:first_seen:ghost", "zzz")),
+    "a group name that is not UTF-8": lambda r: r.sadd("rq:groups", b"\xff"),
+    "a rate limit whose concurrency is no number": lambda r: (
+        r.sadd("rq:rl-keys", "x"), r.hset("rq:rl:x", "concurrency", "abc")),
+    "a started-jobs entry that is not UTF-8": lambda r: r.zadd(f"rq:wip:{QUEUE_NAME}", {b"\xff:\xfe": 1}),
+    "a worker name that is not UTF-8": lambda r: r.sadd(f"rq:workers:{QUEUE_NAME}", b"\xff"),
+}
+
+
+@pytest.mark.parametrize("plant", HOUSEKEEPING_PLANTS)
+def test_garbage_in_rqs_own_keys_does_not_stop_a_worker(
+    plant: str, make_service: Callable[..., Service], report: Report
+) -> None:
+    service = make_service(worker=False, backup_timeout="10s")  # a stopped worker: 202 after 10 s
+    HOUSEKEEPING_PLANTS[plant](service.connection)
+    service.start_worker()  # RQ's housekeeping runs as a worker starts
+    assert service.worker is not None and service.worker._thread is not None
+    answer = service.client.post("/api/v1/backup")
+    assert answer.status_code == 200, answer.get_json()
+    service.worker.clean_registries()  # and again, as it does every few minutes
+    assert service.worker._thread.is_alive()
+    assert service.client.post("/api/v1/backup").status_code == 200
+    report(f"{plant}, planted in Redis before a worker starts", "the worker started, logged what it skipped, "
+           "and took the next two backups (RQ alone stopped the worker on each of these)")
+
+
+def test_a_result_that_inflates_to_a_gigabyte_is_not_inflated(make_service: Callable[..., Service],
+                                                              report: Report) -> None:
+    service = make_service(worker=False)
+    job_id = "0" * 32
+    plant_job(service.connection, job_id, [BACKUP_JOB, None, [], {}], push=False, status="failed")
+    bomb = base64.b64encode(zlib_bomb(1 << 30))
+    service.connection.xadd(f"rq:results:{job_id}", {"type": "2", "exc_string": bomb})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    answer = service.client.get(f"/api/v1/jobs/{job_id}")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert answer.status_code == 500 and "inflates beyond" in answer.get_json()["message"], answer.get_json()
+    assert grown_mib < 50
+    report(f"a job result whose traceback is a zlib bomb ({len(bomb) >> 10} KiB in Redis, 1 GiB inflated)",
+           f"GET /api/v1/jobs/<id>: 500 {answer.get_json()['message'][:90]!r}; the API's peak memory grew "
+           f"{grown_mib:.0f} MiB")

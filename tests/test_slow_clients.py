@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from api.http_worker import REQUEST_TIMEOUT
+from api.http_worker import REQUEST_TIMEOUT, SEND_TIMEOUT
 from tests.conftest import Report, Service
 from tests.services import Deployment, EtcdServer, http
 
@@ -178,6 +178,8 @@ class ThrottledProxy:
             except TimeoutError:
                 continue
             upstream = socket.create_connection(self.target)
+            for sock in (client, upstream):  # forward small gRPC frames at once, as a router would
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._spawn(self._pump, client, upstream, None)
             self._spawn(self._pump, upstream, client, self.rate)
 
@@ -269,6 +271,8 @@ HOSTILE_REQUESTS: dict[str, tuple[bytes, int]] = {
     "a 20 KB header field": (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"y" * 20_000 + b"\r\n\r\n", 431),
     "a 100 KB request head, never ended": (b"GET /healthz HTTP/1.1\r\n" + b"X-Big: y\r\n" * 12_000, 431),
     "a 1 MB body announced": (b"POST /api/v1/backup HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n", 413),
+    "a Content-Length of 5,000 digits": (b"GET /healthz HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 413),
+    "a malformed chunk size": (b"POST /api/v1/backup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     "a malformed request line": (b"GARBAGE\r\n\r\n", 400),
     "a malformed header": (b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
 }
@@ -277,22 +281,78 @@ HOSTILE_REQUESTS: dict[str, tuple[bytes, int]] = {
 @pytest.mark.parametrize("name", HOSTILE_REQUESTS)
 def test_every_error_the_server_writes_is_json(all_in_one: Deployment, name: str, report: Report) -> None:
     data, expected = HOSTILE_REQUESTS[name]
+    worker_pid = all_in_one.web_worker_pid()
     status, headers, body = raw_request(all_in_one.port, data)
     assert status.split(" ")[1] == str(expected), (status, body)
     assert headers["content-type"] == "application/json"
     message = json.loads(body)["message"]
     assert isinstance(message, str) and message
-    assert http("GET", f"{all_in_one.base}/healthz", timeout=5)[0] == 200  # the server is fine
+    assert http("GET", f"{all_in_one.base}/healthz", timeout=5)[0] == 200  # the server is fine...
+    assert all_in_one.web_worker_pid() == worker_pid  # ...in the same process: nothing crashed it
     report(f"{name}, sent on a raw connection to the all-in-one service", f"{status}, JSON: {message[:90]!r}")
 
 
-def test_a_request_that_stalls_gets_408_json(all_in_one: Deployment, report: Report) -> None:
+STALLING_REQUESTS = {
+    "a request head that stops half-way": b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+    "a chunked body whose chunk announces 4096 bytes, sends 6 and ends like a last chunk":
+        b"POST /api/v1/backup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\nx0\r\n\r\n",
+    "a body shorter than its Content-Length": b"POST /api/v1/backup HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+}
+
+
+@pytest.mark.parametrize("name", STALLING_REQUESTS)
+def test_a_request_that_stalls_gets_408_json(all_in_one: Deployment, name: str, report: Report) -> None:
     began = time.monotonic()
-    status, headers, body = raw_request(all_in_one.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    status, headers, body = raw_request(all_in_one.port, STALLING_REQUESTS[name])
     seconds = time.monotonic() - began
     assert status == "HTTP/1.1 408 Request Timeout" and headers["content-type"] == "application/json"
     assert REQUEST_TIMEOUT - 1 < seconds < REQUEST_TIMEOUT + 3
-    report("a request head that stops half-way", f"{status} after {seconds:.1f} s: {json.loads(body)['message']!r}")
+    report(name, f"{status} after {seconds:.1f} s, from the event loop (no thread waited for it): "
+           f"{json.loads(body)['message']!r}")
+
+
+def test_clients_that_never_read_their_answers_hold_threads_only_briefly(all_in_one: Deployment,
+                                                                         report: Report) -> None:
+    """140 connections (more than the server's threads) pipeline requests for a 25 KB answer and never
+    read: each thread blocked in send() is freed after SEND_TIMEOUT, and the connection cut."""
+    request = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 40
+    conns = []
+    for _ in range(140):
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", all_in_one.port))
+        conn.setblocking(False)
+        try:
+            conn.send(request)
+        except BlockingIOError:
+            pass
+        conns.append(conn)
+    try:
+        time.sleep(SEND_TIMEOUT + 5)  # every thread that was stuck sending has given up
+        began = time.monotonic()
+        status, _, _ = http("GET", f"{all_in_one.base}/healthz", timeout=10)
+        seconds = time.monotonic() - began
+        cut = 0
+        for conn in conns:
+            conn.setblocking(True)
+            conn.settimeout(5)
+            try:
+                while conn.recv(1 << 20):  # drain what the server sent before it gave up
+                    pass
+                cut += 1  # an orderly close
+            except ConnectionResetError:
+                cut += 1
+            except TimeoutError:
+                pass
+    finally:
+        for conn in conns:
+            conn.close()
+    assert status == 200 and seconds < FAST, seconds
+    assert cut == len(conns)
+    report("140 connections pipelining 40 requests each for a 25 KB answer, never reading (4 KB receive "
+           "buffers): more than the server's threads",
+           f"each blocked send gave up after {SEND_TIMEOUT} s and the connection was cut ({cut} of 140); "
+           f"{SEND_TIMEOUT + 5} s in, /healthz answered in {seconds * 1000:.0f} ms")
 
 
 @pytest.mark.parametrize("ranges", ["bytes=0-1,5-6", "bytes=0-0,-1", "bytes=oops"])

@@ -36,6 +36,36 @@ class BackupWorker(SimpleWorker):
         super().__init__([queue.backup_queue(connection)], connection=connection, serializer=JSONSerializer,
                          job_class=TrustedJob, log_job_description=False)
 
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        # RQ decodes the job ids it pops as UTF-8 and stops the worker on one that is not: drop such
+        # ids (no job of ours has one) and go on.
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except UnicodeDecodeError:
+                self._drop_undecodable_ids()
+
+    def run_maintenance_tasks(self) -> None:
+        # RQ's housekeeping (dead jobs, worker and rate-limit registries) parses keys that whoever can
+        # write to Redis can fill with anything, and its failure would stop the worker. Our own
+        # heartbeat finds dead backup jobs, so a skipped clean-up costs nothing that matters.
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except Exception as exc:  # noqa: BLE001 - logged; the worker goes on taking jobs
+            logger.warning("RQ's registry clean-up failed on unexpected data in Redis, skipped: %s: %s",
+                           type(exc).__name__, exc)
+
+    def _drop_undecodable_ids(self) -> None:
+        for worker_queue in self.queues:
+            for key in (worker_queue.key, worker_queue.intermediate_queue.key):
+                raw_ids: list[bytes] = self.connection.lrange(key, 0, -1)  # type: ignore[assignment]
+                for raw in raw_ids:
+                    try:
+                        raw.decode()
+                    except UnicodeDecodeError:
+                        logger.error("dropped a job id that is not UTF-8 from %s: %r", key, raw[:100])
+                        self.connection.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes, as Redis has it
+
     def execute_job(self, job: Job, origin: Queue) -> None:
         why = refusal(job)
         if why is None:
