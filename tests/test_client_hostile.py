@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from common.metadata import read_metadata
-from recovery.verify import VerifyError, verify_file
+from recovery.verify import CannotVerify, verify_file
 from tests.conftest import Report, Service
 from tests.services import BIN_DIR, Deployment, EtcdServer, free_port
 
@@ -146,10 +146,10 @@ def etcd_backup(*args: str, cwd: Path, timeout: float = 60) -> subprocess.Comple
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def one_line_failure(done: subprocess.CompletedProcess[str], command: str, status: int = 1) -> str:
+def one_line_failure(done: subprocess.CompletedProcess[str], command: str, status: int | set[int] = 1) -> str:
     """Check that the command failed with `status` and one line on stderr naming itself; return that line."""
     error = done.stderr.strip()
-    assert done.returncode == status, (done.returncode, done.stdout, done.stderr)
+    assert done.returncode in ({status} if isinstance(status, int) else status), (done.returncode, done.stderr)
     assert "\n" not in error and "Traceback" not in error and error.startswith(f"etcd-backup {command}"), error
     return error
 
@@ -345,15 +345,19 @@ def test_every_failure_is_one_line_naming_the_cause(server: FakeServer, work: Pa
                      "verify": ["verify", url], "restore": ["restore", url, "--data-dir", str(tmp_path / "restored")]}
         started = time.monotonic()
         errors = []
+        statuses = []
         for command in commands:
             done = etcd_backup(*arguments[command], "--deadline", "2s", cwd=work)
-            errors.append(one_line_failure(done, command))
+            # verify and restore may say "no verdict" (3) for a transfer that failed midway (recovery.verify).
+            errors.append(one_line_failure(done, command, {1, 3} if command in ("verify", "restore") else 1))
+            statuses.append(f"{command} {done.returncode}")
             assert words in errors[-1], (what, errors[-1])
         seconds = time.monotonic() - started
         assert seconds < 10 * len(commands), (what, seconds)
         assert files_under(work) == {}
         report(f"a server that answers with {what}: `etcd-backup {'`, `'.join(commands)}` (URL)",
-               f"each exit 1 in one line, {len(commands)} commands in {seconds:.1f} s: \"{errors[-1]}\"")
+               f"each failed in one line ({', '.join(statuses)}), {len(commands)} commands in {seconds:.1f} s: "
+               f"\"{errors[-1]}\"")
     done = etcd_backup("download", NAME, "--url", dead, "--output-dir", str(tmp_path / "missing"), cwd=work)
     assert "does not exist" in one_line_failure(done, "download")
 
@@ -372,7 +376,7 @@ def test_verify_extracts_0600_and_never_through_a_symlink(service: Service, tmp_
     victim = tmp_path / "victim"
     victim.write_text("an operator's file\n")
     verified.db_path.symlink_to(victim)
-    with pytest.raises(VerifyError) as refused:
+    with pytest.raises(CannotVerify) as refused:  # this host's work dir is at fault, not the backup
         verify_file(archive, work)
     assert victim.read_text() == "an operator's file\n"
     report("verify (and restore, which extracts through it) under umask 000, then with a symlink planted at the "
