@@ -26,6 +26,7 @@ from common.queue import (
     DRILL_JOB,
     ERROR_META,
     HEARTBEAT_TTL,
+    UNCHECKED_META,
     VERIFY_JOB,
     UnreadableJob,
     heartbeat_key,
@@ -159,6 +160,8 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
         return 200, {"message": success, **published}
     status = job.get_status()
     if result is not None or status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        if job.get_meta(refresh=True).get(UNCHECKED_META):  # the check could not be done: no verdict on the backup
+            return 500, {"message": f"could not verify the backup: {_failure_cause(job, result)}"}
         return failure_status, {"message": f"{failure}: {_failure_cause(job, result)}"}
     if worker_lost(job):
         return 500, {"message": f"{failure}: {LOST_CAUSE}"}

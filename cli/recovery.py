@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -24,8 +26,9 @@ from recovery.client import (
     check_given_name,
     one_line,
 )
-from recovery.restore import Member, RestoreError, restore, restore_command
-from recovery.verify import Verified, VerifyError, verify_archive
+from recovery.restore import Member, RestoreError, check_data_dir, restore, restore_command
+from recovery.verify import CannotVerify, Verified, VerifyError, verify_archive, verify_file
+from recovery.workdir import VERIFY_PREFIX, private_workdir
 
 COMMANDS = ("verify", "restore", "download", "list")
 URL_ENV = "ETCD_BACKUP_URL"
@@ -77,22 +80,31 @@ def duration(text: str) -> float:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    # SIGTERM ends the command like Ctrl-C does, through the clean-ups: an extracted database (every
+    # Secret) is never left in a temp dir.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.command == "list":
             print("\n".join(Client(args.url, args.token, deadline=args.deadline).list()))
         elif args.command == "download":
             _download(args)
         elif args.command == "verify":
-            with tempfile.TemporaryDirectory(prefix="etcd-backup-verify-") as work:
-                print(f"{args.source}: {_verify(args, Path(work)).report()}")
+            with private_workdir(VERIFY_PREFIX) as work:
+                print(f"{args.source}: {_verify(args, work).report()}")
         else:
             _restore(args)
     except UsageError as exc:
         _fail(args, exc, status=2)
+    except CannotVerify as exc:  # no verdict: a full disk here, a transfer cut short, no etcd tool
+        _fail(args, exc, status=3)
     except (VerifyError, RestoreError, ClientError) as exc:
         _fail(args, exc, status=1)
-    except OSError as exc:  # this host's side: a full disk, a directory that cannot be written
-        _fail(args, f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", status=1)
+    except OSError as exc:  # this host's side (a full disk, a directory that cannot be written): no verdict
+        _fail(args, f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", status=3)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _fail(args: argparse.Namespace, cause: object, status: int) -> None:
@@ -112,9 +124,9 @@ def _download(args: argparse.Namespace) -> None:
         print(client.download(args.name, args.output_dir, progress))
         return
     verified: list[Verified] = []
-    with tempfile.TemporaryDirectory(prefix="etcd-backup-verify-") as work:
+    with private_workdir(VERIFY_PREFIX) as work:
         path = client.download(args.name, args.output_dir, progress,
-                               check=lambda archive: verified.append(verify_archive(archive, Path(work))))
+                               check=lambda archive: verified.append(verify_archive(archive, work)))
     print(f"{path}: {verified[0].report()}")
 
 
@@ -130,24 +142,19 @@ def _verify(args: argparse.Namespace, work: Path) -> Verified:
             body = Client(base, args.token, deadline=args.deadline).open(path)
             archive = stack.enter_context(io.BufferedReader(body, CHUNK))
         else:
-            try:
-                archive = stack.enter_context(open(source, "rb"))
-            except OSError as exc:
-                raise VerifyError(f"cannot read it: {exc.strerror}") from None
+            return verify_file(Path(source), work, follow_symlinks=True)
         return verify_archive(archive, work)
 
 
 def _restore(args: argparse.Namespace) -> None:
     member = Member(args.name, args.initial_cluster, args.initial_advertise_peer_urls, args.initial_cluster_token)
-    data_dir: Path = args.data_dir.absolute()
-    if data_dir.exists() and any(data_dir.iterdir()):  # before downloading anything
-        raise RestoreError(f"{data_dir} exists and is not empty: refusing to touch it (restore into a new dir)")
+    data_dir = check_data_dir(args.data_dir)  # before downloading or verifying anything
     # The snapshot is extracted beside the data dir: same file system, and no second copy in /tmp.
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as work:
         verified = _verify(args, Path(work))
         print(f"{args.source}: {verified.report()}")
-        print("running: " + " ".join(restore_command(verified.db_path, data_dir, member)))
+        print("running: " + shlex.join(restore_command(verified.db_path, data_dir, member)))
         restore(verified.db_path, data_dir, member)
     etcd = shutil.which("etcd") or "etcd"
     print(f"""restored into {data_dir}. Next:

@@ -168,6 +168,8 @@ def describe_rpc_error(exc: grpc.RpcError, timeout: float) -> str:
 
 def _open_channel(endpoint: str, config: EtcdConfig) -> grpc.Channel:
     parts = urlsplit(endpoint)
+    if parts.scheme == "unix":  # a socket file: the restore drill's etcd, which nothing else can reach
+        return grpc.insecure_channel(f"unix:{parts.path}", options=CHANNEL_OPTIONS)
     target = parts.netloc
     if parts.scheme == "https":
         # No CA configured: gRPC falls back to the system's trusted roots.

@@ -30,12 +30,16 @@ logger = logging.getLogger(__name__)
 
 PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
+PENDING_KEYS = {BACKUP_JOB: PENDING_KEY, DRILL_JOB: "etcd-backup:pending-drill"}
+"""The jobs that coalesce: one queued at a time, which later requests (and ticks) join."""
 LOCK_KEY = "etcd-backup:backup-lock"
 """Held by the worker that is taking a backup, so backups of one cluster run one at a time."""
 HEARTBEAT_TTL = 10.0
 """Seconds a backup job's heartbeat key outlives its worker: a killed worker's POST fails this long after."""
 ERROR_META = "error"
 """job.meta key where a worker puts the cause of a failed backup, for the API's 500 message."""
+UNCHECKED_META = "unchecked"
+"""job.meta key set when a verify job could not do the check (no space, no etcd tool): no verdict, no 422."""
 PUBLISHED_META = "published"
 """job.meta key where a worker puts the new backup's filename and filesize as soon as it is listed:
 the API answers success from it even if the worker dies afterwards (during rotation)."""
@@ -76,26 +80,28 @@ def backup_queue(connection: redis.Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer, job_class=TrustedJob)
 
 
-def enqueue_or_join(queue: Queue) -> Job:
-    """Return the queued, not yet started backup job, enqueueing one if there is none.
+def enqueue_or_join(queue: Queue, function: str = BACKUP_JOB) -> Job:
+    """Return the queued, not yet started backup job (or drill), enqueueing one if there is none.
 
-    A job that is joined has not started, so its snapshot starts after the caller arrived.
+    A job that is joined has not started, so its snapshot starts after the caller arrived. Backups
+    go to the front of the queue: a drill or a verify queued before never delays one.
     """
     connection = queue.connection
+    key = PENDING_KEYS[function]
     while True:
         with connection.pipeline() as pipe:
             try:
                 # The marker and the job are written in one transaction, so a marker never names a
                 # job that is still being enqueued.
-                pipe.watch(PENDING_KEY)  # type: ignore[no-untyped-call]
-                pending = pipe.get(PENDING_KEY)
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                pending = pipe.get(key)
                 if pending is None:
                     pipe.multi()
                     job_id = new_job_id()
-                    pipe.set(PENDING_KEY, job_id, ex=PENDING_TTL)
+                    pipe.set(key, job_id, ex=PENDING_TTL)
                     job = queue.enqueue_call(
-                        BACKUP_JOB, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
-                        failure_ttl=RESULT_TTL, pipeline=pipe,
+                        function, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                        failure_ttl=RESULT_TTL, pipeline=pipe, at_front=function == BACKUP_JOB,
                     )
                     pipe.execute()
                     return job
@@ -106,14 +112,12 @@ def enqueue_or_join(queue: Queue) -> Job:
         if queued is not None and queued.get_status() == JobStatus.QUEUED:
             return queued
         # The marker outlived its job (the job expired or its Redis data was lost): drop it.
-        release_pending(connection, pending_id)
+        release_pending(connection, pending_id, function)
 
 
 def enqueue_drill(queue: Queue) -> Job:
-    """Queue a restore drill of the newest backup (recovery.drill, run by a worker)."""
-    job: Job = queue.enqueue_call(DRILL_JOB, job_id=new_job_id(), timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
-                                  failure_ttl=RESULT_TTL)
-    return job
+    """Queue a restore drill of the newest backup (recovery.drill, run by a worker), or join the queued one."""
+    return enqueue_or_join(queue, DRILL_JOB)
 
 
 def enqueue_verify(queue: Queue, filename: str) -> Job:
@@ -172,15 +176,16 @@ def published_backup(job: Job) -> dict[str, Any] | None:
     return {"filename": value["filename"], "filesize": value["filesize"]}
 
 
-def release_pending(connection: redis.Redis, job_id: str) -> None:
+def release_pending(connection: redis.Redis, job_id: str, function: str = BACKUP_JOB) -> None:
     """Clear the pending marker if it still names `job_id`; new requests then queue a new job."""
+    key = PENDING_KEYS[function]
     with connection.pipeline() as pipe:
         try:
-            pipe.watch(PENDING_KEY)  # type: ignore[no-untyped-call]
-            current = pipe.get(PENDING_KEY)
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            current = pipe.get(key)
             if current is not None and _text(current) == job_id:
                 pipe.multi()
-                pipe.delete(PENDING_KEY)
+                pipe.delete(key)
                 pipe.execute()
         except redis.WatchError:  # someone else changed it: it no longer names job_id
             pass

@@ -1,18 +1,22 @@
 """The restore drill: prove the newest backup restores, by restoring it and running etcd on it.
 
-Verify the archive, restore it with etcd's tool into a temp dir, start a throwaway etcd on free
-loopback ports, check that it serves the backup's revision and key count (from its metadata), stop
-it, clean up. The result goes into the backup's metadata (`drill`, shown by ?detail=true) and into
-Redis for /metrics (`etcd_backup_last_drill_success_timestamp_seconds`).
+Verify the archive (against the digest and size its metadata recorded), restore it with etcd's tool
+into a private work dir, start a throwaway etcd there, check that it serves the backup's revision and
+key count (from its metadata), stop it, clean up. The result goes into the backup's metadata
+(`drill`, shown by ?detail=true) and into Redis for /metrics
+(`etcd_backup_last_drill_success_timestamp_seconds`); a drill that breaks in any way is a failed one.
+
+The throwaway etcd serves the whole keyspace without TLS or auth checks of its own: it listens only
+on unix sockets inside the 0700 work dir, so no other local user can connect, and it dies with the
+worker (SIGKILL on its parent's death); a work dir left by a killed worker is removed when the next
+worker starts (recovery.workdir).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -27,7 +31,8 @@ from common.config import Config, EtcdConfig
 from common.metadata import BackupMetadata, read_metadata, write_metadata
 from common.metrics import record_drill
 from recovery.restore import Member, RestoreError, restore
-from recovery.verify import VerifyError, verify_file
+from recovery.verify import CannotVerify, VerifyError, expected_of, verify_file
+from recovery.workdir import DRILL_PREFIX, private_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +67,24 @@ def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillRes
 def _drill(config: Config, name: str, began: float) -> DrillResult:
     metadata = read_metadata(config.backup_dir, name)
     try:
-        with tempfile.TemporaryDirectory(prefix="etcd-backup-drill-") as work:
-            reason = _restore_and_check(config.backup_dir / name, Path(work), metadata)
+        with private_workdir(DRILL_PREFIX) as work:
+            reason = _restore_and_check(config, config.backup_dir / name, work, metadata)
+    except CannotVerify as exc:
+        reason, passed = f"the drill could not check the backup: {exc}", False
     except (VerifyError, RestoreError, DrillFailed) as exc:
-        return DrillResult(name, False, str(exc), round(time.monotonic() - began, 3))
-    return DrillResult(name, True, reason, round(time.monotonic() - began, 3))
+        reason, passed = str(exc), False
+    except Exception as exc:  # noqa: BLE001 - a drill that breaks is a failed drill, and says why
+        logger.exception("restore drill of %s broke", name)
+        reason, passed = f"the drill broke: {type(exc).__name__}: {exc}", False
+    else:
+        passed = True
+    return DrillResult(name, passed, reason, round(time.monotonic() - began, 3))
 
 
-def _restore_and_check(archive: Path, work: Path, metadata: BackupMetadata | None) -> str:
-    verified = verify_file(archive, work)
-    client_url, peer_url = (f"http://127.0.0.1:{_free_port()}" for _ in range(2))
+def _restore_and_check(config: Config, archive: Path, work: Path, metadata: BackupMetadata | None) -> str:
+    verified = verify_file(archive, work, expected_of(metadata))
+    # unix:// URLs name a socket file relative to etcd's working directory, the 0700 work dir.
+    client_socket, peer_url = "client:1", "unix://peer:2"
     data_dir = work / "data"
     restore(verified.db_path, data_dir, Member(name="drill", initial_cluster=f"drill={peer_url}",
                                                initial_advertise_peer_urls=peer_url))
@@ -81,13 +94,18 @@ def _restore_and_check(archive: Path, work: Path, metadata: BackupMetadata | Non
         raise DrillFailed("etcd is not on the PATH: the drill needs it to start the restored member")
     with open(work / "etcd.log", "wb") as log:
         process = subprocess.Popen(
-            [etcd_bin, "--name", "drill", "--data-dir", str(data_dir), "--listen-client-urls", client_url,
-             "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-             "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"drill={peer_url}"],
-            stdout=log, stderr=subprocess.STDOUT,
+            # setpriv --pdeathsig: the kernel kills etcd if the worker dies (kill -9 included).
+            ["setpriv", "--pdeathsig", "KILL", "--", etcd_bin, "--name", "drill", "--data-dir", str(data_dir),
+             "--listen-client-urls", f"unix://{client_socket}", "--advertise-client-urls", f"unix://{client_socket}",
+             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+             "--initial-cluster", f"drill={peer_url}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=work,
         )
     try:
-        return _check_member(client_url, process, metadata, verified.revision)
+        # The restored database keeps etcd's users and auth setting: log in as the service does.
+        access = EtcdConfig(endpoints=(f"unix://{work / client_socket}",), timeout=2.0,
+                            username=config.etcd.username, password=config.etcd.password)
+        return _check_member(access, process, metadata, verified.revision)
     finally:
         process.terminate()
         try:
@@ -97,14 +115,14 @@ def _restore_and_check(archive: Path, work: Path, metadata: BackupMetadata | Non
             process.wait()
 
 
-def _check_member(url: str, process: subprocess.Popen[bytes], metadata: BackupMetadata | None,
+def _check_member(access: EtcdConfig, process: subprocess.Popen[bytes], metadata: BackupMetadata | None,
                   snapshot_revision: int) -> str:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
             raise DrillFailed(f"the restored etcd exited with status {process.returncode}")
         try:
-            connection = etcd.connect(EtcdConfig(endpoints=(url,), timeout=2.0))
+            connection = etcd.connect(access)
             break
         except etcd.EtcdUnavailable:
             if time.monotonic() > deadline:
@@ -141,10 +159,3 @@ def _record(config: Config, connection: redis.Redis | None, result: DrillResult)
             write_metadata(config.backup_dir, replace(metadata, drill=drill), tag="drill", replace=True)
     if connection is not None:
         record_drill(connection, now.timestamp(), result.backup or "", result.passed, result.reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

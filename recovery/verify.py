@@ -1,6 +1,18 @@
-"""Check a backup archive end to end, streaming: gzip and tar intact, exactly one `.db` member, its
-32-byte SHA-256 trailer matching its data, and the bbolt database itself as etcd's own tool reads
-it (`etcdutl snapshot status`, or `etcdctl snapshot status` with etcd 3.4, found on the PATH).
+"""Check a backup archive end to end, streaming, in flat memory: exactly one gzip member, intact; a tar
+archive holding exactly one `.db` file; its 32-byte SHA-256 trailer matching its data (and the
+digest and size the backup's metadata recorded, when there is metadata); and the bbolt database
+itself as etcd's own tool reads it (`etcdutl snapshot status`, or `etcdctl snapshot status` with etcd
+3.4, found on the PATH).
+
+A backup may come from anyone who could write to backup-dir or sit between a client and the
+service, so nothing it declares is trusted: the tar headers are parsed here, 512 bytes at a time,
+never read whole (`tarfile` reads a long-name or PAX header of any declared size into memory); the
+database may be no larger than etcd's own limit; gzip data is inflated a chunk at a time.
+
+Three outcomes besides "good", with different exceptions, because an operator acts on them
+differently: VerifyError (the backup is bad), CannotVerify (this host could not do the check: a
+full disk, no etcdctl; nothing is known about the backup) and SourceUnreadable (the backup could
+not be read to its end: a transfer cut short; try again).
 """
 
 from __future__ import annotations
@@ -9,22 +21,57 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
-import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from isal import igzip, igzip_lib
+from isal import isal_zlib
+
+from common.metadata import BackupMetadata
 
 TRAILER_SIZE = 32
 CHUNK = 1 << 20
-CORRUPT_DEFLATE: type[Exception] = igzip_lib.IsalError  # type: ignore[assignment]  # the stub says instance
-"""What isal raises for deflate data that cannot be decompressed (not an OSError, unlike zlib's gzip)."""
+BLOCK = 512
+"""tar's block: headers are one block, data is padded to a multiple."""
+MAX_DB_BYTES = 8 << 30
+"""etcd's largest database (its --quota-backend-bytes maximum): a bigger member is no etcd snapshot."""
+MAX_EXTENDED_HEADER = 4 << 10
+"""A long-name or PAX header of more than this is refused: ours have none, Go's tar writes short ones."""
+MAX_END_PADDING = 64 << 10
+"""Zeros allowed after the tar's end (GNU tar pads to 10 KiB records)."""
+GZIP_WBITS = 31
+"""zlib's window bits for the gzip format: header, deflate data, CRC-32 and length checked."""
+CORRUPT_DEFLATE: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # the stub says instance
+"""What isal raises for gzip data that cannot be inflated or whose checks fail."""
 
 
 class VerifyError(Exception):
     """The backup is bad; the message says how."""
+
+
+class CannotVerify(Exception):
+    """The check could not be done here (no space to extract, no etcd tool); says nothing of the backup."""
+
+
+class SourceUnreadable(CannotVerify):
+    """The backup could not be read to its end (a transfer cut short, a read error); try again."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the backup's metadata recorded about its database: the check must find exactly that."""
+
+    db_size: int
+    db_sha256: str
+
+
+def expected_of(metadata: BackupMetadata | None) -> Expected | None:
+    """What a backup's metadata says its database is, for verify_archive to hold it to."""
+    return Expected(metadata.db_size, metadata.db_sha256) if metadata is not None else None
 
 
 @dataclass(frozen=True)
@@ -44,58 +91,193 @@ class Verified:
                 f"{self.total_size} bytes, hash {self.hash:08x}, sha256 {self.db_sha256}")
 
 
-def verify_archive(archive: BinaryIO, workdir: Path) -> Verified:
+def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None) -> Verified:
     """Check the archive read from `archive` and extract its snapshot into `workdir`."""
-    try:
-        gz = igzip.IGzipFile(fileobj=archive, mode="rb")  # type: ignore[no-untyped-call]
-        with gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-            db_path, db_size, digest = _extract_single_db(tar, workdir)
-    except (OSError, EOFError, tarfile.TarError, CORRUPT_DEFLATE) as exc:
-        # igzip raises BadGzipFile (an OSError) for a bad header or CRC, EOFError when cut short,
-        # IsalError for corrupt deflate data.
-        raise VerifyError(f"not an intact .tar.gz: {exc}") from None
+    stream = _OneGzipMember(archive)
+    db_path, db_size, digest = _extract_single_db(stream, workdir, expected)
+    stream.check_ended()
     status = snapshot_status(db_path)
     return Verified(db_path=db_path, db_size=db_size, db_sha256=digest, revision=int(status["revision"]),
                     total_keys=int(status["totalKey"]), total_size=int(status["totalSize"]),
                     hash=int(status["hash"]))
 
 
-def verify_file(path: Path, workdir: Path) -> Verified:
-    with open(path, "rb") as archive:
-        return verify_archive(archive, workdir)
+def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False) -> Verified:
+    """Check the backup file at `path`. In backup-dir a symlink is refused (someone put it there);
+    an operator's own path (`follow_symlinks`) may be one."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        # O_NONBLOCK: a FIFO in the backup's place is refused below, never waited on.
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise VerifyError(f"cannot open it: {exc.strerror}") from None
+    with open(fd, "rb") as archive:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VerifyError("it is not a regular file")
+        return verify_archive(archive, workdir, expected)
 
 
-def _extract_single_db(tar: tarfile.TarFile, workdir: Path) -> tuple[Path, int, str]:
-    members = iter(tar)
-    member = next(members, None)
+class _OneGzipMember:
+    """The inflated bytes of exactly one gzip member, a chunk at a time; what follows it is refused."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.inflater = isal_zlib.decompressobj(GZIP_WBITS)
+        self.buffer = bytearray()
+
+    def read(self, size: int) -> bytes:
+        """Return `size` bytes, fewer only where the member ends."""
+        while len(self.buffer) < size and not self.inflater.eof:
+            compressed = self.inflater.unconsumed_tail or _read_source(self.raw, CHUNK)
+            if not compressed:
+                raise VerifyError("not an intact .tar.gz: the compressed data ends before its end marker (truncated)")
+            try:
+                self.buffer += self.inflater.decompress(compressed, CHUNK)
+            except CORRUPT_DEFLATE as exc:  # a bad header, bad deflate data, a wrong CRC-32 or length
+                raise VerifyError(f"not an intact .tar.gz: {exc}") from None
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def check_ended(self) -> None:
+        """After the tar's end: only zero padding, then the gzip member's end, then nothing."""
+        padding = 0
+        while chunk := self.read(CHUNK):
+            padding += len(chunk)
+            if chunk.count(0) != len(chunk) or padding > MAX_END_PADDING:
+                raise VerifyError("unexpected data after the end of the tar archive")
+        if self.inflater.unused_data or _read_source(self.raw, 1):
+            raise VerifyError("more than one gzip member: data after the end of the archive")
+
+
+def _read_source(raw: BinaryIO, size: int) -> bytes:
+    try:
+        return raw.read(size)
+    except VerifyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file's EIO, a socket's reset, the client's own error
+        raise SourceUnreadable(f"could not read the backup to its end ({exc}); this says nothing about the "
+                               "backup itself: try again") from None
+
+
+def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected | None) -> tuple[Path, int, str]:
+    member = _next_member(stream)
     if member is None:
         raise VerifyError("the archive is empty")
-    if not member.isreg() or not member.name.endswith(".db") or "/" in member.name:
-        raise VerifyError(f"expected one snapshot file (*.db), found {member.name!r}")
-    if member.size < TRAILER_SIZE:
-        raise VerifyError(f"{member.name} has {member.size} bytes: too short to hold a snapshot")
-    source = tar.extractfile(member)
-    assert source is not None
-    db_path = workdir / member.name
-    data_left = member.size - TRAILER_SIZE
+    name, size = member
+    if not name.endswith(".db") or "/" in name or name in (".db", "..db"):
+        raise VerifyError(f"expected one snapshot file (*.db), found {name[:100]!r}")
+    if not TRAILER_SIZE <= size <= MAX_DB_BYTES + TRAILER_SIZE:
+        raise VerifyError(f"{name} declares {size} bytes: no etcd snapshot has that size "
+                          f"({TRAILER_SIZE} to {MAX_DB_BYTES + TRAILER_SIZE})")
+    if expected is not None and size != expected.db_size + TRAILER_SIZE:
+        raise VerifyError(f"{name} holds a {size - TRAILER_SIZE}-byte database, the backup's metadata recorded "
+                          f"{expected.db_size}: this is not the snapshot that was taken")
+    db_path = workdir / name
     digest = hashlib.sha256()
     trailer = b""
+    data_left = size - TRAILER_SIZE
     # 0600 whatever the umask: the snapshot holds every Secret. O_EXCL|O_NOFOLLOW: never written through
     # a file or symlink already at the name.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(db_path, flags, 0o600), "wb") as out:
-        while chunk := source.read(CHUNK):
-            out.write(chunk)
+    with _writing(workdir):
+        out = os.fdopen(os.open(db_path, flags, 0o600), "wb")
+    with out:
+        left = size
+        while left:
+            chunk = stream.read(min(CHUNK, left))
+            if not chunk:
+                raise VerifyError(f"not an intact .tar.gz: {name} ends {left} bytes early (truncated)")
+            left -= len(chunk)
+            with _writing(workdir):
+                out.write(chunk)
             data = chunk[:data_left]
             digest.update(data)
             data_left -= len(data)
             trailer += chunk[len(data):]
+    stream.read(-size % BLOCK)  # the member's padding
     if trailer != digest.digest():
-        raise VerifyError(f"{member.name}: the SHA-256 trailer does not match the data: the snapshot is corrupt")
-    extra = next(members, None)
+        raise VerifyError(f"{name}: the SHA-256 trailer does not match the data: the snapshot is corrupt")
+    if expected is not None and digest.hexdigest() != expected.db_sha256:
+        raise VerifyError(f"{name}: its SHA-256 is not the one the backup's metadata recorded: this is not the "
+                          "snapshot that was taken")
+    extra = _next_member(stream)
     if extra is not None:
-        raise VerifyError(f"expected one snapshot file, found another member {extra.name!r}")
-    return db_path, member.size - TRAILER_SIZE, digest.hexdigest()
+        raise VerifyError(f"expected one snapshot file, found another member {extra[0][:100]!r}")
+    return db_path, size - TRAILER_SIZE, digest.hexdigest()
+
+
+def _next_member(stream: _OneGzipMember) -> tuple[str, int] | None:
+    """The name and size of the next regular file in the tar stream, its data next to read; None at
+    the archive's end."""
+    long_name: str | None = None
+    while True:
+        block = stream.read(BLOCK)
+        if len(block) < BLOCK:
+            raise VerifyError("not an intact .tar.gz: the tar archive ends inside a header (truncated)")
+        if block.count(0) == BLOCK:  # the end of the archive
+            return None
+        if _checksum(block) != _octal(block[148:156], "checksum"):
+            raise VerifyError("not an intact .tar.gz: a tar header's checksum does not match")
+        kind, size = block[156:157], _size(block[124:136])
+        name = long_name or _header_name(block)
+        if kind in (b"L", b"x", b"g"):  # a GNU long name, a PAX header: bounded, then the member it describes
+            if size > MAX_EXTENDED_HEADER:
+                raise VerifyError(f"a tar extended header of {size} bytes (at most {MAX_EXTENDED_HEADER}): "
+                                  "no etcd-backup archive has one")
+            data = stream.read(size)
+            stream.read(-size % BLOCK)
+            long_name = _extended_name(kind, data) or long_name
+            continue
+        if kind not in (b"0", b"\0"):
+            raise VerifyError(f"expected one snapshot file (*.db), found {name[:100]!r} of tar type {kind!r}")
+        return name, size
+
+
+def _header_name(block: bytes) -> str:
+    name = block[0:100].split(b"\0", 1)[0]
+    if block[257:262] == b"ustar" and (prefix := block[345:500].split(b"\0", 1)[0]):
+        name = prefix + b"/" + name
+    return name.decode("utf-8", "replace")
+
+
+def _extended_name(kind: bytes, data: bytes) -> str | None:
+    if kind == b"L":
+        return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+    for record in data.split(b"\n"):  # PAX: "<length> <key>=<value>"
+        _, _, pair = record.partition(b" ")
+        key, _, value = pair.partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def _size(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256, for members over 8 GiB
+        return int.from_bytes(field[1:], "big")
+    return _octal(field, "size")
+
+
+def _octal(field: bytes, what: str) -> int:
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits or b"0", 8)
+    except ValueError:
+        raise VerifyError(f"not an intact .tar.gz: a tar header's {what} is not a number") from None
+
+
+def _checksum(block: bytes) -> int:
+    return sum(block[:148]) + 8 * 32 + sum(block[156:])
+
+
+@contextmanager
+def _writing(workdir: Path) -> Iterator[None]:
+    """Around a write of the extracted database: a failure there is this host's, not the backup's."""
+    try:
+        yield
+    except OSError as exc:
+        raise CannotVerify(f"cannot write the extracted database in {workdir}: {exc.strerror or exc}; this says "
+                           "nothing about the backup") from None
 
 
 def etcd_tool() -> list[str]:
@@ -104,7 +286,7 @@ def etcd_tool() -> list[str]:
         return [etcdutl]
     if etcdctl := shutil.which("etcdctl"):
         return [etcdctl]
-    raise VerifyError("neither etcdutl nor etcdctl is on the PATH: install etcd's client tools")
+    raise CannotVerify("neither etcdutl nor etcdctl is on the PATH: install etcd's client tools")
 
 
 def tool_environment() -> dict[str, str]:

@@ -7,8 +7,6 @@ installed once by `configure()` when the worker process starts.
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
 from rq import get_current_job
 from rq.job import Job
@@ -16,10 +14,11 @@ from rq.job import Job
 from common import backups, queue
 from common.clock import redis_clock
 from common.config import Config
-from common.metadata import remove_orphan_metadata
+from common.metadata import read_metadata, remove_orphan_metadata
 from common.metrics import record_outcome
 from recovery.drill import run_drill
-from recovery.verify import VerifyError, verify_file
+from recovery.verify import CannotVerify, VerifyError, expected_of, verify_file
+from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat, live_backup
@@ -72,6 +71,8 @@ def restore_drill() -> dict[str, object]:
     config = _configured()
     job = get_current_job()
     assert job is not None, "restore_drill runs only as an RQ job"
+    # From here on, drill ticks queue a new drill: this one is about to pick its backup.
+    queue.release_pending(job.connection, job.id, queue.DRILL_JOB)
     result = run_drill(config, job.connection)
     return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds}
 
@@ -85,8 +86,12 @@ def verify_backup(filename: str) -> dict[str, object]:
     try:
         if path is None:
             raise VerifyError(f"{filename} is not a backup in backup-dir")
-        with tempfile.TemporaryDirectory(prefix="etcd-backup-verify-") as work:
-            verified = verify_file(path, Path(work))
+        with private_workdir(VERIFY_PREFIX) as work:
+            verified = verify_file(path, work, expected_of(read_metadata(config.backup_dir, filename)))
+    except CannotVerify as exc:
+        job.meta[queue.UNCHECKED_META] = True
+        _record_cause(job, exc)
+        raise
     except VerifyError as exc:
         _record_cause(job, exc)
         raise

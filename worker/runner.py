@@ -16,6 +16,7 @@ from rq.worker import WorkerStatus
 from common import backups, queue
 from common.config import Config
 from common.jobs import TrustedJob, refusal
+from recovery.workdir import remove_abandoned_workdirs
 from worker import jobs
 from worker.leases import live_backup
 
@@ -115,8 +116,9 @@ class ThreadWorker(BackupWorker):
 
 
 def prepare(config: Config, connection: redis.Redis) -> None:
-    """Install the config for jobs and remove temp files that a crashed backup left behind."""
+    """Install the config for jobs and remove what a crashed backup, verify or drill left behind."""
     jobs.configure(config)
+    remove_abandoned_workdirs()
     # The live backup that holds the lock (on any worker) keeps its temp file; the others' are dead.
     backups.remove_temp_files(config.backup_dir, lambda: live_backup(connection))
 
