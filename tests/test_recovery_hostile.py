@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -381,3 +382,21 @@ def big_backup(big_etcd: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -
     (work / "snapshot-20260101_000000.db").unlink()
     yield archive
 
+
+
+def test_the_verify_endpoint_without_space_to_extract_says_no_verdict(
+    service: Service, backup: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, report: Report
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k,mode=0700", "tmpfs", str(small)], check=True)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(small))  # the worker thread's temp dir
+        answer = service.client.post(f"/api/v1/backup/{backup.name}/verify")
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    message = answer.get_json()["message"]
+    assert answer.status_code == 500 and message.startswith("could not verify the backup: "), message
+    assert "says nothing about the backup" in message
+    report("POST .../verify when the worker has no space to extract the database",
+           f"500 (not 422: no verdict on the backup): {message[:110]!r}")
