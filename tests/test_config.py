@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from common.config import Config, ConfigError, load_config, parse_config, parse_duration
+from common.config import Config, ConfigError, effective_config, load_config, parse_config, parse_duration
 from common.queue import connect
 from tests.conftest import Report
 from tests.services import BIN_DIR, RedisServer, free_port
@@ -482,3 +482,10 @@ def test_config_check_refuses_a_bad_config_with_one_line(tmp_path: Path) -> None
     path = written(tmp_path, header(tmp_path) + "etcd: {}\nbackup-timeout: 1ns\n")
     result, _ = etcd_backup("config", "check", "--config", str(path))
     assert refused(result, path, "backup-timeout") == "must be at least 100ms, got '1ns'"
+
+
+def test_a_redis_password_given_as_a_query_is_masked_too(tmp_path: Path) -> None:
+    secret = "Rk2Vn8Qz5Wp"
+    config = parse({"etcd": {}, "backup-dir": str(tmp_path / "b"),
+                    "redis-url": f"redis://127.0.0.1:6379/0?password={secret}&socket_timeout=5"})
+    assert effective_config(config)["redis-url"] == "redis://127.0.0.1:6379/0?password=***&socket_timeout=5"
