@@ -160,3 +160,13 @@ def make_service(
 @pytest.fixture
 def service(make_service: Callable[..., Service]) -> Service:
     return make_service()
+
+
+@pytest.fixture
+def backup(service: Service, etcd: EtcdServer) -> Path:
+    """A real backup, taken after writing /recovery/key-0..9."""
+    client = etcd.client()
+    for number in range(10):
+        client.put(f"/recovery/key-{number}", f"value-{number}")
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    return service.config.backup_dir / name

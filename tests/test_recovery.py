@@ -25,16 +25,6 @@ from tests.services import Deployment, EtcdServer, wait_until
 from tests.test_schedule import TICK
 
 
-@pytest.fixture
-def backup(service: Service, etcd: EtcdServer) -> Path:
-    """A real backup, taken after writing /recovery/key-0..9."""
-    client = etcd.client()
-    for number in range(10):
-        client.put(f"/recovery/key-{number}", f"value-{number}")
-    name = service.client.post("/api/v1/backup").get_json()["filename"]
-    return service.config.backup_dir / name
-
-
 def snapshot_of(archive: Path) -> tuple[str, bytes]:
     with tarfile.open(archive) as tar:
         member = tar.getmembers()[0]

@@ -36,15 +36,6 @@ AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-group
 ETCD_BACKUP = str(Path(sys.executable).parent / "etcd-backup")
 
 
-@pytest.fixture
-def backup(service: Service, etcd: EtcdServer) -> Path:
-    client = etcd.client()
-    for number in range(10):
-        client.put(f"/hostile/key-{number}", f"value-{number}")
-    name = service.client.post("/api/v1/backup").get_json()["filename"]
-    return service.config.backup_dir / name
-
-
 def tar_header(name: bytes, size: int, kind: bytes = b"0") -> bytes:
     """One ustar header block with a correct checksum, declaring whatever it is told to."""
     block = bytearray(512)
