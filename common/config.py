@@ -450,9 +450,10 @@ def _redis_url_problem(url: str) -> str | None:
 
 
 def _api_token(value: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
-    token = value or environ.get(API_TOKEN_ENV) or None
+    # A token written but empty is a mistake, not a wish for an open API: refused like a short one.
+    token = value if value is not None else environ.get(API_TOKEN_ENV) or None
     if token is not None and len(token) < MIN_API_TOKEN_LENGTH:
-        key = "api-token" if value else API_TOKEN_ENV
+        key = "api-token" if value is not None else API_TOKEN_ENV
         raise ConfigError(key, f"must be at least {MIN_API_TOKEN_LENGTH} characters long")
     return token
 

@@ -16,7 +16,7 @@ import yaml
 
 from common.config import Config, ConfigError, effective_config, load_config, parse_config, parse_duration
 from common.queue import connect
-from tests.conftest import Report
+from tests.conftest import ConfigFactory, Report
 from tests.services import BIN_DIR, RedisServer, free_port
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -489,3 +489,9 @@ def test_a_redis_password_given_as_a_query_is_masked_too(tmp_path: Path) -> None
     config = parse({"etcd": {}, "backup-dir": str(tmp_path / "b"),
                     "redis-url": f"redis://127.0.0.1:6379/0?password={secret}&socket_timeout=5"})
     assert effective_config(config)["redis-url"] == "redis://127.0.0.1:6379/0?password=***&socket_timeout=5"
+
+
+def test_an_empty_api_token_is_refused_not_taken_for_none(write_config: ConfigFactory) -> None:
+    """`api-token: ""` must not silently leave the API open (it fell back to no token before)."""
+    with pytest.raises(ConfigError, match="api-token: must be at least 16 characters"):
+        load_config(write_config(api_token=""), environ={})
