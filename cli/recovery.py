@@ -26,7 +26,7 @@ from recovery.client import (
     check_given_name,
     one_line,
 )
-from recovery.restore import Member, RestoreError, check_data_dir, restore, restore_command
+from recovery.restore import Member, RestoreError, check_data_dir, restore
 from recovery.verify import CannotVerify, Verified, VerifyError, verify_archive, verify_file
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 
@@ -154,8 +154,7 @@ def _restore(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as work:
         verified = _verify(args, Path(work))
         print(f"{args.source}: {verified.report()}")
-        print("running: " + shlex.join(restore_command(verified.db_path, data_dir, member)))
-        restore(verified.db_path, data_dir, member)
+        restore(verified.db_path, data_dir, member, announce=lambda command: print("running: " + shlex.join(command)))
     etcd = shutil.which("etcd") or "etcd"
     print(f"""restored into {data_dir}. Next:
   - one member: start etcd on it, e.g.

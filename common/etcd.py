@@ -71,7 +71,15 @@ class EtcdConnection:
     channel: grpc.Channel
     metadata: Metadata
     status: etcdrpc.StatusResponse
-    currency: Currency
+    currency: Currency | None
+    """None for a connection made without the proof (the restore drill's own throwaway etcd)."""
+
+    @property
+    def proof(self) -> Currency:
+        """The proof that the member is current; connect() makes it unless told not to."""
+        if self.currency is None:
+            raise RuntimeError(f"connected to {self.endpoint} without proving it current")
+        return self.currency
 
     def snapshot(self) -> SnapshotStream:
         """Start the Maintenance.Snapshot stream (no deadline: a big database takes a while)."""
@@ -99,9 +107,10 @@ class EtcdConnection:
         self.close()
 
 
-def connect(config: EtcdConfig) -> EtcdConnection:
+def connect(config: EtcdConfig, prove: bool = True) -> EtcdConnection:
     """Return a connection to the first endpoint, in configured order, that answers in time and
-    proves current: a member cut off from the quorum answers too, with old data."""
+    proves current: a member cut off from the quorum answers too, with old data. `prove=False` skips
+    the proof (a throwaway single member, whose auth may not let us read)."""
     problems = []
     for endpoint in config.endpoints:
         channel = _open_channel(endpoint, config)
@@ -110,7 +119,7 @@ def connect(config: EtcdConfig) -> EtcdConnection:
             status = etcdrpc.MaintenanceStub(channel).Status(
                 etcdrpc.StatusRequest(), timeout=config.timeout, metadata=metadata
             )
-            currency = prove_current(channel, metadata, status, config.timeout)
+            currency = prove_current(channel, metadata, status, config.timeout) if prove else None
         except (grpc.RpcError, NotCurrent) as exc:
             channel.close()
             why = describe_rpc_error(exc, config.timeout) if isinstance(exc, grpc.RpcError) else f"not current: {exc}"

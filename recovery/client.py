@@ -359,7 +359,8 @@ def _read_capped(body: Body, limit: int) -> bytes:
 def _announced(body: Body, path: str, have: int) -> tuple[int, tuple[str, str] | None]:
     """The size of the whole backup the answer announces, and its SHA-256 with the header that said so."""
     length = body.header("Content-Length")
-    if length is None or not length.isdigit():
+    # ASCII digits only, and not too many: str.isdigit() also takes "²", which int() refuses.
+    if length is None or not (length.isascii() and length.isdigit() and len(length) <= 18):
         raise ClientError(f"GET {path}: the service sent no Content-Length ({shown(length)}): a cut download "
                           "could not be told from a whole one")
     if body.status == 206:

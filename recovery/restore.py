@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,23 +66,28 @@ def check_data_dir(data_dir: Path) -> Path:
     return path
 
 
-def restore(db_path: Path, data_dir: Path, member: Member) -> list[str]:
+def restore(db_path: Path, data_dir: Path, member: Member,
+            announce: Callable[[list[str]], object] = lambda command: None) -> list[str]:
     """Restore `db_path` (a snapshot with its SHA-256 trailer, which the tool checks) into `data_dir`.
 
-    Refuses a data dir that check_data_dir refuses; a restore that fails leaves no partial data dir
-    (a rerun would refuse it). Returns the command it ran.
+    Refuses a data dir that check_data_dir refuses. etcd's tool restores into a staging dir of ours
+    beside it, which is then renamed into place: rename(2) fails rather than replace a data dir that
+    is not empty (another restore's, finished meanwhile), and a failed restore removes only its own
+    staging dir, never a data dir it did not make. `announce(command)` runs just before the tool.
+    Returns the command it ran.
     """
     data_dir = check_data_dir(data_dir)
-    if data_dir.exists():
-        data_dir.rmdir()  # etcd's tool wants to create it
-    command = restore_command(db_path, data_dir, member)
-    try:
+    with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as staging:
+        staged = Path(staging) / "data"
+        command = restore_command(db_path, staged, member)
+        announce(command)
         done = subprocess.run(command, capture_output=True, text=True, env=tool_environment(), timeout=3600)
-    except BaseException:  # a timeout, a SIGTERM: what the tool wrote so far is of no use
-        shutil.rmtree(data_dir, ignore_errors=True)
-        raise
-    if done.returncode != 0:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RestoreError(f"{shlex.join(command)} failed: {reason}")
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RestoreError(f"{shlex.join(command)} failed: {reason}")
+        try:
+            os.rename(staged, data_dir)  # onto nothing or an empty dir; never onto a data dir with files
+        except OSError as exc:
+            raise RestoreError(f"{data_dir} could not take the restored data ({exc.strerror}): another restore "
+                               "may have filled it meanwhile; nothing of it was touched") from None
     return command

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -43,6 +44,12 @@ MAX_EXTENDED_HEADER = 4 << 10
 """A long-name or PAX header of more than this is refused: ours have none, Go's tar writes short ones."""
 MAX_END_PADDING = 64 << 10
 """Zeros allowed after the tar's end (GNU tar pads to 10 KiB records)."""
+MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.db")
+"""The snapshot's name in the archive: a plain file name (no path, NUL, control character or 300
+characters a file system would refuse), as etcd-backup and the original service write it."""
+BBOLT_MAGIC = 0xED0CDAED
+"""bbolt's magic number, in the meta page that opens every etcd database."""
+BBOLT_META_PAGE = 0x04
 GZIP_WBITS = 31
 """zlib's window bits for the gzip format: header, deflate data, CRC-32 and length checked."""
 CORRUPT_DEFLATE: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # the stub says instance
@@ -165,7 +172,7 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
     if member is None:
         raise VerifyError("the archive is empty")
     name, size = member
-    if not name.endswith(".db") or "/" in name or name in (".db", "..db"):
+    if not MEMBER_NAME.fullmatch(name):
         raise VerifyError(f"expected one snapshot file (*.db), found {name[:100]!r}")
     if not TRAILER_SIZE <= size <= MAX_DB_BYTES + TRAILER_SIZE:
         raise VerifyError(f"{name} declares {size} bytes: no etcd snapshot has that size "
@@ -188,6 +195,8 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
             chunk = stream.read(min(CHUNK, left))
             if not chunk:
                 raise VerifyError(f"not an intact .tar.gz: {name} ends {left} bytes early (truncated)")
+            if left == size and not _opens_like_bbolt(chunk):  # before writing a byte of a fake
+                raise VerifyError(f"{name} is not an etcd database: it does not open with bbolt's meta page")
             left -= len(chunk)
             with _writing(workdir):
                 out.write(chunk)
@@ -205,6 +214,13 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
     if extra is not None:
         raise VerifyError(f"expected one snapshot file, found another member {extra[0][:100]!r}")
     return db_path, size - TRAILER_SIZE, digest.hexdigest()
+
+
+def _opens_like_bbolt(data: bytes) -> bool:
+    """Whether `data` starts with a bbolt meta page: its page flags, then the magic number. A database
+    of zeros (a small archive inflating to gigabytes on disk) is refused before it is written."""
+    return (len(data) >= 20 and int.from_bytes(data[8:10], "little") == BBOLT_META_PAGE
+            and int.from_bytes(data[16:20], "little") == BBOLT_MAGIC)
 
 
 def _next_member(stream: _OneGzipMember) -> tuple[str, int] | None:

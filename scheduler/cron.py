@@ -88,7 +88,7 @@ def _unchanged_since(config: Config, connection: redis.Redis) -> str | None:
         return None
     try:
         with etcd.connect(config.etcd) as member:
-            revision = member.currency.cluster_revision
+            revision = member.proof.cluster_revision
     except etcd.EtcdUnavailable as exc:
         logger.warning("skip-unchanged cannot read etcd's revision, backing up anyway: %s", exc)
         return None

@@ -258,6 +258,8 @@ BAD_DOWNLOADS: dict[str, tuple[Answer, str, bool]] = {
     # what the server does, words the error has, whether a .part is kept to resume
     "cut short (Content-Length 300000, 150000 sent)": (send_file(sent=150_000), "150000 of 300000 bytes", True),
     "no Content-Length": (send_file(length=None), "no Content-Length", False),
+    "a Content-Length of '\u00b2' (a digit to str.isdigit, not to int)": (
+        send_file(length=None, headers={"Content-Length": "\u00b2"}), "no Content-Length", False),
     "a wrong X-Backup-Sha256": (send_file(headers=_digest_headers("0" * 64)), "SHA-256", False),
     "a wrong Repr-Digest": (send_file(headers=_repr_digest(b"other bytes")), "SHA-256", False),
     "an X-Backup-Sha256 that is no SHA-256": (send_file(headers=_digest_headers("zz")), "X-Backup-Sha256", False),

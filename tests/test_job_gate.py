@@ -278,7 +278,7 @@ def test_garbage_in_rqs_own_keys_does_not_stop_a_worker(
     assert service.worker is not None and service.worker._thread is not None
     answer = service.client.post("/api/v1/backup")
     assert answer.status_code == 200, answer.get_json()
-    service.worker.clean_registries()  # and again, as it does every few minutes
+    service.worker.run_maintenance_tasks()  # and again, as the worker does every few minutes
     assert service.worker._thread.is_alive()
     assert service.client.post("/api/v1/backup").status_code == 200
     report(f"{plant}, planted in Redis before a worker starts", "the worker started, skipped it (logged), and "

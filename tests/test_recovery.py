@@ -50,6 +50,10 @@ def test_verify_a_good_backup(backup: Path, tmp_path: Path, capsys: pytest.Captu
     assert capsys.readouterr().out.startswith(f"{backup}: good: revision {metadata.revision}, ")
 
 
+BBOLT_LOOKALIKE = (bytes(8) + (4).to_bytes(2, "little") + bytes(6) + (0xED0CDAED).to_bytes(4, "little")
+                   + b"\x07" * 16364)
+"""A meta page's flags and magic number, then garbage: past verify's own check, refused by etcd's tool."""
+
 BAD_BACKUPS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "corrupt compressed data": (lambda good, path: _write(path, _flip_archive(good.read_bytes())),
                                 "not an intact .tar.gz"),
@@ -64,8 +68,10 @@ BAD_BACKUPS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
                       "found another member 'notes.txt'"),
     "not a .db member": (lambda good, path: write_tar_gz(path, [("etc/passwd", b"root:x:0:0")]),
                          "expected one snapshot file (*.db), found 'etc/passwd'"),
-    "a database etcd cannot read": (lambda good, path: write_tar_gz(path, [_with_trailer(b"\x07" * 16384)]),
+    "a database etcd cannot read": (lambda good, path: write_tar_gz(path, [_with_trailer(BBOLT_LOOKALIKE)]),
                                     "snapshot status refused the database"),
+    "no bbolt database at all": (lambda good, path: write_tar_gz(path, [_with_trailer(bytes(16384))]),
+                                 "is not an etcd database"),
 }
 
 

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
 from cli.recovery import main
+from common.etcd import EtcdConnection
 from common.metadata import read_metadata
 from common.queue import backup_queue, enqueue_drill, enqueue_or_join
 from recovery import drill
@@ -293,10 +298,46 @@ def test_a_drill_of_a_cluster_with_auth_passes(tmp_path: Path, make_service: Cal
                                                "password": "root-password"})
         assert service.client.post("/api/v1/backup").status_code == 200
         result = drill.run_drill(service.config, redis_conn)
+        # A certificate user's config has no username/password: the drill cannot log in on its socket.
+        anonymous = replace(service.config, etcd=replace(service.config.etcd, username=None, password=None))
+        began = time.monotonic()
+        without = drill.run_drill(anonymous, redis_conn)
+        seconds = time.monotonic() - began
     finally:
         secured.stop()
     assert result.passed, result.reason
-    report("restore drill of a cluster with etcd auth enabled", f"passed: {result.reason}")
+    assert without.passed and "its keys were not counted" in without.reason and seconds < 30, without
+    report("restore drill of a cluster with etcd auth enabled; then with no username/password in the config "
+           "(a certificate user)", f"passed: {result.reason}; without credentials, passed in {seconds:.1f} s: "
+           f"{without.reason!r}")
+
+
+def test_a_compaction_between_proof_and_snapshot_does_not_fail_the_drill(
+    service: Service, etcd: EtcdServer, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, report: Report
+) -> None:
+    client = etcd.client()
+    for number in range(5):
+        client.put("/compacted/key", f"value-{number}")
+    snapshot = EtcdConnection.snapshot
+
+    def compact_first(connection: EtcdConnection) -> object:
+        # Another client compacts at the newest revision in the gap between the proof and the stream.
+        client.put("/compacted/key", "last")
+        etcdctl("compaction", str(_revision(etcd)), endpoint=etcd.url)
+        return snapshot(connection)
+
+    monkeypatch.setattr(EtcdConnection, "snapshot", compact_first)
+    assert service.client.post("/api/v1/backup").status_code == 200
+    monkeypatch.undo()
+    result = drill.run_drill(service.config, redis_conn)
+    assert result.passed and "is compacted in the snapshot" in result.reason, result
+    report("a compaction past the recorded revision between the quorum proof and the snapshot",
+           f"the drill passed: {result.reason!r}")
+
+
+def _revision(member: EtcdServer) -> int:
+    return int(json.loads(etcdctl("endpoint", "status", "-w", "json", endpoint=member.url).stdout)[0]["Status"]
+               ["header"]["revision"])
 
 
 def test_a_drill_that_breaks_is_recorded_as_failed(service: Service, backup: Path, redis_conn: redis.Redis,
@@ -391,3 +432,48 @@ def test_the_verify_endpoint_without_space_to_extract_says_no_verdict(
     assert "says nothing about the backup" in message
     report("POST .../verify when the worker has no space to extract the database",
            f"500 (not 422: no verdict on the backup): {message[:110]!r}")
+
+
+ODD_NAMES = {
+    "a PAX path with a NUL byte": gzip_of(tar_header(b"pax", 22, b"x"), b"22 path=snap\x00shot.db\n".ljust(512, b"\0"),
+                                          tar_header(b"x.db", 64), bytes(512)),
+    "a 300-character .db name": gzip_of(tar_header(b"././@LongLink", 304, b"L"),
+                                        (b"a" * 300 + b".db").ljust(512, b"\0"), tar_header(b"x.db", 64), bytes(512)),
+    "a .db of zeros, not bbolt": gzip_of(tar_header(b"snap.db", 64), bytes(512), bytes(1024)),
+}
+
+
+@pytest.mark.parametrize("odd", ODD_NAMES)
+def test_an_odd_archive_is_a_bad_backup_in_one_line(odd: str, tmp_path: Path, report: Report) -> None:
+    path = tmp_path / "odd.tar.gz"
+    path.write_bytes(ODD_NAMES[odd])
+    status, message, _ = peak_rss_of_verify(path, tmp_path)
+    assert status == 1, message  # the backup is bad: not 3 (no verdict), not a traceback
+    assert not list(tmp_path.glob("etcd-backup-verify-*"))
+    report(f"`etcd-backup verify` of an archive with {odd}", f"exit 1, one line: {message.split(': ', 1)[1]!r}")
+
+
+def test_two_restores_into_one_data_dir_never_lose_it(backup: Path, tmp_path: Path, report: Report) -> None:
+    """Two restores at once into the same new data dir: one wins; the other fails without touching it."""
+    outcomes: Counter[str] = Counter()
+    for round_ in range(5):
+        data_dir = tmp_path / f"round{round_}" / "data"
+        data_dir.parent.mkdir()
+        results: list[int] = []
+
+        def restore_it(results: list[int] = results, data_dir: Path = data_dir) -> None:
+            done = subprocess.run([ETCD_BACKUP, "restore", str(backup), "--data-dir", str(data_dir)],
+                                  capture_output=True, text=True, timeout=120)
+            results.append(done.returncode)
+
+        threads = [threading.Thread(target=restore_it) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(150)
+        outcomes[",".join(map(str, sorted(results)))] += 1
+        assert 0 in results and (data_dir / "member").is_dir(), results  # a success always left its data dir
+        assert not list(data_dir.parent.glob(".etcd-backup-restore-*"))
+    report("two `etcd-backup restore` into the same new data dir at once, 5 rounds",
+           f"exit statuses {dict(outcomes)}: every round one restore won and its data dir is there; the other "
+           "failed without touching it")

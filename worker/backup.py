@@ -47,7 +47,7 @@ def take_backup(config: Config, temp_tag: str, now: Clock = local_now,
         raise BackupError(str(exc)) from None
     with connection:
         started, name = _fresh_name(config, now)
-        status, currency = connection.status, connection.currency
+        status, currency = connection.status, connection.proof
         # The snapshot starts after the linearizable read that gave this revision: it holds at least it.
         revision = currency.cluster_revision
         key_count, key_count_error = _key_count(connection, revision, config)
