@@ -178,14 +178,14 @@ def test_a_dead_jobs_failure_callback_is_never_imported(
     make_service: Callable[..., Service], canary: Canary, report: Report
 ) -> None:
     """RQ's registry clean-up calls the failure callback of a job whose worker died: not ours."""
-    service = make_service()
+    service = make_service(worker=False)
     connection = service.connection
     plant_job(connection, "evil-started", [BACKUP_JOB, None, [], {}], push=False, status="started",
               failure_callback_name=canary.function)
-    connection.zadd(StartedJobRegistry(QUEUE_NAME, connection=connection).key, {"evil-started:execution1": 1})
-    assert service.worker is not None
-    service.worker.clean_registries()
-    assert connection.zcard(StartedJobRegistry(QUEUE_NAME, connection=connection).key) == 0  # it did clean up
+    started = StartedJobRegistry(QUEUE_NAME, connection=connection).key
+    connection.zadd(started, {"evil-started:execution1": 1})
+    service.start_worker()  # its clean-up at start finds the dead job (one worker at a time holds RQ's lock)
+    wait_until(lambda: connection.zcard(started) == 0, 30, "the worker's clean-up of the dead job")
     assert canary.untouched()
     report("a 'started' job with a failure callback planted in RQ's started-jobs registry, expired (RQ's clean-up "
            "calls the callback of a job whose worker died)", "cleaned up; the callback was never imported or called")
