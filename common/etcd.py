@@ -170,7 +170,7 @@ def describe_rpc_error(exc: grpc.RpcError, timeout: float) -> str:
         return f"unreachable ({details})"
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED) and "auth" in details:
         return f"authentication refused ({details})"
-    if code == grpc.StatusCode.PERMISSION_DENIED:
+    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:  # etcd 3.4 says Unknown too
         return f"permission denied ({details}); snapshots need etcd's root role"
     return f"{code.name if code else 'error'}: {details}"
 

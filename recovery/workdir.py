@@ -15,6 +15,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +41,12 @@ def private_workdir(prefix: str) -> Iterator[Path]:
         os.close(lock)
 
 
-def remove_abandoned_workdirs(base: Path | None = None) -> list[Path]:
+MIN_AGE = 60.0
+"""Seconds a work dir's lock file must have existed before it may be taken for abandoned: its maker
+creates the file, then locks it; in between, the directory is new, not dead."""
+
+
+def remove_abandoned_workdirs(base: Path | None = None, min_age: float = MIN_AGE) -> list[Path]:
     """Remove the work directories whose process died; return them."""
     removed = []
     base = base or Path(tempfile.gettempdir())
@@ -56,6 +62,8 @@ def remove_abandoned_workdirs(base: Path | None = None) -> list[Path]:
         except OSError:  # gone meanwhile, or no lock file: not one we made
             continue
         try:
+            if time.time() - os.fstat(lock).st_mtime < min_age:
+                raise BlockingIOError  # just made: its process may not have locked it yet
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a live process uses it
             os.close(lock)
