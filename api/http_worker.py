@@ -178,9 +178,9 @@ class RequestFirstWorker(ThreadWorker):  # type: ignore[misc]
             lengths = _CONTENT_LENGTH.findall(head)
             # Several or no lengths: gunicorn's parser decides (a 400, or no body). A length of more
             # digits than any body we take is not even parsed (int() refuses over 4,300 digits).
-            length = int(lengths[0]) if len(lengths) == 1 and len(lengths[0]) <= 18 else 0
-            complete = len(body) >= length
-            too_large = length > MAX_BODY_BYTES or (len(lengths) == 1 and len(lengths[0]) > 18)
+            digits = lengths[0] if len(lengths) == 1 else b"0"
+            too_large = len(digits) > 18 or int(digits) > MAX_BODY_BYTES
+            complete = too_large or len(body) >= int(digits)
         if too_large:
             self._refuse(incoming, 413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         elif complete:

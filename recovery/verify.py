@@ -160,8 +160,6 @@ class _OneGzipMember:
 def _read_source(raw: BinaryIO, size: int) -> bytes:
     try:
         return raw.read(size)
-    except VerifyError:
-        raise
     except Exception as exc:  # noqa: BLE001 - a file's EIO, a socket's reset, the client's own error
         raise SourceUnreadable(f"could not read the backup to its end ({exc}); this says nothing about the "
                                "backup itself: try again") from None
