@@ -1,4 +1,4 @@
-"""The REST API: lists and serves backups from backup-dir, enqueues backup jobs. Never imports `worker`."""
+"""The REST API: lists and serves backups from the store, enqueues backup jobs. Never imports `worker`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from api.server import WAITING_REQUESTS
 from api.state import State
 from common import queue
 from common.config import Config
+from common.storage import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)),
-                                      threading.BoundedSemaphore(WAITING_REQUESTS))
+                                      store=open_store(config),
+                                      waiting_slots=threading.BoundedSemaphore(WAITING_REQUESTS))
     if config.open_to_the_network:
         logger.warning("%s (set api-token)", meta.auth_detail(config))
     errors.init_app(app)

@@ -1,21 +1,24 @@
-"""The seed's three endpoints: list, download and create backups."""
+"""The original etcd-backup's three endpoints: list, download and create backups (and verify one)."""
 
 from __future__ import annotations
 
 import base64
-from pathlib import Path
+from datetime import UTC, datetime
 
-from flask import Blueprint, Response, abort, jsonify, request, send_file
+from flask import Blueprint, Response, abort, jsonify, request
 from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
 from werkzeug.routing import BaseConverter
+from werkzeug.wsgi import wrap_file
 
 from api.jobs import wait_for_job
 from api.state import state
 from common import backups
 from common.clock import redis_clock
-from common.metadata import read_metadata
+from common.metadata import BackupMetadata
 from common.queue import enqueue_or_join, enqueue_verify
+from common.storage import BackupStore
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
 
@@ -41,39 +44,54 @@ DETAIL_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
 @bp.get("")
 def list_backups() -> Response:
-    """List complete backups, oldest first: names (the seed's answer), or with ?detail=true their metadata."""
+    """List complete backups, oldest first: names (the original's answer), or with ?detail=true their metadata."""
     current = state()
-    backup_dir = current.config.backup_dir
     # Backups named in the future come first: a client's "latest" (the last) is never one of them.
-    names = backups.list_backups(backup_dir, redis_clock(current.queue.connection)())
+    names = current.store.list_backups(redis_clock(current.queue.connection)())
     detail = request.args.get("detail", "false").lower()
     if detail not in DETAIL_VALUES:
         abort(400, description=f"detail must be true or false, got {detail[:20]!r}")
     if not DETAIL_VALUES[detail]:
         return jsonify(names)
-    return jsonify([_detail(backup_dir, name) for name in names])
+    return jsonify([_detail(current.store, name) for name in names])
 
 
-def _detail(backup_dir: Path, name: str) -> dict[str, object]:
-    metadata = read_metadata(backup_dir, name)
+def _detail(store: BackupStore, name: str) -> dict[str, object]:
+    metadata = store.read_metadata(name)
     if metadata is not None:
         return metadata.to_json()
-    # Taken before metadata was recorded (or put there by hand): what the directory tells.
-    try:
-        size = (backup_dir / name).stat().st_size
-    except FileNotFoundError:  # rotated away since the listing
-        size = 0
-    return {"filename": name, "filesize": size}
+    # Taken before metadata was recorded (or put there by hand): what the store tells.
+    stored = store.stat(name)
+    return {"filename": name, "filesize": stored.size if stored is not None else 0}  # 0: rotated away since
 
 
 @bp.get("/<any_name:filename>")
 def download_backup(filename: str) -> Response:
-    """Send one backup file; HEAD, Range and conditional requests come with send_file."""
-    path = _existing_backup(filename)
+    """Send one backup file, with HEAD, Range and conditional requests (as werkzeug's send_file would)."""
+    _check_name(filename)
+    store = state().store
+    metadata = store.read_metadata(filename)
+    opened = store.open(filename)  # month 13 included: not found
+    if opened is None:
+        abort(404, description=f"{filename} not found")
     _ignore_unservable_range()
-    response = send_file(path, mimetype="application/gzip", as_attachment=True, download_name=filename,
-                         conditional=True, etag=True)
-    metadata = read_metadata(state().config.backup_dir, filename)
+    response = Response(wrap_file(request.environ, opened.file), mimetype="application/gzip",
+                        direct_passthrough=True)
+    response.content_length = opened.stored.size
+    response.last_modified = datetime.fromtimestamp(opened.stored.modified, UTC)
+    response.cache_control.no_cache = True
+    response.set_etag(opened.stored.etag)
+    response.headers.set("Content-Disposition", "attachment", filename=filename)
+    _describe_content(response, metadata)
+    try:
+        response.make_conditional(request.environ, accept_ranges=True, complete_length=opened.stored.size)
+    except RequestedRangeNotSatisfiable:
+        opened.file.close()
+        raise
+    return response
+
+
+def _describe_content(response: Response, metadata: BackupMetadata | None) -> None:
     if metadata is not None:  # as etcd-operator's backup sidecar does
         response.headers["X-Etcd-Revision"] = str(metadata.revision)
         response.headers["X-Etcd-Version"] = metadata.etcd_version
@@ -83,35 +101,32 @@ def download_backup(filename: str) -> Response:
         response.headers["X-Backup-Sha256"] = metadata.archive_sha256
         digest = base64.b64encode(bytes.fromhex(metadata.archive_sha256)).decode()
         response.headers["Repr-Digest"] = f"sha-256=:{digest}:"
-    return response
 
 
 def _ignore_unservable_range() -> None:
     """Drop a Range header that asks for several ranges or that does not parse: RFC 9110 lets a server
-    ignore it and send the whole file (200); send_file would answer 416. One range past the end of the
-    file still gets 416, as the RFC wants."""
+    ignore it and send the whole file (200); make_conditional would answer 416. One range past the end of
+    the file still gets 416, as the RFC wants."""
     value = request.headers.get("Range")
     parsed = parse_range_header(value) if value is not None else None
     if value is not None and (parsed is None or len(parsed.ranges) != 1):
         request.environ.pop("HTTP_RANGE")
 
 
-def _existing_backup(filename: str) -> Path:
-    """The path of backup `filename`; 400 for a name that is no backup name, 404 for a missing backup."""
+def _check_name(filename: str) -> None:
+    """400 for a name that is no backup name."""
     if not backups.BACKUP_NAME.fullmatch(filename):
         shown = filename[:MAX_NAME_IN_MESSAGE] + ("..." if len(filename) > MAX_NAME_IN_MESSAGE else "")
         abort(400, description=f"invalid backup file name {shown!r}: expected snapshot-YYYYMMDD_HHMMSS.tar.gz")
-    path = backups.backup_path(state().config.backup_dir, filename)  # month 13 included: not found
-    if path is None:
-        abort(404, description=f"{filename} not found")
-    return path
 
 
 @bp.post("/<any_name:filename>/verify")
 def verify_backup(filename: str) -> tuple[Response, int]:
     """Check a backup as `etcd-backup verify` does, on a worker, and answer with the result."""
-    _existing_backup(filename)
+    _check_name(filename)
     current = state()
+    if current.store.stat(filename) is None:
+        abort(404, description=f"{filename} not found")
     return wait_for_job(enqueue_verify(current.queue, filename), current.config.backup_timeout)
 
 

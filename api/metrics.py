@@ -1,4 +1,4 @@
-"""GET /metrics in Prometheus' text format: what backup-dir holds (read on each scrape) and the
+"""GET /metrics in Prometheus' text format: what the store holds (read on each scrape) and the
 outcome counters that workers and schedulers keep in Redis (common.metrics)."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from rq.registry import FailedJobRegistry
 from api.state import State, state
 from common import backups
 from common.clock import redis_clock
-from common.metadata import read_metadata
 from common.metrics import read_drill, read_durations, read_outcomes, skip_wrong_type
 
 bp = Blueprint("metrics", __name__)
@@ -33,24 +32,20 @@ class BackupCollector(Collector):
     def __init__(self, current: State) -> None:
         self.config = current.config
         self.queue = current.queue
+        self.store = current.store
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("etcd_backup_api_auth_enabled",
                                 "1 when the API needs a token; 0: anyone who reaches it can download every Secret.",
                                 value=0 if self.config.api_token is None else 1)
-        yield from self._from_backup_dir()
+        yield from self._from_store()
         yield from self._from_redis()
 
-    def _from_backup_dir(self) -> Iterator[Metric]:
-        backup_dir = self.config.backup_dir
+    def _from_store(self) -> Iterator[Metric]:
         now = redis_clock(self.queue.connection)()
-        names = backups.list_backups(backup_dir, now)
-        sizes = []
-        for name in names:
-            try:
-                sizes.append((backup_dir / name).stat().st_size)
-            except FileNotFoundError:  # deleted since the listing
-                continue
+        names = self.store.list_backups(now)
+        # None: deleted since the listing.
+        sizes = [stored.size for stored in map(self.store.stat, names) if stored is not None]
         yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(sizes))
         yield GaugeMetricFamily("etcd_backup_backups_on_disk_bytes", "Bytes of the backups in backup-dir.",
                                 value=sum(sizes))
@@ -59,7 +54,7 @@ class BackupCollector(Collector):
                                 "Backups named in the future (a host's clock was ahead): never counted as the newest.",
                                 value=future)
         newest_name = backups.newest(names, now)
-        newest = read_metadata(backup_dir, newest_name) if newest_name is not None else None
+        newest = self.store.read_metadata(newest_name) if newest_name is not None else None
         if newest is None:
             return
         # When it was complete by the clock that took it (not its name), and never later than now: a

@@ -1,4 +1,4 @@
-"""What the views need from the app: the config and the backup queue, built once by create_app."""
+"""What the views need from the app: the config, the job queue and the backup store, built once by create_app."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flask import current_app
 from rq import Queue
 
 from common.config import Config
+from common.storage import BackupStore
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class State:
 
     config: Config
     queue: Queue
+    store: BackupStore
     waiting_slots: threading.BoundedSemaphore
     """One per request that may wait for its job (a POST); the others answer 202 at once."""
 

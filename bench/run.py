@@ -30,7 +30,8 @@ from typing import Any
 from bench.fill import ETCD_FLAGS, fill
 from bench.services import NGINX_BIN, Nginx, peak_rss
 from common.backups import backup_name
-from common.metadata import BackupMetadata, write_metadata
+from common.metadata import BackupMetadata
+from common.storage import LocalStore
 from tests.services import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, Deployment, EtcdServer, RedisServer, http
 
 MB = 1 << 20
@@ -144,12 +145,13 @@ class Benchmark:
         self.log(f"GET /api/v1/backup with {count} backups")
         lister = Deployment(self.work / "lister", [self.etcd.url], rotate=count)
         lister.backup_dir.mkdir(mode=0o700)
+        store = LocalStore(lister.backup_dir)
         first = datetime(2026, 1, 1, tzinfo=UTC)
         for number in range(count):
             started = first + timedelta(hours=number)
             name = backup_name(started)
             (lister.backup_dir / name).touch(0o600)
-            write_metadata(lister.backup_dir, BackupMetadata(
+            store.update_metadata(BackupMetadata(
                 filename=name, filesize=0, cluster_id="cdf818194e3a8c32", member_id="8e9e05c52164694d",
                 endpoint=self.etcd.url, revision=number + 1, etcd_version="3.4.23", db_size=0,
                 db_sha256="0" * 64, started=started.isoformat(), duration=1.0), tag="bench")

@@ -15,7 +15,6 @@ import yaml
 
 from cli import recovery
 from common import queue, retention
-from common.backups import list_backups
 from common.clock import redis_clock
 from common.config import (
     CONFIG_ENV,
@@ -25,6 +24,7 @@ from common.config import (
     exit_unless_shared_queue,
     load_config_or_exit,
 )
+from common.storage import open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -102,10 +102,11 @@ def prune(config: Config, dry_run: bool) -> None:
     # The clock that names the backups (Redis'), not this host's: a clock behind would take new
     # backups for backups named in the future.
     now = redis_clock(queue.connect(config) if config.redis_url is not None else None)()
+    store = open_store(config)
     if dry_run:
-        decisions = retention.plan(list_backups(config.backup_dir), now, config.rotate, config.retention)
+        decisions = retention.plan(store.list_backups(), now, config.rotate, config.retention)
     else:
-        decisions = retention.prune(config.backup_dir, now, config.rotate, config.retention)
+        decisions = retention.prune(store, now, config.rotate, config.retention)
     for decision in decisions:
         verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
         print(f"{verdict:12} {decision.name}  {decision.reason}")

@@ -1,29 +1,15 @@
-"""What is recorded about each backup, in a JSON file beside its archive in backup-dir.
+"""What is recorded about each backup, as JSON kept beside its archive by the store (common.storage).
 
-`snapshot-YYYYMMDD_HHMMSS.tar.gz.json` goes with `snapshot-YYYYMMDD_HHMMSS.tar.gz`: written (atomically)
-just before the archive is linked into place, deleted with it. backup-dir stays the single source of
-truth: Redis may be empty, the list with details and the metrics still know every backup.
+`snapshot-YYYYMMDD_HHMMSS.tar.gz.json` goes with `snapshot-YYYYMMDD_HHMMSS.tar.gz`: published with it,
+deleted with it. The store stays the single source of truth: Redis may be empty, the list with
+details and the metrics still know every backup.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import stat
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
-
-from common.backups import (
-    METADATA_SUFFIX,
-    fsync_dir,
-    is_backup_name,
-    metadata_name,
-    remove_file,
-    report_once,
-    temp_name,
-)
 
 MAX_METADATA_BYTES = 64 << 10
 """A metadata file is under 1 KiB; a bigger one is not ours, and is not read (nor held in memory)."""
@@ -75,87 +61,13 @@ class BackupMetadata:
         # Not dataclasses.asdict(): its deep copy was half the time of a 1,000-backup detail listing.
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
-
-def write_metadata(backup_dir: Path, metadata: BackupMetadata, tag: str, replace: bool = False) -> None:
-    """Write the metadata file of `metadata.filename` durably, via a temp file tagged `tag`.
-
-    Like archives, a new one is linked into place (FileExistsError rather than replacing another's);
-    `replace=True` updates the metadata of an existing backup (to record a drill), atomically.
-    """
-    final = backup_dir / metadata_name(metadata.filename)
-    temp = backup_dir / temp_name(metadata_name(metadata.filename), tag)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(metadata.to_json(), out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        if replace:
-            os.replace(temp, final)
-        else:
-            os.link(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
-    fsync_dir(backup_dir)
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), indent=1).encode()
 
 
-def read_metadata(backup_dir: Path, archive_name: str) -> BackupMetadata | None:
-    """The metadata of a backup, or None if it has none (taken by an older version, or by hand), or
-    if what is there is no regular file of ours (logged)."""
-    path = backup_dir / metadata_name(archive_name)
-    raw = _read_regular_file(path, MAX_METADATA_BYTES)
-    if raw is None:
-        return None
+def parse_metadata(raw: bytes) -> BackupMetadata | None:
+    """The metadata in `raw` (as to_bytes wrote it), or None if it is not backup metadata."""
     try:
         return BackupMetadata(**json.loads(raw))
     except (ValueError, TypeError):
-        report_once(path, "skipped: not backup metadata")
         return None
-
-
-def _read_regular_file(path: Path, limit: int) -> bytes | None:
-    """The bytes of `path` if it is a regular file of at most `limit` bytes, else None (logged if it is there).
-
-    O_NOFOLLOW: a symlink (to /dev/zero, to another user's file) is never followed. O_NONBLOCK: opening
-    a FIFO does not wait for a writer, and fstat() then tells it is no file. A file that grows after
-    fstat() is still read no further than the limit.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        report_once(path, "skipped: a symlink" if exc.errno == errno.ELOOP else f"skipped: {exc.strerror}")
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            report_once(path, "skipped: not a regular file")
-            return None
-        data = b""
-        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        report_once(path, f"skipped: larger than {limit} bytes")
-        return None
-    return data
-
-
-def remove_metadata(backup_dir: Path, archive_name: str) -> None:
-    remove_file(backup_dir / metadata_name(archive_name))
-
-
-def remove_orphan_metadata(backup_dir: Path) -> list[str]:
-    """Remove metadata files whose archive is gone (a crash between the two links); call only while
-    holding the backup lock, when no backup is between writing its metadata and linking its archive."""
-    removed = []
-    with os.scandir(backup_dir) as entries:
-        names = [entry.name for entry in entries]
-    present = set(names)
-    for name in names:
-        archive = name.removesuffix(METADATA_SUFFIX)
-        if name != archive and is_backup_name(archive) and archive not in present:
-            if remove_file(backup_dir / name):
-                removed.append(name)
-    return removed

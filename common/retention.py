@@ -1,4 +1,4 @@
-"""Which backups to keep: the seed's `rotate` (keep the newest N), and the optional `retention`
+"""Which backups to keep: the original etcd-backup's `rotate` (keep the newest N), and the optional `retention`
 section: a maximum age, and a tiered policy (everything from the last hour, then the newest backup
 of each hour, day and week for so many hours, days and weeks; as gardener's etcd-backup-restore and
 kops' etcd-manager keep theirs).
@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from common import backups
 from common.config import RetentionConfig
+from common.storage import BackupStore
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ def plan(names: list[str], now: datetime, rotate: int, retention: RetentionConfi
     return decisions
 
 
-def prune(backup_dir: Path, now: datetime, rotate: int, retention: RetentionConfig | None,
+def prune(store: BackupStore, now: datetime, rotate: int, retention: RetentionConfig | None,
           protect: str | None = None) -> list[Decision]:
     """Delete the backups (and their metadata) that `plan` does not keep; return the decisions."""
-    decisions = plan(backups.list_backups(backup_dir, now), now, rotate, retention, protect)
+    decisions = plan(store.list_backups(now), now, rotate, retention, protect)
     for decision in decisions:
-        if not decision.keep and backups.delete_backup(backup_dir, decision.name):
+        if not decision.keep and store.delete(decision.name):
             logger.info("removed %s: %s", decision.name, decision.reason)
     return decisions
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 import redis
@@ -28,10 +29,11 @@ import redis
 from common import backups, etcd
 from common.clock import redis_clock
 from common.config import Config, EtcdConfig
-from common.metadata import BackupMetadata, read_metadata, write_metadata
+from common.metadata import BackupMetadata
 from common.metrics import record_drill
+from common.storage import BackupStore, open_store
 from recovery.restore import Member, RestoreError, restore
-from recovery.verify import CannotVerify, VerifyError, expected_of, verify_file
+from recovery.verify import CannotVerify, VerifyError, expected_of, verify_archive
 from recovery.workdir import DRILL_PREFIX, private_workdir
 
 logger = logging.getLogger(__name__)
@@ -55,20 +57,24 @@ class DrillResult:
 def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillResult:
     """Drill the newest backup; record and return the result."""
     began = time.monotonic()
-    newest = backups.newest(backups.list_backups(config.backup_dir), redis_clock(connection)())
+    store = open_store(config)
+    newest = backups.newest(store.list_backups(), redis_clock(connection)())
     if newest is None:
         result = DrillResult(None, False, "no backup to drill", 0.0)
     else:
-        result = _drill(config, newest, began)
-    _record(config, connection, result)
+        result = _drill(config, store, newest, began)
+    _record(store, connection, result)
     return result
 
 
-def _drill(config: Config, name: str, began: float) -> DrillResult:
-    metadata = read_metadata(config.backup_dir, name)
+def _drill(config: Config, store: BackupStore, name: str, began: float) -> DrillResult:
+    metadata = store.read_metadata(name)
     try:
-        with private_workdir(DRILL_PREFIX) as work:
-            reason = _restore_and_check(config, config.backup_dir / name, work, metadata)
+        opened = store.open(name)
+        if opened is None:
+            raise DrillFailed(f"{name} is gone from {store.where} (rotated away since it was picked?)")
+        with opened.file as archive, private_workdir(DRILL_PREFIX) as work:
+            reason = _restore_and_check(config, archive, work, metadata)
     except CannotVerify as exc:
         reason, passed = f"the drill could not check the backup: {exc}", False
     except (VerifyError, RestoreError, DrillFailed) as exc:
@@ -81,8 +87,8 @@ def _drill(config: Config, name: str, began: float) -> DrillResult:
     return DrillResult(name, passed, reason, round(time.monotonic() - began, 3))
 
 
-def _restore_and_check(config: Config, archive: Path, work: Path, metadata: BackupMetadata | None) -> str:
-    verified = verify_file(archive, work, expected_of(metadata))
+def _restore_and_check(config: Config, archive: BinaryIO, work: Path, metadata: BackupMetadata | None) -> str:
+    verified = verify_archive(archive, work, expected_of(metadata))
     # unix:// URLs name a socket file relative to etcd's working directory, the 0700 work dir.
     client_socket, peer_url = "client:1", "unix://peer:2"
     data_dir = work / "data"
@@ -154,17 +160,17 @@ def _check_member(access: EtcdConfig, process: subprocess.Popen[bytes], metadata
         return f"the restored etcd serves revision {revision} with {keys} keys, as recorded"
 
 
-def _record(config: Config, connection: redis.Redis | None, result: DrillResult) -> None:
+def _record(store: BackupStore, connection: redis.Redis | None, result: DrillResult) -> None:
     now = datetime.now(UTC)
     outcome = "passed" if result.passed else "failed"
     log = logger.info if result.passed else logger.error
     log("restore drill of %s %s in %.1fs: %s", result.backup, outcome, result.seconds, result.reason)
     if result.backup is not None:
-        metadata = read_metadata(config.backup_dir, result.backup)
+        metadata = store.read_metadata(result.backup)
         if metadata is not None:
             drill = {"time": now.isoformat(timespec="seconds"), "outcome": outcome, "reason": result.reason,
                      "seconds": result.seconds}
-            write_metadata(config.backup_dir, replace(metadata, drill=drill), tag="drill", replace=True)
+            store.update_metadata(replace(metadata, drill=drill), tag="drill")
     if connection is not None:
         record_drill(connection, now.timestamp(), result.backup or "", result.passed, result.reason)
 

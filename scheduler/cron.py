@@ -25,7 +25,6 @@ from rq.job import Job
 from common import backups, etcd
 from common.clock import redis_clock
 from common.config import Config, next_fire
-from common.metadata import read_metadata
 from common.metrics import record_outcome
 from common.queue import (
     BACKUP_JOB,
@@ -37,6 +36,7 @@ from common.queue import (
     enqueue_or_join,
     retry_until_redis_answers,
 )
+from common.storage import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,9 @@ def run_drill_tick(config: Config, connection: redis.Redis, tick: datetime, sche
 
 def _unchanged_since(config: Config, connection: redis.Redis) -> str | None:
     """The newest backup's name if etcd's revision is still the one its snapshot holds, else None."""
-    name = backups.newest(backups.list_backups(config.backup_dir), redis_clock(connection)())
-    newest = read_metadata(config.backup_dir, name) if name is not None else None
+    store = open_store(config)
+    name = backups.newest(store.list_backups(), redis_clock(connection)())
+    newest = store.read_metadata(name) if name is not None else None
     if newest is None:
         return None
     try:

@@ -23,7 +23,7 @@ import redis
 import yaml
 from rq import Worker
 
-from common.backups import is_temp_name, list_backups
+from common.storage.local import LocalStore, is_temp_name
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -308,7 +308,7 @@ class Deployment:
         return answer
 
     def backups(self) -> list[str]:
-        return list_backups(self.backup_dir)
+        return LocalStore(self.backup_dir).list_backups()
 
     def temp_files(self) -> list[str]:
         return sorted(name for name in os.listdir(self.backup_dir) if is_temp_name(name))

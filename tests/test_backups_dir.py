@@ -1,4 +1,4 @@
-"""backup-dir rules: names, listing, temp-file cleanup (pure units on a temp dir)."""
+"""Backup names, and the local store's temp-file and orphan cleanup (pure units on a temp dir)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from common import backups
+from common.storage.local import LocalStore, temp_name
 
 
 def touch(directory: Path, *names: str) -> None:
@@ -33,9 +34,10 @@ def test_not_backup_names(name: str) -> None:
 
 
 def test_remove_temp_files_removes_only_temp_files_of_backups_that_lost_the_lock(tmp_path: Path) -> None:
-    dead = backups.temp_name("snapshot-20240101_000000.tar.gz", "1a2b")
-    active = backups.temp_name("snapshot-20240101_000001.tar.gz", "3c4d")
+    dead = temp_name("snapshot-20240101_000000.tar.gz", "1a2b")
+    active = temp_name("snapshot-20240101_000001.tar.gz", "3c4d")
+    store = LocalStore(tmp_path)
     touch(tmp_path, dead, active, "snapshot-20240101_000000.tar.gz", ".bashrc")
-    assert backups.remove_temp_files(tmp_path, lambda: "3c4d") == [dead]
+    assert store.remove_unpublished(lambda: "3c4d") == [dead]
     assert sorted(os.listdir(tmp_path)) == sorted([active, ".bashrc", "snapshot-20240101_000000.tar.gz"])
-    assert backups.remove_temp_files(tmp_path, lambda: None) == [active]
+    assert store.remove_unpublished(lambda: None) == [active]

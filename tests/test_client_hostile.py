@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from common.metadata import read_metadata
+from common.storage import LocalStore
 from recovery.verify import CannotVerify, verify_file
 from tests.conftest import Report, Service
 from tests.services import BIN_DIR, Deployment, EtcdServer, free_port
@@ -398,7 +398,7 @@ def test_download_verify_from_the_service(tmp_path: Path, etcd: EtcdServer, repo
         done = etcd_backup("download", "latest", "--url", deployment.base, "--verify", cwd=out)
     finally:
         deployment.stop()
-    metadata = read_metadata(deployment.backup_dir, name)
+    metadata = LocalStore(deployment.backup_dir).read_metadata(name)
     digest = hashlib.sha256(body)
     assert status == 200 and metadata is not None
     assert headers["X-Backup-Sha256"] == digest.hexdigest() == metadata.archive_sha256

@@ -18,7 +18,8 @@ import redis
 from common import backups, retention
 from common.clock import redis_clock
 from common.config import RetentionConfig
-from common.metadata import BackupMetadata, read_metadata, write_metadata
+from common.metadata import BackupMetadata
+from common.storage import LocalStore
 from recovery.client import Client
 from recovery.drill import run_drill
 from tests.conftest import Report, Service
@@ -52,7 +53,7 @@ def plant(backup_dir: Path, at: datetime, revision: int | None) -> str:
     name = backups.backup_name(at)
     (backup_dir / name).write_bytes(b"an archive from a host whose clock was ahead")
     if revision is not None:
-        write_metadata(backup_dir, BackupMetadata(
+        LocalStore(backup_dir).update_metadata(BackupMetadata(
             filename=name, filesize=44, cluster_id="1", member_id="2", endpoint="http://ahead:2379",
             revision=revision, etcd_version="3.4.23", db_size=20480, db_sha256="0" * 64,
             started=at.replace(microsecond=0).isoformat(), duration=0.1), tag="planted")
@@ -103,7 +104,7 @@ def test_future_named_backups_are_never_the_newest(make_service: Callable[..., S
         assert listed[-1] == taken[-1], listed  # the client's "latest"
     assert len(set(taken)) == 6
     # Rotation kept the 4 newest real backups; the future-named ones counted as the oldest.
-    assert backups.list_backups(backup_dir) == sorted(taken[-4:])
+    assert LocalStore(backup_dir).list_backups() == sorted(taken[-4:])
     assert all(f"{name} is named more than 60 s after the clock" in caplog.text for name in future)
 
     # Planted again (as a skewed worker still running would): the metrics, the drill and `download
@@ -111,7 +112,7 @@ def test_future_named_backups_are_never_the_newest(make_service: Callable[..., S
     future = [plant(backup_dir, now + timedelta(hours=1) + jitter, revision=999_999),
               plant(backup_dir, now + timedelta(days=3650) + jitter, revision=None)]
     samples = scrape(service)
-    real = read_metadata(backup_dir, taken[-1])
+    real = LocalStore(backup_dir).read_metadata(taken[-1])
     assert real is not None
     assert samples["etcd_backup_last_revision"] == real.revision
     assert samples["etcd_backup_future_backups"] == 2

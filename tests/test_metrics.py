@@ -10,9 +10,9 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import load_config
-from common.metadata import read_metadata
 from common.metrics import DRILL_KEY, DURATION_KEY, OUTCOMES_KEY, record_drill
 from common.queue import QUEUE_NAME
+from common.storage import LocalStore
 from tests.conftest import ConfigFactory, Report, Service
 
 
@@ -33,7 +33,7 @@ def test_metrics_after_a_success_and_a_failure(make_service: Callable[..., Servi
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     failing = make_service(etcd_overrides={"endpoints": ["http://127.0.0.1:1"], "timeout": "1s"})
     assert failing.client.post("/api/v1/backup").status_code == 500
-    metadata = read_metadata(service.config.backup_dir, name)
+    metadata = LocalStore(service.config.backup_dir).read_metadata(name)
     assert metadata is not None
     # The failing service's worker wrote to the same Redis: its failure shows on the other API's scrape.
     samples = scrape(service)

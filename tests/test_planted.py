@@ -18,6 +18,8 @@ import redis
 
 from common import backups, retention
 from common.config import load_config_or_exit
+from common.storage import LocalStore
+from common.storage.local import temp_name
 from recovery.drill import run_drill
 from tests.conftest import ConfigFactory, Report, Service
 
@@ -79,7 +81,7 @@ TARGETS: dict[str, Callable[[str], str]] = {
     "metadata": lambda real: backups.metadata_name(real),
     "backup": lambda real: "snapshot-20200101_000000.tar.gz",
     "orphan-metadata": lambda real: "snapshot-20200101_000001.tar.gz.json",
-    "temp": lambda real: backups.temp_name("snapshot-20200101_000002.tar.gz", "deadbeef"),
+    "temp": lambda real: temp_name("snapshot-20200101_000002.tar.gz", "deadbeef"),
 }
 CASES = [(plant, target) for target in TARGETS for plant in PLANTS
          # A 10 MB file named like a backup or a temp file is a regular file: a (bad) backup, an old temp file.
@@ -150,9 +152,9 @@ def test_a_planted_file_is_skipped_and_logged_everywhere(
     assert posted.status_code == 200, posted.get_json()
     newest = posted.get_json()["filename"]
     pruned, took["prune"] = within_deadline("prune", lambda: retention.prune(
-        backup_dir, datetime.now(UTC), rotate=1, retention=None))
+        LocalStore(backup_dir), datetime.now(UTC), rotate=1, retention=None))
     assert [d.name for d in pruned if d.keep] == [newest]
-    assert backups.list_backups(backup_dir) == [newest]
+    assert LocalStore(backup_dir).list_backups() == [newest]
 
     logged = [record.getMessage() for record in caplog.records if str(planted) in record.getMessage()]
     assert logged and all("skipped" in line for line in logged), caplog.text

@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from cli.main import main
-from common.metadata import read_metadata
 from common.queue import DRILL_JOB
+from common.storage import LocalStore
 from recovery.client import Client
 from recovery.drill import run_drill
 from recovery.verify import VerifyError, verify_file
@@ -42,7 +42,7 @@ def write_tar_gz(path: Path, members: list[tuple[str, bytes]]) -> Path:
 
 def test_verify_a_good_backup(backup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     verified = verify_file(backup, tmp_path)
-    metadata = read_metadata(backup.parent, backup.name)
+    metadata = LocalStore(backup.parent).read_metadata(backup.name)
     assert metadata is not None
     assert verified.revision == metadata.revision and verified.db_sha256 == metadata.db_sha256
     assert verified.total_keys > 0 and verified.total_size == metadata.db_size
@@ -139,7 +139,7 @@ def test_drill_passes_then_fails_on_a_corrupt_backup(service: Service, backup: P
     passed = run_drill(service.config, redis_conn)
     assert passed.passed, passed.reason
     assert passed.backup == backup.name and "keys, as recorded" in passed.reason
-    metadata = read_metadata(backup.parent, backup.name)
+    metadata = LocalStore(backup.parent).read_metadata(backup.name)
     assert metadata is not None and metadata.drill is not None and metadata.drill["outcome"] == "passed"
     detail = service.client.get("/api/v1/backup?detail=true").get_json()
     assert detail[-1]["drill"]["outcome"] == "passed"
@@ -209,7 +209,7 @@ def test_verify_endpoint(service: Service, backup: Path, report: Report) -> None
     response = service.client.post(f"/api/v1/backup/{backup.name}/verify")
     assert response.status_code == 200, response.get_json()
     answer = response.get_json()
-    metadata = read_metadata(backup.parent, backup.name)
+    metadata = LocalStore(backup.parent).read_metadata(backup.name)
     assert metadata is not None
     assert answer["message"] == "backup verified" and answer["filename"] == backup.name
     assert answer["revision"] == metadata.revision and answer["db_sha256"] == metadata.db_sha256

@@ -27,8 +27,8 @@ import redis
 
 from cli.recovery import main
 from common.etcd import EtcdConnection
-from common.metadata import read_metadata
 from common.queue import backup_queue, enqueue_drill, enqueue_or_join
+from common.storage import LocalStore
 from recovery import drill
 from recovery.restore import RestoreError, check_data_dir
 from recovery.verify import CannotVerify, Expected, VerifyError, verify_archive, verify_file
@@ -109,7 +109,7 @@ def test_a_hostile_archive_is_refused_in_flat_memory(bomb: str, tmp_path: Path, 
 def test_a_gigabyte_of_zeros_is_refused_against_the_recorded_size(backup: Path, tmp_path: Path,
                                                                   report: Report) -> None:
     """A 1 MB gzip that inflates to 1 GiB, put over a backup whose metadata records its real size."""
-    metadata = read_metadata(backup.parent, backup.name)
+    metadata = LocalStore(backup.parent).read_metadata(backup.name)
     assert metadata is not None
     name = backup.name.removesuffix(".tar.gz").encode() + b".db"
     backup.write_bytes(gzip.compress(tar_header(name, 1 << 30)) + zero_stream_gzip(1 << 30))
@@ -350,7 +350,7 @@ def test_a_drill_that_breaks_is_recorded_as_failed(service: Service, backup: Pat
     result = drill.run_drill(service.config, redis_conn)
     assert not result.passed and "the drill broke: RuntimeError: something unexpected" in result.reason
     assert "etcd_backup_last_drill_passed 0.0" in service.client.get("/metrics").get_data(as_text=True)
-    metadata = read_metadata(backup.parent, backup.name)
+    metadata = LocalStore(backup.parent).read_metadata(backup.name)
     assert metadata is not None and metadata.drill is not None and metadata.drill["outcome"] == "failed"
     report("a restore drill that hits an unexpected exception", f"recorded as failed: {result.reason!r}")
 

@@ -11,8 +11,9 @@ import yaml
 
 from cli.main import main
 from common import retention
-from common.backups import backup_name, list_backups
+from common.backups import backup_name
 from common.config import ConfigError, RetentionConfig, parse_config
+from common.storage import LocalStore
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
@@ -31,7 +32,7 @@ def test_rotate_keeps_the_newest_by_name_time_and_nothing_else_is_touched(tmp_pa
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / f"{names[0]}.json").write_text("{}")
     os.utime(tmp_path / names[0], (2e9, 2e9))  # mtimes say nothing: the newest file is the oldest backup
-    decisions = retention.prune(tmp_path, NOW, rotate=2, retention=None, protect=names[-1])
+    decisions = retention.prune(LocalStore(tmp_path), NOW, rotate=2, retention=None, protect=names[-1])
     assert kept(decisions) == names[:2:-1]
     assert [d.reason for d in decisions if not d.keep] == ["beyond the newest 2 (rotate)"] * 3
     assert sorted(os.listdir(tmp_path)) == sorted([".snapshot-20240101_000000.tar.gz.ab.part", "README", *names[3:]])
@@ -116,7 +117,7 @@ def test_prune_command_dry_run_then_for_real(tmp_path: Path, capsys: pytest.Capt
                      f"keep         {names[1]}  younger than max-age 5d",
                      f"would delete {names[2]}  older than max-age 5d",
                      f"would delete {names[3]}  older than max-age 5d"]
-    assert list_backups(backup_dir) == sorted(names)
+    assert LocalStore(backup_dir).list_backups() == sorted(names)
     main(["prune", "--config", str(config)])
     assert capsys.readouterr().out.count("deleted ") == 2
-    assert list_backups(backup_dir) == sorted(names[:2])
+    assert LocalStore(backup_dir).list_backups() == sorted(names[:2])

@@ -6,17 +6,19 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from common.metadata import BackupMetadata
+from common.storage import LocalStore, StorageError
 from tests.conftest import Report
-from worker.archive import write_archive
+from worker.archive import WrittenArchive, write_archive
 from worker.errors import SnapshotError
-from worker.snapshot import verified_snapshot
+from worker.snapshot import VerifiedSnapshot
 
 STARTED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 NAME = "snapshot-20240506_070809.tar.gz"
@@ -45,17 +47,18 @@ def database(size: int) -> bytes:
 
 def test_good_stream_yields_data_then_trailer() -> None:
     data = database(100_000)
-    size, chunks = verified_snapshot(etcd_stream(data))
-    assert size == len(data) + 32
-    assert b"".join(chunks) == data + hashlib.sha256(data).digest()
+    snapshot = VerifiedSnapshot(etcd_stream(data))
+    assert snapshot.size == len(data) + 32 and snapshot.db_sha256 is None
+    assert b"".join(snapshot) == data + hashlib.sha256(data).digest()
+    assert snapshot.db_sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_trailer_split_across_messages_is_accepted() -> None:
     data = database(1000)
     whole = data + hashlib.sha256(data).digest()
     messages = [Message(whole[:990], 10), Message(whole[990:1010], 0), Message(whole[1010:], 0)]
-    size, chunks = verified_snapshot(messages)
-    assert b"".join(chunks) == whole and size == len(whole)
+    snapshot = VerifiedSnapshot(messages)
+    assert b"".join(snapshot) == whole and snapshot.size == len(whole)
 
 
 @pytest.mark.parametrize(("messages", "words"), [
@@ -68,19 +71,32 @@ def test_trailer_split_across_messages_is_accepted() -> None:
 ])
 def test_bad_streams_fail(messages: list[Message], words: str) -> None:
     with pytest.raises(SnapshotError, match=words):
-        size, chunks = verified_snapshot(messages)
-        for _ in chunks:
+        for _ in VerifiedSnapshot(messages):
             pass
+
+
+def store_archive(directory: Path, messages: Iterable[Message], level: int = 1) -> WrittenArchive:
+    """Archive a snapshot stream into a local store as a backup does: written unpublished, then published."""
+    snapshot = VerifiedSnapshot(messages)
+    with LocalStore(directory).new_backup(NAME, "t") as pending:
+        written = write_archive(pending, NAME, STARTED, snapshot.size, snapshot, level)
+        assert snapshot.db_sha256 is not None
+        pending.publish(BackupMetadata(
+            filename=NAME, filesize=written.size, archive_sha256=written.sha256, cluster_id="1", member_id="2",
+            endpoint="http://127.0.0.1:2379", revision=1, etcd_version="3.4.23", db_size=snapshot.data_size,
+            db_sha256=snapshot.db_sha256, started=STARTED.isoformat(), duration=0.1))
+    return written
 
 
 def test_archive_is_a_tar_gz_with_the_snapshot_member(tmp_path: Path) -> None:
     data = database(300_000)
-    size, chunks = verified_snapshot(etcd_stream(data))
-    filesize = write_archive(tmp_path, NAME, STARTED, size, chunks, level=1, tag="t")
+    written = store_archive(tmp_path, etcd_stream(data))
     path = tmp_path / NAME
-    assert os.listdir(tmp_path) == [NAME]
-    assert filesize == path.stat().st_size
+    assert sorted(os.listdir(tmp_path)) == [NAME, NAME + ".json"]
+    assert written.size == path.stat().st_size
+    assert written.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / (NAME + ".json")).stat().st_mode) == 0o600
     with tarfile.open(path, "r:gz") as archive:
         (member,) = archive.getmembers()
         assert member.name == "snapshot-20240506_070809.db"
@@ -92,8 +108,7 @@ def test_archive_is_a_tar_gz_with_the_snapshot_member(tmp_path: Path) -> None:
 @pytest.mark.parametrize("level", [0, 3, 9])
 def test_every_gzip_level_gives_the_same_content(tmp_path: Path, level: int) -> None:
     data = database(50_000)
-    size, chunks = verified_snapshot(etcd_stream(data))
-    write_archive(tmp_path, NAME, STARTED, size, chunks, level=level, tag="t")
+    store_archive(tmp_path, etcd_stream(data), level)
     with tarfile.open(tmp_path / NAME, "r:gz") as archive:
         assert archive.extractfile(archive.getmembers()[0]).read()[:-32] == data  # type: ignore[union-attr]
 
@@ -108,17 +123,17 @@ def corrupt_stream(data: bytes) -> Iterator[Message]:
 ], ids=["bad-trailer", "ended-early"])
 def test_failed_stream_leaves_no_file(tmp_path: Path, what: str, messages: object, report: Report) -> None:
     data = database(200_000)
-    size, chunks = verified_snapshot(messages(data))  # type: ignore[operator]
     with pytest.raises(SnapshotError) as failure:
-        write_archive(tmp_path, NAME, STARTED, size, chunks, level=1, tag="t")
+        store_archive(tmp_path, messages(data))  # type: ignore[operator]
     assert os.listdir(tmp_path) == []
     report(f"{what} (a fake stream, unit level)", f"the backup fails: \"{failure.value}\"; nothing written")
 
 
-def test_an_existing_name_is_never_overwritten(tmp_path: Path) -> None:
-    (tmp_path / NAME).write_bytes(b"the older backup")
-    size, chunks = verified_snapshot(etcd_stream(database(1000)))
-    with pytest.raises(FileExistsError):
-        write_archive(tmp_path, NAME, STARTED, size, chunks, level=1, tag="t")
-    assert (tmp_path / NAME).read_bytes() == b"the older backup"
-    assert os.listdir(tmp_path) == [NAME]
+@pytest.mark.parametrize("taken", [[NAME], [NAME, NAME + ".json"]], ids=["archive", "archive-and-metadata"])
+def test_an_existing_name_is_never_overwritten(tmp_path: Path, taken: list[str]) -> None:
+    for name in taken:
+        (tmp_path / name).write_bytes(b"the older backup's")
+    with pytest.raises(StorageError, match="already exists in backup-dir; it was not overwritten"):
+        store_archive(tmp_path, etcd_stream(database(1000)))
+    assert sorted(os.listdir(tmp_path)) == taken
+    assert all((tmp_path / name).read_bytes() == b"the older backup's" for name in taken)

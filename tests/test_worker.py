@@ -14,10 +14,11 @@ import grpc
 import pytest
 import redis
 
-from common.backups import temp_name
 from common.config import load_config
 from common.etcd import EtcdConnection
 from common.queue import LOCK_KEY
+from common.storage import LocalStore
+from common.storage.local import temp_name
 from tests.conftest import ConfigFactory, Report, Service
 from worker import backup
 from worker.errors import BackupError
@@ -129,7 +130,7 @@ def test_a_stream_frozen_before_its_first_message_stalls(write_config: ConfigFac
     config = load_config(write_config())
     began = time.monotonic()
     with pytest.raises(BackupError, match=r"stalled: nothing received for 0.5s"):
-        backup.take_backup(config, temp_tag="job")
+        backup.take_backup(config, LocalStore(config.backup_dir), temp_tag="job")
     waited = time.monotonic() - began
     assert waited < 5 and stream.cancelled.is_set()
     assert os.listdir(backup_dir) == []

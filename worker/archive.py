@@ -1,4 +1,4 @@
-"""Write one snapshot as `snapshot-*.tar.gz`, streaming, atomically, never clobbering a name.
+"""Write one snapshot as a `snapshot-*.tar.gz` archive, streaming.
 
 The archive is built by hand rather than with `tarfile`, which needs a seekable file object or the
 whole member up front: here the member's size is known from etcd's first message, and its bytes
@@ -9,76 +9,39 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from isal import igzip
 
-from common.backups import fsync_dir, member_name, temp_name
+from common.backups import member_name
 from worker.errors import SnapshotError
 
 ISAL_MAX_LEVEL = 3
 """isal compresses levels 0-3 several times faster than zlib; higher levels fall back to zlib."""
 
 
-def write_archive(
-    backup_dir: Path, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int, tag: str,
-    before_publish: Callable[[int, str], object] = lambda size, sha256: None,
-) -> int:
-    """Write the archive `name` into `backup_dir`; return its size in bytes.
+@dataclass(frozen=True)
+class WrittenArchive:
+    size: int
+    """Bytes of the .tar.gz."""
+    sha256: str
+    """The archive's SHA-256, hex: clients check downloads against it."""
 
-    `tag` goes into the temp file's name (common.backups.temp_name). `before_publish(size, sha256)` runs
-    once the archive is complete and durable, just before it becomes visible (to write its metadata);
-    `sha256` is the archive's, hex.
 
-    The bytes go to a hidden temp file that is fsynced, then linked to `name` (link, unlike rename,
-    fails instead of replacing an existing file), then removed. Whatever fails, no temp file and no
-    partial archive remain.
+def write_archive(out: Writable, name: str, started: datetime, member_size: int, chunks: Iterable[bytes],
+                  level: int) -> WrittenArchive:
+    """Write the `.tar.gz` of archive `name` to `out`: one member, the `member_size` bytes of `chunks`.
+
+    The archive is hashed and counted on its way out, which costs no second read of it.
     """
-    temp = backup_dir / temp_name(name, tag)
-    # 0600: a snapshot holds every secret stored in etcd.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            hashing = _HashingWriter(raw)
-            _write_tar_gz(hashing, name, started, member_size, chunks, level)
-            raw.flush()
-            os.fsync(raw.fileno())
-            size = os.fstat(raw.fileno()).st_size
-        before_publish(size, hashing.digest.hexdigest())
-        os.link(temp, backup_dir / name)
-    finally:
-        temp.unlink(missing_ok=True)
-    fsync_dir(backup_dir)
-    return size
-
-
-class _HashingWriter:
-    """The archive's file, hashing what gzip writes to it: clients check downloads against the archive's
-    SHA-256, and hashing on the way costs no second read of the file."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
-def _write_tar_gz(
-    raw: _HashingWriter, name: str, started: datetime, member_size: int, chunks: Iterable[bytes], level: int
-) -> None:
+    counted = _CountingWriter(out)
     opener = igzip.IGzipFile if level <= ISAL_MAX_LEVEL else gzip.GzipFile
     # filename= sets the name recorded in the gzip header (without ".gz"), not the temp file's.
-    with opener(filename=name, mode="wb", compresslevel=level, fileobj=raw, mtime=int(started.timestamp())) as gz:
+    with opener(filename=name, mode="wb", compresslevel=level, fileobj=counted, mtime=int(started.timestamp())) as gz:
         gz.write(_tar_header(member_name(name), member_size, started))
         written = 0
         for chunk in chunks:
@@ -87,6 +50,30 @@ def _write_tar_gz(
         if written != member_size:
             raise SnapshotError(f"snapshot has {written} bytes, etcd announced {member_size}")
         gz.write(_tar_end(member_size))
+    return WrittenArchive(size=counted.size, sha256=counted.digest.hexdigest())
+
+
+class Writable(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class _CountingWriter:
+    """Passes what gzip writes on to `out`, hashing and counting it."""
+
+    def __init__(self, out: Writable) -> None:
+        self.out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def _tar_header(member: str, size: int, mtime: datetime) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
@@ -16,11 +15,12 @@ from etcd3 import etcdrpc
 from common import backups, etcd, retention
 from common.clock import Clock, local_now
 from common.config import Config
-from common.metadata import BackupMetadata, remove_metadata, write_metadata
-from worker.archive import write_archive
+from common.metadata import BackupMetadata
+from common.storage import BackupStore, PendingBackup, StorageError
+from worker.archive import WrittenArchive, write_archive
 from worker.errors import BackupError
 from worker.pipeline import Stalled, read_ahead
-from worker.snapshot import TRAILER_SIZE, verified_snapshot
+from worker.snapshot import VerifiedSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -31,74 +31,82 @@ STALL_SECONDS = 15.0
 without pauses, and gRPC's keepalive alone takes about a minute to notice a frozen peer."""
 
 
-def take_backup(config: Config, temp_tag: str, now: Clock = local_now,
+def take_backup(config: Config, store: BackupStore, temp_tag: str, now: Clock = local_now,
                 published: Callable[[BackupMetadata], object] = lambda metadata: None) -> BackupMetadata:
-    """Take one backup; raise BackupError naming the cause. The caller holds the backup lock.
+    """Take one backup into `store`; raise BackupError naming the cause. The caller holds the backup lock.
 
-    `temp_tag` (the job's id) goes into the temp file's name, to tell whose it is. `now` is the
-    clock that names the backup and ages the others (common.clock: Redis' when there are workers).
-    `published(metadata)` runs as soon as the backup is listed, before rotation: whatever happens
-    after, the backup exists.
+    `temp_tag` (the job's id) marks the unpublished backup as this job's. `now` is the clock that names
+    the backup and ages the others (common.clock: Redis' when there are workers). `published(metadata)`
+    runs as soon as the backup is listed, before rotation: whatever happens after, the backup exists.
     """
     began = time.monotonic()
-    try:
-        connection = etcd.connect(config.etcd)
-    except etcd.EtcdUnavailable as exc:
-        raise BackupError(str(exc)) from None
-    with connection:
-        started, name = _fresh_name(config, now)
-        status, currency = connection.status, connection.proof
+    with _current_member(config) as connection:
+        started, name = _fresh_name(store, now)
         # The snapshot starts after the linearizable read that gave this revision: it holds at least it.
-        revision = currency.cluster_revision
-        key_count, key_count_error = _key_count(connection, revision, config)
-        digests: list[bytes] = []
-        recorded: list[BackupMetadata] = []
-
-        def record(archive_size: int, archive_sha256: str) -> None:
-            metadata = BackupMetadata(
-                filename=name, filesize=archive_size, archive_sha256=archive_sha256,
-                cluster_id=f"{status.header.cluster_id:x}", member_id=f"{status.header.member_id:x}",
-                endpoint=connection.endpoint,
-                revision=revision, etcd_version=status.version,
-                db_size=member_size - TRAILER_SIZE, db_sha256=digests[0].hex(), started=started.isoformat(),
-                duration=round(time.monotonic() - began, 3), key_count=key_count, key_count_error=key_count_error,
-                revision_at_end=_revision_now(connection, config), leader=currency.is_leader,
-                raft_term=currency.raft_term, raft_index=currency.raft_index, alarms=list(currency.alarms),
-            )
-            write_metadata(config.backup_dir, metadata, tag=temp_tag)
-            recorded.append(metadata)
-
-        try:
-            responses = connection.snapshot()
-            with _first_message_deadline(responses):
-                member_size, chunks = verified_snapshot(responses, on_verified=digests.append)
-            try:
-                # The stream is received and checked on a thread of its own while this one compresses and writes.
-                with closing(read_ahead(chunks, READ_AHEAD_MESSAGES, cancel=responses.cancel,
-                                        idle_timeout=STALL_SECONDS)) as received:
-                    write_archive(config.backup_dir, name, started, member_size, received, config.gzip_level,
-                                  tag=temp_tag, before_publish=record)
-            except BaseException:
-                if recorded:  # our metadata went in, the archive did not: no metadata without its backup
-                    remove_metadata(config.backup_dir, name)
-                raise
-        except grpc.RpcError as exc:
-            cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
-            raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None
-        except Stalled as exc:
-            raise BackupError(f"snapshot stream from {connection.endpoint} stalled: {exc}") from None
-        except FileExistsError:
-            raise BackupError(f"{name} already exists in backup-dir; it was not overwritten") from None
-        except OSError as exc:
-            raise BackupError(_describe_os_error(exc, config)) from None
-    metadata = recorded[0]
+        key_count = _key_count(connection, connection.proof.cluster_revision, config)
+        with _failures_named(connection, config), store.new_backup(name, temp_tag) as pending:
+            snapshot, archive = _stream_archive(connection, pending, started, config)
+            metadata = _metadata(connection, config, snapshot, archive, started, key_count,
+                                 duration=time.monotonic() - began, name=name)
+            pending.publish(metadata)
     published(metadata)
     # One line per backup, never a secret: what an operator greps for.
     logger.info("backup %s: %d bytes in %.2fs, revision %d from %s", name, metadata.filesize, metadata.duration,
                 metadata.revision, metadata.endpoint)
     # Rotation and retention run only now that the new backup is complete and durable.
-    retention.prune(config.backup_dir, now(), config.rotate, config.retention, protect=name)
+    retention.prune(store, now(), config.rotate, config.retention, protect=name)
     return metadata
+
+
+def _current_member(config: Config) -> etcd.EtcdConnection:
+    """A connection to the first endpoint that proves current (common.etcd.connect)."""
+    try:
+        return etcd.connect(config.etcd)
+    except etcd.EtcdUnavailable as exc:
+        raise BackupError(str(exc)) from None
+
+
+def _stream_archive(connection: etcd.EtcdConnection, pending: PendingBackup, started: datetime,
+                    config: Config) -> tuple[VerifiedSnapshot, WrittenArchive]:
+    """Stream the member's snapshot, checked, into the archive of `pending`."""
+    responses = connection.snapshot()
+    with _first_message_deadline(responses):
+        snapshot = VerifiedSnapshot(responses)
+    # The stream is received and checked on a thread of its own while this one compresses and writes.
+    with closing(read_ahead(iter(snapshot), READ_AHEAD_MESSAGES, cancel=responses.cancel,
+                            idle_timeout=STALL_SECONDS)) as received:
+        archive = write_archive(pending, pending.name, started, snapshot.size, received, config.gzip_level)
+    return snapshot, archive
+
+
+def _metadata(connection: etcd.EtcdConnection, config: Config, snapshot: VerifiedSnapshot, archive: WrittenArchive,
+              started: datetime, key_count: tuple[int | None, str | None], duration: float,
+              name: str) -> BackupMetadata:
+    status, currency = connection.status, connection.proof
+    assert snapshot.db_sha256 is not None, "the archive is written only once the snapshot is verified"
+    return BackupMetadata(
+        filename=name, filesize=archive.size, archive_sha256=archive.sha256,
+        cluster_id=f"{status.header.cluster_id:x}", member_id=f"{status.header.member_id:x}",
+        endpoint=connection.endpoint, revision=currency.cluster_revision, etcd_version=status.version,
+        db_size=snapshot.data_size, db_sha256=snapshot.db_sha256, started=started.isoformat(),
+        duration=round(duration, 3), key_count=key_count[0], key_count_error=key_count[1],
+        revision_at_end=_revision_now(connection, config), leader=currency.is_leader,
+        raft_term=currency.raft_term, raft_index=currency.raft_index, alarms=list(currency.alarms),
+    )
+
+
+@contextmanager
+def _failures_named(connection: etcd.EtcdConnection, config: Config) -> Iterator[None]:
+    """Turn what can fail while streaming into a BackupError that names the cause."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        cause = etcd.describe_rpc_error(exc, config.etcd.timeout)
+        raise BackupError(f"snapshot stream from {connection.endpoint} failed: {cause}") from None
+    except Stalled as exc:
+        raise BackupError(f"snapshot stream from {connection.endpoint} stalled: {exc}") from None
+    except StorageError as exc:
+        raise BackupError(str(exc)) from None
 
 
 @contextmanager
@@ -147,7 +155,7 @@ def _revision_now(connection: etcd.EtcdConnection, config: Config) -> int | None
     return int(status.header.revision)
 
 
-def _fresh_name(config: Config, now: Clock) -> tuple[datetime, str]:
+def _fresh_name(store: BackupStore, now: Clock) -> tuple[datetime, str]:
     """Return the start time and the name of the next backup, a second after the newest backup's.
 
     Names have one-second resolution; two backups must never share one, and the new backup must be
@@ -157,7 +165,7 @@ def _fresh_name(config: Config, now: Clock) -> tuple[datetime, str]:
     """
     current = now()
     # A second less than the tolerance: the name chosen after the newest must not be in the future itself.
-    newest = backups.newest(backups.list_backups(config.backup_dir), current - timedelta(seconds=1))
+    newest = backups.newest(store.list_backups(), current - timedelta(seconds=1))
     newest_time = backups.backup_time(newest) if newest is not None else None
     if newest_time is None:
         return current.replace(microsecond=0), backups.backup_name(current)
@@ -168,9 +176,3 @@ def _fresh_name(config: Config, now: Clock) -> tuple[datetime, str]:
         current = now()
     started = current.replace(microsecond=0)
     return started, backups.backup_name(max(started, after_newest))
-
-
-def _describe_os_error(exc: OSError, config: Config) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"backup-dir {config.backup_dir} is full ({exc.strerror}); older backups were kept"
-    return f"cannot write to backup-dir {config.backup_dir}: {exc.strerror or exc}"

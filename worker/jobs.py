@@ -11,13 +11,13 @@ import logging
 from rq import get_current_job
 from rq.job import Job
 
-from common import backups, queue
+from common import queue
 from common.clock import redis_clock
 from common.config import Config
-from common.metadata import read_metadata, remove_orphan_metadata
 from common.metrics import record_outcome
+from common.storage import open_store
 from recovery.drill import run_drill
-from recovery.verify import CannotVerify, VerifyError, expected_of, verify_file
+from recovery.verify import CannotVerify, VerifyError, expected_of, verify_archive
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
 from worker.errors import BackupError
@@ -51,11 +51,12 @@ def take_backup() -> dict[str, object]:
     try:
         with job_heartbeat(connection, job.id), backup_lock(connection, token=job.id):
             # Holding the lock, no other backup is writing: any temp file is a dead backup's.
-            backups.remove_temp_files(config.backup_dir, lambda: live_backup(connection))
-            remove_orphan_metadata(config.backup_dir)
+            store = open_store(config)
+            store.remove_unpublished(lambda: live_backup(connection))
+            store.remove_orphan_metadata()
             # Named from Redis' clock, shared by all workers; published in job.meta before rotation.
             result = backup.take_backup(
-                config, temp_tag=job.id, now=redis_clock(connection),
+                config, store, temp_tag=job.id, now=redis_clock(connection),
                 published=lambda metadata: queue.record_published(job, metadata.filename, metadata.filesize))
     except Exception as exc:
         if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
@@ -82,12 +83,13 @@ def verify_backup(filename: str) -> dict[str, object]:
     config = _configured()
     job = get_current_job()
     assert job is not None, "verify_backup runs only as an RQ job"
-    path = backups.backup_path(config.backup_dir, filename)
+    store = open_store(config)
     try:
-        if path is None:
-            raise VerifyError(f"{filename} is not a backup in backup-dir")
-        with private_workdir(VERIFY_PREFIX) as work:
-            verified = verify_file(path, work, expected_of(read_metadata(config.backup_dir, filename)))
+        opened = store.open(filename)
+        if opened is None:
+            raise VerifyError(f"{filename} is not a backup in {store.where}")
+        with opened.file as archive, private_workdir(VERIFY_PREFIX) as work:
+            verified = verify_archive(archive, work, expected_of(store.read_metadata(filename)))
     except CannotVerify as exc:
         job.meta[queue.UNCHECKED_META] = True
         _record_cause(job, exc)

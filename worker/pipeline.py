@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -32,6 +32,41 @@ class Stalled(Exception):
         super().__init__(f"nothing received for {seconds:g}s")
 
 
+class _Producer(Generic[T]):
+    """Runs `items` on a thread of its own, handing what it yields over through a bounded queue."""
+
+    def __init__(self, items: Iterator[T], depth: int) -> None:
+        self.handoff: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(items,), name="snapshot-reader", daemon=True)
+        self.thread.start()
+
+    def stop(self, cancel: Callable[[], object]) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            cancel()
+        self.thread.join()
+
+    def _produce(self, items: Iterator[T]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._put(_End(exc))
+        else:
+            self._put(_End(None))
+
+    def _put(self, item: T | _End) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.handoff.put(item, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
 def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
                idle_timeout: float | None = None) -> Generator[T, None, None]:
     """Yield what `items` yields, produced on a background thread up to `depth` items ahead.
@@ -42,34 +77,11 @@ def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
     `cancel()` must make a blocked `next(items)` return or raise (for gRPC: the call's cancel()),
     and the thread is joined before this generator finishes, so nothing outlives the backup.
     """
-    handoff: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
-    stopped = threading.Event()
-
-    def put(item: T | _End) -> bool:
-        while not stopped.is_set():
-            try:
-                handoff.put(item, timeout=POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(_End(exc))
-        else:
-            put(_End(None))
-
-    producer = threading.Thread(target=produce, name="snapshot-reader", daemon=True)
-    producer.start()
+    producer = _Producer(items, depth)
     try:
         while True:
             try:
-                item = handoff.get(timeout=idle_timeout)
+                item = producer.handoff.get(timeout=idle_timeout)
             except queue.Empty:
                 raise Stalled(idle_timeout or 0) from None
             if isinstance(item, _End):
@@ -78,7 +90,4 @@ def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
                 return
             yield item
     finally:
-        stopped.set()
-        if producer.is_alive():
-            cancel()
-        producer.join()
+        producer.stop(cancel)

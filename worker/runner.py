@@ -13,9 +13,10 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from common import backups, queue
+from common import queue
 from common.config import Config
 from common.jobs import TrustedJob, refusal
+from common.storage import open_store
 from recovery.workdir import remove_abandoned_workdirs
 from worker import jobs
 from worker.leases import live_backup
@@ -120,7 +121,7 @@ def prepare(config: Config, connection: redis.Redis) -> None:
     jobs.configure(config)
     remove_abandoned_workdirs()
     # The live backup that holds the lock (on any worker) keeps its temp file; the others' are dead.
-    backups.remove_temp_files(config.backup_dir, lambda: live_backup(connection))
+    open_store(config).remove_unpublished(lambda: live_backup(connection))
 
 
 def run_worker(config: Config) -> None:

@@ -9,7 +9,7 @@ the 32-byte SHA-256 of all the data. `etcdctl snapshot save` writes data + that 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Protocol
 
@@ -23,45 +23,44 @@ class SnapshotMessage(Protocol):
     remaining_bytes: int
 
 
-def verified_snapshot(
-    responses: Iterable[SnapshotMessage], on_verified: Callable[[bytes], object] = lambda digest: None
-) -> tuple[int, Iterator[bytes]]:
-    """Return the size of the snapshot file (data + trailer) and an iterator over its bytes.
+class VerifiedSnapshot:
+    """The bytes of the snapshot file (data + trailer), checked as they are iterated.
 
-    The iterator raises SnapshotError, after the last data byte and before the trailer, if the
-    stream ended early or the trailer does not match the data; if it matches, `on_verified` gets
-    the SHA-256 of the data.
+    `size` is known from the first message. Iteration raises SnapshotError, after the last data byte
+    and before the trailer, if the stream ended early or the trailer does not match the data; once it
+    has matched, `db_sha256` is the SHA-256 of the data (hex).
     """
-    stream = iter(responses)
-    first = next(stream, None)
-    if first is None:
-        raise SnapshotError("etcd ended the snapshot stream before sending any data")
-    data_size = len(first.blob) + first.remaining_bytes
-    return data_size + TRAILER_SIZE, _checked(chain([first], stream), data_size, on_verified)
 
+    def __init__(self, responses: Iterable[SnapshotMessage]) -> None:
+        stream = iter(responses)
+        first = next(stream, None)
+        if first is None:
+            raise SnapshotError("etcd ended the snapshot stream before sending any data")
+        self.data_size = len(first.blob) + first.remaining_bytes
+        self.size = self.data_size + TRAILER_SIZE
+        self.db_sha256: str | None = None
+        self._stream = chain([first], stream)
 
-def _checked(
-    stream: Iterator[SnapshotMessage], data_size: int, on_verified: Callable[[bytes], object]
-) -> Iterator[bytes]:
-    digest = hashlib.sha256()
-    received = 0
-    trailer = b""
-    for message in stream:
-        blob = message.blob
-        if received < data_size:
-            data = blob[: data_size - received]
-            digest.update(data)
-            received += len(data)
-            yield data
-            blob = blob[len(data):]
-        trailer += blob
-        if len(trailer) > TRAILER_SIZE:
-            raise SnapshotError(f"etcd sent more than the {data_size} bytes it announced")
-    if received < data_size:
-        raise SnapshotError(f"snapshot stream ended early, after {received} of {data_size} bytes")
-    if len(trailer) != TRAILER_SIZE:
-        raise SnapshotError("snapshot stream ended without its SHA-256 trailer")
-    if trailer != digest.digest():
-        raise SnapshotError("snapshot SHA-256 trailer does not match the data: the snapshot is corrupt")
-    on_verified(trailer)
-    yield trailer
+    def __iter__(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        received = 0
+        trailer = b""
+        for message in self._stream:
+            blob = message.blob
+            if received < self.data_size:
+                data = blob[: self.data_size - received]
+                digest.update(data)
+                received += len(data)
+                yield data
+                blob = blob[len(data):]
+            trailer += blob
+            if len(trailer) > TRAILER_SIZE:
+                raise SnapshotError(f"etcd sent more than the {self.data_size} bytes it announced")
+        if received < self.data_size:
+            raise SnapshotError(f"snapshot stream ended early, after {received} of {self.data_size} bytes")
+        if len(trailer) != TRAILER_SIZE:
+            raise SnapshotError("snapshot stream ended without its SHA-256 trailer")
+        if trailer != digest.digest():
+            raise SnapshotError("snapshot SHA-256 trailer does not match the data: the snapshot is corrupt")
+        self.db_sha256 = trailer.hex()
+        yield trailer
