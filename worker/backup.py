@@ -17,10 +17,11 @@ from common import backups, etcd, retention
 from common.clock import Clock, local_now
 from common.config import Config
 from common.metadata import BackupMetadata, remove_metadata, write_metadata
+from common.snapshot_format import TRAILER_SIZE
 from worker.archive import write_archive
 from worker.errors import BackupError
 from worker.pipeline import Stalled, read_ahead
-from worker.snapshot import TRAILER_SIZE, verified_snapshot
+from worker.snapshot import verified_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -8,14 +8,12 @@ the 32-byte SHA-256 of all the data. `etcdctl snapshot save` writes data + that 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Protocol
 
+from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 from worker.errors import SnapshotError
-
-TRAILER_SIZE = hashlib.sha256().digest_size
 
 
 class SnapshotMessage(Protocol):
@@ -43,25 +41,17 @@ def verified_snapshot(
 def _checked(
     stream: Iterator[SnapshotMessage], data_size: int, on_verified: Callable[[bytes], object]
 ) -> Iterator[bytes]:
-    digest = hashlib.sha256()
-    received = 0
-    trailer = b""
+    check = TrailerCheck(data_size)
     for message in stream:
-        blob = message.blob
-        if received < data_size:
-            data = blob[: data_size - received]
-            digest.update(data)
-            received += len(data)
+        if data := check.feed(message.blob):
             yield data
-            blob = blob[len(data):]
-        trailer += blob
-        if len(trailer) > TRAILER_SIZE:
+        if len(check.trailer) > TRAILER_SIZE:
             raise SnapshotError(f"etcd sent more than the {data_size} bytes it announced")
-    if received < data_size:
-        raise SnapshotError(f"snapshot stream ended early, after {received} of {data_size} bytes")
-    if len(trailer) != TRAILER_SIZE:
+    if check.data_left:
+        raise SnapshotError(f"snapshot stream ended early, after {check.data_received} of {data_size} bytes")
+    if len(check.trailer) != TRAILER_SIZE:
         raise SnapshotError("snapshot stream ended without its SHA-256 trailer")
-    if trailer != digest.digest():
+    if not check.matches():
         raise SnapshotError("snapshot SHA-256 trailer does not match the data: the snapshot is corrupt")
-    on_verified(trailer)
-    yield trailer
+    on_verified(check.trailer)
+    yield check.trailer
