@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.snapshot_format import TrailerCheck
-from tests.conftest import Report
+from harness.report import Report
 from worker.archive import write_archive
 from worker.errors import SnapshotError
 from worker.snapshot import verified_snapshot

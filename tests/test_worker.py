@@ -18,7 +18,8 @@ from common.backups import temp_name
 from common.config import load_config
 from common.etcd import EtcdConnection
 from common.queue import LOCK_KEY
-from tests.conftest import ConfigFactory, Report, Service
+from harness.in_process import ConfigFactory, Service
+from harness.report import Report
 from worker import backup
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat
