@@ -17,23 +17,29 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Two stamps: the demo and the bench need the service's runtime dependencies only; the test extras
+# (pytest, ruff, mypy, cryptography, ...) are installed on top for lint, test and reliability-report.
+$(VENV)/.runtime-installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.runtime-installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test: system-deps lint
 	$(VENV)/bin/pytest
 
-demo: system-deps $(VENV)/.installed
+demo: system-deps $(VENV)/.runtime-installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./examples/demo.sh
 
-bench: system-deps $(VENV)/.installed
+bench: system-deps $(VENV)/.runtime-installed
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The whole suite, writing docs/reliability.md from what its fault and hostile-input tests saw.

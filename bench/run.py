@@ -27,12 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.fill import ETCD_FLAGS, fill
-from bench.services import NGINX_BIN, Nginx, peak_rss
 from common.backups import backup_name
 from common.metadata import BackupMetadata
 from common.storage import LocalStore
-from tests.services import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, Deployment, EtcdServer, RedisServer, http
+from harness.deployment import Deployment
+from harness.fill import ETCD_FLAGS, fill
+from harness.nginx import NGINX_BIN, Nginx
+from harness.processes import http, peak_rss
+from harness.servers import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, EtcdServer, RedisServer
 
 MB = 1 << 20
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {

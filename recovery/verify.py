@@ -17,7 +17,6 @@ not be read to its end: a transfer cut short; try again).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,8 +32,8 @@ from typing import BinaryIO
 from isal import isal_zlib
 
 from common.metadata import BackupMetadata
+from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 
-TRAILER_SIZE = 32
 CHUNK = 1 << 20
 BLOCK = 512
 """tar's block: headers are one block, data is padded to a multiple."""
@@ -179,9 +178,7 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
         raise VerifyError(f"{name} holds a {size - TRAILER_SIZE}-byte database, the backup's metadata recorded "
                           f"{expected.db_size}: this is not the snapshot that was taken")
     db_path = workdir / name
-    digest = hashlib.sha256()
-    trailer = b""
-    data_left = size - TRAILER_SIZE
+    check = TrailerCheck(size - TRAILER_SIZE)
     # 0600 whatever the umask: the snapshot holds every Secret. O_EXCL|O_NOFOLLOW: never written through
     # a file or symlink already at the name.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -198,20 +195,17 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
             left -= len(chunk)
             with _writing(workdir):
                 out.write(chunk)
-            data = chunk[:data_left]
-            digest.update(data)
-            data_left -= len(data)
-            trailer += chunk[len(data):]
+            check.feed(chunk)
     stream.read(-size % BLOCK)  # the member's padding
-    if trailer != digest.digest():
+    if not check.matches():
         raise VerifyError(f"{name}: the SHA-256 trailer does not match the data: the snapshot is corrupt")
-    if expected is not None and digest.hexdigest() != expected.db_sha256:
+    if expected is not None and check.sha256_hex() != expected.db_sha256:
         raise VerifyError(f"{name}: its SHA-256 is not the one the backup's metadata recorded: this is not the "
                           "snapshot that was taken")
     extra = _next_member(stream)
     if extra is not None:
         raise VerifyError(f"expected one snapshot file, found another member {extra[0][:100]!r}")
-    return db_path, size - TRAILER_SIZE, digest.hexdigest()
+    return db_path, check.data_size, check.sha256_hex()
 
 
 def _opens_like_bbolt(data: bytes) -> bool:

@@ -1,29 +1,23 @@
-"""Fixtures: a real etcd and a real Redis per session, a fresh config and backup-dir per test."""
+"""Fixtures: a real etcd and a real Redis per session, a fresh config and backup-dir per test; and the
+reliability report's hooks. What the fixtures are built from lives in the harness package."""
 
 from __future__ import annotations
 
-import os
-import platform
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import yaml
-from flask.testing import FlaskClient
 
-from api import create_app
-from bench.fill import ETCD_FLAGS, fill
-from common.config import Config, load_config
-from tests.services import EtcdServer, RedisServer, free_port
-from worker.runner import ThreadWorker, start_thread_worker
+from common.config import load_config
+from harness.fill import ETCD_FLAGS, fill
+from harness.in_process import ConfigFactory, Service
+from harness.processes import free_port
+from harness.report import REPORT_OPTION, Report, reliability_markdown
+from harness.servers import EtcdServer, RedisServer
 
-ConfigFactory = Callable[..., Path]
-Report = Callable[[str, str], None]
-
-REPORT_OPTION = "--reliability-report"
 _report_rows: list[tuple[str, str, str]] = []
 
 
@@ -46,18 +40,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption(REPORT_OPTION)
     if not path or not _report_rows or exitstatus != 0:  # only a run where every test passed
         return
-    lines = [
-        "# Reliability: faults and hostile input tried, and what the service did",
-        "",
-        f"Written by `pytest {REPORT_OPTION}={path}` (`make reliability-report`) from the suite's own run",
-        f"on {datetime.now(UTC):%Y-%m-%d}, {platform.system()} {platform.machine()}, {os.cpu_count()} cores. Every "
-        "outcome is measured by the test named in the last column, which fails if the service does otherwise.",
-        "",
-        "| tried | what the service did | test |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {tried} | {outcome} | `{nodeid}` |" for nodeid, tried, outcome in _report_rows]
-    Path(path).write_text("\n".join(lines) + "\n")
+    Path(path).write_text(reliability_markdown(path, _report_rows))
 
 
 @pytest.fixture(scope="session")
@@ -117,24 +100,6 @@ def write_config(tmp_path: Path, backup_dir: Path, etcd: EtcdServer) -> ConfigFa
         return path
 
     return write
-
-
-class Service:
-    """The API (Flask test client) and one worker thread, both on the real Redis."""
-
-    def __init__(self, config: Config, connection: redis.Redis) -> None:
-        self.config = config
-        self.connection = connection
-        self.client: FlaskClient = create_app(config, connection).test_client()
-        self.worker: ThreadWorker | None = None
-
-    def start_worker(self) -> None:
-        self.worker = start_thread_worker(self.config, self.connection)
-
-    def stop_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.stop(timeout=30)
-            self.worker = None
 
 
 @pytest.fixture

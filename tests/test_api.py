@@ -7,7 +7,6 @@ import io
 import logging
 import os
 import re
-import socket
 import stat
 import tarfile
 import threading
@@ -24,8 +23,10 @@ from api import create_app
 from api.jobs import LOST_CAUSE
 from common.backups import backup_time
 from common.queue import HEARTBEAT_TTL, LOCK_KEY, backup_queue, enqueue_or_join, heartbeat_key
-from tests.conftest import Report, Service
-from tests.services import EtcdServer
+from harness.in_process import Service
+from harness.processes import loopback_socket
+from harness.report import Report
+from harness.servers import EtcdServer
 from worker.leases import backup_lock, job_heartbeat
 
 
@@ -211,11 +212,9 @@ def test_post_answers_202_with_a_job_when_the_wait_ends_first(make_service: Call
 def test_etcd_down_is_a_500_within_the_timeout(make_service: Callable[..., Service], silent: bool,
                                                report: Report) -> None:
     # Down: nothing listens (connection refused), or something accepts connections and never answers.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        if silent:
-            listener.listen(16)
-        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener, port = loopback_socket(listen=silent)
+    with listener:
+        endpoint = f"http://127.0.0.1:{port}"
         service = make_service(etcd_overrides={"endpoints": [endpoint], "timeout": "2s"})
         began = time.monotonic()
         response = service.client.post("/api/v1/backup")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.run import ROWS, TARGETS
-from tests.services import ROOT
+from harness.processes import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 
 from common.storage import LocalStore
+from harness.deployment import Deployment
+from harness.in_process import Service
+from harness.processes import BIN_DIR, free_port
+from harness.report import Report
+from harness.servers import EtcdServer
 from recovery.verify import CannotVerify, verify_file
-from tests.conftest import Report, Service
-from tests.services import BIN_DIR, Deployment, EtcdServer, free_port
 
 NAME = "snapshot-20260101_000000.tar.gz"
 BODY = os.urandom(300_000)

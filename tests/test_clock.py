@@ -20,9 +20,10 @@ from common.clock import redis_clock
 from common.config import RetentionConfig
 from common.metadata import BackupMetadata
 from common.storage import LocalStore
+from harness.in_process import Service
+from harness.report import Report
 from recovery.client import Client
 from recovery.drill import run_drill
-from tests.conftest import Report, Service
 from tests.test_metrics import scrape
 
 PROJECT_PACKAGES = ("api", "cli", "common", "recovery", "scheduler", "worker")

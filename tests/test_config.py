@@ -16,8 +16,10 @@ import yaml
 
 from common.config import Config, ConfigError, effective_config, load_config, parse_config, parse_duration
 from common.queue import connect
-from tests.conftest import ConfigFactory, Report
-from tests.services import BIN_DIR, RedisServer, free_port
+from harness.in_process import ConfigFactory
+from harness.processes import BIN_DIR, free_port
+from harness.report import Report
+from harness.servers import RedisServer
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 

@@ -18,8 +18,10 @@ import pytest
 import redis
 from etcd3 import etcdrpc
 
-from tests.conftest import Report
-from tests.services import Deployment, EtcdServer, RedisServer, etcdctl, start_cluster, wait_until
+from harness.deployment import Deployment
+from harness.processes import wait_until
+from harness.report import Report
+from harness.servers import EtcdServer, RedisServer, etcdctl, start_cluster
 
 pytestmark = pytest.mark.slow
 

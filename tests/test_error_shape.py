@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from api import create_app
-from tests.conftest import Service
+from harness.in_process import Service
 
 ERROR_PATHS = [
     ("GET", "/nope", 404),

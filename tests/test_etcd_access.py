@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import Report, Service
-from tests.pki import make_tls_files
-from tests.services import EtcdServer, etcdctl
+from harness.in_process import Service
+from harness.pki import make_tls_files
+from harness.report import Report
+from harness.servers import EtcdServer, etcdctl
 
 pytestmark = pytest.mark.slow
 

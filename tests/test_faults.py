@@ -19,8 +19,10 @@ import pytest
 import redis
 
 from api.jobs import LOST_CAUSE
-from tests.conftest import Report
-from tests.services import Deployment, EtcdServer, RedisServer, start_cluster, wait_until
+from harness.deployment import Deployment
+from harness.processes import wait_until
+from harness.report import Report
+from harness.servers import EtcdServer, RedisServer, start_cluster
 from worker.backup import STALL_SECONDS
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from common.config import load_config
-from tests.conftest import ConfigFactory, Service
-from tests.services import EtcdServer
+from harness.in_process import ConfigFactory, Service
+from harness.servers import EtcdServer
 
 
 def test_healthz(service: Service) -> None:

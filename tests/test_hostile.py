@@ -22,9 +22,12 @@ from hypothesis import strategies as st
 from api.meta import OPENAPI_PATH
 from common.config import API_TOKEN_ENV, ConfigError, parse_config
 from common.queue import QUEUE_NAME
-from tests.conftest import Report, Service
-from tests.pki import make_tls_files
-from tests.services import BIN_DIR, Deployment, EtcdServer, start, wait_until
+from harness.deployment import Deployment, start
+from harness.in_process import Service
+from harness.pki import make_tls_files
+from harness.processes import BIN_DIR, wait_until
+from harness.report import Report
+from harness.servers import EtcdServer
 
 TOKEN = "a-token-long-enough-to-be-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

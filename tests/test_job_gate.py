@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
 import threading
 import time
 import tracemalloc
@@ -26,8 +25,11 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from common.jobs import BACKUP_JOB, QUEUE_NAME, VERIFY_JOB, TrustedJob
-from tests.conftest import Report, Service
-from tests.services import Deployment, EtcdServer, RedisServer, wait_until
+from harness.deployment import Deployment
+from harness.in_process import Service
+from harness.processes import loopback_socket, wait_until
+from harness.report import Report
+from harness.servers import EtcdServer, RedisServer
 
 QUEUE_KEY = f"rq:queue:{QUEUE_NAME}"
 
@@ -88,9 +90,8 @@ class Listener:
     """A TCP listener that counts connections: a webhook would connect to it."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock, self.port = loopback_socket()
         self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

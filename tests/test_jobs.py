@@ -12,7 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from common.queue import backup_queue, enqueue_drill, enqueue_or_join, release_pending
-from tests.conftest import Report, Service
+from harness.in_process import Service
+from harness.report import Report
 
 
 def wait_for_status(service: Service, location: str, status: str) -> dict[str, object]:

@@ -18,8 +18,9 @@ import pytest
 import redis
 
 from common import backups
-from tests.conftest import Report
-from tests.services import Deployment, EtcdServer, RedisServer
+from harness.deployment import Deployment
+from harness.report import Report
+from harness.servers import EtcdServer, RedisServer
 
 OLD_BACKUPS = 20_000
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import Report
-from tests.services import Deployment, EtcdServer, RedisServer, wait_until
+from harness.deployment import Deployment
+from harness.processes import wait_until
+from harness.report import Report
+from harness.servers import EtcdServer, RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import tarfile
 from collections.abc import Callable
 
 from common.backups import backup_time
-from tests.conftest import Service
-from tests.services import EtcdServer
+from harness.in_process import Service
+from harness.servers import EtcdServer
 
 
 def test_metadata_of_a_backup(service: Service, etcd: EtcdServer) -> None:

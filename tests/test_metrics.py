@@ -13,7 +13,8 @@ from common.config import load_config
 from common.metrics import DRILL_KEY, DURATION_KEY, OUTCOMES_KEY, record_drill
 from common.queue import QUEUE_NAME
 from common.storage import LocalStore
-from tests.conftest import ConfigFactory, Report, Service
+from harness.in_process import ConfigFactory, Service
+from harness.report import Report
 
 
 def scrape(service: Service) -> dict[str, float]:

@@ -20,8 +20,9 @@ from common import backups, retention
 from common.config import load_config_or_exit
 from common.storage import LocalStore
 from common.storage.local import temp_name
+from harness.in_process import ConfigFactory, Service
+from harness.report import Report
 from recovery.drill import run_drill
-from tests.conftest import ConfigFactory, Report, Service
 
 DEADLINE = 5.0
 """Seconds any one call may take with the plants in place (each takes well under one)."""

@@ -14,8 +14,10 @@ import redis
 from rq import Worker
 
 from common.queue import QUEUE_NAME
-from tests.conftest import ConfigFactory
-from tests.services import RedisServer, free_port, http, procfile, start, stop_process, wait_for_api, wait_until
+from harness.deployment import procfile, start, wait_for_api
+from harness.in_process import ConfigFactory
+from harness.processes import free_port, http, stop_process, wait_until
+from harness.servers import RedisServer
 
 pytestmark = pytest.mark.slow
 

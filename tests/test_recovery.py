@@ -16,12 +16,15 @@ import redis
 from cli.main import main
 from common.queue import DRILL_JOB
 from common.storage import LocalStore
+from harness.deployment import Deployment
+from harness.in_process import Service
+from harness.processes import wait_until
+from harness.report import Report
+from harness.servers import EtcdServer
 from recovery.client import Client
 from recovery.drill import run_drill
 from recovery.verify import VerifyError, verify_file
 from scheduler.cron import run_drill_tick
-from tests.conftest import Report, Service
-from tests.services import Deployment, EtcdServer, wait_until
 from tests.test_schedule import TICK
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Service
-from tests.services import EtcdServer, etcdctl
+from harness.in_process import Service
+from harness.servers import EtcdServer, etcdctl
 
 
 def test_backup_restores_with_etcdctl_and_keeps_every_key(service: Service, etcd: EtcdServer, tmp_path: Path) -> None:

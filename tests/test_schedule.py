@@ -15,9 +15,12 @@ import redis
 from common.config import ConfigError, load_config, parse_config
 from common.metrics import read_outcomes
 from common.queue import BACKUP_JOB, backup_queue, enqueue_or_join
+from harness.deployment import Deployment, procfile, start
+from harness.in_process import ConfigFactory, Service
+from harness.processes import wait_until
+from harness.report import Report
+from harness.servers import EtcdServer, RedisServer
 from scheduler.cron import Tick, run_tick, tick_key
-from tests.conftest import ConfigFactory, Report, Service
-from tests.services import Deployment, EtcdServer, RedisServer, procfile, start, wait_until
 
 TICK = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 

@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 
 from api.http_worker import REQUEST_TIMEOUT, SEND_TIMEOUT
-from tests.conftest import Report, Service
-from tests.services import Deployment, EtcdServer, http
+from harness.deployment import Deployment
+from harness.in_process import Service
+from harness.processes import http, loopback_socket
+from harness.report import Report
+from harness.servers import EtcdServer
 
 pytestmark = pytest.mark.slow
 
@@ -161,9 +164,8 @@ class ThrottledProxy:
 
     def __init__(self, target: tuple[str, int], rate: int) -> None:
         self.target, self.rate = target, rate
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener, self.port = loopback_socket()
         self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._spawn(self._accept)

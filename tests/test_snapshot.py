@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from common.metadata import BackupMetadata
+from common.snapshot_format import TrailerCheck
 from common.storage import LocalStore, StorageError
-from tests.conftest import Report
+from harness.report import Report
 from worker.archive import WrittenArchive, write_archive
 from worker.errors import SnapshotError
 from worker.snapshot import VerifiedSnapshot
@@ -59,6 +60,19 @@ def test_trailer_split_across_messages_is_accepted() -> None:
     messages = [Message(whole[:990], 10), Message(whole[990:1010], 0), Message(whole[1010:], 0)]
     snapshot = VerifiedSnapshot(messages)
     assert b"".join(snapshot) == whole and snapshot.size == len(whole)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 999, 1000, 1031, 5000])
+def test_trailer_check_splits_data_from_trailer_wherever_chunks_fall(chunk: int) -> None:
+    data = database(1000)
+    whole = data + hashlib.sha256(data).digest()
+    check = TrailerCheck(len(data))
+    fed = [check.feed(whole[start : start + chunk]) for start in range(0, len(whole), chunk)]
+    assert b"".join(fed) == data and check.data_left == 0
+    assert check.trailer == hashlib.sha256(data).digest() and check.matches()
+    assert check.sha256_hex() == hashlib.sha256(data).hexdigest()
+    check.feed(b"\0")
+    assert not check.matches()
 
 
 @pytest.mark.parametrize(("messages", "words"), [

@@ -19,7 +19,8 @@ from common.etcd import EtcdConnection
 from common.queue import LOCK_KEY
 from common.storage import LocalStore
 from common.storage.local import temp_name
-from tests.conftest import ConfigFactory, Report, Service
+from harness.in_process import ConfigFactory, Service
+from harness.report import Report
 from worker import backup
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat

@@ -8,14 +8,12 @@ the 32-byte SHA-256 of all the data. `etcdctl snapshot save` writes data + that 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Protocol
 
+from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 from worker.errors import SnapshotError
-
-TRAILER_SIZE = hashlib.sha256().digest_size
 
 
 class SnapshotMessage(Protocol):
@@ -42,25 +40,17 @@ class VerifiedSnapshot:
         self._stream = chain([first], stream)
 
     def __iter__(self) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        received = 0
-        trailer = b""
+        check = TrailerCheck(self.data_size)
         for message in self._stream:
-            blob = message.blob
-            if received < self.data_size:
-                data = blob[: self.data_size - received]
-                digest.update(data)
-                received += len(data)
+            if data := check.feed(message.blob):
                 yield data
-                blob = blob[len(data):]
-            trailer += blob
-            if len(trailer) > TRAILER_SIZE:
+            if len(check.trailer) > TRAILER_SIZE:
                 raise SnapshotError(f"etcd sent more than the {self.data_size} bytes it announced")
-        if received < self.data_size:
-            raise SnapshotError(f"snapshot stream ended early, after {received} of {self.data_size} bytes")
-        if len(trailer) != TRAILER_SIZE:
+        if check.data_left:
+            raise SnapshotError(f"snapshot stream ended early, after {check.data_received} of {self.data_size} bytes")
+        if len(check.trailer) != TRAILER_SIZE:
             raise SnapshotError("snapshot stream ended without its SHA-256 trailer")
-        if trailer != digest.digest():
+        if not check.matches():
             raise SnapshotError("snapshot SHA-256 trailer does not match the data: the snapshot is corrupt")
-        self.db_sha256 = trailer.hex()
-        yield trailer
+        self.db_sha256 = check.sha256_hex()
+        yield check.trailer

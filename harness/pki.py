@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.services import TLSFiles
+from harness.servers import TLSFiles
 
 
 def _key() -> ec.EllipticCurvePrivateKey:

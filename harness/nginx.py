@@ -1,6 +1,6 @@
-"""nginx, the download contender, and the peak RSS of a process.
+"""nginx, the bench's download contender.
 
-etcd-backup's own deployments are `tests.services.Deployment`: started as users start them.
+etcd-backup's own deployments are `harness.deployment.Deployment`: started as users start them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.services import free_port, http, stop_process, wait_until
+from harness.processes import free_port, http, stop_process, stopped_on_failure, wait_until
 
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -50,21 +50,12 @@ http {{
                 [NGINX_BIN, "-p", str(self.work), "-c", str(self.work / "nginx.conf"), "-e", "stderr"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        try:
+        with stopped_on_failure(self.stop):
             wait_until(lambda: http("GET", f"{self.base}/api/v1/backup/none", timeout=1)[0] == 404, 30, "nginx",
                        self.proc)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
 
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")

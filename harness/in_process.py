@@ -1,0 +1,35 @@
+"""etcd-backup in the test's own process: the API's Flask test client and a worker thread, on a
+real Redis. Quicker than a Deployment, and the test can reach into both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from flask.testing import FlaskClient
+
+from api import create_app
+from common.config import Config
+from worker.runner import ThreadWorker, start_thread_worker
+
+ConfigFactory = Callable[..., Path]
+"""conftest's `write_config`: writes a config file (the test's etcd and backup-dir, with overrides)."""
+
+
+class Service:
+    """The API (Flask test client) and one worker thread, both on the real Redis."""
+
+    def __init__(self, config: Config, connection: redis.Redis) -> None:
+        self.config = config
+        self.connection = connection
+        self.client: FlaskClient = create_app(config, connection).test_client()
+        self.worker: ThreadWorker | None = None
+
+    def start_worker(self) -> None:
+        self.worker = start_thread_worker(self.config, self.connection)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(timeout=30)
+            self.worker = None

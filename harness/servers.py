@@ -1,0 +1,164 @@
+"""Real etcd and Redis servers (Debian's), on free loopback ports, in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import etcd3
+import redis
+
+from harness.processes import free_port, stop_process, wait_until
+
+ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for an etcd that serves TLS and checks client certificates."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+class EtcdServer:
+    """One etcd member (Debian's etcd-server) on loopback, optionally serving TLS to clients."""
+
+    def __init__(
+        self, data_dir: Path, name: str = "default", tls: TLSFiles | None = None, extra_args: Sequence[str] = (),
+        uid: int | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.name = name
+        self.tls = tls
+        self.extra_args = list(extra_args)
+        self.uid = uid
+        """Run etcd as this user (its data dir's parent must be theirs): iptables can then match its traffic."""
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.initial_cluster = f"{name}={self.peer_url}"
+        """The members of the cluster this one starts in: itself alone unless start_cluster() says otherwise."""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self) -> EtcdServer:
+        """Start the member and wait until it is healthy (for a cluster member: until there is a quorum)."""
+        self.launch()
+        assert self.proc is not None
+        wait_until(self.healthy, 30, f"etcd at {self.url}", self.proc)
+        return self
+
+    def launch(self) -> None:
+        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")  # noqa: SIM115 - lives with proc
+        as_user = [] if self.uid is None else [
+            "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
+        self.proc = subprocess.Popen(
+            [*as_user, ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+             "--initial-cluster", self.initial_cluster, *self._tls_args(), *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
+
+    def healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=context) as response:
+            return b'"true"' in response.read()
+
+    def client(self) -> Any:
+        return etcd3.client(host="127.0.0.1", port=self.client_port, timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()) -> list[EtcdServer]:
+    """Start a `size`-member etcd cluster on loopback; return its members, healthy.
+
+    Member i runs as user `uids[i]` when given (its data dir then lives in a directory of its own,
+    owned by that user, outside pytest's root-only temp dir).
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    members = []
+    for number in range(size):
+        uid = uids[number] if number < len(uids) else None
+        home = work_dir
+        if uid is not None:
+            home = Path(tempfile.mkdtemp(prefix=f"etcd-member{number}-"))
+            os.chown(home, uid, uid)
+        members.append(EtcdServer(home / f"member{number}", name=f"member{number}", uid=uid))
+    initial_cluster = ",".join(f"{member.name}={member.peer_url}" for member in members)
+    for member in members:
+        member.initial_cluster = initial_cluster
+        member.launch()  # all at once: none is healthy before a quorum has started
+    for member in members:
+        assert member.proc is not None
+        wait_until(member.healthy, 60, f"etcd member at {member.url}", member.proc)
+    return members
+
+
+class RedisServer:
+    """A redis-server (Debian's) on loopback, with persistence off."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.work_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: bool(self.client().ping()), 15, f"redis at {self.url}", self.proc)
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def etcdctl(*args: str, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [ETCDCTL_BIN, *([f"--endpoints={endpoint}"] if endpoint else []), *args]
+    return subprocess.run(command, env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True,
+                          check=True, timeout=60)
