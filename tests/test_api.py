@@ -23,7 +23,7 @@ from werkzeug.test import TestResponse
 from api import create_app
 from api.jobs import LOST_CAUSE
 from common.backups import backup_time
-from common.queue import HEARTBEAT_TTL, LOCK_KEY, backup_queue, enqueue_or_join, heartbeat_key
+from common.queue import HEARTBEAT_TTL, LOCK_KEY, enqueue_or_join, heartbeat_key, job_queue
 from tests.conftest import Report, Service
 from tests.services import EtcdServer
 from worker.leases import backup_lock, job_heartbeat
@@ -331,7 +331,7 @@ def test_a_dead_workers_lock_is_taken_over_once_its_heartbeat_expires(make_servi
 def test_a_started_job_without_heartbeat_is_reported_lost(make_service: Callable[..., Service]) -> None:
     """What a worker killed mid-backup leaves in Redis: a job "started" long ago, no heartbeat."""
     service = make_service(worker=False)
-    job = enqueue_or_join(backup_queue(service.connection))
+    job = enqueue_or_join(job_queue(service.connection))
     job.set_status(JobStatus.STARTED)
     job.started_at = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_TTL + 5)
     job.save()
