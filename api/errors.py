@@ -8,6 +8,8 @@ import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from common.queue import UnreadableJob
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,6 +19,7 @@ def error_response(status: int, message: str) -> tuple[Response, int]:
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(UnreadableJob, _unreadable_job)
     # Redis down must not take the API down: GETs read the directory and keep working.
     app.register_error_handler(redis.RedisError, _queue_unavailable)
     # The API's only file system work is reading backup-dir.
@@ -29,6 +32,11 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response, status
+
+
+def _unreadable_job(exc: UnreadableJob) -> tuple[Response, int]:
+    logger.error("%s: answered 500", exc, exc_info=exc.__cause__)  # the traceback tells which field
+    return error_response(500, str(exc))
 
 
 def _queue_unavailable(exc: redis.RedisError) -> tuple[Response, int]:

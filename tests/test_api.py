@@ -21,7 +21,7 @@ from rq.job import JobStatus
 from werkzeug.test import TestResponse
 
 from api import create_app
-from api.jobs import LOST_CAUSE
+from api.outcomes import LOST_CAUSE
 from common.backups import backup_time
 from common.queue import HEARTBEAT_TTL, LOCK_KEY, enqueue_or_join, heartbeat_key, job_queue
 from tests.conftest import Report, Service

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from api.jobs import LOST_CAUSE
+from api.outcomes import LOST_CAUSE
 from tests.conftest import Report
 from tests.services import Deployment, EtcdServer, RedisServer, start_cluster, wait_until
 from worker.backup import STALL_SECONDS
