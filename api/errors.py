@@ -1,4 +1,4 @@
-"""One JSON error shape, `{"message": ...}` (the seed's), for every error the API answers."""
+"""One JSON error shape, `{"message": ...}` (the original etcd-backup's), for every error the API answers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from common.queue import UnreadableJob
 logger = logging.getLogger(__name__)
 
 
-def error_response(status: int, message: str) -> tuple[Response, int]:
-    return jsonify(message=message), status
+def error_response(status: int, message: str, **details: object) -> tuple[Response, int]:
+    """The answer `status` with `message`, followed by what a client needs to act on it (`details`,
+    e.g. /readyz's checks)."""
+    return jsonify(message=message, **details), status
 
 
 def init_app(app: Flask) -> None:

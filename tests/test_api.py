@@ -49,6 +49,8 @@ def test_list_is_empty_at_first(service: Service) -> None:
     assert response.status_code == 200
     assert response.content_type == "application/json"
     assert response.get_json() == []
+    trailing_slash = service.client.get("/api/v1/backup/")  # the same list, not a redirect (HTML)
+    assert trailing_slash.status_code == 200 and trailing_slash.get_json() == []
 
 
 def test_post_takes_a_backup_with_the_seeds_answer(service: Service, etcd: EtcdServer) -> None:
