@@ -1,4 +1,4 @@
-"""What the views need from the app: the config and the backup queue, built once by create_app."""
+"""What the views need from the app: the config and the job queue (every kind of job), built once by create_app."""
 
 from __future__ import annotations
 
