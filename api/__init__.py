@@ -26,7 +26,7 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     # trailing slash is accepted where it is harmless.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    app.extensions[State.KEY] = State(config, queue.backup_queue(connection or queue.connect(config)),
+    app.extensions[State.KEY] = State(config, queue.job_queue(connection or queue.connect(config)),
                                       store=open_store(config),
                                       waiting_slots=threading.BoundedSemaphore(WAITING_REQUESTS))
     if config.open_to_the_network:

@@ -12,7 +12,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.routing import BaseConverter
 from werkzeug.wsgi import wrap_file
 
-from api.jobs import wait_for_job
+from api.outcomes import wait_for_job
 from api.state import state
 from common import backups
 from common.clock import redis_clock

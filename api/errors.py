@@ -1,4 +1,4 @@
-"""One JSON error shape, `{"message": ...}` (the seed's), for every error the API answers."""
+"""One JSON error shape, `{"message": ...}` (the original etcd-backup's), for every error the API answers."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from common.queue import UnreadableJob
+
 logger = logging.getLogger(__name__)
 
 
-def error_response(status: int, message: str) -> tuple[Response, int]:
-    return jsonify(message=message), status
+def error_response(status: int, message: str, **details: object) -> tuple[Response, int]:
+    """The answer `status` with `message`, followed by what a client needs to act on it (`details`,
+    e.g. /readyz's checks)."""
+    return jsonify(message=message, **details), status
 
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(UnreadableJob, _unreadable_job)
     # Redis down must not take the API down: GETs read the directory and keep working.
     app.register_error_handler(redis.RedisError, _queue_unavailable)
     # The API's only file system work is reading backup-dir.
@@ -29,6 +34,11 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response, status
+
+
+def _unreadable_job(exc: UnreadableJob) -> tuple[Response, int]:
+    logger.error("%s: answered 500", exc, exc_info=exc.__cause__)  # the traceback tells which field
+    return error_response(500, str(exc))
 
 
 def _queue_unavailable(exc: redis.RedisError) -> tuple[Response, int]:

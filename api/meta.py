@@ -15,6 +15,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 from flask.blueprints import BlueprintSetupState
 
+from api.errors import error_response
 from api.state import State, state
 from common import etcd
 from common.config import Config, EtcdConfig
@@ -73,7 +74,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Each check's outcome; 503 naming the failed checks unless all pass."""
+    """Each check's outcome; unless all pass, 503 in the API's error shape, naming the failed checks."""
     current = state()
     checks = {
         "redis": _check(lambda: _ping(current.queue.connection)),
@@ -83,11 +84,10 @@ def readyz() -> tuple[Response, int]:
         "api-auth": {"ok": True, "detail": auth_detail(current.config)},
     }
     failed = [name for name, outcome in checks.items() if not outcome["ok"]]
-    status = 503 if failed else 200
-    body: dict[str, object] = {"status": "ready" if not failed else "not ready", "checks": checks}
     if failed:
-        body["message"] = "not ready: " + "; ".join(f"{name}: {checks[name]['error']}" for name in failed)
-    return jsonify(body), status
+        why = "; ".join(f"{name}: {checks[name]['error']}" for name in failed)
+        return error_response(503, f"not ready: {why}", checks=checks)
+    return jsonify(status="ready", checks=checks), 200
 
 
 def auth_detail(config: Config) -> str:

@@ -1,4 +1,5 @@
-"""What the views need from the app: the config, the job queue and the backup store, built once by create_app."""
+"""What the views need from the app: the config, the job queue (every kind of job) and the backup store,
+built once by create_app."""
 
 from __future__ import annotations
 

@@ -32,6 +32,23 @@ VERIFY_JOB = "worker.jobs.verify_backup"
 JOB_TIMEOUT = 3600
 """Seconds a worker may spend on one job (etcd's 8 GiB maximum streams in a few minutes)."""
 
+
+
+def backup_result(filename: str, filesize: int) -> dict[str, object]:
+    """What a backup job returns, and records as published: the original etcd-backup's answer to a POST
+    but its message (which the API adds)."""
+    return {"filename": filename, "filesize": filesize}
+
+
+def read_backup_result(value: object) -> dict[str, object] | None:
+    """`value`, read from Redis, as a backup_result; None if it is not one (anyone who can write to Redis
+    can write there)."""
+    if not (isinstance(value, dict) and isinstance(value.get("filename"), str)
+            and isinstance(value.get("filesize"), int)):
+        return None
+    return backup_result(value["filename"], value["filesize"])
+
+
 MAX_JOB_FIELD_BYTES = 1 << 20
 """A job's compressed fields (its data, a failure's traceback) may inflate to this much, no more."""
 

@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import redis
 
+from common.redis_tools import text
+
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
@@ -120,11 +122,11 @@ def _read_hash(connection: redis.Redis, key: str) -> dict[str, str] | None:
     fields = {}
     for name, value in raw.items():
         # A value that is not UTF-8 is no number either: replaced, it fails to parse and is skipped there.
-        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        value_text = value.decode(errors="replace") if isinstance(value, bytes) else value
         try:
-            fields[_text(name)] = text
+            fields[text(name)] = value_text
         except UnicodeDecodeError:
-            _skipped(key, repr(name), text, "a field name that is not UTF-8")
+            _skipped(key, repr(name), value_text, "a field name that is not UTF-8")
     return fields
 
 
@@ -142,7 +144,3 @@ def _number(key: str, field: str, value: str, kind: Callable[[str], float]) -> f
 
 def _skipped(key: str, field: str, value: str, why: str) -> None:
     logger.warning("/metrics skipped %s %s = %r: %s", key, field, value[:50], why)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -10,10 +10,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import fakeredis
 import redis
+from redis.client import Pipeline
 from rq import Queue
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -22,9 +22,10 @@ from rq.serializers import JSONSerializer
 from common.config import Config
 from common.jobs import BACKUP_JOB as BACKUP_JOB  # the job names are re-exported: callers know them from here
 from common.jobs import DRILL_JOB as DRILL_JOB
-from common.jobs import JOB_TIMEOUT, JOBS, TrustedJob
+from common.jobs import JOB_TIMEOUT, JOBS, TrustedJob, backup_result, read_backup_result
 from common.jobs import QUEUE_NAME as QUEUE_NAME
 from common.jobs import VERIFY_JOB as VERIFY_JOB
+from common.redis_tools import text, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def connect(config: Config) -> redis.Redis:
     )
 
 
-def backup_queue(connection: redis.Redis) -> Queue:
+def job_queue(connection: redis.Redis) -> Queue:
+    """The one queue of every kind of job (backup, verify, drill), as the API, the scheduler and the workers see it."""
     # TrustedJob: whatever RQ fetches from this queue's keys imports nothing but our job functions.
     return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer, job_class=TrustedJob)
 
@@ -89,30 +91,31 @@ def enqueue_or_join(queue: Queue, function: str = BACKUP_JOB) -> Job:
     connection = queue.connection
     key = PENDING_KEYS[function]
     while True:
-        with connection.pipeline() as pipe:
-            try:
-                # The marker and the job are written in one transaction, so a marker never names a
-                # job that is still being enqueued.
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                pending = pipe.get(key)
-                if pending is None:
-                    pipe.multi()
-                    job_id = new_job_id()
-                    pipe.set(key, job_id, ex=PENDING_TTL)
-                    job = queue.enqueue_call(
-                        function, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
-                        failure_ttl=RESULT_TTL, pipeline=pipe, at_front=function == BACKUP_JOB,
-                    )
-                    pipe.execute()
-                    return job
-            except redis.WatchError:  # another request or a worker changed the marker: look again
-                continue
-        pending_id = _text(pending)
-        queued = fetch_backup_job(connection, pending_id)
+        # The marker and the job are written in one transaction, so a marker never names a job that is
+        # still being enqueued; if another request or a worker changes the marker meanwhile, look again.
+        new_or_pending = transaction(connection, lambda pipe: _enqueue_unless_pending(pipe, queue, function), key)
+        if isinstance(new_or_pending, Job):
+            return new_or_pending
+        queued = read_job_or_none(connection, new_or_pending)
         if queued is not None and queued.get_status() == JobStatus.QUEUED:
             return queued
         # The marker outlived its job (the job expired or its Redis data was lost): drop it.
-        release_pending(connection, pending_id, function)
+        release_pending(connection, new_or_pending, function)
+
+
+def _enqueue_unless_pending(pipe: Pipeline, queue: Queue, function: str) -> Job | str:
+    """The id the pending marker of `function` names; if there is none, a new job, queued on `pipe`
+    with the marker that names it."""
+    key = PENDING_KEYS[function]
+    pending = pipe.get(key)
+    if pending is not None:
+        return text(pending)
+    pipe.multi()
+    job_id = new_job_id()
+    pipe.set(key, job_id, ex=PENDING_TTL)
+    job: Job = queue.enqueue_call(function, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                                  failure_ttl=RESULT_TTL, pipeline=pipe, at_front=function == BACKUP_JOB)
+    return job
 
 
 def enqueue_drill(queue: Queue) -> Job:
@@ -152,8 +155,9 @@ def read_job(connection: redis.Redis, job_id: str) -> Job | None:
     return job if isinstance(func_name, str) and func_name in JOBS else None
 
 
-def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
-    """Return job `job_id`, or None if there is no such job, it is none of ours, or it is unreadable."""
+def read_job_or_none(connection: redis.Redis, job_id: str) -> Job | None:
+    """Return job `job_id` (of any kind), or None if there is no such job, it is none of ours, or it is
+    unreadable."""
     try:
         return read_job(connection, job_id)
     except UnreadableJob as exc:
@@ -163,36 +167,26 @@ def fetch_backup_job(connection: redis.Redis, job_id: str) -> Job | None:
 
 def record_published(job: Job, filename: str, filesize: int) -> None:
     """Note in `job`'s meta that its backup `filename` is complete and listed (PUBLISHED_META)."""
-    job.meta[PUBLISHED_META] = {"filename": filename, "filesize": filesize}
+    job.meta[PUBLISHED_META] = backup_result(filename, filesize)
     job.save_meta()  # type: ignore[no-untyped-call]
 
 
-def published_backup(job: Job) -> dict[str, Any] | None:
-    """The filename and filesize that `job` recorded as published (record_published), if it did."""
-    value = job.get_meta(refresh=True).get(PUBLISHED_META)
-    if not (isinstance(value, dict) and isinstance(value.get("filename"), str)
-            and isinstance(value.get("filesize"), int)):
-        return None  # none recorded (or not by us: anyone who can write to Redis can write there)
-    return {"filename": value["filename"], "filesize": value["filesize"]}
+def published_backup(job: Job) -> dict[str, object] | None:
+    """The backup_result that `job` recorded as published (record_published), if it did."""
+    return read_backup_result(job.get_meta(refresh=True).get(PUBLISHED_META))
 
 
 def release_pending(connection: redis.Redis, job_id: str, function: str = BACKUP_JOB) -> None:
     """Clear the pending marker if it still names `job_id`; new requests then queue a new job."""
     key = PENDING_KEYS[function]
-    with connection.pipeline() as pipe:
-        try:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
-            current = pipe.get(key)
-            if current is not None and _text(current) == job_id:
-                pipe.multi()
-                pipe.delete(key)
-                pipe.execute()
-        except redis.WatchError:  # someone else changed it: it no longer names job_id
-            pass
 
+    def delete_if_it_names_the_job(pipe: Pipeline) -> None:
+        current = pipe.get(key)
+        if current is not None and text(current) == job_id:
+            pipe.multi()
+            pipe.delete(key)
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    transaction(connection, delete_if_it_names_the_job, key)
 
 
 def retry_until_redis_answers(action: Callable[[], object]) -> None:

@@ -30,10 +30,10 @@ from common.queue import (
     BACKUP_JOB,
     DRILL_JOB,
     QUEUE_NAME,
-    backup_queue,
     connect,
     enqueue_drill,
     enqueue_or_join,
+    job_queue,
     retry_until_redis_answers,
 )
 from common.storage import open_store
@@ -66,7 +66,7 @@ def run_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler:
             record_outcome(connection, "skipped")
             logger.info("tick %s: skipped, etcd's revision is unchanged since %s", tick.isoformat(), unchanged_since)
             return None
-    job = enqueue_or_join(backup_queue(connection))
+    job = enqueue_or_join(job_queue(connection))
     logger.info("tick %s: backup job %s", tick.isoformat(), job.id)
     return job
 
@@ -75,7 +75,7 @@ def run_drill_tick(config: Config, connection: redis.Redis, tick: datetime, sche
     """Queue the restore drill due at `tick` (a worker runs it), unless another scheduler claimed the tick."""
     if not _claim(connection, tick, "drill", scheduler):
         return None
-    job = enqueue_drill(backup_queue(connection))
+    job = enqueue_drill(job_queue(connection))
     logger.info("drill tick %s: drill job %s", tick.isoformat(), job.id)
     return job
 

@@ -20,9 +20,9 @@ from rq.job import JobStatus
 from werkzeug.test import TestResponse
 
 from api import create_app
-from api.jobs import LOST_CAUSE
+from api.outcomes import LOST_CAUSE
 from common.backups import backup_time
-from common.queue import HEARTBEAT_TTL, LOCK_KEY, backup_queue, enqueue_or_join, heartbeat_key
+from common.queue import HEARTBEAT_TTL, LOCK_KEY, enqueue_or_join, heartbeat_key, job_queue
 from harness.in_process import Service
 from harness.processes import loopback_socket
 from harness.report import Report
@@ -50,6 +50,8 @@ def test_list_is_empty_at_first(service: Service) -> None:
     assert response.status_code == 200
     assert response.content_type == "application/json"
     assert response.get_json() == []
+    trailing_slash = service.client.get("/api/v1/backup/")  # the same list, not a redirect (HTML)
+    assert trailing_slash.status_code == 200 and trailing_slash.get_json() == []
 
 
 def test_post_takes_a_backup_with_the_seeds_answer(service: Service, etcd: EtcdServer) -> None:
@@ -330,7 +332,7 @@ def test_a_dead_workers_lock_is_taken_over_once_its_heartbeat_expires(make_servi
 def test_a_started_job_without_heartbeat_is_reported_lost(make_service: Callable[..., Service]) -> None:
     """What a worker killed mid-backup leaves in Redis: a job "started" long ago, no heartbeat."""
     service = make_service(worker=False)
-    job = enqueue_or_join(backup_queue(service.connection))
+    job = enqueue_or_join(job_queue(service.connection))
     job.set_status(JobStatus.STARTED)
     job.started_at = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_TTL + 5)
     job.save()

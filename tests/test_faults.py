@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from api.jobs import LOST_CAUSE
+from api.outcomes import LOST_CAUSE
 from harness.deployment import Deployment
 from harness.processes import wait_until
 from harness.report import Report

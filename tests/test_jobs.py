@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from common.queue import backup_queue, enqueue_drill, enqueue_or_join, release_pending
+from common.queue import enqueue_drill, enqueue_or_join, job_queue, release_pending
 from harness.in_process import Service
 from harness.report import Report
 
@@ -46,7 +46,7 @@ def test_every_kind_of_job_is_at_the_location_its_202_gives(make_service: Callab
     assert queued.status_code == 200, queued.get_json()
     assert queued.get_json()["status"] == "queued" and queued.get_json()["message"] == "verify queued"
 
-    drill = enqueue_drill(backup_queue(service.connection))
+    drill = enqueue_drill(job_queue(service.connection))
     drill_answer = service.client.get(f"/api/v1/jobs/{drill.id}")
     assert drill_answer.status_code == 200, drill_answer.get_json()
     assert drill_answer.get_json()["message"] == "drill queued"
@@ -100,7 +100,7 @@ RESULT_PLANTS: dict[str, dict[str, str]] = {
 def test_an_unreadable_job_is_one_json_error_not_the_api(make_service: Callable[..., Service], plant: str,
                                                          caplog: pytest.LogCaptureFixture, report: Report) -> None:
     service = make_service(worker=False, backup_timeout="1s")
-    job = enqueue_or_join(backup_queue(service.connection))
+    job = enqueue_or_join(job_queue(service.connection))
     if plant in HASH_PLANTS:
         service.connection.hset(f"rq:job:{job.id}", mapping=HASH_PLANTS[plant])  # type: ignore[arg-type]
     else:  # a result comes once a job has started: no POST joins it any more

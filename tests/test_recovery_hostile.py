@@ -27,7 +27,7 @@ import redis
 
 from cli.recovery import main
 from common.etcd import EtcdConnection
-from common.queue import backup_queue, enqueue_drill, enqueue_or_join
+from common.queue import enqueue_drill, enqueue_or_join, job_queue
 from common.storage import LocalStore
 from harness.in_process import Service
 from harness.report import Report
@@ -358,7 +358,7 @@ def test_a_drill_that_breaks_is_recorded_as_failed(service: Service, backup: Pat
 
 def test_drills_coalesce_and_never_go_before_a_backup(make_service: Callable[..., Service]) -> None:
     service = make_service(worker=False)
-    queue = backup_queue(service.connection)
+    queue = job_queue(service.connection)
     first, second = enqueue_drill(queue), enqueue_drill(queue)
     backup_job = enqueue_or_join(queue)
     assert first.id == second.id

@@ -14,7 +14,7 @@ import redis
 
 from common.config import ConfigError, load_config, parse_config
 from common.metrics import read_outcomes
-from common.queue import BACKUP_JOB, backup_queue, enqueue_or_join
+from common.queue import BACKUP_JOB, enqueue_or_join, job_queue
 from harness.deployment import Deployment, procfile, start
 from harness.in_process import ConfigFactory, Service
 from harness.processes import wait_until
@@ -30,15 +30,15 @@ def test_two_schedulers_give_one_backup_per_tick(write_config: ConfigFactory, re
     first = run_tick(config, redis_conn, TICK, "scheduler-a")
     second = run_tick(config, redis_conn, TICK, "scheduler-b")
     assert first is not None and second is None
-    assert backup_queue(redis_conn).count == 1
+    assert job_queue(redis_conn).count == 1
     assert redis_conn.get(tick_key(TICK)) == b"scheduler-a"
 
 
 def test_a_tick_joins_a_queued_backup(write_config: ConfigFactory, redis_conn: redis.Redis) -> None:
     config = load_config(write_config(schedule="0 */6 * * *"))
-    queued = enqueue_or_join(backup_queue(redis_conn))  # a POST's, not yet started
+    queued = enqueue_or_join(job_queue(redis_conn))  # a POST's, not yet started
     job = run_tick(config, redis_conn, TICK, "scheduler-a")
-    assert job is not None and job.id == queued.id and backup_queue(redis_conn).count == 1
+    assert job is not None and job.id == queued.id and job_queue(redis_conn).count == 1
 
 
 def test_skip_unchanged(make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis,

@@ -14,6 +14,7 @@ from rq.job import Job
 from common import queue
 from common.clock import redis_clock
 from common.config import Config
+from common.jobs import backup_result
 from common.metrics import record_outcome
 from common.storage import open_store
 from recovery.drill import run_drill
@@ -64,7 +65,7 @@ def take_backup() -> dict[str, object]:
         record_outcome(connection, "failure")
         raise
     record_outcome(connection, "success", result.duration)
-    return {"filename": result.filename, "filesize": result.filesize}
+    return backup_result(result.filename, result.filesize)
 
 
 def restore_drill() -> dict[str, object]:

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
+from redis.client import Pipeline
 from redis.exceptions import LockError
 
 from common.queue import HEARTBEAT_TTL, LOCK_KEY, heartbeat_key
+from common.redis_tools import text, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +54,18 @@ def backup_lock(connection: redis.Redis, token: str, blocking: bool = True) -> I
 def _break_if_holder_dead(connection: redis.Redis) -> None:
     """Delete the lock if its holder's heartbeat has expired: a killed worker's lock would otherwise
     keep every backup waiting until its TTL ran out."""
-    with connection.pipeline() as pipe:
-        try:
-            pipe.watch(LOCK_KEY)  # type: ignore[no-untyped-call]
-            holder = pipe.get(LOCK_KEY)
-            if holder is None or pipe.exists(heartbeat_key(_text(holder))):
-                return
-            pipe.multi()
-            pipe.delete(LOCK_KEY)
-            pipe.execute()
-            logger.warning("took over the backup lock of job %s, whose worker stopped answering", _text(holder))
-        except redis.WatchError:
-            return  # the lock changed hands meanwhile: look again on the next turn
+
+    def delete_if_holder_dead(pipe: Pipeline) -> str | None:
+        holder = pipe.get(LOCK_KEY)
+        if holder is None or pipe.exists(heartbeat_key(text(holder))):
+            return None
+        pipe.multi()
+        pipe.delete(LOCK_KEY)
+        return text(holder)
+
+    dead_holder = transaction(connection, delete_if_holder_dead, LOCK_KEY)
+    if dead_holder is not None:
+        logger.warning("took over the backup lock of job %s, whose worker stopped answering", dead_holder)
 
 
 def live_backup(connection: redis.Redis) -> str | None:
@@ -71,12 +73,8 @@ def live_backup(connection: redis.Redis) -> str | None:
     holder = connection.get(LOCK_KEY)
     if holder is None:
         return None
-    job_id = _text(holder)
+    job_id = text(holder)
     return job_id if connection.exists(heartbeat_key(job_id)) else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @contextmanager

@@ -35,7 +35,7 @@ class BackupWorker(SimpleWorker):
 
     def __init__(self, connection: redis.Redis) -> None:
         # A job's description is whatever its writer put in Redis: never log it.
-        super().__init__([queue.backup_queue(connection)], connection=connection, serializer=JSONSerializer,
+        super().__init__([queue.job_queue(connection)], connection=connection, serializer=JSONSerializer,
                          job_class=TrustedJob, log_job_description=False)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:

@@ -1,0 +1,203 @@
+"""What a job answers over HTTP, and a POST's wait for that answer.
+
+POST /api/v1/backup, POST /api/v1/backup/<name>/verify and GET /api/v1/jobs/<id> all answer from
+`job_outcome`: `ANSWERS` holds, for each kind of job (backup, verify, drill), its messages and
+statuses; the body of a success is the worker's result as the worker built it (common.jobs), with the
+message in front.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from flask import Response, jsonify, url_for
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+from api.state import state
+from common.jobs import read_backup_result
+from common.queue import (
+    BACKUP_JOB,
+    DRILL_JOB,
+    ERROR_META,
+    HEARTBEAT_TTL,
+    UNCHECKED_META,
+    VERIFY_JOB,
+    UnreadableJob,
+    heartbeat_key,
+    published_backup,
+)
+
+
+def _backup_body(result: object) -> dict[str, object]:
+    body = read_backup_result(result)
+    if body is None:  # planted in Redis: no worker returns it
+        raise ValueError("a backup's result is not its filename and filesize")
+    return body
+
+
+def _result_body(result: object) -> dict[str, Any]:
+    if not isinstance(result, dict):  # planted in Redis: no worker returns it
+        raise TypeError(f"a job's result is a {type(result).__name__}, not a mapping")
+    return result
+
+
+def _nothing_published(job: Job) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class KindAnswers:
+    """How the state of one kind of job becomes its HTTP answer."""
+
+    word: str
+    """Names the kind in the answers about it: "verify queued"."""
+    success: str
+    """The message of a 200, followed by `success_body` of the worker's result."""
+    failure: str
+    """The message of a job that ended without a result, before its cause."""
+    failure_status: int
+    success_body: Callable[[object], dict[str, Any]] = _result_body
+    published: Callable[[Job], dict[str, object] | None] = _nothing_published
+    """What the job recorded as done before it ended: a 200 even if its worker then died or failed."""
+    no_verdict: str | None = None
+    """The message (a 500) of a check that could not be done, so passed no verdict (UNCHECKED_META)."""
+
+
+ANSWERS: dict[str, KindAnswers] = {
+    # The original etcd-backup's answers, to the letter. A backup published (listed) before its worker
+    # died or failed, in rotation, is there all the same.
+    BACKUP_JOB: KindAnswers("backup", "backup successfully", "failed to save an etcd backup", 500,
+                            success_body=_backup_body, published=published_backup),
+    # A check that ran and found the backup bad is no server error.
+    VERIFY_JOB: KindAnswers("verify", "backup verified", "backup verification failed", 422,
+                            no_verdict="could not verify the backup"),
+    # A drill that ran reports passed or not in its body; "failed" is a drill that could not run.
+    DRILL_JOB: KindAnswers("drill", "drill done", "drill failed", 500),
+}
+"""Every kind of job, by its function (common.queue.read_job gives no other)."""
+LOST_CAUSE = ("the worker taking the backup stopped answering before it reported a result "
+              "(killed, crashed or cut off from Redis); no partial backup is listed")
+ENDED_WITHOUT_RESULT = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+WAIT_STEP = 2
+"""Seconds of one blocking wait for a result; between waits the job's state is looked at again."""
+
+_UNFINISHED_MESSAGES = {
+    JobStatus.QUEUED: "{kind} queued",
+    JobStatus.STARTED: "{kind} in progress",
+}
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, OverflowError, zlib.error, DeserializationError,
+               InvalidJobOperation, NoSuchJobError)
+"""What RQ's parsing of a job's hash and result, and this module's reading of them, raise on a value that
+neither RQ nor a worker wrote (JSON that is no mapping, a date that is no date, ...); NoSuchJobError is
+TrustedJob's answer to such a hash on a refresh."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def unreadable_is_one_answer(answer: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn a bad value in the Redis state of the job being answered about into UnreadableJob: one 500 for
+    that job (api.errors), never a crash of anything else."""
+
+    @functools.wraps(answer)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return answer(*args, **kwargs)
+        except _UNREADABLE as exc:
+            job_id = kwargs.get("job_id") or next(arg.id for arg in args if isinstance(arg, Job))
+            raise UnreadableJob(str(job_id), exc) from exc
+
+    return guarded
+
+
+@unreadable_is_one_answer
+def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
+    """Answer a POST: the job's outcome, or 202 pointing at the job if it is not done by `timeout`.
+
+    A waiting POST holds one of the server's threads: when `api.server.WAITING_REQUESTS` wait already,
+    it answers at once (202 and the job's Location), so that GETs and health checks always find one.
+    """
+    slots = state().waiting_slots
+    if not slots.acquire(blocking=False):
+        return _answer(job)
+    try:
+        _wait(job, timeout)
+    finally:
+        slots.release()
+    return _answer(job)
+
+
+def _wait(job: Job, timeout: float) -> None:
+    """Wait up to `timeout` seconds for `job` to end (its result, a failure, or its worker lost)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        # latest_result blocks on Redis (XREAD) and wakes as soon as the worker stores a result.
+        step = max(1, min(WAIT_STEP, math.ceil(remaining)))
+        if job.latest_result(timeout=step) is not None or remaining <= 0:
+            break
+        if job.get_status() in ENDED_WITHOUT_RESULT or worker_lost(job):
+            break
+
+
+def _answer(job: Job) -> tuple[Response, int]:
+    status, body = job_outcome(job)
+    response = jsonify(body)
+    if status == 202:
+        response.headers["Location"] = url_for("jobs.show_job", job_id=job.id)
+    return response, status
+
+
+def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
+    """Return the HTTP status and body that a POST gets for `job` in its current state."""
+    answers = ANSWERS[job.func_name or ""]
+    result = job.latest_result()
+    if result is not None and result.type == Result.Type.SUCCESSFUL:
+        return 200, {"message": answers.success, **answers.success_body(result.return_value or {})}
+    published = answers.published(job)
+    if published is not None:
+        return 200, {"message": answers.success, **published}
+    status = job.get_status()
+    if result is not None or status in ENDED_WITHOUT_RESULT:
+        cause = _failure_cause(job, result, answers)
+        if answers.no_verdict is not None and job.get_meta(refresh=True).get(UNCHECKED_META):
+            return 500, {"message": f"{answers.no_verdict}: {cause}"}
+        return answers.failure_status, {"message": f"{answers.failure}: {cause}"}
+    if worker_lost(job):
+        return 500, {"message": f"{answers.failure}: {LOST_CAUSE}"}
+    message = _UNFINISHED_MESSAGES.get(status, "{kind} " + status.value).format(kind=answers.word)
+    return 202, {"message": message, "job": job.id}
+
+
+def worker_lost(job: Job) -> bool:
+    """Whether `job` is "started" but its worker stopped renewing its heartbeat (killed, or cut off).
+
+    RQ itself notices a dead worker only when the job's timeout has passed (an hour).
+    """
+    if job.connection.exists(heartbeat_key(job.id)):
+        return False
+    job.refresh()  # type: ignore[no-untyped-call]
+    started = job.started_at
+    if job.get_status(refresh=False) != JobStatus.STARTED or started is None:
+        return False
+    if started.tzinfo is None:  # RQ stores UTC
+        started = started.replace(tzinfo=UTC)
+    # A job that has just started may not have written its first heartbeat yet.
+    return datetime.now(UTC) - started > timedelta(seconds=HEARTBEAT_TTL)
+
+
+def _failure_cause(job: Job, result: Result | None, answers: KindAnswers) -> str:
+    # The worker puts a known cause in job.meta; anything else is the last line of the traceback.
+    cause = job.get_meta(refresh=True).get(ERROR_META)
+    if cause:
+        return str(cause)
+    lines = (result.exc_string or "").strip().splitlines() if result is not None else []
+    return lines[-1] if lines else f"the {answers.word} job ended as {job.get_status().value}"
