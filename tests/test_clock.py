@@ -20,9 +20,9 @@ from common.clock import redis_clock
 from common.config import RetentionConfig
 from common.metadata import BackupMetadata, read_metadata, write_metadata
 from recovery.client import Client
-from recovery.drill import run_drill
 from tests.conftest import Report, Service
 from tests.test_metrics import scrape
+from worker.drill import run_drill
 
 PROJECT_PACKAGES = ("api", "cli", "common", "recovery", "scheduler", "worker")
 

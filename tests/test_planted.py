@@ -18,8 +18,8 @@ import redis
 
 from common import backups, retention
 from common.config import load_config_or_exit
-from recovery.drill import run_drill
 from tests.conftest import ConfigFactory, Report, Service
+from worker.drill import run_drill
 
 DEADLINE = 5.0
 """Seconds any one call may take with the plants in place (each takes well under one)."""

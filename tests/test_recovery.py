@@ -17,12 +17,12 @@ from cli.main import main
 from common.metadata import read_metadata
 from common.queue import DRILL_JOB
 from recovery.client import Client
-from recovery.drill import run_drill
 from recovery.verify import VerifyError, verify_file
 from scheduler.cron import run_drill_tick
 from tests.conftest import Report, Service
 from tests.services import Deployment, EtcdServer, wait_until
 from tests.test_schedule import TICK
+from worker.drill import run_drill
 
 
 def snapshot_of(archive: Path) -> tuple[str, bytes]:

@@ -29,12 +29,12 @@ from cli.recovery import main
 from common.etcd import EtcdConnection
 from common.metadata import read_metadata
 from common.queue import backup_queue, enqueue_drill, enqueue_or_join
-from recovery import drill
 from recovery.restore import RestoreError, check_data_dir
 from recovery.verify import CannotVerify, Expected, VerifyError, verify_archive, verify_file
 from recovery.workdir import DRILL_PREFIX, private_workdir, remove_abandoned_workdirs
 from tests.conftest import Report, Service
 from tests.services import EtcdServer, etcdctl
+from worker import drill
 
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]

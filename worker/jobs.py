@@ -16,10 +16,10 @@ from common.clock import redis_clock
 from common.config import Config
 from common.metadata import read_metadata, remove_orphan_metadata
 from common.metrics import record_outcome
-from recovery.drill import run_drill
 from recovery.verify import CannotVerify, VerifyError, expected_of, verify_file
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
+from worker.drill import run_drill
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat, live_backup
 
@@ -67,7 +67,7 @@ def take_backup() -> dict[str, object]:
 
 
 def restore_drill() -> dict[str, object]:
-    """Restore the newest backup into a throwaway etcd and check it (recovery.drill)."""
+    """Restore the newest backup into a throwaway etcd and check it (worker.drill)."""
     config = _configured()
     job = get_current_job()
     assert job is not None, "restore_drill runs only as an RQ job"
