@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from bench.fill import ETCD_FLAGS, fill
+from cli.startup import prepare_backup_dir
 from common.config import Config, load_config
 from tests.services import EtcdServer, RedisServer, free_port
 from worker.runner import ThreadWorker, start_thread_worker
@@ -146,7 +147,9 @@ def make_service(
 
     def make(worker: bool = True, **overrides: Any) -> Service:
         overrides.setdefault("redis_url", redis_server.url)
-        service = Service(load_config(write_config(**overrides)), redis_conn)
+        config = load_config(write_config(**overrides))
+        prepare_backup_dir(config)  # as every process does at start-up (cli.startup)
+        service = Service(config, redis_conn)
         if worker:
             service.start_worker()
         services.append(service)

@@ -1,0 +1,71 @@
+"""What every etcd-backup process does before it serves: find and load the config, prepare backup-dir.
+
+A process that cannot start says why in one line on stderr and exits 2; loading the config itself
+(common.config) only raises, and creates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from common.config import REDIS_URL_ENV, Config, ConfigError, load_config, printable
+
+CONFIG_ENV = "ETCD_BACKUP_CONFIG"
+"""Environment variable with the config file's path, for processes started by gunicorn or a Procfile."""
+DEFAULT_CONFIG_PATH = "/etc/etcd-backup/config.yml"
+
+
+def start_up(config_path: str | None) -> Config:
+    """Load the config and prepare its backup-dir, for a process that cannot start without them."""
+    path = os.path.abspath(config_path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    try:
+        config = load_config(path)
+        prepare_backup_dir(config)
+    except ConfigError as exc:
+        exit_with(f"bad config {printable(path)}: {exc}")
+    return config
+
+
+def prepare_backup_dir(config: Config) -> None:
+    """Create backup-dir (0700) if it is missing; refuse one that this process cannot write, or that
+    someone else could plant files in."""
+    path = config.backup_dir
+    if path.exists() and not path.is_dir():
+        raise ConfigError("backup-dir", f"{path} is not a directory")
+    try:
+        # 0700: a snapshot holds every secret stored in etcd.
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("backup-dir", f"cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError("backup-dir", f"{path} is not writable")
+    # Refused, not chmod-ed: files may already have been planted while it was open (a FIFO, a backup
+    # named in the future), and it may be open on purpose (a tmpfs mount, a share): the operator decides.
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise ConfigError("backup-dir", f"{path} is owned by uid {st.st_uid}, not by this process' user "
+                                        f"(uid {os.geteuid()}): its owner could plant or remove backups")
+    if st.st_mode & 0o022:
+        raise ConfigError("backup-dir", f"{path} is writable by group or others (mode {st.st_mode & 0o777:04o}): "
+                                        "anyone could plant files there; make it private (chmod 0700)")
+
+
+def exit_unless_shared_queue(config: Config, situation: str) -> None:
+    """Exit 2 if `config` has no Redis: the embedded queue cannot link separate processes."""
+    if config.redis_url is None:
+        exit_with(f"redis-url: required when {situation} (set redis-url in the config or {REDIS_URL_ENV})")
+
+
+def load_web_config() -> Config:
+    """Start up an API process that runs apart from its workers (the Procfile's `web`: api.gunicorn_conf)."""
+    config = start_up(None)
+    exit_unless_shared_queue(config, "the API runs apart from its workers")
+    return config
+
+
+def exit_with(problem: str) -> NoReturn:
+    """Say why this process cannot start, in one line on stderr, and exit 2."""
+    print(f"etcd-backup: {problem}", file=sys.stderr)
+    raise SystemExit(2) from None
