@@ -1,7 +1,8 @@
 """RQ job functions, enqueued by the API by dotted path (`common.queue.BACKUP_JOB`).
 
-A job's arguments carry no secrets: the worker reads etcd's credentials from its own config,
-installed once by `configure()` when the worker process starts.
+A job's arguments carry no secrets: the worker that runs a job passes its own config, which holds
+etcd's credentials, as the first argument (worker.runner.ConfiguredJob); the arguments stored in
+Redis are only those the API enqueued (common.jobs checks them).
 """
 
 from __future__ import annotations
@@ -25,24 +26,8 @@ from worker.leases import backup_lock, job_heartbeat, live_backup
 
 logger = logging.getLogger(__name__)
 
-_config: Config | None = None
-
-
-def configure(config: Config) -> None:
-    """Install the config that jobs run with in this process."""
-    global _config
-    _config = config
-
-
-def _configured() -> Config:
-    if _config is None:
-        raise RuntimeError("worker.jobs.configure() was not called in this worker process")
-    return _config
-
-
-def take_backup() -> dict[str, object]:
+def take_backup(config: Config) -> dict[str, object]:
     """Take one backup of the cluster; return the file's name and size."""
-    config = _configured()
     job = get_current_job()
     assert job is not None, "take_backup runs only as an RQ job"
     connection = job.connection
@@ -66,9 +51,8 @@ def take_backup() -> dict[str, object]:
     return {"filename": result.filename, "filesize": result.filesize}
 
 
-def restore_drill() -> dict[str, object]:
+def restore_drill(config: Config) -> dict[str, object]:
     """Restore the newest backup into a throwaway etcd and check it (worker.drill)."""
-    config = _configured()
     job = get_current_job()
     assert job is not None, "restore_drill runs only as an RQ job"
     # From here on, drill ticks queue a new drill: this one is about to pick its backup.
@@ -77,9 +61,8 @@ def restore_drill() -> dict[str, object]:
     return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds}
 
 
-def verify_backup(filename: str) -> dict[str, object]:
+def verify_backup(config: Config, filename: str) -> dict[str, object]:
     """Check backup `filename` as `etcd-backup verify` does (recovery.verify); raise VerifyError if bad."""
-    config = _configured()
     job = get_current_job()
     assert job is not None, "verify_backup runs only as an RQ job"
     path = backups.backup_path(config.backup_dir, filename)
