@@ -46,6 +46,7 @@ TIER_LENGTHS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
 """Seconds per step of each retention tier: a tier may count steps up to RETENTION_HORIZON."""
 CRON_HORIZON = timedelta(days=366)
 """A schedule must fire at least this often: one that never fires (30 February) stops the scheduler."""
+
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
