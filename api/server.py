@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.config import Config, exit_unless_shared_queue, load_config_or_exit
+from common.config import Config
 
 HTTP_THREADS = 128
 """Requests served at once per gunicorn worker; a POST holds a thread while it waits for its job."""
@@ -27,9 +27,3 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         "control_socket_disable": True,
     }
 
-
-def load_web_config() -> Config:
-    """Load the config of an API process that runs apart from its workers (the Procfile's `web`)."""
-    config = load_config_or_exit(None)
-    exit_unless_shared_queue(config, "the API runs apart from its workers")
-    return config

@@ -14,16 +14,10 @@ import sys
 import yaml
 
 from cli import recovery
+from cli.startup import CONFIG_ENV, DEFAULT_CONFIG_PATH, exit_unless_shared_queue, start_up
 from common import queue, retention
 from common.clock import redis_clock
-from common.config import (
-    CONFIG_ENV,
-    DEFAULT_CONFIG_PATH,
-    Config,
-    effective_config,
-    exit_unless_shared_queue,
-    load_config_or_exit,
-)
+from common.config import Config, effective_config
 from common.storage import open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -57,7 +51,7 @@ def config_command(argv: list[str]) -> None:
                                               "secrets masked); a bad config is one line and exit 2")
     add_config_option(check)
     args = parser.parse_args(argv)
-    print(yaml.safe_dump(effective_config(load_config_or_exit(args.config)), sort_keys=False), end="")
+    print(yaml.safe_dump(effective_config(start_up(args.config)), sort_keys=False), end="")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         config_command(arguments[1:])
         return
     args = parse_args(arguments)
-    config = load_config_or_exit(args.config)
+    config = start_up(args.config)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     # Each command imports only what it runs: a worker never loads gunicorn or Flask.
     if args.command == "prune":

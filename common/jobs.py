@@ -68,7 +68,8 @@ ARGUMENT_CHECKS: dict[str, Callable[[list[Any], dict[str, Any]], str | None]] = 
     DRILL_JOB: _no_arguments,
     VERIFY_JOB: _one_backup_name,
 }
-"""The functions a worker runs, each with the check of the arguments it accepts."""
+"""The functions a worker runs, each with the check of the arguments a job may give it (in Redis; the
+worker passes its own config before them: worker.runner.ConfiguredJob)."""
 JOBS = frozenset(ARGUMENT_CHECKS)
 
 

@@ -51,7 +51,7 @@ class BackupMetadata:
     alarms: list[str] | None = None
     """etcd's active alarms when the backup was taken, e.g. `NOSPACE on <member id>`."""
     drill: dict[str, Any] | None = None
-    """The last restore drill of this backup: time, outcome, reason, seconds (recovery.drill)."""
+    """The last restore drill of this backup: time, outcome, reason, seconds (worker.drill)."""
 
     def snapshot_revision(self) -> int | None:
         """The revision the snapshot holds, if known exactly (metadata older than revision_at_end: `revision`)."""

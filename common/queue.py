@@ -119,7 +119,7 @@ def _enqueue_unless_pending(pipe: Pipeline, queue: Queue, function: str) -> Job 
 
 
 def enqueue_drill(queue: Queue) -> Job:
-    """Queue a restore drill of the newest backup (recovery.drill, run by a worker), or join the queued one."""
+    """Queue a restore drill of the newest backup (worker.drill, run by a worker), or join the queued one."""
     return enqueue_or_join(queue, DRILL_JOB)
 
 

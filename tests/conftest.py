@@ -11,6 +11,7 @@ import pytest
 import redis
 import yaml
 
+from cli.startup import prepare_backup_dir
 from common.config import load_config
 from harness.fill import ETCD_FLAGS, fill
 from harness.in_process import ConfigFactory, Service
@@ -111,7 +112,9 @@ def make_service(
 
     def make(worker: bool = True, **overrides: Any) -> Service:
         overrides.setdefault("redis_url", redis_server.url)
-        service = Service(load_config(write_config(**overrides)), redis_conn)
+        config = load_config(write_config(**overrides))
+        prepare_backup_dir(config)  # as every process does at start-up (cli.startup)
+        service = Service(config, redis_conn)
         if worker:
             service.start_worker()
         services.append(service)

@@ -23,8 +23,8 @@ from common.storage import LocalStore
 from harness.in_process import Service
 from harness.report import Report
 from recovery.client import Client
-from recovery.drill import run_drill
 from tests.test_metrics import scrape
+from worker.drill import run_drill
 
 PROJECT_PACKAGES = ("api", "cli", "common", "recovery", "scheduler", "worker")
 

@@ -1,4 +1,4 @@
-"""Config loading: the seed's keys and defaults, etcdutil's etcd section, one-line errors."""
+"""Config loading: the original etcd-backup's keys and defaults, etcdutil's etcd section, one-line errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ import pytest
 import redis
 import yaml
 
-from common.config import Config, ConfigError, effective_config, load_config, parse_config, parse_duration
+from cli.startup import prepare_backup_dir
+from common.config import (
+    Config,
+    ConfigError,
+    effective_config,
+    load_config,
+    parse_config,
+    parse_duration,
+    split_listen,
+)
 from common.queue import connect
 from harness.in_process import ConfigFactory
 from harness.processes import BIN_DIR, free_port
@@ -28,8 +37,8 @@ def parse(document: Any, environ: dict[str, str] | None = None) -> Config:
     return parse_config(document, environ or {})
 
 
-def test_seed_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # backup-dir defaults to /etcd-backup/ (created if missing); keep this test away from it.
+def test_original_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # backup-dir defaults to /etcd-backup/ (created at start-up if missing); keep this test away from it.
     config = parse({"etcd": {}, "backup-dir": str(tmp_path / "b")})
     assert config.listen == "0.0.0.0:8080"
     assert config.rotate == 14
@@ -64,7 +73,7 @@ def test_all_keys(tmp_path: Path) -> None:
             "tls-key": str(ca),
         },
     })
-    assert config.listen_host_port == ("::1", 9090)
+    assert split_listen(config.listen) == ("::1", 9090)
     assert config.rotate == 3 and config.gzip_level == 6 and config.backup_timeout == 90.0
     assert config.redis_url == "redis://localhost:6379/2"
     assert config.etcd.timeout == 0.5 and config.etcd.prefix == "/app/"
@@ -117,7 +126,6 @@ def test_bad_go_durations(text: str) -> None:
     ({"etcd": {"tls-ca": PEM, "tls-ca-file": "/x"}}, "etcd.tls-ca", "not both"),
     ({"etcd": {"tls-cert": PEM}}, "etcd.tls-key", "together"),
     ({"etcd": {}, "redis-url": "http://r"}, "redis-url", "redis://"),
-    ({"etcd": {}, "backup-dir": "/proc/etcd-backup"}, "backup-dir", "cannot create"),
     ({"etcd": "http://127.0.0.1:2379"}, "etcd", "expected a mapping"),
 ])
 def test_bad_config_names_the_key(document: Any, key: str, words: str, tmp_path: Path) -> None:
@@ -131,11 +139,27 @@ def test_bad_config_names_the_key(document: Any, key: str, words: str, tmp_path:
     assert "\n" not in str(info.value)
 
 
+def test_parsing_creates_no_backup_dir(tmp_path: Path) -> None:
+    config = parse({"etcd": {}, "backup-dir": str(tmp_path / "b")})
+    assert config.backup_dir == tmp_path / "b" and not config.backup_dir.exists()
+    prepare_backup_dir(config)  # at start-up
+    assert config.backup_dir.is_dir() and config.backup_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_backup_dir_that_cannot_be_created() -> None:
+    with pytest.raises(ConfigError) as info:
+        prepare_backup_dir(parse({"etcd": {}, "backup-dir": "/proc/etcd-backup"}))
+    assert info.value.key == "backup-dir"
+    assert str(info.value).startswith("backup-dir: ")
+    assert "cannot create" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_unwritable_backup_dir(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("")
     with pytest.raises(ConfigError, match="^backup-dir: .* is not a directory$"):
-        parse({"etcd": {}, "backup-dir": str(target)})
+        prepare_backup_dir(parse({"etcd": {}, "backup-dir": str(target)}))
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:

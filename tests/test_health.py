@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from cli.startup import prepare_backup_dir
 from common.config import load_config
 from harness.in_process import ConfigFactory, Service
 from harness.servers import EtcdServer
@@ -38,7 +39,9 @@ def failed_checks(service: Service) -> dict[str, str]:
 
 
 def test_not_ready_without_redis(write_config: ConfigFactory) -> None:
-    service = Service(load_config(write_config()), redis.Redis.from_url("redis://127.0.0.1:1"))
+    config = load_config(write_config())
+    prepare_backup_dir(config)
+    service = Service(config, redis.Redis.from_url("redis://127.0.0.1:1"))
     assert list(failed_checks(service)) == ["redis"]
 
 

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from api.meta import OPENAPI_PATH
+from cli.startup import prepare_backup_dir
 from common.config import API_TOKEN_ENV, ConfigError, parse_config
 from common.queue import QUEUE_NAME
 from harness.deployment import Deployment, start
@@ -88,6 +89,7 @@ def fuzz_service(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdServer) -> 
     base = tmp_path_factory.mktemp("fuzz")
     (base / "outside.txt").write_text("OUTSIDE backup-dir")
     config = parse_config({"backup-dir": str(base / "backups"), "etcd": {"endpoints": [etcd.url]}}, {})
+    prepare_backup_dir(config)
     (config.backup_dir / "snapshot-20240101_000000.tar.gz").write_bytes(b"the only backup")
     (config.backup_dir / "snapshot-20240102_000000.tar.gz").symlink_to(base / "outside.txt")
     return Service(config, redis.Redis.from_url("redis://127.0.0.1:1"))  # GETs never touch Redis

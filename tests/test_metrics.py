@@ -32,6 +32,8 @@ def scrape(service: Service) -> dict[str, float]:
 def test_metrics_after_a_success_and_a_failure(make_service: Callable[..., Service]) -> None:
     service = make_service()
     name = service.client.post("/api/v1/backup").get_json()["filename"]
+    # A job runs with the config of the worker that takes it: only the failing service's may take the next.
+    service.stop_worker()
     failing = make_service(etcd_overrides={"endpoints": ["http://127.0.0.1:1"], "timeout": "1s"})
     assert failing.client.post("/api/v1/backup").status_code == 500
     metadata = LocalStore(service.config.backup_dir).read_metadata(name)

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import redis
 
+from cli.startup import start_up
 from common import backups, retention
-from common.config import load_config_or_exit
 from common.storage import LocalStore
 from common.storage.local import temp_name
 from harness.in_process import ConfigFactory, Service
 from harness.report import Report
-from recovery.drill import run_drill
+from worker.drill import run_drill
 
 DEADLINE = 5.0
 """Seconds any one call may take with the plants in place (each takes well under one)."""
@@ -35,7 +35,7 @@ def test_a_backup_dir_others_can_write_is_refused(write_config: ConfigFactory, b
     backup_dir.chmod(mode)
     path = write_config()
     with pytest.raises(SystemExit) as exited:
-        load_config_or_exit(str(path))
+        start_up(str(path))
     err = capsys.readouterr().err
     assert exited.value.code == 2
     assert err.count("\n") == 1 and err.startswith(f"etcd-backup: bad config {path}: backup-dir: "), err
@@ -51,7 +51,7 @@ def test_a_backup_dir_of_another_user_is_refused(write_config: ConfigFactory, ba
     os.chown(backup_dir, 65534, 65534)
     path = write_config()
     with pytest.raises(SystemExit) as exited:
-        load_config_or_exit(str(path))
+        start_up(str(path))
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.startswith(f"etcd-backup: bad config {path}: backup-dir: "), err
     assert "owned by uid 65534" in err

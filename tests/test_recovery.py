@@ -22,10 +22,10 @@ from harness.processes import wait_until
 from harness.report import Report
 from harness.servers import EtcdServer
 from recovery.client import Client
-from recovery.drill import run_drill
 from recovery.verify import VerifyError, verify_file
 from scheduler.cron import run_drill_tick
 from tests.test_schedule import TICK
+from worker.drill import run_drill
 
 
 def snapshot_of(archive: Path) -> tuple[str, bytes]:

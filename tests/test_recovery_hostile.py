@@ -32,10 +32,10 @@ from common.storage import LocalStore
 from harness.in_process import Service
 from harness.report import Report
 from harness.servers import EtcdServer, etcdctl
-from recovery import drill
 from recovery.restore import RestoreError, check_data_dir
 from recovery.verify import CannotVerify, Expected, VerifyError, verify_archive, verify_file
 from recovery.workdir import DRILL_PREFIX, private_workdir, remove_abandoned_workdirs
+from worker import drill
 
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]

@@ -14,6 +14,7 @@ import grpc
 import pytest
 import redis
 
+from cli.startup import prepare_backup_dir
 from common.config import load_config
 from common.etcd import EtcdConnection
 from common.queue import LOCK_KEY
@@ -33,6 +34,7 @@ OLD_BACKUP = "snapshot-20240101_000000.tar.gz"
 def test_worker_start_removes_leftover_temp_files(write_config: ConfigFactory, backup_dir: Path,
                                                   redis_conn: redis.Redis) -> None:
     config = load_config(write_config())
+    prepare_backup_dir(config)
     (backup_dir / LEFTOVER).write_bytes(b"half a backup")
     (backup_dir / OLD_BACKUP).write_bytes(b"a good backup")
     prepare(config, redis_conn)
@@ -42,6 +44,7 @@ def test_worker_start_removes_leftover_temp_files(write_config: ConfigFactory, b
 def test_the_temp_file_of_the_lock_holder_is_kept(write_config: ConfigFactory, backup_dir: Path,
                                                  redis_conn: redis.Redis) -> None:
     config = load_config(write_config())
+    prepare_backup_dir(config)
     with job_heartbeat(redis_conn, "job1"), backup_lock(redis_conn, token="job1") as acquired:
         assert acquired
         being_written = temp_name(OLD_BACKUP, "job1")
@@ -99,6 +102,7 @@ def test_the_temp_file_of_a_lock_holder_without_heartbeat_is_removed(
 ) -> None:
     """A worker killed mid-backup leaves the lock (until it expires) but its heartbeat stops."""
     config = load_config(write_config())
+    prepare_backup_dir(config)
     redis_conn.set(LOCK_KEY, "killed-job", ex=30)
     (backup_dir / temp_name(OLD_BACKUP, "killed-job")).write_bytes(b"half a backup")
     prepare(config, redis_conn)
@@ -129,6 +133,7 @@ def test_a_stream_frozen_before_its_first_message_stalls(write_config: ConfigFac
     monkeypatch.setattr(EtcdConnection, "snapshot", lambda self: stream)
     monkeypatch.setattr(backup, "STALL_SECONDS", 0.5)
     config = load_config(write_config())
+    prepare_backup_dir(config)
     began = time.monotonic()
     with pytest.raises(BackupError, match=r"stalled: nothing received for 0.5s"):
         backup.take_backup(config, LocalStore(config.backup_dir), temp_tag="job")

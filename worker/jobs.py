@@ -1,7 +1,8 @@
 """RQ job functions, enqueued by the API by dotted path (`common.queue.BACKUP_JOB`).
 
-A job's arguments carry no secrets: the worker reads etcd's credentials from its own config,
-installed once by `configure()` when the worker process starts.
+A job's arguments carry no secrets: the worker that runs a job passes its own config, which holds
+etcd's credentials, as the first argument (worker.runner.ConfiguredJob); the arguments stored in
+Redis are only those the API enqueued (common.jobs checks them).
 """
 
 from __future__ import annotations
@@ -17,33 +18,17 @@ from common.config import Config
 from common.jobs import backup_result
 from common.metrics import record_outcome
 from common.storage import open_store
-from recovery.drill import run_drill
 from recovery.verify import CannotVerify, VerifyError, expected_of, verify_archive
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
+from worker.drill import run_drill
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat, live_backup
 
 logger = logging.getLogger(__name__)
 
-_config: Config | None = None
-
-
-def configure(config: Config) -> None:
-    """Install the config that jobs run with in this process."""
-    global _config
-    _config = config
-
-
-def _configured() -> Config:
-    if _config is None:
-        raise RuntimeError("worker.jobs.configure() was not called in this worker process")
-    return _config
-
-
-def take_backup() -> dict[str, object]:
+def take_backup(config: Config) -> dict[str, object]:
     """Take one backup of the cluster; return the file's name and size."""
-    config = _configured()
     job = get_current_job()
     assert job is not None, "take_backup runs only as an RQ job"
     connection = job.connection
@@ -68,9 +53,8 @@ def take_backup() -> dict[str, object]:
     return backup_result(result.filename, result.filesize)
 
 
-def restore_drill() -> dict[str, object]:
-    """Restore the newest backup into a throwaway etcd and check it (recovery.drill)."""
-    config = _configured()
+def restore_drill(config: Config) -> dict[str, object]:
+    """Restore the newest backup into a throwaway etcd and check it (worker.drill)."""
     job = get_current_job()
     assert job is not None, "restore_drill runs only as an RQ job"
     # From here on, drill ticks queue a new drill: this one is about to pick its backup.
@@ -79,9 +63,8 @@ def restore_drill() -> dict[str, object]:
     return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds}
 
 
-def verify_backup(filename: str) -> dict[str, object]:
+def verify_backup(config: Config, filename: str) -> dict[str, object]:
     """Check backup `filename` as `etcd-backup verify` does (recovery.verify); raise VerifyError if bad."""
-    config = _configured()
     job = get_current_job()
     assert job is not None, "verify_backup runs only as an RQ job"
     store = open_store(config)

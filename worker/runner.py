@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -18,10 +20,26 @@ from common.config import Config
 from common.jobs import TrustedJob, refusal
 from common.storage import open_store
 from recovery.workdir import remove_abandoned_workdirs
-from worker import jobs
 from worker.leases import live_backup
 
 logger = logging.getLogger(__name__)
+
+
+class ConfiguredJob(TrustedJob):
+    """A TrustedJob whose function gets the config of the worker that runs it as its first argument
+    (worker.jobs): the config, with etcd's credentials, never goes through Redis, and the job's
+    arguments there stay those the API enqueued (common.jobs checks them)."""
+
+    config: Config | None = None
+    """Set by the BackupWorker about to run the job."""
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        function = super().func  # refuses what is not a job of ours
+        if function is None or self.config is None:
+            raise RuntimeError(f"job {self.id} has no function, or no worker gave it a config")
+        return functools.partial(function, self.config)
+
 
 class BackupWorker(SimpleWorker):
     """Runs jobs in the worker process itself, without fork(): a backup needs no isolation, and a
@@ -31,12 +49,13 @@ class BackupWorker(SimpleWorker):
     imported or called, and logged as refused.
     """
 
-    job_class = TrustedJob
+    job_class = ConfiguredJob
 
-    def __init__(self, connection: redis.Redis) -> None:
+    def __init__(self, connection: redis.Redis, config: Config) -> None:
+        self.config = config  # what this worker's jobs run with (ConfiguredJob)
         # A job's description is whatever its writer put in Redis: never log it.
         super().__init__([queue.job_queue(connection)], connection=connection, serializer=JSONSerializer,
-                         job_class=TrustedJob, log_job_description=False)
+                         job_class=ConfiguredJob, log_job_description=False)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # RQ decodes the job ids it pops as UTF-8 and stops the worker on one that is not: drop such
@@ -71,6 +90,8 @@ class BackupWorker(SimpleWorker):
     def execute_job(self, job: Job, origin: Queue) -> None:
         why = refusal(job)
         if why is None:
+            assert isinstance(job, ConfiguredJob), "dequeued as this worker's job_class"
+            job.config = self.config
             super().execute_job(job, origin)
             return
         logger.error("refused job %s: %s; moved to the failed jobs, nothing run", job.id, why)
@@ -117,8 +138,7 @@ class ThreadWorker(BackupWorker):
 
 
 def prepare(config: Config, connection: redis.Redis) -> None:
-    """Install the config for jobs and remove what a crashed backup, verify or drill left behind."""
-    jobs.configure(config)
+    """Remove what a crashed backup, verify or drill left behind."""
     remove_abandoned_workdirs()
     # The live backup that holds the lock (on any worker) keeps its temp file; the others' are dead.
     open_store(config).remove_unpublished(lambda: live_backup(connection))
@@ -128,13 +148,13 @@ def run_worker(config: Config) -> None:
     """Work the backup queue in this process until SIGTERM/SIGINT (finishing the current backup)."""
     connection = queue.connect(config)
     queue.retry_until_redis_answers(lambda: prepare(config, connection))
-    worker = BackupWorker(connection)
+    worker = BackupWorker(connection, config)
     worker.work(logging_level="INFO")
 
 
 def start_thread_worker(config: Config, connection: redis.Redis) -> ThreadWorker:
     """Start a worker thread on `connection` (the all-in-one server's); `stop()` ends it."""
     prepare(config, connection)
-    worker = ThreadWorker(connection)
+    worker = ThreadWorker(connection, config)
     worker.start()
     return worker

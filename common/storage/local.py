@@ -33,6 +33,7 @@ TEMP_PREFIX = ".snapshot-"
 TEMP_SUFFIX = ".part"
 PRIVATE_FILE = 0o600
 """A snapshot holds every secret stored in etcd."""
+PRIVATE_DIR = 0o700
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 """O_NOFOLLOW: a planted symlink (to /dev/zero, to another user's file) is never followed. O_NONBLOCK:
@@ -61,11 +62,26 @@ class LocalStore:
         return f"LocalStore({str(self.directory)!r})"
 
     def prepare(self) -> None:
-        """Create backup-dir (0700) if it is missing."""
+        """Create backup-dir (0700) if it is missing; refuse one that this process cannot write, or that
+        someone else could plant files in."""
+        path = self.directory
+        if path.exists() and not path.is_dir():
+            raise StorageError(f"{path} is not a directory")
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create {self.where}: {exc.strerror}") from None
+            raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StorageError(f"{path} is not writable")
+        # Refused, not chmod-ed: files may already have been planted while it was open (a FIFO, a backup
+        # named in the future), and it may be open on purpose (a tmpfs mount, a share): the operator decides.
+        st = path.stat()
+        if st.st_uid != os.geteuid():
+            raise StorageError(f"{path} is owned by uid {st.st_uid}, not by this process' user "
+                               f"(uid {os.geteuid()}): its owner could plant or remove backups")
+        if st.st_mode & 0o022:
+            raise StorageError(f"{path} is writable by group or others (mode {st.st_mode & 0o777:04o}): "
+                               "anyone could plant files there; make it private (chmod 0700)")
 
     def check(self) -> None:
         if not os.access(self.directory, os.R_OK | os.X_OK) or not self.directory.is_dir():

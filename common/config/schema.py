@@ -1,0 +1,92 @@
+"""The service's settings as typed, immutable objects, with the defaults of the keys left out."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BACKUP_DIR = "/etcd-backup/"
+DEFAULT_LISTEN = "0.0.0.0:8080"
+DEFAULT_ROTATE = 14
+DEFAULT_ENDPOINTS = ("http://127.0.0.1:2379",)
+DEFAULT_ETCD_TIMEOUT = "2s"
+DEFAULT_BACKUP_TIMEOUT = "5m"
+DEFAULT_GZIP_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """Connection settings for etcd, as cybozu-go/etcdutil's Config spells them."""
+
+    endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
+    prefix: str = ""
+    timeout: float = 2.0
+    username: str | None = None
+    # Secrets never appear in a repr (and so never in a log line that prints the config).
+    password: str | None = field(default=None, repr=False)
+    tls_ca: bytes | None = field(default=None, repr=False)
+    tls_cert: bytes | None = field(default=None, repr=False)
+    tls_key: bytes | None = field(default=None, repr=False)
+    tls_files: tuple[tuple[str, str], ...] = ()
+    """(key, path) of each PEM read from a file, e.g. ("tls-ca", "/etc/etcd/ca.pem"); the others were inline."""
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """The optional `retention` section (common.retention applies it)."""
+
+    max_age: float | None = None
+    """Seconds; backups younger than this are kept."""
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+
+    @property
+    def tiered(self) -> bool:
+        return bool(self.hourly or self.daily or self.weekly)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole service's settings: the keys of the original etcd-backup (cybozu-go/etcd-backup) plus this
+    service's own."""
+
+    etcd: EtcdConfig
+    backup_dir: Path = Path(DEFAULT_BACKUP_DIR)
+    listen: str = DEFAULT_LISTEN
+    rotate: int = DEFAULT_ROTATE
+    redis_url: str | None = field(default=None, repr=False)
+    backup_timeout: float = 300.0
+    gzip_level: int = DEFAULT_GZIP_LEVEL
+    api_token: str | None = field(default=None, repr=False)
+    """When set, every request but /healthz needs `Authorization: Bearer <api_token>`."""
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
+    """When set (both), the API listens with TLS."""
+    retention: RetentionConfig | None = None
+    schedule: str | None = None
+    """A cron expression, in UTC (five fields; a sixth for seconds): when scheduled backups are taken."""
+    skip_unchanged: bool = False
+    """A scheduled backup is skipped when etcd's revision is the newest backup's."""
+    drill: str | None = None
+    """A cron expression, in UTC: when the newest backup is restored and started to prove it works."""
+
+    @property
+    def open_to_the_network(self) -> bool:
+        """Whether the API listens beyond loopback without a token: anyone who reaches it gets every Secret."""
+        host, _ = split_listen(self.listen)
+        if self.api_token is not None or host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name other than localhost
+            return True
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port") into its parts."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT with a port in 1-65535, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

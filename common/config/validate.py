@@ -1,0 +1,225 @@
+"""The service's rules for each key: validate an already-parsed YAML document into a Config, the
+first mistake a ConfigError naming the key. Reads the files the config names (PEMs, the API's TLS
+files); creates nothing (backup-dir is prepared at start-up: cli.startup)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from croniter import CroniterBadDateError, croniter
+from redis import connection as redis_connection
+
+from common.config.errors import ConfigError
+from common.config.schema import (
+    DEFAULT_BACKUP_DIR,
+    DEFAULT_BACKUP_TIMEOUT,
+    DEFAULT_ENDPOINTS,
+    DEFAULT_ETCD_TIMEOUT,
+    DEFAULT_GZIP_LEVEL,
+    DEFAULT_LISTEN,
+    DEFAULT_ROTATE,
+    Config,
+    EtcdConfig,
+    RetentionConfig,
+)
+from common.config.section import Section
+
+REDIS_URL_ENV = "REDIS_URL"
+API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
+MIN_API_TOKEN_LENGTH = 16
+
+# Bounds of values that pass for the right type but cannot work (issue 19).
+ETCD_TIMEOUT_BOUNDS = (0.1, 600.0)
+"""Seconds: etcd.timeout bounds connecting and authenticating, not the snapshot. Below 100ms even a
+healthy member on the same host misses it; beyond 10 minutes a dead endpoint holds the backup that long."""
+BACKUP_TIMEOUT_BOUNDS = (0.1, 3600.0)
+"""Seconds a POST waits before answering 202: beyond an hour (a job's own limit, common.jobs.JOB_TIMEOUT)
+it waits for nothing; below 100ms it is no wait at all."""
+RETENTION_HORIZON = 100 * 365.25 * 86400
+"""Seconds: no retention rule reaches back more than 100 years (beyond ~2,000, date arithmetic overflows)."""
+MAX_AGE_BOUNDS = (60.0, RETENTION_HORIZON)
+TIER_LENGTHS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
+"""Seconds per step of each retention tier: a tier may count steps up to RETENTION_HORIZON."""
+CRON_HORIZON = timedelta(days=366)
+"""A schedule must fire at least this often: one that never fires (30 February) stops the scheduler."""
+
+TOP_LEVEL_KEYS = frozenset({
+    "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
+    "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
+})
+RETENTION_KEYS = frozenset({"max-age", "hourly", "daily", "weekly"})
+ETCD_KEYS = frozenset({
+    "endpoints", "prefix", "timeout", "username", "password",
+    "tls-ca", "tls-cert", "tls-key", "tls-ca-file", "tls-cert-file", "tls-key-file",
+})
+
+
+def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config:
+    """Validate an already-parsed YAML document."""
+    top = Section(raw, "", TOP_LEVEL_KEYS)
+    return Config(
+        etcd=_parse_etcd(top.require("etcd")),
+        backup_dir=_backup_dir(top.get_str("backup-dir", DEFAULT_BACKUP_DIR)),
+        listen=top.get_listen("listen", DEFAULT_LISTEN),
+        rotate=top.get_int("rotate", DEFAULT_ROTATE, minimum=1),
+        redis_url=_redis_url(top.get_str("redis-url", None), environ),
+        backup_timeout=top.get_duration("backup-timeout", DEFAULT_BACKUP_TIMEOUT, BACKUP_TIMEOUT_BOUNDS),
+        gzip_level=top.get_int("gzip-level", DEFAULT_GZIP_LEVEL, minimum=0, maximum=9),
+        api_token=_api_token(top.get_str("api-token", None), environ),
+        **_api_tls(top.get_str("api-tls-cert", None), top.get_str("api-tls-key", None)),
+        retention=_parse_retention(top.get_section("retention")),
+        schedule=_schedule(top.get_str("schedule", None)),
+        skip_unchanged=top.get_bool("skip-unchanged", False),
+        drill=_schedule(top.get_str("drill", None), "drill"),
+    )
+
+
+def next_fire(expression: str, after: datetime) -> datetime:
+    """When the cron `expression`, read in UTC, next fires after `after` (RQ would read it in local time)."""
+    fire: datetime = croniter(expression, after.astimezone(UTC)).get_next(datetime)
+    return fire
+
+
+def _schedule(expression: str | None, key: str = "schedule") -> str | None:
+    if expression is None:
+        return None
+    if not croniter.is_valid(expression):
+        raise ConfigError(key, f"not a cron expression: {expression!r} (e.g. \"0 */6 * * *\")")
+    # From four starts a year apart: "0 0 29 2 *" would otherwise pass or fail by the date it is checked.
+    now = datetime.now(UTC)
+    for start in (now + k * CRON_HORIZON for k in range(4)):
+        try:
+            fires_in_time = next_fire(expression, start) - start <= CRON_HORIZON
+        except CroniterBadDateError:  # nothing found for decades
+            fires_in_time = False
+        if not fires_in_time:
+            raise ConfigError(key, f"{expression!r} does not fire within a year (is there such a day?)")
+    return expression
+
+
+def _parse_retention(raw: Any) -> RetentionConfig | None:
+    if raw is None:
+        return None
+    section = Section(raw, "retention.", RETENTION_KEYS)
+    tiers = {key: section.get_int(key, 0, minimum=0, maximum=int(RETENTION_HORIZON // length), note="100 years")
+             for key, length in TIER_LENGTHS.items()}
+    retention = RetentionConfig(
+        # `max-age: null` is no max-age, as every other key's null is its default.
+        max_age=section.get_duration("max-age", "1m", MAX_AGE_BOUNDS, note="100 years")
+        if raw.get("max-age") is not None else None,
+        **tiers,
+    )
+    if retention.max_age is None and not retention.tiered:
+        raise ConfigError("retention", "give max-age, or at least one of hourly, daily, weekly")
+    return retention
+
+
+def _parse_etcd(raw: Any) -> EtcdConfig:
+    section = Section(raw, "etcd.", ETCD_KEYS)
+    endpoints = section.get_str_list("endpoints", DEFAULT_ENDPOINTS)
+    for url in endpoints:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("etcd.endpoints", f"expected http:// or https:// URLs, got {url!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError("etcd.endpoints", f"bad port in {url!r}") from None
+    username = section.get_str("username", None)
+    password = section.get_str("password", None)
+    if (username is None) != (password is None):
+        missing = "etcd.password" if password is None else "etcd.username"
+        raise ConfigError(missing, "username and password must be given together")
+    ca, ca_file = section.get_pem("tls-ca")
+    cert, cert_file = section.get_pem("tls-cert")
+    key, key_file = section.get_pem("tls-key")
+    if (cert is None) != (key is None):
+        raise ConfigError("etcd.tls-key" if key is None else "etcd.tls-cert",
+                          "tls-cert and tls-key must be given together")
+    return EtcdConfig(
+        endpoints=tuple(endpoints),
+        prefix=section.get_str("prefix", ""),
+        timeout=section.get_duration("timeout", DEFAULT_ETCD_TIMEOUT, ETCD_TIMEOUT_BOUNDS),
+        username=username,
+        password=password,
+        tls_ca=ca,
+        tls_cert=cert,
+        tls_key=key,
+        tls_files=tuple((name, path) for name, path in (("tls-ca", ca_file), ("tls-cert", cert_file),
+                                                        ("tls-key", key_file)) if path is not None),
+    )
+
+
+def _backup_dir(value: str) -> Path:
+    if not value:
+        raise ConfigError("backup-dir", "is empty (it would mean the current directory): give a directory")
+    # Absolute: gunicorn's --chdir and daemons must not change which directory is meant.
+    return Path(value).absolute()
+
+
+REDIS_URL_HINT = "percent-encode special characters in the password (# as %23, / as %2F, ? as %3F, @ as %40, % as %25)"
+
+
+def _redis_url(value: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    url = value or environ.get(REDIS_URL_ENV) or None
+    if url is not None and (problem := _redis_url_problem(url)) is not None:
+        raise ConfigError("redis-url" if value else REDIS_URL_ENV, problem)
+    return url
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why Redis' client would misread `url` (or fail on it with a traceback), or None.
+
+    The URL holds the password: the answer never quotes it, nor any part of it. A password's `#`, `/`
+    or `?` ends the URL's host part early, so the rest of the password is taken for the port, the
+    database or the query.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):  # as redis-py checks it: lower case
+        return "expected a redis://, rediss:// or unix:// URL"
+    try:
+        parts = urlsplit(url)
+        port = parts.port if parts.scheme != "unix" else None
+    except ValueError:  # a port that is no number, or an unbalanced [ of an IPv6 host
+        return f"the host part is not HOST:PORT: {REDIS_URL_HINT}"
+    # Where the host part ended early, the password's rest (and its "@host") lands after it.
+    if "#" in url or "@" in url[len(parts.scheme) + len("://") + len(parts.netloc):]:
+        return f"the password ends the host part early: {REDIS_URL_HINT}"
+    if parts.scheme == "unix":
+        return None if parts.path else "expected unix:///path/to/redis.sock"
+    if not parts.hostname or port == 0:  # redis-py would quietly use localhost, or port 6379
+        return f"no host or port: {REDIS_URL_HINT}"
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        return f"the path must be a database number (/0): {REDIS_URL_HINT}"
+    try:
+        redis_connection.parse_url(url)  # type: ignore[no-untyped-call]  # what redis.Redis.from_url does
+    except ValueError:  # its messages may quote the URL
+        return f"not a URL that Redis' client reads: {REDIS_URL_HINT}"
+    return None
+
+
+def _api_token(value: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    # A token written but empty is a mistake, not a wish for an open API: refused like a short one.
+    token = value if value is not None else environ.get(API_TOKEN_ENV) or None
+    if token is not None and len(token) < MIN_API_TOKEN_LENGTH:
+        key = "api-token" if value is not None else API_TOKEN_ENV
+        raise ConfigError(key, f"must be at least {MIN_API_TOKEN_LENGTH} characters long")
+    return token
+
+
+def _api_tls(cert: str | None, key: str | None) -> dict[str, Path]:
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        missing = "api-tls-cert" if cert is None else "api-tls-key"
+        raise ConfigError(missing, "api-tls-cert and api-tls-key go together")
+    files = {}
+    for name, value in (("api-tls-cert", cert), ("api-tls-key", key)):
+        path = Path(value).absolute()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(name, f"{value} is not a readable file")
+        files[name.replace("-", "_")] = path
+    return files
