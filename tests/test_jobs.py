@@ -128,3 +128,32 @@ def test_an_unreadable_job_is_one_json_error_not_the_api(make_service: Callable[
     report(f"a queued backup job with {planted} planted in {where}",
            f"GET /api/v1/jobs/<id>: {answer.status_code} \"{message.replace(job.id, '<id>')[:160]}\"; other "
            f"requests unaffected (a POST queued a new job: {post.status_code}); nothing imported")
+
+
+def test_a_verify_that_outlives_the_heartbeat_ttl_is_not_taken_for_lost(
+        make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch, report: Report) -> None:
+    """Only backups kept a heartbeat once: a verify (or drill) running longer than its TTL was answered
+    500 "the worker was lost" while the worker was still checking."""
+    import api.outcomes
+    import worker.jobs
+    import worker.leases
+
+    ttl = 1.0
+    monkeypatch.setattr(api.outcomes, "HEARTBEAT_TTL", ttl)
+    monkeypatch.setattr(worker.leases, "HEARTBEAT_TTL", ttl)
+    real_verify = worker.jobs.verify_archive
+
+    def slow_verify(*args: object, **kwargs: object) -> object:
+        time.sleep(4 * ttl)
+        return real_verify(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.jobs, "verify_archive", slow_verify)
+    service = make_service(backup_timeout="20s")
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    began = time.monotonic()
+    verify = service.client.post(f"/api/v1/backup/{name}/verify")
+    took = time.monotonic() - began
+    assert verify.status_code == 200, verify.get_json()
+    assert verify.get_json()["message"] == "backup verified" and took >= 4 * ttl
+    report(f"a verify job that runs {took:.1f} s, four times the worker heartbeat's TTL ({ttl:g} s, shortened)",
+           f"POST verify answered {verify.status_code} \"{verify.get_json()['message']}\", not a lost worker")

@@ -59,7 +59,8 @@ def restore_drill(config: Config) -> dict[str, object]:
     assert job is not None, "restore_drill runs only as an RQ job"
     # From here on, drill ticks queue a new drill: this one is about to pick its backup.
     queue.release_pending(job.connection, job.id, queue.DRILL_JOB)
-    result = run_drill(config, job.connection)
+    with job_heartbeat(job.connection, job.id):  # a drill takes minutes: the API must not take it for lost
+        result = run_drill(config, job.connection)
     return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds}
 
 
@@ -72,7 +73,8 @@ def verify_backup(config: Config, filename: str) -> dict[str, object]:
         opened = store.open(filename)
         if opened is None:
             raise VerifyError(f"{filename} is not a backup in {store.where}")
-        with opened.file as archive, private_workdir(VERIFY_PREFIX) as work:
+        # A big backup takes a while to check: the heartbeat tells the API the worker is still at it.
+        with job_heartbeat(job.connection, job.id), opened.file as archive, private_workdir(VERIFY_PREFIX) as work:
             verified = verify_archive(archive, work, expected_of(store.read_metadata(filename)))
     except CannotVerify as exc:
         job.meta[queue.UNCHECKED_META] = True
