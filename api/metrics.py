@@ -49,6 +49,9 @@ class BackupCollector(Collector):
         yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(sizes))
         yield GaugeMetricFamily("etcd_backup_backups_on_disk_bytes", "Bytes of the backups in backup-dir.",
                                 value=sum(sizes))
+        yield GaugeMetricFamily("etcd_backup_stale_backups",
+                                "Backups from a member that could not prove it current (allow-stale-member).",
+                                value=sum(1 for name in names if backups.is_stale(name)))
         future = sum(1 for name in names if backups.is_future(name, now))
         yield GaugeMetricFamily("etcd_backup_future_backups",
                                 "Backups named in the future (a host's clock was ahead): never counted as the newest.",

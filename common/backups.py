@@ -15,8 +15,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 BACKUP_SUFFIX = ".tar.gz"
+STALE_MARK = ".stale"
+"""In the name of a backup taken from a member that could not prove it current (allow-stale-member)."""
 NAME_TIME_FORMAT = "%Y%m%d_%H%M%S"
-BACKUP_NAME = re.compile(r"snapshot-(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})\.tar\.gz")
+BACKUP_NAME = re.compile(r"snapshot-(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:\.stale)?\.tar\.gz")
 METADATA_SUFFIX = ".json"
 """A backup's metadata (common.metadata) is in a file named after the archive, plus this."""
 FUTURE_TOLERANCE = timedelta(seconds=60)
@@ -30,9 +32,16 @@ newest until the clock passes it.
 """
 
 
-def backup_name(started: datetime) -> str:
-    """Return the archive name for a snapshot started at `started` (UTC)."""
-    return f"snapshot-{started.astimezone(UTC).strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+def backup_name(started: datetime, stale: bool = False) -> str:
+    """Return the archive name for a snapshot started at `started` (UTC); `stale` marks one from a member
+    that could not prove it current (is_stale)."""
+    return f"snapshot-{started.astimezone(UTC).strftime(NAME_TIME_FORMAT)}{STALE_MARK if stale else ''}{BACKUP_SUFFIX}"
+
+
+def is_stale(name: str) -> bool:
+    """Whether backup `name` is from a member that could not prove it current: taken only with
+    allow-stale-member, when no member could; never "the newest backup", which is always current."""
+    return name.endswith(STALE_MARK + BACKUP_SUFFIX)
 
 
 def member_name(archive_name: str) -> str:
@@ -79,9 +88,10 @@ def is_future(name: str, now: datetime) -> bool:
     return name > backup_name(now + FUTURE_TOLERANCE)
 
 
-def newest(names: list[str], now: datetime) -> str | None:
-    """The newest of backup `names` that is not named in the future, if any."""
-    ordered = in_time_order(names, now)
+def newest(names: list[str], now: datetime, stale: bool = False) -> str | None:
+    """The newest current backup of `names` (with `stale`: the newest stale one) that is not named in the
+    future, if any."""
+    ordered = in_time_order([name for name in names if is_stale(name) == stale], now)
     return ordered[-1] if ordered and not is_future(ordered[-1], now) else None
 
 

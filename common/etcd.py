@@ -90,9 +90,11 @@ class EtcdConnection:
         return responses
 
     def key_count(self, revision: int, timeout: float) -> int:
-        """How many keys etcd holds at `revision` (a count-only range over the whole keyspace)."""
+        """How many keys etcd holds at `revision` (a count-only range over the whole keyspace): the quorum's
+        count, or, on a connection without the proof, the member's own (a serializable read)."""
         response = etcdrpc.KVStub(self.channel).Range(
-            etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True, revision=revision),
+            etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True, revision=revision,
+                                 serializable=self.currency is None),
             metadata=self.metadata, timeout=timeout,
         )
         return int(response.count)
@@ -158,6 +160,14 @@ def prove_current(channel: grpc.Channel, metadata: Metadata, status: etcdrpc.Sta
         raft_index=int(status.raftIndex), is_leader=status.leader == member,
         alarms=tuple(f"{etcdrpc.AlarmType.Name(alarm.alarm)} on {alarm.memberID:x}" for alarm in alarms),
     )
+
+
+def unproven_state(status: etcdrpc.StatusResponse) -> Currency:
+    """The member's state as it reports it itself, for a stale backup: its own revision, which the quorum
+    (if there is one) may be far past, and no alarms (listing them needs a leader)."""
+    return Currency(cluster_revision=int(status.header.revision), raft_term=int(status.raftTerm),
+                    raft_index=int(status.raftIndex), is_leader=status.leader == status.header.member_id,
+                    alarms=())
 
 
 def describe_rpc_error(exc: grpc.RpcError, timeout: float) -> str:

@@ -34,19 +34,22 @@ JOB_TIMEOUT = 3600
 
 
 
-def backup_result(filename: str, filesize: int) -> dict[str, object]:
+def backup_result(filename: str, filesize: int, stale: str | None = None) -> dict[str, object]:
     """What a backup job returns, and records as published: the original etcd-backup's answer to a POST
-    but its message (which the API adds)."""
-    return {"filename": filename, "filesize": filesize}
+    but its message (which the API adds); for a stale backup (allow-stale-member), also why it is stale."""
+    result: dict[str, object] = {"filename": filename, "filesize": filesize}
+    if stale is not None:
+        result["stale"] = stale
+    return result
 
 
 def read_backup_result(value: object) -> dict[str, object] | None:
     """`value`, read from Redis, as a backup_result; None if it is not one (anyone who can write to Redis
     can write there)."""
     if not (isinstance(value, dict) and isinstance(value.get("filename"), str)
-            and isinstance(value.get("filesize"), int)):
+            and isinstance(value.get("filesize"), int) and isinstance(value.get("stale", ""), str)):
         return None
-    return backup_result(value["filename"], value["filesize"])
+    return backup_result(value["filename"], value["filesize"], value.get("stale"))
 
 
 MAX_JOB_FIELD_BYTES = 1 << 20

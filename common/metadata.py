@@ -50,6 +50,8 @@ class BackupMetadata:
     raft_index: int | None = None
     alarms: list[str] | None = None
     """etcd's active alarms when the backup was taken, e.g. `NOSPACE on <member id>`."""
+    stale: str | None = None
+    """Why the member could not prove it current, for a stale backup (allow-stale-member); None: current."""
     drill: dict[str, Any] | None = None
     """The last restore drill of this backup: time, outcome, reason, seconds (worker.drill)."""
 

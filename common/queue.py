@@ -22,7 +22,7 @@ from rq.serializers import JSONSerializer
 from common.config import Config
 from common.jobs import BACKUP_JOB as BACKUP_JOB  # the job names are re-exported: callers know them from here
 from common.jobs import DRILL_JOB as DRILL_JOB
-from common.jobs import JOB_TIMEOUT, JOBS, TrustedJob, backup_result, read_backup_result
+from common.jobs import JOB_TIMEOUT, JOBS, TrustedJob, read_backup_result
 from common.jobs import QUEUE_NAME as QUEUE_NAME
 from common.jobs import VERIFY_JOB as VERIFY_JOB
 from common.redis_tools import text, transaction
@@ -165,9 +165,10 @@ def read_job_or_none(connection: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
-def record_published(job: Job, filename: str, filesize: int) -> None:
-    """Note in `job`'s meta that its backup `filename` is complete and listed (PUBLISHED_META)."""
-    job.meta[PUBLISHED_META] = backup_result(filename, filesize)
+def record_published(job: Job, result: dict[str, object]) -> None:
+    """Note in `job`'s meta that its backup (`result`: common.jobs.backup_result) is complete and listed
+    (PUBLISHED_META)."""
+    job.meta[PUBLISHED_META] = result
     job.save_meta()  # type: ignore[no-untyped-call]
 
 

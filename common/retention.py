@@ -33,8 +33,38 @@ def plan(names: list[str], now: datetime, rotate: int, retention: RetentionConfi
     """Decide, for each backup name (any order), whether to keep it and why; newest first.
 
     Backups named in the future (common.backups.in_time_order) count as the oldest: no age rule
-    keeps them (their age is unknown), and they are never "the newest".
+    keeps them (their age is unknown), and they are never "the newest". Stale backups are decided
+    apart (_plan_stale): they never take the place of a current backup.
     """
+    current = [name for name in names if not backups.is_stale(name)]
+    stale = [name for name in names if backups.is_stale(name)]
+    decisions = _plan_current(current, now, rotate, retention, protect)
+    decisions += _plan_stale(stale, backups.newest(current, now), now, rotate, protect)
+    order = {name: index for index, name in enumerate(backups.in_time_order(names, now)[::-1])}
+    return sorted(decisions, key=lambda decision: order[decision.name])
+
+
+def _plan_stale(names: list[str], newest_current: str | None, now: datetime, rotate: int,
+                protect: str | None) -> list[Decision]:
+    """A stale backup (allow-stale-member) is kept only while no current backup is newer, which holds all
+    it holds (a member applies only what the quorum committed), and then only the newest `rotate` of them."""
+    decisions = []
+    kept = 0
+    for name in backups.in_time_order(names, now)[::-1]:
+        if backups.is_future(name, now):
+            decisions.append(Decision(name, False, "named in the future: its age is unknown, no rule keeps it"))
+        elif name != protect and newest_current is not None and name < newest_current:
+            decisions.append(Decision(name, False, f"stale, and the current backup {newest_current} is newer"))
+        elif kept < rotate or name == protect:
+            kept += 1
+            decisions.append(Decision(name, True, "stale, and newer than every current backup"))
+        else:
+            decisions.append(Decision(name, False, f"stale, beyond the newest {rotate} stale backups (rotate)"))
+    return decisions
+
+
+def _plan_current(names: list[str], now: datetime, rotate: int, retention: RetentionConfig | None,
+                  protect: str | None) -> list[Decision]:
     newest_first = backups.in_time_order(names, now)[::-1]
     newest = backups.newest(names, now)
     placed = [name for name in newest_first if not backups.is_future(name, now)]

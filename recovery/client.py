@@ -272,12 +272,13 @@ class Client:
         return [check_name(name, source) for name in names]
 
     def resolve(self, name: str) -> str:
-        """`latest` is the newest backup's name; any other name is itself."""
+        """`latest` is the newest current backup's name (never a stale one: a current backup taken before it
+        may well hold more); any other name is itself."""
         if name != "latest":
             return name
-        names = self.list()
+        names = [name for name in self.list() if not backups.is_stale(name)]
         if not names:
-            raise ClientError(f"{self.base_url} has no backup yet")
+            raise ClientError(f"{self.base_url} has no current backup (stale ones are taken by name only)")
         # The service lists backups named in the future first, so the last is the newest; if even the
         # last is in the future (all are, or an older service), which is the newest is unknown.
         if backups.is_future(names[-1], datetime.now(UTC)):

@@ -479,6 +479,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
         "schedule": "0 */6 * * *",
         "skip-unchanged": False,
         "drill": None,
+        "allow-stale-member": False,
     }
     report("`etcd-backup config check` on a config with every kind of secret (api-token and REDIS_URL "
            "from the environment, etcd password, inline TLS key)",
@@ -521,3 +522,11 @@ def test_an_empty_api_token_is_refused_not_taken_for_none(write_config: ConfigFa
     """`api-token: ""` must not silently leave the API open (it fell back to no token before)."""
     with pytest.raises(ConfigError, match="api-token: must be at least 16 characters"):
         load_config(write_config(api_token=""), environ={})
+
+
+def test_allow_stale_member_is_off_unless_set_and_must_be_a_boolean(tmp_path: Path) -> None:
+    base = {"etcd": {}, "backup-dir": str(tmp_path / "b")}
+    assert parse(base).allow_stale_member is False
+    assert parse({**base, "allow-stale-member": True}).allow_stale_member is True
+    with pytest.raises(ConfigError, match=r"^allow-stale-member: .*true or false"):
+        parse({**base, "allow-stale-member": "yes please"})

@@ -78,6 +78,9 @@ def partitioned_cluster(tmp_path: Path) -> Iterator[list[EtcdServer]]:
         wait_until(lambda: revision(members[0]) == revision(members[1]), 10, "m1 to catch up")
         partition.cut()
         wait_until(lambda: has_no_leader(members[0]), 30, "m1 to lose its leader")
+        # If m1 led, m2 and m3 elect a new leader first: a write before that times out.
+        wait_until(lambda: member_status(members[1]).leader not in (0, member_status(members[0]).header.member_id),
+                   30, "m2 and m3 to have a leader of their own")
         for number in range(50):
             members[1].client().put(f"/after/{number}", "v")
         yield members
@@ -135,6 +138,41 @@ def test_only_the_cut_off_member_configured_is_a_500_that_says_why(
     assert "no leader" in message
     assert deployment.backups() == []
     report("only the cut-off member configured", f"POST 500 after {seconds:.1f} s: {message!r}; nothing written")
+
+
+def test_the_opt_in_takes_a_stale_backup_that_never_displaces_a_current_one(
+    partitioned_cluster: list[EtcdServer], tmp_path: Path, redis_server: RedisServer, redis_conn: redis.Redis,
+    report: Report,
+) -> None:
+    """allow-stale-member, for the day the quorum is gone for good: the cut-off member alone is configured."""
+    m1, m2, _ = partitioned_cluster
+    current = Deployment(tmp_path / "service", [m2.url], redis_server, etcd={"endpoints": [m2.url]})
+    current.start()
+    try:
+        taken_current = current.post_backup()["filename"]
+    finally:
+        current.stop()
+    stale_only = Deployment(tmp_path / "service", [m1.url], redis_server, rotate=1, allow_stale_member=True,
+                            etcd={"endpoints": [m1.url], "timeout": "2s"})
+    stale_only.start()
+    try:
+        status, _, body = stale_only.request("POST", "/api/v1/backup")
+        answer = json.loads(body)
+        _, _, listed = stale_only.request("GET", "/api/v1/backup?detail=true")
+    finally:
+        stale_only.stop()
+    assert status == 200, answer
+    name = answer["filename"]
+    assert name.endswith(".stale.tar.gz") and "no leader" in answer["stale"]
+    details = {detail["filename"]: detail for detail in json.loads(listed)}
+    # rotate is 1, yet the current backup stays: a stale one never takes its place.
+    assert sorted(details) == sorted([taken_current, name])
+    assert "no leader" in details[name]["stale"] and details[taken_current]["stale"] is None
+    assert details[name]["revision"] == revision(m1) < details[taken_current]["revision"]
+    assert details[name]["endpoint"] == m1.url and details[name]["key_count"] == 5
+    report("allow-stale-member: true with only the cut-off member configured (rotate 1, a current backup there)",
+           f"POST 200 {name} with \"stale\": {answer['stale']!r}; metadata revision {details[name]['revision']} "
+           f"(m1's own); the current backup {taken_current} was kept")
 
 
 def test_a_learner_is_never_snapshotted(tmp_path: Path, redis_server: RedisServer, redis_conn: redis.Redis,

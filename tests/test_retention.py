@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cli.main import main
-from common import retention
+from common import backups, retention
 from common.backups import backup_name
 from common.config import ConfigError, RetentionConfig, parse_config
 from common.storage import LocalStore
@@ -121,3 +121,28 @@ def test_prune_command_dry_run_then_for_real(tmp_path: Path, capsys: pytest.Capt
     main(["prune", "--config", str(config)])
     assert capsys.readouterr().out.count("deleted ") == 2
     assert LocalStore(backup_dir).list_backups() == sorted(names[:2])
+
+
+def test_a_stale_backup_never_takes_the_place_of_a_current_one() -> None:
+    """allow-stale-member: stale backups are kept apart from rotate's count, and only while no current
+    backup is newer."""
+    old, older_stale = backup_name(NOW - timedelta(hours=3)), backup_name(NOW - timedelta(hours=4), stale=True)
+    current = backup_name(NOW - timedelta(hours=2))
+    stale = [backup_name(NOW - timedelta(hours=hours), stale=True) for hours in (1.5, 1, 0.5)]
+    decisions = {d.name: d for d in retention.plan([old, older_stale, current, *stale], NOW, rotate=1,
+                                                   retention=None)}
+    assert decisions[current].keep and decisions[current].reason == "the newest backup"
+    assert not decisions[old].keep
+    assert not decisions[older_stale].keep and "current backup" in decisions[older_stale].reason
+    assert [decisions[name].keep for name in stale] == [False, False, True]
+    assert "beyond the newest 1 stale" in decisions[stale[0]].reason
+
+
+def test_names_say_stale_and_newest_is_always_current() -> None:
+    stale = backup_name(NOW, stale=True)
+    assert stale == f"snapshot-{NOW:%Y%m%d_%H%M%S}.stale.tar.gz"
+    assert backups.is_backup_name(stale) and backups.is_stale(stale)
+    assert backups.member_name(stale).endswith(".stale.db")
+    current = backup_name(NOW - timedelta(hours=1))
+    assert backups.newest([current, stale], NOW) == current
+    assert backups.newest([current, stale], NOW, stale=True) == stale

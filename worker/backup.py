@@ -40,14 +40,16 @@ def take_backup(config: Config, store: BackupStore, temp_tag: str, now: Clock = 
     runs as soon as the backup is listed, before rotation: whatever happens after, the backup exists.
     """
     began = time.monotonic()
-    with _current_member(config) as connection:
-        started, name = _fresh_name(store, now)
+    connection, stale = _member(config)
+    with connection:
+        state = connection.currency or etcd.unproven_state(connection.status)
+        started, name = _fresh_name(store, now, stale=stale is not None)
         # The snapshot starts after the linearizable read that gave this revision: it holds at least it.
-        key_count = _key_count(connection, connection.proof.cluster_revision, config)
+        key_count = _key_count(connection, state.cluster_revision, config)
         with _failures_named(connection, config), store.new_backup(name, temp_tag) as pending:
             snapshot, archive = _stream_archive(connection, pending, started, config)
-            metadata = _metadata(connection, config, snapshot, archive, started, key_count,
-                                 duration=time.monotonic() - began, name=name)
+            metadata = _metadata(connection, state, config, snapshot, archive, started, key_count,
+                                 duration=time.monotonic() - began, name=name, stale=stale)
             pending.publish(metadata)
     published(metadata)
     # One line per backup, never a secret: what an operator greps for.
@@ -58,12 +60,21 @@ def take_backup(config: Config, store: BackupStore, temp_tag: str, now: Clock = 
     return metadata
 
 
-def _current_member(config: Config) -> etcd.EtcdConnection:
-    """A connection to the first endpoint that proves current (common.etcd.connect)."""
+def _member(config: Config) -> tuple[etcd.EtcdConnection, str | None]:
+    """A connection to the first endpoint that proves current (common.etcd.connect). With allow-stale-member,
+    failing that, one to the first that answers at all, and why it is stale (no member is current)."""
     try:
-        return etcd.connect(config.etcd)
+        return etcd.connect(config.etcd), None
     except etcd.EtcdUnavailable as exc:
-        raise BackupError(str(exc)) from None
+        if not config.allow_stale_member:
+            raise BackupError(str(exc)) from None
+        why = str(exc)
+    try:
+        connection = etcd.connect(config.etcd, prove=False)
+    except etcd.EtcdUnavailable as exc:
+        raise BackupError(f"{why}; nor did any answer for a stale backup: {exc}") from None
+    logger.warning("taking a stale backup from %s (allow-stale-member): %s", connection.endpoint, why)
+    return connection, why
 
 
 def _stream_archive(connection: etcd.EtcdConnection, pending: PendingBackup, started: datetime,
@@ -79,10 +90,10 @@ def _stream_archive(connection: etcd.EtcdConnection, pending: PendingBackup, sta
     return snapshot, archive
 
 
-def _metadata(connection: etcd.EtcdConnection, config: Config, snapshot: VerifiedSnapshot, archive: WrittenArchive,
-              started: datetime, key_count: tuple[int | None, str | None], duration: float,
-              name: str) -> BackupMetadata:
-    status, currency = connection.status, connection.proof
+def _metadata(connection: etcd.EtcdConnection, currency: etcd.Currency, config: Config, snapshot: VerifiedSnapshot,
+              archive: WrittenArchive, started: datetime, key_count: tuple[int | None, str | None], duration: float,
+              name: str, stale: str | None) -> BackupMetadata:
+    status = connection.status
     assert snapshot.db_sha256 is not None, "the archive is written only once the snapshot is verified"
     return BackupMetadata(
         filename=name, filesize=archive.size, archive_sha256=archive.sha256,
@@ -91,7 +102,7 @@ def _metadata(connection: etcd.EtcdConnection, config: Config, snapshot: Verifie
         db_size=snapshot.data_size, db_sha256=snapshot.db_sha256, started=started.isoformat(),
         duration=round(duration, 3), key_count=key_count[0], key_count_error=key_count[1],
         revision_at_end=_revision_now(connection, config), leader=currency.is_leader,
-        raft_term=currency.raft_term, raft_index=currency.raft_index, alarms=list(currency.alarms),
+        raft_term=currency.raft_term, raft_index=currency.raft_index, alarms=list(currency.alarms), stale=stale,
     )
 
 
@@ -155,8 +166,9 @@ def _revision_now(connection: etcd.EtcdConnection, config: Config) -> int | None
     return int(status.header.revision)
 
 
-def _fresh_name(store: BackupStore, now: Clock) -> tuple[datetime, str]:
-    """Return the start time and the name of the next backup, a second after the newest backup's.
+def _fresh_name(store: BackupStore, now: Clock, stale: bool) -> tuple[datetime, str]:
+    """Return the start time and the name of the next backup, a second after the newest backup's (of its
+    kind: current or `stale`).
 
     Names have one-second resolution; two backups must never share one, and the new backup must be
     the newest (rotation keeps the newest). Within a second of the newest, wait for the next second.
@@ -165,14 +177,14 @@ def _fresh_name(store: BackupStore, now: Clock) -> tuple[datetime, str]:
     """
     current = now()
     # A second less than the tolerance: the name chosen after the newest must not be in the future itself.
-    newest = backups.newest(store.list_backups(), current - timedelta(seconds=1))
+    newest = backups.newest(store.list_backups(), current - timedelta(seconds=1), stale)
     newest_time = backups.backup_time(newest) if newest is not None else None
     if newest_time is None:
-        return current.replace(microsecond=0), backups.backup_name(current)
+        return current.replace(microsecond=0), backups.backup_name(current, stale)
     after_newest = newest_time + timedelta(seconds=1)
     wait = (after_newest - current).total_seconds()
     if 0 < wait <= 1:
         time.sleep(wait)
         current = now()
     started = current.replace(microsecond=0)
-    return started, backups.backup_name(max(started, after_newest))
+    return started, backups.backup_name(max(started, after_newest), stale)

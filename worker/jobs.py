@@ -16,6 +16,7 @@ from common import queue
 from common.clock import redis_clock
 from common.config import Config
 from common.jobs import backup_result
+from common.metadata import BackupMetadata
 from common.metrics import record_outcome
 from common.storage import open_store
 from recovery.verify import CannotVerify, VerifyError, expected_of, verify_archive
@@ -43,14 +44,14 @@ def take_backup(config: Config) -> dict[str, object]:
             # Named from Redis' clock, shared by all workers; published in job.meta before rotation.
             result = backup.take_backup(
                 config, store, temp_tag=job.id, now=redis_clock(connection),
-                published=lambda metadata: queue.record_published(job, metadata.filename, metadata.filesize))
+                published=lambda metadata: queue.record_published(job, _result(metadata)))
     except Exception as exc:
         if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
             _record_cause(job, exc)
         record_outcome(connection, "failure")
         raise
     record_outcome(connection, "success", result.duration)
-    return backup_result(result.filename, result.filesize)
+    return _result(result)
 
 
 def restore_drill(config: Config) -> dict[str, object]:
@@ -85,6 +86,10 @@ def verify_backup(config: Config, filename: str) -> dict[str, object]:
         raise
     return {"filename": filename, "revision": verified.revision, "total_keys": verified.total_keys,
             "total_size": verified.total_size, "hash": verified.hash, "db_sha256": verified.db_sha256}
+
+
+def _result(metadata: BackupMetadata) -> dict[str, object]:
+    return backup_result(metadata.filename, metadata.filesize, metadata.stale)
 
 
 def _record_cause(job: Job, exc: Exception) -> None:

@@ -44,6 +44,7 @@ def effective_config(config: Config) -> dict[str, Any]:
         "schedule": config.schedule,
         "skip-unchanged": config.skip_unchanged,
         "drill": config.drill,
+        "allow-stale-member": config.allow_stale_member,
     }
 
 

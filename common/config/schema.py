@@ -71,6 +71,9 @@ class Config:
     """A scheduled backup is skipped when etcd's revision is the newest backup's."""
     drill: str | None = None
     """A cron expression, in UTC: when the newest backup is restored and started to prove it works."""
+    allow_stale_member: bool = False
+    """When no member can prove it is current (the quorum is gone), back up the first that answers all the
+    same, as a stale backup (common.backups.is_stale) rather than fail."""
 
     @property
     def open_to_the_network(self) -> bool:

@@ -50,6 +50,7 @@ CRON_HORIZON = timedelta(days=366)
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
+    "allow-stale-member",
 })
 RETENTION_KEYS = frozenset({"max-age", "hourly", "daily", "weekly"})
 ETCD_KEYS = frozenset({
@@ -75,6 +76,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         schedule=_schedule(top.get_str("schedule", None)),
         skip_unchanged=top.get_bool("skip-unchanged", False),
         drill=_schedule(top.get_str("drill", None), "drill"),
+        allow_stale_member=top.get_bool("allow-stale-member", False),
     )
 
 
