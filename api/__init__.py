@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     """Build the API for `config`, on `connection` or on a new connection to the configured Redis."""
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's key order
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the original etcd-backup's key order
     # No redirects (they would answer HTML): "//" stays in a file name (and is refused), and a
     # trailing slash is accepted where it is harmless.
     app.url_map.merge_slashes = False

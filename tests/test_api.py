@@ -1,4 +1,4 @@
-"""The seed's three endpoints and the job endpoint, against a real etcd, Redis and worker."""
+"""The original etcd-backup's three endpoints and the job endpoint, against a real etcd, Redis and worker."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_list_is_empty_at_first(service: Service) -> None:
     assert trailing_slash.status_code == 200 and trailing_slash.get_json() == []
 
 
-def test_post_takes_a_backup_with_the_seeds_answer(service: Service, etcd: EtcdServer) -> None:
+def test_post_takes_a_backup_with_the_original_answer(service: Service, etcd: EtcdServer) -> None:
     etcd.client().put("/test/post", "value")
     before = datetime.now(UTC).replace(microsecond=0)
     response = service.client.post("/api/v1/backup")

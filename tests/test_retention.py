@@ -1,4 +1,4 @@
-"""rotate (the seed's keep-N) and the retention section, with a fixed clock; `etcd-backup prune`."""
+"""rotate (the original etcd-backup's keep-N) and the retention section, with a fixed clock; `etcd-backup prune`."""
 
 from __future__ import annotations
 
