@@ -89,7 +89,7 @@ class LocalStore:
         os.listdir(self.directory)
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
-        names = [name for name, _ in self._regular_files(is_backup_name)]
+        names = list(self._regular_files(is_backup_name))
         # The timestamp is fixed-width, so name order is time order.
         return sorted(names) if now is None else in_time_order(names, now)
 
@@ -119,7 +119,7 @@ class LocalStore:
         return metadata
 
     def update_metadata(self, metadata: BackupMetadata, tag: str) -> None:
-        self._write_durably(metadata_name(metadata.filename), metadata.to_bytes(), tag, replace=True)
+        self.write_durably(metadata_name(metadata.filename), metadata.to_bytes(), tag, replace=True)
 
     @contextmanager
     def new_backup(self, name: str, tag: str) -> Iterator[LocalPendingBackup]:
@@ -141,27 +141,14 @@ class LocalStore:
     def remove_unpublished(self, live_tag: Callable[[], str | None]) -> list[str]:
         """A backup creates its temp file only while it holds the backup lock, so a temp file that exists
         now and is not tagged as the live holder of the lock, asked after the listing, is a dead backup's."""
-        temp_files = [name for name, _ in self._regular_files(is_temp_name)]
+        temp_files = list(self._regular_files(is_temp_name))
         live = live_tag()
         removed = [name for name in temp_files if _temp_tag(name) != live and _remove_file(self.directory / name)]
         for name in removed:
             logger.warning("removed %s, left by an interrupted backup", name)
         return removed
 
-    def publish(self, pending: LocalPendingBackup, metadata: BackupMetadata) -> None:
-        """LocalPendingBackup.publish: metadata first, then the archive; the metadata goes again if the
-        archive cannot follow."""
-        pending.file.flush()
-        os.fsync(pending.file.fileno())
-        self._write_durably(metadata_name(pending.name), metadata.to_bytes(), pending.tag)
-        try:
-            os.link(self.directory / temp_name(pending.name, pending.tag), self.directory / pending.name)
-        except BaseException:
-            _remove_file(self.directory / metadata_name(pending.name))
-            raise
-        _fsync_dir(self.directory)
-
-    def _write_durably(self, name: str, data: bytes, tag: str, replace: bool = False) -> None:
+    def write_durably(self, name: str, data: bytes, tag: str, replace: bool = False) -> None:
         """Write file `name` via a temp file tagged `tag`: fsync, link into place (or, to `replace`
         an existing one, rename), fsync the directory."""
         temp = self.directory / temp_name(name, tag)
@@ -184,14 +171,15 @@ class LocalStore:
         orphans = [name for name in names if (archive := _archive_of(name)) is not None and archive not in present]
         return [name for name in orphans if _remove_file(self.directory / name)]
 
-    def _regular_files(self, wanted: Callable[[str], bool]) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    def _regular_files(self, wanted: Callable[[str], bool]) -> Iterator[str]:
+        """The names in backup-dir that are `wanted` and name regular files (anything else is logged)."""
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 if not wanted(entry.name):
                     continue
                 # follow_symlinks=False: a symlink planted in the directory must never be served.
                 if entry.is_file(follow_symlinks=False):
-                    yield entry.name, entry
+                    yield entry.name
                 else:
                     report_once(self.directory / entry.name, "skipped: not a regular file")
 
@@ -242,7 +230,18 @@ class LocalPendingBackup:
         self.file.flush()
 
     def publish(self, metadata: BackupMetadata) -> None:
-        self.store.publish(self, metadata)
+        """Metadata first, then the archive (so a listed backup has its metadata); the metadata goes again
+        if the archive cannot follow. The temp file goes when new_backup's context ends."""
+        directory = self.store.directory
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.store.write_durably(metadata_name(self.name), metadata.to_bytes(), self.tag)
+        try:
+            os.link(directory / temp_name(self.name, self.tag), directory / self.name)
+        except BaseException:
+            _remove_file(directory / metadata_name(self.name))
+            raise
+        _fsync_dir(directory)
 
 
 def _archive_of(name: str) -> str | None:
