@@ -33,6 +33,7 @@ from isal import isal_zlib
 
 from common.metadata import BackupMetadata
 from common.snapshot_format import TRAILER_SIZE, TrailerCheck
+from common.storage import BackupStore
 
 CHUNK = 1 << 20
 BLOCK = 512
@@ -106,6 +107,15 @@ def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None =
     return Verified(db_path=db_path, db_size=db_size, db_sha256=digest, revision=int(status["revision"]),
                     total_keys=int(status["totalKey"]), total_size=int(status["totalSize"]),
                     hash=int(status["hash"]))
+
+
+def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: BackupMetadata | None) -> Verified:
+    """Check backup `name` of `store` against its `metadata` and extract its snapshot into `workdir`."""
+    opened = store.open(name)
+    if opened is None:  # rotated away since it was picked, or never there
+        raise VerifyError(f"{name} is not a backup in {store.where}")
+    with opened.file as archive:
+        return verify_archive(archive, workdir, expected_of(metadata))
 
 
 def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False) -> Verified:

@@ -141,13 +141,13 @@ def test_a_verify_that_outlives_the_heartbeat_ttl_is_not_taken_for_lost(
     ttl = 1.0
     monkeypatch.setattr(api.outcomes, "HEARTBEAT_TTL", ttl)
     monkeypatch.setattr(worker.leases, "HEARTBEAT_TTL", ttl)
-    real_verify = worker.jobs.verify_archive
+    real_verify = worker.jobs.verify_stored
 
     def slow_verify(*args: object, **kwargs: object) -> object:
         time.sleep(4 * ttl)
         return real_verify(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(worker.jobs, "verify_archive", slow_verify)
+    monkeypatch.setattr(worker.jobs, "verify_stored", slow_verify)
     service = make_service(backup_timeout="20s")
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     began = time.monotonic()

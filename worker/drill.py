@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 import grpc
 import redis
@@ -33,7 +32,7 @@ from common.metadata import BackupMetadata
 from common.metrics import record_drill
 from common.storage import BackupStore, open_store
 from recovery.restore import Member, RestoreError, restore
-from recovery.verify import CannotVerify, VerifyError, expected_of, verify_archive
+from recovery.verify import CannotVerify, Verified, VerifyError, verify_stored
 from recovery.workdir import DRILL_PREFIX, private_workdir
 
 logger = logging.getLogger(__name__)
@@ -70,11 +69,9 @@ def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillRes
 def _drill(config: Config, store: BackupStore, name: str, began: float) -> DrillResult:
     metadata = store.read_metadata(name)
     try:
-        opened = store.open(name)
-        if opened is None:
-            raise DrillFailed(f"{name} is gone from {store.where} (rotated away since it was picked?)")
-        with opened.file as archive, private_workdir(DRILL_PREFIX) as work:
-            reason = _restore_and_check(config, archive, work, metadata)
+        with private_workdir(DRILL_PREFIX) as work:
+            verified = verify_stored(store, name, work, metadata)
+            reason = _restore_and_check(config, verified, work, metadata)
     except CannotVerify as exc:
         reason, passed = f"the drill could not check the backup: {exc}", False
     except (VerifyError, RestoreError, DrillFailed) as exc:
@@ -87,8 +84,7 @@ def _drill(config: Config, store: BackupStore, name: str, began: float) -> Drill
     return DrillResult(name, passed, reason, round(time.monotonic() - began, 3))
 
 
-def _restore_and_check(config: Config, archive: BinaryIO, work: Path, metadata: BackupMetadata | None) -> str:
-    verified = verify_archive(archive, work, expected_of(metadata))
+def _restore_and_check(config: Config, verified: Verified, work: Path, metadata: BackupMetadata | None) -> str:
     # unix:// URLs name a socket file relative to etcd's working directory, the 0700 work dir.
     client_socket, peer_url = "client:1", "unix://peer:2"
     data_dir = work / "data"

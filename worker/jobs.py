@@ -19,7 +19,7 @@ from common.jobs import backup_result
 from common.metadata import BackupMetadata
 from common.metrics import record_outcome
 from common.storage import open_store
-from recovery.verify import CannotVerify, VerifyError, expected_of, verify_archive
+from recovery.verify import CannotVerify, VerifyError, verify_stored
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
 from worker.drill import run_drill
@@ -71,12 +71,9 @@ def verify_backup(config: Config, filename: str) -> dict[str, object]:
     assert job is not None, "verify_backup runs only as an RQ job"
     store = open_store(config)
     try:
-        opened = store.open(filename)
-        if opened is None:
-            raise VerifyError(f"{filename} is not a backup in {store.where}")
         # A big backup takes a while to check: the heartbeat tells the API the worker is still at it.
-        with job_heartbeat(job.connection, job.id), opened.file as archive, private_workdir(VERIFY_PREFIX) as work:
-            verified = verify_archive(archive, work, expected_of(store.read_metadata(filename)))
+        with job_heartbeat(job.connection, job.id), private_workdir(VERIFY_PREFIX) as work:
+            verified = verify_stored(store, filename, work, store.read_metadata(filename))
     except CannotVerify as exc:
         job.meta[queue.UNCHECKED_META] = True
         _record_cause(job, exc)
