@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, abort, jsonify, request
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
 from werkzeug.routing import BaseConverter
 from werkzeug.wsgi import wrap_file
@@ -18,7 +17,7 @@ from common import backups
 from common.clock import redis_clock
 from common.metadata import BackupMetadata
 from common.queue import enqueue_or_join, enqueue_verify
-from common.storage import BackupStore
+from common.storage import BackupStore, OpenedBackup
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
 
@@ -74,6 +73,14 @@ def download_backup(filename: str) -> Response:
     opened = store.open(filename)  # month 13 included: not found
     if opened is None:
         abort(404, description=f"{filename} not found")
+    try:
+        return _file_response(filename, opened, metadata)
+    except BaseException:  # a 416 included: the response that would have closed the file is not sent
+        opened.file.close()
+        raise
+
+
+def _file_response(filename: str, opened: OpenedBackup, metadata: BackupMetadata | None) -> Response:
     _ignore_unservable_range()
     response = Response(wrap_file(request.environ, opened.file), mimetype="application/gzip",
                         direct_passthrough=True)
@@ -83,11 +90,7 @@ def download_backup(filename: str) -> Response:
     response.set_etag(opened.stored.etag)
     response.headers.set("Content-Disposition", "attachment", filename=filename)
     _describe_content(response, metadata)
-    try:
-        response.make_conditional(request.environ, accept_ranges=True, complete_length=opened.stored.size)
-    except RequestedRangeNotSatisfiable:
-        opened.file.close()
-        raise
+    response.make_conditional(request.environ, accept_ranges=True, complete_length=opened.stored.size)
     return response
 
 

@@ -156,7 +156,7 @@ class Benchmark:
             store.update_metadata(BackupMetadata(
                 filename=name, filesize=0, cluster_id="cdf818194e3a8c32", member_id="8e9e05c52164694d",
                 endpoint=self.etcd.url, revision=number + 1, etcd_version="3.4.23", db_size=0,
-                db_sha256="0" * 64, started=started.isoformat(), duration=1.0), tag="bench")
+                db_sha256="0" * 64, started=started.isoformat(), duration=1.0))
         lister.start()
         try:
             for key, path in (("list_ms", "/api/v1/backup"), ("list_detail_ms", "/api/v1/backup?detail=true")):

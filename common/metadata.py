@@ -8,7 +8,12 @@ details and the metrics still know every backup.
 from __future__ import annotations
 
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any
 
 MAX_METADATA_BYTES = 64 << 10
@@ -67,9 +72,49 @@ class BackupMetadata:
         return json.dumps(self.to_json(), indent=1).encode()
 
 
-def parse_metadata(raw: bytes) -> BackupMetadata | None:
-    """The metadata in `raw` (as to_bytes wrote it), or None if it is not backup metadata."""
+def parse_metadata(raw: bytes, name: str) -> BackupMetadata | None:
+    """The metadata of backup `name` in `raw` (as to_bytes wrote it), or None if it is not that: whoever
+    can write to the store can write there, and what is read goes into answers, headers and metrics."""
     try:
-        return BackupMetadata(**json.loads(raw))
-    except (ValueError, TypeError):
+        document = json.loads(raw)
+        metadata = BackupMetadata(**document)
+    except (ValueError, TypeError, RecursionError):  # not JSON, not an object, unknown keys, nested too deep
         return None
+    if metadata.filename != name or any(not _fits(getattr(metadata, key), kind) for key, kind in _FIELD_TYPES.items()):
+        return None
+    return metadata if _values_fit(metadata) else None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]{0,200}")
+"""Printable ASCII: etcd_version goes into a response header."""
+_FIELD_TYPES = typing.get_type_hints(BackupMetadata)
+
+
+def _fits(value: object, kind: Any) -> bool:
+    """Whether `value`, read from JSON, is of the annotated type `kind` (the few kinds BackupMetadata uses)."""
+    if isinstance(kind, types.UnionType):
+        return any(_fits(value, member) for member in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(kind)
+    if origin is list:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, kind)
+
+
+def _values_fit(metadata: BackupMetadata) -> bool:
+    try:
+        datetime.fromisoformat(metadata.started)
+    except ValueError:
+        return False
+    return (_SHA256.fullmatch(metadata.db_sha256) is not None
+            and (metadata.archive_sha256 is None or _SHA256.fullmatch(metadata.archive_sha256) is not None)
+            and _HEADER_SAFE.fullmatch(metadata.etcd_version) is not None
+            and math.isfinite(metadata.duration))

@@ -51,7 +51,7 @@ def _plan_stale(names: list[str], newest_current: str | None, now: datetime, rot
     decisions = []
     kept = 0
     for name in backups.in_time_order(names, now)[::-1]:
-        if backups.is_future(name, now):
+        if name != protect and backups.is_future(name, now):
             decisions.append(Decision(name, False, "named in the future: its age is unknown, no rule keeps it"))
         elif name != protect and newest_current is not None and name < newest_current:
             decisions.append(Decision(name, False, f"stale, and the current backup {newest_current} is newer"))

@@ -57,7 +57,7 @@ def plant(backup_dir: Path, at: datetime, revision: int | None) -> str:
         LocalStore(backup_dir).update_metadata(BackupMetadata(
             filename=name, filesize=44, cluster_id="1", member_id="2", endpoint="http://ahead:2379",
             revision=revision, etcd_version="3.4.23", db_size=20480, db_sha256="0" * 64,
-            started=at.replace(microsecond=0).isoformat(), duration=0.1), tag="planted")
+            started=at.replace(microsecond=0).isoformat(), duration=0.1))
     return name
 
 

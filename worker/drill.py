@@ -166,7 +166,7 @@ def _record(store: BackupStore, connection: redis.Redis | None, result: DrillRes
         if metadata is not None:
             drill = {"time": now.isoformat(timespec="seconds"), "outcome": outcome, "reason": result.reason,
                      "seconds": result.seconds}
-            store.update_metadata(replace(metadata, drill=drill), tag="drill")
+            store.update_metadata(replace(metadata, drill=drill))
     if connection is not None:
         record_drill(connection, now.timestamp(), result.backup or "", result.passed, result.reason)
 

@@ -82,8 +82,9 @@ class BackupStore(Protocol):
         """The metadata of backup `name`, or None if it has none (an older version's backup, one taken by
         hand) or what is there is not ours (logged)."""
 
-    def update_metadata(self, metadata: BackupMetadata, tag: str) -> None:
-        """Replace the metadata of an existing backup (to record a drill), atomically; `tag` names the writer."""
+    def update_metadata(self, metadata: BackupMetadata) -> None:
+        """Replace the metadata of an existing backup (to record a drill), atomically. Runs without the
+        backup lock: remove_unpublished must never take it for a dead backup's data."""
 
     def new_backup(self, name: str, tag: str) -> AbstractContextManager[PendingBackup]:
         """Begin backup `name`; `tag` (the job's id) marks its unpublished data as the live backup's

@@ -16,6 +16,8 @@ import errno
 import logging
 import os
 import stat
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -31,6 +33,10 @@ logger = logging.getLogger(__name__)
 # Temp files are hidden (leading dot) so that `ls` and globbing tools skip them too.
 TEMP_PREFIX = ".snapshot-"
 TEMP_SUFFIX = ".part"
+UPDATE_PREFIX = ".update-"
+"""Temp files of metadata updates (a drill's record); not a backup's, so never taken for a dead backup's."""
+UPDATE_MAX_SECONDS = 60.0
+"""An update writes a file of 1 KiB: one older than this was left by a process that died."""
 PRIVATE_FILE = 0o600
 """A snapshot holds every secret stored in etcd."""
 PRIVATE_DIR = 0o700
@@ -113,13 +119,16 @@ class LocalStore:
     def read_metadata(self, name: str) -> BackupMetadata | None:
         path = self.directory / metadata_name(name)
         raw = self._read_small_file(path, MAX_METADATA_BYTES)
-        metadata = parse_metadata(raw) if raw is not None else None
+        metadata = parse_metadata(raw, name) if raw is not None else None
         if raw is not None and metadata is None:
             report_once(path, "skipped: not backup metadata")
         return metadata
 
-    def update_metadata(self, metadata: BackupMetadata, tag: str) -> None:
-        self.write_durably(metadata_name(metadata.filename), metadata.to_bytes(), tag, replace=True)
+    def update_metadata(self, metadata: BackupMetadata) -> None:
+        # Not a backup's temp name: updates run without the backup lock, and a backup that starts meanwhile
+        # removes every backup temp file but its own. Unique: two drills may record at once.
+        temp = f"{UPDATE_PREFIX}{metadata.filename}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        self.write_durably(metadata_name(metadata.filename), metadata.to_bytes(), temp, replace=True)
 
     @contextmanager
     def new_backup(self, name: str, tag: str) -> Iterator[LocalPendingBackup]:
@@ -134,6 +143,8 @@ class LocalStore:
             raise StorageError(self._describe(exc, name)) from None
 
     def delete(self, name: str) -> bool:
+        if not is_backup_name(name):  # nothing else in backup-dir is ever deleted
+            return False
         deleted = _remove_file(self.directory / name)
         _remove_file(self.directory / metadata_name(name))
         return deleted
@@ -146,12 +157,24 @@ class LocalStore:
         removed = [name for name in temp_files if _temp_tag(name) != live and _remove_file(self.directory / name)]
         for name in removed:
             logger.warning("removed %s, left by an interrupted backup", name)
+        return removed + self._remove_old_updates()
+
+    def _remove_old_updates(self) -> list[str]:
+        """Temp files of metadata updates (update_metadata) old enough that no update still writes them."""
+        removed = []
+        for name in self._regular_files(lambda name: name.startswith(UPDATE_PREFIX) and name.endswith(TEMP_SUFFIX)):
+            try:
+                age = time.time() - os.lstat(self.directory / name).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > UPDATE_MAX_SECONDS and _remove_file(self.directory / name):
+                removed.append(name)
         return removed
 
-    def write_durably(self, name: str, data: bytes, tag: str, replace: bool = False) -> None:
-        """Write file `name` via a temp file tagged `tag`: fsync, link into place (or, to `replace`
-        an existing one, rename), fsync the directory."""
-        temp = self.directory / temp_name(name, tag)
+    def write_durably(self, name: str, data: bytes, temp_file: str, replace: bool = False) -> None:
+        """Write file `name` via temp file `temp_file`: fsync, link into place (or, to `replace` an existing
+        one, rename), fsync the directory."""
+        temp = self.directory / temp_file
         try:
             with open(os.open(temp, NEW_FILE_FLAGS, PRIVATE_FILE), "wb") as out:
                 out.write(data)
@@ -235,7 +258,8 @@ class LocalPendingBackup:
         directory = self.store.directory
         self.file.flush()
         os.fsync(self.file.fileno())
-        self.store.write_durably(metadata_name(self.name), metadata.to_bytes(), self.tag)
+        meta_name = metadata_name(self.name)
+        self.store.write_durably(meta_name, metadata.to_bytes(), temp_name(meta_name, self.tag))
         try:
             os.link(directory / temp_name(self.name, self.tag), directory / self.name)
         except BaseException:
