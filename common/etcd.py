@@ -7,7 +7,7 @@ TLS material as file paths and cannot use the system's CA roots, while the confi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -109,10 +109,25 @@ class EtcdConnection:
         self.close()
 
 
+Qualify = Callable[[grpc.Channel, Metadata, etcdrpc.StatusResponse, float], Currency | None]
+"""Checks a member that answered; raises NotCurrent to pass it over."""
+
+
 def connect(config: EtcdConfig, prove: bool = True) -> EtcdConnection:
     """Return a connection to the first endpoint, in configured order, that answers in time and
     proves current: a member cut off from the quorum answers too, with old data. `prove=False` skips
     the proof (a throwaway single member, whose auth may not let us read)."""
+    return _first_qualifying(config, prove_current if prove else _anyone, "no current etcd member answered")
+
+
+def connect_leaderless(config: EtcdConfig) -> EtcdConnection:
+    """Return a connection to the first endpoint that answers and has no leader: where a stale backup
+    comes from (allow-stale-member) once the quorum is gone. A member that has a leader yet failed the
+    proof (a CORRUPT alarm, a read that timed out) is passed over: the quorum is not gone."""
+    return _first_qualifying(config, _without_leader, "no etcd member without a leader answered")
+
+
+def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str) -> EtcdConnection:
     problems = []
     for endpoint in config.endpoints:
         channel = _open_channel(endpoint, config)
@@ -121,7 +136,7 @@ def connect(config: EtcdConfig, prove: bool = True) -> EtcdConnection:
             status = etcdrpc.MaintenanceStub(channel).Status(
                 etcdrpc.StatusRequest(), timeout=config.timeout, metadata=metadata
             )
-            currency = prove_current(channel, metadata, status, config.timeout) if prove else None
+            currency = qualify(channel, metadata, status, config.timeout)
         except (grpc.RpcError, NotCurrent) as exc:
             channel.close()
             why = describe_rpc_error(exc, config.timeout) if isinstance(exc, grpc.RpcError) else f"not current: {exc}"
@@ -129,7 +144,18 @@ def connect(config: EtcdConfig, prove: bool = True) -> EtcdConnection:
             logger.warning("etcd endpoint %s", problems[-1])
             continue
         return EtcdConnection(endpoint, channel, metadata, status, currency)
-    raise EtcdUnavailable("no current etcd member answered: " + "; ".join(problems))
+    raise EtcdUnavailable(f"{none_did}: " + "; ".join(problems))
+
+
+def _anyone(channel: grpc.Channel, metadata: Metadata, status: etcdrpc.StatusResponse, timeout: float) -> None:
+    return None
+
+
+def _without_leader(channel: grpc.Channel, metadata: Metadata, status: etcdrpc.StatusResponse,
+                    timeout: float) -> None:
+    if status.leader != 0:
+        raise NotCurrent("it has a leader, so the quorum is not gone: no stale backup of it")
+    return None
 
 
 def prove_current(channel: grpc.Channel, metadata: Metadata, status: etcdrpc.StatusResponse,

@@ -270,6 +270,8 @@ def no_member_current(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(config, prove=False)
 
     monkeypatch.setattr(etcd, "connect", connect)
+    # The one test etcd has a leader: stand in for a member without one.
+    monkeypatch.setattr(etcd, "connect_leaderless", lambda config: real(config, prove=False))
 
 
 def test_without_the_opt_in_nothing_changes(make_service: Callable[..., Service], no_member_current: None) -> None:
@@ -287,6 +289,7 @@ def test_a_stale_backup_is_served_verified_and_never_latest(make_service: Callab
     real = etcd.connect
     monkeypatch.setattr(etcd, "connect", lambda config, prove=True: (_ for _ in ()).throw(
         etcd.EtcdUnavailable("no current etcd member answered: m1: not current")) if prove else real(config, False))
+    monkeypatch.setattr(etcd, "connect_leaderless", lambda config: real(config, prove=False))
     first = post_backup(service)
     second = post_backup(service)
     assert backups.is_stale(str(first["filename"])) and "not current" in str(first["stale"])
@@ -467,3 +470,19 @@ def test_retention_protects_the_stale_backup_just_taken_as_it_does_a_current_one
     future_current, future_stale = _name(timedelta(seconds=90)), _name(timedelta(seconds=90), True)
     assert _plan([future_current], NOW, 1, protect=future_current) == {future_current: True}
     assert _plan([future_stale], NOW, 1, protect=future_stale) == {future_stale: True}
+
+
+def test_the_opt_in_never_takes_a_member_that_has_a_leader(make_service: Callable[..., Service],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member that failed the proof yet has a leader (a CORRUPT alarm, a read that timed out) is not one of a
+    lost quorum: allow-stale-member does not back it up."""
+    service = make_service(allow_stale_member=True)
+    real = etcd.connect
+    monkeypatch.setattr(etcd, "connect", lambda config, prove=True: (_ for _ in ()).throw(
+        etcd.EtcdUnavailable("no current etcd member answered: m1: not current: etcd raised a CORRUPT alarm on it"))
+        if prove else real(config, False))
+    response = service.client.post("/api/v1/backup")
+    assert response.status_code == 500
+    message = response.get_json()["message"]
+    assert "CORRUPT" in message and "it has a leader, so the quorum is not gone" in message
+    assert fetch(service, "/api/v1/backup").get_json() == []

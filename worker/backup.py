@@ -62,7 +62,7 @@ def take_backup(config: Config, store: BackupStore, temp_tag: str, now: Clock = 
 
 def _member(config: Config) -> tuple[etcd.EtcdConnection, str | None]:
     """A connection to the first endpoint that proves current (common.etcd.connect). With allow-stale-member,
-    failing that, one to the first that answers at all, and why it is stale (no member is current)."""
+    failing that, one to the first that answers without a leader, and why it is stale (no member is current)."""
     try:
         return etcd.connect(config.etcd), None
     except etcd.EtcdUnavailable as exc:
@@ -70,9 +70,9 @@ def _member(config: Config) -> tuple[etcd.EtcdConnection, str | None]:
             raise BackupError(str(exc)) from None
         why = str(exc)
     try:
-        connection = etcd.connect(config.etcd, prove=False)
+        connection = etcd.connect_leaderless(config.etcd)
     except etcd.EtcdUnavailable as exc:
-        raise BackupError(f"{why}; nor did any answer for a stale backup: {exc}") from None
+        raise BackupError(f"{why}; and for a stale backup (allow-stale-member), {exc}") from None
     logger.warning("taking a stale backup from %s (allow-stale-member): %s", connection.endpoint, why)
     return connection, why
 
