@@ -4,7 +4,6 @@ is there: Redis, backup-dir, an etcd endpoint), GET /api/v1/openapi.json."""
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -78,7 +77,7 @@ def readyz() -> tuple[Response, int]:
     current = state()
     checks = {
         "redis": _check(lambda: _ping(current.queue.connection)),
-        "backup-dir": _check(lambda: _readable_dir(current.config.backup_dir)),
+        "backup-dir": _check(current.store.check),
         "etcd": current_app.extensions[EtcdCheck.KEY].outcome(),
         # Never fails readiness (the original's default is open), but says so where operators look.
         "api-auth": {"ok": True, "detail": auth_detail(current.config)},
@@ -110,12 +109,6 @@ def _check(probe: Callable[[], str | None]) -> dict[str, object]:
 
 def _ping(connection: redis.Redis) -> None:
     connection.ping()
-
-
-def _readable_dir(path: Path) -> None:
-    if not os.access(path, os.R_OK | os.X_OK) or not path.is_dir():
-        raise OSError(f"{path} is not a readable directory")
-    os.listdir(path)
 
 
 def _answering_endpoint(config: EtcdConfig) -> str:
