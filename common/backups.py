@@ -95,10 +95,10 @@ def newest(names: list[str], now: datetime, stale: bool = False) -> str | None:
     return ordered[-1] if ordered and not is_future(ordered[-1], now) else None
 
 
-_reported: set[tuple[Path, str]] = set()
+_reported: set[tuple[Path | str, str]] = set()
 
 
-def report_once(path: Path, what: str) -> None:
+def report_once(path: Path | str, what: str) -> None:
     """Log, once per process, a file of backup-dir that is not taken for what its name says.
 
     Once: listings run on every request, and a file that stays would fill the log.

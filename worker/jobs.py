@@ -24,7 +24,7 @@ from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
 from worker.drill import run_drill
 from worker.errors import BackupError
-from worker.leases import backup_lock, job_heartbeat, live_backup
+from worker.leases import backup_lock, job_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def take_backup(config: Config) -> dict[str, object]:
         with job_heartbeat(connection, job.id), backup_lock(connection, token=job.id):
             # Holding the lock, no other backup is writing: any temp file is a dead backup's.
             store = open_store(config)
-            store.remove_unpublished(lambda: live_backup(connection))
+            store.remove_unpublished(lambda: None)  # ours has not begun
             store.remove_orphan_metadata()
             # Named from Redis' clock, shared by all workers; published in job.meta before rotation.
             result = backup.take_backup(

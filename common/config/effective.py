@@ -27,7 +27,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             etcd_section[name] = MASK if name == "tls-key" else pem.decode()
     retention = config.retention
     return {
-        "backup-dir": str(config.backup_dir),
+        "backup-dir": str(config.backup_dir) if config.s3 is None else config.s3.url,
         "listen": config.listen,
         "rotate": config.rotate,
         "etcd": etcd_section,
@@ -45,6 +45,19 @@ def effective_config(config: Config) -> dict[str, Any]:
         "skip-unchanged": config.skip_unchanged,
         "drill": config.drill,
         "allow-stale-member": config.allow_stale_member,
+        **({} if config.s3 is None else {"s3": _s3_section(config)}),
+    }
+
+
+def _s3_section(config: Config) -> dict[str, Any]:
+    s3 = config.s3
+    assert s3 is not None
+    return {
+        "endpoint": s3.endpoint, "region": s3.region, "addressing-style": s3.addressing_style,
+        "ca-file": None if s3.ca_file is None else str(s3.ca_file), "insecure-skip-verify": s3.insecure_skip_verify,
+        "access-key-id": s3.access_key_id, "secret-access-key": _masked(s3.secret_access_key),
+        "session-token": _masked(s3.session_token), "sse": s3.sse, "kms-key-id": s3.kms_key_id,
+        "storage-class": s3.storage_class, "part-size": s3.part_size, "concurrency": s3.concurrency,
     }
 
 

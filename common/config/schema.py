@@ -47,6 +47,43 @@ class RetentionConfig:
         return bool(self.hourly or self.daily or self.weekly)
 
 
+DEFAULT_PART_SIZE = 16 << 20
+MIN_PART_SIZE = 5 << 20
+"""S3 refuses parts smaller than 5 MiB, but for the last."""
+DEFAULT_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where backups go when `backup-dir` is an `s3://BUCKET/PREFIX` URL, and how to reach it (the `s3` section).
+
+    Credentials left out come from boto3's default chain: AWS_* variables, shared files, IRSA, instance roles.
+    """
+
+    bucket: str
+    prefix: str = ""
+    """Empty, or ends in "/": backups are the keys `prefix + snapshot-....tar.gz` (no deeper)."""
+    endpoint: str | None = None
+    """None: AWS."""
+    region: str | None = None
+    addressing_style: str = "auto"
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    sse: str | None = None
+    """AES256 or aws:kms."""
+    kms_key_id: str | None = None
+    storage_class: str | None = None
+    part_size: int = DEFAULT_PART_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole service's settings: the keys of the original etcd-backup (cybozu-go/etcd-backup) plus this
@@ -71,6 +108,8 @@ class Config:
     """A scheduled backup is skipped when etcd's revision is the newest backup's."""
     drill: str | None = None
     """A cron expression, in UTC: when the newest backup is restored and started to prove it works."""
+    s3: S3Config | None = None
+    """Set when `backup-dir` is an s3:// URL: backups then live in that bucket, and backup_dir is unused."""
     allow_stale_member: bool = False
     """When no member can prove it is current (the quorum is gone), back up the first that answers all the
     same, as a stale backup (common.backups.is_stale) rather than fail."""

@@ -5,6 +5,7 @@ files); creates nothing (backup-dir is prepared at start-up: cli.startup)."""
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,18 @@ from common.config.errors import ConfigError
 from common.config.schema import (
     DEFAULT_BACKUP_DIR,
     DEFAULT_BACKUP_TIMEOUT,
+    DEFAULT_CONCURRENCY,
     DEFAULT_ENDPOINTS,
     DEFAULT_ETCD_TIMEOUT,
     DEFAULT_GZIP_LEVEL,
     DEFAULT_LISTEN,
+    DEFAULT_PART_SIZE,
     DEFAULT_ROTATE,
+    MIN_PART_SIZE,
     Config,
     EtcdConfig,
     RetentionConfig,
+    S3Config,
 )
 from common.config.section import Section
 
@@ -50,8 +55,15 @@ CRON_HORIZON = timedelta(days=366)
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
-    "allow-stale-member",
+    "allow-stale-member", "s3",
 })
+S3_KEYS = frozenset({
+    "endpoint", "region", "addressing-style", "ca-file", "insecure-skip-verify", "access-key-id",
+    "secret-access-key", "session-token", "sse", "kms-key-id", "storage-class", "part-size", "concurrency",
+})
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""S3's bucket naming rules (3 to 63 lowercase letters, digits, dots and hyphens)."""
+MAX_PART_SIZE = 5 << 30
 RETENTION_KEYS = frozenset({"max-age", "hourly", "daily", "weekly"})
 ETCD_KEYS = frozenset({
     "endpoints", "prefix", "timeout", "username", "password",
@@ -64,7 +76,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
     top = Section(raw, "", TOP_LEVEL_KEYS)
     return Config(
         etcd=_parse_etcd(top.require("etcd")),
-        backup_dir=_backup_dir(top.get_str("backup-dir", DEFAULT_BACKUP_DIR)),
+        **_storage(top.get_str("backup-dir", DEFAULT_BACKUP_DIR), top.get_section("s3")),
         listen=top.get_listen("listen", DEFAULT_LISTEN),
         rotate=top.get_int("rotate", DEFAULT_ROTATE, minimum=1),
         redis_url=_redis_url(top.get_str("redis-url", None), environ),
@@ -156,6 +168,49 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
     )
 
 
+def _storage(backup_dir: str, s3_section: Any) -> dict[str, Any]:  # a Path's or an S3Config's keyword
+    """backup-dir: a directory, or an s3:// URL with the `s3` section's settings."""
+    if not backup_dir.startswith("s3://"):
+        if s3_section is not None:
+            raise ConfigError("s3", "given, but backup-dir is not an s3://BUCKET/PREFIX URL")
+        return {"backup_dir": _backup_dir(backup_dir)}
+    bucket, _, prefix = backup_dir.removeprefix("s3://").partition("/")
+    if not S3_BUCKET.fullmatch(bucket):
+        raise ConfigError("backup-dir", f"{bucket!r} is no S3 bucket name (3-63 lowercase letters, digits, . and -)")
+    if "//" in prefix or prefix.startswith("/"):
+        raise ConfigError("backup-dir", f"the prefix {prefix!r} has an empty path segment")
+    return {"s3": _parse_s3(s3_section or {}, bucket, prefix + ("/" if prefix and not prefix.endswith("/") else ""))}
+
+
+def _parse_s3(raw: Any, bucket: str, prefix: str) -> S3Config:
+    section = Section(raw, "s3.", S3_KEYS)
+    endpoint = section.get_str("endpoint", None)
+    if endpoint is not None and (urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).hostname):
+        raise ConfigError("s3.endpoint", f"expected an http:// or https:// URL, got {endpoint!r}")
+    style = section.get_str("addressing-style", "auto")
+    if style not in ("auto", "path", "virtual"):
+        raise ConfigError("s3.addressing-style", f"expected auto, path or virtual, got {style!r}")
+    sse, kms_key_id = section.get_str("sse", None), section.get_str("kms-key-id", None)
+    if sse not in (None, "AES256", "aws:kms"):
+        raise ConfigError("s3.sse", f"expected AES256 or aws:kms, got {sse!r}")
+    if kms_key_id is not None and sse != "aws:kms":
+        raise ConfigError("s3.kms-key-id", "needs sse: aws:kms")
+    ca_file = section.get_str("ca-file", None)
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ConfigError("s3.ca-file", f"{ca_file} is not a readable file")
+    return S3Config(
+        bucket=bucket, prefix=prefix, endpoint=endpoint, region=section.get_str("region", None),
+        addressing_style=style, ca_file=None if ca_file is None else Path(ca_file).absolute(),
+        insecure_skip_verify=section.get_bool("insecure-skip-verify", False),
+        access_key_id=section.get_str("access-key-id", None),
+        secret_access_key=section.get_str("secret-access-key", None),
+        session_token=section.get_str("session-token", None), sse=sse, kms_key_id=kms_key_id,
+        storage_class=section.get_str("storage-class", None),
+        part_size=section.get_int("part-size", DEFAULT_PART_SIZE, minimum=MIN_PART_SIZE, maximum=MAX_PART_SIZE),
+        concurrency=section.get_int("concurrency", DEFAULT_CONCURRENCY, minimum=1, maximum=64),
+    )
+
+
 def _backup_dir(value: str) -> Path:
     if not value:
         raise ConfigError("backup-dir", "is empty (it would mean the current directory): give a directory")
@@ -212,7 +267,7 @@ def _api_token(value: str | None, environ: dict[str, str] | os._Environ[str]) ->
     return token
 
 
-def _api_tls(cert: str | None, key: str | None) -> dict[str, Path]:
+def _api_tls(cert: str | None, key: str | None) -> dict[str, Any]:  # api_tls_cert and api_tls_key, as Paths
     if cert is None and key is None:
         return {}
     if cert is None or key is None:

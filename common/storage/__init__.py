@@ -3,13 +3,26 @@
 
 from __future__ import annotations
 
+import functools
+
 from common.config import Config
+from common.config.schema import S3Config
 from common.storage.interface import BackupStore, OpenedBackup, PendingBackup, StorageError, StoredFile
 from common.storage.local import LocalStore
+from common.storage.s3 import S3Store
 
-__all__ = ["BackupStore", "LocalStore", "OpenedBackup", "PendingBackup", "StorageError", "StoredFile", "open_store"]
+__all__ = ["BackupStore", "LocalStore", "OpenedBackup", "PendingBackup", "S3Store", "StorageError", "StoredFile",
+           "open_store"]
 
 
 def open_store(config: Config) -> BackupStore:
-    """The store that `backup-dir` names."""
+    """The store that `backup-dir` names: a directory, or an s3:// bucket."""
+    if config.s3 is not None:
+        return _s3_store(config.s3)
     return LocalStore(config.backup_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_store(settings: S3Config) -> S3Store:
+    """One per settings and process: a boto3 client takes tens of milliseconds to make, and is thread-safe."""
+    return S3Store(settings)

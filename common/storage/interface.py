@@ -4,8 +4,8 @@ The API, the workers, retention, the metrics and the recovery code ask a `Backup
 and never look at backup-dir themselves, so a second backend (object storage) drops in here
 without touching them. The rules every backend keeps:
 
-- Only names of the form `snapshot-YYYYMMDD_HHMMSS.tar.gz` (common.backups) are backups; anything
-  else the store holds is never listed, served or deleted.
+- Only names of the form `snapshot-YYYYMMDD_HHMMSS.tar.gz` (common.backups) that hold bytes are
+  backups; anything else the store holds is never listed, served or deleted.
 - A new backup becomes visible only when complete and durable, together with its metadata, and never
   replaces another backup: a name that is taken fails the new backup, not the old one.
 - Whatever fails while a backup is written, nothing of it is left visible.
@@ -94,8 +94,9 @@ class BackupStore(Protocol):
         """Delete backup `name` and its metadata; False if it was not there (another process was first)."""
 
     def remove_unpublished(self, live_tag: Callable[[], str | None]) -> list[str]:
-        """Remove the unpublished data of interrupted backups: all but that tagged `live_tag()`, asked
-        after looking (worker.leases.live_backup: the tag of the live backup that holds the lock)."""
+        """Remove the unpublished data of interrupted backups, and never the live one's: `live_tag()`, asked
+        after looking, is the tag of the live backup that holds the lock (worker.leases.live_backup), or None.
+        A backend that cannot tell the live one's data apart removes nothing while one is live."""
 
     def remove_orphan_metadata(self) -> list[str]:
         """Remove metadata whose archive is gone (a crash between the two steps of publishing). Call only

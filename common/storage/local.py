@@ -95,7 +95,7 @@ class LocalStore:
         os.listdir(self.directory)
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
-        names = list(self._regular_files(is_backup_name))
+        names = [name for name in self._regular_files(is_backup_name) if self._holds_bytes(name)]
         # The timestamp is fixed-width, so name order is time order.
         return sorted(names) if now is None else in_time_order(names, now)
 
@@ -106,7 +106,7 @@ class LocalStore:
             st = os.lstat(self.directory / name)
         except FileNotFoundError:
             return None
-        return _stored_file(st) if stat.S_ISREG(st.st_mode) else None
+        return _stored_file(st) if stat.S_ISREG(st.st_mode) and st.st_size > 0 else None
 
     def open(self, name: str) -> OpenedBackup | None:
         if not is_backup_name(name):
@@ -114,7 +114,11 @@ class LocalStore:
         fd = self._open_regular(self.directory / name)
         if fd is None:
             return None
-        return OpenedBackup(file=open(fd, "rb"), stored=_stored_file(os.fstat(fd)))
+        stored = _stored_file(os.fstat(fd))
+        if stored.size == 0:
+            os.close(fd)
+            return None
+        return OpenedBackup(file=open(fd, "rb"), stored=stored)
 
     def read_metadata(self, name: str) -> BackupMetadata | None:
         path = self.directory / metadata_name(name)
@@ -205,6 +209,16 @@ class LocalStore:
                     yield entry.name
                 else:
                     report_once(self.directory / entry.name, "skipped: not a regular file")
+
+    def _holds_bytes(self, name: str) -> bool:
+        """No backup is empty (a gzip stream alone has a header): an empty file is not one, and is not listed."""
+        try:
+            empty = os.lstat(self.directory / name).st_size == 0
+        except FileNotFoundError:
+            return False
+        if empty:
+            report_once(self.directory / name, "skipped: an empty file")
+        return not empty
 
     def _open_regular(self, path: Path) -> int | None:
         """A read-only descriptor of `path` if it is a regular file, else None (logged if something is there)."""

@@ -1,0 +1,358 @@
+"""Backups in an S3-compatible bucket (`backup-dir: s3://BUCKET/PREFIX`), so that workers and the API
+share nothing but Redis and the bucket.
+
+Each backup is two objects: `PREFIX + snapshot-YYYYMMDD_HHMMSS.tar.gz` and its metadata, the same key
+plus `.json`. A new backup is a multipart upload, its parts sent while etcd still streams (no temp file;
+memory: a part being filled plus `concurrency` parts in flight); it becomes visible only when the
+upload is completed, after its metadata, and both are written with `If-None-Match: *` (and checked
+beforehand, for stores that ignore the header): a backup never replaces another. Whatever fails before
+that, the upload is aborted.
+
+Only keys directly under the prefix that are backup names and hold bytes are backups: other keys,
+"directories" and empty objects are never listed, served or deleted.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.backups import in_time_order, is_backup_name, metadata_name, report_once
+from common.config.schema import S3Config
+from common.metadata import MAX_METADATA_BYTES, BackupMetadata, parse_metadata
+from common.storage.interface import OpenedBackup, StorageError, StoredFile
+
+logger = logging.getLogger(__name__)
+
+PARTS_PER_SIZE = 1000
+"""The part size doubles after every this many parts: S3 allows 10,000 parts, and no upload needs them all."""
+READ_BUFFER = 1 << 20
+S3_ERRORS = (ClientError, BotoCoreError)
+NOT_THERE = ("404", "NoSuchKey", "NotFound")
+
+
+class S3Store:
+    def __init__(self, settings: S3Config) -> None:
+        self.settings = settings
+        self.where = f"{settings.url} at {settings.endpoint or 'AWS'}"
+        self.client = _client(settings)
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.where!r})"
+
+    def prepare(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.settings.bucket)
+        except S3_ERRORS as exc:
+            raise StorageError(f"cannot reach {self.where}: {_describe(exc)}") from None
+
+    def list_backups(self, now: datetime | None = None) -> list[str]:
+        names = [name for name, _ in self._objects() if is_backup_name(name)]
+        return sorted(names) if now is None else in_time_order(names, now)
+
+    def stat(self, name: str) -> StoredFile | None:
+        if not is_backup_name(name):
+            return None
+        try:
+            head = self.client.head_object(Bucket=self.settings.bucket, Key=self.key(name))
+        except ClientError as exc:
+            if _code(exc) in NOT_THERE:
+                return None
+            raise StorageError(f"cannot read {name} in {self.where}: {_describe(exc)}") from None
+        if head["ContentLength"] == 0:  # no backup is empty: not ours
+            return None
+        return StoredFile(size=head["ContentLength"], modified=head["LastModified"].timestamp(),
+                          etag=head["ETag"].strip('"'))
+
+    def open(self, name: str) -> OpenedBackup | None:
+        stored = self.stat(name)
+        if stored is None:
+            return None
+        reader = _ObjectReader(self.client, self.settings.bucket, self.key(name), stored)
+        return OpenedBackup(file=io.BufferedReader(reader, READ_BUFFER), stored=stored)
+
+    def read_metadata(self, name: str) -> BackupMetadata | None:
+        key = self.key(metadata_name(name))
+        try:
+            # One byte past the limit tells a bigger object, which is not ours, without reading it all.
+            got = self.client.get_object(Bucket=self.settings.bucket, Key=key, Range=f"bytes=0-{MAX_METADATA_BYTES}")
+            raw = got["Body"].read(MAX_METADATA_BYTES + 1)
+        except ClientError as exc:
+            if _code(exc) in NOT_THERE or _code(exc) == "InvalidRange":  # InvalidRange: an empty object
+                return None
+            raise StorageError(f"cannot read {key} in {self.where}: {_describe(exc)}") from None
+        metadata = parse_metadata(raw, name) if len(raw) <= MAX_METADATA_BYTES else None
+        if metadata is None:
+            report_once(key, "skipped: not backup metadata")
+        return metadata
+
+    def update_metadata(self, metadata: BackupMetadata) -> None:
+        self._put(metadata_name(metadata.filename), metadata.to_bytes())
+
+    @contextmanager
+    def new_backup(self, name: str, tag: str) -> Iterator[S3PendingBackup]:
+        try:
+            upload = self.client.create_multipart_upload(
+                Bucket=self.settings.bucket, Key=self.key(name), ContentType="application/gzip",
+                Metadata={"etcd-backup-job": tag}, **self._object_options())
+        except S3_ERRORS as exc:
+            raise StorageError(f"cannot write to {self.where}: {_describe(exc)}") from None
+        pending = S3PendingBackup(self, name, upload["UploadId"])
+        try:
+            yield pending
+        except S3_ERRORS as exc:
+            raise StorageError(f"cannot write {name} to {self.where}: {_describe(exc)}") from None
+        finally:
+            pending.close()
+
+    def delete(self, name: str) -> bool:
+        if self.stat(name) is None:  # also: not a backup name, or not ours
+            return False
+        for key in (self.key(name), self.key(metadata_name(name))):
+            self.client.delete_object(Bucket=self.settings.bucket, Key=key)
+        return True
+
+    def remove_unpublished(self, live_tag: Callable[[], str | None]) -> list[str]:
+        """Abort the multipart uploads of dead backups. A backup starts its upload only while it holds the
+        lock, so with none live (asked after looking) every upload is a dead one's. While one is live, none
+        is aborted: ListMultipartUploads shows no tag to tell the live one by (and its Initiated time is the
+        store's clock, which moto, for one, makes up); the next cleanup with none live takes them."""
+        uploads = self._uploads()
+        if live_tag() is not None:
+            return []
+        for key, upload_id in uploads:
+            self.client.abort_multipart_upload(Bucket=self.settings.bucket, Key=key, UploadId=upload_id)
+            logger.warning("aborted the upload of %s, left by an interrupted backup", key)
+        return [key for key, _ in uploads]
+
+    def remove_orphan_metadata(self) -> list[str]:
+        names = {name for name, _ in self._objects()}
+        orphans = [name for name in names if name.endswith(".json") and is_backup_name(name.removesuffix(".json"))
+                   and name.removesuffix(".json") not in names]
+        for name in orphans:
+            self.client.delete_object(Bucket=self.settings.bucket, Key=self.key(name))
+        return orphans
+
+    def put_metadata_once(self, metadata: BackupMetadata) -> None:
+        """The metadata of a new backup: never over another's."""
+        self._put(metadata_name(metadata.filename), metadata.to_bytes(), IfNoneMatch="*")
+
+    def complete(self, name: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.settings.bucket, Key=self.key(name), UploadId=upload_id,
+            MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+
+    def exists(self, key_name: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.settings.bucket, Key=self.key(key_name))
+        except ClientError as exc:
+            if _code(exc) in NOT_THERE:
+                return False
+            raise
+        return True
+
+    def _put(self, key_name: str, body: bytes, **conditions: str) -> None:
+        self.client.put_object(Bucket=self.settings.bucket, Key=self.key(key_name), Body=body,
+                               ContentType="application/json", **self._object_options(), **conditions)
+
+    def _object_options(self) -> dict[str, str]:
+        settings, options = self.settings, {}
+        if settings.sse is not None:
+            options["ServerSideEncryption"] = settings.sse
+        if settings.kms_key_id is not None:
+            options["SSEKMSKeyId"] = settings.kms_key_id
+        if settings.storage_class is not None:
+            options["StorageClass"] = settings.storage_class
+        return options
+
+    def key(self, name: str) -> str:
+        return self.settings.prefix + name
+
+    def _objects(self) -> Iterator[tuple[str, int]]:
+        """(name under the prefix, size) of each object directly under it that holds bytes."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.settings.bucket, Prefix=self.settings.prefix, Delimiter="/")
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(self.settings.prefix):]
+                    if item["Size"] > 0:
+                        yield name, item["Size"]
+                    elif is_backup_name(name):
+                        report_once(item["Key"], "skipped: an empty object")
+        except S3_ERRORS as exc:
+            raise StorageError(f"cannot list {self.where}: {_describe(exc)}") from None
+
+    def _uploads(self) -> list[tuple[str, str]]:
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.settings.bucket, Prefix=self.settings.prefix)
+        try:
+            return [(upload["Key"], upload["UploadId"]) for page in pages for upload in page.get("Uploads", [])
+                    if is_backup_name(upload["Key"][len(self.settings.prefix):])]
+        except S3_ERRORS as exc:
+            raise StorageError(f"cannot list the uploads in {self.where}: {_describe(exc)}") from None
+
+
+class S3PendingBackup:
+    """A multipart upload being filled: full parts go on a small thread pool while the next one fills."""
+
+    def __init__(self, store: S3Store, name: str, upload_id: str) -> None:
+        self.store, self.name, self.upload_id = store, name, upload_id
+        self.part_size = store.settings.part_size
+        self.buffer = bytearray()
+        self.parts: list[Future[dict[str, Any]]] = []
+        self.slots = threading.BoundedSemaphore(store.settings.concurrency)
+        self.pool = ThreadPoolExecutor(store.settings.concurrency, thread_name_prefix="s3-part")
+        self.published = False
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        while len(self.buffer) >= self.part_size:
+            part = bytes(self.buffer[:self.part_size])
+            del self.buffer[:self.part_size]
+            self._send(part)
+        return len(data)
+
+    def flush(self) -> None:
+        """Parts go out when full: S3 takes no part under 5 MiB but the last."""
+
+    def publish(self, metadata: BackupMetadata) -> None:
+        if self.buffer or not self.parts:
+            self._send(bytes(self.buffer))
+            self.buffer.clear()
+        parts = [part.result() for part in self.parts]
+        if self.store.exists(self.name) or self.store.exists(metadata_name(self.name)):
+            raise StorageError(f"{self.name} already exists in {self.store.where}; it was not overwritten")
+        try:
+            self.store.put_metadata_once(metadata)
+        except ClientError as exc:
+            raise StorageError(_exists_or(exc, self.name, self.store.where)) from None
+        try:
+            self.store.complete(self.name, self.upload_id, parts)
+        except BaseException as exc:
+            self.store.client.delete_object(Bucket=self.store.settings.bucket,
+                                            Key=self.store.key(metadata_name(self.name)))
+            if isinstance(exc, ClientError):
+                raise StorageError(_exists_or(exc, self.name, self.store.where)) from None
+            raise
+        self.published = True
+
+    def close(self) -> None:
+        """Stop the part uploads; abort the upload unless it was published."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if not self.published:
+            try:
+                self.store.client.abort_multipart_upload(Bucket=self.store.settings.bucket,
+                                                         Key=self.store.key(self.name), UploadId=self.upload_id)
+            except S3_ERRORS as exc:  # the next worker start aborts it (remove_unpublished)
+                logger.warning("cannot abort the upload of %s: %s", self.name, _describe(exc))
+
+    def _send(self, body: bytes) -> None:
+        for done in self.parts:
+            if done.done() and done.exception() is not None:
+                raise done.exception()  # type: ignore[misc]
+        self.slots.acquire()  # at most `concurrency` parts in flight: memory stays bounded
+        number = len(self.parts) + 1
+        future = self.pool.submit(self._upload, number, body)
+        future.add_done_callback(lambda _: self.slots.release())
+        self.parts.append(future)
+        if number % PARTS_PER_SIZE == 0:
+            self.part_size *= 2
+
+    def _upload(self, number: int, body: bytes) -> dict[str, Any]:
+        answer = self.store.client.upload_part(Bucket=self.store.settings.bucket, Key=self.store.key(self.name),
+                                               UploadId=self.upload_id, PartNumber=number, Body=body)
+        return {"ETag": answer["ETag"], "PartNumber": number}
+
+
+class _ObjectReader(io.RawIOBase):
+    """An object read from a position on (a ranged GET), seekable for HTTP ranges. `If-Match` its ETag: an
+    object replaced while it is read fails the read rather than mixing two backups."""
+
+    def __init__(self, client: Any, bucket: str, key: str, stored: StoredFile) -> None:
+        self.client, self.bucket, self.key, self.stored = client, bucket, key, stored
+        self.position = 0
+        self.body: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.stored.size}[whence]
+        if base + offset != self.position:
+            self._drop_body()
+            self.position = base + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        if self.position >= self.stored.size:
+            return 0
+        if self.body is None:
+            try:
+                self.body = self.client.get_object(Bucket=self.bucket, Key=self.key, IfMatch=f'"{self.stored.etag}"',
+                                                   Range=f"bytes={self.position}-")["Body"]
+            except S3_ERRORS as exc:
+                raise OSError(f"cannot read {self.key}: {_describe(exc)}") from None
+        data = self.body.read(len(buffer))
+        buffer[:len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
+
+    def _drop_body(self) -> None:
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+
+
+def _client(settings: S3Config) -> Any:
+    config = BotoConfig(
+        # The 2025 SDKs send and demand CRC checksums by default; many S3-compatible stores refuse them.
+        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+        retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+        s3={"addressing_style": settings.addressing_style}, max_pool_connections=settings.concurrency + 8,
+    )
+    verify: bool | str | None = False if settings.insecure_skip_verify else (
+        None if settings.ca_file is None else str(settings.ca_file))
+    return boto3.session.Session().client(
+        "s3", endpoint_url=settings.endpoint, region_name=settings.region, verify=verify, config=config,
+        aws_access_key_id=settings.access_key_id, aws_secret_access_key=settings.secret_access_key,
+        aws_session_token=settings.session_token)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _describe(exc: Exception) -> str:
+    """The store's error, in one line and without a secret (botocore's messages carry none)."""
+    return " ".join(str(exc).split())[:300]
+
+
+def _exists_or(exc: ClientError, name: str, where: str) -> str:
+    if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        return f"{name} already exists in {where}; it was not overwritten"
+    return f"cannot write {name} to {where}: {_describe(exc)}"
+

@@ -1,0 +1,271 @@
+"""The storage contract, against the local directory and two real S3 servers alike (SeaweedFS and moto, on
+loopback), and the service end to end with its backups in a bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from common.backups import backup_name
+from common.config import parse_config
+from common.metadata import BackupMetadata
+from common.storage import BackupStore, LocalStore, StorageError, open_store
+from common.storage.s3 import S3Store
+from harness.deployment import Deployment
+from harness.in_process import Service
+from harness.processes import BIN_DIR
+from harness.report import Report
+from harness.s3 import MotoServer, S3Server, SeaweedServer
+from harness.servers import EtcdServer, RedisServer
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+ARCHIVE = os.urandom(3 << 20)  # over moto's part minimum is not needed: one part may be small
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+class Backend:
+    """A store of one kind, with the means to plant objects in it behind its back (as a hostile writer could)."""
+
+    def __init__(self, store: BackupStore, plant: Callable[[str, bytes], None], server: S3Server | None = None,
+                 bucket: str = "", prefix: str = "") -> None:
+        self.store, self.plant, self.server, self.bucket, self.prefix = store, plant, server, bucket, prefix
+
+    def uploads(self) -> list[str]:
+        if self.server is None:
+            assert isinstance(self.store, LocalStore)
+            return [name for name in os.listdir(self.store.directory) if name.startswith(".")]
+        answer = self.server.client().list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
+        return [upload["Key"] for upload in answer.get("Uploads", [])]
+
+
+@pytest.fixture(params=["local", "seaweedfs", "moto"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        store = LocalStore(tmp_path / "backups")
+        store.prepare()
+        return Backend(store, lambda name, data: (store.directory / name).write_bytes(data))
+    server: S3Server = request.getfixturevalue(request.param)
+    bucket, prefix = server.place()
+    store = open_store(parse_config({"etcd": {}, **server.settings(bucket, prefix)}, {}))
+    store.prepare()
+    client = server.client()
+    return Backend(store, lambda name, data: client.put_object(Bucket=bucket, Key=prefix + name, Body=data),
+                   server, bucket, prefix)
+
+
+def metadata_of(name: str, archive: bytes) -> BackupMetadata:
+    return BackupMetadata(
+        filename=name, filesize=len(archive), archive_sha256=hashlib.sha256(archive).hexdigest(), cluster_id="1",
+        member_id="2", endpoint="http://127.0.0.1:2379", revision=7, etcd_version="3.4.23", db_size=1,
+        db_sha256="0" * 64, started=NOW.isoformat(), duration=0.5)
+
+
+def publish(store: BackupStore, name: str, archive: bytes = ARCHIVE) -> None:
+    with store.new_backup(name, "job-1") as pending:
+        for start in range(0, len(archive), 1 << 16):  # as the archive writer does: many small writes
+            pending.write(archive[start:start + (1 << 16)])
+        pending.publish(metadata_of(name, archive))
+
+
+def test_a_published_backup_is_listed_stated_opened_and_has_its_metadata(backend: Backend) -> None:
+    store = backend.store
+    names = [backup_name(NOW - timedelta(hours=hours)) for hours in (1, 3, 2)]
+    for name in names:
+        publish(store, name)
+    assert store.list_backups() == sorted(names)
+    assert store.list_backups(NOW) == sorted(names)
+    stored = store.stat(names[0])
+    assert stored is not None and stored.size == len(ARCHIVE) and stored.etag
+    opened = store.open(names[0])
+    assert opened is not None
+    with opened.file as file:
+        assert hashlib.sha256(file.read()).digest() == hashlib.sha256(ARCHIVE).digest()
+        file.seek(1000)
+        assert file.read(10) == ARCHIVE[1000:1010]
+        file.seek(len(ARCHIVE) - 5)
+        assert file.read() == ARCHIVE[-5:]
+    assert store.read_metadata(names[0]) == metadata_of(names[0], ARCHIVE)
+    assert backend.uploads() == []
+
+
+def test_only_backups_are_listed(backend: Backend) -> None:
+    real = backup_name(NOW)
+    publish(backend.store, real)
+    backend.plant("notes.txt", b"an operator's notes")
+    backend.plant(backup_name(NOW - timedelta(hours=1)), b"")  # empty: no backup is
+    backend.plant("snapshot-20261301_000000.tar.gz", b"month 13")
+    if backend.server is not None:  # a key one level down, and a "directory" named like a backup
+        backend.plant(f"deeper/{backup_name(NOW - timedelta(hours=2))}", b"x")
+        backend.plant(f"{backup_name(NOW - timedelta(hours=3))}/", b"")
+    assert backend.store.list_backups() == [real]
+    assert backend.store.stat(backup_name(NOW - timedelta(hours=1))) is None
+    assert backend.store.open("notes.txt") is None
+
+
+def test_a_taken_name_is_never_overwritten(backend: Backend, report: Report) -> None:
+    name = backup_name(NOW)
+    publish(backend.store, name, b"the older backup")
+    with pytest.raises(StorageError, match="already exists"):
+        publish(backend.store, name)
+    opened = backend.store.open(name)
+    assert opened is not None
+    with opened.file as file:
+        assert file.read() == b"the older backup"
+    assert backend.uploads() == []
+    report(f"a new backup under a taken name, {type(backend.store).__name__}"
+           f"{'' if backend.server is None else ' on ' + backend.server.name}",
+           "StorageError \"already exists\"; the older backup byte for byte; no upload left")
+
+
+def test_a_failed_write_leaves_nothing(backend: Backend) -> None:
+    name = backup_name(NOW)
+    with pytest.raises(RuntimeError, match="the stream broke"), backend.store.new_backup(name, "job-1") as pending:
+        pending.write(ARCHIVE)
+        raise RuntimeError("the stream broke")
+    assert backend.store.list_backups() == []
+    assert backend.store.stat(name) is None and backend.store.read_metadata(name) is None
+    assert backend.uploads() == []
+
+
+def test_delete_and_orphan_metadata(backend: Backend) -> None:
+    kept, deleted = backup_name(NOW), backup_name(NOW - timedelta(hours=1))
+    publish(backend.store, kept)
+    publish(backend.store, deleted)
+    assert backend.store.delete(deleted) and not backend.store.delete(deleted)
+    assert not backend.store.delete("notes.txt")
+    assert backend.store.list_backups() == [kept] and backend.store.read_metadata(deleted) is None
+    orphan = backup_name(NOW - timedelta(hours=2))
+    backend.plant(orphan + ".json", metadata_of(orphan, b"x").to_bytes())
+    assert backend.store.remove_orphan_metadata() == [orphan + ".json"]
+    assert backend.store.read_metadata(kept) is not None
+
+
+@pytest.mark.parametrize("server_name", ["seaweedfs", "moto"])
+def test_dead_uploads_are_aborted_and_a_live_one_kept(request: pytest.FixtureRequest, server_name: str) -> None:
+    server: S3Server = request.getfixturevalue(server_name)
+    bucket, prefix = server.place()
+    store = open_store(parse_config({"etcd": {}, **server.settings(bucket, prefix)}, {}))
+    client = server.client()
+    client.create_multipart_upload(Bucket=bucket, Key=prefix + backup_name(NOW))
+    client.create_multipart_upload(Bucket=bucket, Key=prefix + "not-ours.bin")
+    assert store.remove_unpublished(lambda: "a-live-job") == []  # it may be the live backup's
+    assert store.remove_unpublished(lambda: None) == [prefix + backup_name(NOW)]
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    assert [upload["Key"] for upload in uploads] == [prefix + "not-ours.bin"]
+
+
+def test_wrong_credentials_and_a_missing_bucket_are_one_line_at_start_up(
+        seaweedfs: S3Server, tmp_path: Path, etcd: EtcdServer, report: Report) -> None:
+    import subprocess
+
+    bucket, prefix = seaweedfs.place()
+    good = seaweedfs.settings(bucket, prefix)
+    lines = {}
+    for case, settings in {
+        "wrong secret": {**good, "s3": {**good["s3"], "secret-access-key": "not-the-secret"}},
+        "missing bucket": seaweedfs.settings("no-such-bucket", prefix),
+    }.items():
+        path = tmp_path / f"{case.replace(' ', '-')}.yml"
+        path.write_text(yaml.safe_dump({"etcd": {"endpoints": [etcd.url]}, **settings}))
+        result = subprocess.run([str(BIN_DIR / "etcd-backup"), "config", "check", "--config", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result
+        assert len(result.stderr.strip().splitlines()) == 1 and "backup-dir: cannot reach" in result.stderr
+        assert "not-the-secret" not in result.stderr + result.stdout
+        lines[case] = result.stderr.strip()
+    report("S3 with a wrong secret key, and a bucket that does not exist (SeaweedFS)",
+           "; ".join(f"{case}: exit 2, {line!r}" for case, line in lines.items()))
+
+
+@pytest.fixture
+def s3_service(make_service: Callable[..., Service], seaweedfs: S3Server) -> Callable[..., Service]:
+    def make(**overrides: Any) -> Service:
+        return make_service(**seaweedfs.settings(*seaweedfs.place()), **overrides)
+    return make
+
+
+def test_the_service_on_a_bucket(s3_service: Callable[..., Service], report: Report) -> None:
+    service = s3_service(rotate=2)
+    taken = []
+    for _ in range(3):
+        answer = service.client.post("/api/v1/backup")
+        assert answer.status_code == 200, answer.get_json()
+        taken.append(answer.get_json()["filename"])
+    listed = service.client.get("/api/v1/backup").get_json()
+    assert listed == taken[1:]  # rotate 2
+    name = listed[-1]
+    store = open_store(service.config)
+    assert isinstance(store, S3Store)
+    opened = store.open(name)
+    assert opened is not None
+    with opened.file as file:
+        whole = file.read()
+    download = service.client.get(f"/api/v1/backup/{name}")
+    assert download.status_code == 200 and download.data == whole
+    assert download.headers["X-Backup-Sha256"] == hashlib.sha256(whole).hexdigest()
+    ranged = service.client.get(f"/api/v1/backup/{name}", headers={"Range": "bytes=10-19"})
+    assert ranged.status_code == 206 and ranged.data == whole[10:20]
+    head = service.client.head(f"/api/v1/backup/{name}")
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(whole)
+    again = service.client.get(f"/api/v1/backup/{name}", headers={"If-None-Match": download.headers["ETag"]})
+    assert again.status_code == 304
+    detail = service.client.get("/api/v1/backup?detail=true").get_json()
+    assert [entry["filename"] for entry in detail] == listed and detail[-1]["filesize"] == len(whole)
+    verified = service.client.post(f"/api/v1/backup/{name}/verify")
+    assert verified.status_code == 200, verified.get_json()
+    ready = service.client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"]["backup-dir"]["ok"]
+    report("the service with backup-dir s3://BUCKET/backups/ on SeaweedFS (rotate 2, 3 POSTs)",
+           f"3 x POST 200; listed the newest 2; download equals the object ({len(whole)} bytes, SHA-256 header "
+           "matches), Range 206, HEAD, ETag 304, ?detail=true, verify 200, /readyz ok")
+
+
+def test_a_stopped_s3_is_a_500_naming_the_endpoint(make_service: Callable[..., Service], tmp_path: Path,
+                                                   report: Report) -> None:
+    server = SeaweedServer(tmp_path / "short-lived").start()
+    service = make_service(**server.settings(*server.place()))
+    server.stop()
+    answer = service.client.post("/api/v1/backup")
+    message = answer.get_json()["message"]
+    assert answer.status_code == 500 and server.endpoint in message
+    assert "etcd-backup-test-secret-key" not in json.dumps(answer.get_json())
+    ready = service.client.get("/readyz")
+    assert ready.status_code == 503 and not ready.get_json()["checks"]["backup-dir"]["ok"]
+    report("S3 (SeaweedFS) stopped before a POST", f"POST 500 {message!r}; /readyz 503 naming backup-dir")
+
+
+@pytest.mark.slow
+def test_two_workers_and_an_api_that_share_only_redis_and_the_bucket(
+        seaweedfs: S3Server, etcd: EtcdServer, redis_server: RedisServer, tmp_path: Path, report: Report) -> None:
+    deployment = Deployment(tmp_path / "hosts", [etcd.url], redis_server, **seaweedfs.settings(*seaweedfs.place()))
+    deployment.start(workers=2)
+    try:
+        names = [deployment.post_backup()["filename"] for _ in range(3)]
+        status, _, body = deployment.request("GET", "/api/v1/backup")
+    finally:
+        deployment.stop()
+    assert status == 200 and json.loads(body) == names
+    assert not deployment.backup_dir.exists() or os.listdir(deployment.backup_dir) == []
+    report("the Procfile deployment (web + 2 workers) with backup-dir on SeaweedFS", f"3 POSTs 200, listed {names}; "
+           "nothing written to a local backup-dir")
