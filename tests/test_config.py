@@ -530,3 +530,37 @@ def test_allow_stale_member_is_off_unless_set_and_must_be_a_boolean(tmp_path: Pa
     assert parse({**base, "allow-stale-member": True}).allow_stale_member is True
     with pytest.raises(ConfigError, match=r"^allow-stale-member: .*true or false"):
         parse({**base, "allow-stale-member": "yes please"})
+
+
+@pytest.mark.parametrize(("document", "key", "words"), [
+    ({"backup-dir": "s3://ab/x"}, "backup-dir", "no S3 bucket name"),
+    ({"backup-dir": "s3://Bucket/x"}, "backup-dir", "no S3 bucket name"),
+    ({"backup-dir": "s3://bucket//x"}, "backup-dir", "empty path segment"),
+    ({"backup-dir": "/var/backups", "s3": {"region": "eu-west-1"}}, "s3", "backup-dir is not an s3://"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"endpoint": "minio:9000"}}, "s3.endpoint", "http:// or https://"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"addressing-style": "dns"}}, "s3.addressing-style", "auto, path"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"sse": "AES128"}}, "s3.sse", "AES256 or aws:kms"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"kms-key-id": "k"}}, "s3.kms-key-id", "needs sse: aws:kms"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"part-size": 1 << 20}}, "s3.part-size", "at least"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"concurrency": 0}}, "s3.concurrency", "at least"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"ca-file": "/nonexistent/ca.pem"}}, "s3.ca-file", "not a readable file"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"secret": "x"}}, "s3", "secret"),
+])
+def test_bad_s3_settings_are_one_line_naming_the_key(document: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse({"etcd": {}, **document})
+    message = str(error.value)
+    assert message.startswith(f"{key}") and words in message and "\n" not in message
+
+
+def test_s3_settings_parse_and_their_secrets_are_masked(tmp_path: Path) -> None:
+    config = parse({"etcd": {}, "backup-dir": "s3://etcd-backups/prod/cluster-1", "s3": {
+        "endpoint": "https://minio.example:9000", "access-key-id": "AKID", "secret-access-key": "Sk3tSecretValue",
+        "session-token": "TokenValue123", "sse": "aws:kms", "kms-key-id": "alias/etcd"}})
+    assert config.s3 is not None
+    assert (config.s3.bucket, config.s3.prefix, config.s3.url) == (
+        "etcd-backups", "prod/cluster-1/", "s3://etcd-backups/prod/cluster-1/")
+    assert "Sk3tSecretValue" not in repr(config) and "TokenValue123" not in repr(config)
+    shown = yaml.safe_dump(effective_config(config))
+    assert "Sk3tSecretValue" not in shown and "TokenValue123" not in shown
+    assert effective_config(config)["backup-dir"] == "s3://etcd-backups/prod/cluster-1/"
