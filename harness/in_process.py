@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from api import create_app
 from common.config import Config
@@ -33,3 +35,11 @@ class Service:
         if self.worker is not None:
             self.worker.stop(timeout=30)
             self.worker = None
+
+
+def fetch(service: Service, url: str, method: str = "GET", **kwargs: Any) -> TestResponse:
+    """Request `url`, read the whole body and close the response (a download holds a file open)."""
+    response = service.client.open(url, method=method, **kwargs)
+    response.get_data()
+    response.close()
+    return response

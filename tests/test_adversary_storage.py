@@ -16,19 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.test import TestResponse
 
 from common import backups, etcd, retention
 from common.metadata import BackupMetadata
 from common.storage import LocalStore, StorageError
-from harness.in_process import Service
-
-
-def fetch(service: Service, url: str, method: str = "GET", **kwargs: Any) -> TestResponse:
-    response = service.client.open(url, method=method, **kwargs)
-    response.get_data()
-    response.close()
-    return response
+from harness.in_process import Service, fetch
 
 
 def post_backup(service: Service) -> dict[str, object]:

@@ -17,13 +17,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis as redis_lib
 from rq.job import JobStatus
-from werkzeug.test import TestResponse
 
 from api import create_app
 from api.outcomes import LOST_CAUSE
 from common.backups import backup_time
 from common.queue import HEARTBEAT_TTL, LOCK_KEY, enqueue_or_join, heartbeat_key, job_queue
-from harness.in_process import Service
+from harness.in_process import Service, fetch
 from harness.processes import loopback_socket
 from harness.report import Report
 from harness.servers import EtcdServer
@@ -37,12 +36,6 @@ def post_backup(service: Service) -> dict[str, object]:
     return body
 
 
-def fetch(service: Service, url: str, method: str = "GET", **kwargs: object) -> TestResponse:
-    """Request `url`, read the whole body and close the response (a download holds a file open)."""
-    response = service.client.open(url, method=method, **kwargs)
-    response.get_data()
-    response.close()
-    return response
 
 
 def test_list_is_empty_at_first(service: Service) -> None:
