@@ -89,11 +89,12 @@ class SeaweedServer(S3Server):
             "name": "etcd-backup", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         (self.work_dir / "data").mkdir(exist_ok=True)
-        ports = {name: free_port() for name in (
+        # Chosen once: a restarted server finds its data under the same ports.
+        self.ports = getattr(self, "ports", None) or {name: free_port() for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
             "s3.port.grpc")}
         return [WEED_BIN, "server", f"-dir={self.work_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                *(f"-{name}={port}" for name, port in ports.items()), "-s3", f"-s3.port={self.port}",
+                *(f"-{name}={port}" for name, port in self.ports.items()), "-s3", f"-s3.port={self.port}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}"]
 
 

@@ -269,3 +269,45 @@ def test_two_workers_and_an_api_that_share_only_redis_and_the_bucket(
     assert not deployment.backup_dir.exists() or os.listdir(deployment.backup_dir) == []
     report("the Procfile deployment (web + 2 workers) with backup-dir on SeaweedFS", f"3 POSTs 200, listed {names}; "
            "nothing written to a local backup-dir")
+
+
+@pytest.mark.slow
+def test_s3_gone_while_a_backup_completes_leaves_nothing_after_the_next_start(
+        make_service: Callable[..., Service], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        redis_conn: Any, report: Report) -> None:
+    """SeaweedFS is stopped (a real kill of the store) between the parts' upload and the completing call:
+    the POST fails naming the endpoint; once it is back, no backup is listed, and the next worker start
+    leaves no upload (and the next backup no orphan metadata)."""
+    from worker.runner import prepare
+
+    server = SeaweedServer(tmp_path / "dies").start()
+    bucket, prefix = server.place()
+    service = make_service(**server.settings(bucket, prefix))
+    real_complete = S3Store.complete
+
+    def die_then_complete(store: S3Store, *args: Any) -> None:
+        server.stop()
+        real_complete(store, *args)
+
+    monkeypatch.setattr(S3Store, "complete", die_then_complete)
+    try:
+        answer = service.client.post("/api/v1/backup")
+        monkeypatch.setattr(S3Store, "complete", real_complete)
+        message = answer.get_json()["message"]
+        assert answer.status_code == 500 and server.endpoint in message, message
+        server.start()
+        client = server.client()
+        left = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+        assert service.client.get("/api/v1/backup").get_json() == []
+        prepare(service.config, redis_conn)  # a worker starts: no backup is live
+        assert client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []) == []
+        taken = service.client.post("/api/v1/backup")
+        assert taken.status_code == 200, taken.get_json()
+        keys = sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
+        name = taken.get_json()["filename"]
+        assert keys == [prefix + name, prefix + name + ".json"]
+    finally:
+        server.stop()
+    report("SeaweedFS killed after a backup's parts were sent, before the upload was completed",
+           f"POST 500 {message!r}; after a restart no backup listed; {len(left)} upload left, aborted by the next "
+           "worker start; the next backup 200 and nothing else under the prefix (the orphan metadata removed)")

@@ -243,12 +243,20 @@ class S3PendingBackup:
         try:
             self.store.complete(self.name, self.upload_id, parts)
         except BaseException as exc:
-            self.store.client.delete_object(Bucket=self.store.settings.bucket,
-                                            Key=self.store.key(metadata_name(self.name)))
+            self._remove_metadata()
             if isinstance(exc, ClientError):
                 raise StorageError(_exists_or(exc, self.name, self.store.where)) from None
             raise
         self.published = True
+
+    def _remove_metadata(self) -> None:
+        """The metadata goes again when its archive could not follow; if the store cannot take that either,
+        the next backup removes it (remove_orphan_metadata): the failure that matters is the first one."""
+        try:
+            self.store.client.delete_object(Bucket=self.store.settings.bucket,
+                                            Key=self.store.key(metadata_name(self.name)))
+        except S3_ERRORS as exc:
+            logger.warning("cannot remove the metadata of %s: %s", self.name, _describe(exc))
 
     def close(self) -> None:
         """Stop the part uploads; abort the upload unless it was published."""
