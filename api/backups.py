@@ -69,6 +69,11 @@ def download_backup(filename: str) -> Response:
     """Send one backup file, with HEAD, Range and conditional requests (as werkzeug's send_file would)."""
     _check_name(filename)
     store = state().store
+    presigned = store.download_url(filename)
+    if presigned is not None:  # s3.presign-downloads: the client fetches the object from the store itself
+        response = Response(status=302, headers={"Location": presigned})
+        response.cache_control.no_store = True
+        return response
     metadata = store.read_metadata(filename)
     opened = store.open(filename)  # month 13 included: not found
     if opened is None:

@@ -311,3 +311,23 @@ def test_s3_gone_while_a_backup_completes_leaves_nothing_after_the_next_start(
     report("SeaweedFS killed after a backup's parts were sent, before the upload was completed",
            f"POST 500 {message!r}; after a restart no backup listed; {len(left)} upload left, aborted by the next "
            "worker start; the next backup 200 and nothing else under the prefix (the orphan metadata removed)")
+
+
+@pytest.mark.parametrize("server_name", ["seaweedfs", "moto"])
+def test_presigned_downloads_redirect_to_the_object(make_service: Callable[..., Service],
+                                                    request: pytest.FixtureRequest, server_name: str) -> None:
+    import urllib.request
+
+    server: S3Server = request.getfixturevalue(server_name)
+    settings = server.settings(*server.place())
+    service = make_service(**{**settings, "s3": {**settings["s3"], "presign-downloads": True}})
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    answer = service.client.get(f"/api/v1/backup/{name}")
+    assert answer.status_code == 302 and "no-store" in answer.headers["Cache-Control"]
+    location = answer.headers["Location"]
+    assert "Signature" in location and "etcd-backup-test-secret-key" not in location
+    with urllib.request.urlopen(location, timeout=10) as fetched:
+        body = fetched.read()
+    assert hashlib.sha256(body).hexdigest() == service.client.get(
+        "/api/v1/backup?detail=true").get_json()[0]["archive_sha256"]
+    assert service.client.get("/api/v1/backup/snapshot-20200101_000000.tar.gz").status_code == 404

@@ -58,6 +58,7 @@ def _s3_section(config: Config) -> dict[str, Any]:
         "access-key-id": s3.access_key_id, "secret-access-key": _masked(s3.secret_access_key),
         "session-token": _masked(s3.session_token), "sse": s3.sse, "kms-key-id": s3.kms_key_id,
         "storage-class": s3.storage_class, "part-size": s3.part_size, "concurrency": s3.concurrency,
+        "presign-downloads": s3.presign_downloads,
     }
 
 

@@ -78,6 +78,9 @@ class S3Config:
     storage_class: str | None = None
     part_size: int = DEFAULT_PART_SIZE
     concurrency: int = DEFAULT_CONCURRENCY
+    presign_downloads: bool = False
+    """A download answers 302 to a presigned URL of the object (valid PRESIGN_SECONDS) instead of passing
+    its bytes through the API."""
 
     @property
     def url(self) -> str:

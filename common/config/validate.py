@@ -60,6 +60,7 @@ TOP_LEVEL_KEYS = frozenset({
 S3_KEYS = frozenset({
     "endpoint", "region", "addressing-style", "ca-file", "insecure-skip-verify", "access-key-id",
     "secret-access-key", "session-token", "sse", "kms-key-id", "storage-class", "part-size", "concurrency",
+    "presign-downloads",
 })
 S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 """S3's bucket naming rules (3 to 63 lowercase letters, digits, dots and hyphens)."""
@@ -208,6 +209,7 @@ def _parse_s3(raw: Any, bucket: str, prefix: str) -> S3Config:
         storage_class=section.get_str("storage-class", None),
         part_size=section.get_int("part-size", DEFAULT_PART_SIZE, minimum=MIN_PART_SIZE, maximum=MAX_PART_SIZE),
         concurrency=section.get_int("concurrency", DEFAULT_CONCURRENCY, minimum=1, maximum=64),
+        presign_downloads=section.get_bool("presign-downloads", False),
     )
 
 

@@ -78,6 +78,11 @@ class BackupStore(Protocol):
     def open(self, name: str) -> OpenedBackup | None:
         """Open the archive of backup `name` for reading; None if there is no such backup."""
 
+    def download_url(self, name: str) -> str | None:
+        """A short-lived URL a client may fetch backup `name` from directly, if the store gives one and is
+        set to (s3.presign-downloads); None: the API passes the bytes through (also when there is no such
+        backup: the caller answers 404 from stat or open)."""
+
     def read_metadata(self, name: str) -> BackupMetadata | None:
         """The metadata of backup `name`, or None if it has none (an older version's backup, one taken by
         hand) or what is there is not ours (logged)."""

@@ -120,6 +120,9 @@ class LocalStore:
             return None
         return OpenedBackup(file=open(fd, "rb"), stored=stored)
 
+    def download_url(self, name: str) -> str | None:
+        return None
+
     def read_metadata(self, name: str) -> BackupMetadata | None:
         path = self.directory / metadata_name(name)
         raw = self._read_small_file(path, MAX_METADATA_BYTES)

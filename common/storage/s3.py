@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 PARTS_PER_SIZE = 1000
 """The part size doubles after every this many parts: S3 allows 10,000 parts, and no upload needs them all."""
 READ_BUFFER = 1 << 20
+PRESIGN_SECONDS = 300
+"""How long a presigned download URL is valid: enough to start the download, short if it leaks."""
 S3_ERRORS = (ClientError, BotoCoreError)
 NOT_THERE = ("404", "NoSuchKey", "NotFound")
 
@@ -83,6 +85,13 @@ class S3Store:
             return None
         reader = _ObjectReader(self.client, self.settings.bucket, self.key(name), stored)
         return OpenedBackup(file=io.BufferedReader(reader, READ_BUFFER), stored=stored)
+
+    def download_url(self, name: str) -> str | None:
+        if not self.settings.presign_downloads or self.stat(name) is None:
+            return None
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.settings.bucket, "Key": self.key(name)}, ExpiresIn=PRESIGN_SECONDS)
+        return url
 
     def read_metadata(self, name: str) -> BackupMetadata | None:
         key = self.key(metadata_name(name))
