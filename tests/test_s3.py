@@ -331,3 +331,13 @@ def test_presigned_downloads_redirect_to_the_object(make_service: Callable[..., 
     assert hashlib.sha256(body).hexdigest() == service.client.get(
         "/api/v1/backup?detail=true").get_json()[0]["archive_sha256"]
     assert service.client.get("/api/v1/backup/snapshot-20200101_000000.tar.gz").status_code == 404
+
+
+def test_each_process_gets_its_own_s3_client(moto: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn's master checks the bucket, then forks: a worker must not reuse the master's client (and its
+    open connections, which two processes would then share)."""
+    config = parse_config({"etcd": {}, **moto.settings(*moto.place())}, {})
+    first = open_store(config)
+    assert open_store(config) is first  # one per process: a client takes tens of ms to make
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a forked child
+    assert open_store(config) is not first

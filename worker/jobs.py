@@ -18,7 +18,7 @@ from common.config import Config
 from common.jobs import backup_result
 from common.metadata import BackupMetadata
 from common.metrics import record_outcome
-from common.storage import open_store
+from common.storage import StorageError, open_store
 from recovery.verify import CannotVerify, VerifyError, verify_stored
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
@@ -46,7 +46,7 @@ def take_backup(config: Config) -> dict[str, object]:
                 config, store, temp_tag=job.id, now=redis_clock(connection),
                 published=lambda metadata: queue.record_published(job, _result(metadata)))
     except Exception as exc:
-        if isinstance(exc, BackupError):  # a known cause, for the API's 500 message
+        if isinstance(exc, BackupError | StorageError):  # a known cause, for the API's 500 message
             _record_cause(job, exc)
         record_outcome(connection, "failure")
         raise
@@ -74,7 +74,7 @@ def verify_backup(config: Config, filename: str) -> dict[str, object]:
         # A big backup takes a while to check: the heartbeat tells the API the worker is still at it.
         with job_heartbeat(job.connection, job.id), private_workdir(VERIFY_PREFIX) as work:
             verified = verify_stored(store, filename, work, store.read_metadata(filename))
-    except CannotVerify as exc:
+    except (CannotVerify, StorageError) as exc:  # the store could not be read: no verdict
         job.meta[queue.UNCHECKED_META] = True
         _record_cause(job, exc)
         raise

@@ -18,7 +18,7 @@ from rq.worker import WorkerStatus
 from common import queue
 from common.config import Config
 from common.jobs import TrustedJob, refusal
-from common.storage import open_store
+from common.storage import StorageError, open_store
 from recovery.workdir import remove_abandoned_workdirs
 from worker.leases import live_backup
 
@@ -141,7 +141,10 @@ def prepare(config: Config, connection: redis.Redis) -> None:
     """Remove what a crashed backup, verify or drill left behind."""
     remove_abandoned_workdirs()
     # The live backup that holds the lock (on any worker) keeps its temp file; the others' are dead.
-    open_store(config).remove_unpublished(lambda: live_backup(connection))
+    try:
+        open_store(config).remove_unpublished(lambda: live_backup(connection))
+    except StorageError as exc:  # the store is down now: the next backup cleans up (under its lock)
+        logger.warning("cannot clean up after interrupted backups: %s", exc)
 
 
 def run_worker(config: Config) -> None:

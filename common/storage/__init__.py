@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 from common.config import Config
 from common.config.schema import S3Config
@@ -18,11 +19,13 @@ __all__ = ["BackupStore", "LocalStore", "OpenedBackup", "PendingBackup", "S3Stor
 def open_store(config: Config) -> BackupStore:
     """The store that `backup-dir` names: a directory, or an s3:// bucket."""
     if config.s3 is not None:
-        return _s3_store(config.s3)
+        return _s3_store(config.s3, os.getpid())
     return LocalStore(config.backup_dir)
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_store(settings: S3Config) -> S3Store:
-    """One per settings and process: a boto3 client takes tens of milliseconds to make, and is thread-safe."""
+def _s3_store(settings: S3Config, pid: int) -> S3Store:
+    """One per settings and process: a boto3 client takes tens of milliseconds to make, and is thread-safe.
+    Per process, by `pid`: gunicorn's master checks the bucket, then forks its workers, which must not
+    share the master's open connections (two processes on one socket mix their answers)."""
     return S3Store(settings)
