@@ -341,3 +341,59 @@ def test_each_process_gets_its_own_s3_client(moto: S3Server, monkeypatch: pytest
     assert open_store(config) is first  # one per process: a client takes tens of ms to make
     monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a forked child
     assert open_store(config) is not first
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def s3_backend(request: pytest.FixtureRequest) -> Backend:
+    server: S3Server = request.getfixturevalue(request.param)
+    bucket, prefix = server.place()
+    store = open_store(parse_config({"etcd": {}, **server.settings(bucket, prefix)}, {}))
+    client = server.client()
+    return Backend(store, lambda name, data: client.put_object(Bucket=bucket, Key=prefix + name, Body=data),
+                   server, bucket, prefix)
+
+
+def test_the_store_refuses_a_complete_that_would_replace_a_backup(
+        s3_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If-None-Match: * on CompleteMultipartUpload, for a name taken between the check and the complete (the
+    check is made to see the name free). The first backup stays, and the second's metadata goes again."""
+    name = backup_name(NOW)
+    publish(s3_backend.store, name, b"the first backup")
+    assert s3_backend.server is not None
+    client = s3_backend.server.client()
+    client.delete_object(Bucket=s3_backend.bucket, Key=s3_backend.prefix + name + ".json")
+    monkeypatch.setattr(S3Store, "exists", lambda store, key_name: False)
+    with pytest.raises(StorageError, match="already exists"):
+        publish(s3_backend.store, name, b"a second backup of the same name")
+    monkeypatch.undo()
+    opened = s3_backend.store.open(name)
+    assert opened is not None
+    with opened.file as file:
+        assert file.read() == b"the first backup"
+    listed = client.list_objects_v2(Bucket=s3_backend.bucket, Prefix=s3_backend.prefix).get("Contents", [])
+    assert [item["Key"] for item in listed] == [s3_backend.prefix + name]
+    assert s3_backend.uploads() == []
+
+
+def test_an_object_replaced_while_it_is_read_fails_the_read(s3_backend: Backend) -> None:
+    name = backup_name(NOW)
+    data = os.urandom(3 << 20)
+    publish(s3_backend.store, name, data)
+    opened = s3_backend.store.open(name)
+    assert opened is not None and s3_backend.server is not None
+    with opened.file as file:
+        assert file.read(3) == data[:3]
+        s3_backend.server.client().put_object(Bucket=s3_backend.bucket, Key=s3_backend.prefix + name,
+                                              Body=b"something else entirely")
+        file.seek(2 << 20)  # beyond what was read ahead: a new GET, If-Match the old ETag
+        with pytest.raises(OSError, match="PreconditionFailed|412"):
+            file.read()
+
+
+def test_part_sizes_grow_so_that_10000_parts_are_never_needed() -> None:
+    from common.storage.s3 import part_size
+
+    mib = 1 << 20
+    assert [part_size(5 * mib, n) for n in (1, 1000, 1001, 2001)] == [5 * mib, 5 * mib, 10 * mib, 20 * mib]
+    assert sum(part_size(5 * mib, n) for n in range(1, 2001)) > 8 << 30  # etcd's largest database, 8 GiB
+    assert part_size(16 * mib, 10_000) == 5 << 30  # S3's largest part

@@ -34,6 +34,8 @@ from common.storage.interface import OpenedBackup, StorageError, StoredFile
 
 logger = logging.getLogger(__name__)
 
+MAX_PART_SIZE = 5 << 30
+"""S3's largest part."""
 PARTS_PER_SIZE = 1000
 """The part size doubles after every this many parts: S3 allows 10,000 parts, and no upload needs them all."""
 READ_BUFFER = 1 << 20
@@ -286,8 +288,7 @@ class S3PendingBackup:
         future = self.pool.submit(self._upload, number, body)
         future.add_done_callback(lambda _: self.slots.release())
         self.parts.append(future)
-        if number % PARTS_PER_SIZE == 0:
-            self.part_size *= 2
+        self.part_size = part_size(self.store.settings.part_size, number + 1)
 
     def _upload(self, number: int, body: bytes) -> dict[str, Any]:
         answer = self.store.client.upload_part(Bucket=self.store.settings.bucket, Key=self.store.key(self.name),
@@ -342,6 +343,12 @@ class _ObjectReader(io.RawIOBase):
         if self.body is not None:
             self.body.close()
             self.body = None
+
+
+def part_size(first: int, number: int) -> int:
+    """The size of part `number` (from 1): `first`, doubled after every PARTS_PER_SIZE parts, so that the
+    10,000 parts S3 allows hold any etcd database (16 MiB parts: 16 GB in the first 1,000)."""
+    return min(first << ((number - 1) // PARTS_PER_SIZE), MAX_PART_SIZE)
 
 
 def _client(settings: S3Config) -> Any:
