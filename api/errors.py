@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from common.queue import UnreadableJob
+from common.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,9 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(UnreadableJob, _unreadable_job)
     # Redis down must not take the API down: GETs read the directory and keep working.
     app.register_error_handler(redis.RedisError, _queue_unavailable)
-    # The API's only file system work is reading backup-dir.
+    # The API's only file system work is reading backup-dir; a bucket says what failed in a StorageError.
     app.register_error_handler(OSError, _backup_dir_error)
+    app.register_error_handler(StorageError, _storage_error)
     app.register_error_handler(Exception, _internal_error)
 
 
@@ -49,6 +51,11 @@ def _queue_unavailable(exc: redis.RedisError) -> tuple[Response, int]:
 def _backup_dir_error(exc: OSError) -> tuple[Response, int]:
     logger.error("cannot read backup-dir: %s", exc)
     return error_response(500, f"cannot read backup-dir: {exc.strerror or exc}")
+
+
+def _storage_error(exc: StorageError) -> tuple[Response, int]:
+    logger.error("%s", exc)
+    return error_response(500, str(exc))
 
 
 def _internal_error(exc: Exception) -> tuple[Response, int]:

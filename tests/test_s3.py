@@ -252,7 +252,10 @@ def test_a_stopped_s3_is_a_500_naming_the_endpoint(make_service: Callable[..., S
     assert "etcd-backup-test-secret-key" not in json.dumps(answer.get_json())
     ready = service.client.get("/readyz")
     assert ready.status_code == 503 and not ready.get_json()["checks"]["backup-dir"]["ok"]
-    report("S3 (SeaweedFS) stopped before a POST", f"POST 500 {message!r}; /readyz 503 naming backup-dir")
+    listed = service.client.get("/api/v1/backup")
+    assert listed.status_code == 500 and server.endpoint in listed.get_json()["message"]
+    report("S3 (SeaweedFS) stopped before a POST", f"POST 500 {message!r}; /readyz 503 naming backup-dir; "
+           f"GET list 500 {listed.get_json()['message']!r}")
 
 
 @pytest.mark.slow

@@ -72,8 +72,8 @@ class S3Store:
             return None
         try:
             head = self.client.head_object(Bucket=self.settings.bucket, Key=self.key(name))
-        except ClientError as exc:
-            if _code(exc) in NOT_THERE:
+        except S3_ERRORS as exc:
+            if isinstance(exc, ClientError) and _code(exc) in NOT_THERE:
                 return None
             raise StorageError(f"cannot read {name} in {self.where}: {_describe(exc)}") from None
         if head["ContentLength"] == 0:  # no backup is empty: not ours
@@ -101,8 +101,8 @@ class S3Store:
             # One byte past the limit tells a bigger object, which is not ours, without reading it all.
             got = self.client.get_object(Bucket=self.settings.bucket, Key=key, Range=f"bytes=0-{MAX_METADATA_BYTES}")
             raw = got["Body"].read(MAX_METADATA_BYTES + 1)
-        except ClientError as exc:
-            if _code(exc) in NOT_THERE or _code(exc) == "InvalidRange":  # InvalidRange: an empty object
+        except S3_ERRORS as exc:
+            if isinstance(exc, ClientError) and _code(exc) in (*NOT_THERE, "InvalidRange"):  # InvalidRange: empty
                 return None
             raise StorageError(f"cannot read {key} in {self.where}: {_describe(exc)}") from None
         metadata = parse_metadata(raw, name) if len(raw) <= MAX_METADATA_BYTES else None
@@ -132,8 +132,11 @@ class S3Store:
     def delete(self, name: str) -> bool:
         if self.stat(name) is None:  # also: not a backup name, or not ours
             return False
-        for key in (self.key(name), self.key(metadata_name(name))):
-            self.client.delete_object(Bucket=self.settings.bucket, Key=key)
+        try:
+            for key in (self.key(name), self.key(metadata_name(name))):
+                self.client.delete_object(Bucket=self.settings.bucket, Key=key)
+        except S3_ERRORS as exc:
+            raise StorageError(f"cannot delete {name} in {self.where}: {_describe(exc)}") from None
         return True
 
     def remove_unpublished(self, live_tag: Callable[[], str | None]) -> list[str]:
