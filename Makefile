@@ -29,6 +29,10 @@ $(VENV)/.test-installed: $(VENV)/.runtime-installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.bench-installed: $(VENV)/.runtime-installed
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -39,7 +43,7 @@ test: system-deps lint
 demo: system-deps $(VENV)/.runtime-installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./examples/demo.sh
 
-bench: system-deps $(VENV)/.runtime-installed
+bench: system-deps $(VENV)/.bench-installed
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The whole suite, writing docs/reliability.md from what its fault and hostile-input tests saw.

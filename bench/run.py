@@ -27,6 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.measure import MB, curl_download, summary, timed
+from bench.s3 import S3Bench
 from common.backups import backup_name
 from common.metadata import BackupMetadata
 from common.storage import LocalStore
@@ -36,7 +38,6 @@ from harness.nginx import NGINX_BIN, Nginx
 from harness.processes import http, peak_rss
 from harness.servers import ETCD_BIN, ETCDCTL_BIN, REDIS_BIN, EtcdServer, RedisServer
 
-MB = 1 << 20
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     # measurement key: (target text, check)
     "embedded_vs_etcdctl": ("<= 1.15", lambda value: value <= 1.15),
@@ -50,6 +51,10 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "download_vs_nginx": (">= 0.8", lambda value: value >= 0.8),
     "list_ms": ("< 20", lambda value: value < 20),
     "list_detail_ms": ("< 100", lambda value: value < 100),
+    "s3_vs_etcdctl": ("<= 1.15", lambda value: value <= 1.15),
+    "s3_vs_naive": ("<= 0.5", lambda value: value <= 0.5),
+    "s3_download_vs_boto3": (">= 0.8", lambda value: value >= 0.8),
+    "s3_list_ms": ("< 100", lambda value: value < 100),
 }
 
 
@@ -104,6 +109,7 @@ class Benchmark:
                 if size == self.options.size:
                     self.contenders(embedded, on_redis, db_size)
                     self.downloads(on_redis)
+                    self.s3()
                 else:
                     on_redis.post_backup()
                 self.details.setdefault("worker_peak_rss_mb", {})[str(size)] = peak_rss(worker.pid) / MB
@@ -216,6 +222,13 @@ class Benchmark:
             "seconds": {key: summary(values) for key, values in times.items()},
         }
 
+    def s3(self) -> None:
+        """The S3 contenders (bench.s3), at the contenders' size; etcdctl's times from the same run."""
+        s3 = S3Bench(self.work / "s3", self.etcd, self.options.rounds, self.log)
+        s3.run(self.details["backup"]["seconds"]["etcdctl"]["all"], self.options.list_backups)
+        self.measured.update(s3.measured)
+        self.details.update(s3.details)
+
     def downloads(self, on_redis: Deployment) -> None:
         """The newest backup, from the API (gunicorn) and from nginx, alternated, with curl to /dev/null."""
         newest = on_redis.backup_dir / on_redis.backups()[-1]
@@ -236,26 +249,6 @@ class Benchmark:
     @staticmethod
     def log(message: str) -> None:
         print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
-def timed(action: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    action()
-    return time.perf_counter() - began
-
-
-def curl_download(url: str, expected_size: int) -> float:
-    """Download `url` to /dev/null with curl; return MB/s."""
-    output = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
-                             url], check=True, capture_output=True, text=True, timeout=600).stdout
-    status, size, seconds = output.split()
-    if status != "200" or int(size) != expected_size:
-        raise RuntimeError(f"GET {url}: status {status}, {size} of {expected_size} bytes")
-    return expected_size / MB / float(seconds)
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
 
 
 def machine() -> dict[str, str]:
@@ -291,6 +284,10 @@ ROWS = [
     ("download_vs_nginx", "download throughput, API (gunicorn) / nginx sendfile"),
     ("list_ms", "GET /api/v1/backup with many backups, median ms"),
     ("list_detail_ms", "GET /api/v1/backup?detail=true with many backups, median ms"),
+    ("s3_vs_etcdctl", "POST to S3 (SeaweedFS; gunicorn + Redis + worker) / `etcdctl snapshot save`"),
+    ("s3_vs_naive", "POST to S3 / `etcdctl snapshot save` + `gzip -1` + boto3 `upload_file`"),
+    ("s3_download_vs_boto3", "download throughput from S3, through the API / boto3 directly"),
+    ("s3_list_ms", "GET /api/v1/backup with many backups in a bucket, median ms"),
 ]
 
 

@@ -76,11 +76,11 @@ def parse_metadata(raw: bytes, name: str) -> BackupMetadata | None:
     """The metadata of backup `name` in `raw` (as to_bytes wrote it), or None if it is not that: whoever
     can write to the store can write there, and what is read goes into answers, headers and metrics."""
     try:
-        document = json.loads(raw)
-        metadata = BackupMetadata(**document)
+        metadata = BackupMetadata(**json.loads(raw))
     except (ValueError, TypeError, RecursionError):  # not JSON, not an object, unknown keys, nested too deep
         return None
-    if metadata.filename != name or any(not _fits(getattr(metadata, key), kind) for key, kind in _FIELD_TYPES.items()):
+    # JSON gives exact types (bool is no int here): one set lookup a field, a detail listing reads 1,000.
+    if metadata.filename != name or any(type(getattr(metadata, key)) not in kinds for key, kinds in _KINDS.items()):
         return None
     return metadata if _values_fit(metadata) else None
 
@@ -88,25 +88,18 @@ def parse_metadata(raw: bytes, name: str) -> BackupMetadata | None:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]{0,200}")
 """Printable ASCII: etcd_version goes into a response header."""
-_FIELD_TYPES = typing.get_type_hints(BackupMetadata)
 
 
-def _fits(value: object, kind: Any) -> bool:
-    """Whether `value`, read from JSON, is of the annotated type `kind` (the few kinds BackupMetadata uses)."""
+def _json_types(kind: Any) -> frozenset[type]:
+    """The types JSON may give a field annotated `kind` (the few kinds BackupMetadata uses)."""
     if isinstance(kind, types.UnionType):
-        return any(_fits(value, member) for member in typing.get_args(kind))
-    if kind is type(None):
-        return value is None
+        return frozenset().union(*(_json_types(member) for member in typing.get_args(kind)))
     if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    origin = typing.get_origin(kind)
-    if origin is list:
-        return isinstance(value, list) and all(isinstance(item, str) for item in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, kind)
+        return frozenset({int, float})
+    return frozenset({typing.get_origin(kind) or kind})
+
+
+_KINDS = {key: _json_types(kind) for key, kind in typing.get_type_hints(BackupMetadata).items()}
 
 
 def _values_fit(metadata: BackupMetadata) -> bool:
@@ -117,4 +110,5 @@ def _values_fit(metadata: BackupMetadata) -> bool:
     return (_SHA256.fullmatch(metadata.db_sha256) is not None
             and (metadata.archive_sha256 is None or _SHA256.fullmatch(metadata.archive_sha256) is not None)
             and _HEADER_SAFE.fullmatch(metadata.etcd_version) is not None
-            and math.isfinite(metadata.duration))
+            and math.isfinite(metadata.duration)
+            and all(type(alarm) is str for alarm in metadata.alarms or ()))

@@ -95,7 +95,7 @@ class LocalStore:
         os.listdir(self.directory)
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
-        names = [name for name in self._regular_files(is_backup_name) if self._holds_bytes(name)]
+        names = list(self._regular_files(is_backup_name, nonempty=True))
         # The timestamp is fixed-width, so name order is time order.
         return sorted(names) if now is None else in_time_order(names, now)
 
@@ -201,27 +201,18 @@ class LocalStore:
         orphans = [name for name in names if (archive := _archive_of(name)) is not None and archive not in present]
         return [name for name in orphans if _remove_file(self.directory / name)]
 
-    def _regular_files(self, wanted: Callable[[str], bool]) -> Iterator[str]:
-        """The names in backup-dir that are `wanted` and name regular files (anything else is logged)."""
+    def _regular_files(self, wanted: Callable[[str], bool], nonempty: bool = False) -> Iterator[str]:
+        """The names in backup-dir that are `wanted` and name regular files, `nonempty` ones if asked (no
+        backup is empty: a gzip stream alone has a header). Anything else is logged."""
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 if not wanted(entry.name):
                     continue
                 # follow_symlinks=False: a symlink planted in the directory must never be served.
-                if entry.is_file(follow_symlinks=False):
-                    yield entry.name
-                else:
+                if not entry.is_file(follow_symlinks=False):
                     report_once(self.directory / entry.name, "skipped: not a regular file")
-
-    def _holds_bytes(self, name: str) -> bool:
-        """No backup is empty (a gzip stream alone has a header): an empty file is not one, and is not listed."""
-        try:
-            empty = os.lstat(self.directory / name).st_size == 0
-        except FileNotFoundError:
-            return False
-        if empty:
-            report_once(self.directory / name, "skipped: an empty file")
-        return not empty
+                elif not nonempty or _holds_bytes(entry):
+                    yield entry.name
 
     def _open_regular(self, path: Path) -> int | None:
         """A read-only descriptor of `path` if it is a regular file, else None (logged if something is there)."""
@@ -289,6 +280,16 @@ def _archive_of(name: str) -> str | None:
     """The backup whose metadata file `name` is, if it is one."""
     archive = name.removesuffix(METADATA_SUFFIX)
     return archive if archive != name and is_backup_name(archive) else None
+
+
+def _holds_bytes(entry: os.DirEntry[str]) -> bool:
+    try:
+        empty = entry.stat(follow_symlinks=False).st_size == 0
+    except FileNotFoundError:  # rotated away since the listing
+        return False
+    if empty:
+        report_once(entry.path, "skipped: an empty file")
+    return not empty
 
 
 def _stored_file(st: os.stat_result) -> StoredFile:
