@@ -400,3 +400,28 @@ def test_part_sizes_grow_so_that_10000_parts_are_never_needed() -> None:
     assert [part_size(5 * mib, n) for n in (1, 1000, 1001, 2001)] == [5 * mib, 5 * mib, 10 * mib, 20 * mib]
     assert sum(part_size(5 * mib, n) for n in range(1, 2001)) > 8 << 30  # etcd's largest database, 8 GiB
     assert part_size(16 * mib, 10_000) == 5 << 30  # S3's largest part
+
+
+def test_a_cleanup_the_store_refuses_is_logged_and_left_for_the_next(
+        moto: S3Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An abort or a delete refused while a backup starts must not fail that backup."""
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = moto.place()
+    store = open_store(parse_config({"etcd": {}, **moto.settings(bucket, prefix)}, {}))
+    assert isinstance(store, S3Store)
+    client = moto.client()
+    client.create_multipart_upload(Bucket=bucket, Key=prefix + backup_name(NOW))
+    orphan = backup_name(NOW - timedelta(hours=1)) + ".json"
+    client.put_object(Bucket=bucket, Key=prefix + orphan, Body=b"{}")
+
+    def refused(**_: object) -> None:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "refused (test)"}}, "Abort")
+
+    monkeypatch.setattr(store.client, "abort_multipart_upload", refused)
+    monkeypatch.setattr(store.client, "delete_object", refused)
+    assert store.remove_unpublished(lambda: None) == [] and store.remove_orphan_metadata() == []
+    assert "cannot abort the upload" in caplog.text and f"cannot remove {orphan}" in caplog.text
+    monkeypatch.undo()
+    assert store.remove_unpublished(lambda: None) == [prefix + backup_name(NOW)]
+    assert store.remove_orphan_metadata() == [orphan]

@@ -147,18 +147,29 @@ class S3Store:
         uploads = self._uploads()
         if live_tag() is not None:
             return []
-        for key, upload_id in uploads:
-            self.client.abort_multipart_upload(Bucket=self.settings.bucket, Key=key, UploadId=upload_id)
+        aborted = [key for key, upload_id in uploads if self._tidy(
+            f"abort the upload of {key}", self.client.abort_multipart_upload,
+            Bucket=self.settings.bucket, Key=key, UploadId=upload_id)]
+        for key in aborted:
             logger.warning("aborted the upload of %s, left by an interrupted backup", key)
-        return [key for key, _ in uploads]
+        return aborted
 
     def remove_orphan_metadata(self) -> list[str]:
         names = {name for name, _ in self._objects()}
         orphans = [name for name in names if name.endswith(".json") and is_backup_name(name.removesuffix(".json"))
                    and name.removesuffix(".json") not in names]
-        for name in orphans:
-            self.client.delete_object(Bucket=self.settings.bucket, Key=self.key(name))
-        return orphans
+        return [name for name in orphans if self._tidy(
+            f"remove {name}", self.client.delete_object, Bucket=self.settings.bucket, Key=self.key(name))]
+
+    def _tidy(self, what: str, call: Callable[..., object], **arguments: str) -> bool:
+        """A cleanup step; one the store refuses now is logged and left for the next cleanup: it must not fail
+        the backup that runs it."""
+        try:
+            call(**arguments)
+        except S3_ERRORS as exc:
+            logger.warning("cannot %s in %s: %s", what, self.where, _describe(exc))
+            return False
+        return True
 
     def put_metadata_once(self, metadata: BackupMetadata) -> None:
         """The metadata of a new backup: never over another's."""
