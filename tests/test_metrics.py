@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 import redis
@@ -64,6 +65,21 @@ def test_metrics_without_redis_still_tell_what_is_on_disk(service: Service, writ
     assert samples["etcd_backup_redis_up"] == 0
     assert samples["etcd_backup_backups_on_disk"] == 1
     assert "etcd_backup_last_success_timestamp_seconds" in samples
+
+
+def test_the_success_gauge_is_when_the_backup_was_complete(make_service: Callable[..., Service]) -> None:
+    """started + duration is the moment the backup was complete: never after the POST answered (a gauge
+    capped at "now" would move from scrape to scrape), even for a backup that waited for the next
+    second's name."""
+    service = make_service()
+    for _ in range(2):  # the second is within the first's second: it waits for a name of its own
+        name = service.client.post("/api/v1/backup").get_json()["filename"]
+        answered = time.time()
+        metadata = LocalStore(service.config.backup_dir).read_metadata(name)
+        assert metadata is not None
+        complete = datetime.fromisoformat(metadata.started).timestamp() + metadata.duration
+        assert complete <= answered, (complete - answered, metadata)
+        assert scrape(service)["etcd_backup_last_success_timestamp_seconds"] == pytest.approx(complete, abs=1e-6)
 
 
 def _plant_hash(key: str, field: bytes | str, value: str) -> Callable[[redis.Redis], object]:

@@ -39,11 +39,13 @@ def take_backup(config: Config, store: BackupStore, temp_tag: str, now: Clock = 
     the backup and ages the others (common.clock: Redis' when there are workers). `published(metadata)`
     runs as soon as the backup is listed, before rotation: whatever happens after, the backup exists.
     """
-    began = time.monotonic()
     connection, stale = _member(config)
     with connection:
         state = connection.currency or etcd.unproven_state(connection.status)
         started, name = _fresh_name(store, now, stale=stale is not None)
+        # `started` + `duration` is when the backup was complete, by the clock that named it (the
+        # success gauge in /metrics): both are measured from the same instant.
+        began = time.monotonic()
         # The snapshot starts after the linearizable read that gave this revision: it holds at least it.
         key_count = _key_count(connection, state.cluster_revision, config)
         with _failures_named(connection, config), store.new_backup(name, temp_tag) as pending:
@@ -180,11 +182,10 @@ def _fresh_name(store: BackupStore, now: Clock, stale: bool) -> tuple[datetime, 
     newest = backups.newest(store.list_backups(), current - timedelta(seconds=1), stale)
     newest_time = backups.backup_time(newest) if newest is not None else None
     if newest_time is None:
-        return current.replace(microsecond=0), backups.backup_name(current, stale)
+        return current, backups.backup_name(current, stale)
     after_newest = newest_time + timedelta(seconds=1)
     wait = (after_newest - current).total_seconds()
     if 0 < wait <= 1:
         time.sleep(wait)
         current = now()
-    started = current.replace(microsecond=0)
-    return started, backups.backup_name(max(started, after_newest), stale)
+    return current, backups.backup_name(max(current.replace(microsecond=0), after_newest), stale)
