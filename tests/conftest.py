@@ -17,6 +17,7 @@ from harness.fill import ETCD_FLAGS, fill
 from harness.in_process import ConfigFactory, Service
 from harness.processes import free_port
 from harness.report import REPORT_OPTION, Report, reliability_markdown
+from harness.s3 import MotoServer, S3Server, SeaweedServer
 from harness.servers import EtcdServer, RedisServer
 
 _report_rows: list[tuple[str, str, str]] = []
@@ -123,6 +124,29 @@ def make_service(
     yield make
     for service in services:
         service.stop_worker()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_service(make_service: Callable[..., Service], seaweedfs: S3Server) -> Callable[..., Service]:
+    """A function that builds a Service whose backup-dir is a fresh prefix of a shared SeaweedFS bucket."""
+
+    def make(**overrides: Any) -> Service:
+        return make_service(**seaweedfs.settings(*seaweedfs.place()), **overrides)
+    return make
 
 
 @pytest.fixture

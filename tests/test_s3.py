@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,25 +23,11 @@ from harness.deployment import Deployment
 from harness.in_process import Service
 from harness.processes import BIN_DIR
 from harness.report import Report
-from harness.s3 import MotoServer, S3Server, SeaweedServer
+from harness.s3 import S3Server, SeaweedServer
 from harness.servers import EtcdServer, RedisServer
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ARCHIVE = os.urandom(3 << 20)  # over moto's part minimum is not needed: one part may be small
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
-    yield server
-    server.stop()
 
 
 class Backend:
@@ -196,13 +182,6 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_at_start_up(
         lines[case] = result.stderr.strip()
     report("S3 with a wrong secret key, and a bucket that does not exist (SeaweedFS)",
            "; ".join(f"{case}: exit 2, {line!r}" for case, line in lines.items()))
-
-
-@pytest.fixture
-def s3_service(make_service: Callable[..., Service], seaweedfs: S3Server) -> Callable[..., Service]:
-    def make(**overrides: Any) -> Service:
-        return make_service(**seaweedfs.settings(*seaweedfs.place()), **overrides)
-    return make
 
 
 def test_the_service_on_a_bucket(s3_service: Callable[..., Service], report: Report) -> None:
