@@ -17,7 +17,7 @@ from common import backups
 from common.clock import redis_clock
 from common.metadata import BackupMetadata
 from common.queue import enqueue_or_join, enqueue_verify
-from common.storage import BackupStore, OpenedBackup
+from common.storage import CatalogEntry, OpenedBackup
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
 
@@ -45,23 +45,21 @@ DETAIL_VALUES = {"true": True, "1": True, "false": False, "0": False}
 def list_backups() -> Response:
     """List complete backups, oldest first: names (the original's answer), or with ?detail=true their metadata."""
     current = state()
-    # Backups named in the future come first: a client's "latest" (the last) is never one of them.
-    names = current.store.list_backups(redis_clock(current.queue.connection)())
     detail = request.args.get("detail", "false").lower()
     if detail not in DETAIL_VALUES:
         abort(400, description=f"detail must be true or false, got {detail[:20]!r}")
+    # Backups named in the future come first: a client's "latest" (the last) is never one of them.
+    now = redis_clock(current.queue.connection)()
     if not DETAIL_VALUES[detail]:
-        return jsonify(names)
-    return jsonify([_detail(current.store, name) for name in names])
+        return jsonify(current.store.list_backups(now))
+    return jsonify([_detail(entry) for entry in current.store.catalog(now)])
 
 
-def _detail(store: BackupStore, name: str) -> dict[str, object]:
-    metadata = store.read_metadata(name)
-    if metadata is not None:
-        return metadata.to_json()
+def _detail(entry: CatalogEntry) -> dict[str, object]:
+    if entry.metadata is not None:
+        return entry.metadata.to_json()
     # Taken before metadata was recorded (or put there by hand): what the store tells.
-    stored = store.stat(name)
-    return {"filename": name, "filesize": stored.size if stored is not None else 0}  # 0: rotated away since
+    return {"filename": entry.name, "filesize": entry.stored.size}
 
 
 @bp.get("/<any_name:filename>")

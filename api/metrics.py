@@ -43,12 +43,11 @@ class BackupCollector(Collector):
 
     def _from_store(self) -> Iterator[Metric]:
         now = redis_clock(self.queue.connection)()
-        names = self.store.list_backups(now)
-        # None: deleted since the listing.
-        sizes = [stored.size for stored in map(self.store.stat, names) if stored is not None]
-        yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(sizes))
+        catalog = {entry.name: entry for entry in self.store.catalog(now)}
+        names = list(catalog)
+        yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(catalog))
         yield GaugeMetricFamily("etcd_backup_backups_on_disk_bytes", "Bytes of the backups in backup-dir.",
-                                value=sum(sizes))
+                                value=sum(entry.stored.size for entry in catalog.values()))
         yield GaugeMetricFamily("etcd_backup_stale_backups",
                                 "Backups from a member that could not prove it current (allow-stale-member).",
                                 value=sum(1 for name in names if backups.is_stale(name)))
@@ -57,7 +56,7 @@ class BackupCollector(Collector):
                                 "Backups named in the future (a host's clock was ahead): never counted as the newest.",
                                 value=future)
         newest_name = backups.newest(names, now)
-        newest = self.store.read_metadata(newest_name) if newest_name is not None else None
+        newest = catalog[newest_name].metadata if newest_name is not None else None
         if newest is None:
             return
         # When it was complete by the clock that took it (not its name), and never later than now: a

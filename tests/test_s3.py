@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,49 @@ def test_a_published_backup_is_listed_stated_opened_and_has_its_metadata(backend
         assert file.read() == ARCHIVE[-5:]
     assert store.read_metadata(names[0]) == metadata_of(names[0], ARCHIVE)
     assert backend.uploads() == []
+
+
+def test_the_catalog_is_the_listing_with_each_backup_s_facts_and_current_metadata(backend: Backend) -> None:
+    store = backend.store
+    with_metadata, without, not_ours = (backup_name(NOW - timedelta(hours=hours)) for hours in (3, 2, 1))
+    publish(store, with_metadata)
+    backend.plant(without, b"taken by hand: no metadata")
+    backend.plant(not_ours, b"an archive")
+    backend.plant(not_ours + ".json", b'{"filename": "something else"}')
+    first = store.catalog(NOW)
+    assert [entry.name for entry in first] == store.list_backups(NOW) == [with_metadata, without, not_ours]
+    assert [entry.stored.size for entry in first] == [len(ARCHIVE), 26, 10]
+    assert [entry.stored.etag for entry in first] == [store.stat(entry.name).etag for entry in first]  # type: ignore[union-attr]
+    assert [entry.metadata for entry in first] == [metadata_of(with_metadata, ARCHIVE), None, None]
+
+    # A drill records its result: the next catalog shows it, whatever it read before.
+    drilled = replace(metadata_of(with_metadata, ARCHIVE), duration=9.25)
+    store.update_metadata(drilled)
+    assert store.catalog(NOW)[0].metadata == drilled
+    # Metadata planted over a backup's is checked as any read is: not ours, not shown.
+    backend.plant(with_metadata + ".json", b"[]")
+    assert store.catalog(NOW)[0].metadata is None
+    store.delete(with_metadata)
+    assert [entry.name for entry in store.catalog(NOW)] == [without, not_ours]
+
+
+def test_a_catalog_reads_only_the_metadata_that_changed(s3_backend: Backend) -> None:
+    store = s3_backend.store
+    assert isinstance(store, S3Store)
+    names = [backup_name(NOW - timedelta(hours=hours)) for hours in range(5, 0, -1)]
+    for name in names:
+        publish(store, name, b"a small archive")
+    reads: list[str] = []
+    store.client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"]))
+    assert [entry.metadata for entry in store.catalog(NOW)] == [metadata_of(name, b"a small archive")
+                                                                for name in names]
+    assert sorted(reads) == sorted(store.key(name + ".json") for name in names)
+    reads.clear()
+    store.catalog(NOW)
+    assert reads == []  # nothing changed: one listing, no GET
+    store.update_metadata(replace(metadata_of(names[2], b"a small archive"), duration=3.5))
+    assert store.catalog(NOW)[2].metadata.duration == 3.5  # type: ignore[union-attr]
+    assert reads == [store.key(names[2] + ".json")]
 
 
 def test_only_backups_are_listed(backend: Backend) -> None:

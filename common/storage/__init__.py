@@ -8,12 +8,12 @@ import os
 
 from common.config import Config
 from common.config.schema import S3Config
-from common.storage.interface import BackupStore, OpenedBackup, PendingBackup, StorageError, StoredFile
+from common.storage.interface import BackupStore, CatalogEntry, OpenedBackup, PendingBackup, StorageError, StoredFile
 from common.storage.local import LocalStore
 from common.storage.s3 import S3Store
 
-__all__ = ["BackupStore", "LocalStore", "OpenedBackup", "PendingBackup", "S3Store", "StorageError", "StoredFile",
-           "open_store"]
+__all__ = ["BackupStore", "CatalogEntry", "LocalStore", "OpenedBackup", "PendingBackup", "S3Store", "StorageError",
+           "StoredFile", "open_store"]
 
 
 def open_store(config: Config) -> BackupStore:

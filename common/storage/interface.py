@@ -38,6 +38,16 @@ class StoredFile:
 
 
 @dataclass(frozen=True)
+class CatalogEntry:
+    """A complete backup as one listing shows it: its archive and its metadata (None: it has none, or what is
+    there is not ours)."""
+
+    name: str
+    stored: StoredFile
+    metadata: BackupMetadata | None
+
+
+@dataclass(frozen=True)
 class OpenedBackup:
     """A backup's archive open for reading: seekable, so that ranges can be served. The reader closes `file`."""
 
@@ -71,6 +81,11 @@ class BackupStore(Protocol):
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
         """The names of complete backups, oldest first (common.backups.in_time_order when `now` is given)."""
+
+    def catalog(self, now: datetime) -> list[CatalogEntry]:
+        """Every complete backup with its archive's facts and its metadata, in list_backups' order: what
+        ?detail=true and /metrics show. Cheap to call again: a bucket is listed once, and only metadata that
+        changed since the last call is read."""
 
     def stat(self, name: str) -> StoredFile | None:
         """The archive of backup `name`, or None if there is no such backup (or it went since the listing)."""

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from common.backups import METADATA_SUFFIX, in_time_order, is_backup_name, metadata_name, report_once
 from common.metadata import MAX_METADATA_BYTES, BackupMetadata, parse_metadata
-from common.storage.interface import OpenedBackup, StorageError, StoredFile
+from common.storage.interface import CatalogEntry, OpenedBackup, StorageError, StoredFile
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,14 @@ class LocalStore:
         names = list(self._regular_files(is_backup_name, nonempty=True))
         # The timestamp is fixed-width, so name order is time order.
         return sorted(names) if now is None else in_time_order(names, now)
+
+    def catalog(self, now: datetime) -> list[CatalogEntry]:
+        entries = []
+        for name in self.list_backups(now):
+            stored = self.stat(name)
+            if stored is not None:  # None: deleted since the listing
+                entries.append(CatalogEntry(name, stored, self.read_metadata(name)))
+        return entries
 
     def stat(self, name: str) -> StoredFile | None:
         if not is_backup_name(name):  # also: a backup name cannot contain a path separator

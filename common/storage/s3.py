@@ -21,16 +21,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import boto3
+import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from common.backups import in_time_order, is_backup_name, metadata_name, report_once
 from common.config.schema import S3Config
 from common.metadata import MAX_METADATA_BYTES, BackupMetadata, parse_metadata
-from common.storage.interface import OpenedBackup, StorageError, StoredFile
+from common.storage.interface import CatalogEntry, OpenedBackup, StorageError, StoredFile
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class S3Store:
         self.settings = settings
         self.where = f"{settings.url} at {settings.endpoint or 'AWS'}"
         self.client = _client(settings)
+        self._catalog_lock = threading.Lock()
+        self._metadata_read: dict[str, tuple[str | None, BackupMetadata | None]] = {}
+        """catalog's cache: each backup's metadata, and the ETag of the object it was read from."""
 
     def __repr__(self) -> str:
         return f"S3Store({self.where!r})"
@@ -64,8 +69,24 @@ class S3Store:
             raise StorageError(f"cannot reach {self.where}: {_describe(exc)}") from None
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
-        names = [name for name, _ in self._objects() if is_backup_name(name)]
+        names = [name for name in self._objects() if is_backup_name(name)]
         return sorted(names) if now is None else in_time_order(names, now)
+
+    def catalog(self, now: datetime) -> list[CatalogEntry]:
+        """One listing; a metadata object is read only when its ETag is not the one read before (a drill's
+        update changes it). Those to read are read `concurrency` at a time: the first ?detail=true on a
+        bucket of 1,000 backups is 1,000 GETs."""
+        listed = self._objects()
+        names = in_time_order([name for name in listed if is_backup_name(name)], now)
+        tags = {name: listed[metadata_name(name)].etag for name in names if metadata_name(name) in listed}
+        with self._catalog_lock:
+            read = dict(self._metadata_read)
+            unread = [name for name, tag in tags.items() if read.get(name, (None, None))[0] != tag]
+            with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="s3-metadata") as pool:
+                read.update(zip(unread, pool.map(self._read_tagged_metadata, unread), strict=True))
+            # Only what this listing shows stays: the cache never outgrows the bucket's backups.
+            self._metadata_read = {name: read[name] for name in tags}
+        return [CatalogEntry(name, listed[name], read[name][1] if name in tags else None) for name in names]
 
     def stat(self, name: str) -> StoredFile | None:
         if not is_backup_name(name):
@@ -96,6 +117,10 @@ class S3Store:
         return url
 
     def read_metadata(self, name: str) -> BackupMetadata | None:
+        return self._read_tagged_metadata(name)[1]
+
+    def _read_tagged_metadata(self, name: str) -> tuple[str | None, BackupMetadata | None]:
+        """The metadata of `name` and the ETag of the object it was read from (None: there is none)."""
         key = self.key(metadata_name(name))
         try:
             # One byte past the limit tells a bigger object, which is not ours, without reading it all.
@@ -103,12 +128,12 @@ class S3Store:
             raw = got["Body"].read(MAX_METADATA_BYTES + 1)
         except S3_ERRORS as exc:
             if isinstance(exc, ClientError) and _code(exc) in (*NOT_THERE, "InvalidRange"):  # InvalidRange: empty
-                return None
+                return None, None
             raise StorageError(f"cannot read {key} in {self.where}: {_describe(exc)}") from None
         metadata = parse_metadata(raw, name) if len(raw) <= MAX_METADATA_BYTES else None
         if metadata is None:
             report_once(key, "skipped: not backup metadata")
-        return metadata
+        return got["ETag"].strip('"'), metadata
 
     def update_metadata(self, metadata: BackupMetadata) -> None:
         self._put(metadata_name(metadata.filename), metadata.to_bytes())
@@ -155,7 +180,7 @@ class S3Store:
         return aborted
 
     def remove_orphan_metadata(self) -> list[str]:
-        names = {name for name, _ in self._objects()}
+        names = set(self._objects())
         orphans = [name for name in names if name.endswith(".json") and is_backup_name(name.removesuffix(".json"))
                    and name.removesuffix(".json") not in names]
         return [name for name in orphans if self._tidy(
@@ -206,20 +231,23 @@ class S3Store:
     def key(self, name: str) -> str:
         return self.settings.prefix + name
 
-    def _objects(self) -> Iterator[tuple[str, int]]:
-        """(name under the prefix, size) of each object directly under it that holds bytes."""
+    def _objects(self) -> dict[str, StoredFile]:
+        """Each object directly under the prefix that holds bytes, by its name under the prefix."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.settings.bucket, Prefix=self.settings.prefix, Delimiter="/")
+        objects = {}
         try:
             for page in pages:
                 for item in page.get("Contents", []):
                     name = item["Key"][len(self.settings.prefix):]
                     if item["Size"] > 0:
-                        yield name, item["Size"]
+                        objects[name] = StoredFile(size=item["Size"], modified=item["LastModified"].timestamp(),
+                                                   etag=item["ETag"].strip('"'))
                     elif is_backup_name(name):
                         report_once(item["Key"], "skipped: an empty object")
         except S3_ERRORS as exc:
             raise StorageError(f"cannot list {self.where}: {_describe(exc)}") from None
+        return objects
 
     def _uploads(self) -> list[tuple[str, str]]:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
@@ -374,10 +402,25 @@ def _client(settings: S3Config) -> Any:
     )
     verify: bool | str | None = False if settings.insecure_skip_verify else (
         None if settings.ca_file is None else str(settings.ca_file))
-    return boto3.session.Session().client(
+    session = botocore.session.get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+    return boto3.session.Session(botocore_session=session).client(
         "s3", endpoint_url=settings.endpoint, region_name=settings.region, verify=verify, config=config,
         aws_access_key_id=settings.access_key_id, aws_secret_access_key=settings.secret_access_key,
         aws_session_token=settings.session_token)
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    """A listing gives each key's LastModified in ISO 8601, which botocore parses with dateutil at ~140 µs a
+    key: most of the time a listing of 1,000 backups took. fromisoformat takes it in a microsecond; any other
+    form (the HTTP dates of HEAD's headers) goes to botocore's own parser."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        parsed = botocore_parse_timestamp(value)
+    return cast(datetime, parsed)
 
 
 def _code(exc: ClientError) -> str:
