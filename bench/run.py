@@ -55,6 +55,9 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "s3_vs_naive": ("<= 0.5", lambda value: value <= 0.5),
     "s3_download_vs_boto3": (">= 0.8", lambda value: value >= 0.8),
     "s3_list_ms": ("< 100", lambda value: value < 100),
+    "s3_list_detail_ms": ("< 100", lambda value: value < 100),
+    "s3_worker_peak_rss_mb_at_size": ("< 150", lambda value: value < 150),
+    "s3_worker_rss_growth_mb": ("< 20", lambda value: value < 20),
 }
 
 
@@ -96,9 +99,12 @@ class Benchmark:
         client = self.etcd.client()
         embedded = Deployment(self.work / "embedded", [self.etcd.url], rotate=2)
         on_redis = Deployment(self.work / "redis-deployment", [self.etcd.url], self.redis, rotate=2)
+        # The S3 contenders (bench.s3) on SeaweedFS, with a deployment of their own.
+        s3 = S3Bench(self.work / "s3", self.etcd, self.options.rounds, self.log)
         try:
             embedded.start()
             on_redis.start()
+            s3.start()
             self.round_trips(embedded, on_redis)
             self.listing()
             small, large = sorted(self.options.rss_sizes)
@@ -109,16 +115,23 @@ class Benchmark:
                 if size == self.options.size:
                     self.contenders(embedded, on_redis, db_size)
                     self.downloads(on_redis)
-                    self.s3()
+                    # etcdctl's times from this same run
+                    s3.worker_peak_rss(size, lambda: s3.contenders(self.details["backup"]["seconds"]["etcdctl"]["all"]))
                 else:
                     on_redis.post_backup()
+                    s3.worker_peak_rss(size, s3.deployment.post_backup)
                 self.details.setdefault("worker_peak_rss_mb", {})[str(size)] = peak_rss(worker.pid) / MB
             peaks = self.details["worker_peak_rss_mb"]
             self.measured["worker_peak_rss_mb_at_size"] = peaks[str(self.options.size)]
             self.measured["worker_rss_growth_mb"] = peaks[str(large)] - peaks[str(small)]
+            s3.rss_measured(self.options.size, small, large)
+            s3.listing(self.options.list_backups)
+            self.measured.update(s3.measured)
+            self.details.update(s3.details)
         finally:
             embedded.stop()
             on_redis.stop()
+            s3.stop()
             client.close()
             self.redis.stop()
             self.etcd.stop()
@@ -222,13 +235,6 @@ class Benchmark:
             "seconds": {key: summary(values) for key, values in times.items()},
         }
 
-    def s3(self) -> None:
-        """The S3 contenders (bench.s3), at the contenders' size; etcdctl's times from the same run."""
-        s3 = S3Bench(self.work / "s3", self.etcd, self.options.rounds, self.log)
-        s3.run(self.details["backup"]["seconds"]["etcdctl"]["all"], self.options.list_backups)
-        self.measured.update(s3.measured)
-        self.details.update(s3.details)
-
     def downloads(self, on_redis: Deployment) -> None:
         """The newest backup, from the API (gunicorn) and from nginx, alternated, with curl to /dev/null."""
         newest = on_redis.backup_dir / on_redis.backups()[-1]
@@ -288,6 +294,10 @@ ROWS = [
     ("s3_vs_naive", "POST to S3 / `etcdctl snapshot save` + `gzip -1` + boto3 `upload_file`"),
     ("s3_download_vs_boto3", "download throughput from S3, through the API / boto3 directly"),
     ("s3_list_ms", "GET /api/v1/backup with many backups in a bucket, median ms"),
+    ("s3_list_detail_ms", "GET /api/v1/backup?detail=true with many backups in a bucket (metadata read before), "
+                          "median ms"),
+    ("s3_worker_peak_rss_mb_at_size", "S3 worker peak RSS at the contenders' size, MB"),
+    ("s3_worker_rss_growth_mb", "S3 worker peak RSS growth, small to large database, MB"),
 ]
 
 

@@ -18,7 +18,7 @@ from bench.measure import MB, curl_download, summary, timed
 from common.backups import backup_name
 from common.metadata import BackupMetadata
 from harness.deployment import Deployment
-from harness.processes import http
+from harness.processes import http, peak_rss
 from harness.s3 import SeaweedServer
 from harness.servers import ETCDCTL_BIN, EtcdServer, RedisServer
 
@@ -32,26 +32,33 @@ class S3Bench:
         self.measured: dict[str, float] = {}
         self.details: dict[str, Any] = {}
 
-    def run(self, etcdctl_seconds: list[float], list_count: int) -> None:
+    def start(self) -> None:
         self.server.start()
         self.redis.start()
-        try:
-            bucket, prefix = self.server.place()
-            # Its own Redis database: the local deployments' workers must not take its jobs.
-            deployment = Deployment(self.work / "s3-deployment", [self.etcd.url], self.redis, rotate=2,
-                                    **self.server.settings(bucket, prefix))
-            deployment.start()
-            try:
-                self.contenders(deployment, bucket, etcdctl_seconds)
-                self.download(deployment, bucket, prefix)
-            finally:
-                deployment.stop()
-            self.listing(list_count)
-        finally:
-            self.redis.stop()
-            self.server.stop()
+        self.bucket, self.prefix = self.server.place()
+        self.deployment = Deployment(self.work / "s3-deployment", [self.etcd.url], self.redis, rotate=2,
+                                     **self.server.settings(self.bucket, self.prefix))
+        self.deployment.start()
 
-    def contenders(self, deployment: Deployment, bucket: str, etcdctl_seconds: list[float]) -> None:
+    def stop(self) -> None:
+        self.deployment.stop()
+        self.redis.stop()
+        self.server.stop()
+
+    def worker_peak_rss(self, size: int, take_backups: Callable[[], object]) -> None:
+        """The peak RSS of a fresh S3 worker process over `take_backups` at a database of `size` MB."""
+        worker = self.deployment.replace_workers()
+        take_backups()
+        self.details.setdefault("s3_worker_peak_rss_mb", {})[str(size)] = peak_rss(worker.pid) / MB
+
+    def rss_measured(self, size: int, small: int, large: int) -> None:
+        peaks = self.details["s3_worker_peak_rss_mb"]
+        self.measured["s3_worker_peak_rss_mb_at_size"] = peaks[str(size)]
+        self.measured["s3_worker_rss_growth_mb"] = peaks[str(large)] - peaks[str(small)]
+
+    def contenders(self, etcdctl_seconds: list[float]) -> None:
+        """POST to S3 against etcdctl alone and against the naive way, then a download through the API."""
+        deployment, bucket = self.deployment, self.bucket
         scratch = self.work / "s3-scratch"
         scratch.mkdir(exist_ok=True)
         snapshot, packed = scratch / "snapshot.db", scratch / "snapshot.db.gz"
@@ -78,6 +85,7 @@ class S3Bench:
         self.measured["s3_vs_etcdctl"] = medians["s3"] / statistics.median(etcdctl_seconds)
         self.measured["s3_vs_naive"] = medians["s3"] / medians["naive_s3"]
         self.details["s3_seconds"] = {key: summary(values) for key, values in times.items()}
+        self.download(deployment, bucket, self.prefix)
 
     def download(self, deployment: Deployment, bucket: str, prefix: str) -> None:
         """The newest backup through the API (curl) and straight from the bucket (boto3's download_fileobj)."""
@@ -120,14 +128,16 @@ class S3Bench:
                             **self.server.settings(bucket, prefix))
         lister.start()
         try:
-            def get_list() -> None:
-                status, _, body = http("GET", f"{lister.base}/api/v1/backup")
-                assert status == 200 and len(json.loads(body)) == count, (status, body[:200])
+            for key, path in (("s3_list_ms", "/api/v1/backup"), ("s3_list_detail_ms", "/api/v1/backup?detail=true")):
+                def get_list(path: str = path) -> None:
+                    status, _, body = http("GET", f"{lister.base}{path}")
+                    assert status == 200 and len(json.loads(body)) == count, (status, body[:200])
 
-            get_list()  # warm-up
-            values = [timed(get_list) * 1000 for _ in range(30)]
+                # The first detail listing reads every metadata object; the ones after, only the listing.
+                self.details[f"{key}_first"] = timed(get_list) * 1000
+                values = [timed(get_list) * 1000 for _ in range(30)]
+                self.measured[key] = statistics.median(values)
+                self.details[key] = summary(values)
         finally:
             lister.stop()
-        self.measured["s3_list_ms"] = statistics.median(values)
-        self.details["s3_list_ms"] = summary(values)
 

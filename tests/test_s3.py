@@ -127,7 +127,8 @@ def test_a_catalog_reads_only_the_metadata_that_changed(s3_backend: Backend) -> 
     for name in names:
         publish(store, name, b"a small archive")
     reads: list[str] = []
-    store.client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: reads.append(params["Key"]))
+    store.client.meta.events.register("before-parameter-build.s3.GetObject",
+                                      lambda params, **_: reads.append(params["Key"]))
     assert [entry.metadata for entry in store.catalog(NOW)] == [metadata_of(name, b"a small archive")
                                                                 for name in names]
     assert sorted(reads) == sorted(store.key(name + ".json") for name in names)

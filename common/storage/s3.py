@@ -274,7 +274,8 @@ class S3PendingBackup:
     def write(self, data: bytes) -> int:
         self.buffer += data
         while len(self.buffer) >= self.part_size:
-            part = bytes(self.buffer[:self.part_size])
+            with memoryview(self.buffer) as view:  # one copy of the part, not two (a slice is a copy)
+                part = bytes(view[:self.part_size])
             del self.buffer[:self.part_size]
             self._send(part)
         return len(data)
