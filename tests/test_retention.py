@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -12,8 +13,9 @@ import yaml
 from cli.main import main
 from common import backups, retention
 from common.backups import backup_name
-from common.config import ConfigError, RetentionConfig, parse_config
-from common.storage import LocalStore
+from common.config import ConfigError, RetentionConfig, load_config, parse_config
+from common.storage import LocalStore, open_store
+from harness.s3 import S3Server
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
@@ -101,26 +103,44 @@ def test_retention_config_errors() -> None:
             parse_config({**base, "retention": section}, {})
 
 
-def test_prune_command_dry_run_then_for_real(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    backup_dir = tmp_path / "backups"
-    backup_dir.mkdir(mode=0o700)
+@pytest.mark.parametrize("where", ["local", "seaweedfs"])
+def test_prune_command_dry_run_then_for_real(where: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     now = datetime.now(UTC)
     names = [backup_name(now - timedelta(days=days)) for days in (0, 1, 10, 20)]
-    for name in names:
-        (backup_dir / name).write_bytes(b"x")
+    others = ["notes.txt", backup_name(now - timedelta(days=30)) + ".bak"]  # not backups: never deleted
+    if where == "local":
+        backup_dir = tmp_path / "backups"
+        backup_dir.mkdir(mode=0o700)
+        settings: dict[str, Any] = {"backup-dir": str(backup_dir)}
+        for name in names + others:
+            (backup_dir / name).write_bytes(b"x")
+    else:  # a bucket: the same command, the same answers
+        server: S3Server = request.getfixturevalue(where)
+        bucket, prefix = server.place()
+        settings = server.settings(bucket, prefix)
+        client = server.client()
+        for name in names + others:
+            client.put_object(Bucket=bucket, Key=prefix + name, Body=b"x")
     config = tmp_path / "config.yml"
-    config.write_text(yaml.safe_dump({"backup-dir": str(backup_dir), "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+    config.write_text(yaml.safe_dump({**settings, "etcd": {"endpoints": ["http://127.0.0.1:1"]},
                                       "retention": {"max-age": "120h"}}))
+    store = open_store(load_config(config))
     main(["prune", "--config", str(config), "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"keep         {names[0]}  the newest backup",
                      f"keep         {names[1]}  younger than max-age 5d",
                      f"would delete {names[2]}  older than max-age 5d",
                      f"would delete {names[3]}  older than max-age 5d"]
-    assert LocalStore(backup_dir).list_backups() == sorted(names)
+    assert store.list_backups() == sorted(names)
     main(["prune", "--config", str(config)])
     assert capsys.readouterr().out.count("deleted ") == 2
-    assert LocalStore(backup_dir).list_backups() == sorted(names[:2])
+    assert store.list_backups() == sorted(names[:2])
+    if where == "local":
+        assert sorted(os.listdir(backup_dir)) == sorted(names[:2] + others)
+    else:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        assert sorted(item["Key"].removeprefix(prefix) for item in listed) == sorted(names[:2] + others)
 
 
 def test_a_stale_backup_never_takes_the_place_of_a_current_one() -> None:
