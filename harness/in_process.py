@@ -1,18 +1,22 @@
 """etcd-backup in the test's own process: the API's Flask test client and a worker thread, on a
-real Redis. Quicker than a Deployment, and the test can reach into both."""
+real Redis. Quicker than a Deployment, and the test can reach into both, and into the store where
+the service keeps its backups (a local backup-dir or an S3 bucket) alike."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
+from botocore.exceptions import ClientError
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
 from common.config import Config
+from common.storage import BackupStore, LocalStore, S3Store, open_store
 from worker.runner import ThreadWorker, start_thread_worker
 
 ConfigFactory = Callable[..., Path]
@@ -35,6 +39,58 @@ class Service:
         if self.worker is not None:
             self.worker.stop(timeout=30)
             self.worker = None
+
+    @property
+    def store(self) -> BackupStore:
+        """Where the service keeps its backups, as its API and workers reach them."""
+        return open_store(self.config)
+
+    def read_backup(self, name: str) -> bytes:
+        """The archive of backup `name`, read through the store (it must be there)."""
+        opened = self.store.open(name)
+        assert opened is not None, f"no backup {name} in {self.store.where}"
+        with opened.file as file:
+            return file.read()
+
+    # The three below go behind the store's back, as an operator or a hostile writer could: they see what
+    # the store holds whether or not it is a backup.
+
+    def plant(self, name: str, data: bytes) -> None:
+        """Put `data` under `name` beside the backups: a file in backup-dir, or an object under the prefix."""
+        store = self.store
+        if isinstance(store, S3Store):
+            store.client.put_object(Bucket=store.settings.bucket, Key=store.key(name), Body=data)
+        else:
+            assert isinstance(store, LocalStore)
+            (store.directory / name).write_bytes(data)
+
+    def peek(self, name: str) -> bytes | None:
+        """What is under `name` beside the backups, backup or not; None if nothing is."""
+        store = self.store
+        if isinstance(store, S3Store):
+            try:
+                answer = store.client.get_object(Bucket=store.settings.bucket, Key=store.key(name))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            data: bytes = answer["Body"].read()
+            return data
+        assert isinstance(store, LocalStore)
+        path = store.directory / name
+        return path.read_bytes() if path.exists() else None
+
+    def leftovers(self) -> list[str]:
+        """Every name the store holds, backups or not, unfinished writes included (a temp file, an S3 multipart
+        upload): what a failed backup must not leave behind."""
+        store = self.store
+        if isinstance(store, S3Store):
+            bucket, prefix = store.settings.bucket, store.settings.prefix
+            objects = store.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+            uploads = store.client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+            return sorted(item["Key"][len(prefix):] for item in [*objects, *uploads])
+        assert isinstance(store, LocalStore)
+        return sorted(os.listdir(store.directory))
 
 
 def fetch(service: Service, url: str, method: str = "GET", **kwargs: Any) -> TestResponse:

@@ -154,6 +154,24 @@ def service(make_service: Callable[..., Service]) -> Service:
     return make_service()
 
 
+@pytest.fixture(params=["local", "seaweedfs"])
+def make_service_on_backend(request: pytest.FixtureRequest,
+                            make_service: Callable[..., Service]) -> Callable[..., Service]:
+    """make_service once per backend: the Service keeps its backups in a local backup-dir, then under a fresh
+    prefix of a SeaweedFS bucket. For what the API promises wherever the backups are kept (a test reaches them
+    through `service.store`). SeaweedFS stands for S3 here, as the distributed store a deployment would run;
+    moto's stricter checks are the storage tests' (test_s3.py), where they cost no etcd snapshot."""
+    if request.param == "local":
+        return make_service
+    s3_service: Callable[..., Service] = request.getfixturevalue("s3_service")
+    return s3_service
+
+
+@pytest.fixture
+def service_on_backend(make_service_on_backend: Callable[..., Service]) -> Service:
+    return make_service_on_backend()
+
+
 @pytest.fixture
 def backup(service: Service, etcd: EtcdServer) -> Path:
     """A real backup, taken after writing /recovery/key-0..9."""

@@ -1,4 +1,10 @@
-"""The original etcd-backup's three endpoints and the job endpoint, against a real etcd, Redis and worker."""
+"""The original etcd-backup's three endpoints and the job endpoint, against a real etcd, Redis and worker.
+
+The original's contract (list, POST, download, 404 and 400, rotation, concurrent POSTs) holds wherever the
+backups are kept: those tests take `service_on_backend` / `make_service_on_backend` (tests/conftest.py) and run
+on a local backup-dir and on an S3 bucket alike, reaching the backups through the store. The tests of the job
+queue, the lock and etcd's endpoints run on backup-dir only: where backups are kept changes nothing in them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import stat
 import tarfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -22,11 +29,17 @@ from api import create_app
 from api.outcomes import LOST_CAUSE
 from common.backups import backup_time
 from common.queue import HEARTBEAT_TTL, LOCK_KEY, enqueue_or_join, heartbeat_key, job_queue
+from common.storage import S3Store
 from harness.in_process import Service, fetch
 from harness.processes import loopback_socket
 from harness.report import Report
 from harness.servers import EtcdServer
 from worker.leases import backup_lock, job_heartbeat
+
+
+def kept_where(service: Service) -> str:
+    """Where `service` keeps its backups, for a report row: the name of the backend, not the test's random path."""
+    return "in an S3 bucket (SeaweedFS)" if isinstance(service.store, S3Store) else "in a local backup-dir"
 
 
 def post_backup(service: Service) -> dict[str, object]:
@@ -38,7 +51,8 @@ def post_backup(service: Service) -> dict[str, object]:
 
 
 
-def test_list_is_empty_at_first(service: Service) -> None:
+def test_list_is_empty_at_first(service_on_backend: Service) -> None:
+    service = service_on_backend
     response = service.client.get("/api/v1/backup")
     assert response.status_code == 200
     assert response.content_type == "application/json"
@@ -47,7 +61,8 @@ def test_list_is_empty_at_first(service: Service) -> None:
     assert trailing_slash.status_code == 200 and trailing_slash.get_json() == []
 
 
-def test_post_takes_a_backup_with_the_original_answer(service: Service, etcd: EtcdServer) -> None:
+def test_post_takes_a_backup_with_the_original_answer(service_on_backend: Service, etcd: EtcdServer) -> None:
+    service = service_on_backend
     etcd.client().put("/test/post", "value")
     before = datetime.now(UTC).replace(microsecond=0)
     response = service.client.post("/api/v1/backup")
@@ -56,19 +71,27 @@ def test_post_takes_a_backup_with_the_original_answer(service: Service, etcd: Et
     body = response.get_json()
     assert list(body) == ["message", "filename", "filesize"]
     assert body["message"] == "backup successfully"
-    path = service.config.backup_dir / body["filename"]
-    assert body["filesize"] == path.stat().st_size
+    stored = service.store.stat(body["filename"])
+    assert stored is not None and body["filesize"] == stored.size
     started = backup_time(body["filename"])
     assert started is not None and before <= started <= datetime.now(UTC)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(service.config.backup_dir.stat().st_mode) == 0o700
     assert service.client.get("/api/v1/backup").get_json() == [body["filename"]]
+    # The archive and its metadata, and nothing unfinished (a temp file, an S3 multipart upload) left beside them.
+    assert service.leftovers() == [body["filename"], body["filename"] + ".json"]
 
 
-def test_archive_holds_one_verified_snapshot_member(service: Service) -> None:
-    body = post_backup(service)
-    name = str(body["filename"])
-    with tarfile.open(service.config.backup_dir / name, "r:gz") as archive:
+def test_backups_and_backup_dir_are_private(service: Service) -> None:
+    # Local only: file modes are a file system's. Who may read a bucket is its policy's, not the service's.
+    name = str(post_backup(service)["filename"])
+    assert stat.S_IMODE((service.config.backup_dir / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(service.config.backup_dir.stat().st_mode) == 0o700
+
+
+def test_download_is_a_tar_gz_of_one_verified_snapshot(service_on_backend: Service) -> None:
+    service = service_on_backend
+    name = str(post_backup(service)["filename"])
+    downloaded = fetch(service, f"/api/v1/backup/{name}").data
+    with tarfile.open(fileobj=io.BytesIO(downloaded), mode="r:gz") as archive:
         members = archive.getmembers()
         assert [m.name for m in members] == [name.replace(".tar.gz", ".db")]
         data = archive.extractfile(members[0]).read()  # type: ignore[union-attr]
@@ -78,9 +101,10 @@ def test_archive_holds_one_verified_snapshot_member(service: Service) -> None:
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
 
 
-def test_download_serves_the_file(service: Service) -> None:
+def test_download_serves_the_file(service_on_backend: Service) -> None:
+    service = service_on_backend
     name = str(post_backup(service)["filename"])
-    content = (service.config.backup_dir / name).read_bytes()
+    content = service.read_backup(name)
     response = fetch(service, f"/api/v1/backup/{name}")
     assert response.status_code == 200
     assert response.content_type == "application/gzip"
@@ -89,9 +113,10 @@ def test_download_serves_the_file(service: Service) -> None:
     assert response.headers["ETag"]
 
 
-def test_download_head_range_and_conditional(service: Service) -> None:
+def test_download_head_range_and_conditional(service_on_backend: Service) -> None:
+    service = service_on_backend
     name = str(post_backup(service)["filename"])
-    content = (service.config.backup_dir / name).read_bytes()
+    content = service.read_backup(name)
     url = f"/api/v1/backup/{name}"
 
     head = fetch(service, url, method="HEAD")
@@ -108,43 +133,50 @@ def test_download_head_range_and_conditional(service: Service) -> None:
     assert fetch(service, url, headers={"If-Modified-Since": full.headers["Last-Modified"]}).status_code == 304
 
 
-def test_list_shows_only_complete_backups_oldest_first(service: Service) -> None:
+def test_list_shows_only_complete_backups_oldest_first(service_on_backend: Service) -> None:
+    service = service_on_backend
     first = str(post_backup(service)["filename"])
     second = str(post_backup(service)["filename"])
-    directory = service.config.backup_dir
-    (directory / ".snapshot-20300101_000000.tar.gz.1234abcd.part").write_bytes(b"partial")
-    (directory / "notes.txt").write_text("not a backup")
-    (directory / "snapshot-20301301_000000.tar.gz").write_bytes(b"month 13 is no backup time")
-    (directory / "snapshot-20300101_000000.tar.gz.bak").write_bytes(b"")
-    os.mkdir(directory / "snapshot-20300102_000000.tar.gz")
-    os.symlink("/etc/passwd", directory / "snapshot-20300103_000000.tar.gz")
+    service.plant(".snapshot-20300101_000000.tar.gz.1234abcd.part", b"partial")  # a local backup's temp file
+    service.plant("notes.txt", b"not a backup")
+    service.plant("snapshot-20301301_000000.tar.gz", b"month 13 is no backup time")
+    service.plant("snapshot-20300101_000000.tar.gz.bak", b"a copy")
     assert first < second
     assert service.client.get("/api/v1/backup").get_json() == [first, second]
-    # The symlink is neither listed nor served.
-    assert fetch(service, "/api/v1/backup/snapshot-20300103_000000.tar.gz").status_code == 404
 
 
-def test_two_backups_never_share_a_second(service: Service) -> None:
+def test_a_directory_or_symlink_named_like_a_backup_is_neither_listed_nor_served(service: Service) -> None:
+    # Local only: a bucket has neither (test_s3.py plants their nearest kin there: a "directory" key, a key deeper).
+    name = str(post_backup(service)["filename"])
+    os.mkdir(service.config.backup_dir / "snapshot-20300102_000000.tar.gz")
+    os.symlink("/etc/passwd", service.config.backup_dir / "snapshot-20300103_000000.tar.gz")
+    assert service.client.get("/api/v1/backup").get_json() == [name]
+    for planted in ("snapshot-20300102_000000.tar.gz", "snapshot-20300103_000000.tar.gz"):
+        assert fetch(service, f"/api/v1/backup/{planted}").status_code == 404
+
+
+def test_two_backups_never_share_a_second(service_on_backend: Service) -> None:
+    service = service_on_backend
     names = [str(post_backup(service)["filename"]) for _ in range(3)]
     assert len(set(names)) == 3
     assert names == sorted(names)
 
 
-def test_rotation_keeps_the_newest_and_never_touches_other_files(make_service: Callable[..., Service]) -> None:
-    service = make_service(rotate=2)
-    directory = service.config.backup_dir
-    directory.mkdir(parents=True, exist_ok=True)
+def test_rotation_keeps_the_newest_and_never_touches_other_files(
+        make_service_on_backend: Callable[..., Service]) -> None:
+    service = make_service_on_backend(rotate=2)
     old = ["snapshot-20200101_000000.tar.gz", "snapshot-20200102_000000.tar.gz"]
     for name in old:
-        (directory / name).write_bytes(b"old backup")
-    (directory / "keep-me.txt").write_text("operator's notes")
+        service.plant(name, b"old backup")
+    service.plant("keep-me.txt", b"operator's notes")
     made = [str(post_backup(service)["filename"]) for _ in range(3)]
     assert service.client.get("/api/v1/backup").get_json() == made[-2:]
-    assert (directory / "keep-me.txt").read_text() == "operator's notes"
+    assert [service.peek(name) for name in [*old, made[0]]] == [None] * 3  # deleted, not only unlisted
+    assert service.peek("keep-me.txt") == b"operator's notes"
 
 
-def test_concurrent_posts_join_the_queued_job(make_service: Callable[..., Service]) -> None:
-    service = make_service(worker=False)
+def test_concurrent_posts_join_the_queued_job(make_service_on_backend: Callable[..., Service]) -> None:
+    service = make_service_on_backend(worker=False)
     answers: list[dict[str, object]] = []
 
     def post() -> None:
@@ -169,7 +201,8 @@ def test_concurrent_posts_join_the_queued_job(make_service: Callable[..., Servic
     assert len(service.client.get("/api/v1/backup").get_json()) == 1
 
 
-def test_a_post_never_gets_a_snapshot_started_before_it(service: Service) -> None:
+def test_a_post_never_gets_a_snapshot_started_before_it(service_on_backend: Service) -> None:
+    service = service_on_backend
     first = post_backup(service)
     arrived = datetime.now(UTC).replace(microsecond=0)
     second = post_backup(service)
@@ -200,17 +233,18 @@ def test_post_answers_202_with_a_job_when_the_wait_ends_first(make_service: Call
         time.sleep(0.1)
     assert done["message"] == "backup successfully"
     assert done["filename"] in service.client.get("/api/v1/backup").get_json()
-    assert done["filesize"] == (service.config.backup_dir / done["filename"]).stat().st_size
+    stored = service.store.stat(done["filename"])
+    assert stored is not None and done["filesize"] == stored.size
 
 
 @pytest.mark.parametrize("silent", [False, True], ids=["refused", "silent"])
-def test_etcd_down_is_a_500_within_the_timeout(make_service: Callable[..., Service], silent: bool,
+def test_etcd_down_is_a_500_within_the_timeout(make_service_on_backend: Callable[..., Service], silent: bool,
                                                report: Report) -> None:
     # Down: nothing listens (connection refused), or something accepts connections and never answers.
     listener, port = loopback_socket(listen=silent)
     with listener:
         endpoint = f"http://127.0.0.1:{port}"
-        service = make_service(etcd_overrides={"endpoints": [endpoint], "timeout": "2s"})
+        service = make_service_on_backend(etcd_overrides={"endpoints": [endpoint], "timeout": "2s"})
         began = time.monotonic()
         response = service.client.post("/api/v1/backup")
         elapsed = time.monotonic() - began
@@ -220,9 +254,9 @@ def test_etcd_down_is_a_500_within_the_timeout(make_service: Callable[..., Servi
     assert endpoint in message
     assert elapsed < 2 + 5
     assert service.client.get("/api/v1/backup").get_json() == []
-    assert os.listdir(service.config.backup_dir) == []
+    assert service.leftovers() == []
     what = "accepts connections but never answers" if silent else "refuses connections (etcd down)"
-    report(f"the only etcd endpoint {what}, timeout 2s",
+    report(f"the only etcd endpoint {what}, timeout 2s, backups {kept_where(service)}",
            f"POST 500 after {elapsed:.1f} s: \"{message}\"; nothing written")
 
 
@@ -241,8 +275,8 @@ def test_failed_job_reports_its_cause_on_the_job_endpoint(make_service: Callable
     assert body["message"].startswith("failed to save an etcd backup: no current etcd member answered")
 
 
-def test_redis_down_is_503_and_gets_keep_working(make_service: Callable[..., Service]) -> None:
-    service = make_service()
+def test_redis_down_is_503_and_gets_keep_working(service_on_backend: Service) -> None:
+    service = service_on_backend
     name = str(post_backup(service)["filename"])
     dead = redis_lib.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     client = create_app(service.config, dead).test_client()
@@ -269,7 +303,9 @@ def test_redis_down_is_503_and_gets_keep_working(make_service: Callable[..., Ser
     "snapshot-20181220_024105.tar.gz/..",
     "a" * 5000,
 ])
-def test_bad_names_get_400_and_nothing_outside_is_read(service: Service, name: str) -> None:
+def test_bad_names_get_400_and_nothing_outside_is_read(make_service_on_backend: Callable[..., Service],
+                                                       name: str) -> None:
+    service = make_service_on_backend(worker=False)  # no backup is taken
     response = fetch(service, f"/api/v1/backup/{name}")
     assert response.status_code == 400
     assert response.content_type == "application/json"
@@ -278,20 +314,58 @@ def test_bad_names_get_400_and_nothing_outside_is_read(service: Service, name: s
 
 
 @pytest.mark.parametrize("name", ["snapshot-20181220_024105.tar.gz", "snapshot-20181320_024105.tar.gz"])
-def test_well_formed_missing_name_is_404(service: Service, name: str) -> None:
+def test_well_formed_missing_name_is_404(make_service_on_backend: Callable[..., Service], name: str) -> None:
     """A name of the right form is not found if no such backup exists, or if its time is impossible (month 13):
     a file of that name is never a backup, even if one was put there."""
-    (service.config.backup_dir / "snapshot-20181320_024105.tar.gz").write_bytes(b"not a backup")
+    service = make_service_on_backend(worker=False)  # no backup is taken
+    service.plant("snapshot-20181320_024105.tar.gz", b"not a backup")
     response = service.client.get(f"/api/v1/backup/{name}")
     assert response.status_code == 404
     assert response.get_json() == {"message": f"{name} not found"}
 
 
-def test_backup_written_by_the_service_is_readable(service: Service) -> None:
-    name = str(post_backup(service)["filename"])
-    data = fetch(service, f"/api/v1/backup/{name}").data
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-        assert archive.getnames() == [name.replace(".tar.gz", ".db")]
+VARYING_HEADERS = {"Date", "Content-Length", "Content-Range", "Content-Disposition", "ETag", "Last-Modified",
+                   "X-Etcd-Revision", "X-Backup-Sha256", "Repr-Digest"}
+"""Headers whose values are the backup's own (its name, size, digest, revision, when it was stored), or the time's."""
+
+
+def test_both_backends_answer_alike(make_service: Callable[..., Service], s3_service: Callable[..., Service],
+                                    request: pytest.FixtureRequest, report: Report) -> None:
+    """The same requests to a service on backup-dir and to one on a bucket get the same answers: status, the
+    headers sent and their values, the JSON; only what is the backup's own (its name, size, dates) differs."""
+
+    def walk(service: Service) -> list[tuple[object, ...]]:
+        responses = [service.client.get("/api/v1/backup"), posted := service.client.post("/api/v1/backup")]
+        name = posted.get_json()["filename"]
+        url = f"/api/v1/backup/{name}"
+        responses += [service.client.get("/api/v1/backup"), full := fetch(service, url),
+                      fetch(service, url, method="HEAD"), fetch(service, url, headers={"Range": "bytes=10-19"}),
+                      fetch(service, url, headers={"If-None-Match": full.headers["ETag"]}),
+                      fetch(service, "/api/v1/backup/snapshot-20181220_024105.tar.gz"),
+                      fetch(service, "/api/v1/backup/passwd")]
+        return [(response.status_code,
+                 sorted((header, "..." if header in VARYING_HEADERS else value)
+                        for header, value in response.headers.items()),
+                 re.sub(r'"filesize":\d+', '"filesize":...', response.get_data(as_text=True).replace(name, "NAME"))
+                 if response.is_json else "archive bytes" if response.data else "no body")
+                for response in responses]
+
+    local_service = make_service()
+    on_disk = walk(local_service)
+    local_service.stop_worker()  # both services share the test's Redis queue: its worker would take the other's job
+    on_bucket = walk(s3_service())
+    assert on_bucket == on_disk
+    assert [answer[0] for answer in on_disk] == [200, 200, 200, 200, 200, 206, 304, 404, 400]
+    # What ran of the contract tests in this session: each on both backends (make_service_on_backend's params).
+    runs = Counter(item.callspec.params["make_service_on_backend"] for item in request.session.items
+                   if isinstance(item, pytest.Function) and "make_service_on_backend" in item.fixturenames)
+    report("the original API's contract (list, POST, download with HEAD/Range/ETag, 404/400, rotation, concurrent "
+           "POSTs, etcd and Redis down) on a local backup-dir and on an S3 bucket (SeaweedFS), by one parametrized "
+           "fixture; and the same 9 requests to a service on each, side by side",
+           f"contract test runs in this session: {', '.join(f'{n} on {on}' for on, n in runs.items()) or 'none'}, "
+           f"all passed; side by side the same statuses "
+           f"{[answer[0] for answer in on_disk]}, the same headers and values and JSON, but for the backup's own "
+           "name, size, ETag, dates and digests")
 
 
 def test_a_worker_waits_for_the_backup_lock(make_service: Callable[..., Service]) -> None:
@@ -302,7 +376,7 @@ def test_a_worker_waits_for_the_backup_lock(make_service: Callable[..., Service]
         response = service.client.post("/api/v1/backup")
         assert response.status_code == 202
         assert response.get_json()["message"] == "backup in progress"
-        assert os.listdir(service.config.backup_dir) == []
+        assert service.leftovers() == []
     location = response.headers["Location"]
     deadline = time.monotonic() + 30
     while (job := service.client.get(location).get_json())["status"] != "finished":
