@@ -50,7 +50,9 @@ class RetentionConfig:
 DEFAULT_PART_SIZE = 16 << 20
 MIN_PART_SIZE = 5 << 20
 """S3 refuses parts smaller than 5 MiB, but for the last."""
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = 2
+"""Parts in flight. Two keep a store as fast as gzip fills them (measured on SeaweedFS); each more costs a
+part-size buffer of the worker's memory."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,17 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    """The `encryption` section: backups are age-encrypted to `recipients` (common.encryption)."""
+
+    recipients: tuple[str, ...]
+    """Public keys (age1..., ssh-ed25519 ..., ssh-rsa ...), from the section and its recipients-file."""
+    identity_file: Path | None = None
+    """The private key that opens them: only the verify job and the drill need it. Read when used, so that
+    the processes that do not (the API) never hold it; checked at start-up."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole service's settings: the keys of the original etcd-backup (cybozu-go/etcd-backup) plus this
     service's own."""
@@ -113,6 +126,8 @@ class Config:
     """A cron expression, in UTC: when the newest backup is restored and started to prove it works."""
     s3: S3Config | None = None
     """Set when `backup-dir` is an s3:// URL: backups then live in that bucket, and backup_dir is unused."""
+    encryption: EncryptionConfig | None = None
+    """Set: each new backup is encrypted (`...tar.gz.age`); older backups of either kind stay backups."""
     allow_stale_member: bool = False
     """When no member can prove it is current (the quorum is gone), back up the first that answers all the
     same, as a stale backup (common.backups.is_stale) rather than fail."""

@@ -260,33 +260,40 @@ class S3Store:
 
 
 class S3PendingBackup:
-    """A multipart upload being filled: full parts go on a small thread pool while the next one fills."""
+    """A multipart upload being filled: full parts go on a small thread pool while the next one fills.
+
+    Memory is `concurrency` + 1 part buffers, allocated once and reused: a fresh 16 MiB `bytes` per part
+    left the allocator's heap fragmented, and the worker grew by a part or more with every backup.
+    """
 
     def __init__(self, store: S3Store, name: str, upload_id: str) -> None:
         self.store, self.name, self.upload_id = store, name, upload_id
-        self.part_size = store.settings.part_size
-        self.buffer = bytearray()
+        self.part = bytearray(store.settings.part_size)
+        self.filled = 0
+        self.spare: list[bytearray] = []
+        """Buffers whose upload is done, to fill again (appended by the upload threads)."""
         self.parts: list[Future[dict[str, Any]]] = []
         self.slots = threading.BoundedSemaphore(store.settings.concurrency)
         self.pool = ThreadPoolExecutor(store.settings.concurrency, thread_name_prefix="s3-part")
         self.published = False
 
     def write(self, data: bytes) -> int:
-        self.buffer += data
-        while len(self.buffer) >= self.part_size:
-            with memoryview(self.buffer) as view:  # one copy of the part, not two (a slice is a copy)
-                part = bytes(view[:self.part_size])
-            del self.buffer[:self.part_size]
-            self._send(part)
+        view = memoryview(data)
+        while view:
+            taken = min(len(self.part) - self.filled, len(view))
+            self.part[self.filled:self.filled + taken] = view[:taken]
+            self.filled += taken
+            view = view[taken:]
+            if self.filled == len(self.part):
+                self._send()
         return len(data)
 
     def flush(self) -> None:
         """Parts go out when full: S3 takes no part under 5 MiB but the last."""
 
     def publish(self, metadata: BackupMetadata) -> None:
-        if self.buffer or not self.parts:
-            self._send(bytes(self.buffer))
-            self.buffer.clear()
+        if self.filled or not self.parts:
+            self._send()
         parts = [part.result() for part in self.parts]
         if self.store.exists(self.name) or self.store.exists(metadata_name(self.name)):
             raise StorageError(f"{self.name} already exists in {self.store.where}; it was not overwritten")
@@ -313,8 +320,10 @@ class S3PendingBackup:
             logger.warning("cannot remove the metadata of %s: %s", self.name, _describe(exc))
 
     def close(self) -> None:
-        """Stop the part uploads; abort the upload unless it was published."""
+        """Stop the part uploads; abort the upload unless it was published. The part buffers go now, not
+        whenever the garbage collector gets to the futures' callbacks (a cycle through self)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.part, self.spare, self.parts = bytearray(), [], []
         if not self.published:
             try:
                 self.store.client.abort_multipart_upload(Bucket=self.store.settings.bucket,
@@ -322,20 +331,27 @@ class S3PendingBackup:
             except S3_ERRORS as exc:  # the next worker start aborts it (remove_unpublished)
                 logger.warning("cannot abort the upload of %s: %s", self.name, _describe(exc))
 
-    def _send(self, body: bytes) -> None:
+    def _send(self) -> None:
+        """Upload the part filled so far, and take a buffer for the next."""
         for done in self.parts:
             if done.done() and done.exception() is not None:
                 raise done.exception()  # type: ignore[misc]
         self.slots.acquire()  # at most `concurrency` parts in flight: memory stays bounded
         number = len(self.parts) + 1
-        future = self.pool.submit(self._upload, number, body)
+        future = self.pool.submit(self._upload, number, self.part, self.filled)
         future.add_done_callback(lambda _: self.slots.release())
         self.parts.append(future)
-        self.part_size = part_size(self.store.settings.part_size, number + 1)
+        size = part_size(self.store.settings.part_size, number + 1)
+        spare = self.spare.pop() if self.spare else None
+        self.part = spare if spare is not None and len(spare) == size else bytearray(size)
+        self.filled = 0
 
-    def _upload(self, number: int, body: bytes) -> dict[str, Any]:
+    def _upload(self, number: int, buffer: bytearray, length: int) -> dict[str, Any]:
+        # botocore takes bytes or a bytearray, not a memoryview: a full part goes as it is, the last one copied.
+        body = buffer if length == len(buffer) else bytes(memoryview(buffer)[:length])
         answer = self.store.client.upload_part(Bucket=self.store.settings.bucket, Key=self.store.key(self.name),
                                                UploadId=self.upload_id, PartNumber=number, Body=body)
+        self.spare.append(buffer)  # before the slot is released: the writer finds it there
         return {"ETag": answer["ETag"], "PartNumber": number}
 
 
