@@ -4,7 +4,6 @@ outcome counters that workers and schedulers keep in Redis (common.metrics)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 
 import redis
 from flask import Blueprint, Response
@@ -17,6 +16,7 @@ from api.state import State, state
 from common import backups
 from common.clock import redis_clock
 from common.metrics import read_drill, read_durations, read_outcomes, skip_wrong_type
+from common.status import backup_sizes
 
 bp = Blueprint("metrics", __name__)
 
@@ -44,8 +44,7 @@ class BackupCollector(Collector):
     def _from_store(self) -> Iterator[Metric]:
         now = redis_clock(self.queue.connection)()
         names = self.store.list_backups(now)
-        # None: deleted since the listing.
-        sizes = [stored.size for stored in map(self.store.stat, names) if stored is not None]
+        sizes = backup_sizes(self.store, names)
         yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(sizes))
         yield GaugeMetricFamily("etcd_backup_backups_on_disk_bytes", "Bytes of the backups in backup-dir.",
                                 value=sum(sizes))
@@ -60,12 +59,9 @@ class BackupCollector(Collector):
         newest = self.store.read_metadata(newest_name) if newest_name is not None else None
         if newest is None:
             return
-        # When it was complete by the clock that took it (not its name), and never later than now: a
-        # gauge in the future would keep the too-old alert from firing.
-        finished = min(datetime.fromisoformat(newest.started).timestamp() + newest.duration, now.timestamp())
         yield GaugeMetricFamily("etcd_backup_last_success_timestamp_seconds",
                                 "When the newest backup was complete (Unix time): alert when it is too old.",
-                                value=finished)
+                                value=newest.completed(now).timestamp())
         yield GaugeMetricFamily("etcd_backup_last_size_bytes", "Size of the newest backup's archive.",
                                 value=newest.filesize)
         yield GaugeMetricFamily("etcd_backup_last_revision", "etcd revision of the newest backup.",
