@@ -133,8 +133,9 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
     depth = document.get("queue")
     if depth is not None:
         workers = depth.get("workers")
+        workers_text = f"{_text(workers)} worker{'' if workers == 1 else 's'}"
         lines.append(("queue", f"{_text(depth.get('queued'))} queued, {_text(depth.get('running'))} running, "
-                               f"{paint(f'{workers} workers', RED if workers == 0 else GREEN)}, "
+                               f"{paint(workers_text, RED if workers == 0 else GREEN)}, "
                                f"{_text(depth.get('failed_jobs'))} failed jobs kept"))
     if document.get("redis") != "ok":
         lines.append(("redis", paint(_text(document.get("redis")), YELLOW)))

@@ -3,12 +3,15 @@ real Redis. Quicker than a Deployment, and the test can reach into both."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from api import create_app
@@ -43,3 +46,17 @@ def fetch(service: Service, url: str, method: str = "GET", **kwargs: Any) -> Tes
     response.get_data()
     response.close()
     return response
+
+
+@contextmanager
+def served_over_http(service: Service) -> Iterator[str]:
+    """Serve `service`'s API over real HTTP on a free loopback port (werkzeug, a thread per request), for
+    clients that are separate processes (the `etcd-backup` commands, a browser); yield its base URL."""
+    server = make_server("127.0.0.1", 0, service.client.application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
