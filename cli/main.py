@@ -14,6 +14,7 @@ import signal
 import sys
 from importlib.metadata import version
 
+import argcomplete
 import yaml
 
 from cli import recovery
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
+    # Shell completion (`eval "$(register-python-argcomplete etcd-backup)"`): when the shell asks, this
+    # answers the completions and exits; otherwise it returns at once.
+    argcomplete.autocomplete(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:  # `etcd-backup [--config FILE]`: the service, as the original started it
         args.config, args.run = args.service_config, serve
