@@ -12,10 +12,12 @@ import signal
 import sys
 import tempfile
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cli.tree import Commands, add_command
+from common import present
 from common.config import API_TOKEN_ENV, parse_duration
 from recovery.client import (
     BACKUP_PATH,
@@ -129,7 +131,12 @@ def run(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.command == "list":
-            print("\n".join(Client(args.url, args.token, deadline=args.deadline).list()))
+            client = Client(args.url, args.token, deadline=args.deadline)
+            # A person gets a table; a script (a pipe, a file) the names, one a line, as it always did.
+            if sys.stdout.isatty():
+                print(backup_table(client.details(), datetime.now(UTC)))
+            else:
+                print("\n".join(client.list()))
         elif args.command == "download":
             _download(args)
         elif args.command == "verify":
@@ -145,6 +152,25 @@ def run(args: argparse.Namespace) -> None:
         _fail(args, exc, status=1)
     except OSError as exc:  # this host's side (a full disk, a directory that cannot be written): no verdict
         _fail(args, f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", status=3)
+
+
+def backup_table(entries: list[dict[str, Any]], now: datetime) -> str:
+    """The backups `entries` (?detail=true, oldest first) as a table: name, age, size, revision, drill."""
+    rows = [("NAME", "AGE", "SIZE", "REVISION", "DRILL")]
+    for entry in entries:
+        try:
+            age = present.duration((now - datetime.fromisoformat(entry["started"])).total_seconds())
+        except (KeyError, TypeError, ValueError):  # a backup without metadata (or not the service's answer)
+            age = "?"
+        drill = entry.get("drill")
+        drilled = f"{drill.get('outcome')} {present.when(drill.get('time'))}" if isinstance(drill, dict) else "-"
+        revision = entry.get("revision")
+        rows.append((entry["filename"], age, present.size(entry.get("filesize")),
+                     "-" if revision is None else str(revision), drilled))
+    cells = [[one_line(str(cell), limit=80) for cell in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

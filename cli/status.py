@@ -12,13 +12,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, NoReturn
 
 from cli.recovery import DEFAULT_URL, URL_ENV, duration, service_options
 from cli.startup import read_config
 from cli.tree import Commands, add_command
-from common import queue, status
+from common import present, queue, status
 from common.clock import redis_clock
 from common.storage import StorageError, open_store
 from recovery.client import Client, ClientError, UsageError, one_line
@@ -110,14 +109,14 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
     def paint(text: str, code: str) -> str:
         return f"{code}{text}{RESET}" if colour else text
 
-    lines = [("status of", f"{_text(source)} at {_when(document['time'])}")]
+    lines = [("status of", f"{_text(source)} at {_when_text(document['time'])}")]
     newest = document.get("newest")
     if newest is None:
         lines.append(("newest backup", paint("none", RED)))
     else:
         revision = newest.get("revision")
         age = paint(f"{_duration(newest['age_seconds'])} ago", RED if problems else GREEN)
-        lines.append(("newest backup", f"{_text(newest['filename'])}, {age} ({_when(newest['completed'])}), "
+        lines.append(("newest backup", f"{_text(newest['filename'])}, {age} ({_when_text(newest['completed'])}), "
                                        f"{_size(newest['filesize'])}"
                                        + (f", revision {_text(revision)}" if revision is not None else "")))
     kept = document["backups"]
@@ -126,7 +125,7 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
     if failure is None:
         lines.append(("last failure", "none" if document.get("redis") == "ok" else "unknown"))
     else:
-        when = f"{_duration(failure['age_seconds'])} ago ({_when(failure['time'])})"
+        when = f"{_duration(failure['age_seconds'])} ago ({_when_text(failure['time'])})"
         failing = document.get("failing")
         lines.append(("last failure", paint(f"{when}: {_text(failure['message'])}", RED if failing else YELLOW)))
     lines.append(("drill", _drill(document.get("drill"), document.get("redis"), paint)))
@@ -143,7 +142,7 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
     for kind in ("backup", "drill"):
         planned = schedule.get(kind)
         lines.append((f"next {kind}", "not scheduled" if planned is None else
-                      f"{_when(planned['next'])} ({_text(planned['cron'])})"))
+                      f"{_when_text(planned['next'])} ({_text(planned['cron'])})"))
     if problems:
         lines.append(("check", paint("FAILED: " + "; ".join(problems), RED)))
     elif document.get("failing"):
@@ -159,7 +158,7 @@ def _drill(drill: dict[str, Any] | None, redis_state: object, paint: Callable[[s
     on = f" on {_text(drill['backup'])}" if drill.get("backup") else ""
     if drill.get("passed"):
         return paint("passed", GREEN) + f" {ago}{on}"
-    last = f" (last passed {_when(drill['last_success'])})" if drill.get("last_success") else " (never passed)"
+    last = f" (last passed {_when_text(drill['last_success'])})" if drill.get("last_success") else " (never passed)"
     return paint("failed", RED) + f" {ago}{on}: {_text(drill.get('reason') or '')}{last}"
 
 
@@ -168,40 +167,21 @@ def _text(value: object) -> str:
     return one_line(str(value), limit=300)
 
 
-def _when(iso: object) -> str:
-    try:
-        return datetime.fromisoformat(str(iso)).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except ValueError:
-        return _text(iso)
-
-
-def _duration(seconds: object) -> str:
-    """A duration as a person reads it: 42 s, 3 min, 2 h 5 min, 3 d 4 h."""
-    if not isinstance(seconds, int | float):
-        return _text(seconds)
-    whole = int(seconds)
-    if whole < 60:
-        return f"{max(whole, 0)} s"
-    minutes, hours, days = whole // 60 % 60, whole // 3600 % 24, whole // 86400
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{minutes} min"
-
-
-def _size(size: object) -> str:
-    if not isinstance(size, int | float):
-        return _text(size)
-    if size < 1024:
-        return f"{size:.0f} bytes"
-    for unit in ("KiB", "MiB", "GiB"):
-        size /= 1024
-        if size < 1024 or unit == "GiB":
-            break
-    return f"{size:.1f} {unit}"
-
-
 def _fail(message: str, status: int) -> NoReturn:
     print(one_line(f"etcd-backup status: {message}", limit=1000), file=sys.stderr)
     sys.exit(status)
+
+
+# Shown on one line, whatever the document held.
+
+
+def _when_text(iso: object) -> str:
+    return _text(present.when(iso))
+
+
+def _duration(seconds: object) -> str:
+    return _text(present.duration(seconds))
+
+
+def _size(count: object) -> str:
+    return _text(present.size(count))

@@ -268,6 +268,17 @@ class Client:
         except (ValueError, RecursionError):
             raise ClientError(f"{source}: the answer is not JSON: {shown(raw[:40])}") from None
 
+    def details(self) -> list[dict[str, object]]:
+        """The service's backups with their metadata (?detail=true), oldest first; ClientError if an entry is
+        not an object named like a backup."""
+        path = f"{BACKUP_PATH}?detail=true"
+        entries = self.get_json(path)
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise ClientError(f"GET {path}: the answer is not a list of backups: {shown(entries)}")
+        for entry in entries:
+            check_name(entry.get("filename"), f"GET {path}")
+        return entries
+
     def list(self) -> list[str]:
         """The service's backups, oldest first; ClientError if any entry is no backup name."""
         names = self.get_json(BACKUP_PATH)

@@ -5,10 +5,8 @@ command that reads them; usage errors exit 2. Run through the installed console 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
-import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -16,13 +14,7 @@ import pytest
 import yaml
 
 from cli.main import build_parser
-from harness.processes import BIN_DIR
-
-
-def etcd_backup(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith(("ETCD_BACKUP_", "_ARGCOMPLETE"))}
-    return subprocess.run([str(BIN_DIR / "etcd-backup"), *args], env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=60)
+from harness.cli import etcd_backup
 
 
 def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

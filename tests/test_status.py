@@ -6,10 +6,7 @@ HTTP; the command is the installed console script, run as a separate process."""
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -20,20 +17,14 @@ import pytest
 import redis
 
 from common.metrics import LAST_FAILURE_KEY
+from harness.cli import etcd_backup, on_terminal
 from harness.in_process import Service, served_over_http
-from harness.processes import BIN_DIR, free_port
+from harness.processes import free_port
 from harness.servers import EtcdServer
 from worker.drill import run_drill
 
 SCHEDULE = {"schedule": "0 */6 * * *", "drill": "30 3 * * *"}
 TOKEN = "status-token-0123456789"
-
-
-def etcd_backup(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `etcd-backup ARGS` as an operator would (no ETCD_BACKUP_* from the test's environment)."""
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("ETCD_BACKUP_")}
-    return subprocess.run([str(BIN_DIR / "etcd-backup"), *args], env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=60)
 
 
 def status_json(*args: str) -> dict[str, Any]:
@@ -186,25 +177,11 @@ def test_a_failure_message_cannot_drive_the_terminal(live: tuple[Service, str], 
 def test_colour_on_a_terminal_only(live: tuple[Service, str]) -> None:
     service, base = live
     service.client.post("/api/v1/backup")
-    leader, follower = pty.openpty()
-    clean = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "ETCD_BACKUP_URL")}
-    with subprocess.Popen([str(BIN_DIR / "etcd-backup"), "status", "--url", base], stdout=follower,
-                          env=clean) as proc:
-        os.close(follower)
-        output = b""
-        while chunk := _read_pty(leader):
-            output += chunk
-        assert proc.wait(timeout=30) == 0
-    os.close(leader)
-    assert b"\033[32m" in output  # green: a fresh backup
-    assert b"\033[" not in etcd_backup("status", "--url", base).stdout.encode()
-
-
-def _read_pty(fd: int) -> bytes:
-    try:
-        return os.read(fd, 4096)
-    except OSError:  # EIO: the other end is closed
-        return b""
+    status, output = on_terminal("status", "--url", base)
+    assert status == 0 and "\033[32m" in output  # green: a fresh backup
+    status, output = on_terminal("status", "--url", base, env={"NO_COLOR": "1"})
+    assert status == 0 and "\033[" not in output and "newest backup" in output
+    assert "\033[" not in etcd_backup("status", "--url", base).stdout
 
 
 def test_the_token_and_an_unreachable_service(make_service: Callable[..., Service]) -> None:
