@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import redis
 
+from common.config import load_config
 from common.metrics import LAST_FAILURE_KEY
+from common.status import EMBEDDED_REDIS
 from harness.cli import etcd_backup, on_terminal
 from harness.in_process import Service, served_over_http
 from harness.processes import free_port
@@ -199,3 +201,29 @@ def test_the_token_and_an_unreachable_service(make_service: Callable[..., Servic
     assert dead.returncode == 1 and "cannot reach" in dead.stderr
     bad_usage = etcd_backup("status", "--max-age", "soon")
     assert bad_usage.returncode == 2 and "--max-age" in bad_usage.stderr
+
+
+def test_with_the_embedded_queue_config_reads_the_store_only(write_config: Callable[..., Path],
+                                                             make_service: Callable[..., Service]) -> None:
+    """Without redis-url the queue lives inside the service: --config tells what the store holds, and where
+    the rest is to be asked."""
+    service = make_service()
+    taken = service.client.post("/api/v1/backup").get_json()
+    config = write_config()  # the same etcd and backup-dir, no redis-url
+    done = etcd_backup("status", "--config", str(config), "--max-age", "1h", env={"REDIS_URL": ""})
+    assert done.returncode == 0, done.stderr
+    assert field(done.stdout, "newest backup").startswith(taken["filename"])
+    assert field(done.stdout, "last failure") == "unknown" and field(done.stdout, "drill") == "unknown"
+    assert field(done.stdout, "redis") == EMBEDDED_REDIS
+
+
+def test_redis_down_the_store_facts_remain(write_config: Callable[..., Path],
+                                           make_service: Callable[..., Service]) -> None:
+    """Redis does not answer: the store's facts are still there, and the report says what could not be read."""
+    service = make_service()
+    taken = service.client.post("/api/v1/backup").get_json()
+    config = load_config(write_config(redis_url="redis://127.0.0.1:1"))  # nothing listens there
+    document = Service(config, redis.Redis.from_url("redis://127.0.0.1:1")).client.get("/api/v1/status").get_json()
+    assert document["newest"]["filename"] == taken["filename"] and document["backups"]["count"] == 1
+    assert document["redis"].startswith("unreachable: ") and "Connection refused" in document["redis"]
+    assert document["queue"] is None and document["last_failure"] is None and document["drill"] is None
