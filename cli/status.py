@@ -120,7 +120,7 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
                                        f"{_size(newest['filesize'])}"
                                        + (f", revision {_text(revision)}" if revision is not None else "")))
     kept = document["backups"]
-    lines.append(("kept", f"{_text(kept['count'])} backups, {_size(kept['bytes'])}"))
+    lines.append(("kept", f"{_text(present.count(kept['count'], 'backup'))}, {_size(kept['bytes'])}"))
     failure = document.get("last_failure")
     if failure is None:
         lines.append(("last failure", "none" if document.get("redis") == "ok" else "unknown"))
@@ -132,10 +132,9 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
     depth = document.get("queue")
     if depth is not None:
         workers = depth.get("workers")
-        workers_text = f"{_text(workers)} worker{'' if workers == 1 else 's'}"
         lines.append(("queue", f"{_text(depth.get('queued'))} queued, {_text(depth.get('running'))} running, "
-                               f"{paint(workers_text, RED if workers == 0 else GREEN)}, "
-                               f"{_text(depth.get('failed_jobs'))} failed jobs kept"))
+                               f"{paint(_text(present.count(workers, 'worker')), RED if workers == 0 else GREEN)}, "
+                               f"{_text(present.count(depth.get('failed_jobs'), 'failed job'))} kept"))
     if document.get("redis") != "ok":
         lines.append(("redis", paint(_text(document.get("redis")), YELLOW)))
     schedule = document.get("schedule") or {}

@@ -34,6 +34,11 @@ def size(count: object) -> str:
     return f"{scaled:.1f} {units[unit]}"
 
 
+def count(number: object, noun: str) -> str:
+    """1 backup, 3 backups, 0 workers: `noun` takes an s unless there is one."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def when(iso: object) -> str:
     """An ISO 8601 time as `2026-11-27 06:31:03 UTC`; anything else as it is."""
     try:
