@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> None:
         _fail(str(exc), status=2)
     except ClientError as exc:
         _fail(str(exc), status=1)
-    except (KeyError, TypeError, AttributeError, ValueError):  # a document that is not the service's
-        _fail(f"GET {STATUS_PATH}: the answer is not a status document of this version", status=1)
+    except (KeyError, TypeError, AttributeError, ValueError):  # a field missing, or of another kind
+        _fail(f"{source}: the status document is not one this version of etcd-backup can read", status=1)
     print(shown)
     if problems:
         sys.exit(1)

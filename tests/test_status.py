@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from werkzeug.serving import make_server
 
 from common.config import load_config
 from common.metrics import LAST_FAILURE_KEY
@@ -227,3 +229,24 @@ def test_redis_down_the_store_facts_remain(write_config: Callable[..., Path],
     assert document["newest"]["filename"] == taken["filename"] and document["backups"]["count"] == 1
     assert document["redis"].startswith("unreachable: ") and "Connection refused" in document["redis"]
     assert document["queue"] is None and document["last_failure"] is None and document["drill"] is None
+
+
+@pytest.mark.parametrize("answer", [b'["snapshot-20260101_000000.tar.gz"]', b'{"backups": {}, "time": "now"}',
+                                    b'{"backups": {"count": 1}, "time": "2026-01-01T00:00:00+00:00", "newest": 5}'])
+def test_an_answer_that_is_no_status_document(answer: bytes) -> None:
+    """An older service, or something else at that address: one line naming it, exit 1, never a traceback."""
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [answer]
+
+    server = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = etcd_backup("status", "--url", f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        thread.join()
+    assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.startswith("etcd-backup status: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "status document" in done.stderr and "Traceback" not in done.stderr
