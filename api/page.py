@@ -59,7 +59,7 @@ def status_page() -> str:
     rows = _rows(current.store, current.store.list_backups(now), now)
     charts = [_chart("Archive size", [(row.completed, row.filesize) for row in rows], present.size),
               _chart("Duration", [(row.completed, row.duration) for row in rows if row.duration is not None],
-                     lambda seconds: f"{seconds:.2f} s")]
+                     lambda seconds: f"{seconds:.3f} s")]
     return render_template("status.html", facts=facts, rows=rows[::-1], now=now, present=present,
                            charts=[chart for chart in charts if chart is not None], shown=SHOWN_BACKUPS,
                            width=CHART_WIDTH, height=CHART_HEIGHT)
