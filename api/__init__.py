@@ -8,7 +8,7 @@ import threading
 import redis
 from flask import Flask
 
-from api import auth, backups, errors, jobs, meta, metrics
+from api import auth, backups, errors, jobs, meta, metrics, page, status
 from api.server import WAITING_REQUESTS
 from api.state import State
 from common import queue
@@ -37,4 +37,6 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     app.register_blueprint(backups.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(status.bp)
+    app.register_blueprint(page.bp)
     return app

@@ -4,7 +4,6 @@ outcome counters that workers and schedulers keep in Redis (common.metrics)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 
 import redis
 from flask import Blueprint, Response
@@ -59,12 +58,9 @@ class BackupCollector(Collector):
         newest = catalog[newest_name].metadata if newest_name is not None else None
         if newest is None:
             return
-        # When it was complete by the clock that took it (not its name), and never later than now: a
-        # gauge in the future would keep the too-old alert from firing.
-        finished = min(datetime.fromisoformat(newest.started).timestamp() + newest.duration, now.timestamp())
         yield GaugeMetricFamily("etcd_backup_last_success_timestamp_seconds",
                                 "When the newest backup was complete (Unix time): alert when it is too old.",
-                                value=finished)
+                                value=newest.completed(now).timestamp())
         yield GaugeMetricFamily("etcd_backup_last_size_bytes", "Size of the newest backup's archive.",
                                 value=newest.filesize)
         yield GaugeMetricFamily("etcd_backup_last_revision", "etcd revision of the newest backup.",

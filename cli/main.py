@@ -1,8 +1,10 @@
-"""`etcd-backup [--config FILE]`: the whole service; `etcd-backup worker --config FILE`: a worker;
-`etcd-backup scheduler --config FILE`: the backup schedule;
-`etcd-backup prune --config FILE [--dry-run]`: apply rotate and retention now;
-`etcd-backup config check --config FILE`: print the effective config, secrets masked;
-`etcd-backup verify|restore|download|list ...`: recovery (cli/recovery.py)."""
+"""`etcd-backup`: one command tree. `etcd-backup --help` lists every command; each has its own `--help`
+with examples, and takes the options it reads.
+
+The service's commands are here (serve, worker, scheduler, prune, config check); `status` is in
+cli/status.py, the recovery commands (verify, restore, download, list) in cli/recovery.py.
+`etcd-backup --config FILE` with no command starts the service, as the original etcd-backup did.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +12,15 @@ import argparse
 import logging
 import signal
 import sys
+from importlib.metadata import version
 
+import argcomplete
 import yaml
 
 from cli import recovery
-from cli.startup import CONFIG_ENV, DEFAULT_CONFIG_PATH, exit_unless_shared_queue, start_up
+from cli import status as status_command
+from cli.startup import exit_unless_shared_queue, start_up
+from cli.tree import EXIT_STATUSES, add_command
 from common import queue, retention
 from common.clock import redis_clock
 from common.config import Config, effective_config
@@ -22,73 +28,124 @@ from common.storage import open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+OVERVIEW = f"""\
+examples:
+  etcd-backup --config /etc/etcd-backup/config.yml     start the service (the same as `serve`)
+  etcd-backup status --url http://backup-host:8080     how are the backups doing?
+  etcd-backup list --url http://backup-host:8080       what can I restore?
+  etcd-backup COMMAND --help                           a command's options and examples
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="etcd-backup", description="REST API backup service for etcd.")
-    parser.add_argument(
-        "command", nargs="?", choices=["serve", "worker", "scheduler", "prune"], default="serve",
-        help="serve: the API and one worker (and the schedule, if any) in one process (default); worker: a "
-             "backup worker only; scheduler: takes the config's schedule; prune: delete the backups that "
-             "rotate and retention do not keep (as after each backup)",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="prune: list what would go and why, delete nothing")
-    add_config_option(parser)
-    return parser.parse_args(argv)
+{EXIT_STATUSES}"""
 
 
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", metavar="FILE",
-        help=f"YAML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree: each command's parser calls `set_defaults(run=...)` with what runs it."""
+    parser = argparse.ArgumentParser(
+        prog="etcd-backup", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="REST API backup service for etcd: takes, keeps, checks and restores etcd snapshots.",
+        epilog=OVERVIEW)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('etcd-backup')}")
+    # The original's one option: `etcd-backup --config FILE` (no command) starts the service.
+    parser.add_argument("--config", dest="service_config", metavar="FILE",
+                        help="with no command: start the service with this config (as `serve --config FILE`)")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
+    add_command(commands, "serve", serve, "run the API and one worker (and the schedule) in one process",
+                "The default command: `etcd-backup --config FILE` runs it. Without Redis in the config, the\n"
+                "queue is embedded in this process.",
+                ["etcd-backup serve --config /etc/etcd-backup/config.yml",
+                 "etcd-backup --config /etc/etcd-backup/config.yml"])
+    add_command(commands, "worker", worker, "run a backup worker only (start as many as you like)",
+                "Takes backups, verifies and drills from the Redis queue that redis-url names (required).",
+                ["etcd-backup worker --config /etc/etcd-backup/config.yml",
+                 "ETCD_BACKUP_CONFIG=/etc/etcd-backup/config.yml etcd-backup worker"])
+    add_command(commands, "scheduler", scheduler, "run the config's schedule and drill apart from the API",
+                "Enqueues a backup at each tick of `schedule` and a restore drill at each tick of `drill`\n"
+                "(idles if the config has neither). Two schedulers still give one backup per tick.",
+                ["etcd-backup scheduler --config /etc/etcd-backup/config.yml"])
+    prune_parser = add_command(
+        commands, "prune", prune_command, "delete the backups that rotate and retention do not keep, now",
+        "As after each backup: prints each backup with `keep` or `deleted` and the reason, newest first.",
+        ["etcd-backup prune --config /etc/etcd-backup/config.yml --dry-run",
+         "etcd-backup prune --config /etc/etcd-backup/config.yml"])
+    prune_parser.add_argument("--dry-run", action="store_true", help="list what would go and why, delete nothing")
+    config_parser = add_command(commands, "config", None, "check the config file",
+                                "Loads the config as every process does.", ["etcd-backup config check --config FILE"],
+                                config_option=False)
+    config_commands = config_parser.add_subparsers(dest="config_command", title="commands", metavar="COMMAND",
+                                                   required=True)
+    add_command(config_commands, "check", config_check,
+                "print the effective config (defaults and environment applied, secrets masked)",
+                "A bad config is one line naming the key, and exit status 2.",
+                ["etcd-backup config check --config /etc/etcd-backup/config.yml"])
 
-def config_command(argv: list[str]) -> None:
-    """`etcd-backup config check`: load the config as every process does; print what it runs with."""
-    parser = argparse.ArgumentParser(prog="etcd-backup config", description="Check the config file.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="print the effective config (defaults and environment applied, "
-                                              "secrets masked); a bad config is one line and exit 2")
-    add_config_option(check)
-    args = parser.parse_args(argv)
-    print(yaml.safe_dump(effective_config(start_up(args.config)), sort_keys=False), end="")
+    status_command.add_commands(commands)
+    recovery.add_commands(commands)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    arguments = sys.argv[1:] if argv is None else argv
-    if arguments and arguments[0] in recovery.COMMANDS:
-        recovery.main(arguments)
-        return
-    if arguments[:1] == ["config"]:
-        config_command(arguments[1:])
-        return
-    args = parse_args(arguments)
+    parser = build_parser()
+    # Shell completion (`eval "$(register-python-argcomplete etcd-backup)"`): when the shell asks, this
+    # answers the completions and exits; otherwise it returns at once.
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:  # `etcd-backup [--config FILE]`: the service, as the original started it
+        args.config, args.run = args.service_config, serve
+    elif args.service_config is not None:  # `etcd-backup --config FILE worker`, as the flat parser took it
+        if "config" not in args:
+            parser.error(f"{args.command} takes no --config")
+        args.config = args.config or args.service_config
+    args.run(args)
+
+
+def _service_config(args: argparse.Namespace) -> Config:
+    """Load the config (exit 2 if it is bad) and start logging, for a command that serves or prunes."""
     config = start_up(args.config)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    # Each command imports only what it runs: a worker never loads gunicorn or Flask.
-    if args.command == "prune":
-        prune(config, dry_run=args.dry_run)
-    elif args.command == "scheduler":
-        exit_unless_shared_queue(config, "a scheduler runs apart from the API")
-        if config.schedule is None and config.drill is None:
-            # Idle rather than exit: a Procfile runner (foreman, honcho) stops every process when one ends.
-            logging.getLogger("scheduler").warning("the config sets no schedule: idle until stopped")
-            stop_signals = {signal.SIGTERM, signal.SIGINT}
-            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-            signal.sigwait(stop_signals)
-            return
-        from scheduler.cron import run_scheduler
+    return config
 
-        run_scheduler(config)
-    elif args.command == "worker":
-        exit_unless_shared_queue(config, "a worker runs apart from the API")
-        from worker.runner import run_worker
 
-        run_worker(config)
-    else:
-        from cli.allinone import AllInOneServer
+# Each command imports only what it runs: a worker never loads gunicorn or Flask.
 
-        AllInOneServer(config).run()
+
+def serve(args: argparse.Namespace) -> None:
+    config = _service_config(args)
+    from cli.allinone import AllInOneServer
+
+    AllInOneServer(config).run()
+
+
+def worker(args: argparse.Namespace) -> None:
+    config = _service_config(args)
+    exit_unless_shared_queue(config, "a worker runs apart from the API")
+    from worker.runner import run_worker
+
+    run_worker(config)
+
+
+def scheduler(args: argparse.Namespace) -> None:
+    config = _service_config(args)
+    exit_unless_shared_queue(config, "a scheduler runs apart from the API")
+    if config.schedule is None and config.drill is None:
+        # Idle rather than exit: a Procfile runner (foreman, honcho) stops every process when one ends.
+        logging.getLogger("scheduler").warning("the config sets no schedule: idle until stopped")
+        stop_signals = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        signal.sigwait(stop_signals)
+        return
+    from scheduler.cron import run_scheduler
+
+    run_scheduler(config)
+
+
+def config_check(args: argparse.Namespace) -> None:
+    """Load the config as every process does; print what it runs with."""
+    print(yaml.safe_dump(effective_config(start_up(args.config)), sort_keys=False), end="")
+
+
+def prune_command(args: argparse.Namespace) -> None:
+    prune(_service_config(args), dry_run=args.dry_run)
 
 
 def prune(config: Config, dry_run: bool) -> None:

@@ -12,9 +12,12 @@ import signal
 import sys
 import tempfile
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from cli.tree import Commands, add_command
+from common import present
 from common.config import API_TOKEN_ENV, parse_duration
 from recovery.client import (
     BACKUP_PATH,
@@ -30,43 +33,82 @@ from recovery.restore import Member, RestoreError, check_data_dir, restore
 from recovery.verify import CannotVerify, Verified, VerifyError, verify_archive, verify_file
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 
-COMMANDS = ("verify", "restore", "download", "list")
 URL_ENV = "ETCD_BACKUP_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="etcd-backup", description="Check, restore and fetch etcd backups.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def service_options(default_url: str | None = DEFAULT_URL) -> argparse.ArgumentParser:
+    """The options of a command that asks the service: --url, --token, --deadline (`default_url` None: --url
+    has no default, for a command that may read the store instead)."""
+    service = argparse.ArgumentParser(add_help=False, parents=[token_options()])
+    default = os.environ.get(URL_ENV, default_url) if default_url is not None else None
+    service.add_argument("--url", default=default,
+                         help=f"the service (default: ${URL_ENV}, else {DEFAULT_URL})")
+    return service
+
+
+def token_options() -> argparse.ArgumentParser:
+    """--token and --deadline, for every command that may ask the service."""
     token = argparse.ArgumentParser(add_help=False)
     token.add_argument("--token", default=os.environ.get(API_TOKEN_ENV),
                        help=f"the service's api-token (default: ${API_TOKEN_ENV})")
     token.add_argument("--deadline", type=duration, default=DEFAULT_DEADLINE, metavar="DURATION",
                        help="how long the command may take to get its answers from the service, e.g. 90s, 2h "
                             f"(default: {DEFAULT_DEADLINE / 3600:g}h)")
-    service = argparse.ArgumentParser(add_help=False, parents=[token])
-    service.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
-                         help=f"the service (default: ${URL_ENV}, else {DEFAULT_URL})")
+    return token
 
-    verify = commands.add_parser("verify", parents=[token], help="check a backup; exit 0 if good, 1 if not")
+
+def add_commands(commands: Commands) -> None:
+    """Add verify, restore, download and list to the command tree."""
+    token, service = token_options(), service_options()
+    verify = add_command(
+        commands, "verify", run, "check a backup: exit 0 if it is good, 1 if not, 3 if it cannot be checked here",
+        "Checks gzip and tar, the one .db member, its SHA-256 trailer and the database itself (etcdctl\n"
+        "snapshot status). Needs etcdctl (etcd 3.4) or etcdutl (3.5+) on the PATH.",
+        ["etcd-backup verify snapshot-20261127_060000.tar.gz",
+         "etcd-backup verify http://backup-host:8080/api/v1/backup/snapshot-20261127_060000.tar.gz"],
+        config_option=False, parents=[token])
     verify.add_argument("source", metavar="FILE|URL", help="a .tar.gz, or its URL on the service")
 
-    restore_parser = commands.add_parser("restore", parents=[token],
-                                         help="verify a backup and restore it into a new etcd data dir")
-    restore_parser.add_argument("source", metavar="FILE|URL")
+    restore_parser = add_command(
+        commands, "restore", run, "verify a backup and restore it into a new etcd data dir",
+        "Stop etcd on every member first. Restore the same backup on each member, each with its own --name\n"
+        "and --initial-advertise-peer-urls, the same --initial-cluster and a new --initial-cluster-token.",
+        ["etcd-backup restore snapshot-20261127_060000.tar.gz --data-dir /var/lib/etcd-restored \\\n"
+         "      --name etcd0 --initial-cluster etcd0=http://10.0.0.1:2380 \\\n"
+         "      --initial-advertise-peer-urls http://10.0.0.1:2380"],
+        config_option=False, parents=[token])
+    restore_parser.add_argument("source", metavar="FILE|URL", help="a .tar.gz, or its URL on the service")
     restore_parser.add_argument("--data-dir", required=True, type=Path, help="a new (or empty) directory")
     restore_parser.add_argument("--name", help="this member's name (etcd's --name)")
     restore_parser.add_argument("--initial-cluster", help="every member: name1=https://host1:2380,...")
     restore_parser.add_argument("--initial-advertise-peer-urls", help="this member's peer URL(s)")
     restore_parser.add_argument("--initial-cluster-token", help="a new token, unique to the restored cluster")
 
-    download = commands.add_parser("download", parents=[service], help="download a backup (resumes a cut one)")
-    download.add_argument("name", metavar="NAME|latest")
-    download.add_argument("--output-dir", type=Path, default=Path("."))
+    download = add_command(
+        commands, "download", run, "download a backup from the service (run it again to resume a cut one)",
+        "Written as NAME.part, then given its name once its length and SHA-256 are right; 0600.",
+        ["etcd-backup download latest --url http://backup-host:8080",
+         "etcd-backup download snapshot-20261127_060000.tar.gz --verify --output-dir /srv/restore"],
+        config_option=False, parents=[service])
+    download.add_argument("name", metavar="NAME|latest", help="a backup's name, or latest: the newest")
+    download.add_argument("--output-dir", type=Path, default=Path("."), help="where to write it (default: here)")
     download.add_argument("--verify", action="store_true",
                           help="verify the backup (as `verify` does) before keeping it")
 
-    commands.add_parser("list", parents=[service], help="list the service's backups, oldest first")
+    add_command(
+        commands, "list", run, "list the service's backups, oldest first",
+        "On a terminal: a table (name, age, size, revision, drill). Otherwise (a pipe, a file): the\n"
+        "names as the API's JSON list gives them, one a line, for scripts.",
+        ["etcd-backup list --url http://backup-host:8080",
+         "etcd-backup list | tail -1      # the newest backup's name"],
+        config_option=False, parents=[service])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`argv` as the recovery commands alone take it (the whole tree is cli.main's)."""
+    parser = argparse.ArgumentParser(prog="etcd-backup", description="Check, restore and fetch etcd backups.")
+    add_commands(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
@@ -79,13 +121,22 @@ def duration(text: str) -> float:
 
 
 def main(argv: list[str]) -> None:
-    args = parse_args(argv)
+    run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the recovery command `args` names; a failure is one line on stderr and its exit status."""
     # SIGTERM ends the command like Ctrl-C does, through the clean-ups: an extracted database (every
     # Secret) is never left in a temp dir.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.command == "list":
-            print("\n".join(Client(args.url, args.token, deadline=args.deadline).list()))
+            client = Client(args.url, args.token, deadline=args.deadline)
+            # A person gets a table; a script (a pipe, a file) the names, one a line, as it always did.
+            if sys.stdout.isatty():
+                print(backup_table(client.details(), datetime.now(UTC)))
+            else:
+                print("\n".join(client.list()))
         elif args.command == "download":
             _download(args)
         elif args.command == "verify":
@@ -101,6 +152,25 @@ def main(argv: list[str]) -> None:
         _fail(args, exc, status=1)
     except OSError as exc:  # this host's side (a full disk, a directory that cannot be written): no verdict
         _fail(args, f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", status=3)
+
+
+def backup_table(entries: list[dict[str, Any]], now: datetime) -> str:
+    """The backups `entries` (?detail=true, oldest first) as a table: name, age, size, revision, drill."""
+    rows = [("NAME", "AGE", "SIZE", "REVISION", "DRILL")]
+    for entry in entries:
+        try:
+            age = present.duration((now - datetime.fromisoformat(entry["started"])).total_seconds())
+        except (KeyError, TypeError, ValueError):  # a backup without metadata (or not the service's answer)
+            age = "?"
+        drill = entry.get("drill")
+        drilled = f"{drill.get('outcome')} {present.when(drill.get('time'))}" if isinstance(drill, dict) else "-"
+        revision = entry.get("revision")
+        rows.append((entry["filename"], age, present.size(entry.get("filesize")),
+                     "-" if revision is None else str(revision), drilled))
+    cells = [[one_line(str(cell), limit=80) for cell in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

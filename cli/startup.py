@@ -20,10 +20,18 @@ DEFAULT_CONFIG_PATH = "/etc/etcd-backup/config.yml"
 
 def start_up(config_path: str | None) -> Config:
     """Load the config and prepare its backup-dir, for a process that cannot start without them."""
+    return read_config(config_path, prepare=True)
+
+
+def read_config(config_path: str | None, prepare: bool = False) -> Config:
+    """Load the config (`config_path`, else $ETCD_BACKUP_CONFIG, else the default path) and, with `prepare`,
+    its backup-dir; exit 2 with one line if either cannot be. Without `prepare` nothing is created: for a
+    command that only reads (status)."""
     path = os.path.abspath(config_path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
     try:
         config = load_config(path)
-        prepare_backup_dir(config)
+        if prepare:
+            prepare_backup_dir(config)
     except ConfigError as exc:
         exit_with(f"bad config {printable(path)}: {exc}")
     return config

@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 MAX_METADATA_BYTES = 64 << 10
@@ -63,6 +63,17 @@ class BackupMetadata:
     def snapshot_revision(self) -> int | None:
         """The revision the snapshot holds, if known exactly (metadata older than revision_at_end: `revision`)."""
         return self.revision if self.revision_at_end in (None, self.revision) else None
+
+    def completed(self, now: datetime) -> datetime:
+        """When the backup was complete, by the clock that took it (not its name), and never later than `now`:
+        a time in the future would keep a too-old alert from firing."""
+        started = datetime.fromisoformat(self.started)
+        if started.tzinfo is None:  # the worker writes UTC with its offset; one written without is taken as UTC
+            started = started.replace(tzinfo=UTC)
+        try:
+            return min(started + timedelta(seconds=self.duration), now)
+        except OverflowError:  # a duration of centuries is not ours: as late as allowed, or as early as can be
+            return now if self.duration > 0 else datetime.min.replace(tzinfo=UTC)
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict(): its deep copy was half the time of a 1,000-backup detail listing.

@@ -28,6 +28,10 @@ DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0
 OUTCOMES = ("success", "failure", "skipped")
 DRILL_KEY = "etcd-backup:metrics:drill"
 """Hash: the last restore drill (time, backup, outcome, reason) and last_success (Unix times)."""
+LAST_FAILURE_KEY = "etcd-backup:metrics:last-failure"
+"""Hash: the last backup that failed: its time (Unix) and message (what a POST's 500 said after the colon)."""
+MAX_MESSAGE_CHARACTERS = 1000
+"""A failure's message is kept to this many characters: an etcd error can quote a whole response."""
 
 
 def record_outcome(connection: redis.Redis, outcome: str, duration: float | None = None) -> None:
@@ -41,6 +45,14 @@ def record_outcome(connection: redis.Redis, outcome: str, duration: float | None
                     pipe.hincrby(DURATION_KEY, str(bound), 1)
             pipe.hincrby(DURATION_KEY, "count", 1)
             pipe.hincrbyfloat(DURATION_KEY, "sum", duration)
+        pipe.execute()
+
+
+def record_failure(connection: redis.Redis, time: float, message: str) -> None:
+    """Count one failed backup and keep it as the last failure, for `etcd-backup status` and the status page."""
+    with connection.pipeline() as pipe:
+        pipe.hincrby(OUTCOMES_KEY, "failure", 1)
+        pipe.hset(LAST_FAILURE_KEY, mapping={"time": str(time), "message": message[:MAX_MESSAGE_CHARACTERS]})
         pipe.execute()
 
 
@@ -103,6 +115,21 @@ def read_drill(connection: redis.Redis) -> dict[str, float]:
         else:
             _skipped(DRILL_KEY, "outcome", raw["outcome"], "neither passed nor failed")
     return drill
+
+
+def read_drill_notes(connection: redis.Redis) -> dict[str, str]:
+    """The last drill's "backup" and "reason", as text, each only if it is there (read_drill has the numbers)."""
+    raw = _read_hash(connection, DRILL_KEY) or {}
+    return {field: raw[field] for field in ("backup", "reason") if field in raw}
+
+
+def read_last_failure(connection: redis.Redis) -> tuple[float, str] | None:
+    """When the last backup failed (Unix time) and its message; None if none failed or the record is unreadable."""
+    raw = _read_hash(connection, LAST_FAILURE_KEY) or {}
+    if "time" not in raw:
+        return None
+    time = _number(LAST_FAILURE_KEY, "time", raw["time"], float)
+    return None if time is None else (time, raw.get("message", ""))
 
 
 def skip_wrong_type(read: Callable[[], _T], key: str) -> _T | None:

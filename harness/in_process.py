@@ -5,13 +5,16 @@ the service keeps its backups (a local backup-dir or an S3 bucket) alike."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
 from botocore.exceptions import ClientError
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from api import create_app
@@ -99,3 +102,17 @@ def fetch(service: Service, url: str, method: str = "GET", **kwargs: Any) -> Tes
     response.get_data()
     response.close()
     return response
+
+
+@contextmanager
+def served_over_http(service: Service) -> Iterator[str]:
+    """Serve `service`'s API over real HTTP on a free loopback port (werkzeug, a thread per request), for
+    clients that are separate processes (the `etcd-backup` commands, a browser); yield its base URL."""
+    server = make_server("127.0.0.1", 0, service.client.application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()

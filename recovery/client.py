@@ -256,20 +256,35 @@ class Client:
             message = raw[:200].decode(errors="replace")
         return one_line(str(message))
 
-    def list(self) -> list[str]:
-        """The service's backups, oldest first; ClientError if any entry is no backup name."""
-        source = f"GET {BACKUP_PATH}"
-        with self.open(BACKUP_PATH) as body:
+    def get_json(self, path: str) -> object:
+        """GET `path` and parse its answer as JSON (at most MAX_LIST_BYTES of it); ClientError if it is not."""
+        source = f"GET {path}"
+        with self.open(path) as body:
             raw = _read_capped(body, MAX_LIST_BYTES)
         if len(raw) > MAX_LIST_BYTES:
             raise ClientError(f"{source}: the answer is larger than {MAX_LIST_BYTES >> 20} MiB: not the service's")
         try:
-            names = json.loads(raw)
+            return json.loads(raw)
         except (ValueError, RecursionError):
             raise ClientError(f"{source}: the answer is not JSON: {shown(raw[:40])}") from None
+
+    def details(self) -> list[dict[str, object]]:
+        """The service's backups with their metadata (?detail=true), oldest first; ClientError if an entry is
+        not an object named like a backup."""
+        path = f"{BACKUP_PATH}?detail=true"
+        entries = self.get_json(path)
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise ClientError(f"GET {path}: the answer is not a list of backups: {shown(entries)}")
+        for entry in entries:
+            check_name(entry.get("filename"), f"GET {path}")
+        return entries
+
+    def list(self) -> list[str]:
+        """The service's backups, oldest first; ClientError if any entry is no backup name."""
+        names = self.get_json(BACKUP_PATH)
         if not isinstance(names, list):
-            raise ClientError(f"{source}: the answer is not a list of backup names: {shown(names)}")
-        return [check_name(name, source) for name in names]
+            raise ClientError(f"GET {BACKUP_PATH}: the answer is not a list of backup names: {shown(names)}")
+        return [check_name(name, f"GET {BACKUP_PATH}") for name in names]
 
     def resolve(self, name: str) -> str:
         """`latest` is the newest current backup's name (never a stale one: a current backup taken before it

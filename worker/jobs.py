@@ -17,7 +17,7 @@ from common.clock import redis_clock
 from common.config import Config
 from common.jobs import backup_result
 from common.metadata import BackupMetadata
-from common.metrics import record_outcome
+from common.metrics import record_failure, record_outcome
 from common.storage import StorageError, open_store
 from recovery.verify import CannotVerify, VerifyError, verify_stored
 from recovery.workdir import VERIFY_PREFIX, private_workdir
@@ -46,9 +46,12 @@ def take_backup(config: Config) -> dict[str, object]:
                 config, store, temp_tag=job.id, now=redis_clock(connection),
                 published=lambda metadata: queue.record_published(job, _result(metadata)))
     except Exception as exc:
-        if isinstance(exc, BackupError | StorageError):  # a known cause, for the API's 500 message
+        known = isinstance(exc, BackupError | StorageError)
+        if known:  # a known cause, for the API's 500 message
             _record_cause(job, exc)
-        record_outcome(connection, "failure")
+        # As the API words it: a known cause as it is, anything else as its traceback's last line.
+        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        record_failure(connection, redis_clock(connection)().timestamp(), message)
         raise
     record_outcome(connection, "success", result.duration)
     return _result(result)

@@ -1,0 +1,99 @@
+"""GET /: the status page, for a person in a browser. The same facts as `etcd-backup status`
+(common.status), the backups in a table with download links, a chart of their size and duration, and a
+"Back up now" button. Rendered on the server (api/templates/status.html), no framework, nothing from
+another site: readable without JavaScript, which only the button needs. The API's token rules apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask import Blueprint, render_template
+
+from api.state import state
+from common import backups, present, status
+from common.clock import redis_clock
+from common.storage import BackupStore
+
+bp = Blueprint("page", __name__)
+
+SHOWN_BACKUPS = 100
+"""The newest backups the page's table and chart show: each costs a metadata read (a GET on S3)."""
+CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 400, 120, 6
+"""The chart's coordinates (its viewBox: it scales to the page's width)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One backup as the table shows it."""
+
+    filename: str
+    completed: datetime
+    filesize: int
+    revision: int | None
+    duration: float | None
+    drill: str
+    """The last drill of this backup: "passed", "failed" or "" (none)."""
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A line over time, as SVG coordinates in a CHART_WIDTH x CHART_HEIGHT box."""
+
+    title: str
+    points: str
+    """`x,y x,y ...`, oldest first, for <polyline points>."""
+    dots: list[tuple[float, float, str]]
+    """Each point and its label (time and value), for a <circle> with a <title>."""
+    low: str
+    high: str
+
+
+@bp.get("/")
+def status_page() -> str:
+    current = state()
+    now = redis_clock(current.queue.connection)()
+    facts = status.gather(current.config, current.store, current.queue, now)
+    rows = _rows(current.store, current.store.list_backups(now), now)
+    charts = [_chart("Archive size", [(row.completed, row.filesize) for row in rows], present.size),
+              _chart("Duration", [(row.completed, row.duration) for row in rows if row.duration is not None],
+                     lambda seconds: f"{seconds:.3f} s")]
+    return render_template("status.html", facts=facts, rows=rows[::-1], now=now, present=present,
+                           charts=[chart for chart in charts if chart is not None], shown=SHOWN_BACKUPS,
+                           width=CHART_WIDTH, height=CHART_HEIGHT)
+
+
+def _rows(store: BackupStore, names: list[str], now: datetime) -> list[Row]:
+    """The newest SHOWN_BACKUPS backups of `names` (oldest first; none named in the future), as table rows."""
+    rows = []
+    for name in [name for name in names if not backups.is_future(name, now)][-SHOWN_BACKUPS:]:
+        metadata = store.read_metadata(name)
+        if metadata is not None:
+            drill = str((metadata.drill or {}).get("outcome", ""))
+            rows.append(Row(name, metadata.completed(now), metadata.filesize, metadata.revision, metadata.duration,
+                            drill if drill in ("passed", "failed") else ""))
+            continue
+        # Taken before metadata was recorded: its name's time, and what the store tells.
+        stored, named = store.stat(name), backups.backup_time(name)
+        if stored is not None and named is not None:  # else deleted since the listing
+            rows.append(Row(name, named, stored.size, None, None, ""))
+    return rows
+
+
+def _chart(title: str, values: list[tuple[datetime, float]], label: Callable[[float], str]) -> Chart | None:
+    """`values` (time, value; oldest first) as a line scaled to the chart's box; None with fewer than two."""
+    if len(values) < 2:
+        return None
+    first, last = values[0][0].timestamp(), values[-1][0].timestamp()
+    # From zero: a size that moves by a few bytes is drawn as the flat line it is.
+    low, high = 0.0, max(value for _, value in values)
+    span_x, span_y = (last - first) or 1.0, high or 1.0
+    inner_width, inner_height = CHART_WIDTH - 2 * CHART_MARGIN, CHART_HEIGHT - 2 * CHART_MARGIN
+    dots = []
+    for when, value in values:
+        x = CHART_MARGIN + (when.timestamp() - first) / span_x * inner_width
+        y = CHART_MARGIN + (1 - (value - low) / span_y) * inner_height  # SVG's y grows downwards
+        dots.append((round(x, 1), round(y, 1), f"{present.when(when.isoformat())}: {label(value)}"))
+    return Chart(title, " ".join(f"{x},{y}" for x, y, _ in dots), dots, label(low), label(high))

@@ -1,0 +1,186 @@
+"""`etcd-backup status`: the service at a glance, for the person on call, and a cron/Nagios-style check.
+
+It shows the status document (common.status) that the service answers at GET /api/v1/status (--url), or
+that it finds itself reading the store and Redis of a config (--config). Everything in it may come from a
+server that is not the service: every text is shown on one line, without control characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from cli.recovery import DEFAULT_URL, URL_ENV, duration, service_options
+from cli.startup import read_config
+from cli.tree import Commands, add_command
+from common import present, queue, status
+from common.clock import redis_clock
+from common.storage import StorageError, open_store
+from recovery.client import Client, ClientError, UsageError, one_line
+
+STATUS_PATH = "/api/v1/status"
+
+
+def add_commands(commands: Commands) -> None:
+    """Add status to the command tree."""
+    parser = add_command(
+        commands, "status", run, "show the newest backup, failures, the drill, the queue and the next run",
+        "Asks the service (--url, as `list` does), or reads the store and Redis of a config itself\n"
+        "(--config). With --max-age it is a check: exit 1 when the newest backup is older (or there is\n"
+        "none), for cron or Nagios. Coloured on a terminal only (NO_COLOR turns it off).",
+        ["etcd-backup status --url http://backup-host:8080",
+         "etcd-backup status --config /etc/etcd-backup/config.yml --max-age 7h",
+         "etcd-backup status --json | jq .newest.age_seconds"],
+        config_option=False, parents=[service_options(default_url=None)])
+    parser.add_argument("--config", metavar="FILE",
+                        help="read the store and Redis of this config instead of asking the service")
+    parser.add_argument("--max-age", type=duration, metavar="DURATION",
+                        help="exit 1 when the newest backup is older than this, e.g. 7h (Go syntax)")
+    parser.add_argument("--json", action="store_true", help="print the status document as JSON, for scripts")
+
+
+def run(args: argparse.Namespace) -> None:
+    local = args.config is not None and args.url is None
+    source = f"config {args.config}" if local else (args.url or os.environ.get(URL_ENV, DEFAULT_URL))
+    try:
+        document = _local(args.config) if local else _remote(args, source)
+        problems = check(document, args.max_age)
+        if args.json:
+            checked = {"ok": not problems, "problems": problems} if args.max_age is not None else {}
+            shown = json.dumps({**document, **checked}, indent=1)
+        else:
+            shown = report(document, problems, source, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+    except UsageError as exc:
+        _fail(str(exc), status=2)
+    except ClientError as exc:
+        _fail(str(exc), status=1)
+    except (KeyError, TypeError, AttributeError, ValueError):  # a field missing, or of another kind
+        _fail(f"{source}: the status document is not one this version of etcd-backup can read", status=1)
+    print(shown)
+    if problems:
+        sys.exit(1)
+
+
+def _remote(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    if args.config is not None:
+        raise UsageError("give --url (ask the service) or --config (read its store), not both")
+    document = Client(url, args.token, deadline=args.deadline).get_json(STATUS_PATH)
+    if not isinstance(document, dict) or not isinstance(document.get("backups"), dict):
+        raise ClientError(f"GET {STATUS_PATH}: the answer is not a status document (an older service?)")
+    return document
+
+
+def _local(config_path: str) -> dict[str, Any]:
+    config = read_config(config_path)
+    # Without redis-url the queue is embedded in the service's own process: nothing to read from here.
+    job_queue = queue.job_queue(queue.connect(config)) if config.redis_url is not None else None
+    try:
+        return status.gather(config, open_store(config), job_queue,
+                             redis_clock(job_queue.connection if job_queue is not None else None)())
+    except StorageError as exc:
+        raise ClientError(f"backup-dir: {exc}") from None
+
+
+def check(document: dict[str, Any], max_age: float | None) -> list[str]:
+    """What makes the check fail: the newest backup older than `max_age` seconds, or none at all."""
+    if max_age is None:
+        return []
+    newest = document.get("newest")
+    if newest is None:
+        return ["no backup"]
+    age = newest.get("age_seconds")
+    if not isinstance(age, int | float):
+        raise ClientError(f"GET {STATUS_PATH}: the newest backup's age is not a number: not the service's answer")
+    if age > max_age:
+        return [f"the newest backup is {_duration(age)} old, more than --max-age {_duration(max_age)}"]
+    return []
+
+
+GREEN, YELLOW, RED, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[0m"
+
+
+def report(document: dict[str, Any], problems: list[str], source: str, colour: bool) -> str:
+    """The status as a few lines for a person; `source`: where it is from; `colour`: ANSI colours (a terminal)."""
+
+    def paint(text: str, code: str) -> str:
+        return f"{code}{text}{RESET}" if colour else text
+
+    lines = [("status of", f"{_text(source)} at {_when_text(document['time'])}")]
+    newest = document.get("newest")
+    if newest is None:
+        lines.append(("newest backup", paint("none", RED)))
+    else:
+        revision = newest.get("revision")
+        age = paint(f"{_duration(newest['age_seconds'])} ago", RED if problems else GREEN)
+        lines.append(("newest backup", f"{_text(newest['filename'])}, {age} ({_when_text(newest['completed'])}), "
+                                       f"{_size(newest['filesize'])}"
+                                       + (f", revision {_text(revision)}" if revision is not None else "")))
+    kept = document["backups"]
+    lines.append(("kept", f"{_text(present.count(kept['count'], 'backup'))}, {_size(kept['bytes'])}"))
+    failure = document.get("last_failure")
+    if failure is None:
+        lines.append(("last failure", "none" if document.get("redis") == "ok" else "unknown"))
+    else:
+        when = f"{_duration(failure['age_seconds'])} ago ({_when_text(failure['time'])})"
+        failing = document.get("failing")
+        lines.append(("last failure", paint(f"{when}: {_text(failure['message'])}", RED if failing else YELLOW)))
+    lines.append(("drill", _drill(document.get("drill"), document.get("redis"), paint)))
+    depth = document.get("queue")
+    if depth is not None:
+        workers = depth.get("workers")
+        lines.append(("queue", f"{_text(depth.get('queued'))} queued, {_text(depth.get('running'))} running, "
+                               f"{paint(_text(present.count(workers, 'worker')), RED if workers == 0 else GREEN)}, "
+                               f"{_text(present.count(depth.get('failed_jobs'), 'failed job'))} kept"))
+    if document.get("redis") != "ok":
+        lines.append(("redis", paint(_text(document.get("redis")), YELLOW)))
+    schedule = document.get("schedule") or {}
+    for kind in ("backup", "drill"):
+        planned = schedule.get(kind)
+        lines.append((f"next {kind}", "not scheduled" if planned is None else
+                      f"{_when_text(planned['next'])} ({_text(planned['cron'])})"))
+    if problems:
+        lines.append(("check", paint("FAILED: " + "; ".join(problems), RED)))
+    elif document.get("failing"):
+        lines.append(("check", paint("the last backup failed", RED)))
+    width = max(len(label) for label, _ in lines)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in lines)
+
+
+def _drill(drill: dict[str, Any] | None, redis_state: object, paint: Callable[[str, str], str]) -> str:
+    if drill is None:
+        return "never run" if redis_state == "ok" else "unknown"
+    ago = f"{_duration(drill['age_seconds'])} ago"
+    on = f" on {_text(drill['backup'])}" if drill.get("backup") else ""
+    if drill.get("passed"):
+        return paint("passed", GREEN) + f" {ago}{on}"
+    last = f" (last passed {_when_text(drill['last_success'])})" if drill.get("last_success") else " (never passed)"
+    return paint("failed", RED) + f" {ago}{on}: {_text(drill.get('reason') or '')}{last}"
+
+
+def _text(value: object) -> str:
+    """`value` on one line, control characters (a terminal's escapes) removed."""
+    return one_line(str(value), limit=300)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(one_line(f"etcd-backup status: {message}", limit=1000), file=sys.stderr)
+    sys.exit(status)
+
+
+# Shown on one line, whatever the document held.
+
+
+def _when_text(iso: object) -> str:
+    return _text(present.when(iso))
+
+
+def _duration(seconds: object) -> str:
+    return _text(present.duration(seconds))
+
+
+def _size(count: object) -> str:
+    return _text(present.size(count))
