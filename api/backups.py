@@ -55,6 +55,11 @@ def list_backups() -> Response:
     return jsonify([_detail(entry) for entry in current.store.catalog(now)])
 
 
+def _media_type(name: str) -> str:
+    """An encrypted backup is no gzip file to whoever cannot decrypt it: bytes, as age's own tools say."""
+    return "application/octet-stream" if backups.is_encrypted(name) else "application/gzip"
+
+
 def _detail(entry: CatalogEntry) -> dict[str, object]:
     if entry.metadata is not None:
         return entry.metadata.to_json()
@@ -85,7 +90,7 @@ def download_backup(filename: str) -> Response:
 
 def _file_response(filename: str, opened: OpenedBackup, metadata: BackupMetadata | None) -> Response:
     _ignore_unservable_range()
-    response = Response(wrap_file(request.environ, opened.file), mimetype="application/gzip",
+    response = Response(wrap_file(request.environ, opened.file), mimetype=_media_type(filename),
                         direct_passthrough=True)
     response.content_length = opened.stored.size
     response.last_modified = datetime.fromtimestamp(opened.stored.modified, UTC)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cli.tree import Commands, add_command
-from common import present
+from common import backups, present
 from common.config import API_TOKEN_ENV, parse_duration
 from recovery.client import (
     BACKUP_PATH,
@@ -30,10 +30,11 @@ from recovery.client import (
     one_line,
 )
 from recovery.restore import Member, RestoreError, check_data_dir, restore
-from recovery.verify import CannotVerify, Verified, VerifyError, verify_archive, verify_file
+from recovery.verify import CannotDecrypt, CannotVerify, Verified, VerifyError, verify_archive, verify_file
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 
 URL_ENV = "ETCD_BACKUP_URL"
+IDENTITY_ENV = "ETCD_BACKUP_IDENTITY"
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
@@ -58,17 +59,27 @@ def token_options() -> argparse.ArgumentParser:
     return token
 
 
+def identity_options() -> argparse.ArgumentParser:
+    """--identity, for every command that may open an encrypted backup."""
+    identity = argparse.ArgumentParser(add_help=False)
+    identity.add_argument("--identity", type=Path, default=os.environ.get(IDENTITY_ENV), metavar="KEYFILE",
+                          help="the age identity file (or OpenSSH private key) that opens an encrypted backup "
+                               f"(.tar.gz.age) (default: ${IDENTITY_ENV})")
+    return identity
+
+
 def add_commands(commands: Commands) -> None:
     """Add verify, restore, download and list to the command tree."""
-    token, service = token_options(), service_options()
+    token, service, identity = token_options(), service_options(), identity_options()
     verify = add_command(
         commands, "verify", run, "check a backup: exit 0 if it is good, 1 if not, 3 if it cannot be checked here",
         "Checks gzip and tar, the one .db member, its SHA-256 trailer and the database itself (etcdctl\n"
         "snapshot status). Needs etcdctl (etcd 3.4) or etcdutl (3.5+) on the PATH.",
         ["etcd-backup verify snapshot-20261127_060000.tar.gz",
-         "etcd-backup verify http://backup-host:8080/api/v1/backup/snapshot-20261127_060000.tar.gz"],
-        config_option=False, parents=[token])
-    verify.add_argument("source", metavar="FILE|URL", help="a .tar.gz, or its URL on the service")
+         "etcd-backup verify http://backup-host:8080/api/v1/backup/snapshot-20261127_060000.tar.gz",
+         "etcd-backup verify snapshot-20261127_060000.tar.gz.age --identity ~/etcd-backup.key"],
+        config_option=False, parents=[token, identity])
+    verify.add_argument("source", metavar="FILE|URL", help="a .tar.gz (or .tar.gz.age), or its URL on the service")
 
     restore_parser = add_command(
         commands, "restore", run, "verify a backup and restore it into a new etcd data dir",
@@ -77,8 +88,9 @@ def add_commands(commands: Commands) -> None:
         ["etcd-backup restore snapshot-20261127_060000.tar.gz --data-dir /var/lib/etcd-restored \\\n"
          "      --name etcd0 --initial-cluster etcd0=http://10.0.0.1:2380 \\\n"
          "      --initial-advertise-peer-urls http://10.0.0.1:2380"],
-        config_option=False, parents=[token])
-    restore_parser.add_argument("source", metavar="FILE|URL", help="a .tar.gz, or its URL on the service")
+        config_option=False, parents=[token, identity])
+    restore_parser.add_argument("source", metavar="FILE|URL",
+                                help="a .tar.gz (or .tar.gz.age), or its URL on the service")
     restore_parser.add_argument("--data-dir", required=True, type=Path, help="a new (or empty) directory")
     restore_parser.add_argument("--name", help="this member's name (etcd's --name)")
     restore_parser.add_argument("--initial-cluster", help="every member: name1=https://host1:2380,...")
@@ -90,7 +102,7 @@ def add_commands(commands: Commands) -> None:
         "Written as NAME.part, then given its name once its length and SHA-256 are right; 0600.",
         ["etcd-backup download latest --url http://backup-host:8080",
          "etcd-backup download snapshot-20261127_060000.tar.gz --verify --output-dir /srv/restore"],
-        config_option=False, parents=[service])
+        config_option=False, parents=[service, identity])
     download.add_argument("name", metavar="NAME|latest", help="a backup's name, or latest: the newest")
     download.add_argument("--output-dir", type=Path, default=Path("."), help="where to write it (default: here)")
     download.add_argument("--verify", action="store_true",
@@ -146,6 +158,8 @@ def run(args: argparse.Namespace) -> None:
             _restore(args)
     except UsageError as exc:
         _fail(args, exc, status=2)
+    except CannotDecrypt as exc:  # encrypted, and no identity given opens it: the caller's to fix
+        _fail(args, exc, status=1)
     except CannotVerify as exc:  # no verdict: a full disk here, a transfer cut short, no etcd tool
         _fail(args, exc, status=3)
     except (VerifyError, RestoreError, ClientError) as exc:
@@ -156,7 +170,7 @@ def run(args: argparse.Namespace) -> None:
 
 def backup_table(entries: list[dict[str, Any]], now: datetime) -> str:
     """The backups `entries` (?detail=true, oldest first) as a table: name, age, size, revision, drill."""
-    rows = [("NAME", "AGE", "SIZE", "REVISION", "DRILL")]
+    rows = [("NAME", "AGE", "SIZE", "REVISION", "ENCRYPTED", "DRILL")]
     for entry in entries:
         try:
             age = present.duration((now - datetime.fromisoformat(entry["started"])).total_seconds())
@@ -166,7 +180,8 @@ def backup_table(entries: list[dict[str, Any]], now: datetime) -> str:
         drilled = f"{drill.get('outcome')} {present.when(drill.get('time'))}" if isinstance(drill, dict) else "-"
         revision = entry.get("revision")
         rows.append((entry["filename"], age, present.size(entry.get("filesize")),
-                     "-" if revision is None else str(revision), drilled))
+                     "-" if revision is None else str(revision),
+                     "yes" if backups.is_encrypted(str(entry["filename"])) else "no", drilled))
     cells = [[one_line(str(cell), limit=80) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -196,7 +211,8 @@ def _download(args: argparse.Namespace) -> None:
     verified: list[Verified] = []
     with private_workdir(VERIFY_PREFIX) as work:
         path = client.download(args.name, args.output_dir, progress,
-                               check=lambda archive: verified.append(verify_archive(archive, work)))
+                               check=lambda archive: verified.append(
+                                   verify_archive(archive, work, identity_file=args.identity)))
     print(f"{path}: {verified[0].report()}")
 
 
@@ -212,8 +228,8 @@ def _verify(args: argparse.Namespace, work: Path) -> Verified:
             body = Client(base, args.token, deadline=args.deadline).open(path)
             archive = stack.enter_context(io.BufferedReader(body, CHUNK))
         else:
-            return verify_file(Path(source), work, follow_symlinks=True)
-        return verify_archive(archive, work)
+            return verify_file(Path(source), work, follow_symlinks=True, identity_file=args.identity)
+        return verify_archive(archive, work, identity_file=args.identity)
 
 
 def _restore(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """Backup names, and the order in time they give, whatever store (common.storage) holds the backups.
 
-Only names of the form `snapshot-YYYYMMDD_HHMMSS.tar.gz` are backups. Everything else in the
+Only names of the form `snapshot-YYYYMMDD_HHMMSS.tar.gz` (`.tar.gz.age` when encrypted, common.encryption)
+are backups. Everything else in the
 store (temp files, an operator's notes, a symlink) is never listed, served or deleted.
 """
 
@@ -15,10 +16,12 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 BACKUP_SUFFIX = ".tar.gz"
+ENCRYPTED_SUFFIX = ".age"
+"""After BACKUP_SUFFIX in the name of a backup encrypted with age: the same .tar.gz, encrypted."""
 STALE_MARK = ".stale"
 """In the name of a backup taken from a member that could not prove it current (allow-stale-member)."""
 NAME_TIME_FORMAT = "%Y%m%d_%H%M%S"
-BACKUP_NAME = re.compile(r"snapshot-(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:\.stale)?\.tar\.gz")
+BACKUP_NAME = re.compile(r"snapshot-(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:\.stale)?\.tar\.gz(?:\.age)?")
 METADATA_SUFFIX = ".json"
 """A backup's metadata (common.metadata) is in a file named after the archive, plus this."""
 FUTURE_TOLERANCE = timedelta(seconds=60)
@@ -32,21 +35,33 @@ newest until the clock passes it.
 """
 
 
-def backup_name(started: datetime, stale: bool = False) -> str:
+def backup_name(started: datetime, stale: bool = False, encrypted: bool = False) -> str:
     """Return the archive name for a snapshot started at `started` (UTC); `stale` marks one from a member
-    that could not prove it current (is_stale)."""
-    return f"snapshot-{started.astimezone(UTC).strftime(NAME_TIME_FORMAT)}{STALE_MARK if stale else ''}{BACKUP_SUFFIX}"
+    that could not prove it current (is_stale), `encrypted` one encrypted with age (is_encrypted)."""
+    return (f"snapshot-{started.astimezone(UTC).strftime(NAME_TIME_FORMAT)}{STALE_MARK if stale else ''}"
+            f"{BACKUP_SUFFIX}{ENCRYPTED_SUFFIX if encrypted else ''}")
+
+
+def _after_second(moment: datetime) -> str:
+    """A string that sorts after every backup name of `moment`'s second (plain, stale or encrypted) and
+    before every name of the next second: '~' sorts after every character a name's suffix has."""
+    return f"snapshot-{moment.astimezone(UTC).strftime(NAME_TIME_FORMAT)}~"
 
 
 def is_stale(name: str) -> bool:
     """Whether backup `name` is from a member that could not prove it current: taken only with
     allow-stale-member, when no member could; never "the newest backup", which is always current."""
-    return name.endswith(STALE_MARK + BACKUP_SUFFIX)
+    return name.removesuffix(ENCRYPTED_SUFFIX).endswith(STALE_MARK + BACKUP_SUFFIX)
+
+
+def is_encrypted(name: str) -> bool:
+    """Whether backup `name` is encrypted with age (common.encryption): its .tar.gz, encrypted."""
+    return name.endswith(BACKUP_SUFFIX + ENCRYPTED_SUFFIX)
 
 
 def member_name(archive_name: str) -> str:
     """Return the name of the snapshot file inside archive `archive_name`."""
-    return archive_name.removesuffix(BACKUP_SUFFIX) + ".db"
+    return archive_name.removesuffix(ENCRYPTED_SUFFIX).removesuffix(BACKUP_SUFFIX) + ".db"
 
 
 def backup_time(name: str) -> datetime | None:
@@ -75,7 +90,7 @@ def in_time_order(names: list[str], now: datetime) -> list[str]:
     """
     ordered = sorted(names)
     # Everything after the newest name that is not in the future is in the future.
-    cut = bisect.bisect_right(ordered, backup_name(now + FUTURE_TOLERANCE))
+    cut = bisect.bisect_right(ordered, _after_second(now + FUTURE_TOLERANCE))
     future = ordered[cut:]
     for name in future:
         report_once(Path(name), f"is named more than {FUTURE_TOLERANCE.seconds} s after the clock (a host's clock was "
@@ -85,7 +100,7 @@ def in_time_order(names: list[str], now: datetime) -> list[str]:
 
 def is_future(name: str, now: datetime) -> bool:
     """Whether backup `name` is named more than FUTURE_TOLERANCE after `now`."""
-    return name > backup_name(now + FUTURE_TOLERANCE)
+    return name > _after_second(now + FUTURE_TOLERANCE)
 
 
 def newest(names: list[str], now: datetime, stale: bool = False) -> str | None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from common.backups import ENCRYPTED_SUFFIX
+
 MAX_METADATA_BYTES = 64 << 10
 """A metadata file is under 1 KiB; a bigger one is not ours, and is not read (nor held in memory)."""
 
@@ -24,7 +26,7 @@ MAX_METADATA_BYTES = 64 << 10
 class BackupMetadata:
     filename: str
     filesize: int
-    """Bytes of the .tar.gz archive."""
+    """Bytes of the stored archive (.tar.gz, or .tar.gz.age when encrypted)."""
     cluster_id: str
     member_id: str
     endpoint: str
@@ -39,7 +41,7 @@ class BackupMetadata:
     duration: float
     """Seconds from connecting to etcd to the archive being durable."""
     archive_sha256: str | None = None
-    """SHA-256 of the .tar.gz archive, hex, computed as it was written: downloads carry it (None in older
+    """SHA-256 of the stored archive, hex, computed as it was written: downloads carry it (None in older
     metadata)."""
     key_count: int | None = None
     """Keys in etcd at `revision` (None: see key_count_error, or metadata older than the count)."""
@@ -59,6 +61,9 @@ class BackupMetadata:
     """Why the member could not prove it current, for a stale backup (allow-stale-member); None: current."""
     drill: dict[str, Any] | None = None
     """The last restore drill of this backup: time, outcome, reason, seconds (worker.drill)."""
+    recipients: list[str] | None = None
+    """The public keys an encrypted backup (`...tar.gz.age`) was encrypted to; None: not encrypted. Never
+    an identity: those are not the service's to record."""
 
     def snapshot_revision(self) -> int | None:
         """The revision the snapshot holds, if known exactly (metadata older than revision_at_end: `revision`)."""
@@ -122,4 +127,6 @@ def _values_fit(metadata: BackupMetadata) -> bool:
             and (metadata.archive_sha256 is None or _SHA256.fullmatch(metadata.archive_sha256) is not None)
             and _HEADER_SAFE.fullmatch(metadata.etcd_version) is not None
             and math.isfinite(metadata.duration)
-            and all(type(alarm) is str for alarm in metadata.alarms or ()))
+            and all(type(alarm) is str for alarm in metadata.alarms or ())
+            and all(type(key) is str for key in metadata.recipients or ())
+            and (metadata.recipients is not None) == metadata.filename.endswith(ENCRYPTED_SUFFIX))

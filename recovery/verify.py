@@ -17,20 +17,22 @@ not be read to its end: a transfer cut short; try again).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from isal import isal_zlib
 
+from common.encryption import AGE_MAGIC, Identity, NotIntact, WrongIdentity, decrypting, parse_identities
 from common.metadata import BackupMetadata
 from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 from common.storage import BackupStore
@@ -42,6 +44,8 @@ MAX_DB_BYTES = 8 << 30
 """etcd's largest database (its --quota-backend-bytes maximum): a bigger member is no etcd snapshot."""
 MAX_EXTENDED_HEADER = 4 << 10
 """A long-name or PAX header of more than this is refused: ours have none, Go's tar writes short ones."""
+MAX_IDENTITY_FILE = 1 << 20
+"""An identity file is a few lines; a bigger file is not one, and is not read whole."""
 MAX_END_PADDING = 64 << 10
 """Zeros allowed after the tar's end (GNU tar pads to 10 KiB records)."""
 MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.db")
@@ -98,8 +102,70 @@ class Verified:
                 f"{self.total_size} bytes, hash {self.hash:08x}, sha256 {self.db_sha256}")
 
 
-def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None) -> Verified:
-    """Check the archive read from `archive` and extract its snapshot into `workdir`."""
+class CannotDecrypt(CannotVerify):
+    """The backup is encrypted and no identity given opens it (or none was given): nothing is known of it."""
+
+
+def load_identities(identity_file: Path | None) -> list[Identity]:
+    """The identities in `identity_file` (an age identity file or an OpenSSH private key); CannotDecrypt
+    if there is none or it cannot be read. The message never quotes the file: it is the private key."""
+    if identity_file is None:
+        raise CannotDecrypt("it is encrypted (age): give the identity that opens it (verify/restore --identity, "
+                            "or the config's encryption.identity-file)")
+    try:
+        with open(identity_file, "rb") as file:
+            text = file.read(MAX_IDENTITY_FILE + 1).decode()
+        if len(text) > MAX_IDENTITY_FILE:
+            raise ValueError("too big for an identity file")
+        return parse_identities(text)
+    except OSError as exc:
+        raise CannotDecrypt(f"cannot read the identity file {identity_file}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = "not text" if isinstance(exc, UnicodeDecodeError) else exc
+        raise CannotDecrypt(f"the identity file {identity_file}: {reason}") from None
+
+
+def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,
+                   identity_file: Path | None = None) -> Verified:
+    """Check the archive read from `archive` and extract its snapshot into `workdir`. An age-encrypted one
+    (common.encryption) is decrypted with the identities of `identity_file` as it is read; its age
+    authentication is checked to the last byte."""
+    head = b""  # read whole: a network source may give a few bytes at a time
+    while len(head) < len(AGE_MAGIC) and (more := _read_source(archive.read, len(AGE_MAGIC) - len(head))):
+        head += more
+    source = io.BufferedReader(_Unreliable(archive, head), CHUNK)
+    if not head.startswith(AGE_MAGIC):
+        return _verify_tar_gz(source, workdir, expected)
+    identities = load_identities(identity_file)
+    try:
+        with decrypting(source, identities) as plaintext:
+            return _verify_tar_gz(plaintext, workdir, expected)
+    except WrongIdentity as exc:
+        raise CannotDecrypt(f"cannot decrypt it: {exc}") from None
+    except NotIntact as exc:
+        raise VerifyError(str(exc)) from None
+
+
+class _Unreliable(io.RawIOBase):
+    """The archive's source (`head`, its first bytes, already read, then the rest), whose read errors are
+    SourceUnreadable (a transfer cut short), not the backup's."""
+
+    def __init__(self, raw: BinaryIO, head: bytes) -> None:
+        self.raw, self.head = raw, head
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            data, self.head = self.head[:len(buffer)], self.head[len(buffer):]
+        else:
+            data = _read_source(self.raw.read, len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _verify_tar_gz(archive: BinaryIO, workdir: Path, expected: Expected | None) -> Verified:
     stream = _OneGzipMember(archive)
     db_path, db_size, digest = _extract_single_db(stream, workdir, expected)
     stream.check_ended()
@@ -109,16 +175,18 @@ def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None =
                     hash=int(status["hash"]))
 
 
-def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: BackupMetadata | None) -> Verified:
+def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: BackupMetadata | None,
+                  identity_file: Path | None = None) -> Verified:
     """Check backup `name` of `store` against its `metadata` and extract its snapshot into `workdir`."""
     opened = store.open(name)
     if opened is None:  # rotated away since it was picked, or never there
         raise VerifyError(f"{name} is not a backup in {store.where}")
     with opened.file as archive:
-        return verify_archive(archive, workdir, expected_of(metadata))
+        return verify_archive(archive, workdir, expected_of(metadata), identity_file)
 
 
-def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False) -> Verified:
+def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False,
+                identity_file: Path | None = None) -> Verified:
     """Check the backup file at `path`. In backup-dir a symlink is refused (someone put it there);
     an operator's own path (`follow_symlinks`) may be one."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
@@ -130,7 +198,7 @@ def verify_file(path: Path, workdir: Path, expected: Expected | None = None, fol
     with open(fd, "rb") as archive:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise VerifyError("it is not a regular file")
-        return verify_archive(archive, workdir, expected)
+        return verify_archive(archive, workdir, expected, identity_file)
 
 
 class _OneGzipMember:
@@ -144,7 +212,7 @@ class _OneGzipMember:
     def read(self, size: int) -> bytes:
         """Return `size` bytes, fewer only where the member ends."""
         while len(self.buffer) < size and not self.inflater.eof:
-            compressed = self.inflater.unconsumed_tail or _read_source(self.raw, CHUNK)
+            compressed = self.inflater.unconsumed_tail or self.raw.read(CHUNK)
             if not compressed:
                 raise VerifyError("not an intact .tar.gz: the compressed data ends before its end marker (truncated)")
             try:
@@ -162,13 +230,15 @@ class _OneGzipMember:
             padding += len(chunk)
             if chunk.count(0) != len(chunk) or padding > MAX_END_PADDING:
                 raise VerifyError("unexpected data after the end of the tar archive")
-        if self.inflater.unused_data or _read_source(self.raw, 1):
+        if self.inflater.unused_data or self.raw.read(1):
             raise VerifyError("more than one gzip member: data after the end of the archive")
 
 
-def _read_source(raw: BinaryIO, size: int) -> bytes:
+def _read_source(read: Callable[[int], bytes], size: int) -> bytes:
     try:
-        return raw.read(size)
+        return read(size)
+    except SourceUnreadable:
+        raise
     except Exception as exc:  # noqa: BLE001 - a file's EIO, a socket's reset, the client's own error
         raise SourceUnreadable(f"could not read the backup to its end ({exc}); this says nothing about the "
                                "backup itself: try again") from None

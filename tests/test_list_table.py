@@ -30,12 +30,13 @@ def test_list_is_a_table_on_a_terminal_and_names_in_a_pipe(make_service: Callabl
     assert piped.returncode == 0 and piped.stdout == f"{older['filename']}\n{newest['filename']}\n"
     assert status == 0, table
     header, *rows = table.splitlines()
-    assert header.split() == ["NAME", "AGE", "SIZE", "REVISION", "DRILL"]
+    assert header.split() == ["NAME", "AGE", "SIZE", "REVISION", "ENCRYPTED", "DRILL"]
     assert [row.split()[0] for row in rows] == [older["filename"], newest["filename"]]  # oldest first
     for row, taken in zip(rows, (older, newest), strict=True):
         cells = [cell.strip() for cell in row.split("  ") if cell.strip()]
         assert cells[2] == present.size(taken["filesize"]) and cells[3] == str(detail[taken["filename"]]["revision"])
         assert cells[1].endswith(" s") or cells[1].endswith(" min"), cells  # taken moments ago
+        assert cells[4] == "no"  # tests/test_encryption.py has the encrypted ones
     assert rows[0].rstrip().endswith(" -")  # never drilled
     drill_time = present.when(detail[newest["filename"]]["drill"]["time"])
     assert rows[1].rstrip().endswith(f"failed {drill_time}")

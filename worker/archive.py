@@ -10,14 +10,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from isal import igzip
 
-from common.backups import member_name
+from common.backups import ENCRYPTED_SUFFIX, member_name
+from common.encryption import encrypting, parse_recipient
 from worker.errors import SnapshotError
 
 ISAL_MAX_LEVEL = 3
@@ -27,21 +29,24 @@ ISAL_MAX_LEVEL = 3
 @dataclass(frozen=True)
 class WrittenArchive:
     size: int
-    """Bytes of the .tar.gz."""
+    """Bytes of the stored archive (the .tar.gz, or the .tar.gz.age)."""
     sha256: str
-    """The archive's SHA-256, hex: clients check downloads against it."""
+    """The stored archive's SHA-256, hex: clients check downloads against it."""
 
 
 def write_archive(out: Writable, name: str, started: datetime, member_size: int, chunks: Iterable[bytes],
-                  level: int) -> WrittenArchive:
-    """Write the `.tar.gz` of archive `name` to `out`: one member, the `member_size` bytes of `chunks`.
+                  level: int, recipients: Sequence[str] = ()) -> WrittenArchive:
+    """Write the `.tar.gz` of archive `name` to `out`: one member, the `member_size` bytes of `chunks`;
+    age-encrypted to `recipients` (public keys) if any are given (common.encryption).
 
-    The archive is hashed and counted on its way out, which costs no second read of it.
+    What `out` receives is hashed and counted on its way, which costs no second read of it.
     """
     counted = _CountingWriter(out)
     opener = igzip.IGzipFile if level <= ISAL_MAX_LEVEL else gzip.GzipFile
-    # filename= sets the name recorded in the gzip header (without ".gz"), not the temp file's.
-    with opener(filename=name, mode="wb", compresslevel=level, fileobj=counted, mtime=int(started.timestamp())) as gz:
+    sealed = encrypting(counted, [parse_recipient(key) for key in recipients]) if recipients else nullcontext(counted)
+    # filename= sets the name recorded in the gzip header (without ".gz", nor ".age"), not the temp file's.
+    with sealed as sink, opener(filename=name.removesuffix(ENCRYPTED_SUFFIX), mode="wb", compresslevel=level,
+                                fileobj=sink, mtime=int(started.timestamp())) as gz:
         gz.write(_tar_header(member_name(name), member_size, started))
         written = 0
         for chunk in chunks:

@@ -42,7 +42,7 @@ def take_backup(config: Config, store: BackupStore, temp_tag: str, now: Clock = 
     connection, stale = _member(config)
     with connection:
         state = connection.currency or etcd.unproven_state(connection.status)
-        started, name = _fresh_name(store, now, stale=stale is not None)
+        started, name = _fresh_name(store, now, stale=stale is not None, encrypted=config.encryption is not None)
         # `started` + `duration` is when the backup was complete, by the clock that named it (the
         # success gauge in /metrics): both are measured from the same instant.
         began = time.monotonic()
@@ -88,7 +88,8 @@ def _stream_archive(connection: etcd.EtcdConnection, pending: PendingBackup, sta
     # The stream is received and checked on a thread of its own while this one compresses and writes.
     with closing(read_ahead(iter(snapshot), READ_AHEAD_MESSAGES, cancel=responses.cancel,
                             idle_timeout=STALL_SECONDS)) as received:
-        archive = write_archive(pending, pending.name, started, snapshot.size, received, config.gzip_level)
+        archive = write_archive(pending, pending.name, started, snapshot.size, received, config.gzip_level,
+                                recipients=config.encryption.recipients if config.encryption is not None else ())
     return snapshot, archive
 
 
@@ -105,6 +106,7 @@ def _metadata(connection: etcd.EtcdConnection, currency: etcd.Currency, config: 
         duration=round(duration, 3), key_count=key_count[0], key_count_error=key_count[1],
         revision_at_end=_revision_now(connection, config), leader=currency.is_leader,
         raft_term=currency.raft_term, raft_index=currency.raft_index, alarms=list(currency.alarms), stale=stale,
+        recipients=list(config.encryption.recipients) if config.encryption is not None else None,
     )
 
 
@@ -168,7 +170,7 @@ def _revision_now(connection: etcd.EtcdConnection, config: Config) -> int | None
     return int(status.header.revision)
 
 
-def _fresh_name(store: BackupStore, now: Clock, stale: bool) -> tuple[datetime, str]:
+def _fresh_name(store: BackupStore, now: Clock, stale: bool, encrypted: bool) -> tuple[datetime, str]:
     """Return the start time and the name of the next backup, a second after the newest backup's (of its
     kind: current or `stale`).
 
@@ -182,10 +184,10 @@ def _fresh_name(store: BackupStore, now: Clock, stale: bool) -> tuple[datetime, 
     newest = backups.newest(store.list_backups(), current - timedelta(seconds=1), stale)
     newest_time = backups.backup_time(newest) if newest is not None else None
     if newest_time is None:
-        return current, backups.backup_name(current, stale)
+        return current, backups.backup_name(current, stale, encrypted)
     after_newest = newest_time + timedelta(seconds=1)
     wait = (after_newest - current).total_seconds()
     if 0 < wait <= 1:
         time.sleep(wait)
         current = now()
-    return current, backups.backup_name(max(current.replace(microsecond=0), after_newest), stale)
+    return current, backups.backup_name(max(current.replace(microsecond=0), after_newest), stale, encrypted)

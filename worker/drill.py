@@ -70,7 +70,7 @@ def _drill(config: Config, store: BackupStore, name: str, began: float) -> Drill
     metadata = store.read_metadata(name)
     try:
         with private_workdir(DRILL_PREFIX) as work:
-            verified = verify_stored(store, name, work, metadata)
+            verified = verify_stored(store, name, work, metadata, config.identity_file)
             reason = _restore_and_check(config, verified, work, metadata)
     except CannotVerify as exc:
         reason, passed = f"the drill could not check the backup: {exc}", False

@@ -76,7 +76,7 @@ def verify_backup(config: Config, filename: str) -> dict[str, object]:
     try:
         # A big backup takes a while to check: the heartbeat tells the API the worker is still at it.
         with job_heartbeat(job.connection, job.id), private_workdir(VERIFY_PREFIX) as work:
-            verified = verify_stored(store, filename, work, store.read_metadata(filename))
+            verified = verify_stored(store, filename, work, store.read_metadata(filename), config.identity_file)
     except (CannotVerify, StorageError) as exc:  # the store could not be read: no verdict
         job.meta[queue.UNCHECKED_META] = True
         _record_cause(job, exc)

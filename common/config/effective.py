@@ -46,6 +46,10 @@ def effective_config(config: Config) -> dict[str, Any]:
         "drill": config.drill,
         "allow-stale-member": config.allow_stale_member,
         **({} if config.s3 is None else {"s3": _s3_section(config)}),
+        **({} if config.encryption is None else {"encryption": {
+            "recipients": list(config.encryption.recipients),
+            "identity-file": None if config.encryption.identity_file is None else str(config.encryption.identity_file),
+        }}),
     }
 
 

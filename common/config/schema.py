@@ -133,6 +133,11 @@ class Config:
     same, as a stale backup (common.backups.is_stale) rather than fail."""
 
     @property
+    def identity_file(self) -> Path | None:
+        """The identity this process opens encrypted backups with (encryption.identity-file), if it has one."""
+        return self.encryption.identity_file if self.encryption is not None else None
+
+    @property
     def open_to_the_network(self) -> bool:
         """Whether the API listens beyond loopback without a token: anyone who reaches it gets every Secret."""
         host, _ = split_listen(self.listen)

@@ -27,11 +27,13 @@ from common.config.schema import (
     DEFAULT_ROTATE,
     MIN_PART_SIZE,
     Config,
+    EncryptionConfig,
     EtcdConfig,
     RetentionConfig,
     S3Config,
 )
 from common.config.section import Section
+from common.encryption import parse_identities, parse_recipient
 
 REDIS_URL_ENV = "REDIS_URL"
 API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
@@ -55,8 +57,11 @@ CRON_HORIZON = timedelta(days=366)
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
-    "allow-stale-member", "s3",
+    "allow-stale-member", "s3", "encryption",
 })
+ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
+MAX_KEY_FILE = 1 << 20
+"""A recipients or identity file is a few lines: anything bigger is not one."""
 S3_KEYS = frozenset({
     "endpoint", "region", "addressing-style", "ca-file", "insecure-skip-verify", "access-key-id",
     "secret-access-key", "session-token", "sse", "kms-key-id", "storage-class", "part-size", "concurrency",
@@ -90,6 +95,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         skip_unchanged=top.get_bool("skip-unchanged", False),
         drill=_schedule(top.get_str("drill", None), "drill"),
         allow_stale_member=top.get_bool("allow-stale-member", False),
+        encryption=_parse_encryption(top.get_section("encryption")),
     )
 
 
@@ -211,6 +217,48 @@ def _parse_s3(raw: Any, bucket: str, prefix: str) -> S3Config:
         concurrency=section.get_int("concurrency", DEFAULT_CONCURRENCY, minimum=1, maximum=64),
         presign_downloads=section.get_bool("presign-downloads", False),
     )
+
+
+def _parse_encryption(raw: Any) -> EncryptionConfig | None:
+    if raw is None:
+        return None
+    section = Section(raw, "encryption.", ENCRYPTION_KEYS)
+    listed = section.get_str_list("recipients", ()) if raw.get("recipients") is not None else []
+    recipients = [(f"encryption.recipients[{number}]", text) for number, text in enumerate(listed)]
+    recipients_file = section.get_str("recipients-file", None)
+    if recipients_file is not None:
+        lines = _read_key_file("encryption.recipients-file", recipients_file).splitlines()
+        recipients += [(f"encryption.recipients-file line {number}", line) for number, line in enumerate(lines, 1)
+                       if line.strip() and not line.lstrip().startswith("#")]
+    if not recipients:
+        raise ConfigError("encryption.recipients", "give at least one public key (recipients or recipients-file)")
+    for key, text in recipients:
+        try:
+            parse_recipient(text)
+        except ValueError as exc:  # a public key: quoting it gives nothing away
+            raise ConfigError(key, f"{text.strip()[:80]!r} is {exc}") from None
+    identity_file = section.get_str("identity-file", None)
+    if identity_file is not None:
+        try:
+            parse_identities(_read_key_file("encryption.identity-file", identity_file))
+        except ValueError as exc:  # never quoting the file: it is the private key
+            raise ConfigError("encryption.identity-file", f"{identity_file}: {exc}") from None
+    return EncryptionConfig(recipients=tuple(text.strip() for _, text in recipients),
+                            identity_file=None if identity_file is None else Path(identity_file).absolute())
+
+
+def _read_key_file(key: str, path: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(key, f"{path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise ConfigError(key, f"{path}: over {MAX_KEY_FILE} bytes, no key file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path}: not text") from None
 
 
 def _backup_dir(value: str) -> Path:

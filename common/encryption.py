@@ -1,0 +1,190 @@
+"""age encryption of backups (the `encryption` section), streamed, with pyrage (Rust's rage): the cipher is
+never ours.
+
+An encrypted backup is the same `.tar.gz`, age-encrypted, named `...tar.gz.age` (common.backups). The
+worker encrypts after gzip, on its way to the store: no plaintext touches the disk or the bucket. verify,
+restore and the drill decrypt as they read, with an identity (the private key) only they need.
+
+pyrage's stream functions pull from a reader and push to a writer; the backup pipeline pushes, and the
+verifier pulls. So each runs pyrage on a thread of its own, joined to the pipeline by an OS pipe: the
+pipe's 64 KiB buffer bounds the memory, and a side that stops closes its end, which stops the other.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Protocol
+
+import pyrage
+from pyrage import ssh, x25519
+
+Recipient = Any
+"""A pyrage x25519.Recipient or ssh.Recipient (pyrage has no type hints)."""
+Identity = Any
+"""A pyrage x25519.Identity or ssh.Identity."""
+
+PIPE_CHUNK = 1 << 16
+AGE_MAGIC = b"age-encryption.org/v1\n"
+"""How every age file begins."""
+
+
+class WrongIdentity(Exception):
+    """None of the identities opens the backup: it was encrypted to other recipients."""
+
+
+class NotIntact(Exception):
+    """The age data fails its authentication: tampered with, or cut short."""
+
+
+class Writable(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+
+def parse_recipient(text: str) -> Recipient:
+    """An age public key (`age1...`) or an ssh one (`ssh-ed25519 ...`, `ssh-rsa ...`); ValueError if neither."""
+    text = text.strip()
+    try:
+        return ssh.Recipient.from_str(text) if text.startswith("ssh-") else x25519.Recipient.from_str(text)
+    except pyrage.RecipientError as exc:
+        raise ValueError(f"not an age (age1...) or ssh public key: {exc}") from None
+
+
+def parse_identities(text: str) -> list[Identity]:
+    """The identities of an age identity file (`age-keygen`'s output: `AGE-SECRET-KEY-1...` lines, `#`
+    comments) or an unencrypted OpenSSH private key. ValueError, never quoting the file: it is a secret."""
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" in text:
+        try:
+            return [ssh.Identity.from_buffer(text.encode())]
+        except pyrage.IdentityError:
+            raise ValueError("an OpenSSH private key that cannot be read (encrypted with a passphrase?)") from None
+    identities: list[Identity] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            identities.append(x25519.Identity.from_str(line))
+        except pyrage.IdentityError:
+            raise ValueError(f"line {number} is not an age identity (AGE-SECRET-KEY-1...)") from None
+    if not identities:
+        raise ValueError("no age identity (AGE-SECRET-KEY-1...) in it")
+    return identities
+
+
+class _Recorded:
+    """A reader or writer handed to pyrage, keeping the exception it raised: pyrage reports it only as text."""
+
+    def __init__(self, inner: BinaryIO | Writable) -> None:
+        self.inner = inner
+        self.failure: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.inner.read(size)  # type: ignore[union-attr]
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def write(self, data: bytes) -> int:
+        try:
+            self.inner.write(bytes(data))
+        except BaseException as exc:
+            self.failure = exc
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextmanager
+def encrypting(out: Writable, recipients: Sequence[Recipient]) -> Iterator[BinaryIO]:
+    """A writer whose bytes reach `out` encrypted to `recipients`. Leaving the context without an exception
+    ends the age stream (its final chunk); with one, `out` holds a stream that must not be published.
+    An exception of `out`'s is raised as it is (a StorageError names the store)."""
+    read_end, write_end = os.pipe()
+    plaintext_in = open(read_end, "rb", buffering=PIPE_CHUNK)  # noqa: SIM115 - the thread closes it
+    plaintext_out = open(write_end, "wb", buffering=PIPE_CHUNK)  # noqa: SIM115 - closed below
+    sink = _Recorded(out)
+    failure: list[BaseException] = []
+
+    def encrypt() -> None:
+        try:
+            pyrage.encrypt_io(plaintext_in, sink, list(recipients))
+        except BaseException as exc:  # noqa: BLE001 - handed to the pipeline's thread
+            failure.append(sink.failure or exc)
+        finally:
+            plaintext_in.close()  # a writer still writing gets EPIPE, not a wait
+
+    thread = threading.Thread(target=encrypt, name="age-encrypt", daemon=True)
+    thread.start()
+    try:
+        yield plaintext_out
+        plaintext_out.close()  # the end of the plaintext: the encrypter writes the final chunk
+    except BaseException:
+        _close_quietly(plaintext_out)
+        thread.join()
+        if failure:  # the cause, not the broken pipe it made
+            raise failure[0] from None
+        raise
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+@contextmanager
+def decrypting(source: BinaryIO, identities: Sequence[Identity]) -> Iterator[BinaryIO]:
+    """A reader of `source` decrypted with `identities`. Each 64 KiB chunk is authenticated before it is
+    read; leaving the context raises WrongIdentity, NotIntact, or the exception reading `source` raised,
+    in that order over whatever the body raised (a cut stream is the decryption's failure, not the tar's)."""
+    read_end, write_end = os.pipe()
+    plaintext_in = open(read_end, "rb", buffering=PIPE_CHUNK)  # noqa: SIM115 - closed below
+    plaintext_out = open(write_end, "wb", buffering=PIPE_CHUNK)  # noqa: SIM115 - the thread closes it
+    recorded = _Recorded(source)
+    failure: list[BaseException] = []
+
+    def decrypt() -> None:
+        try:
+            pyrage.decrypt_io(recorded, plaintext_out, list(identities))
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader's thread
+            failure.append(exc)
+        finally:
+            _close_quietly(plaintext_out)  # the reader sees the end
+
+    thread = threading.Thread(target=decrypt, name="age-decrypt", daemon=True)
+    thread.start()
+    try:
+        yield plaintext_in
+    except BaseException:
+        _close_quietly(plaintext_in)
+        thread.join()
+        _raise_decryption_failure(failure, recorded)
+        raise
+    _close_quietly(plaintext_in)
+    thread.join()
+    _raise_decryption_failure(failure, recorded)
+
+
+def _raise_decryption_failure(failure: list[BaseException], source: _Recorded) -> None:
+    if not failure:
+        return
+    if source.failure is not None:
+        raise source.failure
+    message = str(failure[0])
+    if "No matching keys" in message:
+        # age cannot tell a header damaged in a recipient's stanza from a stanza for someone else.
+        raise WrongIdentity("none of the identities given opens it: it was encrypted to other recipients (or its "
+                            "header is damaged)") from None
+    if "Broken pipe" in message:
+        return  # the reader stopped before the end (it refused what it read): its reason is the one that counts
+    raise NotIntact(f"not an intact age file ({message}): tampered with, or cut short") from None
+
+
+def _close_quietly(stream: BinaryIO) -> None:
+    try:
+        stream.close()
+    except OSError:  # a broken pipe while flushing: the other side has stopped, which is why we close
+        pass
