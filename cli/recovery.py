@@ -79,7 +79,9 @@ def add_commands(commands: Commands) -> None:
          "etcd-backup verify http://backup-host:8080/api/v1/backup/snapshot-20261127_060000.tar.gz",
          "etcd-backup verify snapshot-20261127_060000.tar.gz.age --identity ~/etcd-backup.key"],
         config_option=False, parents=[token, identity])
-    verify.add_argument("source", metavar="FILE|URL", help="a .tar.gz (or .tar.gz.age), or its URL on the service")
+    verify.add_argument("source", metavar="FILE|URL",
+                        help="a .tar.gz (or .tar.gz.age), or its URL on the service; a FILE may also be a .db "
+                             "(etcdctl snapshot save) or a .db.gz (the original etcd-backup)")
 
     restore_parser = add_command(
         commands, "restore", run, "verify a backup and restore it into a new etcd data dir",
@@ -90,7 +92,8 @@ def add_commands(commands: Commands) -> None:
          "      --initial-advertise-peer-urls http://10.0.0.1:2380"],
         config_option=False, parents=[token, identity])
     restore_parser.add_argument("source", metavar="FILE|URL",
-                                help="a .tar.gz (or .tar.gz.age), or its URL on the service")
+                                help="a .tar.gz (or .tar.gz.age), or its URL on the service; a FILE may also be "
+                                     "a .db (etcdctl snapshot save) or a .db.gz (the original etcd-backup)")
     restore_parser.add_argument("--data-dir", required=True, type=Path, help="a new (or empty) directory")
     restore_parser.add_argument("--name", help="this member's name (etcd's --name)")
     restore_parser.add_argument("--initial-cluster", help="every member: name1=https://host1:2380,...")
@@ -228,7 +231,9 @@ def _verify(args: argparse.Namespace, work: Path) -> Verified:
             body = Client(base, args.token, deadline=args.deadline).open(path)
             archive = stack.enter_context(io.BufferedReader(body, CHUNK))
         else:
-            return verify_file(Path(source), work, follow_symlinks=True, identity_file=args.identity)
+            # An operator's own file: the formats they may bring from elsewhere are taken too.
+            return verify_file(Path(source), work, follow_symlinks=True, identity_file=args.identity,
+                               older_formats=True)
         return verify_archive(archive, work, identity_file=args.identity)
 
 

@@ -17,6 +17,7 @@ not be read to its end: a transfer cut short; try again).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from isal import isal_zlib
 
@@ -54,6 +55,8 @@ characters a file system would refuse), as etcd-backup and the original service 
 BBOLT_MAGIC = 0xED0CDAED
 """bbolt's magic number, in the meta page that opens every etcd database."""
 BBOLT_META_PAGE = 0x04
+BBOLT_PAGE_MULTIPLE = 512
+"""A bbolt database is whole pages (4 KiB and up): its size a multiple of this, as etcd's tool checks."""
 GZIP_WBITS = 31
 """zlib's window bits for the gzip format: header, deflate data, CRC-32 and length checked."""
 CORRUPT_DEFLATE: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # the stub says instance
@@ -126,20 +129,24 @@ def load_identities(identity_file: Path | None) -> list[Identity]:
 
 
 def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,
-                   identity_file: Path | None = None) -> Verified:
+                   identity_file: Path | None = None, older_formats: bool = False) -> Verified:
     """Check the archive read from `archive` and extract its snapshot into `workdir`. An age-encrypted one
     (common.encryption) is decrypted with the identities of `identity_file` as it is read; its age
-    authentication is checked to the last byte."""
+    authentication is checked to the last byte. With `older_formats` (an operator's own file), a snapshot
+    as `etcdctl snapshot save` writes it (`.db`) or gzip'd (`.db.gz`, what the original etcd-backup wrote)
+    is taken too."""
     head = b""  # read whole: a network source may give a few bytes at a time
     while len(head) < len(AGE_MAGIC) and (more := _read_source(archive.read, len(AGE_MAGIC) - len(head))):
         head += more
     source = io.BufferedReader(_Unreliable(archive, head), CHUNK)
     if not head.startswith(AGE_MAGIC):
-        return _verify_tar_gz(source, workdir, expected)
+        if older_formats and _opens_like_bbolt(source.peek(BLOCK)):
+            return _verified(*_extract_raw_db(source, workdir))
+        return _verify_gzip(source, workdir, expected, older_formats)
     identities = load_identities(identity_file)
     try:
         with decrypting(source, identities) as plaintext:
-            return _verify_tar_gz(plaintext, workdir, expected)
+            return _verify_gzip(plaintext, workdir, expected, older_formats=False)
     except WrongIdentity as exc:
         raise CannotDecrypt(f"cannot decrypt it: {exc}") from None
     except NotIntact as exc:
@@ -165,10 +172,19 @@ class _Unreliable(io.RawIOBase):
         return len(data)
 
 
-def _verify_tar_gz(archive: BinaryIO, workdir: Path, expected: Expected | None) -> Verified:
+def _verify_gzip(archive: BinaryIO, workdir: Path, expected: Expected | None, older_formats: bool) -> Verified:
+    """A .tar.gz holding one snapshot; with `older_formats`, also a gzip'd snapshot (.db.gz)."""
     stream = _OneGzipMember(archive)
-    db_path, db_size, digest = _extract_single_db(stream, workdir, expected)
+    if older_formats and _opens_like_bbolt(stream.peek(BLOCK)):
+        extracted = _extract_raw_db(stream, workdir)
+    else:
+        extracted = _extract_single_db(stream, workdir, expected)
     stream.check_ended()
+    return _verified(*extracted)
+
+
+def _verified(db_path: Path, db_size: int, digest: str) -> Verified:
+    """The extracted snapshot at `db_path`, as etcd's own tool reads it."""
     status = snapshot_status(db_path)
     return Verified(db_path=db_path, db_size=db_size, db_sha256=digest, revision=int(status["revision"]),
                     total_keys=int(status["totalKey"]), total_size=int(status["totalSize"]),
@@ -186,7 +202,7 @@ def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: Backup
 
 
 def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False,
-                identity_file: Path | None = None) -> Verified:
+                identity_file: Path | None = None, older_formats: bool = False) -> Verified:
     """Check the backup file at `path`. In backup-dir a symlink is refused (someone put it there);
     an operator's own path (`follow_symlinks`) may be one."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
@@ -198,7 +214,7 @@ def verify_file(path: Path, workdir: Path, expected: Expected | None = None, fol
     with open(fd, "rb") as archive:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise VerifyError("it is not a regular file")
-        return verify_archive(archive, workdir, expected, identity_file)
+        return verify_archive(archive, workdir, expected, identity_file, older_formats)
 
 
 class _OneGzipMember:
@@ -208,6 +224,12 @@ class _OneGzipMember:
         self.raw = raw
         self.inflater = isal_zlib.decompressobj(GZIP_WBITS)
         self.buffer = bytearray()
+
+    def peek(self, size: int) -> bytes:
+        """The next `size` bytes (fewer only where the member ends), left to read."""
+        data = self.read(size)
+        self.buffer[:0] = data
+        return data
 
     def read(self, size: int) -> bytes:
         """Return `size` bytes, fewer only where the member ends."""
@@ -259,12 +281,7 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
                           f"{expected.db_size}: this is not the snapshot that was taken")
     db_path = workdir / name
     check = TrailerCheck(size - TRAILER_SIZE)
-    # 0600 whatever the umask: the snapshot holds every Secret. O_EXCL|O_NOFOLLOW: never written through
-    # a file or symlink already at the name.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with _writing(workdir):
-        out = os.fdopen(os.open(db_path, flags, 0o600), "wb")
-    with out:
+    with _new_db_file(db_path, workdir) as out:
         left = size
         while left:
             chunk = stream.read(min(CHUNK, left))
@@ -286,6 +303,50 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
     if extra is not None:
         raise VerifyError(f"expected one snapshot file, found another member {extra[0][:100]!r}")
     return db_path, check.data_size, check.sha256_hex()
+
+
+RAW_SNAPSHOT_NAME = "snapshot.db"
+"""What a .db or .db.gz is extracted as: it names no member."""
+
+
+class _Readable(Protocol):
+    def read(self, size: int) -> bytes: ...
+
+
+def _extract_raw_db(stream: _Readable, workdir: Path) -> tuple[Path, int, str]:
+    """A snapshot file as `etcdctl snapshot save` writes it (database, then its SHA-256): whatever the stream
+    holds up to its end, the last 32 bytes taken for the trailer."""
+    db_path = workdir / RAW_SNAPSHOT_NAME
+    digest, data_size, held = hashlib.sha256(), 0, b""
+    with _new_db_file(db_path, workdir) as out:
+        while chunk := stream.read(CHUNK):
+            data_size += len(chunk)
+            if data_size > MAX_DB_BYTES + TRAILER_SIZE:
+                raise VerifyError(f"over {MAX_DB_BYTES + TRAILER_SIZE} bytes: no etcd snapshot is that big")
+            with _writing(workdir):
+                out.write(chunk)
+            held += chunk  # the trailer is the last 32 bytes: hash all but those
+            digest.update(held[:-TRAILER_SIZE])
+            held = held[-TRAILER_SIZE:]
+    data_size -= TRAILER_SIZE
+    if data_size % BBOLT_PAGE_MULTIPLE:
+        raise VerifyError(f"{data_size + TRAILER_SIZE} bytes is no snapshot with a SHA-256 trailer (etcdctl "
+                          "snapshot save writes one): a database copied from a data dir? etcd's tool restores "
+                          "that only with --skip-hash-check")
+    if held != digest.digest():
+        raise VerifyError("the SHA-256 trailer does not match the data: the snapshot is corrupt")
+    return db_path, data_size, digest.hexdigest()
+
+
+@contextmanager
+def _new_db_file(db_path: Path, workdir: Path) -> Iterator[BinaryIO]:
+    """The extracted database: 0600 whatever the umask (it holds every Secret); O_EXCL|O_NOFOLLOW, never
+    written through a file or symlink already at the name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with _writing(workdir):
+        out = os.fdopen(os.open(db_path, flags, 0o600), "wb")
+    with out:
+        yield out
 
 
 def _opens_like_bbolt(data: bytes) -> bool:
