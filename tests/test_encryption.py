@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ import pyrage
 import pytest
 import redis
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from pyrage import x25519
 
 from common import backups
@@ -151,6 +154,41 @@ def test_verify_without_the_identity_or_with_another_or_of_a_tampered_file(
            f"exit 0 'good' twice; without: exit 1 {without.stderr.strip()[-80:]!r}; another: exit 1 "
            f"{other.stderr.strip()[-70:]!r}; flipped in the header: exit 1 '... or its header is damaged'; flipped "
            "in the middle or the end, and cut: exit 1 'not an intact age file'; the identity never printed")
+
+
+def test_age_s_own_tool_opens_it_and_ssh_keys_work_too(make_service: Callable[..., Service], etcd: EtcdServer,
+                                                         identity_file: Path, identity: x25519.Identity,
+                                                         tmp_path: Path, report: Report) -> None:
+    """What README promises: `age -d -i KEY FILE | tar xz` opens a backup; ssh keys are recipients and
+    identities too (an ed25519 key pair in OpenSSH's format, as ssh-keygen writes it)."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    ssh_key = tmp_path / "id_ed25519"
+    ssh_key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+    ssh_public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                   serialization.PublicFormat.OpenSSH).decode()
+    written = put_keys(etcd, "/age-tool")
+    service = make_service(encryption={"recipients": [str(identity.to_public()), ssh_public]})
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    path = tmp_path / name
+    path.write_bytes(service.read_backup(name))
+    for key in (identity_file, ssh_key):
+        unpacked = tmp_path / f"unpacked-{key.name}"
+        unpacked.mkdir()
+        opened = subprocess.run(f"age -d -i {key} {path} | tar xz -C {unpacked}", shell=True, capture_output=True,
+                                text=True, check=False)
+        assert opened.returncode == 0, opened.stderr
+        assert [item.name for item in unpacked.iterdir()] == [backups.member_name(name)]
+        done = etcd_backup("verify", str(path), "--identity", str(key))
+        assert done.returncode == 0, done.stderr
+    other = tmp_path / "other.key"
+    subprocess.run(["age-keygen", "-o", str(other)], capture_output=True, check=True)
+    refused = subprocess.run(["age", "-d", "-i", str(other), str(path)], capture_output=True, check=False)
+    assert refused.returncode != 0 and b"no identity matched" in refused.stderr
+    assert not any(value in path.read_bytes() for value in written.values())
+    report("an encrypted backup (to an age key and an ssh-ed25519 key) opened with age's own tool",
+           "`age -d -i KEY | tar xz` gives the one .db with either key, `etcd-backup verify --identity` takes "
+           f"either; age with another key: {refused.stderr.decode().strip().splitlines()[-1][:60]!r}")
 
 
 def test_turning_encryption_on_keeps_the_older_backups_listed_rotated_and_restorable(
