@@ -27,6 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pyrage import x25519
+
 from bench.measure import MB, curl_download, summary, timed
 from bench.s3 import S3Bench
 from common.backups import backup_name
@@ -46,6 +48,8 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "redis_vs_etcdctl_tar": ("<= 0.5", lambda value: value <= 0.5),
     "worker_peak_rss_mb_at_size": ("< 150", lambda value: value < 150),
     "worker_rss_growth_mb": ("< 20", lambda value: value < 20),
+    "encrypted_vs_etcdctl": ("<= 1.15", lambda value: value <= 1.15),
+    "encrypted_worker_rss_over_plain_mb": ("< 10", lambda value: value < 10),
     "post_round_trip_ms_embedded": ("< 100", lambda value: value < 100),
     "post_round_trip_ms_redis": ("< 100", lambda value: value < 100),
     "download_vs_nginx": (">= 0.8", lambda value: value >= 0.8),
@@ -90,6 +94,7 @@ class Benchmark:
         self.options = options
         self.etcd = EtcdServer(work / "etcd", extra_args=ETCD_FLAGS)
         self.redis = RedisServer(work / "redis")
+        self.encrypted_redis = RedisServer(work / "redis-encrypted")
         self.measured: dict[str, float] = {}
         self.details: dict[str, Any] = {}
 
@@ -99,11 +104,16 @@ class Benchmark:
         client = self.etcd.client()
         embedded = Deployment(self.work / "embedded", [self.etcd.url], rotate=2)
         on_redis = Deployment(self.work / "redis-deployment", [self.etcd.url], self.redis, rotate=2)
+        # The same as on_redis with encryption on; a Redis of its own, so that neither takes the other's jobs.
+        encrypted = Deployment(self.work / "encrypted-deployment", [self.etcd.url], self.encrypted_redis, rotate=2,
+                               encryption={"recipients": [str(x25519.Identity.generate().to_public())]})
         # The S3 contenders (bench.s3) on SeaweedFS, with a deployment of their own.
         s3 = S3Bench(self.work / "s3", self.etcd, self.options.rounds, self.log)
         try:
+            self.encrypted_redis.start()
             embedded.start()
             on_redis.start()
+            encrypted.start()
             s3.start()
             self.round_trips(embedded, on_redis)
             self.listing()
@@ -113,7 +123,9 @@ class Benchmark:
                 db_size = fill(client, size * MB)
                 worker = on_redis.replace_workers()  # a fresh process: its peak RSS is this size's
                 if size == self.options.size:
-                    self.contenders(embedded, on_redis, db_size)
+                    encrypted_worker = encrypted.replace_workers()
+                    self.contenders(embedded, on_redis, encrypted, db_size)
+                    self.details["encrypted_worker_peak_rss_mb"] = peak_rss(encrypted_worker.pid) / MB
                     self.downloads(on_redis)
                     # etcdctl's times from this same run
                     s3.worker_peak_rss(size, lambda: s3.contenders(self.details["backup"]["seconds"]["etcdctl"]["all"]))
@@ -124,6 +136,8 @@ class Benchmark:
             peaks = self.details["worker_peak_rss_mb"]
             self.measured["worker_peak_rss_mb_at_size"] = peaks[str(self.options.size)]
             self.measured["worker_rss_growth_mb"] = peaks[str(large)] - peaks[str(small)]
+            self.measured["encrypted_worker_rss_over_plain_mb"] = (self.details["encrypted_worker_peak_rss_mb"]
+                                                                   - peaks[str(self.options.size)])
             s3.rss_measured(self.options.size, small, large)
             s3.listing(self.options.list_backups)
             self.measured.update(s3.measured)
@@ -131,6 +145,8 @@ class Benchmark:
         finally:
             embedded.stop()
             on_redis.stop()
+            encrypted.stop()
+            self.encrypted_redis.stop()
             s3.stop()
             client.close()
             self.redis.stop()
@@ -190,7 +206,7 @@ class Benchmark:
         finally:
             lister.stop()
 
-    def contenders(self, embedded: Deployment, on_redis: Deployment, db_size: int) -> None:
+    def contenders(self, embedded: Deployment, on_redis: Deployment, encrypted: Deployment, db_size: int) -> None:
         scratch = self.work / "scratch"
         scratch.mkdir(exist_ok=True)
         snapshot, archive = scratch / "snapshot.db", scratch / "snapshot.tar.gz"
@@ -208,6 +224,7 @@ class Benchmark:
             "etcdctl_tar": etcdctl_save_and_tar,
             "embedded": embedded.post_backup,
             "redis": on_redis.post_backup,
+            "encrypted": encrypted.post_backup,
         }
         rounds = self.options.rounds
         self.log(f"contenders on a {db_size / MB:.0f} MB database: 1 warm-up round, {rounds} measured")
@@ -216,7 +233,7 @@ class Benchmark:
             keys = list(contenders)
             keys = keys[number % len(keys):] + keys[: number % len(keys)]  # alternate who goes first
             for key in keys:
-                if key in ("embedded", "redis"):
+                if key in ("embedded", "redis", "encrypted"):
                     # Backup names have one-second resolution: a POST within the second of the previous
                     # backup waits for the next second, which is not the time of a backup.
                     time.sleep(1)
@@ -226,6 +243,7 @@ class Benchmark:
                 if number >= 0:
                     times[key].append(seconds)
         medians = {key: statistics.median(values) for key, values in times.items()}
+        self.measured["encrypted_vs_etcdctl"] = medians["encrypted"] / medians["etcdctl"]
         for key in ("embedded", "redis"):
             self.measured[f"{key}_vs_etcdctl"] = medians[key] / medians["etcdctl"]
             self.measured[f"{key}_vs_etcdctl_tar"] = medians[key] / medians["etcdctl_tar"]
@@ -285,6 +303,8 @@ ROWS = [
     ("redis_vs_etcdctl_tar", "POST (gunicorn + Redis + worker) / `etcdctl snapshot save` + `tar czf`"),
     ("worker_peak_rss_mb_at_size", "worker peak RSS at the contenders' size, MB"),
     ("worker_rss_growth_mb", "worker peak RSS growth, small to large database, MB"),
+    ("encrypted_vs_etcdctl", "POST, encrypted (age; gunicorn + Redis + worker) / `etcdctl snapshot save`"),
+    ("encrypted_worker_rss_over_plain_mb", "encrypting worker's peak RSS over the plain one's, at the same size, MB"),
     ("post_round_trip_ms_embedded", "POST round trip, tiny etcd, all-in-one, median ms"),
     ("post_round_trip_ms_redis", "POST round trip, tiny etcd, gunicorn + Redis + worker, median ms"),
     ("download_vs_nginx", "download throughput, API (gunicorn) / nginx sendfile"),
@@ -313,7 +333,8 @@ def table(result: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     names = {"etcdctl": "1. `etcdctl snapshot save`", "etcdctl_tar": "2. `etcdctl snapshot save` + `tar czf`",
-             "embedded": "3. POST, all-in-one (embedded queue)", "redis": "4. POST, gunicorn + Redis + worker"}
+             "embedded": "3. POST, all-in-one (embedded queue)", "redis": "4. POST, gunicorn + Redis + worker",
+             "encrypted": "4b. POST, gunicorn + Redis + worker, encrypted (age)"}
     lines += [f"| {names[key]} | {value['median']:.2f} | {value['min']:.2f} | {value['max']:.2f} |"
               for key, value in seconds.items()]
     speeds = details["download_mb_per_s"]
