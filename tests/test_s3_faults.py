@@ -122,7 +122,8 @@ def test_every_part_refused_is_a_500_after_bounded_attempts_that_leaves_nothing(
     assert answer.status_code == 500, answer.get_json()
     bucket, prefix = place
     assert f"s3://{bucket}/{prefix} at {proxy.endpoint}" in message and "UploadPart" in message, message
-    assert SECRET_KEY not in json.dumps(answer.get_json()) and SECRET_KEY not in caplog.text
+    assert SECRET_KEY not in json.dumps(answer.get_json())
+    assert SECRET_KEY not in caplog.text
     assert len({upload for upload, _ in proxy.attempts}) == 1
     tried = sorted(number for _, number in proxy.attempts)
     # Parts go out while etcd streams: a failed part stops the next ones, those in flight run their course.
@@ -142,3 +143,20 @@ def test_every_part_refused_is_a_500_after_bounded_attempts_that_leaves_nothing(
            f"parts sent (of {parts}), {proxy.refused} in all; no object and no upload left on SeaweedFS; the "
            "earlier backup still listed, its download's SHA-256 as recorded, verify 200; no secret key in the "
            "answer or the logs")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "botocore's standard retry mode keeps a retry quota per client (500 tokens, 14 per retry of a 5xx, 1 back "
+    "per call that succeeds at once) and the store has one client per process: two backups failed in an "
+    "outage spend it, and until successes pay it back no call is retried (measured: a single refused part "
+    "fails the first POST after the outage, 1 attempt)"))
+def test_a_part_refused_once_after_an_outage_is_still_retried(
+        proxied_service: Callable[..., Service], proxy: PartRefusingProxy) -> None:
+    service = proxied_service()
+    for _ in range(2):  # the store refuses everything for a while
+        proxy.refuse_parts(None, status=500)
+        assert service.client.post("/api/v1/backup").status_code == 500
+    proxy.refuse_parts(1, status=500)  # back, but for one part refused once
+    answer = service.client.post("/api/v1/backup")
+    assert proxy.refused == 1
+    assert answer.status_code == 200, (answer.get_json(), dict(proxy.attempts))
