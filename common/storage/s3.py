@@ -294,10 +294,13 @@ class S3PendingBackup:
                 logger.warning("cannot abort the upload of %s: %s", self.name, _describe(exc))
 
     def _send(self, body: bytes) -> None:
+        self.slots.acquire()  # at most `concurrency` parts in flight: memory stays bounded
+        # Checked after the wait for a slot: a part that failed (retries spent) during it fails the upload,
+        # and no further part goes to a store that refuses them.
         for done in self.parts:
             if done.done() and done.exception() is not None:
+                self.slots.release()
                 raise done.exception()  # type: ignore[misc]
-        self.slots.acquire()  # at most `concurrency` parts in flight: memory stays bounded
         number = len(self.parts) + 1
         future = self.pool.submit(self._upload, number, body)
         future.add_done_callback(lambda _: self.slots.release())
