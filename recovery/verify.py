@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 from isal import isal_zlib
 
+from common.backups import is_backup_name, is_encrypted
 from common.encryption import AGE_MAGIC, Identity, NotIntact, WrongIdentity, decrypting, parse_identities
 from common.metadata import BackupMetadata
 from common.snapshot_format import TRAILER_SIZE, TrailerCheck
@@ -126,15 +127,22 @@ def load_identities(identity_file: Path | None) -> list[Identity]:
 
 
 def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,
-                   identity_file: Path | None = None) -> Verified:
+                   identity_file: Path | None = None, encrypted: bool | None = None) -> Verified:
     """Check the archive read from `archive` and extract its snapshot into `workdir`. An age-encrypted one
     (common.encryption) is decrypted with the identities of `identity_file` as it is read; its age
-    authentication is checked to the last byte."""
+    authentication is checked to the last byte. `encrypted`: what the backup's name says it is (a
+    `.tar.gz.age` must be age, a `.tar.gz` must not); None for a file whose name says nothing."""
     head = b""  # read whole: a network source may give a few bytes at a time
     while len(head) < len(AGE_MAGIC) and (more := _read_source(archive.read, len(AGE_MAGIC) - len(head))):
         head += more
     source = io.BufferedReader(_Unreliable(archive, head), CHUNK)
-    if not head.startswith(AGE_MAGIC):
+    is_age = head.startswith(AGE_MAGIC)
+    if encrypted is not None and encrypted != is_age:
+        # Whoever can write to the store put it there: a plaintext backup where an encrypted one belongs
+        # is no backup of this service's, however good its snapshot.
+        raise VerifyError("its name says it is encrypted (.tar.gz.age), but it is not age-encrypted" if encrypted
+                          else "it is age-encrypted, but its name (.tar.gz) says it is not: it was not written so")
+    if not is_age:
         return _verify_tar_gz(source, workdir, expected)
     identities = load_identities(identity_file)
     try:
@@ -182,7 +190,7 @@ def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: Backup
     if opened is None:  # rotated away since it was picked, or never there
         raise VerifyError(f"{name} is not a backup in {store.where}")
     with opened.file as archive:
-        return verify_archive(archive, workdir, expected_of(metadata), identity_file)
+        return verify_archive(archive, workdir, expected_of(metadata), identity_file, is_encrypted(name))
 
 
 def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False,
@@ -198,7 +206,9 @@ def verify_file(path: Path, workdir: Path, expected: Expected | None = None, fol
     with open(fd, "rb") as archive:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise VerifyError("it is not a regular file")
-        return verify_archive(archive, workdir, expected, identity_file)
+        # A backup's name is a promise of what it is; an operator's other name for a file is not.
+        encrypted = is_encrypted(path.name) if is_backup_name(path.name) else None
+        return verify_archive(archive, workdir, expected, identity_file, encrypted)
 
 
 class _OneGzipMember:
