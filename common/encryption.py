@@ -63,6 +63,16 @@ def parse_recipient(text: str) -> Recipient:
         raise ValueError(f"not an age (age1...) or ssh public key: {exc}") from None
 
 
+def shown_key_path(path: str | os.PathLike[str]) -> str:
+    """How to name a key file's path in a message: the path, unless what was given where a path belongs is a
+    secret key itself (an age identity, a private key pasted into --identity, $ETCD_BACKUP_IDENTITY or
+    identity-file, as other age tools take keys in variables): that is never quoted."""
+    text = os.fspath(path)
+    if "AGE-SECRET-KEY-" in text.upper() or "PRIVATE KEY" in text.upper() or "\n" in text:
+        return "(not a file's path: a secret key itself, never shown; give the path of the file that holds it)"
+    return text
+
+
 def parse_identities(text: str) -> list[Identity]:
     """The identities of an age identity file (`age-keygen`'s output: `AGE-SECRET-KEY-1...` lines, `#`
     comments) or an unencrypted OpenSSH private key. ValueError, never quoting the file: it is a secret."""

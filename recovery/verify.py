@@ -33,7 +33,15 @@ from typing import Any, BinaryIO
 from isal import isal_zlib
 
 from common.backups import is_backup_name, is_encrypted
-from common.encryption import AGE_MAGIC, Identity, NotIntact, WrongIdentity, decrypting, parse_identities
+from common.encryption import (
+    AGE_MAGIC,
+    Identity,
+    NotIntact,
+    WrongIdentity,
+    decrypting,
+    parse_identities,
+    shown_key_path,
+)
 from common.metadata import BackupMetadata
 from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 from common.storage import BackupStore
@@ -120,10 +128,10 @@ def load_identities(identity_file: Path | None) -> list[Identity]:
             raise ValueError("too big for an identity file")
         return parse_identities(text)
     except OSError as exc:
-        raise CannotDecrypt(f"cannot read the identity file {identity_file}: {exc.strerror}") from None
+        raise CannotDecrypt(f"cannot read the identity file {shown_key_path(identity_file)}: {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         reason = "not text" if isinstance(exc, UnicodeDecodeError) else exc
-        raise CannotDecrypt(f"the identity file {identity_file}: {reason}") from None
+        raise CannotDecrypt(f"the identity file {shown_key_path(identity_file)}: {reason}") from None
 
 
 def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,

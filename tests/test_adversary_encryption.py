@@ -24,6 +24,7 @@ from typing import Any
 import pyrage
 import pytest
 import redis
+import yaml
 from pyrage import x25519
 
 from common import backups
@@ -430,3 +431,46 @@ def test_part_buffers_are_never_refilled_while_a_part_is_still_being_sent(moto: 
            "(a retry) with random delays; then a store that refuses every part",
            "no part's buffer changed while it was being sent, each backup reads back with the SHA-256 written, "
            "no upload thread left; the refused upload failed within seconds, not listed")
+
+
+# ---------------------------------------------------------------- the identity, never printed
+
+
+def test_an_identity_given_where_its_file_belongs_is_never_printed(
+        make_service: Callable[..., Service], identity: x25519.Identity, identity_file: Path, tmp_path: Path,
+        report: Report) -> None:
+    secret = str(identity)
+    pasted_ssh = ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\n"
+                  "-----END OPENSSH PRIVATE KEY-----\n")
+    config = tmp_path / "config.yml"
+    seen: list[str] = []
+    for given in (secret, secret.lower(), pasted_ssh):
+        config.write_text(yaml.safe_dump({"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                                          "backup-dir": str(tmp_path / "b"),
+                                          "encryption": {"recipients": [str(identity.to_public())],
+                                                         "identity-file": given}}))
+        checked = etcd_backup("--config", str(config), "config", "check")
+        assert checked.returncode == 2 and "encryption.identity-file" in checked.stderr, checked.stderr
+        seen.append(checked.stdout + checked.stderr)
+    service = make_service(encryption=encryption(identity, identity_file))
+    name = post_backup(service)["filename"]
+    path = tmp_path / name
+    path.write_bytes(service.read_backup(name))
+    flag = etcd_backup("verify", str(path), "--identity", secret)
+    from_env = etcd_backup("verify", str(path), env={"ETCD_BACKUP_IDENTITY": secret})
+    for done in (flag, from_env):
+        assert done.returncode == 1 and "cannot read the identity file" in done.stderr, done.stderr
+        seen.append(done.stdout + done.stderr)
+    for url in ("/metrics", "/api/v1/backup?detail=true", f"/api/v1/backup/{name}", "/"):
+        answer = service.client.get(url)
+        seen.append(answer.get_data().decode("utf-8", "replace"))
+        answer.close()
+    seen.append(service.client.post(f"/api/v1/backup/{name}/verify").get_data(as_text=True))
+    for text in seen:
+        assert secret not in text and secret.lower() not in text and "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU" not in text
+    report("an age identity (and an OpenSSH private key) pasted where its file's path belongs: the config's "
+           "identity-file (config check), `verify --identity`, $ETCD_BACKUP_IDENTITY; then /metrics, the detail "
+           "list, a download, the status page, a verify job",
+           "before the fix each of the three echoed the key in its error ('encryption.identity-file: "
+           "AGE-SECRET-KEY-1...: No such file or directory'); now exit 2 / exit 1 naming the setting and saying a "
+           f"secret key was given ({flag.stderr.strip()[-80:]!r}); no answer holds the identity")
