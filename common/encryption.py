@@ -29,6 +29,13 @@ Identity = Any
 PIPE_CHUNK = 1 << 16
 AGE_MAGIC = b"age-encryption.org/v1\n"
 """How every age file begins."""
+MAX_HEADER = 64 << 10
+"""The most bytes an age header (the recipients' stanzas, then its MAC line) may take here. One stanza is
+about 100 bytes (x25519) to 700 (ssh-rsa 4096). rage parses the header again from its start each time it
+reads more of it: its time grows with the square of the header's size (a 1.6 MB header took 36 s, a planted
+16 MB one an hour of a core), so a longer one is refused before rage sees it."""
+HEADER_END = b"\n--- "
+"""Where the header's MAC line begins; the line that ends after it ends the header."""
 
 
 class WrongIdentity(Exception):
@@ -43,6 +50,10 @@ class Writable(Protocol):
     def write(self, data: bytes) -> int: ...
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1) -> bytes: ...
+
+
 def parse_recipient(text: str) -> Recipient:
     """An age public key (`age1...`) or an ssh one (`ssh-ed25519 ...`, `ssh-rsa ...`); ValueError if neither."""
     text = text.strip()
@@ -50,6 +61,16 @@ def parse_recipient(text: str) -> Recipient:
         return ssh.Recipient.from_str(text) if text.startswith("ssh-") else x25519.Recipient.from_str(text)
     except pyrage.RecipientError as exc:
         raise ValueError(f"not an age (age1...) or ssh public key: {exc}") from None
+
+
+def shown_key_path(path: str | os.PathLike[str]) -> str:
+    """How to name a key file's path in a message: the path, unless what was given where a path belongs is a
+    secret key itself (an age identity, a private key pasted into --identity, $ETCD_BACKUP_IDENTITY or
+    identity-file, as other age tools take keys in variables): that is never quoted."""
+    text = os.fspath(path)
+    if "AGE-SECRET-KEY-" in text.upper() or "PRIVATE KEY" in text.upper() or "\n" in text:
+        return "(not a file's path: a secret key itself, never shown; give the path of the file that holds it)"
+    return text
 
 
 def parse_identities(text: str) -> list[Identity]:
@@ -77,7 +98,7 @@ def parse_identities(text: str) -> list[Identity]:
 class _Recorded:
     """A reader or writer handed to pyrage, keeping the exception it raised: pyrage reports it only as text."""
 
-    def __init__(self, inner: BinaryIO | Writable) -> None:
+    def __init__(self, inner: Readable | Writable) -> None:
         self.inner = inner
         self.failure: BaseException | None = None
 
@@ -90,7 +111,7 @@ class _Recorded:
 
     def write(self, data: bytes) -> int:
         try:
-            self.inner.write(bytes(data))
+            self.inner.write(bytes(data))  # type: ignore[union-attr]
         except BaseException as exc:
             self.failure = exc
             raise
@@ -140,10 +161,10 @@ def decrypting(source: BinaryIO, identities: Sequence[Identity]) -> Iterator[Bin
     """A reader of `source` decrypted with `identities`. Each 64 KiB chunk is authenticated before it is
     read; leaving the context raises WrongIdentity, NotIntact, or the exception reading `source` raised,
     in that order over whatever the body raised (a cut stream is the decryption's failure, not the tar's)."""
+    recorded = _Recorded(_Prefixed(_bounded_header(source), source))
     read_end, write_end = os.pipe()
     plaintext_in = open(read_end, "rb", buffering=PIPE_CHUNK)  # noqa: SIM115 - closed below
     plaintext_out = open(write_end, "wb", buffering=PIPE_CHUNK)  # noqa: SIM115 - the thread closes it
-    recorded = _Recorded(source)
     failure: list[BaseException] = []
 
     def decrypt() -> None:
@@ -166,6 +187,40 @@ def decrypting(source: BinaryIO, identities: Sequence[Identity]) -> Iterator[Bin
     _close_quietly(plaintext_in)
     thread.join()
     _raise_decryption_failure(failure, recorded)
+
+
+def _bounded_header(source: BinaryIO) -> bytes:
+    """The first bytes of `source`, through the end of its age header: NotIntact if the header does not end
+    within MAX_HEADER bytes. A source that ends first is left to rage to call cut short."""
+    head = b""
+    while True:
+        mac_line = head.find(HEADER_END)
+        end = head.find(b"\n", mac_line + 1) if mac_line >= 0 else -1
+        if end >= 0 and end < MAX_HEADER:
+            return head
+        if end >= 0 or len(head) >= MAX_HEADER:
+            raise NotIntact(f"not an intact age file: its header is longer than {MAX_HEADER >> 10} KiB (no "
+                            "etcd-backup archive has one; it was tampered with)")
+        more = source.read(PIPE_CHUNK)
+        if not more:
+            return head
+        head += more
+
+
+class _Prefixed:
+    """`head`, then the rest of `source`."""
+
+    def __init__(self, head: bytes, source: BinaryIO) -> None:
+        self.head, self.source = head, source
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.source.read(size)
+        if size < 0:
+            data, self.head = self.head + self.source.read(), b""
+        else:
+            data, self.head = self.head[:size], self.head[size:]
+        return data
 
 
 def _raise_decryption_failure(failure: list[BaseException], source: _Recorded) -> None:

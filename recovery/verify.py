@@ -33,7 +33,16 @@ from typing import Any, BinaryIO, Protocol
 
 from isal import isal_zlib
 
-from common.encryption import AGE_MAGIC, Identity, NotIntact, WrongIdentity, decrypting, parse_identities
+from common.backups import is_backup_name, is_encrypted
+from common.encryption import (
+    AGE_MAGIC,
+    Identity,
+    NotIntact,
+    WrongIdentity,
+    decrypting,
+    parse_identities,
+    shown_key_path,
+)
 from common.metadata import BackupMetadata
 from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 from common.storage import BackupStore
@@ -122,24 +131,32 @@ def load_identities(identity_file: Path | None) -> list[Identity]:
             raise ValueError("too big for an identity file")
         return parse_identities(text)
     except OSError as exc:
-        raise CannotDecrypt(f"cannot read the identity file {identity_file}: {exc.strerror}") from None
+        raise CannotDecrypt(f"cannot read the identity file {shown_key_path(identity_file)}: {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         reason = "not text" if isinstance(exc, UnicodeDecodeError) else exc
-        raise CannotDecrypt(f"the identity file {identity_file}: {reason}") from None
+        raise CannotDecrypt(f"the identity file {shown_key_path(identity_file)}: {reason}") from None
 
 
 def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,
-                   identity_file: Path | None = None, older_formats: bool = False) -> Verified:
+                   identity_file: Path | None = None, encrypted: bool | None = None,
+                   older_formats: bool = False) -> Verified:
     """Check the archive read from `archive` and extract its snapshot into `workdir`. An age-encrypted one
     (common.encryption) is decrypted with the identities of `identity_file` as it is read; its age
-    authentication is checked to the last byte. With `older_formats` (an operator's own file), a snapshot
-    as `etcdctl snapshot save` writes it (`.db`) or gzip'd (`.db.gz`, what the original etcd-backup wrote)
-    is taken too."""
+    authentication is checked to the last byte. `encrypted`: what the backup's name says it is (a
+    `.tar.gz.age` must be age, a `.tar.gz` must not); None for a file whose name says nothing. With
+    `older_formats` (an operator's own file), a snapshot as `etcdctl snapshot save` writes it (`.db`) or
+    gzip'd (`.db.gz`, what the original etcd-backup wrote) is taken too."""
     head = b""  # read whole: a network source may give a few bytes at a time
     while len(head) < len(AGE_MAGIC) and (more := _read_source(archive.read, len(AGE_MAGIC) - len(head))):
         head += more
     source = io.BufferedReader(_Unreliable(archive, head), CHUNK)
-    if not head.startswith(AGE_MAGIC):
+    is_age = head.startswith(AGE_MAGIC)
+    if encrypted is not None and encrypted != is_age:
+        # Whoever can write to the store put it there: a plaintext backup where an encrypted one belongs
+        # is no backup of this service's, however good its snapshot.
+        raise VerifyError("its name says it is encrypted (.tar.gz.age), but it is not age-encrypted" if encrypted
+                          else "it is age-encrypted, but its name (.tar.gz) says it is not: it was not written so")
+    if not is_age:
         if older_formats and _opens_like_bbolt(source.peek(BLOCK)):
             return _verified(*_extract_raw_db(source, workdir))
         return _verify_gzip(source, workdir, expected, older_formats)
@@ -198,7 +215,7 @@ def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: Backup
     if opened is None:  # rotated away since it was picked, or never there
         raise VerifyError(f"{name} is not a backup in {store.where}")
     with opened.file as archive:
-        return verify_archive(archive, workdir, expected_of(metadata), identity_file)
+        return verify_archive(archive, workdir, expected_of(metadata), identity_file, is_encrypted(name))
 
 
 def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False,
@@ -214,7 +231,9 @@ def verify_file(path: Path, workdir: Path, expected: Expected | None = None, fol
     with open(fd, "rb") as archive:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise VerifyError("it is not a regular file")
-        return verify_archive(archive, workdir, expected, identity_file, older_formats)
+        # A backup's name is a promise of what it is; an operator's other name for a file is not.
+        encrypted = is_encrypted(path.name) if is_backup_name(path.name) else None
+        return verify_archive(archive, workdir, expected, identity_file, encrypted, older_formats)
 
 
 class _OneGzipMember:

@@ -33,7 +33,7 @@ from common.config.schema import (
     S3Config,
 )
 from common.config.section import Section
-from common.encryption import parse_identities, parse_recipient
+from common.encryption import parse_identities, parse_recipient, shown_key_path
 
 REDIS_URL_ENV = "REDIS_URL"
 API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
@@ -242,23 +242,24 @@ def _parse_encryption(raw: Any) -> EncryptionConfig | None:
         try:
             parse_identities(_read_key_file("encryption.identity-file", identity_file))
         except ValueError as exc:  # never quoting the file: it is the private key
-            raise ConfigError("encryption.identity-file", f"{identity_file}: {exc}") from None
+            raise ConfigError("encryption.identity-file", f"{shown_key_path(identity_file)}: {exc}") from None
     return EncryptionConfig(recipients=tuple(text.strip() for _, text in recipients),
                             identity_file=None if identity_file is None else Path(identity_file).absolute())
 
 
 def _read_key_file(key: str, path: str) -> str:
+    shown = shown_key_path(path)
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_KEY_FILE + 1)
     except OSError as exc:
-        raise ConfigError(key, f"{path}: {exc.strerror}") from None
+        raise ConfigError(key, f"{shown}: {exc.strerror}") from None
     if len(data) > MAX_KEY_FILE:
-        raise ConfigError(key, f"{path}: over {MAX_KEY_FILE} bytes, no key file")
+        raise ConfigError(key, f"{shown}: over {MAX_KEY_FILE} bytes, no key file")
     try:
         return data.decode()
     except UnicodeDecodeError:
-        raise ConfigError(key, f"{path}: not text") from None
+        raise ConfigError(key, f"{shown}: not text") from None
 
 
 def _backup_dir(value: str) -> Path:
