@@ -122,6 +122,13 @@ def test_verify_without_the_identity_or_with_another_or_of_a_tampered_file(
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     path = tmp_path / name
     path.write_bytes(service.read_backup(name))
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    with served_over_http(service) as base:  # README's way: download latest, as stored, checked on the way
+        downloaded = etcd_backup("download", "latest", "--url", base, "--output-dir", str(fetched), "--verify",
+                                 "--identity", str(identity_file))
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert (fetched / name).read_bytes() == path.read_bytes() and "good: revision" in downloaded.stdout
     good = etcd_backup("verify", str(path), "--identity", str(identity_file))
     assert good.returncode == 0 and "good: revision" in good.stdout, good.stderr
     from_env = etcd_backup("verify", str(path), env={"ETCD_BACKUP_IDENTITY": str(identity_file)})

@@ -14,6 +14,8 @@ Only keys directly under the prefix that are backup names and hold bytes are bac
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import logging
 import threading
@@ -51,6 +53,7 @@ class S3Store:
     def __init__(self, settings: S3Config) -> None:
         self.settings = settings
         self.where = f"{settings.url} at {settings.endpoint or 'AWS'}"
+        _return_big_buffers_to_the_system()
         self.session = _session()
         self._session_lock = threading.Lock()
         self.client = self.new_client()
@@ -421,6 +424,22 @@ def part_size(first: int, number: int) -> int:
     """The size of part `number` (from 1): `first`, doubled after every PARTS_PER_SIZE parts, so that the
     10,000 parts S3 allows hold any etcd database (16 MiB parts: 16 GB in the first 1,000)."""
     return min(first << ((number - 1) // PARTS_PER_SIZE), MAX_PART_SIZE)
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's mallopt() parameter: the size from which malloc maps memory of its own, unmapped when freed."""
+
+
+@functools.cache
+def _return_big_buffers_to_the_system() -> None:
+    """Fix glibc's mmap threshold at 1 MiB. It is dynamic by default: once a mapped block (a 16 MiB part
+    buffer) is freed, it rises above that size, and the next backups' part buffers come from the heap,
+    between the pipeline's small allocations, which it then cannot give back: a worker grew 16 MB a backup
+    (152 -> 231 MB peak over 6 backups of a 300 MB database). Not glibc (musl): nothing to do."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def _session() -> boto3.session.Session:
