@@ -27,8 +27,9 @@ def show_job(job_id: str) -> tuple[Response, int]:
     job = read_job(state().queue.connection, job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
         abort(404, description=f"no job {job_id}")
-    code, body = job_outcome(job)
-    # 200 is a finished job's answer, also when its worker died after publishing the backup.
-    status = JobStatus.FINISHED.value if code == 200 else LOST if worker_lost(job) else job.get_status().value
+    code, body, read = job_outcome(job)
+    # 200 is a finished job's answer, also when its worker died after publishing the backup. The status is
+    # the one the answer was made from: read again, a job ending meanwhile was "finished", "in progress".
+    status = JobStatus.FINISHED.value if code == 200 else LOST if worker_lost(job) else read.value
     # 200 whatever the job's fate: the job was found; its fate is in "status" and "message".
     return jsonify({**body, "job": job.id, "status": status}), 200

@@ -149,32 +149,42 @@ def _wait(job: Job, timeout: float) -> None:
 
 
 def _answer(job: Job) -> tuple[Response, int]:
-    status, body = job_outcome(job)
+    status, body, _ = job_outcome(job)
     response = jsonify(body)
     if status == 202:
         response.headers["Location"] = url_for("jobs.show_job", job_id=job.id)
     return response, status
 
 
-def job_outcome(job: Job) -> tuple[int, dict[str, Any]]:
-    """Return the HTTP status and body that a POST gets for `job` in its current state."""
+def job_outcome(job: Job) -> tuple[int, dict[str, Any], JobStatus]:
+    """Return the HTTP status and body that a POST gets for `job` in its current state, and the job's status
+    they were made from (read once: a job that ends meanwhile must not be "finished" and "in progress")."""
     answers = ANSWERS[job.func_name or ""]
     result = job.latest_result()
-    if result is not None and result.type == Result.Type.SUCCESSFUL:
-        return 200, {"message": answers.success, **answers.success_body(result.return_value or {})}
+    if (succeeded := _succeeded(result, answers)) is not None:
+        return 200, succeeded, JobStatus.FINISHED
     published = answers.published(job)
     if published is not None:
-        return 200, {"message": answers.success, **published}
+        return 200, {"message": answers.success, **published}, JobStatus.FINISHED
     status = job.get_status()
     if result is not None or status in ENDED_WITHOUT_RESULT:
         cause = _failure_cause(job, result, answers)
         if answers.no_verdict is not None and job.get_meta(refresh=True).get(UNCHECKED_META):
-            return 500, {"message": f"{answers.no_verdict}: {cause}"}
-        return answers.failure_status, {"message": f"{answers.failure}: {cause}"}
+            return 500, {"message": f"{answers.no_verdict}: {cause}"}, status
+        return answers.failure_status, {"message": f"{answers.failure}: {cause}"}, status
     if worker_lost(job):
-        return 500, {"message": f"{answers.failure}: {LOST_CAUSE}"}
+        return 500, {"message": f"{answers.failure}: {LOST_CAUSE}"}, status
+    # It ended between the reads above: its result is in now.
+    if status == JobStatus.FINISHED and (succeeded := _succeeded(job.latest_result(), answers)) is not None:
+        return 200, succeeded, status
     message = _UNFINISHED_MESSAGES.get(status, "{kind} " + status.value).format(kind=answers.word)
-    return 202, {"message": message, "job": job.id}
+    return 202, {"message": message, "job": job.id}, status
+
+
+def _succeeded(result: Result | None, answers: KindAnswers) -> dict[str, Any] | None:
+    if result is None or result.type != Result.Type.SUCCESSFUL:
+        return None
+    return {"message": answers.success, **answers.success_body(result.return_value or {})}
 
 
 def worker_lost(job: Job) -> bool:
