@@ -103,6 +103,15 @@ class EtcdServer:
             stop_process(self.proc)
 
 
+def restored_keys(data_dir: Path, prefix: str) -> dict[str, bytes]:
+    """Start an etcd on a restored `data_dir` (etcd's default member name) and read the keys under `prefix`."""
+    restored = EtcdServer(data_dir, name="default").start()
+    try:
+        return {meta.key.decode(): value for value, meta in restored.client().get_prefix(prefix)}
+    finally:
+        restored.stop()
+
+
 def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()) -> list[EtcdServer]:
     """Start a `size`-member etcd cluster on loopback; return its members, healthy.
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from pyrage import x25519
 
 from cli.startup import prepare_backup_dir
 from common.config import load_config
@@ -147,6 +148,21 @@ def s3_service(make_service: Callable[..., Service], seaweedfs: S3Server) -> Cal
     def make(**overrides: Any) -> Service:
         return make_service(**seaweedfs.settings(*seaweedfs.place()), **overrides)
     return make
+
+
+@pytest.fixture
+def identity() -> x25519.Identity:
+    """A fresh age identity (the private key): what encrypted backups are encrypted to, and opened with."""
+    return x25519.Identity.generate()
+
+
+@pytest.fixture
+def identity_file(tmp_path: Path, identity: x25519.Identity) -> Path:
+    """An identity file as `age-keygen -o` writes it: a comment, the public key, the secret key."""
+    path = tmp_path / "backup.key"
+    path.write_text(f"# created: 2026-11-27T12:00:00Z\n# public key: {identity.to_public()}\n{identity}\n")
+    path.chmod(0o600)
+    return path
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from common.metadata import BackupMetadata
 from common.storage import S3Store, StorageError
 from harness.cli import etcd_backup
 from harness.in_process import Service
+from harness.keys import encryption
 from harness.report import Report
 from harness.s3 import S3Server
 from harness.servers import EtcdServer
@@ -43,26 +44,6 @@ from worker.backup import take_backup
 from worker.drill import run_drill
 
 NAME = "snapshot-20260101_000000.tar.gz.age"
-
-
-@pytest.fixture
-def identity() -> x25519.Identity:
-    return x25519.Identity.generate()
-
-
-@pytest.fixture
-def identity_file(tmp_path: Path, identity: x25519.Identity) -> Path:
-    path = tmp_path / "backup.key"
-    path.write_text(f"# public key: {identity.to_public()}\n{identity}\n")
-    path.chmod(0o600)
-    return path
-
-
-def encryption(identity: x25519.Identity, identity_file: Path | None = None) -> dict[str, Any]:
-    section: dict[str, Any] = {"recipients": [str(identity.to_public())]}
-    if identity_file is not None:
-        section["identity-file"] = str(identity_file)
-    return section
 
 
 def open_fds() -> int:

@@ -25,32 +25,10 @@ from common.config import ConfigError, load_config, parse_config
 from common.encryption import AGE_MAGIC
 from harness.cli import etcd_backup, on_terminal
 from harness.in_process import Service, fetch, served_over_http
+from harness.keys import encryption
 from harness.report import Report
-from harness.servers import EtcdServer
+from harness.servers import EtcdServer, restored_keys
 from worker.drill import run_drill
-
-KEY_COMMENT = "# created: 2026-11-27T12:00:00Z\n"
-
-
-@pytest.fixture
-def identity() -> x25519.Identity:
-    return x25519.Identity.generate()
-
-
-@pytest.fixture
-def identity_file(tmp_path: Path, identity: x25519.Identity) -> Path:
-    """An identity file as `age-keygen -o` writes it: a comment, the public key, the secret key."""
-    path = tmp_path / "backup.key"
-    path.write_text(f"{KEY_COMMENT}# public key: {identity.to_public()}\n{identity}\n")
-    path.chmod(0o600)
-    return path
-
-
-def encryption(identity: x25519.Identity, identity_file: Path | None = None) -> dict[str, Any]:
-    section: dict[str, Any] = {"recipients": [str(identity.to_public())]}
-    if identity_file is not None:
-        section["identity-file"] = str(identity_file)
-    return section
 
 
 def put_keys(etcd: EtcdServer, prefix: str, count: int = 20) -> dict[str, bytes]:
@@ -101,12 +79,7 @@ def test_a_backup_is_encrypted_to_the_recipients_and_opens_only_with_the_identit
     data_dir = tmp_path / "restored"
     done = etcd_backup("restore", str(downloaded), "--data-dir", str(data_dir), "--identity", str(identity_file))
     assert done.returncode == 0, done.stderr
-    restored = EtcdServer(data_dir, name="default").start()
-    try:
-        found = {meta.key.decode(): value for value, meta in restored.client().get_prefix("/encrypted/")}
-    finally:
-        restored.stop()
-    assert found == written
+    assert restored_keys(data_dir, "/encrypted/") == written
     report(f"encryption on ({service.store.where}): a backup, read as stored, with another age identity, with "
            "the right one, through the API, verified by the worker, restored by the CLI",
            f"{name}: age from its first byte, no written value in it; another identity: 'No matching keys'; "
