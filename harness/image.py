@@ -62,6 +62,7 @@ def debootstrap_base(cache_dir: Path, mirror: str) -> Path:
         return tarball
     cache_dir.mkdir(parents=True, exist_ok=True)
     rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=cache_dir))  # a run of its own: parallel runs may race
+    rootfs.chmod(0o755)  # it becomes the image's / (mkdtemp made it 0700: no other user could reach a file)
     try:
         subprocess.run(["/usr/sbin/debootstrap", "--variant=minbase", f"--keyring={KEYRING}", RELEASE, str(rootfs),
                         mirror], check=True, capture_output=True, timeout=600)
