@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from rq import Worker
 
 from harness.deployment import procfile, wait_for_api
 from harness.image import ContainerImage, Mount
-from harness.processes import free_port, http, stop_process, wait_until
+from harness.processes import ROOT, free_port, http, stop_process, wait_until
 from harness.servers import EtcdServer, RedisServer, restored_keys
 
 pytestmark = pytest.mark.slow
@@ -26,8 +27,14 @@ IMAGE_UID = 10000
 CONFIG = "/etc/etcd-backup/config.yml"
 MAX_IMAGE_BYTES = 300_000_000
 """A bound that an accidental compiler, pip cache or apt list would cross (the image is about 244 MB)."""
-HEALTH_CHECK = ["python3", "-c", "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=5)"]
-"""The health check the README gives for `docker run --health-cmd` (Python's own: the image has no curl)."""
+README_HEALTH_URL = "http://127.0.0.1:8080/healthz"
+
+
+def readme_health_check(url: str) -> list[str]:
+    """The README's `docker run --health-cmd '...'` (Python's own: the image has no curl), asking `url`."""
+    command = re.search(r"--health-cmd '([^']+)'", (ROOT / "README.md").read_text())
+    assert command is not None and README_HEALTH_URL in command.group(1)
+    return [url if word == README_HEALTH_URL else word for word in shlex.split(command.group(1))]
 
 
 def owned_by_image_user(path: Path) -> Path:
@@ -100,7 +107,8 @@ def test_only_tmp_and_volumes_are_writable(container_image: ContainerImage, tmp_
 def test_all_in_one_backs_up_lists_and_serves(container_image: ContainerImage,
                                               all_in_one: tuple[str, Path, list[Mount]]) -> None:
     base, backup_dir, _ = all_in_one
-    assert container_image.run([*HEALTH_CHECK, f"{base}/healthz"]).returncode == 0
+    assert container_image.run(readme_health_check(f"{base}/healthz")).returncode == 0
+    assert container_image.run(readme_health_check(f"{base}/nothing-here")).returncode != 0
     status, _, body = http("POST", f"{base}/api/v1/backup")
     assert status == 200, body
     name = json.loads(body)["filename"]
