@@ -184,7 +184,9 @@ def build(podman: Podman, base_tarball: Path, name: str = "localhost/etcd-backup
     config = json.loads(podman("image", "inspect", name))[0]
     image_config = config["Config"]
     env = dict(entry.split("=", 1) for entry in image_config.get("Env", []))
-    return ContainerImage(name=name, root=Path(podman("image", "mount", name)), user=image_config["User"], env=env,
+    # No USER in the image: a runtime runs it as root.
+    user = image_config.get("User") or "0:0"
+    return ContainerImage(name=name, root=Path(podman("image", "mount", name)), user=user, env=env,
                           workdir=image_config.get("WorkingDir") or "/", size=config["Size"],
                           build_seconds=seconds)
 
