@@ -15,6 +15,7 @@ from pyrage import x25519
 from cli.startup import prepare_backup_dir
 from common.config import load_config
 from harness.fill import ETCD_FLAGS, fill
+from harness.image import ContainerImage, built_image
 from harness.in_process import ConfigFactory, Service
 from harness.processes import free_port
 from harness.report import REPORT_OPTION, Report, reliability_markdown
@@ -65,6 +66,17 @@ def big_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     client.close()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def container_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerImage]:
+    """The Containerfile's image, built on a debootstrapped Debian base, mounted; removed after the session.
+
+    The base is cached beside pytest's temp dirs (pytest-of-USER/), across runs: it depends only on the
+    Debian release and mirror. The image itself is built from the working tree every session."""
+    with built_image(tmp_path_factory.mktemp("image"), tmp_path_factory.getbasetemp().parent / "image-base") as image:
+        print(f"image {image.name}: {image.size} bytes, built in", image.build_seconds)  # shown with -s
+        yield image
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,157 @@
+"""The container image: built from the Containerfile on a debootstrapped Debian, its programs run as
+its user (UID 10000) on its read-only root file system, against a real etcd and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from rq import Worker
+
+from harness.deployment import procfile, wait_for_api
+from harness.image import ContainerImage, Mount
+from harness.processes import ROOT, free_port, http, stop_process, wait_until
+from harness.servers import EtcdServer, RedisServer, restored_keys
+
+pytestmark = pytest.mark.slow
+
+IMAGE_UID = 10000
+CONFIG = "/etc/etcd-backup/config.yml"
+MAX_IMAGE_BYTES = 300_000_000
+"""A bound that an accidental compiler, pip cache or apt list would cross (the image is about 244 MB)."""
+README_HEALTH_URL = "http://127.0.0.1:8080/healthz"
+
+
+def readme_health_check(url: str) -> list[str]:
+    """The README's `docker run --health-cmd '...'` (Python's own: the image has no curl), asking `url`."""
+    command = re.search(r"--health-cmd '([^']+)'", (ROOT / "README.md").read_text())
+    assert command is not None and README_HEALTH_URL in command.group(1)
+    return [url if word == README_HEALTH_URL else word for word in shlex.split(command.group(1))]
+
+
+def owned_by_image_user(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True)
+    os.chown(path, IMAGE_UID, IMAGE_UID)
+    return path
+
+
+def service_mounts(work: Path, **settings: Any) -> tuple[list[Mount], Path]:
+    """The volumes the service runs with: its config dir (read-only) and its backup dir (the image's user's)."""
+    config_dir = work / "config"
+    config_dir.mkdir(parents=True)
+    document = {"backup-dir": "/etcd-backup", **{key.replace("_", "-"): value for key, value in settings.items()}}
+    (config_dir / "config.yml").write_text(yaml.safe_dump(document))
+    backup_dir = owned_by_image_user(work / "backups")
+    return [Mount(config_dir, "/etc/etcd-backup"), Mount(backup_dir, "/etcd-backup", writable=True)], backup_dir
+
+
+@pytest.fixture(scope="module")
+def all_in_one(container_image: ContainerImage, etcd: EtcdServer,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[Mount]]]:
+    """`etcd-backup --config ...` from the image (the embedded queue), on /image/key-0..4 in etcd."""
+    client = etcd.client()
+    for number in range(5):
+        client.put(f"/image/key-{number}", f"value-{number}")
+    work = tmp_path_factory.mktemp("all-in-one")
+    port = free_port()
+    mounts, backup_dir = service_mounts(work, listen=f"127.0.0.1:{port}", etcd={"endpoints": [etcd.url]})
+    proc = container_image.start(["etcd-backup", "--config", CONFIG], work / "server.log", mounts)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_api(base, proc)
+        yield base, backup_dir, mounts
+    finally:
+        stop_process(proc)
+    print((work / "server.log").read_text()[-3000:])  # shown when a test of this module fails
+
+
+def test_image_runs_as_its_user_and_has_every_command(container_image: ContainerImage) -> None:
+    assert container_image.user == f"{IMAGE_UID}:{IMAGE_UID}"
+    assert container_image.run(["id", "-u"]).stdout.strip() == str(IMAGE_UID)
+    overview = container_image.run(["etcd-backup", "--help"])
+    assert overview.returncode == 0 and "scheduler" in overview.stdout, overview
+    for role, line in procfile().items():
+        answer = container_image.run([*shlex.split(line), "--help"])
+        assert answer.returncode == 0 and "usage:" in answer.stdout, (role, answer)
+    # verify and restore read snapshots with etcdctl (etcd 3.4 has no etcdutl); the drill starts etcd.
+    assert "etcdctl version: 3.4" in container_image.run(["etcdctl", "version"]).stdout
+    assert "etcd Version: 3.4" in container_image.run(["etcd", "--version"]).stdout
+
+
+def test_image_has_no_build_tools_and_is_small(container_image: ContainerImage) -> None:
+    for tool in ("gcc", "cc", "make", "pip", "pip3"):
+        assert container_image.run(["sh", "-c", f"command -v {tool}"]).returncode != 0, f"{tool} is in the image"
+    assert not list((container_image.root / "var/lib/apt/lists").iterdir())
+    assert container_image.size < MAX_IMAGE_BYTES, container_image.size
+
+
+def test_only_tmp_and_volumes_are_writable(container_image: ContainerImage, tmp_path: Path) -> None:
+    """What the other tests run on: a root file system that refuses every write (as --read-only does)."""
+    backups = owned_by_image_user(tmp_path / "backups")
+    writes = "touch /tmp/ok /etcd-backup/ok; for dir in / /var/tmp /opt/etcd-backup /etc; do touch $dir/x; done"
+    answer = container_image.run(["sh", "-c", writes], [Mount(backups, "/etcd-backup", writable=True)])
+    refused = [line for line in answer.stderr.splitlines() if line.endswith("Read-only file system")]
+    assert len(refused) == 4, answer.stderr
+    assert (backups / "ok").stat().st_uid == IMAGE_UID
+    assert "/tmp/ok" not in answer.stderr
+
+
+def test_all_in_one_backs_up_lists_and_serves(container_image: ContainerImage,
+                                              all_in_one: tuple[str, Path, list[Mount]]) -> None:
+    base, backup_dir, _ = all_in_one
+    assert container_image.run(readme_health_check(f"{base}/healthz")).returncode == 0
+    assert container_image.run(readme_health_check(f"{base}/nothing-here")).returncode != 0
+    status, _, body = http("POST", f"{base}/api/v1/backup")
+    assert status == 200, body
+    name = json.loads(body)["filename"]
+    assert json.loads(http("GET", f"{base}/api/v1/backup")[2]) == [name]
+    status, _, data = http("GET", f"{base}/api/v1/backup/{name}")
+    assert status == 200 and data == (backup_dir / name).read_bytes()
+    assert (backup_dir / name).stat().st_uid == IMAGE_UID
+
+
+def test_verify_and_restore_from_the_image(container_image: ContainerImage, all_in_one: tuple[str, Path, list[Mount]],
+                                           tmp_path: Path) -> None:
+    base, backup_dir, mounts = all_in_one
+    status, _, body = http("POST", f"{base}/api/v1/backup")
+    assert status == 200, body
+    name = json.loads(body)["filename"]
+    verified = container_image.run(["etcd-backup", "verify", f"/etcd-backup/{name}"], mounts)
+    assert verified.returncode == 0, verified
+    restore_dir = owned_by_image_user(tmp_path / "restore")
+    # restore from the service's URL: the image's client downloads, verifies and restores with etcdctl.
+    restored = container_image.run(["etcd-backup", "restore", f"{base}/api/v1/backup/{name}", "--data-dir",
+                                    "/mnt/data"], [Mount(restore_dir, "/mnt", writable=True)])
+    assert restored.returncode == 0, restored
+    assert restored_keys(restore_dir / "data", "/image/") == {f"/image/key-{n}": f"value-{n}".encode()
+                                                               for n in range(5)}
+
+
+def test_procfile_web_and_worker_on_redis(container_image: ContainerImage, etcd: EtcdServer,
+                                          redis_server: RedisServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    port = free_port()
+    mounts, backup_dir = service_mounts(tmp_path, listen=f"127.0.0.1:{port}", etcd={"endpoints": [etcd.url]},
+                                        redis_url=redis_server.url)
+    commands = procfile()
+    web = container_image.start(shlex.split(commands["web"]), tmp_path / "web.log", mounts)
+    worker = container_image.start(shlex.split(commands["worker"]), tmp_path / "worker.log", mounts)
+    try:
+        wait_for_api(f"http://127.0.0.1:{port}", web)
+        # The image's worker is the only one on this Redis: the web process takes no backups itself.
+        wait_until(lambda: len(Worker.all(connection=redis_conn)) == 1, 30, "the image's worker", worker)
+        status, _, body = http("POST", f"http://127.0.0.1:{port}/api/v1/backup")
+        assert status == 200, body
+        name = json.loads(body)["filename"]
+        assert (backup_dir / name).stat().st_uid == IMAGE_UID
+    finally:
+        stop_process(web)
+        stop_process(worker)
+    assert name in (tmp_path / "worker.log").read_text()
