@@ -44,6 +44,7 @@ KUBERNETES_VERSIONS = ["1.33.0", kubernetes_validate.utils.latest_version()]
 IMAGE = "etcd-backup"
 IMAGE_USER = 10000
 CRD_GROUP = "monitoring.coreos.com/"
+OUR_POD = {"app.kubernetes.io/name": IMAGE}
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -150,9 +151,11 @@ def test_only_the_api_can_be_reached(name: str) -> None:
         for rule in (rule for policy in selecting for rule in policy["spec"].get("ingress", [])):
             ports = {port["port"] for port in rule["ports"]}
             if labels["app.kubernetes.io/component"] == "redis":
-                assert ports == {6379} and all(selects(peer["podSelector"], {"app.kubernetes.io/name": IMAGE,
-                                                                          "app.kubernetes.io/component": "worker"})
-                                               for peer in rule["from"])
+                assert ports == {6379} and rule.get("from"), rule
+                for peer in rule["from"]:  # pods of this namespace only, ours and not any other's
+                    assert set(peer) == {"podSelector"}, peer
+                    assert selects(peer["podSelector"], {**OUR_POD, "app.kubernetes.io/component": "worker"})
+                    assert not selects(peer["podSelector"], {"app.kubernetes.io/name": "another-app"})
             else:
                 assert labels["app.kubernetes.io/component"] in ("api", "all-in-one") and ports == {8080}, rule
 
