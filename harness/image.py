@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,19 +150,21 @@ class ContainerImage:
     """Bytes, as `podman image inspect` counts them (all layers)."""
     build_seconds: dict[str, float] = field(default_factory=dict)
 
-    def command(self, args: Sequence[str], mounts: Sequence[Mount] = ()) -> list[str]:
-        """The host command line that runs `args` from the image, with `mounts`, as the image's user."""
+    def command(self, args: Sequence[str], mounts: Sequence[Mount] = (),
+                env: Mapping[str, str] | None = None) -> list[str]:
+        """The host command line that runs `args` from the image, with `mounts`, as the image's user, in the
+        image's environment plus `env` (as `-e` adds to a container's)."""
         volumes = [part for mount in mounts for part in (str(mount.source), mount.target,
                                                          "rw" if mount.writable else "ro")]
-        environment = [f"{name}={value}" for name, value in self.env.items()]
+        environment = [f"{name}={value}" for name, value in {**self.env, **(env or {})}.items()]
         return ["unshare", "--mount", "--", "sh", "-c", _RUN_IN_ROOT, "sh", str(self.root), TMP_SIZE, *volumes, "--",
                 "chroot", f"--userspec={self.user}", "--groups=", str(self.root),
                 "env", "-i", f"--chdir={self.workdir}", *environment, *args]
 
-    def run(self, args: Sequence[str], mounts: Sequence[Mount] = (),
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, args: Sequence[str], mounts: Sequence[Mount] = (), timeout: float = 120,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run `args` from the image to its end; return what it did (its status is the caller's to check)."""
-        return subprocess.run(self.command(args, mounts), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.command(args, mounts, env), capture_output=True, text=True, timeout=timeout)
 
     def start(self, args: Sequence[str], log: Path, mounts: Sequence[Mount] = ()) -> subprocess.Popen[bytes]:
         """Start `args` from the image, its output to `log`; the process is the program itself (exec all the way)."""

@@ -185,12 +185,16 @@ def readiness_probe(container: dict[str, Any]) -> list[str]:
     return command
 
 
-@pytest.fixture
-def run_in_image() -> Runner:
+@pytest.fixture(params=["here", pytest.param("image", marks=pytest.mark.slow)])
+def run_in_image(request: pytest.FixtureRequest) -> Runner:
     """Run a command as a container of the image would, with extra environment; return what it did.
 
-    Here: the console scripts installed beside the tests (`etcd-backup`, `gunicorn`) and this Python, which
-    the image is built from. A test of the built image overrides this fixture to run them inside it."""
+    "here": the console scripts installed beside the tests (`etcd-backup`, `gunicorn`) and this Python,
+    which the image is built from (quick, for `-m "not slow"`). "image": inside the image the Containerfile
+    builds (tests/conftest.py's container_image), as its user, on its read-only root."""
+    if request.param == "image":
+        image = request.getfixturevalue("container_image")
+        return lambda argv, **env: image.run(argv, env=env, timeout=60)
 
     def run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
         local = {"python3": Path(sys.executable)}.get(argv[0], BIN_DIR / argv[0])
