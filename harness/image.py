@@ -86,8 +86,10 @@ class Podman:
 
     def __init__(self, storage: Path) -> None:
         self.storage = storage
+        # podman refuses a runroot path over 50 characters, which a pytest temp dir under pytest-xdist is.
+        self.runroot = Path(tempfile.mkdtemp(prefix="podman-run-", dir="/tmp"))
         self.prefix = ["unshare", "--mount", "--", "sh", "-c", _PRIVATE_SYSTEM_DIR, str(storage / "system"),
-                       "podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
+                       "podman", "--root", str(storage / "root"), "--runroot", str(self.runroot),
                        "--storage-driver=vfs", "--cgroup-manager=cgroupfs", "--events-backend=none"]
 
     def __call__(self, *args: str, stdin: Path | None = None, timeout: float = 120) -> str:
@@ -104,6 +106,7 @@ class Podman:
             self("rmi", "--all", "--force")
         finally:
             shutil.rmtree(self.storage, ignore_errors=True)
+            shutil.rmtree(self.runroot, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ from harness.report import REPORT_OPTION, Report, reliability_markdown
 from harness.s3 import MotoServer, S3Server, SeaweedServer
 from harness.servers import EtcdServer, RedisServer
 
+REPORT_PROPERTY = "reliability-row"
+"""A row rides on its test's report as a user property, so it reaches the process that writes the table
+also when pytest-xdist ran the test in another one."""
 _report_rows: list[tuple[str, str, str]] = []
 
 
@@ -35,16 +38,23 @@ def report(request: pytest.FixtureRequest) -> Report:
     """Record one row of the reliability table: what a test tried and what the service did (measured)."""
 
     def add(tried: str, outcome: str) -> None:
-        _report_rows.append((request.node.nodeid, tried, outcome))
+        request.node.user_properties.append((REPORT_PROPERTY, (tried, outcome)))
 
     return add
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # its user properties hold every row the test added
+        _report_rows.extend((report.nodeid, *row) for name, row in report.user_properties if name == REPORT_PROPERTY)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption(REPORT_OPTION)
     if not path or not _report_rows or exitstatus != 0:  # only a run where every test passed
         return
-    Path(path).write_text(reliability_markdown(path, _report_rows))
+    # By test, in a stable order whichever process ran which test first; a test's own rows keep theirs.
+    rows = sorted(_report_rows, key=lambda row: row[0])
+    Path(path).write_text(reliability_markdown(path, rows))
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +84,11 @@ def container_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contai
 
     The base is cached beside pytest's temp dirs (pytest-of-USER/), across runs: it depends only on the
     Debian release and mirror. The image itself is built from the working tree every session."""
-    with built_image(tmp_path_factory.mktemp("image"), tmp_path_factory.getbasetemp().parent / "image-base") as image:
+    # pytest-of-USER/, which under pytest-xdist is one level further up than the session's own temp dir
+    # (with --basetemp there is none: the base is made in that run's own).
+    session_temp = tmp_path_factory.getbasetemp()
+    runs = next((parent for parent in session_temp.parents if parent.name.startswith("pytest-of-")), session_temp)
+    with built_image(tmp_path_factory.mktemp("image"), runs / "image-base") as image:
         print(f"image {image.name}: {image.size} bytes, built in", image.build_seconds)  # shown with -s
         yield image
 

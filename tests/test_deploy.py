@@ -185,7 +185,10 @@ def readiness_probe(container: dict[str, Any]) -> list[str]:
     return command
 
 
-@pytest.fixture(params=["here", pytest.param("image", marks=pytest.mark.slow)])
+IN_THE_IMAGE = pytest.param("image", marks=[pytest.mark.slow, pytest.mark.xdist_group("image")])
+
+
+@pytest.fixture(params=["here", IN_THE_IMAGE])
 def run_in_image(request: pytest.FixtureRequest) -> Runner:
     """Run a command as a container of the image would, with extra environment; return what it did.
 

@@ -21,7 +21,8 @@ from harness.image import ContainerImage, Mount
 from harness.processes import ROOT, free_port, http, stop_process, wait_until
 from harness.servers import EtcdServer, RedisServer, restored_keys
 
-pytestmark = pytest.mark.slow
+# One group: pytest-xdist runs them in one process, which builds the image once (container_image).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("image")]
 
 IMAGE_UID = 10000
 CONFIG = "/etc/etcd-backup/config.yml"
