@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "Enqueues a backup at each tick of `schedule` and a restore drill at each tick of `drill`\n"
                 "(idles if the config has neither). Two schedulers still give one backup per tick.",
                 ["etcd-backup scheduler --config /etc/etcd-backup/config.yml"])
+    add_command(commands, "deltas", deltas, "run the delta watcher: etcd's events between full backups",
+                "Watches etcd from the newest full backup and stores its events as deltas every delta-period,\n"
+                "for restore --to-revision/--to-time. One watcher writes at a time (a Redis lease): start two\n"
+                "for availability.",
+                ["etcd-backup deltas --config /etc/etcd-backup/config.yml"])
     prune_parser = add_command(
         commands, "prune", prune_command, "delete the backups that rotate and retention do not keep, now",
         "As after each backup: prints each backup with `keep` or `deleted` and the reason, newest first.",
@@ -137,6 +142,20 @@ def scheduler(args: argparse.Namespace) -> None:
     from scheduler.cron import run_scheduler
 
     run_scheduler(config)
+
+
+def deltas(args: argparse.Namespace) -> None:
+    config = _service_config(args)
+    exit_unless_shared_queue(config, "the delta watcher runs apart from the API")
+    import threading
+
+    from worker.deltas import run_watcher
+
+    stop = threading.Event()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, frame: stop.set())
+    # Stored before it ends: the events received since the last delta.
+    run_watcher(config, queue.connect(config), stop)
 
 
 def config_check(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 import redis
 from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
 from redis.exceptions import LockError
 
 from common import backups, etcd
@@ -78,6 +79,14 @@ def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) 
                 pass
 
 
+def start_thread_watcher(config: Config, connection: redis.Redis) -> tuple[threading.Thread, threading.Event]:
+    """The watcher on a thread of its own (the all-in-one's); set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_watcher, args=(config, connection, stop), name="delta-watcher", daemon=True)
+    thread.start()
+    return thread, stop
+
+
 def _watch_while_leased(config: Config, connection: redis.Redis, lease: redis.lock.Lock,
                         stop: threading.Event) -> None:
     store = open_store(config)
@@ -99,6 +108,9 @@ def _watch_while_leased(config: Config, connection: redis.Redis, lease: redis.lo
             oldest_kept = exc.revision
         except (etcd.EtcdUnavailable, grpc.RpcError, StorageError, redis.RedisError) as exc:
             logger.error("delta watcher: %s; trying again in %gs", _describe(exc, config), RETRY_SECONDS)
+            stop.wait(RETRY_SECONDS)
+        except Exception:  # a watcher that stops is a recovery point that silently grows: log it, go on
+            logger.exception("delta watcher: broke; trying again in %gs", RETRY_SECONDS)
             stop.wait(RETRY_SECONDS)
 
 
@@ -174,7 +186,7 @@ def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int) -> int
     seen = time.time()
     grouped: dict[int, list[Event]] = {}
     for event in response.events:
-        kind = DELETE if event.type == etcdrpc.Event.DELETE else PUT
+        kind = DELETE if event.type == kv_pb2.Event.DELETE else PUT
         grouped.setdefault(int(event.kv.mod_revision), []).append(Event(kind, event.kv.key, event.kv.value))
     for number, events in grouped.items():
         if number <= last_seen:  # never twice: a revision the watch already gave
