@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import redis
 
 from common.config import Config
-from common.deltas import decode_delta
+from common.deltas import decode_delta, parse_delta_name
 from common.storage import BackupStore
-from harness.cli import etcd_backup
+from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service
+from harness.processes import wait_until
 from harness.servers import EtcdServer
 from harness.writer import ContinuousWriter, current_revision, keys_at
-from worker.deltas import STATS_KEY, start_thread_watcher
+from recovery.pitr import Target, plan_restore
+from recovery.restore import RestoreError
+from worker.deltas import GAPS_KEY, LEASE_KEY, STATS_KEY, start_thread_watcher
 
 PERIOD = "200ms"
 
@@ -84,3 +93,120 @@ def test_restore_to_a_middle_revision_and_to_the_latest(
         assert f"etcd is at revision {target}" in done.stdout and "leases are not restored" in done.stdout
         expected = keys_at(etcd.url, prefix, revision=target)
         assert expected and restored(data_dir, prefix) == expected
+
+
+def deltas_during_writes(service: Service, etcd: EtcdServer, connection: redis.Redis, prefix: str,
+                         seconds: float = 1.2) -> tuple[int, int]:
+    """A full backup, then writes for `seconds` with the watcher on; return the backup's revision and the last."""
+    writer = ContinuousWriter(etcd.client(), prefix).start()
+    backup = service.client.post("/api/v1/backup").get_json()["filename"]
+    with watcher(service.config, connection):
+        time.sleep(seconds)
+        writer.stop()
+        end = current_revision(etcd.url)
+        wait_stored(connection, end)
+    metadata = service.store.read_metadata(backup)
+    assert metadata is not None
+    return metadata.revision, end
+
+
+def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    service = make_service(delta_period="100ms")
+    base, end = deltas_during_writes(service, etcd, redis_conn, f"/broken-{tmp_path.name}/")
+    store, now = service.store, datetime.now(UTC)
+    names = store.list_deltas()
+    assert len(names) >= 4, names
+    victim = names[len(names) // 2]
+    before = parse_delta_name(names[len(names) // 2 - 1])
+    assert before is not None
+    assert plan_restore(store, Target(revision=end), now, []).revision == end
+
+    # --to-time: the newest revision the watcher had received by then.
+    revisions = decode_delta(victim, store.read_delta(victim) or b"")
+    assert plan_restore(store, Target(time=datetime.fromtimestamp(revisions[0].seen, UTC)), now, []).revision \
+        == max(r.number for r in revisions if r.seen <= revisions[0].seen)
+
+    path = service.config.backup_dir / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(RestoreError, match=f"{victim}.*reach revision {before.last} "):
+        plan_restore(store, Target(revision=end), now, [])
+    done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
+                       "--data-dir", str(tmp_path / "refused"))
+    assert done.returncode == 1 and f"--to-revision {before.last})" in done.stderr, done.stderr
+    assert not (tmp_path / "refused").exists()
+
+    path.unlink()
+    with pytest.raises(RestoreError, match=f"no delta holds revision {before.last + 1} .one is missing.*reach "
+                                           f"revision {before.last} "):
+        plan_restore(store, Target(revision=end), now, [])
+    # Up to the break, it still restores.
+    assert plan_restore(store, Target(revision=before.last), now, []).revision == before.last
+    assert base < before.last
+
+
+def test_a_killed_watcher_resumes_without_a_gap_or_a_duplicate_and_of_two_watchers_one_writes(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """kill -9 mid-batch (events received, not stored), then two watchers at once: every revision after the
+    backup is stored exactly once."""
+    service = make_service(delta_period="300ms")
+    writer = ContinuousWriter(etcd.client(), f"/killed-{tmp_path.name}/").start()
+    backup = service.client.post("/api/v1/backup").get_json()["filename"]
+    config = str(tmp_path / "config.yml")
+    first = subprocess.Popen([COMMAND, "deltas", "--config", config], stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(service.store.list_deltas()) >= 2, 20, "two deltas")
+        time.sleep(0.15)  # mid-batch: half a period of events received and not stored
+    finally:
+        first.kill()
+        first.wait()
+    stored_then = int(redis_conn.hget(STATS_KEY, "last_revision") or 0)
+    redis_conn.delete(LEASE_KEY)  # as if its lease had run out (LEASE_TTL), sooner
+    second_log = tmp_path / "second.log"
+    with second_log.open("w") as log:
+        second = subprocess.Popen([COMMAND, "deltas", "--config", config], stderr=log)
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    try:
+        with watcher(service.config, redis_conn):  # a second watcher, at the same time
+            time.sleep(1)
+            writer.stop()
+            end = current_revision(etcd.url)
+            wait_stored(redis_conn, end)
+    finally:
+        second.terminate()
+        second.wait()
+    metadata = service.store.read_metadata(backup)
+    assert metadata is not None and metadata.revision < stored_then < end
+    assert stored_revisions(service.store, service.config) == list(range(metadata.revision + 1, end + 1))
+    writers = [bool(re.search("delta watcher: stored", text)) for text in (caplog.text, second_log.read_text())]
+    assert sorted(writers) == [False, True], writers
+
+
+def test_a_compaction_past_the_watcher_is_a_recorded_gap_then_a_full_backup(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> None:
+    own = EtcdServer(tmp_path / "etcd").start()  # compacted: not the shared one
+    try:
+        service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="100ms")
+        client = own.client()
+        client.put("/gap/a", "1")
+        service.client.post("/api/v1/backup")
+        (old,) = service.store.list_backups()
+        missed = client.put("/gap/b", "2").header.revision
+        client.put("/gap/c", "3")
+        compacted = current_revision(own.url)
+        client.compact(compacted)
+        with watcher(service.config, redis_conn):
+            wait_until(lambda: len(service.store.list_backups()) == 2, 30, "the full backup after the gap")
+            end = client.put("/gap/d", "4").header.revision
+            wait_stored(redis_conn, end)
+        gaps = [json.loads(gap) for gap in redis_conn.lrange(GAPS_KEY, 0, -1)]
+        assert [(gap["from"], gap["to"]) for gap in gaps] == [(missed, compacted - 1)]
+        assert int(redis_conn.hget(STATS_KEY, "gaps") or 0) == 1
+        newer = service.store.read_metadata(service.store.list_backups()[-1])
+        assert newer is not None and newer.revision >= compacted and old != newer.filename
+        assert plan_restore(service.store, Target(revision=end), datetime.now(UTC), []).backup == newer.filename
+    finally:
+        own.stop()
