@@ -21,6 +21,7 @@ from common.storage import BackupStore
 from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service
 from harness.processes import wait_until
+from harness.report import Report
 from harness.servers import EtcdServer
 from harness.writer import ContinuousWriter, current_revision, keys_at
 from recovery.pitr import Target, plan_restore
@@ -111,7 +112,8 @@ def deltas_during_writes(service: Service, etcd: EtcdServer, connection: redis.R
 
 
 def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
-        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
     service = make_service(delta_period="100ms")
     base, end = deltas_during_writes(service, etcd, redis_conn, f"/broken-{tmp_path.name}/")
     store, now = service.store, datetime.now(UTC)
@@ -137,6 +139,7 @@ def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
                        "--data-dir", str(tmp_path / "refused"))
     assert done.returncode == 1 and f"--to-revision {before.last})" in done.stderr, done.stderr
     assert not (tmp_path / "refused").exists()
+    refused = done.stderr.strip()
 
     path.unlink()
     with pytest.raises(RestoreError, match=f"no delta holds revision {before.last + 1} .one is missing.*reach "
@@ -145,11 +148,14 @@ def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
     # Up to the break, it still restores.
     assert plan_restore(store, Target(revision=before.last), now, []).revision == before.last
     assert base < before.last
+    report(f"one of {len(names)} deltas with one bit flipped, then deleted; `etcd-backup restore --to-revision` "
+           "past it", f"exit 1 before anything is restored, no data dir: \"{refused[:300]}\"; deleted: 'no delta "
+           f"holds revision {before.last + 1} (one is missing)'; --to-revision {before.last} still plans")
 
 
 def test_a_killed_watcher_resumes_without_a_gap_or_a_duplicate_and_of_two_watchers_one_writes(
         make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, report: Report) -> None:
     """kill -9 mid-batch (events received, not stored), then two watchers at once: every revision after the
     backup is stored exactly once."""
     service = make_service(delta_period="300ms")
@@ -183,10 +189,13 @@ def test_a_killed_watcher_resumes_without_a_gap_or_a_duplicate_and_of_two_watche
     assert stored_revisions(service.store, service.config) == list(range(metadata.revision + 1, end + 1))
     writers = [bool(re.search("delta watcher: stored", text)) for text in (caplog.text, second_log.read_text())]
     assert sorted(writers) == [False, True], writers
+    report("`etcd-backup deltas` killed -9 mid-batch under continuous writes, then a second process and a thread "
+           "watcher at once", f"every revision {metadata.revision + 1}..{end} stored exactly once (resumed after "
+           f"revision {stored_then}); one of the two watchers wrote, the other waited on the lease")
 
 
 def test_a_compaction_past_the_watcher_is_a_recorded_gap_then_a_full_backup(
-        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> None:
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
     own = EtcdServer(tmp_path / "etcd").start()  # compacted: not the shared one
     try:
         service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="100ms")
@@ -208,5 +217,8 @@ def test_a_compaction_past_the_watcher_is_a_recorded_gap_then_a_full_backup(
         newer = service.store.read_metadata(service.store.list_backups()[-1])
         assert newer is not None and newer.revision >= compacted and old != newer.filename
         assert plan_restore(service.store, Target(revision=end), datetime.now(UTC), []).backup == newer.filename
+        report(f"etcd compacted to revision {compacted} while the watcher was off, its deltas ending at {missed - 1}",
+               f"gap {missed}..{compacted - 1} recorded (Redis {GAPS_KEY}, /metrics count 1), a full backup queued "
+               f"and taken at revision {newer.revision}, deltas on from it; a restore to {end} starts from it")
     finally:
         own.stop()
