@@ -32,6 +32,7 @@ from common.config import Config
 from common.deltas import DELETE, MAX_DELTA_BYTES, PUT, Event, Revision, delta_name, encode_delta, parse_delta_name
 from common.encryption import parse_recipient
 from common.queue import enqueue_or_join, job_queue
+from common.recovery_window import GAPS_KEY, MAX_GAPS_KEPT, STATS_KEY
 from common.storage import BackupStore, StorageError, open_store
 
 logger = logging.getLogger(__name__)
@@ -39,11 +40,6 @@ logger = logging.getLogger(__name__)
 LEASE_KEY = "etcd-backup:delta-watcher"
 LEASE_TTL = 15.0
 """Seconds the lease outlives a watcher that stopped renewing it (killed, cut off from Redis)."""
-STATS_KEY = "etcd-backup:deltas"
-"""A Redis hash: what /metrics and the recovery window show of the watcher (see record_* below)."""
-GAPS_KEY = "etcd-backup:delta-gaps"
-"""A Redis list of the gaps etcd's compaction made, newest first, as JSON: {"from", "to", "time"}."""
-MAX_GAPS_KEPT = 100
 WATCH_QUEUE = 64
 """Watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded)."""
 RETRY_SECONDS = 2.0
