@@ -24,6 +24,7 @@ from cli.tree import EXIT_STATUSES, add_command
 from common import queue, retention
 from common.clock import redis_clock
 from common.config import Config, effective_config
+from common.deltas import is_delta_name
 from common.storage import open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -175,8 +176,15 @@ def prune(config: Config, dry_run: bool) -> None:
     store = open_store(config)
     if dry_run:
         decisions = retention.plan(store.list_backups(), now, config.rotate, config.retention)
+        decisions += retention.plan_deltas(store, decisions, now)
     else:
         decisions = retention.prune(store, now, config.rotate, config.retention)
+    # Kept deltas (thousands: one a delta-period) are summed up in one line; deleted ones are each shown.
+    kept_deltas = [decision for decision in decisions if decision.keep and is_delta_name(decision.name)]
     for decision in decisions:
-        verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
-        print(f"{verdict:12} {decision.name}  {decision.reason}")
+        if not (decision.keep and is_delta_name(decision.name)):
+            verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
+            print(f"{verdict:12} {decision.name}  {decision.reason}")
+    if kept_deltas:
+        print(f"{'keep':12} {len(kept_deltas)} deltas, {kept_deltas[0].name} to {kept_deltas[-1].name}  "
+              f"{kept_deltas[0].reason}")
