@@ -96,6 +96,7 @@ def _chain(store: BackupStore, after: int, target: Target, identities: list[Iden
         revisions, name, why = _first_intact(store, candidates, identities)
         if revisions is None:
             return chain, reached, why
+        _check_overlaps(store, name, revisions, stored, identities)
         wanted = [revision for revision in revisions if revision.number > reached and _before(revision, target)]
         if wanted:
             chain.append(name)
@@ -115,6 +116,25 @@ def _first_intact(store: BackupStore, candidates: list[tuple[DeltaName, str]],
         except DeltaError as exc:
             problems.append(str(exc))
     return None, "", "; ".join(problems)
+
+
+def _check_overlaps(store: BackupStore, name: str, revisions: list[Revision], stored: list[tuple[DeltaName, str]],
+                    identities: list[Identity]) -> None:
+    """Two watchers can store the same revisions (a lease lapsed between a watcher's check and its write): such
+    copies must agree event for event, or the store holds two histories and no one can tell which is etcd's."""
+    events = {revision.number: revision.events for revision in revisions}
+    for said, other in stored:
+        if other == name or said.last < revisions[0].number or said.first > revisions[-1].number:
+            continue
+        try:
+            copies = read_delta(store, other, identities)
+        except DeltaError:  # a damaged copy is never used: the intact one is
+            continue
+        for revision in copies:
+            if revision.number in events and events[revision.number] != revision.events:
+                raise RestoreError(f"{name} and {other} both hold revision {revision.number}, and disagree on it: "
+                                   "two histories (another cluster's deltas, or etcd restored to an earlier "
+                                   "revision, or tampered with); move the wrong one out of the store")
 
 
 def _before(revision: Revision, target: Target) -> bool:

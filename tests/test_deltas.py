@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from common.config import Config
-from common.deltas import decode_delta, parse_delta_name
+from common.deltas import PUT, DeltaName, Event, Revision, decode_delta, delta_name, encode_delta, parse_delta_name
 from common.storage import BackupStore
 from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service
@@ -222,3 +222,93 @@ def test_a_compaction_past_the_watcher_is_a_recorded_gap_then_a_full_backup(
                f"and taken at revision {newer.revision}, deltas on from it; a restore to {end} starts from it")
     finally:
         own.stop()
+
+
+def test_two_writers_overlapping_deltas_restore_once_and_disagreeing_copies_are_refused(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    """A lease that lapsed between a watcher's check and its write: a second watcher stored the revisions of two
+    deltas again, in one. The restore takes one copy of each revision after checking they agree; copies that
+    disagree are refused, naming both deltas."""
+    service = make_service(delta_period="100ms")
+    prefix = f"/overlap-{tmp_path.name}/"
+    _, end = deltas_during_writes(service, etcd, redis_conn, prefix)
+    store = service.store
+    names = store.list_deltas()
+    assert len(names) >= 4, names
+    copied = [revision for name in names[1:3] for revision in decode_delta(name, store.read_delta(name) or b"")]
+    overlap = str(delta_name(copied, encrypted=False))
+    store.put_delta(overlap, encode_delta(copied))
+    data_dir = tmp_path / "restored"
+    done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
+                       "--data-dir", str(data_dir), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert restored(data_dir, prefix) == keys_at(etcd.url, prefix, revision=end)
+
+    # The second writer's copy says another value for one key of one revision: two histories.
+    changed = copied[len(copied) // 2]
+    forged = Revision(changed.number, changed.seen, (Event(PUT, changed.events[0].key, b"another value"),
+                                                     *changed.events[1:]))
+    assert store.delete_delta(overlap)
+    store.put_delta(overlap, encode_delta([forged if revision is changed else revision for revision in copied]))
+    with pytest.raises(RestoreError, match=f"both hold revision {changed.number}, and disagree") as refused:
+        plan_restore(store, Target(revision=end), datetime.now(UTC), [])
+    assert overlap in str(refused.value) and any(name in str(refused.value) for name in names[1:3])
+    report("a second watcher (lease lapsed) stored the revisions of two deltas again; then one event of its copy "
+           "changed", f"restore to {end} equals the original (one copy of each revision applied); the changed copy: "
+           f"refused before restoring: \"{str(refused.value)[:200]}...\"")
+
+
+def test_a_watcher_does_not_store_what_another_already_stored(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    service = make_service(delta_period="100ms")
+    deltas_during_writes(service, etcd, redis_conn, f"/fenced-{tmp_path.name}/", seconds=0.3)
+    now = current_revision(etcd.url)
+    seen = datetime.now(UTC).replace(microsecond=0)
+    ahead = str(DeltaName(now + 1, now + 1000, seen, seen, encrypted=False))  # another watcher's, further on
+    before = service.store.list_deltas()
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    with watcher(service.config, redis_conn):
+        wait_until(lambda: "delta watcher: watching" in caplog.text, 20, "the watcher to start")
+        service.store.put_delta(ahead, b"planted")
+        etcd.client().put(f"/fenced-{tmp_path.name}/after", "x")
+        wait_until(lambda: f"another watcher has stored up to revision {now + 1000}" in caplog.text, 20,
+                   "the watcher to see the other's delta")
+    assert service.store.list_deltas() == sorted([*before, ahead])
+
+
+def test_deltas_past_etcds_revision_are_said_once_and_nothing_is_stored(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd restored to an earlier revision: the stored deltas reach past it. The watcher stores nothing on top
+    (a new history after the old one would restore neither), and says so once, not every retry."""
+    monkeypatch.setattr("worker.deltas.RETRY_SECONDS", 0.1)
+    service = make_service(delta_period="100ms")
+    service.client.post("/api/v1/backup")
+    now = current_revision(etcd.url)
+    seen = datetime.now(UTC).replace(microsecond=0)
+    service.store.put_delta(str(DeltaName(now + 1, now + 500, seen, seen, encrypted=False)), b"another history")
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    with watcher(service.config, redis_conn):
+        wait_until(lambda: "past etcd's" in caplog.text, 20, "the watcher to say it")
+        time.sleep(1)  # ten retries
+    said = [record for record in caplog.records if "past etcd's" in record.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR", caplog.text
+    assert f"reach revision {now + 500}, past etcd's {now}" in said[0].getMessage()
+    assert len(service.store.list_deltas()) == 1
+
+
+def test_the_lease_is_renewed_when_the_delta_period_outlasts_it(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.deltas.LEASE_TTL", 0.6)
+    monkeypatch.setattr("worker.deltas.LEASE_RENEWAL", 0.2)
+    service = make_service(delta_period="2s")
+    service.client.post("/api/v1/backup")
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    with watcher(service.config, redis_conn):
+        wait_until(lambda: "delta watcher: watching" in caplog.text, 20, "the watcher to start")
+        end = etcd.client().put(f"/renewed-{tmp_path.name}/a", "x").header.revision
+        wait_stored(redis_conn, end)
+    assert "stopped writing" not in caplog.text and "the lease" not in caplog.text.replace("holding the lease", "")

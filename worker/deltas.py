@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 LEASE_KEY = "etcd-backup:delta-watcher"
 LEASE_TTL = 15.0
 """Seconds the lease outlives a watcher that stopped renewing it (killed, cut off from Redis)."""
+LEASE_RENEWAL = LEASE_TTL / 3
+"""A watcher renews its lease this often: a delta-period longer than LEASE_TTL must not let it lapse."""
 WATCH_QUEUE = 64
 """Watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded)."""
 RETRY_SECONDS = 2.0
@@ -48,6 +50,10 @@ RETRY_SECONDS = 2.0
 
 class LeaseLost(Exception):
     """Another watcher holds the lease now: this one must stop writing."""
+
+
+class AheadOfEtcd(Exception):
+    """The store reaches past etcd's current revision: the deltas' history is not etcd's (any more)."""
 
 
 class Compacted(Exception):
@@ -86,7 +92,7 @@ def start_thread_watcher(config: Config, connection: redis.Redis) -> tuple[threa
 def _watch_while_leased(config: Config, connection: redis.Redis, lease: redis.lock.Lock,
                         stop: threading.Event) -> None:
     store = open_store(config)
-    oldest_kept, start = 0, 0
+    oldest_kept, start, said = 0, 0, ""
     """oldest_kept: after a compaction, the oldest revision etcd still has, where the watch goes on."""
     while not stop.is_set():
         try:
@@ -96,12 +102,17 @@ def _watch_while_leased(config: Config, connection: redis.Redis, lease: redis.lo
                 continue
             start = max(resume, oldest_kept)
             _watch_from(config, store, connection, lease, stop, start)
-        except LeaseLost:
-            logger.warning("delta watcher: lost the lease to another watcher; stopped writing")
+        except LeaseLost as exc:
+            logger.warning("delta watcher: %s; stopped writing", exc)
             return
         except Compacted as exc:
             _record_gap(connection, start, exc.revision)
             oldest_kept = exc.revision
+        except AheadOfEtcd as exc:  # stays so until someone acts: said once, not every RETRY_SECONDS
+            if str(exc) != said:
+                logger.error("delta watcher: %s", exc)
+                said = str(exc)
+            stop.wait(RETRY_SECONDS)
         except (etcd.EtcdUnavailable, grpc.RpcError, StorageError, redis.RedisError) as exc:
             logger.error("delta watcher: %s; trying again in %gs", _describe(exc, config), RETRY_SECONDS)
             stop.wait(RETRY_SECONDS)
@@ -143,9 +154,11 @@ def _watch_from(config: Config, store: BackupStore, connection: redis.Redis, lea
     with etcd.connect(config.etcd) as member:
         current = member.proof.cluster_revision
         if start > current + 1:
-            raise StorageError(f"the stored backups and deltas reach revision {start - 1}, past etcd's {current}: "
-                               "etcd was restored to an earlier revision, or they are another cluster's; move them "
-                               "away (a full backup of etcd now starts the deltas afresh)")
+            raise AheadOfEtcd(f"the stored backups and deltas reach revision {start - 1}, past etcd's {current}: "
+                              "etcd was restored to an earlier revision, or they are another cluster's. Storing none "
+                              "until they are gone: move the deltas (and backups) past revision "
+                              f"{current} out of the store; the watcher then goes on from the newest backup left "
+                              "(take a full backup now if there is none)")
         _watch_and_store(config, store, connection, lease, stop, member, start)
 
 
@@ -156,11 +169,15 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
         logger.info("delta watcher: watching %s from revision %d", member.endpoint, start)
         batch, last_seen = _Batch(), start - 1
         deadline = time.monotonic() + config.delta_period
+        renew_at = time.monotonic() + LEASE_RENEWAL
         while not stop.is_set():
             try:
-                response = responses.get(timeout=max(0.0, deadline - time.monotonic()))
+                response = responses.get(timeout=max(0.0, min(deadline, renew_at) - time.monotonic()))
             except queue.Empty:
                 response = None
+            if time.monotonic() >= renew_at:
+                _renew(lease)
+                renew_at = time.monotonic() + LEASE_RENEWAL
             if isinstance(response, BaseException):
                 raise response
             if response is not None:
@@ -171,6 +188,14 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
                     _note_if_current(member, connection, last_seen, config)
                 batch, deadline = _Batch(), time.monotonic() + config.delta_period
         _store(store, connection, lease, batch, recipients)  # what was received before the stop
+
+
+def _renew(lease: redis.lock.Lock) -> None:
+    """Give the lease LEASE_TTL more seconds; LeaseLost if it lapsed meanwhile (another watcher may hold it)."""
+    try:
+        lease.reacquire()
+    except LockError:
+        raise LeaseLost("the lease lapsed before it was renewed") from None
 
 
 def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int) -> int:
@@ -197,7 +222,13 @@ def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, 
     if not batch.revisions:
         return
     if not lease.owned():
-        raise LeaseLost
+        raise LeaseLost("lost the lease to another watcher")
+    # The lease can lapse between that check and the write: the store's newest delta tells whether another
+    # watcher has stored these revisions meanwhile (restore takes one of two agreeing copies if it still happens).
+    stored = max((said.last for name in store.list_deltas() if (said := parse_delta_name(name)) is not None),
+                 default=0)
+    if stored >= batch.revisions[0].number:
+        raise LeaseLost(f"another watcher has stored up to revision {stored}, past {batch.revisions[0].number}")
     data = encode_delta(batch.revisions, recipients)
     name = str(delta_name(batch.revisions, encrypted=bool(recipients)))
     store.put_delta(name, data)
