@@ -94,6 +94,7 @@ def test_restore_to_a_middle_revision_and_to_the_latest(
         assert f"etcd is at revision {target}" in done.stdout and "leases are not restored" in done.stdout
         expected = keys_at(etcd.url, prefix, revision=target)
         assert expected and restored(data_dir, prefix) == expected
+    assert not list(Path("/dev/shm").glob("etcd-backup-pitr-*"))  # the in-memory apply dir is gone with it
 
 
 def deltas_during_writes(service: Service, etcd: EtcdServer, connection: redis.Redis, prefix: str,
