@@ -8,7 +8,7 @@ import threading
 import redis
 from flask import Flask
 
-from api import auth, backups, errors, jobs, meta, metrics, page, status
+from api import auth, backups, errors, jobs, meta, metrics, page, status, window
 from api.server import WAITING_REQUESTS
 from api.state import State
 from common import queue
@@ -39,4 +39,5 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(page.bp)
+    app.register_blueprint(window.bp)
     return app

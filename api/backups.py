@@ -17,6 +17,7 @@ from common import backups
 from common.clock import redis_clock
 from common.metadata import BackupMetadata
 from common.queue import enqueue_or_join, enqueue_verify
+from common.recovery_window import recovery_window
 from common.storage import CatalogEntry, OpenedBackup
 
 bp = Blueprint("backups", __name__, url_prefix="/api/v1/backup")
@@ -52,7 +53,16 @@ def list_backups() -> Response:
     now = redis_clock(current.queue.connection)()
     if not DETAIL_VALUES[detail]:
         return jsonify(current.store.list_backups(now))
-    return jsonify([_detail(entry) for entry in current.store.catalog(now)])
+    catalog = current.store.catalog(now)
+    details = [_detail(entry) for entry in catalog]
+    delta_names = current.store.list_deltas()
+    if delta_names:  # continuous backup on: which deltas follow each backup (none were there: nothing changes)
+        spans = {span.backup: span for span in recovery_window(catalog, delta_names, now).spans}
+        for entry, shown in zip(catalog, details, strict=True):
+            span = spans.get(entry.name)
+            shown["deltas"] = span.deltas if span is not None else []
+            shown["reaches_revision"] = span.end.revision if span is not None else None
+    return jsonify(details)
 
 
 def _media_type(name: str) -> str:

@@ -4,6 +4,7 @@ outcome counters that workers and schedulers keep in Redis (common.metrics)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 import redis
 from flask import Blueprint, Response
@@ -15,7 +16,9 @@ from rq.registry import FailedJobRegistry
 from api.state import State, state
 from common import backups
 from common.clock import redis_clock
-from common.metrics import read_drill, read_durations, read_outcomes, skip_wrong_type
+from common.metrics import read_drill, read_durations, read_outcomes, read_watcher, skip_wrong_type
+from common.recovery_window import STATS_KEY, recovery_window
+from common.storage import CatalogEntry
 
 bp = Blueprint("metrics", __name__)
 
@@ -37,12 +40,14 @@ class BackupCollector(Collector):
         yield GaugeMetricFamily("etcd_backup_api_auth_enabled",
                                 "1 when the API needs a token; 0: anyone who reaches it can download every Secret.",
                                 value=0 if self.config.api_token is None else 1)
-        yield from self._from_store()
-        yield from self._from_redis()
-
-    def _from_store(self) -> Iterator[Metric]:
         now = redis_clock(self.queue.connection)()
-        catalog = {entry.name: entry for entry in self.store.catalog(now)}
+        entries = self.store.catalog(now)
+        yield from self._from_store(now, entries)
+        yield from self._from_deltas(now, entries)
+        yield from self._from_redis(now)
+
+    def _from_store(self, now: datetime, entries: list[CatalogEntry]) -> Iterator[Metric]:
+        catalog = {entry.name: entry for entry in entries}
         names = list(catalog)
         yield GaugeMetricFamily("etcd_backup_backups_on_disk", "Backups in backup-dir.", value=len(catalog))
         yield GaugeMetricFamily("etcd_backup_backups_on_disk_bytes", "Bytes of the backups in backup-dir.",
@@ -74,7 +79,24 @@ class BackupCollector(Collector):
                                     "1 when the newest backup was streamed from the raft leader.",
                                     value=1 if newest.leader else 0)
 
-    def _from_redis(self) -> Iterator[Metric]:
+    def _from_deltas(self, now: datetime, entries: list[CatalogEntry]) -> Iterator[Metric]:
+        """What the stored deltas give (nothing while there are none: continuous backup is off)."""
+        names = self.store.list_deltas()
+        if not names:
+            return
+        yield GaugeMetricFamily("etcd_backup_deltas_stored", "Deltas (etcd's events between full backups) stored.",
+                                value=len(names))
+        window = recovery_window(entries, names, now)
+        yield GaugeMetricFamily("etcd_backup_recovery_window_gaps",
+                                "Gaps in the recovery window: revisions between the earliest and the latest restorable "
+                                "that no backup or delta holds.", value=len(window.gaps))
+        if window.earliest is not None and window.latest is not None:
+            yield GaugeMetricFamily("etcd_backup_recovery_window_earliest_revision",
+                                    "The earliest revision a restore can reach.", value=window.earliest.revision)
+            yield GaugeMetricFamily("etcd_backup_recovery_window_latest_revision",
+                                    "The latest revision a restore can reach.", value=window.latest.revision)
+
+    def _from_redis(self, now: datetime) -> Iterator[Metric]:
         connection = self.queue.connection
         failed_jobs = FailedJobRegistry(queue=self.queue)
         try:
@@ -84,6 +106,7 @@ class BackupCollector(Collector):
             depth = skip_wrong_type(lambda: self.queue.count, self.queue.key)
             failed = skip_wrong_type(lambda: failed_jobs.count, failed_jobs.key)
             drill = read_drill(connection)
+            watcher = read_watcher(connection, STATS_KEY)
         except redis.RedisError:
             yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=0)
             return
@@ -101,6 +124,7 @@ class BackupCollector(Collector):
         if failed is not None:
             yield GaugeMetricFamily("etcd_backup_failed_jobs", "Failed backup jobs kept in RQ (for a day).",
                                     value=failed)
+        yield from _watcher_metrics(watcher, now)
         if "time" in drill:
             yield GaugeMetricFamily("etcd_backup_last_drill_timestamp_seconds", "When the last restore drill ended.",
                                     value=drill["time"])
@@ -111,3 +135,29 @@ class BackupCollector(Collector):
             yield GaugeMetricFamily("etcd_backup_last_drill_success_timestamp_seconds",
                                     "When a restore drill last proved the newest backup restores.",
                                     value=drill["last_success"])
+
+
+WATCHER_COUNTERS = {
+    "events": ("etcd_backup_delta_events", "etcd events the delta watcher stored."),
+    "bytes": ("etcd_backup_delta_bytes", "Bytes of deltas stored (compressed, encrypted)."),
+    "deltas": ("etcd_backup_deltas_written", "Deltas the delta watcher stored."),
+    "gaps": ("etcd_backup_delta_gaps", "Gaps: revisions etcd compacted before the delta watcher stored them."),
+}
+
+
+def _watcher_metrics(watcher: dict[str, float], now: datetime) -> Iterator[Metric]:
+    """The delta watcher's counters and its recovery point, each one only if Redis holds a readable value."""
+    for field, (name, documentation) in WATCHER_COUNTERS.items():
+        if field in watcher:
+            yield CounterMetricFamily(name, documentation, value=watcher[field])
+    if "last_revision" in watcher:
+        yield GaugeMetricFamily("etcd_backup_delta_last_revision", "The last revision the delta watcher stored.",
+                                value=watcher["last_revision"])
+    if "current_at" in watcher:
+        yield GaugeMetricFamily("etcd_backup_delta_current_timestamp_seconds",
+                                "Unix time as of which every revision etcd had was stored in a delta.",
+                                value=watcher["current_at"])
+        yield GaugeMetricFamily("etcd_backup_recovery_point_seconds",
+                                "Seconds since the deltas were last current (what losing etcd now would lose): alert "
+                                "when above delta-period plus a few seconds.",
+                                value=max(0.0, now.timestamp() - watcher["current_at"]))

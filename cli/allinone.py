@@ -14,6 +14,7 @@ from api.server import gunicorn_settings
 from common import queue
 from common.config import Config
 from scheduler.cron import start_thread_scheduler
+from worker.deltas import start_thread_watcher
 from worker.runner import ThreadWorker, start_thread_worker
 
 
@@ -22,6 +23,7 @@ class AllInOneServer(BaseApplication):  # type: ignore[misc]
         self.config = config
         self.worker: ThreadWorker | None = None
         self.scheduler: tuple[threading.Thread, threading.Event] | None = None
+        self.watcher: tuple[threading.Thread, threading.Event] | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -36,13 +38,16 @@ class AllInOneServer(BaseApplication):  # type: ignore[misc]
         self.worker = start_thread_worker(self.config, connection)
         if self.config.schedule is not None or self.config.drill is not None:
             self.scheduler = start_thread_scheduler(self.config, connection)
+        if self.config.deltas:
+            self.watcher = start_thread_watcher(self.config, connection)
         return create_app(self.config, connection)
 
     def worker_exit(self, server: Any, gunicorn_worker: Any) -> None:
         """On shutdown, let a running backup finish (within gunicorn's graceful timeout)."""
-        if self.scheduler is not None:
-            thread, stop = self.scheduler
-            stop.set()
-            thread.join(self.cfg.graceful_timeout)
+        for started in (self.scheduler, self.watcher):
+            if started is not None:
+                thread, stop = started
+                stop.set()
+                thread.join(self.cfg.graceful_timeout)
         if self.worker is not None:
             self.worker.stop(timeout=self.cfg.graceful_timeout)

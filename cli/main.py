@@ -24,6 +24,7 @@ from cli.tree import EXIT_STATUSES, add_command
 from common import queue, retention
 from common.clock import redis_clock
 from common.config import Config, effective_config
+from common.deltas import is_delta_name
 from common.storage import open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "Enqueues a backup at each tick of `schedule` and a restore drill at each tick of `drill`\n"
                 "(idles if the config has neither). Two schedulers still give one backup per tick.",
                 ["etcd-backup scheduler --config /etc/etcd-backup/config.yml"])
+    add_command(commands, "deltas", deltas, "run the delta watcher: etcd's events between full backups",
+                "Watches etcd from the newest full backup and stores its events as deltas every delta-period,\n"
+                "for restore --to-revision/--to-time. One watcher writes at a time (a Redis lease): start two\n"
+                "for availability.",
+                ["etcd-backup deltas --config /etc/etcd-backup/config.yml"])
     prune_parser = add_command(
         commands, "prune", prune_command, "delete the backups that rotate and retention do not keep, now",
         "As after each backup: prints each backup with `keep` or `deleted` and the reason, newest first.",
@@ -139,6 +145,20 @@ def scheduler(args: argparse.Namespace) -> None:
     run_scheduler(config)
 
 
+def deltas(args: argparse.Namespace) -> None:
+    config = _service_config(args)
+    exit_unless_shared_queue(config, "the delta watcher runs apart from the API")
+    import threading
+
+    from worker.deltas import run_watcher
+
+    stop = threading.Event()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, frame: stop.set())
+    # Stored before it ends: the events received since the last delta.
+    run_watcher(config, queue.connect(config), stop)
+
+
 def config_check(args: argparse.Namespace) -> None:
     """Load the config as every process does; print what it runs with."""
     print(yaml.safe_dump(effective_config(start_up(args.config)), sort_keys=False), end="")
@@ -156,8 +176,15 @@ def prune(config: Config, dry_run: bool) -> None:
     store = open_store(config)
     if dry_run:
         decisions = retention.plan(store.list_backups(), now, config.rotate, config.retention)
+        decisions += retention.plan_deltas(store, decisions, now)
     else:
         decisions = retention.prune(store, now, config.rotate, config.retention)
+    # Kept deltas (thousands: one a delta-period) are summed up in one line; deleted ones are each shown.
+    kept_deltas = [decision for decision in decisions if decision.keep and is_delta_name(decision.name)]
     for decision in decisions:
-        verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
-        print(f"{verdict:12} {decision.name}  {decision.reason}")
+        if not (decision.keep and is_delta_name(decision.name)):
+            verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
+            print(f"{verdict:12} {decision.name}  {decision.reason}")
+    if kept_deltas:
+        print(f"{'keep':12} {len(kept_deltas)} deltas, {kept_deltas[0].name} to {kept_deltas[-1].name}  "
+              f"{kept_deltas[0].reason}")

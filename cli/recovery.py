@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cli.tree import Commands, add_command
+from cli.tree import Commands, add_command, add_config_option
 from common import backups, present
 from common.config import API_TOKEN_ENV, parse_duration
+from common.deltas import MAX_REVISION
 from recovery.client import (
     BACKUP_PATH,
     CHUNK,
@@ -89,11 +90,21 @@ def add_commands(commands: Commands) -> None:
         "and --initial-advertise-peer-urls, the same --initial-cluster and a new --initial-cluster-token.",
         ["etcd-backup restore snapshot-20261127_060000.tar.gz --data-dir /var/lib/etcd-restored \\\n"
          "      --name etcd0 --initial-cluster etcd0=http://10.0.0.1:2380 \\\n"
-         "      --initial-advertise-peer-urls http://10.0.0.1:2380"],
+         "      --initial-advertise-peer-urls http://10.0.0.1:2380",
+         "etcd-backup restore --config /etc/etcd-backup/config.yml --to-revision 123456 --data-dir /var/lib/etcd-pitr",
+         "etcd-backup restore --config /etc/etcd-backup/config.yml --to-time 2026-11-27T06:30:00Z --data-dir ..."],
         config_option=False, parents=[token, identity])
-    restore_parser.add_argument("source", metavar="FILE|URL",
+    restore_parser.add_argument("source", metavar="FILE|URL", nargs="?",
                                 help="a .tar.gz (or .tar.gz.age), or its URL on the service; a FILE may also be "
                                      "a .db (etcdctl snapshot save) or a .db.gz (the original etcd-backup)")
+    point = restore_parser.add_mutually_exclusive_group()
+    point.add_argument("--to-revision", type=revision, metavar="R",
+                       help="instead of FILE|URL: the newest full backup at or before R, then the deltas up to R "
+                            "(needs --config: where the backups and deltas are)")
+    point.add_argument("--to-time", type=moment, metavar="TIME",
+                       help="instead of FILE|URL: the state at TIME (ISO 8601, e.g. 2026-11-27T06:30:00Z): the "
+                            "newest revision the delta watcher had received by then")
+    add_config_option(restore_parser, " (for --to-revision and --to-time)")
     restore_parser.add_argument("--data-dir", required=True, type=Path, help="a new (or empty) directory")
     restore_parser.add_argument("--name", help="this member's name (etcd's --name)")
     restore_parser.add_argument("--initial-cluster", help="every member: name1=https://host1:2380,...")
@@ -127,6 +138,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def revision(text: str) -> int:
+    """An etcd revision: a positive int64."""
+    number = int(text)  # ValueError: argparse's usage error (status 2)
+    if not 0 < number <= MAX_REVISION:
+        raise ValueError(text)
+    return number
+
+
+def moment(text: str) -> datetime:
+    """An ISO 8601 time with its offset (or Z): a time without one would be read in some host's zone."""
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(text)
+    return parsed
+
+
 def duration(text: str) -> float:
     """A positive Go duration, in seconds."""
     seconds = parse_duration(text)  # ValueError: argparse's usage error (status 2)
@@ -157,6 +184,8 @@ def run(args: argparse.Namespace) -> None:
         elif args.command == "verify":
             with private_workdir(VERIFY_PREFIX) as work:
                 print(f"{args.source}: {_verify(args, work).report()}")
+        elif args.to_revision is not None or args.to_time is not None:
+            _restore_to_point(args)
         else:
             _restore(args)
     except UsageError as exc:
@@ -197,7 +226,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def _fail(args: argparse.Namespace, cause: object, status: int) -> None:
     """One line on stderr, whatever the cause holds (a server's message may hold newlines, escapes)."""
-    where = f" {args.source}" if "source" in args else ""
+    where = f" {args.source}" if getattr(args, "source", None) is not None else ""
     message = one_line(f"etcd-backup {args.command}{where}: {cause}", limit=1000)
     if status == 1:
         sys.exit(message)  # status 1, the message on stderr
@@ -238,6 +267,8 @@ def _verify(args: argparse.Namespace, work: Path) -> Verified:
 
 
 def _restore(args: argparse.Namespace) -> None:
+    if args.source is None:
+        raise UsageError("give the backup to restore (FILE|URL), or --to-revision or --to-time with --config")
     member = Member(args.name, args.initial_cluster, args.initial_advertise_peer_urls, args.initial_cluster_token)
     data_dir = check_data_dir(args.data_dir)  # before downloading or verifying anything
     # The snapshot is extracted beside the data dir: same file system, and no second copy in /tmp.
@@ -246,6 +277,34 @@ def _restore(args: argparse.Namespace) -> None:
         verified = _verify(args, Path(work))
         print(f"{args.source}: {verified.report()}")
         restore(verified.db_path, data_dir, member, announce=lambda command: print("running: " + shlex.join(command)))
+    _next_steps(args, data_dir)
+
+
+def _restore_to_point(args: argparse.Namespace) -> None:
+    """Restore to a revision or a time, from the full backups and deltas of the config's store."""
+    if args.source is not None:
+        raise UsageError("give either a backup (FILE|URL) or --to-revision/--to-time, not both")
+    from cli.startup import read_config
+    from common.storage import open_store
+    from recovery.pitr import Target, identities_of, plan_restore, restore_to
+
+    config = read_config(args.config)
+    identity_file = args.identity or config.identity_file
+    data_dir = check_data_dir(args.data_dir)
+    store = open_store(config)
+    target = Target(args.to_revision, args.to_time)
+    plan = plan_restore(store, target, datetime.now(UTC), identities_of(identity_file))
+    print(f"restoring to revision {plan.revision}: {plan.backup} (revision {plan.metadata.revision}), then "
+          f"{len(plan.deltas)} deltas")
+    member = Member(args.name, args.initial_cluster, args.initial_advertise_peer_urls, args.initial_cluster_token)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as work:
+        restore_to(config, store, plan, data_dir, member, Path(work), identity_file, say=print)
+    print("leases are not restored: keys that had a lease were restored without one")
+    _next_steps(args, data_dir)
+
+
+def _next_steps(args: argparse.Namespace, data_dir: Path) -> None:
     etcd = shutil.which("etcd") or "etcd"
     print(f"""restored into {data_dir}. Next:
   - one member: start etcd on it, e.g.

@@ -117,6 +117,21 @@ def read_drill(connection: redis.Redis) -> dict[str, float]:
     return drill
 
 
+WATCHER_FIELDS = {"events": int, "bytes": int, "deltas": int, "gaps": int, "last_revision": int, "current_at": float}
+"""The delta watcher's hash (common.recovery_window.STATS_KEY): counts, the last stored revision, and the Unix
+time as of which every revision etcd had is stored (the recovery point's start)."""
+
+
+def read_watcher(connection: redis.Redis, key: str) -> dict[str, float]:
+    """The delta watcher's counters and times at `key`, each only if it is readable."""
+    raw = _read_hash(connection, key) or {}
+    watcher: dict[str, float] = {}
+    for field, kind in WATCHER_FIELDS.items():
+        if field in raw and (value := _number(key, field, raw[field], kind)) is not None:
+            watcher[field] = value
+    return watcher
+
+
 def read_drill_notes(connection: redis.Redis) -> dict[str, str]:
     """The last drill's "backup" and "reason", as text, each only if it is there (read_drill has the numbers)."""
     raw = _read_hash(connection, DRILL_KEY) or {}

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from common import backups
 from common.config import RetentionConfig
+from common.deltas import parse_delta_name
 from common.storage import BackupStore
 
 logger = logging.getLogger(__name__)
@@ -99,12 +100,49 @@ def _plan_current(names: list[str], now: datetime, rotate: int, retention: Reten
 
 def prune(store: BackupStore, now: datetime, rotate: int, retention: RetentionConfig | None,
           protect: str | None = None) -> list[Decision]:
-    """Delete the backups (and their metadata) that `plan` does not keep; return the decisions."""
+    """Delete the backups (and their metadata) that `plan` does not keep, then the deltas that `plan_deltas` does
+    not keep; return the decisions, the backups' first."""
     decisions = plan(store.list_backups(now), now, rotate, retention, protect)
     for decision in decisions:
         if not decision.keep and store.delete(decision.name):
             logger.info("removed %s: %s", decision.name, decision.reason)
-    return decisions
+    delta_decisions = plan_deltas(store, decisions, now)
+    for decision in delta_decisions:
+        if not decision.keep and store.delete_delta(decision.name):
+            logger.info("removed %s: %s", decision.name, decision.reason)
+    return decisions + delta_decisions
+
+
+def plan_deltas(store: BackupStore, decisions: list[Decision], now: datetime) -> list[Decision]:
+    """Decide, for each stored delta (in revision order), whether to keep it: a restore starts from a full
+    backup and applies the deltas after its revision, so a delta whose revisions all come at or before the
+    oldest kept full backup's (one a restore can start from: current, with metadata) serves no restore."""
+    names = store.list_deltas()
+    oldest = _oldest_restorable(store, decisions, now) if names else None
+    if oldest is None:  # no backup to start from (yet): nothing tells which deltas are needed; keep them all
+        return [Decision(name, True, "no kept full backup with metadata to tell") for name in names]
+    backup, revision = oldest
+    decided = []
+    for name in names:
+        said = parse_delta_name(name)
+        assert said is not None, name  # list_deltas lists deltas' names only
+        if said.last <= revision:
+            decided.append(Decision(name, False, f"no kept full backup precedes it: the oldest, {backup}, "
+                                                 f"holds revision {revision}"))
+        else:
+            decided.append(Decision(name, True, f"follows the kept full backup {backup} (revision {revision})"))
+    return decided
+
+
+def _oldest_restorable(store: BackupStore, decisions: list[Decision], now: datetime) -> tuple[str, int] | None:
+    """The oldest kept backup a restore can start from, and its revision."""
+    for decision in reversed(decisions):  # oldest first
+        name = decision.name
+        if decision.keep and not backups.is_stale(name) and not backups.is_future(name, now):
+            metadata = store.read_metadata(name)
+            if metadata is not None:
+                return name, metadata.revision
+    return None
 
 
 Rule = Callable[[list[str], dict[str, datetime], datetime], dict[str, str]]

@@ -39,6 +39,8 @@ def restore_command(db_path: Path, data_dir: Path, member: Member) -> list[str]:
 
 SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 """Kernel file systems: no etcd data dir belongs there."""
+SHARED_MEMORY = Path("/dev/shm")
+"""Under /dev, but a tmpfs like any other (memory: gone at reboot)."""
 
 
 def check_data_dir(data_dir: Path) -> Path:
@@ -50,6 +52,8 @@ def check_data_dir(data_dir: Path) -> Path:
     path = Path(os.path.abspath(data_dir))
     resolved = path.resolve()
     for tree in SYSTEM_TREES:
+        if SHARED_MEMORY in resolved.parents:  # a tmpfs, not the kernel's: point-in-time restore applies there
+            break
         if resolved == tree or tree in resolved.parents:
             raise RestoreError(f"{path} is under {tree}, a kernel file system: not a place for an etcd data dir")
     if path.is_symlink():

@@ -45,8 +45,8 @@ TREE = every_command(build_parser())
 
 
 def test_the_tree_has_the_commands_a_newcomer_looks_for() -> None:
-    assert {path[0] for path in TREE} == {"serve", "worker", "scheduler", "prune", "config", "status", "verify",
-                                          "restore", "download", "list"}
+    assert {path[0] for path in TREE} == {"serve", "worker", "scheduler", "deltas", "prune", "config", "status",
+                                          "verify", "restore", "download", "list"}
     assert ("config", "check") in TREE
 
 

@@ -411,6 +411,9 @@ OUT_OF_BOUNDS: dict[str, tuple[tuple[str, ...], dict[str, Any], str, str]] = {
     "drill 0 0 30 2 * (scheduler)": (SCHEDULER, {"drill": "0 0 30 2 *"}, "drill", "does not fire within a year"),
     "schedule 0 0 29 2 * (every 4 years)": (ALL_IN_ONE, {"schedule": "0 0 29 2 *"}, "schedule",
                                             "does not fire within a year"),
+    "delta-period 10ms": (ALL_IN_ONE, {"delta-period": "10ms"}, "delta-period", "must be at least 100ms, got '10ms'"),
+    "delta-period 1h": (ALL_IN_ONE, {"delta-period": "1h"}, "delta-period", "must be at most 10m, got '1h'"),
+    "deltas yes": (ALL_IN_ONE, {"deltas": "yes"}, "deltas", "expected true or false, got a string"),
 }
 
 
@@ -436,6 +439,7 @@ def test_values_that_cannot_work_are_refused_with_one_line(tmp_path: Path, case:
     ({"retention": {"max-age": "876600h"}}, "retention.max_age", 876600 * 3600.0),
     ({"retention": {"hourly": 876600, "daily": 36525, "weekly": 5217}}, "retention.weekly", 5217),
     ({"schedule": "0 0 1 1 *"}, "schedule", "0 0 1 1 *"), ({"drill": "* * * * * */2"}, "drill", "* * * * * */2"),
+    ({"delta-period": "100ms"}, "delta_period", 0.1), ({"delta-period": "10m"}, "delta_period", 600.0),
 ])
 def test_the_bounds_themselves_are_accepted(tmp_path: Path, keys: dict[str, Any], attribute: str, value: Any) -> None:
     assert attrgetter(attribute)(parse({"etcd": {}, "backup-dir": str(tmp_path / "b"), **keys})) == value
@@ -479,7 +483,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
         "schedule": "0 */6 * * *",
         "skip-unchanged": False,
         "drill": None,
-        "allow-stale-member": False,
+        "allow-stale-member": False, "deltas": False, "delta-period": "10s",
     }
     report("`etcd-backup config check` on a config with every kind of secret (api-token and REDIS_URL "
            "from the environment, etcd password, inline TLS key)",

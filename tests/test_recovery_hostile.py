@@ -225,6 +225,13 @@ def listening_tcp_ports(pid: int) -> set[int]:
     return ports
 
 
+def _cwd(proc: Path) -> Path | None:
+    try:
+        return Path(os.readlink(proc / "cwd"))
+    except OSError:
+        return None
+
+
 def test_the_drills_etcd_is_reachable_by_the_drill_only(
     service: Service, backup: Path, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, report: Report
 ) -> None:
@@ -232,12 +239,13 @@ def test_the_drills_etcd_is_reachable_by_the_drill_only(
     seen: dict[str, object] = {}
     check_member = drill._check_member
 
-    def attack_then_check(access: object, process: subprocess.Popen[bytes], *args: object) -> str:
-        result = check_member(access, process, *args)  # type: ignore[arg-type]  # etcd is up now
-        work = Path(os.readlink(f"/proc/{process.pid}/cwd"))
-        etcd_pid = int(subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout
-                       or process.pid)
-        seen["ports"] = listening_tcp_ports(etcd_pid) | listening_tcp_ports(process.pid)
+    def attack_then_check(connection: EtcdConnection, *args: object) -> str:
+        result = check_member(connection, *args)  # type: ignore[arg-type]  # etcd is up now
+        work = Path(connection.endpoint.removeprefix("unix://")).parent  # its socket is in its work dir
+        etcd_pids = [int(proc.name) for proc in Path("/proc").iterdir()
+                     if proc.name.isdigit() and _cwd(proc) == work]
+        assert etcd_pids, f"no process runs in {work}"
+        seen["ports"] = set().union(*(listening_tcp_ports(pid) for pid in etcd_pids))
         seen["mode"] = oct(work.stat().st_mode & 0o777)
         probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n"
                  "    print('connected')\nexcept OSError as e:\n    print(e.strerror)\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from cli.main import main
 from common import backups, retention
 from common.backups import backup_name
 from common.config import ConfigError, RetentionConfig, load_config, parse_config
+from common.deltas import DeltaName
+from common.metadata import BackupMetadata
 from common.storage import LocalStore, open_store
 from harness.s3 import S3Server
 
@@ -109,22 +112,7 @@ def test_prune_command_dry_run_then_for_real(where: str, request: pytest.Fixture
     now = datetime.now(UTC)
     names = [backup_name(now - timedelta(days=days)) for days in (0, 1, 10, 20)]
     others = ["notes.txt", backup_name(now - timedelta(days=30)) + ".bak"]  # not backups: never deleted
-    if where == "local":
-        backup_dir = tmp_path / "backups"
-        backup_dir.mkdir(mode=0o700)
-        settings: dict[str, Any] = {"backup-dir": str(backup_dir)}
-        for name in names + others:
-            (backup_dir / name).write_bytes(b"x")
-    else:  # a bucket: the same command, the same answers
-        server: S3Server = request.getfixturevalue(where)
-        bucket, prefix = server.place()
-        settings = server.settings(bucket, prefix)
-        client = server.client()
-        for name in names + others:
-            client.put_object(Bucket=bucket, Key=prefix + name, Body=b"x")
-    config = tmp_path / "config.yml"
-    config.write_text(yaml.safe_dump({**settings, "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-                                      "retention": {"max-age": "120h"}}))
+    config, stored_names = _store_config(where, request, tmp_path, dict.fromkeys(names + others, b"x"))
     store = open_store(load_config(config))
     main(["prune", "--config", str(config), "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
@@ -136,11 +124,7 @@ def test_prune_command_dry_run_then_for_real(where: str, request: pytest.Fixture
     main(["prune", "--config", str(config)])
     assert capsys.readouterr().out.count("deleted ") == 2
     assert store.list_backups() == sorted(names[:2])
-    if where == "local":
-        assert sorted(os.listdir(backup_dir)) == sorted(names[:2] + others)
-    else:
-        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
-        assert sorted(item["Key"].removeprefix(prefix) for item in listed) == sorted(names[:2] + others)
+    assert stored_names() == sorted(names[:2] + others)
 
 
 def test_a_stale_backup_never_takes_the_place_of_a_current_one() -> None:
@@ -166,3 +150,69 @@ def test_names_say_stale_and_newest_is_always_current() -> None:
     current = backup_name(NOW - timedelta(hours=1))
     assert backups.newest([current, stale], NOW) == current
     assert backups.newest([current, stale], NOW, stale=True) == stale
+
+
+@pytest.mark.parametrize("where", ["local", "seaweedfs"])
+def test_prune_deletes_the_deltas_no_kept_full_backup_precedes(where: str, request: pytest.FixtureRequest,
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Backups at revisions 400, 300 (kept: max-age), 200, 100 (deleted): the deltas whose revisions all come at or
+    before 300 go, with them; one that reaches past 300 stays, as do those after it."""
+    now = datetime.now(UTC)
+    names = [backup_name(now - timedelta(days=days)) for days in (0, 1, 10, 20)]
+    files = {name: b"x" for name in names}
+    for name, revision in zip(names, (400, 300, 200, 100), strict=True):
+        files[backups.metadata_name(name)] = BackupMetadata(name, 1, "c", "m", "e", revision, "3.4.23", 1, "0" * 64,
+                                                            now.isoformat(), 0.1).to_bytes()
+    seen = now - timedelta(days=30)
+    deltas = [str(DeltaName(first, last, seen, seen, encrypted=False))
+              for first, last in ((101, 150), (151, 250), (251, 300), (290, 310), (301, 350), (351, 450))]
+    files.update({name: b"delta" for name in deltas})
+    store = open_store(load_config(_store_config(where, request, tmp_path, files)[0]))
+    config = str(tmp_path / "config.yml")
+
+    main(["prune", "--config", config, "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    why = f"no kept full backup precedes it: the oldest, {names[1]}, holds revision 300"
+    assert lines[4:] == [f"would delete {name}  {why}" for name in deltas[:3]] + [
+        f"keep         3 deltas, {deltas[3]} to {deltas[5]}  follows the kept full backup {names[1]} (revision 300)"]
+    assert store.list_deltas() == deltas
+    main(["prune", "--config", config])
+    assert capsys.readouterr().out.count("deleted      delta-") == 3
+    assert store.list_deltas() == deltas[3:] and store.list_backups() == sorted(names[:2])
+
+
+def test_deltas_are_kept_while_no_backup_tells_which_are_needed(tmp_path: Path) -> None:
+    """No kept backup has metadata (or there is none yet): every delta is kept."""
+    store = LocalStore(tmp_path)
+    delta = str(DeltaName(1, 5, NOW, NOW, encrypted=False))
+    (tmp_path / delta).write_bytes(b"delta")
+    (tmp_path / names_at(timedelta(0))[0]).write_bytes(b"x")
+    decisions = retention.prune(store, NOW, rotate=1, retention=None)
+    assert [(d.name, d.keep) for d in decisions][1:] == [(delta, True)] and store.list_deltas() == [delta]
+
+
+def _store_config(where: str, request: pytest.FixtureRequest, tmp_path: Path,
+                  files: dict[str, bytes]) -> tuple[Path, Callable[[], list[str]]]:
+    """A config (max-age 5 days) whose store, a backup-dir or a bucket's prefix, holds `files`; and a function that
+    lists every name the store holds then (backups or not)."""
+    if where == "local":
+        backup_dir = tmp_path / "backups"
+        backup_dir.mkdir(mode=0o700)
+        settings: dict[str, Any] = {"backup-dir": str(backup_dir)}
+        for name, data in files.items():
+            (backup_dir / name).write_bytes(data)
+        stored_names: Callable[[], list[str]] = lambda: sorted(os.listdir(backup_dir))  # noqa: E731
+    else:
+        server: S3Server = request.getfixturevalue(where)
+        bucket, prefix = server.place()
+        settings = server.settings(bucket, prefix)
+        client = server.client()
+        for name, data in files.items():
+            client.put_object(Bucket=bucket, Key=prefix + name, Body=data)
+        stored_names = lambda: sorted(item["Key"].removeprefix(prefix)  # noqa: E731
+                                      for item in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({**settings, "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+                                      "retention": {"max-age": "120h"}}))
+    return config, stored_names

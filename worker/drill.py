@@ -15,8 +15,6 @@ worker starts (recovery.workdir).
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -27,19 +25,16 @@ import redis
 
 from common import backups, etcd
 from common.clock import redis_clock
-from common.config import Config, EtcdConfig
+from common.config import Config
 from common.metadata import BackupMetadata
 from common.metrics import record_drill
 from common.storage import BackupStore, open_store
 from recovery.restore import Member, RestoreError, restore
+from recovery.throwaway import ThrowawayFailed, member_flags, throwaway_etcd
 from recovery.verify import CannotVerify, Verified, VerifyError, verify_stored
 from recovery.workdir import DRILL_PREFIX, private_workdir
 
 logger = logging.getLogger(__name__)
-
-START_TIMEOUT = 60.0
-"""Seconds the restored etcd has to answer."""
-
 
 class DrillFailed(Exception):
     """The restored etcd did not start, or does not hold what the backup recorded."""
@@ -85,75 +80,40 @@ def _drill(config: Config, store: BackupStore, name: str, began: float) -> Drill
 
 
 def _restore_and_check(config: Config, verified: Verified, work: Path, metadata: BackupMetadata | None) -> str:
-    # unix:// URLs name a socket file relative to etcd's working directory, the 0700 work dir.
-    client_socket, peer_url = "client:1", "unix://peer:2"
     data_dir = work / "data"
-    restore(verified.db_path, data_dir, Member(name="drill", initial_cluster=f"drill={peer_url}",
-                                               initial_advertise_peer_urls=peer_url))
+    restore(verified.db_path, data_dir, Member(**member_flags()))
     verified.db_path.unlink()  # the data dir has its copy now: half the disk space
-    etcd_bin = shutil.which("etcd")
-    if etcd_bin is None:
-        raise DrillFailed("etcd is not on the PATH: the drill needs it to start the restored member")
-    with open(work / "etcd.log", "wb") as log:
-        process = subprocess.Popen(
-            # setpriv --pdeathsig: the kernel kills etcd if the worker dies (kill -9 included).
-            ["setpriv", "--pdeathsig", "KILL", "--", etcd_bin, "--name", "drill", "--data-dir", str(data_dir),
-             "--listen-client-urls", f"unix://{client_socket}", "--advertise-client-urls", f"unix://{client_socket}",
-             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-             "--initial-cluster", f"drill={peer_url}"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=work,
-        )
     try:
-        # The restored database keeps etcd's users and auth setting: log in as the service does.
-        access = EtcdConfig(endpoints=(f"unix://{work / client_socket}",), timeout=2.0,
-                            username=config.etcd.username, password=config.etcd.password)
-        return _check_member(access, process, metadata, verified.revision)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with throwaway_etcd(work, data_dir, config.etcd.username, config.etcd.password) as connection:
+            return _check_member(connection, config.etcd.username is None, metadata)
+    except ThrowawayFailed as exc:
+        raise DrillFailed(str(exc)) from None
 
 
-def _check_member(access: EtcdConfig, process: subprocess.Popen[bytes], metadata: BackupMetadata | None,
-                  snapshot_revision: int) -> str:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise DrillFailed(f"the restored etcd exited with status {process.returncode}")
-        try:
-            connection = etcd.connect(access, prove=False)  # one member of its own: current by definition
-            break
-        except etcd.EtcdUnavailable:
-            if time.monotonic() > deadline:
-                raise DrillFailed(f"the restored etcd did not answer within {START_TIMEOUT:g}s") from None
-            time.sleep(0.2)
-    with connection:
-        revision = int(connection.status.header.revision)
-        if metadata is None:
-            return f"the restored etcd serves revision {revision} (no metadata to compare with)"
-        if revision < metadata.revision:
-            raise DrillFailed(f"the restored etcd is at revision {revision}, the backup recorded {metadata.revision}")
-        if metadata.key_count is None:
-            return f"the restored etcd serves revision {revision} (no key count recorded)"
-        try:
-            keys = connection.key_count(metadata.revision, timeout=10)
-        except grpc.RpcError as exc:
-            why = etcd.describe_rpc_error(exc, 10)
-            if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # compacted past it between proof and snapshot
-                return (f"the restored etcd serves revision {revision}; the key count was not compared: revision "
-                        f"{metadata.revision} is compacted in the snapshot")
-            if access.username is None and _auth_refused(exc):
-                return (f"the restored etcd serves revision {revision}; its keys were not counted: the cluster has "
-                        "etcd auth on and the config has no username/password (a certificate user cannot log in "
-                        "on the drill's unix socket)")
-            raise DrillFailed(f"cannot count the restored keys: {why}") from None
-        if keys != metadata.key_count:
-            raise DrillFailed(f"the restored etcd has {keys} keys at revision {metadata.revision}, "
-                              f"the backup recorded {metadata.key_count}")
-        return f"the restored etcd serves revision {revision} with {keys} keys, as recorded"
+def _check_member(connection: etcd.EtcdConnection, no_username: bool, metadata: BackupMetadata | None) -> str:
+    revision = int(connection.status.header.revision)
+    if metadata is None:
+        return f"the restored etcd serves revision {revision} (no metadata to compare with)"
+    if revision < metadata.revision:
+        raise DrillFailed(f"the restored etcd is at revision {revision}, the backup recorded {metadata.revision}")
+    if metadata.key_count is None:
+        return f"the restored etcd serves revision {revision} (no key count recorded)"
+    try:
+        keys = connection.key_count(metadata.revision, timeout=10)
+    except grpc.RpcError as exc:
+        why = etcd.describe_rpc_error(exc, 10)
+        if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # compacted past it between proof and snapshot
+            return (f"the restored etcd serves revision {revision}; the key count was not compared: revision "
+                    f"{metadata.revision} is compacted in the snapshot")
+        if no_username and _auth_refused(exc):
+            return (f"the restored etcd serves revision {revision}; its keys were not counted: the cluster has "
+                    "etcd auth on and the config has no username/password (a certificate user cannot log in "
+                    "on the drill's unix socket)")
+        raise DrillFailed(f"cannot count the restored keys: {why}") from None
+    if keys != metadata.key_count:
+        raise DrillFailed(f"the restored etcd has {keys} keys at revision {metadata.revision}, "
+                          f"the backup recorded {metadata.key_count}")
+    return f"the restored etcd serves revision {revision} with {keys} keys, as recorded"
 
 
 def _record(store: BackupStore, connection: redis.Redis | None, result: DrillResult) -> None:

@@ -45,6 +45,8 @@ def effective_config(config: Config) -> dict[str, Any]:
         "skip-unchanged": config.skip_unchanged,
         "drill": config.drill,
         "allow-stale-member": config.allow_stale_member,
+        "deltas": config.deltas,
+        "delta-period": format_duration(config.delta_period),
         **({} if config.s3 is None else {"s3": _s3_section(config)}),
         **({} if config.encryption is None else {"encryption": {
             "recipients": list(config.encryption.recipients),

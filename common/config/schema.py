@@ -13,6 +13,7 @@ DEFAULT_ENDPOINTS = ("http://127.0.0.1:2379",)
 DEFAULT_ETCD_TIMEOUT = "2s"
 DEFAULT_BACKUP_TIMEOUT = "5m"
 DEFAULT_GZIP_LEVEL = 1
+DEFAULT_DELTA_PERIOD = "10s"
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ class Config:
     allow_stale_member: bool = False
     """When no member can prove it is current (the quorum is gone), back up the first that answers all the
     same, as a stale backup (common.backups.is_stale) rather than fail."""
+    deltas: bool = False
+    """The all-in-one runs the delta watcher (worker.deltas) as a thread; `etcd-backup deltas` runs it alone."""
+    delta_period: float = 10.0
+    """Seconds between two deltas: the recovery point (how much is lost with etcd) is about this."""
 
     @property
     def identity_file(self) -> Path | None:

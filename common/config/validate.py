@@ -19,6 +19,7 @@ from common.config.schema import (
     DEFAULT_BACKUP_DIR,
     DEFAULT_BACKUP_TIMEOUT,
     DEFAULT_CONCURRENCY,
+    DEFAULT_DELTA_PERIOD,
     DEFAULT_ENDPOINTS,
     DEFAULT_ETCD_TIMEOUT,
     DEFAULT_GZIP_LEVEL,
@@ -51,13 +52,15 @@ RETENTION_HORIZON = 100 * 365.25 * 86400
 MAX_AGE_BOUNDS = (60.0, RETENTION_HORIZON)
 TIER_LENGTHS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
 """Seconds per step of each retention tier: a tier may count steps up to RETENTION_HORIZON."""
+DELTA_PERIOD_BOUNDS = (0.1, 600.0)
+"""Seconds between deltas: below 100ms a delta per write; beyond 10 minutes the recovery point of a full backup."""
 CRON_HORIZON = timedelta(days=366)
 """A schedule must fire at least this often: one that never fires (30 February) stops the scheduler."""
 
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
-    "allow-stale-member", "s3", "encryption",
+    "allow-stale-member", "s3", "encryption", "deltas", "delta-period",
 })
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 MAX_KEY_FILE = 1 << 20
@@ -96,6 +99,8 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         drill=_schedule(top.get_str("drill", None), "drill"),
         allow_stale_member=top.get_bool("allow-stale-member", False),
         encryption=_parse_encryption(top.get_section("encryption")),
+        deltas=top.get_bool("deltas", False),
+        delta_period=top.get_duration("delta-period", DEFAULT_DELTA_PERIOD, DELTA_PERIOD_BOUNDS),
     )
 
 

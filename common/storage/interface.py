@@ -9,6 +9,9 @@ without touching them. The rules every backend keeps:
 - A new backup becomes visible only when complete and durable, together with its metadata, and never
   replaces another backup: a name that is taken fails the new backup, not the old one.
 - Whatever fails while a backup is written, nothing of it is left visible.
+
+Deltas (common.deltas: the etcd events between full backups) follow the same rules: only names that
+common.deltas.parse_delta_name reads are deltas, one is visible only once durable, and never replaces another.
 """
 
 from __future__ import annotations
@@ -122,3 +125,17 @@ class BackupStore(Protocol):
         """Remove metadata whose archive is gone (a crash between the two steps of publishing). Call only
         while holding the backup lock, when no backup is between them."""
 
+
+    def put_delta(self, name: str, data: bytes) -> None:
+        """Store delta `name` (common.deltas), durably, before returning; StorageError if it cannot, or if a
+        delta of that name is there already (it is never replaced)."""
+
+    def list_deltas(self) -> list[str]:
+        """The names of the stored deltas that hold bytes, in revision order (name order)."""
+
+    def read_delta(self, name: str) -> bytes | None:
+        """The stored bytes of delta `name`, at most common.deltas.MAX_STORED_BYTES + 1 of them (a bigger one is
+        not ours: the reader refuses it); None if there is no such delta."""
+
+    def delete_delta(self, name: str) -> bool:
+        """Delete delta `name`; False if it was not there."""

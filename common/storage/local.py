@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from common.backups import METADATA_SUFFIX, in_time_order, is_backup_name, metadata_name, report_once
+from common.deltas import MAX_STORED_BYTES, is_delta_name
 from common.metadata import MAX_METADATA_BYTES, BackupMetadata, parse_metadata
 from common.storage.interface import CatalogEntry, OpenedBackup, StorageError, StoredFile
 
@@ -202,6 +203,30 @@ class LocalStore:
         finally:
             temp.unlink(missing_ok=True)
         _fsync_dir(self.directory)
+
+    def put_delta(self, name: str, data: bytes) -> None:
+        if not is_delta_name(name):
+            raise StorageError(f"{name!r} is not a delta's name")
+        # An update's temp name: one left by a killed watcher goes with remove_unpublished's old updates.
+        try:
+            self.write_durably(name, data, f"{UPDATE_PREFIX}{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        except OSError as exc:
+            raise StorageError(self._describe(exc, name)) from None
+
+    def list_deltas(self) -> list[str]:
+        return sorted(self._regular_files(is_delta_name, nonempty=True))
+
+    def read_delta(self, name: str) -> bytes | None:
+        if not is_delta_name(name):
+            return None
+        fd = self._open_regular(self.directory / name)
+        if fd is None:
+            return None
+        with open(fd, "rb") as file:
+            return file.read(MAX_STORED_BYTES + 1)
+
+    def delete_delta(self, name: str) -> bool:
+        return is_delta_name(name) and _remove_file(self.directory / name)
 
     def remove_orphan_metadata(self) -> list[str]:
         names = os.listdir(self.directory)

@@ -33,6 +33,7 @@ from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from common.backups import in_time_order, is_backup_name, is_encrypted, metadata_name, report_once
 from common.config.schema import S3Config
+from common.deltas import MAX_STORED_BYTES, is_delta_name
 from common.metadata import MAX_METADATA_BYTES, BackupMetadata, parse_metadata
 from common.storage.interface import CatalogEntry, OpenedBackup, StorageError, StoredFile
 
@@ -198,6 +199,46 @@ class S3Store:
                    and name.removesuffix(".json") not in names]
         return [name for name in orphans if self._tidy(
             f"remove {name}", self.client.delete_object, Bucket=self.settings.bucket, Key=self.key(name))]
+
+    def put_delta(self, name: str, data: bytes) -> None:
+        if not is_delta_name(name):
+            raise StorageError(f"{name!r} is not a delta's name")
+        try:
+            if self.exists(name):  # for stores that ignore If-None-Match
+                raise StorageError(f"{name} already exists in {self.where}; it was not overwritten")
+            self.client.put_object(Bucket=self.settings.bucket, Key=self.key(name), Body=data, IfNoneMatch="*",
+                                   ContentType="application/octet-stream", **self._object_options())
+        except ClientError as exc:
+            raise StorageError(_exists_or(exc, name, self.where)) from None
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot write {name} to {self.where}: {_describe(exc)}") from None
+
+    def list_deltas(self) -> list[str]:
+        return sorted(name for name in self._objects() if is_delta_name(name))
+
+    def read_delta(self, name: str) -> bytes | None:
+        if not is_delta_name(name):
+            return None
+        try:
+            got = self.client.get_object(Bucket=self.settings.bucket, Key=self.key(name),
+                                         Range=f"bytes=0-{MAX_STORED_BYTES}")
+            data: bytes = got["Body"].read(MAX_STORED_BYTES + 1)
+        except S3_ERRORS as exc:
+            if isinstance(exc, ClientError) and _code(exc) in (*NOT_THERE, "InvalidRange"):  # InvalidRange: empty
+                return None
+            raise StorageError(f"cannot read {name} in {self.where}: {_describe(exc)}") from None
+        return data
+
+    def delete_delta(self, name: str) -> bool:
+        if not is_delta_name(name):
+            return False
+        try:
+            if not self.exists(name):
+                return False
+            self.client.delete_object(Bucket=self.settings.bucket, Key=self.key(name))
+        except S3_ERRORS as exc:
+            raise StorageError(f"cannot delete {name} in {self.where}: {_describe(exc)}") from None
+        return True
 
     def _tidy(self, what: str, call: Callable[..., object], **arguments: str) -> bool:
         """A cleanup step; one the store refuses now is logged and left for the next cleanup: it must not fail

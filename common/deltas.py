@@ -1,0 +1,224 @@
+"""Delta files: the etcd events between full backups, so that a restore can reach any revision in between.
+
+A delta holds every event of the revisions `first`..`last`, whole revisions only (restore applies one Txn
+per revision, so that the restored revisions line up with the original's). Its name says both revisions
+and the times the first and last were seen, zero-padded so that name order is revision order:
+
+    delta-<first, 19 digits>-<last, 19 digits>-<YYYYMMDD_HHMMSS>-<YYYYMMDD_HHMMSS>.bin.gz[.age]
+
+The file is gzip (`.age`: then encrypted with age, as backups are) of:
+
+    MAGIC, then records, then the 32-byte SHA-256 of all that came before it
+
+and each record is one revision: its number (8 bytes), when the watcher received it (8 bytes, Unix
+microseconds), its event count (4 bytes), then each event: its kind (1 byte: PUT or DELETE), key length
+(4 bytes), key, and for a PUT the value length (4 bytes) and value. Big-endian throughout.
+
+Whatever reads a delta trusts nothing in it: whoever can write to the store can plant one. It is read whole
+(deltas are small: the watcher writes one at MAX_DELTA_BYTES at the latest), within bounds, its digest
+checked before any of it is used, its revisions checked against its name, and any mismatch is a DeltaError.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyrage
+
+from common.encryption import Identity, Recipient
+
+MAGIC = b"etcd-backup delta 1\n"
+PUT, DELETE = 0, 1
+MAX_DELTA_BYTES = 8 << 20
+"""The watcher writes a delta once the events it holds reach this size (or at every delta-period)."""
+MAX_STORED_BYTES = 64 << 20
+"""A stored delta (compressed, maybe encrypted) larger than this is not one of ours, and is not read."""
+MAX_PLAIN_BYTES = 256 << 20
+"""Bytes a delta may inflate to: one of ours is under MAX_DELTA_BYTES plus a revision (etcd takes requests of at
+most a few MiB); more is a planted gzip bomb."""
+MAX_REVISION = (1 << 63) - 1
+"""etcd's revisions are int64."""
+NAME_TIME = "%Y%m%d_%H%M%S"
+DELTA_NAME = re.compile(r"delta-(\d{19})-(\d{19})-(\d{8}_\d{6})-(\d{8}_\d{6})\.bin\.gz(\.age)?")
+SHA256_SIZE = 32
+_REVISION = struct.Struct(">QqI")
+_KEY = struct.Struct(">BI")
+_LENGTH = struct.Struct(">I")
+
+
+class DeltaError(Exception):
+    """A delta file is not what its name says, or not intact; the message says how."""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: int
+    """PUT or DELETE."""
+    key: bytes
+    value: bytes = b""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """The events of one etcd revision: one Txn on restore."""
+
+    number: int
+    seen: float
+    """Unix time the watcher received it: what --to-time compares with (etcd records no time)."""
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, order=True)
+class DeltaName:
+    """What a delta's name says."""
+
+    first: int
+    last: int
+    first_seen: datetime
+    last_seen: datetime
+    encrypted: bool
+
+    def __str__(self) -> str:
+        return (f"delta-{self.first:019d}-{self.last:019d}-{self.first_seen.strftime(NAME_TIME)}-"
+                f"{self.last_seen.strftime(NAME_TIME)}.bin.gz{'.age' if self.encrypted else ''}")
+
+
+def parse_delta_name(name: str) -> DeltaName | None:
+    """What delta `name` says, or None if it is not a delta's name (or says the impossible)."""
+    match = DELTA_NAME.fullmatch(name)
+    if match is None:
+        return None
+    first, last = int(match[1]), int(match[2])
+    try:
+        first_seen, last_seen = (datetime.strptime(match[i], NAME_TIME).replace(tzinfo=UTC) for i in (3, 4))
+    except ValueError:  # digits of no date, such as month 13
+        return None
+    if not 0 < first <= last <= MAX_REVISION or first_seen > last_seen:
+        return None
+    return DeltaName(first, last, first_seen, last_seen, match[5] is not None)
+
+
+def is_delta_name(name: str) -> bool:
+    return parse_delta_name(name) is not None
+
+
+def delta_name(revisions: Sequence[Revision], encrypted: bool) -> DeltaName:
+    """The name of the delta that holds `revisions` (in order, at least one)."""
+    def seen(revision: Revision) -> datetime:
+        return datetime.fromtimestamp(revision.seen, UTC).replace(microsecond=0)
+
+    return DeltaName(revisions[0].number, revisions[-1].number, seen(revisions[0]), seen(revisions[-1]), encrypted)
+
+
+def encode_delta(revisions: Sequence[Revision], recipients: Sequence[Recipient] = ()) -> bytes:
+    """The stored bytes of a delta holding `revisions`; encrypted to `recipients` if any."""
+    digest = hashlib.sha256(MAGIC)
+    parts = [MAGIC]
+    for revision in revisions:
+        record = _encode_revision(revision)
+        digest.update(record)
+        parts.append(record)
+    parts.append(digest.digest())
+    # Level 1: deltas are written every few seconds while etcd is busy; the watcher must keep up.
+    compressed = gzip.compress(b"".join(parts), compresslevel=1, mtime=0)
+    return pyrage.encrypt(compressed, list(recipients)) if recipients else compressed
+
+
+def _encode_revision(revision: Revision) -> bytes:
+    parts = [_REVISION.pack(revision.number, round(revision.seen * 1e6), len(revision.events))]
+    for event in revision.events:
+        parts.append(_KEY.pack(event.kind, len(event.key)))
+        parts.append(event.key)
+        if event.kind == PUT:
+            parts.append(_LENGTH.pack(len(event.value)))
+            parts.append(event.value)
+    return b"".join(parts)
+
+
+def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = ()) -> list[Revision]:
+    """The revisions of delta `name` from its `stored` bytes, every one checked (DeltaError if not)."""
+    said = parse_delta_name(name)
+    if said is None:
+        raise DeltaError(f"{name!r} is not a delta's name")
+    if len(stored) > MAX_STORED_BYTES:
+        raise DeltaError(f"{name}: larger than {MAX_STORED_BYTES >> 20} MiB: not a delta of etcd-backup's")
+    plain = _inflate(name, _decrypt(name, stored, identities) if said.encrypted else stored)
+    if not plain.startswith(MAGIC) or len(plain) < len(MAGIC) + SHA256_SIZE:
+        raise DeltaError(f"{name}: not a delta file of etcd-backup's")
+    body, recorded = plain[:-SHA256_SIZE], plain[-SHA256_SIZE:]
+    if hashlib.sha256(body).digest() != recorded:
+        raise DeltaError(f"{name}: its SHA-256 does not match its contents: damaged or tampered with")
+    revisions = list(_records(name, memoryview(body)[len(MAGIC):]))
+    if not revisions or revisions[0].number != said.first or revisions[-1].number != said.last:
+        raise DeltaError(f"{name}: holds revisions other than its name says")
+    return revisions
+
+
+def _decrypt(name: str, stored: bytes, identities: Sequence[Identity]) -> bytes:
+    if not identities:
+        raise DeltaError(f"{name} is encrypted: give the identity that opens it (--identity, or the config's "
+                         "encryption.identity-file)")
+    try:
+        return bytes(pyrage.decrypt(stored, list(identities)))
+    except pyrage.DecryptError as exc:
+        raise DeltaError(f"{name}: cannot be decrypted ({exc}): another recipient's, or damaged") from None
+
+
+def _inflate(name: str, compressed: bytes) -> bytes:
+    """`compressed`, one gzip member, inflated: no more than MAX_PLAIN_BYTES, nothing after it."""
+    inflater = zlib.decompressobj(31)  # 31: the gzip format, its CRC-32 and length checked
+    try:
+        plain = inflater.decompress(compressed, MAX_PLAIN_BYTES)
+    except zlib.error as exc:
+        raise DeltaError(f"{name}: not intact gzip data ({exc})") from None
+    if inflater.unconsumed_tail:
+        raise DeltaError(f"{name}: inflates beyond {MAX_PLAIN_BYTES >> 20} MiB: not a delta of etcd-backup's")
+    if not inflater.eof or inflater.unused_data:
+        raise DeltaError(f"{name}: {'cut short' if not inflater.eof else 'has data after its end'}")
+    return plain
+
+
+def _records(name: str, data: memoryview) -> Iterator[Revision]:
+    """The revision records of `data`, each in order after the one before."""
+    position, previous = 0, 0
+    try:
+        while position < len(data):
+            number, micros, count = _REVISION.unpack_from(data, position)
+            position += _REVISION.size
+            if not previous < number <= MAX_REVISION or count == 0:
+                raise DeltaError(f"{name}: revision {number} after {previous}, with {count} events: out of order")
+            events = []
+            for _ in range(count):
+                event, position = _event(name, data, position)
+                events.append(event)
+            previous = number
+            yield Revision(number, micros / 1e6, tuple(events))
+    except struct.error:
+        raise DeltaError(f"{name}: a record is cut short") from None
+
+
+def _event(name: str, data: memoryview, position: int) -> tuple[Event, int]:
+    kind, key_length = _KEY.unpack_from(data, position)
+    position += _KEY.size
+    key = _take(name, data, position, key_length)
+    position += key_length
+    if kind == DELETE:
+        return Event(DELETE, key), position
+    if kind != PUT:
+        raise DeltaError(f"{name}: an event of unknown kind {kind}")
+    (value_length,) = _LENGTH.unpack_from(data, position)
+    position += _LENGTH.size
+    return Event(PUT, key, _take(name, data, position, value_length)), position + value_length
+
+
+def _take(name: str, data: memoryview, position: int, length: int) -> bytes:
+    if position + length > len(data):
+        raise DeltaError(f"{name}: a record is cut short")
+    return bytes(data[position:position + length])

@@ -1,0 +1,193 @@
+"""The recovery window: the revisions (and times) that the stored full backups and deltas can restore to, and the
+gaps between them; and what the delta watcher keeps in Redis about itself (its counters, the gaps it saw).
+
+Computed from names and metadata alone, never from the deltas' contents: cheap enough for every GET and scrape.
+A restore reads and checks every delta it uses (recovery.pitr), so a damaged delta still stops that restore;
+the window says what the store claims to hold, by the same rules as the restore's plan:
+
+- A restore starts from a current full backup (not stale, not named in the future) with metadata; its
+  snapshot holds a revision from `revision` to `revision_at_end`, so the earliest revision it restores to is
+  the latter (its `at_most`).
+- From it, deltas follow without a break: each one holds the revision after the last one reached.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis
+
+from common import backups
+from common.deltas import DeltaName, parse_delta_name
+from common.metadata import BackupMetadata
+from common.metrics import skip_wrong_type
+from common.redis_tools import text
+from common.storage import CatalogEntry
+
+logger = logging.getLogger(__name__)
+
+STATS_KEY = "etcd-backup:deltas"
+"""A Redis hash the watcher writes: events, bytes, deltas (counts), last_revision, current_at (Unix time as of
+which every revision etcd had is stored), gaps (count)."""
+GAPS_KEY = "etcd-backup:delta-gaps"
+"""A Redis list of the gaps etcd's compaction made, newest first, as JSON: {"from", "to", "time"}."""
+MAX_GAPS_KEPT = 100
+COMPACTED = "etcd compacted them before the watcher stored them"
+NOT_STORED = "no delta holds them (missing, or the watcher was not running)"
+
+
+@dataclass(frozen=True)
+class Point:
+    """A restorable revision and when it was current (a backup's start, a delta's last revision's receipt)."""
+
+    revision: int
+    time: datetime
+
+    def to_json(self) -> dict[str, object]:
+        return {"revision": self.revision, "time": self.time.isoformat()}
+
+
+@dataclass(frozen=True)
+class Span:
+    """The revisions `start`..`end` a restore reaches from `backup` and the deltas that follow it."""
+
+    backup: str
+    start: Point
+    end: Point
+    deltas: list[str]
+    """The deltas that follow the backup, up to the next full backup's revision (where that one takes over)."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    first: int
+    last: int
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"from": self.first, "to": self.last, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class RecordedGap:
+    """A gap the watcher recorded: etcd compacted revisions `first`..`last` before they were stored."""
+
+    first: int
+    last: int
+    time: float
+
+
+@dataclass(frozen=True)
+class Window:
+    spans: list[Span]
+    gaps: list[Gap] = field(default_factory=list)
+
+    @property
+    def earliest(self) -> Point | None:
+        return min((span.start for span in self.spans), key=lambda point: point.revision, default=None)
+
+    @property
+    def latest(self) -> Point | None:
+        return max((span.end for span in self.spans), key=lambda point: point.revision, default=None)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "earliest": None if self.earliest is None else self.earliest.to_json(),
+            "latest": None if self.latest is None else self.latest.to_json(),
+            "gaps": [gap.to_json() for gap in self.gaps],
+            "backups": [{"backup": span.backup, "from": span.start.to_json(), "to": span.end.to_json(),
+                         "deltas": len(span.deltas)} for span in self.spans],
+        }
+
+
+def recovery_window(catalog: Sequence[CatalogEntry], delta_names: Sequence[str], now: datetime,
+                    recorded: Sequence[RecordedGap] = ()) -> Window:
+    """The window that the backups of `catalog` and the deltas named `delta_names` give."""
+    bases = _bases(catalog, now)
+    deltas = _Deltas(delta_names)
+    spans = []
+    for index, (name, metadata) in enumerate(bases):
+        limit = _at_most(bases[index + 1][1]) if index + 1 < len(bases) else None
+        chain = deltas.follow(metadata.revision, limit)
+        start = Point(_at_most(metadata), datetime.fromisoformat(metadata.started))
+        end = Point(chain[-1].last, chain[-1].last_seen) if chain and chain[-1].last > start.revision else start
+        spans.append(Span(name, start, end, [str(said) for said in chain]))
+    return Window(spans, _gaps(spans, recorded))
+
+
+def _bases(catalog: Sequence[CatalogEntry], now: datetime) -> list[tuple[str, BackupMetadata]]:
+    """The backups a restore may start from, by revision."""
+    usable = [(entry.name, entry.metadata) for entry in catalog if entry.metadata is not None
+              and not backups.is_stale(entry.name) and not backups.is_future(entry.name, now)]
+    return sorted(usable, key=lambda pair: (_at_most(pair[1]), pair[0]))
+
+
+def _at_most(metadata: BackupMetadata) -> int:
+    return max(metadata.revision_at_end or metadata.revision, metadata.revision)
+
+
+class _Deltas:
+    """The deltas by their first revision, for following chains without scanning them all for each backup."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.sorted = sorted(said for name in names if (said := parse_delta_name(name)) is not None)
+        self.firsts = [said.first for said in self.sorted]
+        self.furthest: list[int] = []
+        """furthest[i]: the highest last revision of sorted[0..i]."""
+        for said in self.sorted:
+            self.furthest.append(max(said.last, self.furthest[-1] if self.furthest else 0))
+
+    def follow(self, after: int, limit: int | None) -> list[DeltaName]:
+        """The deltas that follow revision `after` without a break, until one reaches `limit` (if given)."""
+        index = bisect.bisect_right(self.firsts, after + 1)
+        while index > 0 and self.furthest[index - 1] > after:  # back to the first delta that reaches past `after`
+            index -= 1
+        chain: list[DeltaName] = []
+        reached = after
+        for said in self.sorted[index:]:
+            if said.first > reached + 1 or (limit is not None and reached >= limit):
+                break
+            if said.last > reached:
+                chain.append(said)
+                reached = said.last
+        return chain
+
+
+def _gaps(spans: list[Span], recorded: Sequence[RecordedGap]) -> list[Gap]:
+    """The revisions between the earliest and the latest that no span reaches, each with why if it is known."""
+    gaps = []
+    reached = None
+    for span in sorted(spans, key=lambda span: span.start.revision):
+        if reached is not None and span.start.revision > reached + 1:
+            first, last = reached + 1, span.start.revision - 1
+            compacted = any(gap.first <= last and first <= gap.last for gap in recorded)
+            gaps.append(Gap(first, last, COMPACTED if compacted else NOT_STORED))
+        reached = max(reached or 0, span.end.revision)
+    return gaps
+
+
+def read_recorded_gaps(connection: redis.Redis) -> list[RecordedGap]:
+    """The gaps the watcher recorded; an entry that is not what it writes is skipped (and logged)."""
+    gaps = []
+    for raw in skip_wrong_type(lambda: connection.lrange(GAPS_KEY, 0, MAX_GAPS_KEPT - 1), GAPS_KEY) or []:
+        try:
+            entry = json.loads(text(raw))
+            gap = RecordedGap(entry["from"], entry["to"], entry["time"])
+            if not (_count(gap.first) and _count(gap.last) and gap.first <= gap.last
+                    and isinstance(gap.time, int | float) and math.isfinite(gap.time) and gap.time >= 0):
+                raise ValueError("from and to must be revisions, from <= to, time a Unix time")
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            logger.warning("skipped a gap in %s that is not the watcher's (%r: %s)", GAPS_KEY, raw[:80], exc)
+            continue
+        gaps.append(gap)
+    return gaps
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

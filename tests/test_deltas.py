@@ -1,0 +1,315 @@
+"""Continuous backup: the delta watcher against a real etcd, and point-in-time restore from what it stored."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.config import Config
+from common.deltas import PUT, DeltaName, Event, Revision, decode_delta, delta_name, encode_delta, parse_delta_name
+from common.storage import BackupStore
+from harness.cli import COMMAND, etcd_backup
+from harness.in_process import Service
+from harness.processes import wait_until
+from harness.report import Report
+from harness.servers import EtcdServer
+from harness.writer import ContinuousWriter, current_revision, keys_at
+from recovery.pitr import Target, plan_restore
+from recovery.restore import RestoreError
+from worker.deltas import GAPS_KEY, LEASE_KEY, STATS_KEY, start_thread_watcher
+
+PERIOD = "200ms"
+
+
+@contextmanager
+def watcher(config: Config, connection: redis.Redis) -> Iterator[None]:
+    thread, stop = start_thread_watcher(config, connection)
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def wait_stored(connection: redis.Redis, revision: int, timeout: float = 20) -> None:
+    """Wait until the watcher has stored every revision up to `revision`."""
+    deadline = time.monotonic() + timeout
+    while int(connection.hget(STATS_KEY, "last_revision") or 0) < revision:
+        assert time.monotonic() < deadline, f"the watcher did not store revision {revision} in {timeout}s"
+        time.sleep(0.05)
+
+
+def stored_revisions(store: BackupStore, config: Config) -> list[int]:
+    """Every revision in every stored delta, in name order (duplicates kept)."""
+    return [revision.number for name in store.list_deltas()
+            for revision in decode_delta(name, store.read_delta(name) or b"")]
+
+
+def restored(data_dir: Path, prefix: str) -> dict[bytes, bytes]:
+    server = EtcdServer(data_dir).start()
+    try:
+        return keys_at(server.url, prefix)
+    finally:
+        server.stop()
+
+
+def config_path(service: Service, tmp_path: Path) -> Path:
+    return tmp_path / "config.yml"  # written by conftest's write_config
+
+
+def test_restore_to_a_middle_revision_and_to_the_latest(
+        make_service_on_backend: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis,
+        tmp_path: Path) -> None:
+    """Writes, overwrites, deletes, txns and range deletes go on across a full backup; a restore to a revision
+    in the middle equals `etcdctl get --rev=R` on the original, key for key; one to the latest equals it now."""
+    service = make_service_on_backend(delta_period=PERIOD)
+    prefix = f"/pitr-{tmp_path.name}/"
+    client = etcd.client()
+    writer = ContinuousWriter(client, prefix).start()
+    time.sleep(0.3)
+    backup = service.client.post("/api/v1/backup").get_json()["filename"]
+    with watcher(service.config, redis_conn):
+        time.sleep(1.5)
+        writer.stop()
+        end = current_revision(etcd.url)
+        wait_stored(redis_conn, end)
+    base = service.store.read_metadata(backup)
+    assert base is not None and end - base.revision > 50, (base, end)
+    middle = (base.revision + end) // 2
+    for target in (middle, end):
+        data_dir = tmp_path / f"restored-{target}"
+        done = etcd_backup("restore", "--config", str(config_path(service, tmp_path)), "--to-revision", str(target),
+                           "--data-dir", str(data_dir), timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"etcd is at revision {target}" in done.stdout and "leases are not restored" in done.stdout
+        expected = keys_at(etcd.url, prefix, revision=target)
+        assert expected and restored(data_dir, prefix) == expected
+    assert not list(Path("/dev/shm").glob("etcd-backup-pitr-*"))  # the in-memory apply dir is gone with it
+
+
+def deltas_during_writes(service: Service, etcd: EtcdServer, connection: redis.Redis, prefix: str,
+                         seconds: float = 1.2) -> tuple[int, int]:
+    """A full backup, then writes for `seconds` with the watcher on; return the backup's revision and the last."""
+    writer = ContinuousWriter(etcd.client(), prefix).start()
+    backup = service.client.post("/api/v1/backup").get_json()["filename"]
+    with watcher(service.config, connection):
+        time.sleep(seconds)
+        writer.stop()
+        end = current_revision(etcd.url)
+        wait_stored(connection, end)
+    metadata = service.store.read_metadata(backup)
+    assert metadata is not None
+    return metadata.revision, end
+
+
+def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    service = make_service(delta_period="100ms")
+    base, end = deltas_during_writes(service, etcd, redis_conn, f"/broken-{tmp_path.name}/")
+    store, now = service.store, datetime.now(UTC)
+    names = store.list_deltas()
+    assert len(names) >= 4, names
+    victim = names[len(names) // 2]
+    before = parse_delta_name(names[len(names) // 2 - 1])
+    assert before is not None
+    assert plan_restore(store, Target(revision=end), now, []).revision == end
+
+    # --to-time: the newest revision the watcher had received by then.
+    revisions = decode_delta(victim, store.read_delta(victim) or b"")
+    assert plan_restore(store, Target(time=datetime.fromtimestamp(revisions[0].seen, UTC)), now, []).revision \
+        == max(r.number for r in revisions if r.seen <= revisions[0].seen)
+
+    path = service.config.backup_dir / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(RestoreError, match=f"{victim}.*reach revision {before.last} "):
+        plan_restore(store, Target(revision=end), now, [])
+    done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
+                       "--data-dir", str(tmp_path / "refused"))
+    assert done.returncode == 1 and f"--to-revision {before.last})" in done.stderr, done.stderr
+    assert not (tmp_path / "refused").exists()
+    refused = done.stderr.strip()
+
+    path.unlink()
+    with pytest.raises(RestoreError, match=f"no delta holds revision {before.last + 1} .one is missing.*reach "
+                                           f"revision {before.last} "):
+        plan_restore(store, Target(revision=end), now, [])
+    # Up to the break, it still restores.
+    assert plan_restore(store, Target(revision=before.last), now, []).revision == before.last
+    assert base < before.last
+    report(f"one of {len(names)} deltas with one bit flipped, then deleted; `etcd-backup restore --to-revision` "
+           "past it", f"exit 1 before anything is restored, no data dir: \"{refused[:300]}\"; deleted: 'no delta "
+           f"holds revision {before.last + 1} (one is missing)'; --to-revision {before.last} still plans")
+
+
+def test_a_killed_watcher_resumes_without_a_gap_or_a_duplicate_and_of_two_watchers_one_writes(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, report: Report) -> None:
+    """kill -9 mid-batch (events received, not stored), then two watchers at once: every revision after the
+    backup is stored exactly once."""
+    service = make_service(delta_period="300ms")
+    writer = ContinuousWriter(etcd.client(), f"/killed-{tmp_path.name}/").start()
+    backup = service.client.post("/api/v1/backup").get_json()["filename"]
+    config = str(tmp_path / "config.yml")
+    first = subprocess.Popen([COMMAND, "deltas", "--config", config], stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(service.store.list_deltas()) >= 2, 20, "two deltas")
+        time.sleep(0.15)  # mid-batch: half a period of events received and not stored
+    finally:
+        first.kill()
+        first.wait()
+    stored_then = int(redis_conn.hget(STATS_KEY, "last_revision") or 0)
+    redis_conn.delete(LEASE_KEY)  # as if its lease had run out (LEASE_TTL), sooner
+    second_log = tmp_path / "second.log"
+    with second_log.open("w") as log:
+        second = subprocess.Popen([COMMAND, "deltas", "--config", config], stderr=log)
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    try:
+        with watcher(service.config, redis_conn):  # a second watcher, at the same time
+            time.sleep(1)
+            writer.stop()
+            end = current_revision(etcd.url)
+            wait_stored(redis_conn, end)
+    finally:
+        second.terminate()
+        second.wait()
+    metadata = service.store.read_metadata(backup)
+    assert metadata is not None and metadata.revision < stored_then < end
+    assert stored_revisions(service.store, service.config) == list(range(metadata.revision + 1, end + 1))
+    writers = [bool(re.search("delta watcher: stored", text)) for text in (caplog.text, second_log.read_text())]
+    assert sorted(writers) == [False, True], writers
+    report("`etcd-backup deltas` killed -9 mid-batch under continuous writes, then a second process and a thread "
+           "watcher at once", f"every revision {metadata.revision + 1}..{end} stored exactly once (resumed after "
+           f"revision {stored_then}); one of the two watchers wrote, the other waited on the lease")
+
+
+def test_a_compaction_past_the_watcher_is_a_recorded_gap_then_a_full_backup(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
+    own = EtcdServer(tmp_path / "etcd").start()  # compacted: not the shared one
+    try:
+        service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="100ms")
+        client = own.client()
+        client.put("/gap/a", "1")
+        service.client.post("/api/v1/backup")
+        (old,) = service.store.list_backups()
+        missed = client.put("/gap/b", "2").header.revision
+        client.put("/gap/c", "3")
+        compacted = current_revision(own.url)
+        client.compact(compacted)
+        with watcher(service.config, redis_conn):
+            wait_until(lambda: len(service.store.list_backups()) == 2, 30, "the full backup after the gap")
+            end = client.put("/gap/d", "4").header.revision
+            wait_stored(redis_conn, end)
+        gaps = [json.loads(gap) for gap in redis_conn.lrange(GAPS_KEY, 0, -1)]
+        assert [(gap["from"], gap["to"]) for gap in gaps] == [(missed, compacted - 1)]
+        assert int(redis_conn.hget(STATS_KEY, "gaps") or 0) == 1
+        newer = service.store.read_metadata(service.store.list_backups()[-1])
+        assert newer is not None and newer.revision >= compacted and old != newer.filename
+        assert plan_restore(service.store, Target(revision=end), datetime.now(UTC), []).backup == newer.filename
+        report(f"etcd compacted to revision {compacted} while the watcher was off, its deltas ending at {missed - 1}",
+               f"gap {missed}..{compacted - 1} recorded (Redis {GAPS_KEY}, /metrics count 1), a full backup queued "
+               f"and taken at revision {newer.revision}, deltas on from it; a restore to {end} starts from it")
+    finally:
+        own.stop()
+
+
+def test_two_writers_overlapping_deltas_restore_once_and_disagreeing_copies_are_refused(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    """A lease that lapsed between a watcher's check and its write: a second watcher stored the revisions of two
+    deltas again, in one. The restore takes one copy of each revision after checking they agree; copies that
+    disagree are refused, naming both deltas."""
+    service = make_service(delta_period="100ms")
+    prefix = f"/overlap-{tmp_path.name}/"
+    _, end = deltas_during_writes(service, etcd, redis_conn, prefix)
+    store = service.store
+    names = store.list_deltas()
+    assert len(names) >= 4, names
+    copied = [revision for name in names[1:3] for revision in decode_delta(name, store.read_delta(name) or b"")]
+    overlap = str(delta_name(copied, encrypted=False))
+    store.put_delta(overlap, encode_delta(copied))
+    data_dir = tmp_path / "restored"
+    done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
+                       "--data-dir", str(data_dir), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert restored(data_dir, prefix) == keys_at(etcd.url, prefix, revision=end)
+
+    # The second writer's copy says another value for one key of one revision: two histories.
+    changed = copied[len(copied) // 2]
+    forged = Revision(changed.number, changed.seen, (Event(PUT, changed.events[0].key, b"another value"),
+                                                     *changed.events[1:]))
+    assert store.delete_delta(overlap)
+    store.put_delta(overlap, encode_delta([forged if revision is changed else revision for revision in copied]))
+    with pytest.raises(RestoreError, match=f"both hold revision {changed.number}, and disagree") as refused:
+        plan_restore(store, Target(revision=end), datetime.now(UTC), [])
+    assert overlap in str(refused.value) and any(name in str(refused.value) for name in names[1:3])
+    report("a second watcher (lease lapsed) stored the revisions of two deltas again; then one event of its copy "
+           "changed", f"restore to {end} equals the original (one copy of each revision applied); the changed copy: "
+           f"refused before restoring: \"{str(refused.value)[:200]}...\"")
+
+
+def test_a_watcher_does_not_store_what_another_already_stored(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    service = make_service(delta_period="100ms")
+    deltas_during_writes(service, etcd, redis_conn, f"/fenced-{tmp_path.name}/", seconds=0.3)
+    now = current_revision(etcd.url)
+    seen = datetime.now(UTC).replace(microsecond=0)
+    ahead = str(DeltaName(now + 1, now + 1000, seen, seen, encrypted=False))  # another watcher's, further on
+    before = service.store.list_deltas()
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    with watcher(service.config, redis_conn):
+        wait_until(lambda: "delta watcher: watching" in caplog.text, 20, "the watcher to start")
+        service.store.put_delta(ahead, b"planted")
+        etcd.client().put(f"/fenced-{tmp_path.name}/after", "x")
+        wait_until(lambda: f"another watcher has stored up to revision {now + 1000}" in caplog.text, 20,
+                   "the watcher to see the other's delta")
+    assert service.store.list_deltas() == sorted([*before, ahead])
+
+
+def test_deltas_past_etcds_revision_are_said_once_and_nothing_is_stored(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd restored to an earlier revision: the stored deltas reach past it. The watcher stores nothing on top
+    (a new history after the old one would restore neither), and says so once, not every retry."""
+    monkeypatch.setattr("worker.deltas.RETRY_SECONDS", 0.1)
+    service = make_service(delta_period="100ms")
+    service.client.post("/api/v1/backup")
+    now = current_revision(etcd.url)
+    seen = datetime.now(UTC).replace(microsecond=0)
+    service.store.put_delta(str(DeltaName(now + 1, now + 500, seen, seen, encrypted=False)), b"another history")
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    with watcher(service.config, redis_conn):
+        wait_until(lambda: "past etcd's" in caplog.text, 20, "the watcher to say it")
+        time.sleep(1)  # ten retries
+    said = [record for record in caplog.records if "past etcd's" in record.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR", caplog.text
+    assert f"reach revision {now + 500}, past etcd's {now}" in said[0].getMessage()
+    assert len(service.store.list_deltas()) == 1
+
+
+def test_the_lease_is_renewed_when_the_delta_period_outlasts_it(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.deltas.LEASE_TTL", 0.6)
+    monkeypatch.setattr("worker.deltas.LEASE_RENEWAL", 0.2)
+    service = make_service(delta_period="2s")
+    service.client.post("/api/v1/backup")
+    caplog.set_level(logging.INFO, logger="worker.deltas")
+    with watcher(service.config, redis_conn):
+        wait_until(lambda: "delta watcher: watching" in caplog.text, 20, "the watcher to start")
+        end = etcd.client().put(f"/renewed-{tmp_path.name}/a", "x").header.revision
+        wait_stored(redis_conn, end)
+    assert "stopped writing" not in caplog.text and "the lease" not in caplog.text.replace("holding the lease", "")

@@ -1,0 +1,312 @@
+"""The delta watcher: watches etcd from the newest full backup on, and stores its events as deltas
+(common.deltas) every delta-period, or sooner when they reach MAX_DELTA_BYTES.
+
+- One watcher per cluster writes: it holds a Redis lease (LEASE_KEY); others wait for it to lapse.
+- It starts after the newest of: the newest full backup's revision, the last stored delta's last revision.
+  So a watcher killed mid-batch (its events in memory lost) resumes where the store ends: no gap, no duplicate.
+- etcd compacted the revision it needs: the gap is recorded (Redis, the log), a full backup is queued, and
+  the watch starts again at the oldest revision etcd still has (the new backup's deltas follow from it).
+- Memory is bounded: at most WATCH_QUEUE responses wait, and the events held are written at MAX_DELTA_BYTES.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import redis
+from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
+from redis.exceptions import LockError
+
+from common import backups, etcd
+from common.clock import redis_clock
+from common.config import Config
+from common.deltas import DELETE, MAX_DELTA_BYTES, PUT, Event, Revision, delta_name, encode_delta, parse_delta_name
+from common.encryption import parse_recipient
+from common.queue import enqueue_or_join, job_queue
+from common.recovery_window import GAPS_KEY, MAX_GAPS_KEPT, STATS_KEY
+from common.storage import BackupStore, StorageError, open_store
+
+logger = logging.getLogger(__name__)
+
+LEASE_KEY = "etcd-backup:delta-watcher"
+LEASE_TTL = 15.0
+"""Seconds the lease outlives a watcher that stopped renewing it (killed, cut off from Redis)."""
+LEASE_RENEWAL = LEASE_TTL / 3
+"""A watcher renews its lease this often: a delta-period longer than LEASE_TTL must not let it lapse."""
+WATCH_QUEUE = 64
+"""Watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded)."""
+RETRY_SECONDS = 2.0
+"""How long a watcher waits before trying again after etcd or the store failed it."""
+
+
+class LeaseLost(Exception):
+    """Another watcher holds the lease now: this one must stop writing."""
+
+
+class AheadOfEtcd(Exception):
+    """The store reaches past etcd's current revision: the deltas' history is not etcd's (any more)."""
+
+
+class Compacted(Exception):
+    """etcd compacted the revision the watch needs: the oldest it still has is `revision`."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"etcd compacted up to revision {revision}")
+        self.revision = revision
+
+
+def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) -> None:
+    """Watch and store deltas until `stop` is set, whenever this process holds the lease."""
+    lease = connection.lock(LEASE_KEY, timeout=LEASE_TTL, thread_local=False)
+    while not stop.is_set():
+        if not lease.acquire(blocking=False):
+            stop.wait(LEASE_TTL / 3)
+            continue
+        logger.info("delta watcher: holding the lease, watching etcd")
+        try:
+            _watch_while_leased(config, connection, lease, stop)
+        finally:
+            try:
+                lease.release()
+            except LockError:
+                pass
+
+
+def start_thread_watcher(config: Config, connection: redis.Redis) -> tuple[threading.Thread, threading.Event]:
+    """The watcher on a thread of its own (the all-in-one's); set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_watcher, args=(config, connection, stop), name="delta-watcher", daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def _watch_while_leased(config: Config, connection: redis.Redis, lease: redis.lock.Lock,
+                        stop: threading.Event) -> None:
+    store = open_store(config)
+    oldest_kept, start, said = 0, 0, ""
+    """oldest_kept: after a compaction, the oldest revision etcd still has, where the watch goes on."""
+    while not stop.is_set():
+        try:
+            resume = resume_revision(config, store, connection)
+            if resume is None:
+                stop.wait(config.delta_period)
+                continue
+            start = max(resume, oldest_kept)
+            _watch_from(config, store, connection, lease, stop, start)
+        except LeaseLost as exc:
+            logger.warning("delta watcher: %s; stopped writing", exc)
+            return
+        except Compacted as exc:
+            _record_gap(connection, start, exc.revision)
+            oldest_kept = exc.revision
+        except AheadOfEtcd as exc:  # stays so until someone acts: said once, not every RETRY_SECONDS
+            if str(exc) != said:
+                logger.error("delta watcher: %s", exc)
+                said = str(exc)
+            stop.wait(RETRY_SECONDS)
+        except (etcd.EtcdUnavailable, grpc.RpcError, StorageError, redis.RedisError) as exc:
+            logger.error("delta watcher: %s; trying again in %gs", _describe(exc, config), RETRY_SECONDS)
+            stop.wait(RETRY_SECONDS)
+        except Exception:  # a watcher that stops is a recovery point that silently grows: log it, go on
+            logger.exception("delta watcher: broke; trying again in %gs", RETRY_SECONDS)
+            stop.wait(RETRY_SECONDS)
+
+
+def resume_revision(config: Config, store: BackupStore, connection: redis.Redis) -> int | None:
+    """The revision to watch from: after the newest full backup and the last stored delta. None (a full
+    backup queued) if there is no full backup to start from."""
+    now = redis_clock(connection)()
+    newest = backups.newest(store.list_backups(), now)
+    metadata = store.read_metadata(newest) if newest is not None else None
+    if metadata is None:
+        job = enqueue_or_join(job_queue(connection))
+        logger.warning("delta watcher: no full backup with metadata to follow; queued one (job %s)", job.id)
+        return None
+    stored = [said.last for name in store.list_deltas() if (said := parse_delta_name(name)) is not None]
+    after_deltas = max((last for last in stored if last >= metadata.revision), default=metadata.revision)
+    return max(metadata.revision, after_deltas) + 1
+
+
+@dataclass
+class _Batch:
+    """The revisions received and not yet stored."""
+
+    revisions: list[Revision] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, revision: Revision) -> None:
+        self.revisions.append(revision)
+        self.size += sum(len(event.key) + len(event.value) + 16 for event in revision.events)
+
+
+def _watch_from(config: Config, store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock,
+                stop: threading.Event, start: int) -> None:
+    """Watch from revision `start`, storing a delta every delta-period (or at MAX_DELTA_BYTES), until `stop`."""
+    with etcd.connect(config.etcd) as member:
+        current = member.proof.cluster_revision
+        if start > current + 1:
+            raise AheadOfEtcd(f"the stored backups and deltas reach revision {start - 1}, past etcd's {current}: "
+                              "etcd was restored to an earlier revision, or they are another cluster's. Storing none "
+                              "until they are gone: move the deltas (and backups) past revision "
+                              f"{current} out of the store; the watcher then goes on from the newest backup left "
+                              "(take a full backup now if there is none)")
+        _watch_and_store(config, store, connection, lease, stop, member, start)
+
+
+def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock,
+                     stop: threading.Event, member: etcd.EtcdConnection, start: int) -> None:
+    recipients = [parse_recipient(key) for key in config.encryption.recipients] if config.encryption else []
+    with _watch(member, start) as responses:
+        logger.info("delta watcher: watching %s from revision %d", member.endpoint, start)
+        batch, last_seen = _Batch(), start - 1
+        deadline = time.monotonic() + config.delta_period
+        renew_at = time.monotonic() + LEASE_RENEWAL
+        while not stop.is_set():
+            try:
+                response = responses.get(timeout=max(0.0, min(deadline, renew_at) - time.monotonic()))
+            except queue.Empty:
+                response = None
+            if time.monotonic() >= renew_at:
+                _renew(lease)
+                renew_at = time.monotonic() + LEASE_RENEWAL
+            if isinstance(response, BaseException):
+                raise response
+            if response is not None:
+                last_seen = _take(response, batch, last_seen)
+            if batch.size >= MAX_DELTA_BYTES or time.monotonic() >= deadline:
+                _store(store, connection, lease, batch, recipients)
+                if responses.empty():
+                    _note_if_current(member, connection, last_seen, config)
+                batch, deadline = _Batch(), time.monotonic() + config.delta_period
+        _store(store, connection, lease, batch, recipients)  # what was received before the stop
+
+
+def _renew(lease: redis.lock.Lock) -> None:
+    """Give the lease LEASE_TTL more seconds; LeaseLost if it lapsed meanwhile (another watcher may hold it)."""
+    try:
+        lease.reacquire()
+    except LockError:
+        raise LeaseLost("the lease lapsed before it was renewed") from None
+
+
+def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int) -> int:
+    """Add the revisions of `response` to `batch`; return the last revision seen."""
+    if response.canceled:
+        if response.compact_revision:
+            raise Compacted(int(response.compact_revision))
+        raise etcd.EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
+    seen = time.time()
+    grouped: dict[int, list[Event]] = {}
+    for event in response.events:
+        kind = DELETE if event.type == kv_pb2.Event.DELETE else PUT
+        grouped.setdefault(int(event.kv.mod_revision), []).append(Event(kind, event.kv.key, event.kv.value))
+    for number, events in grouped.items():
+        if number <= last_seen:  # never twice: a revision the watch already gave
+            continue
+        batch.add(Revision(number, seen, tuple(events)))
+        last_seen = number
+    return last_seen
+
+
+def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, batch: _Batch,
+           recipients: list[object]) -> None:
+    if not batch.revisions:
+        return
+    if not lease.owned():
+        raise LeaseLost("lost the lease to another watcher")
+    # The lease can lapse between that check and the write: the store's newest delta tells whether another
+    # watcher has stored these revisions meanwhile (restore takes one of two agreeing copies if it still happens).
+    stored = max((said.last for name in store.list_deltas() if (said := parse_delta_name(name)) is not None),
+                 default=0)
+    if stored >= batch.revisions[0].number:
+        raise LeaseLost(f"another watcher has stored up to revision {stored}, past {batch.revisions[0].number}")
+    data = encode_delta(batch.revisions, recipients)
+    name = str(delta_name(batch.revisions, encrypted=bool(recipients)))
+    store.put_delta(name, data)
+    events = sum(len(revision.events) for revision in batch.revisions)
+    with connection.pipeline() as pipe:
+        pipe.hincrby(STATS_KEY, "events", events)
+        pipe.hincrby(STATS_KEY, "bytes", len(data))
+        pipe.hincrby(STATS_KEY, "deltas", 1)
+        pipe.hset(STATS_KEY, mapping={"last_revision": batch.revisions[-1].number,
+                                      "current_at": batch.revisions[-1].seen})
+        pipe.execute()
+    logger.info("delta watcher: stored %s (%d events, %d bytes)", name, events, len(data))
+
+
+def _note_if_current(member: etcd.EtcdConnection, connection: redis.Redis, last_seen: int, config: Config) -> None:
+    """With nothing left to store, check that etcd has no revision the watch has not given: then the store
+    is current as of now (an idle cluster's recovery point does not age)."""
+    asked = time.time()
+    answer = etcdrpc.KVStub(member.channel).Range(etcdrpc.RangeRequest(key=etcd.PROBE_KEY),
+                                                  metadata=member.metadata, timeout=config.etcd.timeout)
+    if int(answer.header.revision) <= last_seen:
+        connection.hset(STATS_KEY, "current_at", asked)
+
+
+@contextmanager
+def _watch(member: etcd.EtcdConnection, start: int) -> Iterator[queue.Queue[etcdrpc.WatchResponse | BaseException]]:
+    """etcd's watch of the whole keyspace from revision `start`, its responses received on a thread of their
+    own into a bounded queue (an error ends it, queued after the responses before it)."""
+    requests: queue.Queue[etcdrpc.WatchRequest | None] = queue.Queue()
+    requests.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+        key=b"\0", range_end=b"\0", start_revision=start)))
+    stream = etcdrpc.WatchStub(member.channel).Watch(iter(requests.get, None), metadata=member.metadata)
+    responses: queue.Queue[etcdrpc.WatchResponse | BaseException] = queue.Queue(WATCH_QUEUE)
+
+    def receive() -> None:
+        try:
+            for response in stream:
+                responses.put(response)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                responses.put(exc)
+
+    reader = threading.Thread(target=receive, name="delta-watch", daemon=True)
+    reader.start()
+    try:
+        yield responses
+    finally:
+        stream.cancel()
+        requests.put(None)
+        while reader.is_alive():  # a reader blocked on a full queue must see its put through
+            _drain(responses)
+            reader.join(0.1)
+
+
+def _drain(responses: queue.Queue[etcdrpc.WatchResponse | BaseException]) -> None:
+    try:
+        while True:
+            responses.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _record_gap(connection: redis.Redis, wanted: int, oldest: int) -> None:
+    """etcd no longer has revisions `wanted`..`oldest - 1`: record the gap, queue a full backup (the deltas go
+    on from `oldest`, and the new backup's revision will be past it)."""
+    job = enqueue_or_join(job_queue(connection))
+    gap = {"from": wanted, "to": oldest - 1, "time": time.time()}
+    with connection.pipeline() as pipe:
+        pipe.lpush(GAPS_KEY, json.dumps(gap))
+        pipe.ltrim(GAPS_KEY, 0, MAX_GAPS_KEPT - 1)
+        pipe.hincrby(STATS_KEY, "gaps", 1)
+        pipe.execute()
+    logger.error("delta watcher: etcd compacted revisions %d to %d before they were stored: no restore can reach "
+                 "them; queued a full backup (job %s), watching on from revision %d", wanted, oldest - 1, job.id,
+                 oldest)
+
+
+def _describe(exc: Exception, config: Config) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"etcd's watch failed: {etcd.describe_rpc_error(exc, config.etcd.timeout)}"
+    return str(exc)
