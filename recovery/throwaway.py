@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ START_TIMEOUT = 60.0
 CLIENT_SOCKET, PEER_URL = "client:1", "unix://peer:2"
 """unix:// URLs name a socket file relative to etcd's working directory, the 0700 work dir."""
 MEMBER_NAME = "drill"
+SHORT_PATHS = Path("/tmp")
+"""Where the client reaches the socket through a short path: a unix socket's path may not be longer than
+107 bytes, and the work dir may be deep (a restore's sits beside the user's --data-dir)."""
 
 
 class ThrowawayFailed(Exception):
@@ -51,10 +55,12 @@ def throwaway_etcd(work: Path, data_dir: Path, username: str | None,
             stdout=log, stderr=subprocess.STDOUT, cwd=work,
         )
     try:
-        access = EtcdConfig(endpoints=(f"unix://{work / CLIENT_SOCKET}",), timeout=2.0, username=username,
-                            password=password)
-        with _connect_when_up(access, process) as connection:
-            yield connection
+        with tempfile.TemporaryDirectory(prefix="etcd-backup-", dir=SHORT_PATHS) as short:  # 0700, ours
+            (Path(short) / "w").symlink_to(work.resolve())
+            access = EtcdConfig(endpoints=(f"unix://{Path(short) / 'w' / CLIENT_SOCKET}",), timeout=2.0,
+                                username=username, password=password)
+            with _connect_when_up(access, process) as connection:
+                yield connection
     finally:
         process.terminate()
         try:

@@ -87,7 +87,10 @@ def test_restore_to_a_middle_revision_and_to_the_latest(
     assert base is not None and end - base.revision > 50, (base, end)
     middle = (base.revision + end) // 2
     for target in (middle, end):
-        data_dir = tmp_path / f"restored-{target}"
+        # Deep, as a user's may be: the throwaway etcd's socket sits beside it, and a unix socket's path may
+        # not be longer than 107 bytes (recovery.throwaway reaches it through a short one).
+        data_dir = tmp_path / ("a-deep-directory-" * 6) / f"restored-{target}"
+        data_dir.parent.mkdir(mode=0o700, exist_ok=True)
         done = etcd_backup("restore", "--config", str(config_path(service, tmp_path)), "--to-revision", str(target),
                            "--data-dir", str(data_dir), timeout=120)
         assert done.returncode == 0, done.stderr
