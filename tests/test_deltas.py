@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -398,3 +399,41 @@ def test_a_delta_of_another_history_is_never_chained(
     with pytest.raises(RestoreError, match=f"{planted} does not follow .*two histories.*to revision {end} at most"):
         plan_restore(service.store, Target(revision=end + 1), datetime.now(UTC), [])
     assert plan_restore(service.store, Target(revision=end), datetime.now(UTC), []).revision == end
+
+
+def test_hostile_files_named_as_deltas_are_refused_and_nothing_is_lost(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    """In backup-dir, under deltas' names: a symlink, a FIFO, garbage, a file over the size limit, a real delta
+    whose name lies about its revisions. Listing skips the first two (no hang on the FIFO); restore past the
+    real deltas names each of the others' faults; restore up to them, the window and /metrics still work."""
+    service = make_service(delta_period="100ms")
+    _, end = deltas_during_writes(service, etcd, redis_conn, f"/hostile-{tmp_path.name}/", seconds=0.5)
+    store, directory = service.store, service.config.backup_dir
+    real = store.list_deltas()
+    seen = datetime.now(UTC).replace(microsecond=0)
+
+    def named(last: int) -> Path:
+        return directory / str(DeltaName(end + 1, last, seen, seen, encrypted=False))
+
+    named(end + 1).symlink_to(directory / real[0])
+    os.mkfifo(named(end + 2))
+    named(end + 3).write_bytes(b"not a delta at all")
+    with named(end + 4).open("wb") as oversize:
+        oversize.truncate((64 << 20) + 1)
+    named(end + 5).write_bytes(directory.joinpath(real[-1]).read_bytes())  # says end+1.., holds others
+    assert store.list_deltas() == sorted([*real, *(named(end + n).name for n in (3, 4, 5))])
+    assert store.read_delta(named(end + 2).name) is None  # the FIFO: not opened for reading, no hang
+    with pytest.raises(RestoreError) as refused:
+        plan_restore(store, Target(revision=end + 1), datetime.now(UTC), [])
+    for fault in ("not intact gzip data", "larger than 64 MiB", "holds revisions other than its name says"):
+        assert fault in str(refused.value)
+    assert f"reach revision {end} " in str(refused.value)
+    assert plan_restore(store, Target(revision=end), datetime.now(UTC), []).revision == end
+    assert service.client.get("/api/v1/recovery-window").status_code == 200
+    assert service.client.get("/metrics").status_code == 200
+    assert all((directory / name).exists() for name in real)
+    report("a symlink, a FIFO, garbage, a 64 MiB + 1 file and a delta under a lying name, all named as the "
+           "delta after the last", "symlink and FIFO not listed; restore past them refused: "
+           f"\"{str(refused.value)[:240]}...\"; restore to the last real revision, the window and "
+           "/metrics answer; every real delta kept")
