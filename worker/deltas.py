@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -354,11 +354,7 @@ def _record_gap(connection: redis.Redis, wanted: int, oldest: int) -> None:
     on from `oldest`, and the new backup's revision will be past it)."""
     job = enqueue_or_join(job_queue(connection))
     gap = {"from": wanted, "to": oldest - 1, "time": time.time()}
-    with connection.pipeline() as pipe:
-        pipe.lpush(GAPS_KEY, json.dumps(gap))
-        pipe.ltrim(GAPS_KEY, 0, MAX_GAPS_KEPT - 1)
-        pipe.hincrby(STATS_KEY, "gaps", 1)
-        pipe.execute()
+    _push_gap(connection, gap)
     logger.error("delta watcher: etcd compacted revisions %d to %d before they were stored: no restore can reach "
                  "them; queued a full backup (job %s), watching on from revision %d", wanted, oldest - 1, job.id,
                  oldest)
@@ -369,15 +365,20 @@ def _record_new_history(connection: redis.Redis, last_stored: int) -> None:
     the deltas of etcd's history follow that backup."""
     job = enqueue_or_join(job_queue(connection))
     gap = {"from": last_stored + 1, "to": last_stored, "time": time.time(), "reason": "another history"}
+    _push_gap(connection, gap)
+    logger.error("delta watcher: etcd's revision %d is not the one the last delta stored: etcd was restored to an "
+                 "earlier revision, or is another cluster. A new history: no delta will follow the old ones (a restore "
+                 "reaches revision %d at most through them); queued a full backup (job %s), the deltas go on after it",
+                 last_stored, last_stored, job.id)
+
+
+def _push_gap(connection: redis.Redis, gap: Mapping[str, object]) -> None:
+    """Keep `gap` in Redis (the newest MAX_GAPS_KEPT) and count it."""
     with connection.pipeline() as pipe:
         pipe.lpush(GAPS_KEY, json.dumps(gap))
         pipe.ltrim(GAPS_KEY, 0, MAX_GAPS_KEPT - 1)
         pipe.hincrby(STATS_KEY, "gaps", 1)
         pipe.execute()
-    logger.error("delta watcher: etcd's revision %d is not the one the last delta stored: etcd was restored to an "
-                 "earlier revision, or is another cluster. A new history: no delta will follow the old ones (a restore "
-                 "reaches revision %d at most through them); queued a full backup (job %s), the deltas go on after it",
-                 last_stored, last_stored, job.id)
 
 
 def _describe(exc: Exception, config: Config) -> str:
