@@ -364,7 +364,7 @@ def _record_new_history(connection: redis.Redis, last_stored: int) -> None:
     """etcd's history is not the stored deltas' after `last_stored`: record a gap from there, queue a full backup;
     the deltas of etcd's history follow that backup."""
     job = enqueue_or_join(job_queue(connection))
-    gap = {"from": last_stored + 1, "to": last_stored, "time": time.time(), "reason": "another history"}
+    gap = {"from": last_stored + 1, "to": last_stored + 1, "time": time.time(), "reason": "another history"}
     _push_gap(connection, gap)
     logger.error("delta watcher: etcd's revision %d is not the one the last delta stored: etcd was restored to an "
                  "earlier revision, or is another cluster. A new history: no delta will follow the old ones (a restore "
