@@ -8,9 +8,14 @@ and the times the first and last were seen, zero-padded so that name order is re
 
 The file is gzip (`.age`: then encrypted with age, as backups are) of:
 
-    MAGIC, then records, then the 32-byte SHA-256 of all that came before it
+    MAGIC, then the previous revision (8 bytes) and its fingerprint (32 bytes), then records, then the 32-byte
+    SHA-256 of all that came before it
 
-and each record is one revision: its number (8 bytes), when the watcher received it (8 bytes, Unix
+The previous revision is the one before the delta's first, as etcd gave it to the watcher (its fingerprint:
+the SHA-256 of its events, see fingerprint()): a restore chains a delta after another only if that matches, so
+deltas of two histories (etcd restored to an earlier revision, then written past the old deltas) never mix.
+
+Each record is one revision: its number (8 bytes), when the watcher received it (8 bytes, Unix
 microseconds), its event count (4 bytes), then each event: its kind (1 byte: PUT or DELETE), key length
 (4 bytes), key, and for a PUT the value length (4 bytes) and value. Big-endian throughout.
 
@@ -34,7 +39,7 @@ import pyrage
 
 from common.encryption import Identity, Recipient
 
-MAGIC = b"etcd-backup delta 1\n"
+MAGIC = b"etcd-backup delta 2\n"
 PUT, DELETE = 0, 1
 MAX_DELTA_BYTES = 8 << 20
 """The watcher writes a delta once the events it holds reach this size (or at every delta-period)."""
@@ -51,6 +56,7 @@ SHA256_SIZE = 32
 _REVISION = struct.Struct(">QqI")
 _KEY = struct.Struct(">BI")
 _LENGTH = struct.Struct(">I")
+_PREVIOUS = struct.Struct(">Q32s")
 
 
 class DeltaError(Exception):
@@ -73,6 +79,37 @@ class Revision:
     seen: float
     """Unix time the watcher received it: what --to-time compares with (etcd records no time)."""
     events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """One revision's events, as a digest: what tells two histories apart at the same revision."""
+
+    revision: int
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"{self.revision}:{self.digest.hex()}"
+
+
+def fingerprint(number: int, events: Sequence[Event]) -> Fingerprint:
+    """The fingerprint of revision `number` holding `events` (in etcd's order; the time seen is not part of it)."""
+    return Fingerprint(number, hashlib.sha256(_encode_revision(Revision(number, 0.0, tuple(events)))).digest())
+
+
+def parse_fingerprint(text: str) -> Fingerprint | None:
+    """The Fingerprint that str() wrote, or None if `text` is not one."""
+    revision, _, digest = text.partition(":")
+    if not revision.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        return None
+    return Fingerprint(int(revision), bytes.fromhex(digest))
+
+
+@dataclass(frozen=True)
+class Delta:
+    previous: Fingerprint
+    """The revision before the first, as etcd had it when the watcher started this delta."""
+    revisions: list[Revision]
 
 
 @dataclass(frozen=True, order=True)
@@ -117,10 +154,11 @@ def delta_name(revisions: Sequence[Revision], encrypted: bool) -> DeltaName:
     return DeltaName(revisions[0].number, revisions[-1].number, seen(revisions[0]), seen(revisions[-1]), encrypted)
 
 
-def encode_delta(revisions: Sequence[Revision], recipients: Sequence[Recipient] = ()) -> bytes:
-    """The stored bytes of a delta holding `revisions`; encrypted to `recipients` if any."""
-    digest = hashlib.sha256(MAGIC)
-    parts = [MAGIC]
+def encode_delta(previous: Fingerprint, revisions: Sequence[Revision], recipients: Sequence[Recipient] = ()) -> bytes:
+    """The stored bytes of a delta holding `revisions` after `previous`; encrypted to `recipients` if any."""
+    header = MAGIC + _PREVIOUS.pack(previous.revision, previous.digest)
+    digest = hashlib.sha256(header)
+    parts = [header]
     for revision in revisions:
         record = _encode_revision(revision)
         digest.update(record)
@@ -142,23 +180,26 @@ def _encode_revision(revision: Revision) -> bytes:
     return b"".join(parts)
 
 
-def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = ()) -> list[Revision]:
-    """The revisions of delta `name` from its `stored` bytes, every one checked (DeltaError if not)."""
+def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = ()) -> Delta:
+    """Delta `name` from its `stored` bytes, every revision checked (DeltaError if not)."""
     said = parse_delta_name(name)
     if said is None:
         raise DeltaError(f"{name!r} is not a delta's name")
     if len(stored) > MAX_STORED_BYTES:
         raise DeltaError(f"{name}: larger than {MAX_STORED_BYTES >> 20} MiB: not a delta of etcd-backup's")
     plain = _inflate(name, _decrypt(name, stored, identities) if said.encrypted else stored)
-    if not plain.startswith(MAGIC) or len(plain) < len(MAGIC) + SHA256_SIZE:
+    if not plain.startswith(MAGIC) or len(plain) < len(MAGIC) + _PREVIOUS.size + SHA256_SIZE:
         raise DeltaError(f"{name}: not a delta file of etcd-backup's")
     body, recorded = plain[:-SHA256_SIZE], plain[-SHA256_SIZE:]
     if hashlib.sha256(body).digest() != recorded:
         raise DeltaError(f"{name}: its SHA-256 does not match its contents: damaged or tampered with")
-    revisions = list(_records(name, memoryview(body)[len(MAGIC):]))
+    previous, previous_digest = _PREVIOUS.unpack_from(body, len(MAGIC))
+    revisions = list(_records(name, memoryview(body)[len(MAGIC) + _PREVIOUS.size:]))
     if not revisions or revisions[0].number != said.first or revisions[-1].number != said.last:
         raise DeltaError(f"{name}: holds revisions other than its name says")
-    return revisions
+    if previous != said.first - 1:
+        raise DeltaError(f"{name}: says it follows revision {previous}, not {said.first - 1}")
+    return Delta(Fingerprint(previous, previous_digest), revisions)
 
 
 def _decrypt(name: str, stored: bytes, identities: Sequence[Identity]) -> bytes:

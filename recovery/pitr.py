@@ -24,7 +24,7 @@ from etcd3 import etcdrpc
 
 from common import backups, etcd
 from common.config import Config
-from common.deltas import PUT, DeltaError, DeltaName, Revision, decode_delta, parse_delta_name
+from common.deltas import PUT, Delta, DeltaError, DeltaName, Revision, decode_delta, fingerprint, parse_delta_name
 from common.encryption import Identity
 from common.metadata import BackupMetadata
 from common.storage import BackupStore
@@ -95,29 +95,31 @@ def _chain(store: BackupStore, after: int, target: Target, identities: list[Iden
     reach, and why they stop there (a missing or damaged delta, or the end of what is stored)."""
     stored = sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name)) is not None)
     chain: list[str] = []
-    reached = after
+    reached, last_applied = after, None
     while target.revision is None or reached < target.revision:
         candidates = [(said, name) for said, name in stored if said.first <= reached + 1 <= said.last]
         if not candidates:
             later = any(said.first > reached + 1 for said, _ in stored)
             return chain, reached, (f"no delta holds revision {reached + 1}" + (" (one is missing)" if later else
                                                                                   ": the deltas stored end there"))
-        revisions, name, why = _first_intact(store, candidates, identities)
-        if revisions is None:
+        delta, name, why = _first_intact(store, candidates, identities)
+        if delta is None:
             return chain, reached, why
+        revisions = delta.revisions
+        _check_same_history(chain[-1] if chain else "", last_applied, name, delta)
         _check_overlaps(store, name, revisions, stored, identities)
         wanted = [revision for revision in revisions if revision.number > reached and _before(revision, target)]
         if wanted:
             chain.append(name)
-            reached = wanted[-1].number
+            reached, last_applied = wanted[-1].number, wanted[-1]
         if any(revision.number > reached for revision in revisions):  # the rest is past the target
             break
     return chain, reached, ""
 
 
 def _first_intact(store: BackupStore, candidates: list[tuple[DeltaName, str]],
-                  identities: list[Identity]) -> tuple[list[Revision] | None, str, str]:
-    """The revisions of the first intact delta of `candidates` (the one that reaches furthest first)."""
+                  identities: list[Identity]) -> tuple[Delta | None, str, str]:
+    """The first intact delta of `candidates` (the one that reaches furthest first)."""
     problems = []
     for _, name in sorted(candidates, key=lambda pair: -pair[0].last):
         try:
@@ -125,6 +127,19 @@ def _first_intact(store: BackupStore, candidates: list[tuple[DeltaName, str]],
         except DeltaError as exc:
             problems.append(str(exc))
     return None, "", "; ".join(problems)
+
+
+def _check_same_history(before: str, last_applied: Revision | None, name: str, delta: Delta) -> None:
+    """`delta` must follow the revision the chain reached as etcd had it when its watcher started: else etcd was
+    restored to an earlier revision (or replaced) and written past the deltas before, and the two histories
+    must not be chained."""
+    if last_applied is None or delta.previous.revision != last_applied.number:
+        return  # it follows the backup, or overlaps the delta before (the overlap check compares their events)
+    if fingerprint(last_applied.number, last_applied.events) != delta.previous:
+        raise RestoreError(f"{name} does not follow {before}: etcd's revision {last_applied.number} was another "
+                           "when its watcher started (etcd restored to an earlier revision, or another cluster): two "
+                           f"histories, never chained; restore to revision {last_applied.number} at most from here, "
+                           "or from a full backup taken after it")
 
 
 def _check_overlaps(store: BackupStore, name: str, revisions: list[Revision], stored: list[tuple[DeltaName, str]],
@@ -136,7 +151,7 @@ def _check_overlaps(store: BackupStore, name: str, revisions: list[Revision], st
         if other == name or said.last < revisions[0].number or said.first > revisions[-1].number:
             continue
         try:
-            copies = read_delta(store, other, identities)
+            copies = read_delta(store, other, identities).revisions
         except DeltaError:  # a damaged copy is never used: the intact one is
             continue
         for revision in copies:
@@ -158,7 +173,7 @@ def identities_of(identity_file: Path | None) -> list[Identity]:
     return load_identities(identity_file) if identity_file is not None else []
 
 
-def read_delta(store: BackupStore, name: str, identities: list[Identity]) -> list[Revision]:
+def read_delta(store: BackupStore, name: str, identities: list[Identity]) -> Delta:
     data = store.read_delta(name)
     if data is None:
         raise DeltaError(f"{name} is gone from {store.where}")
@@ -206,10 +221,10 @@ def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> It
     """The revisions of the plan's deltas, read again (checked again: the store may have changed meanwhile)."""
     for name in plan.deltas:
         try:
-            revisions = read_delta(store, name, identities)
+            delta = read_delta(store, name, identities)
         except DeltaError as exc:
             raise RestoreError(f"{exc} (it was intact when the restore began)") from None
-        yield from revisions
+        yield from delta.revisions
 
 
 def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:

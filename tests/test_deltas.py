@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -16,7 +17,17 @@ import pytest
 import redis
 
 from common.config import Config
-from common.deltas import PUT, DeltaName, Event, Revision, decode_delta, delta_name, encode_delta, parse_delta_name
+from common.deltas import (
+    PUT,
+    DeltaName,
+    Event,
+    Fingerprint,
+    Revision,
+    decode_delta,
+    delta_name,
+    encode_delta,
+    parse_delta_name,
+)
 from common.storage import BackupStore
 from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service
@@ -52,7 +63,7 @@ def wait_stored(connection: redis.Redis, revision: int, timeout: float = 20) -> 
 def stored_revisions(store: BackupStore, config: Config) -> list[int]:
     """Every revision in every stored delta, in name order (duplicates kept)."""
     return [revision.number for name in store.list_deltas()
-            for revision in decode_delta(name, store.read_delta(name) or b"")]
+            for revision in decode_delta(name, store.read_delta(name) or b"").revisions]
 
 
 def restored(data_dir: Path, prefix: str) -> dict[bytes, bytes]:
@@ -129,7 +140,7 @@ def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
     assert plan_restore(store, Target(revision=end), now, []).revision == end
 
     # --to-time: the newest revision the watcher had received by then.
-    revisions = decode_delta(victim, store.read_delta(victim) or b"")
+    revisions = decode_delta(victim, store.read_delta(victim) or b"").revisions
     assert plan_restore(store, Target(time=datetime.fromtimestamp(revisions[0].seen, UTC)), now, []).revision \
         == max(r.number for r in revisions if r.seen <= revisions[0].seen)
 
@@ -240,9 +251,10 @@ def test_two_writers_overlapping_deltas_restore_once_and_disagreeing_copies_are_
     store = service.store
     names = store.list_deltas()
     assert len(names) >= 4, names
-    copied = [revision for name in names[1:3] for revision in decode_delta(name, store.read_delta(name) or b"")]
+    originals = [decode_delta(name, store.read_delta(name) or b"") for name in names[1:3]]
+    copied = [revision for delta in originals for revision in delta.revisions]
     overlap = str(delta_name(copied, encrypted=False))
-    store.put_delta(overlap, encode_delta(copied))
+    store.put_delta(overlap, encode_delta(originals[0].previous, copied))
     data_dir = tmp_path / "restored"
     done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
                        "--data-dir", str(data_dir), timeout=120)
@@ -254,7 +266,8 @@ def test_two_writers_overlapping_deltas_restore_once_and_disagreeing_copies_are_
     forged = Revision(changed.number, changed.seen, (Event(PUT, changed.events[0].key, b"another value"),
                                                      *changed.events[1:]))
     assert store.delete_delta(overlap)
-    store.put_delta(overlap, encode_delta([forged if revision is changed else revision for revision in copied]))
+    forged_copy = [forged if revision is changed else revision for revision in copied]
+    store.put_delta(overlap, encode_delta(originals[0].previous, forged_copy))
     with pytest.raises(RestoreError, match=f"both hold revision {changed.number}, and disagree") as refused:
         plan_restore(store, Target(revision=end), datetime.now(UTC), [])
     assert overlap in str(refused.value) and any(name in str(refused.value) for name in names[1:3])
@@ -316,3 +329,114 @@ def test_the_lease_is_renewed_when_the_delta_period_outlasts_it(
         end = etcd.client().put(f"/renewed-{tmp_path.name}/a", "x").header.revision
         wait_stored(redis_conn, end)
     assert "stopped writing" not in caplog.text and "the lease" not in caplog.text.replace("holding the lease", "")
+
+
+def test_etcd_restored_to_an_earlier_revision_then_written_past_the_deltas_starts_a_new_history(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, report: Report) -> None:
+    """etcd restored from a backup to an earlier revision, then written to more than before: its revisions go
+    past the stored deltas with other events. The watcher does not chain them: a gap, a full backup, deltas after
+    it; a restore past the reset is either right (from the new backup) or refused."""
+    own = EtcdServer(tmp_path / "etcd").start()  # restored: not the shared one
+    try:
+        service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="100ms")
+        prefix, config = "/history/", str(tmp_path / "config.yml")
+        own.client().put(prefix + "base", "old")
+        backup = service.client.post("/api/v1/backup").get_json()["filename"]
+        with watcher(service.config, redis_conn):
+            for index in range(10):
+                own.client().put(f"{prefix}old-{index}", "old")
+            old_end = current_revision(own.url)
+            wait_stored(redis_conn, old_end)
+        old_deltas = service.store.list_deltas()
+    finally:
+        own.stop()
+    done = etcd_backup("restore", "--config", config, str(service.config.backup_dir / backup),
+                       "--data-dir", str(tmp_path / "etcd-restored"))
+    assert done.returncode == 0, done.stderr
+    reset = EtcdServer(tmp_path / "etcd-restored")
+    reset.client_port, reset.peer_port = own.client_port, own.peer_port  # the same endpoint, the config unchanged
+    reset.start()
+    try:
+        for index in range(20):  # more than before: etcd's revisions go past the stored deltas
+            reset.client().put(f"{prefix}new-{index}", "new")
+        assert current_revision(reset.url) > old_end
+        caplog.set_level(logging.INFO, logger="worker.deltas")
+        with watcher(service.config, redis_conn):
+            wait_until(lambda: len(service.store.list_backups()) == 2, 30, "the full backup of the new history")
+            end = reset.client().put(prefix + "after", "new").header.revision
+            wait_stored(redis_conn, end)
+        said = [record for record in caplog.records if "not the one the last delta stored" in record.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "ERROR", caplog.text
+        newer = service.store.read_metadata(service.store.list_backups()[-1])
+        assert newer is not None and newer.revision > old_end
+        new_deltas = [parse_delta_name(name) for name in service.store.list_deltas() if name not in old_deltas]
+        assert new_deltas and all(said is not None and said.first > newer.revision for said in new_deltas)
+        now = datetime.now(UTC)
+        assert plan_restore(service.store, Target(revision=end), now, []).backup == newer.filename
+        with pytest.raises(RestoreError, match=f"no delta holds revision {old_end + 1}"):
+            plan_restore(service.store, Target(revision=old_end + 1), now, [])
+        data_dir = tmp_path / "pitr"
+        done = etcd_backup("restore", "--config", config, "--to-revision", str(end), "--data-dir", str(data_dir),
+                           timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert restored(data_dir, prefix) == keys_at(reset.url, prefix, revision=end)
+        report(f"etcd restored from a backup to an earlier revision, then written past the deltas (which ended at "
+               f"{old_end})", f"said once ('{said[0].getMessage()[:90]}...'), a full backup taken at {newer.revision}, "
+               f"no delta before it; restore to {end} equals the new etcd, to {old_end + 1}: refused")
+    finally:
+        reset.stop()
+
+
+def test_a_delta_of_another_history_is_never_chained(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """A delta stored after the last one, but whose watcher saw another revision before it (Redis forgot the
+    fingerprint, say): restore refuses to chain it, and still reaches the revision before it."""
+    service = make_service(delta_period="100ms")
+    _, end = deltas_during_writes(service, etcd, redis_conn, f"/mixed-{tmp_path.name}/", seconds=0.5)
+    seen = time.time()
+    other = Revision(end + 1, seen, (Event(PUT, b"/mixed/other", b"x"),))
+    previous = Fingerprint(end, bytes(32))  # etcd's revision `end` was another one for this delta's watcher
+    planted = str(delta_name([other], encrypted=False))
+    service.store.put_delta(planted, encode_delta(previous, [other]))
+    with pytest.raises(RestoreError, match=f"{planted} does not follow .*two histories.*to revision {end} at most"):
+        plan_restore(service.store, Target(revision=end + 1), datetime.now(UTC), [])
+    assert plan_restore(service.store, Target(revision=end), datetime.now(UTC), []).revision == end
+
+
+def test_hostile_files_named_as_deltas_are_refused_and_nothing_is_lost(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    """In backup-dir, under deltas' names: a symlink, a FIFO, garbage, a file over the size limit, a real delta
+    whose name lies about its revisions. Listing skips the first two (no hang on the FIFO); restore past the
+    real deltas names each of the others' faults; restore up to them, the window and /metrics still work."""
+    service = make_service(delta_period="100ms")
+    _, end = deltas_during_writes(service, etcd, redis_conn, f"/hostile-{tmp_path.name}/", seconds=0.5)
+    store, directory = service.store, service.config.backup_dir
+    real = store.list_deltas()
+    seen = datetime.now(UTC).replace(microsecond=0)
+
+    def named(last: int) -> Path:
+        return directory / str(DeltaName(end + 1, last, seen, seen, encrypted=False))
+
+    named(end + 1).symlink_to(directory / real[0])
+    os.mkfifo(named(end + 2))
+    named(end + 3).write_bytes(b"not a delta at all")
+    with named(end + 4).open("wb") as oversize:
+        oversize.truncate((64 << 20) + 1)
+    named(end + 5).write_bytes(directory.joinpath(real[-1]).read_bytes())  # says end+1.., holds others
+    assert store.list_deltas() == sorted([*real, *(named(end + n).name for n in (3, 4, 5))])
+    assert store.read_delta(named(end + 2).name) is None  # the FIFO: not opened for reading, no hang
+    with pytest.raises(RestoreError) as refused:
+        plan_restore(store, Target(revision=end + 1), datetime.now(UTC), [])
+    for fault in ("not intact gzip data", "larger than 64 MiB", "holds revisions other than its name says"):
+        assert fault in str(refused.value)
+    assert f"reach revision {end} " in str(refused.value)
+    assert plan_restore(store, Target(revision=end), datetime.now(UTC), []).revision == end
+    assert service.client.get("/api/v1/recovery-window").status_code == 200
+    assert service.client.get("/metrics").status_code == 200
+    assert all((directory / name).exists() for name in real)
+    report("a symlink, a FIFO, garbage, a 64 MiB + 1 file and a delta under a lying name, all named as the "
+           "delta after the last", "symlink and FIFO not listed; restore past them refused: "
+           f"\"{str(refused.value)[:240]}...\"; restore to the last real revision, the window and "
+           "/metrics answer; every real delta kept")

@@ -6,6 +6,11 @@
   So a watcher killed mid-batch (its events in memory lost) resumes where the store ends: no gap, no duplicate.
 - etcd compacted the revision it needs: the gap is recorded (Redis, the log), a full backup is queued, and
   the watch starts again at the oldest revision etcd still has (the new backup's deltas follow from it).
+- Two histories never mix: the watch starts one revision early, at the last stored one, and its events are
+  compared with the fingerprint the watcher recorded when it stored it (Redis). etcd restored to an earlier
+  revision (or another cluster) and written past the deltas gives other events there: a gap is recorded, a
+  full backup queued, and deltas go on only after it. Each delta also holds that fingerprint, so a restore
+  never chains two histories even when Redis forgot it (common.deltas).
 - Memory is bounded: at most WATCH_QUEUE responses wait, and the events held are written at MAX_DELTA_BYTES.
 """
 
@@ -16,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,7 +34,19 @@ from redis.exceptions import LockError
 from common import backups, etcd
 from common.clock import redis_clock
 from common.config import Config
-from common.deltas import DELETE, MAX_DELTA_BYTES, PUT, Event, Revision, delta_name, encode_delta, parse_delta_name
+from common.deltas import (
+    DELETE,
+    MAX_DELTA_BYTES,
+    PUT,
+    Event,
+    Fingerprint,
+    Revision,
+    delta_name,
+    encode_delta,
+    fingerprint,
+    parse_delta_name,
+    parse_fingerprint,
+)
 from common.encryption import parse_recipient
 from common.queue import enqueue_or_join, job_queue
 from common.recovery_window import GAPS_KEY, MAX_GAPS_KEPT, STATS_KEY
@@ -54,6 +71,14 @@ class LeaseLost(Exception):
 
 class AheadOfEtcd(Exception):
     """The store reaches past etcd's current revision: the deltas' history is not etcd's (any more)."""
+
+
+class AnotherHistory(Exception):
+    """etcd's revision `revision` is not the one the watcher stored: etcd's history is not the deltas' any more."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"etcd's revision {revision} is not the one stored in the last delta")
+        self.revision = revision
 
 
 class Compacted(Exception):
@@ -92,22 +117,27 @@ def start_thread_watcher(config: Config, connection: redis.Redis) -> tuple[threa
 def _watch_while_leased(config: Config, connection: redis.Redis, lease: redis.lock.Lock,
                         stop: threading.Event) -> None:
     store = open_store(config)
-    oldest_kept, start, said = 0, 0, ""
-    """oldest_kept: after a compaction, the oldest revision etcd still has, where the watch goes on."""
+    oldest_kept, start, said, old_history_end = 0, 0, "", 0
+    """oldest_kept: after a compaction, the oldest revision etcd still has, where the watch goes on.
+    old_history_end: the last revision stored of a history etcd no longer has: the watch waits for a backup past it."""
     while not stop.is_set():
         try:
             resume = resume_revision(config, store, connection)
-            if resume is None:
+            if resume is None or resume <= old_history_end + 1:  # no full backup past the old history yet
                 stop.wait(config.delta_period)
                 continue
             start = max(resume, oldest_kept)
-            _watch_from(config, store, connection, lease, stop, start)
+            _watch_from(config, store, connection, lease, stop, start, known_from=oldest_kept)
         except LeaseLost as exc:
             logger.warning("delta watcher: %s; stopped writing", exc)
             return
         except Compacted as exc:
-            _record_gap(connection, start, exc.revision)
+            if exc.revision > start:  # at `start` itself: only the revision before it (the fingerprint) is gone
+                _record_gap(connection, start, exc.revision)
             oldest_kept = exc.revision
+        except AnotherHistory as exc:
+            _record_new_history(connection, exc.revision)
+            old_history_end = exc.revision
         except AheadOfEtcd as exc:  # stays so until someone acts: said once, not every RETRY_SECONDS
             if str(exc) != said:
                 logger.error("delta watcher: %s", exc)
@@ -149,7 +179,7 @@ class _Batch:
 
 
 def _watch_from(config: Config, store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock,
-                stop: threading.Event, start: int) -> None:
+                stop: threading.Event, start: int, known_from: int) -> None:
     """Watch from revision `start`, storing a delta every delta-period (or at MAX_DELTA_BYTES), until `stop`."""
     with etcd.connect(config.etcd) as member:
         current = member.proof.cluster_revision
@@ -159,15 +189,19 @@ def _watch_from(config: Config, store: BackupStore, connection: redis.Redis, lea
                               "until they are gone: move the deltas (and backups) past revision "
                               f"{current} out of the store; the watcher then goes on from the newest backup left "
                               "(take a full backup now if there is none)")
-        _watch_and_store(config, store, connection, lease, stop, member, start)
+        _watch_and_store(config, store, connection, lease, stop, member, start, known_from)
 
 
 def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock,
-                     stop: threading.Event, member: etcd.EtcdConnection, start: int) -> None:
+                     stop: threading.Event, member: etcd.EtcdConnection, start: int, known_from: int) -> None:
+    """Watch from `start`, one revision early (its fingerprint checked and kept in the next delta) unless etcd
+    compacted it (`start` is then `known_from`: the delta after a gap has no previous revision to match)."""
     recipients = [parse_recipient(key) for key in config.encryption.recipients] if config.encryption else []
-    with _watch(member, start) as responses:
+    unknown = start <= known_from
+    with _watch(member, start if unknown else start - 1) as responses:
         logger.info("delta watcher: watching %s from revision %d", member.endpoint, start)
         batch, last_seen = _Batch(), start - 1
+        previous = Fingerprint(start - 1, bytes(32)) if unknown else None
         deadline = time.monotonic() + config.delta_period
         renew_at = time.monotonic() + LEASE_RENEWAL
         while not stop.is_set():
@@ -181,13 +215,34 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
             if isinstance(response, BaseException):
                 raise response
             if response is not None:
+                previous = previous or _checked_previous(connection, response, start - 1)
                 last_seen = _take(response, batch, last_seen)
             if batch.size >= MAX_DELTA_BYTES or time.monotonic() >= deadline:
-                _store(store, connection, lease, batch, recipients)
+                previous = _store(store, connection, lease, batch, previous, recipients)
                 if responses.empty():
                     _note_if_current(member, connection, last_seen, config)
                 batch, deadline = _Batch(), time.monotonic() + config.delta_period
-        _store(store, connection, lease, batch, recipients)  # what was received before the stop
+        _store(store, connection, lease, batch, previous, recipients)  # what was received before the stop
+
+
+def _checked_previous(connection: redis.Redis, response: etcdrpc.WatchResponse, revision: int) -> Fingerprint | None:
+    """The fingerprint of `revision` from the watch's first events (etcd never splits a revision across responses),
+    None until they come; AnotherHistory if the watcher stored another one there."""
+    if not any(int(event.kv.mod_revision) >= revision for event in response.events):
+        return None
+    found = fingerprint(revision, [_event(event) for event in response.events if event.kv.mod_revision == revision])
+    recorded = parse_fingerprint(_text(connection.hget(STATS_KEY, "last_fingerprint")))
+    if recorded is not None and recorded.revision == revision and recorded != found:
+        raise AnotherHistory(revision)
+    return found
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _event(event: kv_pb2.Event) -> Event:
+    return Event(DELETE if event.type == kv_pb2.Event.DELETE else PUT, event.kv.key, event.kv.value)
 
 
 def _renew(lease: redis.lock.Lock) -> None:
@@ -207,8 +262,7 @@ def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int) -> int
     seen = time.time()
     grouped: dict[int, list[Event]] = {}
     for event in response.events:
-        kind = DELETE if event.type == kv_pb2.Event.DELETE else PUT
-        grouped.setdefault(int(event.kv.mod_revision), []).append(Event(kind, event.kv.key, event.kv.value))
+        grouped.setdefault(int(event.kv.mod_revision), []).append(_event(event))
     for number, events in grouped.items():
         if number <= last_seen:  # never twice: a revision the watch already gave
             continue
@@ -218,9 +272,11 @@ def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int) -> int
 
 
 def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, batch: _Batch,
-           recipients: list[object]) -> None:
+           previous: Fingerprint | None, recipients: list[object]) -> Fingerprint | None:
+    """Store `batch` as a delta after `previous`; return the fingerprint of its last revision (the next one's)."""
     if not batch.revisions:
-        return
+        return previous
+    assert previous is not None, "revisions past the first were received before it"
     if not lease.owned():
         raise LeaseLost("lost the lease to another watcher")
     # The lease can lapse between that check and the write: the store's newest delta tells whether another
@@ -229,7 +285,8 @@ def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, 
                  default=0)
     if stored >= batch.revisions[0].number:
         raise LeaseLost(f"another watcher has stored up to revision {stored}, past {batch.revisions[0].number}")
-    data = encode_delta(batch.revisions, recipients)
+    data = encode_delta(previous, batch.revisions, recipients)
+    last = fingerprint(batch.revisions[-1].number, batch.revisions[-1].events)
     name = str(delta_name(batch.revisions, encrypted=bool(recipients)))
     store.put_delta(name, data)
     events = sum(len(revision.events) for revision in batch.revisions)
@@ -237,10 +294,11 @@ def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, 
         pipe.hincrby(STATS_KEY, "events", events)
         pipe.hincrby(STATS_KEY, "bytes", len(data))
         pipe.hincrby(STATS_KEY, "deltas", 1)
-        pipe.hset(STATS_KEY, mapping={"last_revision": batch.revisions[-1].number,
+        pipe.hset(STATS_KEY, mapping={"last_revision": batch.revisions[-1].number, "last_fingerprint": str(last),
                                       "current_at": batch.revisions[-1].seen})
         pipe.execute()
     logger.info("delta watcher: stored %s (%d events, %d bytes)", name, events, len(data))
+    return last
 
 
 def _note_if_current(member: etcd.EtcdConnection, connection: redis.Redis, last_seen: int, config: Config) -> None:
@@ -296,14 +354,31 @@ def _record_gap(connection: redis.Redis, wanted: int, oldest: int) -> None:
     on from `oldest`, and the new backup's revision will be past it)."""
     job = enqueue_or_join(job_queue(connection))
     gap = {"from": wanted, "to": oldest - 1, "time": time.time()}
+    _push_gap(connection, gap)
+    logger.error("delta watcher: etcd compacted revisions %d to %d before they were stored: no restore can reach "
+                 "them; queued a full backup (job %s), watching on from revision %d", wanted, oldest - 1, job.id,
+                 oldest)
+
+
+def _record_new_history(connection: redis.Redis, last_stored: int) -> None:
+    """etcd's history is not the stored deltas' after `last_stored`: record a gap from there, queue a full backup;
+    the deltas of etcd's history follow that backup."""
+    job = enqueue_or_join(job_queue(connection))
+    gap = {"from": last_stored + 1, "to": last_stored + 1, "time": time.time(), "reason": "another history"}
+    _push_gap(connection, gap)
+    logger.error("delta watcher: etcd's revision %d is not the one the last delta stored: etcd was restored to an "
+                 "earlier revision, or is another cluster. A new history: no delta will follow the old ones (a restore "
+                 "reaches revision %d at most through them); queued a full backup (job %s), the deltas go on after it",
+                 last_stored, last_stored, job.id)
+
+
+def _push_gap(connection: redis.Redis, gap: Mapping[str, object]) -> None:
+    """Keep `gap` in Redis (the newest MAX_GAPS_KEPT) and count it."""
     with connection.pipeline() as pipe:
         pipe.lpush(GAPS_KEY, json.dumps(gap))
         pipe.ltrim(GAPS_KEY, 0, MAX_GAPS_KEPT - 1)
         pipe.hincrby(STATS_KEY, "gaps", 1)
         pipe.execute()
-    logger.error("delta watcher: etcd compacted revisions %d to %d before they were stored: no restore can reach "
-                 "them; queued a full backup (job %s), watching on from revision %d", wanted, oldest - 1, job.id,
-                 oldest)
 
 
 def _describe(exc: Exception, config: Config) -> str:
