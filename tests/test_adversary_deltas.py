@@ -224,3 +224,83 @@ def test_a_count_too_large_for_a_float_never_500s(service: Service, redis_conn: 
     redis_conn.hset(STATS_KEY, "deltas", "9" * 400)
     answer = service.client.get(path)
     assert answer.status_code == 200, answer.get_data(as_text=True)
+
+
+# --- the restore's private places, against another local user and SIGTERM ----------------------------------------
+
+
+def throwaway_etcd_of(restore: subprocess.Popen[str], timeout: float = 60) -> int:
+    """The pid of the throwaway etcd `restore` started (setpriv execs etcd: a child of the restore itself)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert restore.poll() is None, f"the restore ended first: {restore.communicate()}"
+        for children in Path(f"/proc/{restore.pid}/task").glob("*/children"):
+            for pid in children.read_text().split():
+                arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if Path(os.fsdecode(arguments[0])).name == "etcd" and b"--data-dir" in arguments:  # not etcdctl
+                    return int(pid)
+        time.sleep(0.05)
+    raise AssertionError("the restore started no throwaway etcd")
+
+
+def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_the_throwaway_etcd_and_its_dev_shm_data_are_private_and_gone_after_sigterm(
+        service: Service, tmp_path: Path, report: Report) -> None:
+    """A restore applying 20,000 revisions: meanwhile uid 65534 can neither connect to its etcd (root can) nor
+    list its /dev/shm data; SIGTERM then removes the /dev/shm dir, the work dir, and the etcd."""
+    base = base_revision(service)
+    revisions = puts(base + 1, 20000, b"/adv/j/")
+    plant(service.store, unknown_previous(base), revisions)
+    readable = Path(os.path.realpath("/tmp")) / f"adv-{tmp_path.name}"  # others may traverse it: only 0700 protects
+    readable.mkdir(mode=0o755)
+    readable.chmod(0o755)
+    restore = subprocess.Popen([COMMAND, "restore", "--config", str(tmp_path / "config.yml"), "--to-revision",
+                                str(revisions[-1].number), "--data-dir", str(readable / "restored")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        etcd_pid = throwaway_etcd_of(restore)
+        work = Path(os.readlink(f"/proc/{etcd_pid}/cwd"))
+        data = Path(os.fsdecode(Path(f"/proc/{etcd_pid}/cmdline").read_bytes().split(b"\0--data-dir\0")[1]
+                                .split(b"\0")[0]))
+        in_memory = data.parent
+        assert in_memory.parent == Path("/dev/shm") and work.parent == readable, (in_memory, work)
+        for private in (in_memory, work):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o700, private
+        endpoint = f"unix://{work}/client:1"
+        query = ["etcdctl", "--endpoints", endpoint, "--dial-timeout=2s", "get", "/adv/j/", "--prefix",
+                 "--keys-only", "--limit=1"]
+        root = subprocess.run(query, capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})
+        assert root.returncode == 0, root.stderr  # the socket answers: the refusal below is the permission's
+        nobody = as_nobody(*query)
+        assert nobody.returncode != 0 and "/adv/j/" not in nobody.stdout, nobody
+        assert as_nobody("ls", str(in_memory)).returncode != 0
+        assert restore.poll() is None, "the restore ended before SIGTERM: give it more revisions"
+        restore.send_signal(signal.SIGTERM)
+        out, err = restore.communicate(timeout=60)
+        assert restore.returncode != 0, out
+        assert not in_memory.exists() and not work.exists(), (in_memory, work, err)
+        assert not (readable / "restored").exists()
+        deadline = time.monotonic() + 10
+        while not is_gone(etcd_pid):
+            assert time.monotonic() < deadline, f"the throwaway etcd {etcd_pid} outlived the restore"
+            time.sleep(0.05)
+    finally:
+        if restore.poll() is None:
+            restore.kill()
+            restore.communicate()
+        subprocess.run(["rm", "-rf", str(readable)], check=False)
+    report("uid 65534 during a restore: etcdctl on the throwaway etcd's socket, ls of its /dev/shm data; then "
+           "SIGTERM", f"refused ({nobody.stderr.strip().splitlines()[-1][:80]}); after SIGTERM (exit "
+           f"{restore.returncode}) the /dev/shm dir, the work dir and the etcd are gone")
