@@ -169,21 +169,20 @@ def test_an_edited_delta_with_its_sha256_recomputed_is_refused(service: Service)
         plan(service.store, base + 6)
 
 
-@pytest.mark.xfail(strict=True, reason="--to-time stops at the first missing delta and restores the revision "
-                   "before it without refusing: README says a missing delta stops the restore before it starts")
 def test_restore_to_a_time_past_a_missing_delta_refuses(service: Service) -> None:
     base = base_revision(service)
-    first, lost, third = puts(base + 1, 3, b"/adv/g/"), puts(base + 4, 3, b"/adv/g/"), puts(base + 7, 3, b"/adv/g/")
+    first, lost = puts(base + 1, 3, b"/adv/g/"), puts(base + 4, 3, b"/adv/g/")
+    third = [Revision(later.number, later.seen + 5, later.events) for later in puts(base + 7, 3, b"/adv/g/")]
     plant(service.store, unknown_previous(base), first)
     missing = plant(service.store, fingerprint(first[-1].number, first[-1].events), lost)
     plant(service.store, fingerprint(lost[-1].number, lost[-1].events), third)
     service.store.delete_delta(missing)
-    target = Target(time=datetime.now(UTC))
-    try:
-        reached = plan_restore(service.store, target, datetime.now(UTC), []).revision
-    except RestoreError:
-        return
-    assert reached == base + 9, f"restore to {target} would silently stop at revision {reached}, not {base + 9}"
+    with pytest.raises(RestoreError, match=rf"revision {base + 9}\).* no delta holds revision {base + 4} \(one is "
+                       rf"missing\).*\(restore --to-revision {base + 3}\)"):
+        plan_restore(service.store, Target(time=datetime.fromtimestamp(third[-1].seen + 1, UTC)), datetime.now(UTC), [])
+    # A time before the break still restores, to the newest revision received by then.
+    before_third = datetime.fromtimestamp(third[0].seen - 1, UTC)
+    assert plan_restore(service.store, Target(time=before_third), datetime.now(UTC), []).revision == base + 3
 
 
 # --- hostile Redis under the recovery window and /metrics --------------------------------------------------------
