@@ -19,7 +19,10 @@ Each record is one revision: its number (8 bytes), when the watcher received it 
 microseconds), its event count (4 bytes), then each event: its kind (1 byte: PUT or DELETE), key length
 (4 bytes), key, and for a PUT the value length (4 bytes) and value. Big-endian throughout.
 
-Whatever reads a delta trusts nothing in it: whoever can write to the store can plant one. It is read whole
+Whatever reads a delta trusts nothing in it: whoever can write to the store can plant one. The SHA-256 detects
+damage, not tampering (whoever edits a plain delta recomputes it); only with encryption (age) is a planted or
+edited delta refused: without the identity no one can read a delta, so no one can forge the fingerprint of the
+revision before the next one. It is read whole
 (deltas are small: the watcher writes one at MAX_DELTA_BYTES at the latest), within bounds, its digest
 checked before any of it is used, its revisions checked against its name, and any mismatch is a DeltaError.
 """
@@ -192,7 +195,7 @@ def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = ()) 
         raise DeltaError(f"{name}: not a delta file of etcd-backup's")
     body, recorded = plain[:-SHA256_SIZE], plain[-SHA256_SIZE:]
     if hashlib.sha256(body).digest() != recorded:
-        raise DeltaError(f"{name}: its SHA-256 does not match its contents: damaged or tampered with")
+        raise DeltaError(f"{name}: its SHA-256 does not match its contents: damaged")
     previous, previous_digest = _PREVIOUS.unpack_from(body, len(MAGIC))
     revisions = list(_records(name, memoryview(body)[len(MAGIC) + _PREVIOUS.size:]))
     if not revisions or revisions[0].number != said.first or revisions[-1].number != said.last:

@@ -176,9 +176,11 @@ def _number(key: str, field: str, value: str, kind: Callable[[str], float]) -> f
     """`value` as an int or a float (`kind`): finite and not negative, as every count and time here; else None."""
     try:
         number: float | None = kind(value)
-    except ValueError:
-        number = None
-    if number is None or not math.isfinite(number) or number < 0:
+        # An int too large for a float (a 400-digit count) makes isfinite raise OverflowError: no count of ours.
+        finite = number is not None and math.isfinite(number)
+    except (ValueError, OverflowError):
+        number, finite = None, False
+    if number is None or not finite or number < 0:
         _skipped(key, field, value, "not a finite number of 0 or more")
         return None
     return number

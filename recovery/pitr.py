@@ -65,38 +65,71 @@ class Plan:
 
 def plan_restore(store: BackupStore, target: Target, now: datetime, identities: list[Identity]) -> Plan:
     """The backup and the deltas that reach `target`; RestoreError, naming how far the store reaches, if none do."""
-    backup, metadata = _base_backup(store, target, now)
-    deltas, reached, broken = _chain(store, metadata.revision, target, identities)
-    if target.revision is not None and reached < target.revision:
-        raise RestoreError(f"cannot reach revision {target.revision}: {broken}; from {backup}, the backups and "
+    asked = str(target)
+    if target.time is not None:  # the revision etcd was at then, planned as that revision (a break is refused)
+        target = Target(revision=_revision_at(store, target.time, now, identities))
+        asked += f" (revision {target.revision})"
+    assert target.revision is not None
+    backup, metadata = _base_backup(store, target.revision, now)
+    deltas, reached, broken = _chain(store, metadata.revision, target.revision, identities)
+    if reached < target.revision:
+        raise RestoreError(f"cannot reach {asked}: {broken}; from {backup}, the backups and "
                            f"deltas reach revision {reached} (restore --to-revision {reached})")
     return Plan(backup, metadata, deltas, reached)
 
 
-def _base_backup(store: BackupStore, target: Target, now: datetime) -> tuple[str, BackupMetadata]:
-    """The newest current backup (with metadata) whose snapshot is at or before `target`."""
+def _base_backup(store: BackupStore, target: int, now: datetime) -> tuple[str, BackupMetadata]:
+    """The newest current backup (with metadata) whose snapshot is at or before revision `target`."""
     for name in reversed(store.list_backups(now)):
         if backups.is_stale(name) or backups.is_future(name, now):
             continue
         metadata = store.read_metadata(name)
-        if metadata is None:
+        # The snapshot holds a revision from `revision` to `revision_at_end`: all of it must be before the target
+        # (a snapshot started before a --to-time may hold later revisions: it is picked by revision too).
+        if metadata is not None and (metadata.revision_at_end or metadata.revision) <= target:
+            return name, metadata
+    raise RestoreError(f"no full backup (with its metadata) was taken at or before revision {target}: nothing to "
+                       "start from")
+
+
+def _revision_at(store: BackupStore, when: datetime, now: datetime, identities: list[Identity]) -> int:
+    """The newest revision received by `when`, from every backup and delta stored (also those past a missing
+    delta: a break before the target must refuse the restore, not end it early)."""
+    started = [metadata.revision for name in store.list_backups(now)
+               if not backups.is_stale(name) and not backups.is_future(name, now)
+               and (metadata := store.read_metadata(name)) is not None
+               and datetime.fromisoformat(metadata.started) <= when]
+    if not started:
+        raise RestoreError(f"no full backup (with its metadata) was taken at or before time {when}: nothing to "
+                           "start from")
+    reached, unreadable = max(started), []
+    for said, name in sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name))):
+        if said.first_seen > when:  # names hold whole seconds, rounded down: all of it was received later
             continue
-        # The snapshot holds a revision from `revision` to `revision_at_end`: all of it must be before the target.
-        at_most = metadata.revision_at_end or metadata.revision
-        if target.revision is not None and at_most <= target.revision:
-            return name, metadata
-        if target.time is not None and datetime.fromisoformat(metadata.started) <= target.time:
-            return name, metadata
-    raise RestoreError(f"no full backup (with its metadata) was taken at or before {target}: nothing to start from")
+        if said.last_seen.timestamp() + 1 <= when.timestamp():  # all of it was received by then
+            reached = max(reached, said.last)
+            continue
+        try:
+            received = [revision.number for revision in read_delta(store, name, identities).revisions
+                        if revision.seen <= when.timestamp()]
+        except DeltaError as exc:
+            unreadable.append((said, str(exc)))
+            continue
+        reached = max([reached, *received])
+    for said, why in unreadable:  # it may hold revisions received by then: which, no one can tell
+        if said.last > reached:
+            raise RestoreError(f"cannot tell the revision etcd was at at time {when}: {why}; restore --to-revision "
+                               f"{max(reached, said.first - 1)} at most")
+    return reached
 
 
-def _chain(store: BackupStore, after: int, target: Target, identities: list[Identity]) -> tuple[list[str], int, str]:
-    """The deltas that follow revision `after` without a break, up to `target`: their names, the revision they
+def _chain(store: BackupStore, after: int, target: int, identities: list[Identity]) -> tuple[list[str], int, str]:
+    """The deltas that follow revision `after` without a break, up to revision `target`: their names, the revision they
     reach, and why they stop there (a missing or damaged delta, or the end of what is stored)."""
     stored = sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name)) is not None)
     chain: list[str] = []
     reached, last_applied = after, None
-    while target.revision is None or reached < target.revision:
+    while reached < target:
         candidates = [(said, name) for said, name in stored if said.first <= reached + 1 <= said.last]
         if not candidates:
             later = any(said.first > reached + 1 for said, _ in stored)
@@ -108,7 +141,7 @@ def _chain(store: BackupStore, after: int, target: Target, identities: list[Iden
         revisions = delta.revisions
         _check_same_history(chain[-1] if chain else "", last_applied, name, delta)
         _check_overlaps(store, name, revisions, stored, identities)
-        wanted = [revision for revision in revisions if revision.number > reached and _before(revision, target)]
+        wanted = [revision for revision in revisions if reached < revision.number <= target]
         if wanted:
             chain.append(name)
             reached, last_applied = wanted[-1].number, wanted[-1]
@@ -159,13 +192,6 @@ def _check_overlaps(store: BackupStore, name: str, revisions: list[Revision], st
                 raise RestoreError(f"{name} and {other} both hold revision {revision.number}, and disagree on it: "
                                    "two histories (another cluster's deltas, or etcd restored to an earlier "
                                    "revision, or tampered with); move the wrong one out of the store")
-
-
-def _before(revision: Revision, target: Target) -> bool:
-    if target.revision is not None:
-        return revision.number <= target.revision
-    assert target.time is not None
-    return revision.seen <= target.time.timestamp()
 
 
 def identities_of(identity_file: Path | None) -> list[Identity]:
