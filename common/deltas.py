@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyrage
+from etcd3.etcdrpc import kv_pb2
 
 from common.encryption import Identity, Recipient
 
@@ -84,6 +85,10 @@ class Revision:
     events: tuple[Event, ...]
 
 
+NO_FINGERPRINT = bytes(32)
+"""The digest of a delta's previous revision when the watcher could not see it (etcd had compacted it)."""
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """One revision's events, as a digest: what tells two histories apart at the same revision."""
@@ -93,6 +98,11 @@ class Fingerprint:
 
     def __str__(self) -> str:
         return f"{self.revision}:{self.digest.hex()}"
+
+
+def event_from_watch(event: kv_pb2.Event) -> Event:
+    """An event as etcd's watch gives it: what the watcher stores and what a restore compares with."""
+    return Event(DELETE if event.type == kv_pb2.Event.DELETE else PUT, event.kv.key, event.kv.value)
 
 
 def fingerprint(number: int, events: Sequence[Event]) -> Fingerprint:

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,19 @@ from etcd3 import etcdrpc
 
 from common import backups, etcd
 from common.config import Config
-from common.deltas import PUT, Delta, DeltaError, DeltaName, Revision, decode_delta, fingerprint, parse_delta_name
+from common.deltas import (
+    NO_FINGERPRINT,
+    PUT,
+    Delta,
+    DeltaError,
+    DeltaName,
+    Event,
+    Revision,
+    decode_delta,
+    event_from_watch,
+    fingerprint,
+    parse_delta_name,
+)
 from common.encryption import Identity
 from common.metadata import BackupMetadata
 from common.storage import BackupStore
@@ -40,6 +53,8 @@ MEMORY_DIR = SHARED_MEMORY
 machine: 990 events/s on disk, see README for in memory); the result is snapshotted onto disk as before."""
 MEMORY_HEADROOM = 3
 """The database, its WAL and the deltas' growth: room in MEMORY_DIR for this many times the backup's database."""
+SNAPSHOT_WATCH_SECONDS = 30.0
+"""How long reading the restored backup's own revisions (to tie the first delta to it) may take."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +235,8 @@ def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, m
             restore(verified.db_path, staged, Member(**member_flags()))
             verified.db_path.unlink()
             with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password) as connection:
+                if plan.deltas:
+                    _check_follows_backup(connection, plan, read_delta(store, plan.deltas[0], identities))
                 events = _apply(connection, _revisions(store, plan, identities), plan.revision)
                 _save_snapshot(connection, snapshot)
     except ThrowawayFailed as exc:
@@ -228,6 +245,59 @@ def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, m
         raise RestoreError(f"the throwaway etcd failed: {etcd.describe_rpc_error(exc, 10)}") from None
     say(f"applied {events} events of {len(plan.deltas)} deltas: etcd is at revision {plan.revision}")
     restore(snapshot, data_dir, member)
+    return events
+
+
+def _check_follows_backup(connection: etcd.EtcdConnection, plan: Plan, first: Delta) -> None:
+    """Refuse unless the first delta is tied to the restored backup: the revision before it (its fingerprint)
+    and any of its revisions the snapshot holds already must be the snapshot's own. Nothing else ties them:
+    with encryption on, only someone who can read the backup could forge that, and no one without the
+    identity can (a delta encrypted to the public recipient alone is not enough)."""
+    head = int(connection.status.header.revision)
+    held = [revision for revision in first.revisions if revision.number <= head]
+    checked = [revision.number for revision in held]
+    if first.previous.digest != NO_FINGERPRINT:
+        checked.append(first.previous.revision)
+    if not checked or max(checked) > head:
+        raise RestoreError(f"{plan.deltas[0]} cannot be tied to {plan.backup} (it records no revision the backup "
+                           f"holds): restore to revision {head} at most from it")
+    snapshot = revision_events(connection, min(checked), max(checked))
+    expected = [*([first.previous] if first.previous.revision in checked else []),
+                *(fingerprint(revision.number, revision.events) for revision in held)]
+    for wanted in expected:
+        if fingerprint(wanted.revision, snapshot.get(wanted.revision, [])) != wanted:
+            raise RestoreError(f"{plan.deltas[0]} does not follow {plan.backup}: its revision {wanted.revision} is "
+                               f"not the backup's (planted, or another history): restore to revision {head} at most "
+                               "from it")
+
+
+def revision_events(connection: etcd.EtcdConnection, first: int, last: int) -> dict[int, list[Event]]:
+    """The events of revisions `first`..`last` as the member holds them (a watch from `first`; its head must be at
+    least `last`; etcd never splits a revision across watch responses): here, the restored backup's."""
+    if last <= 1:  # a new cluster's first revision: no write made it, so it has no event (and a watch waits)
+        return {}
+    done = threading.Event()
+
+    def requests() -> Iterator[etcdrpc.WatchRequest]:
+        yield etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=b"\0", range_end=b"\0", start_revision=first))
+        done.wait(SNAPSHOT_WATCH_SECONDS)
+
+    stream = etcdrpc.WatchStub(connection.channel).Watch(requests(), metadata=connection.metadata,
+                                                         timeout=SNAPSHOT_WATCH_SECONDS)
+    events: dict[int, list[Event]] = {}
+    try:
+        for response in stream:
+            if response.canceled:
+                raise RestoreError(f"the backup no longer holds revision {first} (compacted at "
+                                   f"{response.compact_revision}): its deltas cannot be tied to it")
+            for event in response.events:
+                events.setdefault(int(event.kv.mod_revision), []).append(event_from_watch(event))
+            if events and max(events) >= last:
+                return events
+    finally:
+        done.set()
+        stream.cancel()
     return events
 
 

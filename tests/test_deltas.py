@@ -39,6 +39,9 @@ from recovery.pitr import Target, plan_restore
 from recovery.restore import RestoreError
 from worker.deltas import GAPS_KEY, LEASE_KEY, STATS_KEY, start_thread_watcher
 
+# One xdist process for the point-in-time restores: some look for leftover apply dirs in /dev/shm, which another
+# process's restore would have too (tests/test_adversary_deltas.py is in the group).
+pytestmark = pytest.mark.xdist_group("point-in-time")
 PERIOD = "200ms"
 
 

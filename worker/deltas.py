@@ -28,21 +28,20 @@ from dataclasses import dataclass, field
 import grpc
 import redis
 from etcd3 import etcdrpc
-from etcd3.etcdrpc import kv_pb2
 from redis.exceptions import LockError
 
 from common import backups, etcd
 from common.clock import redis_clock
 from common.config import Config
 from common.deltas import (
-    DELETE,
     MAX_DELTA_BYTES,
-    PUT,
+    NO_FINGERPRINT,
     Event,
     Fingerprint,
     Revision,
     delta_name,
     encode_delta,
+    event_from_watch,
     fingerprint,
     parse_delta_name,
     parse_fingerprint,
@@ -201,7 +200,7 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
     with _watch(member, start if unknown else start - 1) as responses:
         logger.info("delta watcher: watching %s from revision %d", member.endpoint, start)
         batch, last_seen = _Batch(), start - 1
-        previous = Fingerprint(start - 1, bytes(32)) if unknown else None
+        previous = Fingerprint(start - 1, NO_FINGERPRINT) if unknown else None
         deadline = time.monotonic() + config.delta_period
         renew_at = time.monotonic() + LEASE_RENEWAL
         while not stop.is_set():
@@ -230,7 +229,8 @@ def _checked_previous(connection: redis.Redis, response: etcdrpc.WatchResponse, 
     None until they come; AnotherHistory if the watcher stored another one there."""
     if not any(int(event.kv.mod_revision) >= revision for event in response.events):
         return None
-    found = fingerprint(revision, [_event(event) for event in response.events if event.kv.mod_revision == revision])
+    found = fingerprint(revision, [event_from_watch(event) for event in response.events
+                                   if event.kv.mod_revision == revision])
     recorded = parse_fingerprint(_text(connection.hget(STATS_KEY, "last_fingerprint")))
     if recorded is not None and recorded.revision == revision and recorded != found:
         raise AnotherHistory(revision)
@@ -239,10 +239,6 @@ def _checked_previous(connection: redis.Redis, response: etcdrpc.WatchResponse, 
 
 def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
-
-
-def _event(event: kv_pb2.Event) -> Event:
-    return Event(DELETE if event.type == kv_pb2.Event.DELETE else PUT, event.kv.key, event.kv.value)
 
 
 def _renew(lease: redis.lock.Lock) -> None:
@@ -262,7 +258,7 @@ def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int) -> int
     seen = time.time()
     grouped: dict[int, list[Event]] = {}
     for event in response.events:
-        grouped.setdefault(int(event.kv.mod_revision), []).append(_event(event))
+        grouped.setdefault(int(event.kv.mod_revision), []).append(event_from_watch(event))
     for number, events in grouped.items():
         if number <= last_seen:  # never twice: a revision the watch already gave
             continue
