@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -229,103 +228,29 @@ def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> It
 
 
 def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:
-    """Apply `revisions` after the restored one, up to `target`, one Txn each, PIPELINE at a time (see
-    _Pipeline); check each lands on its number. Return the number of events applied."""
-    pipeline = _Pipeline(etcdrpc.KVStub(connection.channel), connection.metadata)
-    sent = int(connection.status.header.revision)
-    previous: Revision | None = None
+    """Apply `revisions` after the restored one, up to `target`, one Txn each; check each lands on its number."""
+    kv = etcdrpc.KVStub(connection.channel)
+    current = int(connection.status.header.revision)
+    events = 0
     for revision in revisions:
-        if revision.number <= sent:  # already in the snapshot (taken while etcd was written to)
+        if revision.number <= current:  # already in the snapshot (taken while etcd was written to)
             continue
         if revision.number > target:
             break
-        if revision.number != sent + 1:
-            raise RestoreError(f"the deltas reach revision {sent}, and the next delta revision is "
-                               f"{revision.number}: the deltas have a hole there")
-        pipeline.send(revision, previous)
-        previous, sent = revision, revision.number
-    events = pipeline.finish()
-    if sent != target:
-        raise RestoreError(f"the restored etcd is at revision {sent}, not {target}")
+        if revision.number != current + 1:
+            raise RestoreError(f"etcd is at revision {current}, and the next delta revision is {revision.number}: "
+                               "the deltas have a hole there")
+        answer = kv.Txn(etcdrpc.TxnRequest(success=[_operation(event.kind, event.key, event.value)
+                                                    for event in revision.events]),
+                        metadata=connection.metadata, timeout=30)
+        current = int(answer.header.revision)
+        if current != revision.number:
+            raise RestoreError(f"applying revision {revision.number} left etcd at revision {current}: the restored "
+                               "etcd changed by itself (an expiring lease?)")
+        events += len(revision.events)
+    if current != target:
+        raise RestoreError(f"the restored etcd is at revision {current}, not {target}")
     return events
-
-
-PIPELINE = 64
-"""Txns in flight at once while deltas are applied: one at a time, each waited a round trip (1,500 events/s)."""
-
-
-@dataclass
-class _InFlight:
-    revision: Revision
-    request: etcdrpc.TxnRequest
-    answer: grpc.Future
-
-
-class _Pipeline:
-    """Txns sent without waiting for the one before, each guarded by a compare that holds only once the revision
-    before it is applied (_guard): etcd may take them out of order, and one that comes early fails its compare
-    and changes nothing (a failed Txn makes no revision). The oldest is sent again until it lands, so each
-    revision is applied once, in order; only one copy of a Txn is ever in flight."""
-
-    def __init__(self, kv: etcdrpc.KVStub, metadata: etcd.Metadata) -> None:
-        self.kv, self.metadata = kv, metadata
-        self.in_flight: deque[_InFlight] = deque()
-        self.events = 0
-
-    def send(self, revision: Revision, previous: Revision | None) -> None:
-        if len(self.in_flight) >= PIPELINE:
-            self._settle_oldest()
-        request = etcdrpc.TxnRequest(compare=_guard(previous), success=[
-            _operation(event.kind, event.key, event.value) for event in revision.events])
-        self.in_flight.append(_InFlight(revision, request, self._send(request)))
-
-    def finish(self) -> int:
-        """Wait for every Txn sent; return the number of events applied."""
-        while self.in_flight:
-            self._settle_oldest()
-        return self.events
-
-    def _send(self, request: etcdrpc.TxnRequest) -> grpc.Future:
-        return self.kv.Txn.future(request, metadata=self.metadata, timeout=30)
-
-    def _settle_oldest(self) -> None:
-        oldest = self.in_flight[0]
-        while _early(oldest):
-            self._resend_early()
-        self.in_flight.popleft()
-        answer, number = oldest.answer.result(), oldest.revision.number
-        if not answer.succeeded or answer.header.revision != number:
-            raise RestoreError(f"applying revision {number} left etcd at revision {answer.header.revision}: the "
-                               "restored etcd changed by itself (an expiring lease?)")
-        self.events += len(oldest.revision.events)
-
-    def _resend_early(self) -> None:
-        """Wait for every Txn in flight, then send again, in order, those that came early: all after one that
-        came early did too, and sending each only once the one before it lands would wait a round trip each."""
-        for sent in self.in_flight:
-            sent.answer.result()
-        for sent in self.in_flight:
-            if _early(sent):
-                sent.answer = self._send(sent.request)
-
-
-def _early(sent: _InFlight) -> bool:
-    """Whether `sent` (answered) failed its compare before the revision it follows was applied. One that failed
-    later is not early: etcd changed by itself, and sending it again would loop forever."""
-    answer = sent.answer.result()
-    return not answer.succeeded and answer.header.revision < sent.revision.number - 1
-
-
-def _guard(previous: Revision | None) -> list[etcdrpc.Compare]:
-    """A compare that holds once `previous` is applied (none for the first): its last event's key was put at
-    that revision, or is gone (a watch reports a delete only of a key that existed, so it was there before)."""
-    if previous is None:
-        return []
-    last = previous.events[-1]
-    if last.kind == PUT:
-        return [etcdrpc.Compare(key=last.key, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
-                                mod_revision=previous.number)]
-    return [etcdrpc.Compare(key=last.key, target=etcdrpc.Compare.VERSION, result=etcdrpc.Compare.EQUAL, version=0)]
 
 
 def _operation(kind: int, key: bytes, value: bytes) -> etcdrpc.RequestOp:
