@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from pyrage import x25519
 
 from common.config import Config
 from common.deltas import (
     PUT,
+    DeltaError,
     DeltaName,
     Event,
     Fingerprint,
@@ -28,9 +30,11 @@ from common.deltas import (
     encode_delta,
     parse_delta_name,
 )
+from common.encryption import AGE_MAGIC
 from common.storage import BackupStore
 from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service
+from harness.keys import encryption
 from harness.processes import wait_until
 from harness.report import Report
 from harness.servers import EtcdServer
@@ -440,3 +444,48 @@ def test_hostile_files_named_as_deltas_are_refused_and_nothing_is_lost(
            "delta after the last", "symlink and FIFO not listed; restore past them refused: "
            f"\"{str(refused.value)[:240]}...\"; restore to the last real revision, the window and "
            "/metrics answer; every real delta kept")
+
+
+def test_encrypted_deltas_restore_to_a_time_with_the_identity_only(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        identity: x25519.Identity, identity_file: Path, report: Report) -> None:
+    """Encryption on (recipients only, as a worker has): every stored delta is age, not gzip, and opens only
+    with the identity; `etcd-backup restore --to-time` without --identity is refused, and with it restores
+    exactly `etcdctl get --rev` at the newest revision the watcher had received by that time."""
+    service = make_service(delta_period=PERIOD, encryption=encryption(identity))
+    prefix = f"/sealed-{tmp_path.name}/"
+    base, end = deltas_during_writes(service, etcd, redis_conn, prefix)
+    store, names = service.store, service.store.list_deltas()
+    assert names and all(name.endswith(".bin.gz.age") for name in names), names
+    revisions = []
+    for name in names:
+        stored = store.read_delta(name) or b""
+        assert stored.startswith(AGE_MAGIC), name
+        with pytest.raises(DeltaError, match="is encrypted: give the identity"):
+            decode_delta(name, stored, [])
+        with pytest.raises(DeltaError, match="cannot be decrypted"):
+            decode_delta(name, stored, [x25519.Identity.generate()])
+        revisions += decode_delta(name, stored, [identity]).revisions
+    after_base = sorted({revision.seen for revision in revisions if revision.number > base})
+    assert len(after_base) > 2, after_base
+    # Between two times the watcher received revisions at: no rounding puts it on either side.
+    moment = datetime.fromtimestamp((after_base[len(after_base) // 2] + after_base[len(after_base) // 2 + 1]) / 2,
+                                    UTC)
+    target = max(revision.number for revision in revisions if revision.seen <= moment.timestamp())
+    assert base < target < end
+
+    command = ("restore", "--config", str(tmp_path / "config.yml"), "--to-time", moment.isoformat())
+    refused = etcd_backup(*command, "--data-dir", str(tmp_path / "refused"), timeout=120)
+    assert refused.returncode == 1 and "give the identity" in refused.stderr, refused.stderr
+    with pytest.raises(RestoreError, match=f"cannot reach revision {target}: {names[0]} is encrypted: give the id"):
+        plan_restore(store, Target(revision=target), datetime.now(UTC), [])
+    assert not (tmp_path / "refused").exists()
+    done = etcd_backup(*command, "--identity", str(identity_file), "--data-dir", str(tmp_path / "restored"),
+                       timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"etcd is at revision {target}" in done.stdout
+    expected = keys_at(etcd.url, prefix, revision=target)
+    assert expected and restored(tmp_path / "restored", prefix) == expected
+    report(f"encryption on, {len(names)} deltas; `etcd-backup restore --to-time {moment.isoformat()}` without "
+           "and with --identity", f"each delta is age-encrypted and opens only with the identity; without it: "
+           f"exit 1 ('{refused.stderr.strip()[:160]}'); with it: revision {target}, equal to etcdctl get --rev")
