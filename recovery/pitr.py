@@ -66,9 +66,12 @@ class Plan:
 def plan_restore(store: BackupStore, target: Target, now: datetime, identities: list[Identity]) -> Plan:
     """The backup and the deltas that reach `target`; RestoreError, naming how far the store reaches, if none do."""
     backup, metadata = _base_backup(store, target, now)
-    deltas, reached, broken = _chain(store, metadata.revision, target, identities)
-    if target.revision is not None and reached < target.revision:
-        raise RestoreError(f"cannot reach revision {target.revision}: {broken}; from {backup}, the backups and "
+    deltas, reached, broken, blocked = _chain(store, metadata.revision, target, identities)
+    # A time is reached when the deltas stored end before it, never when one of those it needs is missing or damaged:
+    # that would restore an earlier revision, and nothing would say so.
+    short = reached < target.revision if target.revision is not None else blocked
+    if short:
+        raise RestoreError(f"cannot reach {target}: {broken}; from {backup}, the backups and "
                            f"deltas reach revision {reached} (restore --to-revision {reached})")
     return Plan(backup, metadata, deltas, reached)
 
@@ -90,9 +93,11 @@ def _base_backup(store: BackupStore, target: Target, now: datetime) -> tuple[str
     raise RestoreError(f"no full backup (with its metadata) was taken at or before {target}: nothing to start from")
 
 
-def _chain(store: BackupStore, after: int, target: Target, identities: list[Identity]) -> tuple[list[str], int, str]:
+def _chain(store: BackupStore, after: int, target: Target,
+           identities: list[Identity]) -> tuple[list[str], int, str, bool]:
     """The deltas that follow revision `after` without a break, up to `target`: their names, the revision they
-    reach, and why they stop there (a missing or damaged delta, or the end of what is stored)."""
+    reach, why they stop there (a missing or damaged delta, or the end of what is stored), and whether a delta
+    the target may need is missing or damaged there."""
     stored = sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name)) is not None)
     chain: list[str] = []
     reached, last_applied = after, None
@@ -100,11 +105,12 @@ def _chain(store: BackupStore, after: int, target: Target, identities: list[Iden
         candidates = [(said, name) for said, name in stored if said.first <= reached + 1 <= said.last]
         if not candidates:
             later = any(said.first > reached + 1 for said, _ in stored)
-            return chain, reached, (f"no delta holds revision {reached + 1}" + (" (one is missing)" if later else
-                                                                                  ": the deltas stored end there"))
+            why = " (one is missing)" if later else ": the deltas stored end there"
+            return chain, reached, f"no delta holds revision {reached + 1}{why}", later
         delta, name, why = _first_intact(store, candidates, identities)
-        if delta is None:
-            return chain, reached, why
+        if delta is None:  # needed unless its name says it was begun after the target time (names round down)
+            begun = min(said.first_seen for said, _ in candidates)
+            return chain, reached, why, target.time is None or begun <= target.time
         revisions = delta.revisions
         _check_same_history(chain[-1] if chain else "", last_applied, name, delta)
         _check_overlaps(store, name, revisions, stored, identities)
@@ -114,7 +120,7 @@ def _chain(store: BackupStore, after: int, target: Target, identities: list[Iden
             reached, last_applied = wanted[-1].number, wanted[-1]
         if any(revision.number > reached for revision in revisions):  # the rest is past the target
             break
-    return chain, reached, ""
+    return chain, reached, "", False
 
 
 def _first_intact(store: BackupStore, candidates: list[tuple[DeltaName, str]],

@@ -154,6 +154,9 @@ def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
     path.write_bytes(bytes(data))
     with pytest.raises(RestoreError, match=f"{victim}.*reach revision {before.last} "):
         plan_restore(store, Target(revision=end), now, [])
+    # --to-time past it too: an earlier revision, restored without a word, would lose what came after it.
+    with pytest.raises(RestoreError, match=f"cannot reach time .*{victim}.*reach revision {before.last} "):
+        plan_restore(store, Target(time=now), now, [])
     done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
                        "--data-dir", str(tmp_path / "refused"))
     assert done.returncode == 1 and f"--to-revision {before.last})" in done.stderr, done.stderr
@@ -164,6 +167,8 @@ def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
     with pytest.raises(RestoreError, match=f"no delta holds revision {before.last + 1} .one is missing.*reach "
                                            f"revision {before.last} "):
         plan_restore(store, Target(revision=end), now, [])
+    with pytest.raises(RestoreError, match=f"no delta holds revision {before.last + 1} .one is missing"):
+        plan_restore(store, Target(time=now), now, [])
     # Up to the break, it still restores.
     assert plan_restore(store, Target(revision=before.last), now, []).revision == before.last
     assert base < before.last
