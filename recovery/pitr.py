@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -74,6 +74,16 @@ def plan_restore(store: BackupStore, target: Target, now: datetime, identities: 
         raise RestoreError(f"cannot reach {target}: {broken}; from {backup}, the backups and "
                            f"deltas reach revision {reached} (restore --to-revision {reached})")
     return Plan(backup, metadata, deltas, reached)
+
+
+def reach_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
+    """The deltas that follow `revision` without a break, to the end of what is stored, and the revision they
+    reach; RestoreError if one on the way is missing or damaged."""
+    deltas, reached, broken, blocked = _chain(store, revision, Target(time=datetime.max.replace(tzinfo=UTC)),
+                                              identities)
+    if blocked:
+        raise RestoreError(f"the deltas after revision {revision} break after revision {reached}: {broken}")
+    return deltas, reached
 
 
 def _base_backup(store: BackupStore, target: Target, now: datetime) -> tuple[str, BackupMetadata]:
@@ -200,7 +210,7 @@ def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, m
             restore(verified.db_path, staged, Member(**member_flags()))
             verified.db_path.unlink()
             with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password) as connection:
-                events = _apply(connection, _revisions(store, plan, identities), plan.revision)
+                events = apply_plan(connection, store, plan, identities)
                 _save_snapshot(connection, snapshot)
     except ThrowawayFailed as exc:
         raise RestoreError(str(exc)) from None
@@ -221,6 +231,11 @@ def _apply_dir(work: Path, db_size: int) -> Iterator[Path]:
             yield Path(memory)
     else:
         yield work
+
+
+def apply_plan(connection: etcd.EtcdConnection, store: BackupStore, plan: Plan, identities: list[Identity]) -> int:
+    """Apply the plan's deltas to the etcd of `connection` (its backup restored); return the events applied."""
+    return _apply(connection, _revisions(store, plan, identities), plan.revision)
 
 
 def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> Iterator[Revision]:

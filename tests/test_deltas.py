@@ -42,6 +42,7 @@ from harness.writer import ContinuousWriter, current_revision, keys_at
 from recovery.pitr import Target, plan_restore
 from recovery.restore import RestoreError
 from worker.deltas import GAPS_KEY, LEASE_KEY, STATS_KEY, start_thread_watcher
+from worker.drill import run_drill
 
 PERIOD = "200ms"
 
@@ -494,3 +495,30 @@ def test_encrypted_deltas_restore_to_a_time_with_the_identity_only(
     report(f"encryption on, {len(names)} deltas; `etcd-backup restore --to-time {moment.isoformat()}` without "
            "and with --identity", f"each delta is age-encrypted and opens only with the identity; without it: "
            f"exit 1 ('{refused.stderr.strip()[:160]}'); with it: revision {target}, equal to etcdctl get --rev")
+
+
+def test_the_drill_restores_a_random_revision_of_the_deltas_and_compares_it_with_etcd(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    """With deltas after the newest backup, the drill also applies them up to a random revision in its throwaway
+    etcd and compares every key (value, mod revision) with etcd's at that revision; a damaged delta fails it."""
+    service = make_service(delta_period="100ms")
+    base, end = deltas_during_writes(service, etcd, redis_conn, f"/drilled-{tmp_path.name}/")
+    result = run_drill(service.config, redis_conn)
+    assert result.passed, result.reason
+    assert result.point_revision is not None and base < result.point_revision <= end, (result, base, end)
+    assert re.search(rf"; point in time: revision {result.point_revision} \(random, of \d+-{end}\), [1-9]\d* events "
+                     r"applied; [1-9]\d* keys equal to etcd's at that revision$", result.reason), result.reason
+    newest = service.store.list_backups()[-1]
+    drill = (service.store.read_metadata(newest) or pytest.fail("no metadata")).drill
+    assert drill is not None and drill["point_revision"] == result.point_revision
+
+    victim = service.store.list_deltas()[-1]
+    path = service.config.backup_dir / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    failed = run_drill(service.config, redis_conn)
+    assert not failed.passed and victim in failed.reason and failed.point_revision is None, failed
+    report("the restore drill with deltas after the newest backup; then with one bit flipped in the last delta",
+           f"passed: '{result.reason}'; damaged: failed, '{failed.reason[:200]}'")
