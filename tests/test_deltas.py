@@ -28,6 +28,7 @@ from common.deltas import (
     decode_delta,
     delta_name,
     encode_delta,
+    fingerprint,
     parse_delta_name,
 )
 from common.encryption import AGE_MAGIC
@@ -513,6 +514,23 @@ def test_the_drill_restores_a_random_revision_of_the_deltas_and_compares_it_with
     drill = (service.store.read_metadata(newest) or pytest.fail("no metadata")).drill
     assert drill is not None and drill["point_revision"] == result.point_revision
 
+    # Deltas forged by whoever can write to the store: intact, chained (each fingerprint recomputed), each put's
+    # value changed. Only the comparison with etcd can tell.
+    originals = {name: (service.config.backup_dir / name).read_bytes() for name in service.store.list_deltas()}
+    previous: Fingerprint | None = None
+    for name, stored in originals.items():
+        delta = decode_delta(name, stored)
+        forged = [Revision(revision.number, revision.seen, tuple(
+            Event(event.kind, event.key, event.value + b"!" if event.kind == PUT else b"")
+            for event in revision.events)) for revision in delta.revisions]
+        (service.config.backup_dir / name).write_bytes(encode_delta(previous or delta.previous, forged))
+        previous = fingerprint(forged[-1].number, forged[-1].events)
+    caught = run_drill(service.config, redis_conn)
+    assert not caught.passed and "the restored keys differ from etcd's" in caught.reason, caught
+    assert "its value differs" in caught.reason, caught
+    for name, stored in originals.items():
+        (service.config.backup_dir / name).write_bytes(stored)
+
     victim = service.store.list_deltas()[-1]
     path = service.config.backup_dir / victim
     data = bytearray(path.read_bytes())
@@ -520,5 +538,7 @@ def test_the_drill_restores_a_random_revision_of_the_deltas_and_compares_it_with
     path.write_bytes(bytes(data))
     failed = run_drill(service.config, redis_conn)
     assert not failed.passed and victim in failed.reason and failed.point_revision is None, failed
-    report("the restore drill with deltas after the newest backup; then with one bit flipped in the last delta",
-           f"passed: '{result.reason}'; damaged: failed, '{failed.reason[:200]}'")
+    report("the restore drill with deltas after the newest backup; then with forged deltas; then with one bit "
+           "flipped in the last delta",
+           f"passed: '{result.reason}'; forged (intact, chained, values changed): failed, '{caught.reason[:160]}'; "
+           f"damaged: failed, '{failed.reason[:200]}'")
