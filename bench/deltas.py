@@ -20,7 +20,7 @@ from common.deltas import parse_delta_name
 from common.storage import LocalStore
 from harness.cli import etcd_backup
 from harness.deployment import Deployment, procfile
-from harness.processes import http, stop_process, wait_until
+from harness.processes import http, rss, stop_process, wait_until
 from worker.deltas import LEASE_KEY
 
 POLL = 0.05
@@ -77,12 +77,12 @@ class DeltaBench:
         }
 
     def _memory(self, sampler: _Sampler) -> None:
-        rss = sampler.rss
-        self.measured["deltas_watcher_peak_rss_mb"] = max(rss) / MB
+        samples = sampler.rss
+        self.measured["deltas_watcher_peak_rss_mb"] = max(samples) / MB
         # Flat: the second half's peak over the first half's (the first delta's buffers are in both).
-        half = len(rss) // 2
-        self.measured["deltas_watcher_rss_growth_mb"] = (max(rss[half:]) - max(rss[:half])) / MB
-        self.details["deltas"]["watcher_rss_mb_samples"] = len(rss)
+        half = len(samples) // 2
+        self.measured["deltas_watcher_rss_growth_mb"] = (max(samples[half:]) - max(samples[:half])) / MB
+        self.details["deltas"]["watcher_rss_mb_samples"] = len(samples)
 
     def _restore(self, end: int) -> None:
         data_dir = self.work / "deltas-restored"
@@ -152,17 +152,10 @@ class _Sampler:
                 said = parse_delta_name(name)
                 if said is not None:
                     self.stored.setdefault(said.last, now)
-            self.rss.append(_rss(self.pid))
+            self.rss.append(rss(self.pid))
             looks += 1
             if looks % 10 == 0:
                 self.metric += _recovery_point_metric(self.deployment)
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def _recovery_point_metric(deployment: Deployment) -> list[float]:
