@@ -29,6 +29,7 @@ from typing import Any
 
 from pyrage import x25519
 
+from bench.deltas import DeltaBench
 from bench.measure import MB, curl_download, summary, timed
 from bench.s3 import S3Bench
 from common.backups import backup_name
@@ -62,6 +63,10 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "s3_list_detail_ms": ("< 100", lambda value: value < 100),
     "s3_worker_peak_rss_mb_at_size": ("< 150", lambda value: value < 150),
     "s3_worker_rss_growth_mb": ("< 20", lambda value: value < 20),
+    "deltas_recovery_point_over_period_s": ("< 2", lambda value: value < 2),
+    "deltas_watcher_peak_rss_mb": ("< 100", lambda value: value < 100),
+    "deltas_watcher_rss_growth_mb": ("< 10", lambda value: value < 10),
+    "deltas_restore_events_per_s": (">= 5000", lambda value: value >= 5000),
 }
 
 
@@ -73,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each contender (medians are reported)")
     parser.add_argument("--round-trips", type=int, default=10, help="POSTs per deployment on the tiny etcd")
     parser.add_argument("--list-backups", type=int, default=1000, help="backups in the directory when listing")
+    parser.add_argument("--delta-rate", type=int, default=1000, help="writes a second while the delta watcher runs")
+    parser.add_argument("--delta-seconds", type=float, default=20, help="seconds of those writes")
+    parser.add_argument("--delta-period", type=float, default=10, help="the watcher's delta-period, seconds")
     parser.add_argument("--output", type=Path, default=Path("bench/result.json"), help="where to write the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data) for a look")
     options = parser.parse_args(argv)
@@ -103,7 +111,8 @@ class Benchmark:
         self.redis.start()
         client = self.etcd.client()
         embedded = Deployment(self.work / "embedded", [self.etcd.url], rotate=2)
-        on_redis = Deployment(self.work / "redis-deployment", [self.etcd.url], self.redis, rotate=2)
+        on_redis = Deployment(self.work / "redis-deployment", [self.etcd.url], self.redis, rotate=2,
+                              delta_period=f"{self.options.delta_period:g}s")
         # The same as on_redis with encryption on; a Redis of its own, so that neither takes the other's jobs.
         encrypted = Deployment(self.work / "encrypted-deployment", [self.etcd.url], self.encrypted_redis, rotate=2,
                                encryption={"recipients": [str(x25519.Identity.generate().to_public())]})
@@ -116,6 +125,7 @@ class Benchmark:
             encrypted.start()
             s3.start()
             self.round_trips(embedded, on_redis)
+            self.deltas(client, on_redis)
             self.listing()
             small, large = sorted(self.options.rss_sizes)
             for size in sorted({small, self.options.size, large}):
@@ -174,6 +184,13 @@ class Benchmark:
         for key, values in times.items():
             self.measured[f"post_round_trip_ms_{key}"] = statistics.median(values)
             self.details[f"post_round_trip_ms_{key}"] = summary(values)
+
+    def deltas(self, client: Any, on_redis: Deployment) -> None:
+        """The delta watcher (bench.deltas) beside the Redis deployment, on the still small etcd."""
+        deltas = DeltaBench(self.work, on_redis, self.log)
+        deltas.run(client, self.options.delta_rate, self.options.delta_seconds, self.options.delta_period)
+        self.measured.update(deltas.measured)
+        self.details.update(deltas.details)
 
     def listing(self) -> None:
         """GET /api/v1/backup, plain and ?detail=true, with many backups in the directory (empty archives:
@@ -318,6 +335,11 @@ ROWS = [
                           "median ms"),
     ("s3_worker_peak_rss_mb_at_size", "S3 worker peak RSS at the contenders' size, MB"),
     ("s3_worker_rss_growth_mb", "S3 worker peak RSS growth, small to large database, MB"),
+    ("deltas_recovery_point_over_period_s", "delta watcher, steady writes: recovery point (write to its delta "
+                                            "stored, max) minus delta-period, s"),
+    ("deltas_watcher_peak_rss_mb", "delta watcher's peak RSS under those writes, MB"),
+    ("deltas_watcher_rss_growth_mb", "delta watcher's RSS, second half's peak over the first's, MB"),
+    ("deltas_restore_events_per_s", "point-in-time restore of those writes, events/s (whole command)"),
 ]
 
 
@@ -339,7 +361,8 @@ def table(result: dict[str, Any]) -> str:
               for key, value in seconds.items()]
     speeds = details["download_mb_per_s"]
     lines += [f"| 5. download: API {speeds['api']['median']:.0f} MB/s, nginx {speeds['nginx']['median']:.0f} MB/s "
-              "(medians) | | | |", "", "| measurement | result | target | met |", "|---|---|---|---|"]
+              "(medians) | | | |", "", delta_line(details["deltas"]), "",
+              "| measurement | result | target | met |", "|---|---|---|---|"]
     for key, what in ROWS:
         target = result["targets"][key]
         lines.append(f"| {what} | {result['measured'][key]:.2f} | {target['target']} | "
@@ -348,3 +371,12 @@ def table(result: dict[str, Any]) -> str:
     lines += ["", f"{result['date']}: {machine_info['cpu']}, {machine_info['cores']} cores, "
               f"{machine_info['memory_gb']} GB; {machine_info['etcd']}; Python {machine_info['python']}"]
     return "\n".join(lines)
+
+
+def delta_line(deltas: dict[str, Any]) -> str:
+    metric = deltas["metric_recovery_point_max_s"]
+    return (f"delta watcher: {deltas['writes']} writes at {deltas['writes_per_s']:.0f}/s, delta-period "
+            f"{deltas['delta_period_s']:g} s: recovery point {deltas['recovery_point_s']:.2f} s (the API's "
+            f"etcd_backup_recovery_point_seconds at most {'-' if metric is None else f'{metric:.2f}'} s), "
+            f"{deltas['deltas_stored']} deltas; restore: {deltas['restore_events']} events in "
+            f"{deltas['restore_seconds']:.2f} s")

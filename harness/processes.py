@@ -86,7 +86,16 @@ def http(method: str, url: str, timeout: float = 60) -> tuple[int, dict[str, str
 
 
 def peak_rss(pid: int) -> int:
+    return _memory(pid, "VmHWM")
+
+
+def rss(pid: int) -> int:
+    """Its resident memory now, bytes."""
+    return _memory(pid, "VmRSS")
+
+
+def _memory(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")

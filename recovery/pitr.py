@@ -53,6 +53,8 @@ MEMORY_DIR = SHARED_MEMORY
 machine: 990 events/s on disk, see README for in memory); the result is snapshotted onto disk as before."""
 MEMORY_HEADROOM = 3
 """The database, its WAL and the deltas' growth: room in MEMORY_DIR for this many times the backup's database."""
+END_OF_DELTAS = 2**63 - 1
+"""A revision past every delta (etcd's revisions are int64): the chain goes to the end of what is stored."""
 SNAPSHOT_WATCH_SECONDS = 30.0
 """How long reading the restored backup's own revisions (to tie the first delta to it) may take."""
 
@@ -86,11 +88,20 @@ def plan_restore(store: BackupStore, target: Target, now: datetime, identities: 
         asked += f" (revision {target.revision})"
     assert target.revision is not None
     backup, metadata = _base_backup(store, target.revision, now)
-    deltas, reached, broken = _chain(store, metadata.revision, target.revision, identities)
+    deltas, reached, broken, _ = _chain(store, metadata.revision, target.revision, identities)
     if reached < target.revision:
         raise RestoreError(f"cannot reach {asked}: {broken}; from {backup}, the backups and "
                            f"deltas reach revision {reached} (restore --to-revision {reached})")
     return Plan(backup, metadata, deltas, reached)
+
+
+def reach_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
+    """The deltas that follow `revision` without a break, to the end of what is stored, and the revision they
+    reach; RestoreError if one on the way is missing or damaged."""
+    deltas, reached, broken, blocked = _chain(store, revision, END_OF_DELTAS, identities)
+    if blocked:
+        raise RestoreError(f"the deltas after revision {revision} break after revision {reached}: {broken}")
+    return deltas, reached
 
 
 def _base_backup(store: BackupStore, target: int, now: datetime) -> tuple[str, BackupMetadata]:
@@ -138,9 +149,11 @@ def _revision_at(store: BackupStore, when: datetime, now: datetime, identities: 
     return reached
 
 
-def _chain(store: BackupStore, after: int, target: int, identities: list[Identity]) -> tuple[list[str], int, str]:
-    """The deltas that follow revision `after` without a break, up to revision `target`: their names, the revision they
-    reach, and why they stop there (a missing or damaged delta, or the end of what is stored)."""
+def _chain(store: BackupStore, after: int, target: int,
+           identities: list[Identity]) -> tuple[list[str], int, str, bool]:
+    """The deltas that follow revision `after` without a break, up to revision `target`: their names, the revision
+    they reach, why they stop there (a missing or damaged delta, or the end of what is stored), and whether it is
+    a missing or damaged delta."""
     stored = sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name)) is not None)
     chain: list[str] = []
     reached, last_applied = after, None
@@ -148,11 +161,11 @@ def _chain(store: BackupStore, after: int, target: int, identities: list[Identit
         candidates = [(said, name) for said, name in stored if said.first <= reached + 1 <= said.last]
         if not candidates:
             later = any(said.first > reached + 1 for said, _ in stored)
-            return chain, reached, (f"no delta holds revision {reached + 1}" + (" (one is missing)" if later else
-                                                                                  ": the deltas stored end there"))
+            why = " (one is missing)" if later else ": the deltas stored end there"
+            return chain, reached, f"no delta holds revision {reached + 1}{why}", later
         delta, name, why = _first_intact(store, candidates, identities)
         if delta is None:
-            return chain, reached, why
+            return chain, reached, why, True
         revisions = delta.revisions
         _check_same_history(chain[-1] if chain else "", last_applied, name, delta)
         _check_overlaps(store, name, revisions, stored, identities)
@@ -162,7 +175,7 @@ def _chain(store: BackupStore, after: int, target: int, identities: list[Identit
             reached, last_applied = wanted[-1].number, wanted[-1]
         if any(revision.number > reached for revision in revisions):  # the rest is past the target
             break
-    return chain, reached, ""
+    return chain, reached, "", False
 
 
 def _first_intact(store: BackupStore, candidates: list[tuple[DeltaName, str]],
@@ -235,9 +248,7 @@ def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, m
             restore(verified.db_path, staged, Member(**member_flags()))
             verified.db_path.unlink()
             with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password) as connection:
-                if plan.deltas:
-                    _check_follows_backup(connection, plan, read_delta(store, plan.deltas[0], identities))
-                events = _apply(connection, _revisions(store, plan, identities), plan.revision)
+                events = apply_plan(connection, store, plan, identities)
                 _save_snapshot(connection, snapshot)
     except ThrowawayFailed as exc:
         raise RestoreError(str(exc)) from None
@@ -311,6 +322,14 @@ def _apply_dir(work: Path, db_size: int) -> Iterator[Path]:
             yield Path(memory)
     else:
         yield work
+
+
+def apply_plan(connection: etcd.EtcdConnection, store: BackupStore, plan: Plan, identities: list[Identity]) -> int:
+    """Apply the plan's deltas to the etcd of `connection` (its backup restored), once the first is tied to the
+    backup; return the events applied."""
+    if plan.deltas:
+        _check_follows_backup(connection, plan, read_delta(store, plan.deltas[0], identities))
+    return _apply(connection, _revisions(store, plan, identities), plan.revision)
 
 
 def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> Iterator[Revision]:

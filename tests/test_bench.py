@@ -19,7 +19,8 @@ def test_bench_smoke_run_measures_every_contender(tmp_path: Path) -> None:
     output = tmp_path / "result.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--size", "4", "--rss-sizes", "2", "8", "--rounds", "1",
-         "--round-trips", "2", "--list-backups", "30", "--output", str(output)],
+         "--round-trips", "2", "--list-backups", "30", "--delta-seconds", "2", "--delta-period", "1",
+         "--output", str(output)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -27,7 +28,9 @@ def test_bench_smoke_run_measures_every_contender(tmp_path: Path) -> None:
     assert set(result["measured"]) == set(TARGETS) == {key for key, _ in ROWS}
     # Growths and differences can be zero, or below zero by noise.
     growths = [result["measured"].pop(key) for key in ("worker_rss_growth_mb", "s3_worker_rss_growth_mb",
-                                                        "encrypted_worker_rss_over_plain_mb")]
+                                                        "encrypted_worker_rss_over_plain_mb",
+                                                        "deltas_watcher_rss_growth_mb",
+                                                        "deltas_recovery_point_over_period_s")]
     assert all(value > 0 for value in result["measured"].values()), result["measured"]
     assert all(abs(growth) < 100 for growth in growths), growths  # can be zero, or below zero by noise
     seconds = result["details"]["backup"]["seconds"]
@@ -36,3 +39,7 @@ def test_bench_smoke_run_measures_every_contender(tmp_path: Path) -> None:
     assert set(result["details"]["worker_peak_rss_mb"]) == set(result["details"]["s3_worker_peak_rss_mb"]) == {
         "2", "4", "8"}
     assert "| 4. POST, gunicorn + Redis + worker |" in done.stdout
+    deltas = result["details"]["deltas"]
+    assert deltas["writes"] == 2000 and deltas["restore_events"] >= 2000 and deltas["deltas_stored"] >= 2, deltas
+    # The last write waits for the next delta-period at most (and the store's write).
+    assert 0 < deltas["recovery_point_s"] < 1 + 5, deltas

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from pyrage import x25519
 
 from common.config import Config
 from common.deltas import (
     PUT,
+    DeltaError,
     DeltaName,
     Event,
     Fingerprint,
@@ -26,11 +28,14 @@ from common.deltas import (
     decode_delta,
     delta_name,
     encode_delta,
+    fingerprint,
     parse_delta_name,
 )
+from common.encryption import AGE_MAGIC
 from common.storage import BackupStore
 from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service
+from harness.keys import encryption
 from harness.processes import wait_until
 from harness.report import Report
 from harness.servers import EtcdServer
@@ -38,6 +43,7 @@ from harness.writer import ContinuousWriter, current_revision, keys_at
 from recovery.pitr import Target, plan_restore
 from recovery.restore import RestoreError
 from worker.deltas import GAPS_KEY, LEASE_KEY, STATS_KEY, start_thread_watcher
+from worker.drill import run_drill
 
 # One xdist process for the point-in-time restores: some look for leftover apply dirs in /dev/shm, which another
 # process's restore would have too (tests/test_adversary_deltas.py is in the group).
@@ -111,7 +117,21 @@ def test_restore_to_a_middle_revision_and_to_the_latest(
         assert f"etcd is at revision {target}" in done.stdout and "leases are not restored" in done.stdout
         expected = keys_at(etcd.url, prefix, revision=target)
         assert expected and restored(data_dir, prefix) == expected
-    assert not list(Path("/dev/shm").glob("etcd-backup-pitr-*"))  # the in-memory apply dir is gone with it
+    # The in-memory apply dir is gone with it. Restores running beside this test (pytest-xdist, other checkouts)
+    # have theirs: each is named on the command line of its etcd or etcdctl, or gone soon (between the two).
+    wait_until(lambda: not [memory for memory in Path("/dev/shm").glob("etcd-backup-pitr-*") if not _in_use(memory)],
+               10, "no in-memory apply dir left")
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a running process names `path` (or a file in it) on its command line."""
+    for process in Path("/proc").iterdir():
+        try:
+            if process.name.isdigit() and str(path).encode() in (process / "cmdline").read_bytes():
+                return True
+        except OSError:  # it ended meanwhile
+            continue
+    return False
 
 
 def deltas_during_writes(service: Service, etcd: EtcdServer, connection: redis.Redis, prefix: str,
@@ -153,6 +173,9 @@ def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
     path.write_bytes(bytes(data))
     with pytest.raises(RestoreError, match=f"{victim}.*reach revision {before.last} "):
         plan_restore(store, Target(revision=end), now, [])
+    # --to-time past it too: an earlier revision, restored without a word, would lose what came after it.
+    with pytest.raises(RestoreError, match=f"cannot reach time .*{victim}.*reach revision {before.last} "):
+        plan_restore(store, Target(time=now), now, [])
     done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
                        "--data-dir", str(tmp_path / "refused"))
     assert done.returncode == 1 and f"--to-revision {before.last})" in done.stderr, done.stderr
@@ -163,6 +186,8 @@ def test_a_damaged_or_missing_delta_stops_the_restore_at_the_revision_before_it(
     with pytest.raises(RestoreError, match=f"no delta holds revision {before.last + 1} .one is missing.*reach "
                                            f"revision {before.last} "):
         plan_restore(store, Target(revision=end), now, [])
+    with pytest.raises(RestoreError, match=f"no delta holds revision {before.last + 1} .one is missing"):
+        plan_restore(store, Target(time=now), now, [])
     # Up to the break, it still restores.
     assert plan_restore(store, Target(revision=before.last), now, []).revision == before.last
     assert base < before.last
@@ -443,3 +468,97 @@ def test_hostile_files_named_as_deltas_are_refused_and_nothing_is_lost(
            "delta after the last", "symlink and FIFO not listed; restore past them refused: "
            f"\"{str(refused.value)[:240]}...\"; restore to the last real revision, the window and "
            "/metrics answer; every real delta kept")
+
+
+def test_encrypted_deltas_restore_to_a_time_with_the_identity_only(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        identity: x25519.Identity, identity_file: Path, report: Report) -> None:
+    """Encryption on (recipients only, as a worker has): every stored delta is age, not gzip, and opens only
+    with the identity; `etcd-backup restore --to-time` without --identity is refused, and with it restores
+    exactly `etcdctl get --rev` at the newest revision the watcher had received by that time."""
+    service = make_service(delta_period=PERIOD, encryption=encryption(identity))
+    prefix = f"/sealed-{tmp_path.name}/"
+    base, end = deltas_during_writes(service, etcd, redis_conn, prefix)
+    store, names = service.store, service.store.list_deltas()
+    assert names and all(name.endswith(".bin.gz.age") for name in names), names
+    revisions = []
+    for name in names:
+        stored = store.read_delta(name) or b""
+        assert stored.startswith(AGE_MAGIC), name
+        with pytest.raises(DeltaError, match="is encrypted: give the identity"):
+            decode_delta(name, stored, [])
+        with pytest.raises(DeltaError, match="cannot be decrypted"):
+            decode_delta(name, stored, [x25519.Identity.generate()])
+        revisions += decode_delta(name, stored, [identity]).revisions
+    after_base = sorted({revision.seen for revision in revisions if revision.number > base})
+    assert len(after_base) > 2, after_base
+    # Between two times the watcher received revisions at: no rounding puts it on either side.
+    moment = datetime.fromtimestamp((after_base[len(after_base) // 2] + after_base[len(after_base) // 2 + 1]) / 2,
+                                    UTC)
+    target = max(revision.number for revision in revisions if revision.seen <= moment.timestamp())
+    assert base < target < end
+
+    command = ("restore", "--config", str(tmp_path / "config.yml"), "--to-time", moment.isoformat())
+    refused = etcd_backup(*command, "--data-dir", str(tmp_path / "refused"), timeout=120)
+    assert refused.returncode == 1 and "give the identity" in refused.stderr, refused.stderr
+    with pytest.raises(RestoreError, match=f"cannot reach revision {target}: {names[0]} is encrypted: give the id"):
+        plan_restore(store, Target(revision=target), datetime.now(UTC), [])
+    assert not (tmp_path / "refused").exists()
+    done = etcd_backup(*command, "--identity", str(identity_file), "--data-dir", str(tmp_path / "restored"),
+                       timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"etcd is at revision {target}" in done.stdout
+    expected = keys_at(etcd.url, prefix, revision=target)
+    assert expected and restored(tmp_path / "restored", prefix) == expected
+    report(f"encryption on, {len(names)} deltas; `etcd-backup restore --to-time {moment.isoformat()}` without "
+           "and with --identity", f"each delta is age-encrypted and opens only with the identity; without it: "
+           f"exit 1 ('{refused.stderr.strip()[:160]}'); with it: revision {target}, equal to etcdctl get --rev")
+
+
+def test_the_drill_restores_a_random_revision_of_the_deltas_and_compares_it_with_etcd(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    """With deltas after the newest backup, the drill also applies them up to a random revision in its throwaway
+    etcd and compares every key (value, mod revision) with etcd's at that revision; a damaged delta fails it."""
+    service = make_service(delta_period="100ms")
+    base, end = deltas_during_writes(service, etcd, redis_conn, f"/drilled-{tmp_path.name}/")
+    result = run_drill(service.config, redis_conn)
+    assert result.passed, result.reason
+    assert result.point_revision is not None and base < result.point_revision <= end, (result, base, end)
+    assert re.search(rf"; point in time: revision {result.point_revision} \(random, of \d+-{end}\), [1-9]\d* events "
+                     r"applied; [1-9]\d* keys equal to etcd's at that revision$", result.reason), result.reason
+    newest = service.store.list_backups()[-1]
+    drill = (service.store.read_metadata(newest) or pytest.fail("no metadata")).drill
+    assert drill is not None and drill["point_revision"] == result.point_revision
+
+    # Deltas forged by whoever can write to the store: intact, chained (each fingerprint recomputed), each put's
+    # value changed. Only the comparison with etcd can tell.
+    originals = {name: (service.config.backup_dir / name).read_bytes() for name in service.store.list_deltas()}
+    previous: Fingerprint | None = None
+    for name, stored in originals.items():
+        delta = decode_delta(name, stored)
+        forged = [Revision(revision.number, revision.seen, tuple(
+            Event(event.kind, event.key, event.value + b"!" if event.kind == PUT else b"")
+            for event in revision.events)) for revision in delta.revisions]
+        (service.config.backup_dir / name).write_bytes(encode_delta(previous or delta.previous, forged))
+        previous = fingerprint(forged[-1].number, forged[-1].events)
+    caught = run_drill(service.config, redis_conn)
+    # Caught where the forgery shows first: a forged revision the backup holds too (the first delta is not tied
+    # to it), else the keys compared with etcd's.
+    assert not caught.passed, caught
+    assert "does not follow" in caught.reason or ("the restored keys differ from etcd's" in caught.reason
+                                                  and "its value differs" in caught.reason), caught
+    for name, stored in originals.items():
+        (service.config.backup_dir / name).write_bytes(stored)
+
+    victim = service.store.list_deltas()[-1]
+    path = service.config.backup_dir / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    failed = run_drill(service.config, redis_conn)
+    assert not failed.passed and victim in failed.reason and failed.point_revision is None, failed
+    report("the restore drill with deltas after the newest backup; then with forged deltas; then with one bit "
+           "flipped in the last delta",
+           f"passed: '{result.reason}'; forged (intact, chained, values changed): failed, '{caught.reason[:160]}'; "
+           f"damaged: failed, '{failed.reason[:200]}'")

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,15 @@ import pytest
 import redis
 from rq import Worker
 
+from common.deltas import parse_delta_name
 from common.queue import QUEUE_NAME
-from harness.deployment import procfile, start, wait_for_api
+from common.storage.local import LocalStore
+from harness.cli import etcd_backup
+from harness.deployment import Deployment, procfile, start, wait_for_api
 from harness.in_process import ConfigFactory
 from harness.processes import free_port, http, stop_process, wait_until
-from harness.servers import RedisServer
+from harness.servers import EtcdServer, RedisServer
+from harness.writer import ContinuousWriter, current_revision, keys_at
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +97,44 @@ def _job_lines(log_dir: Path) -> list[str]:
     """Lines 'workerN.log: ...' for each job a worker process completed."""
     return [f"{log.name}: {line}" for log in sorted(log_dir.glob("worker*.log"))
             for line in log.read_text().splitlines() if "Job OK" in line]
+
+
+@pytest.mark.parametrize("watcher", ["all-in-one thread", "Procfile deltas process"])
+def test_the_delta_watcher_as_deployed_stores_deltas_a_restore_uses(
+    watcher: str, etcd: EtcdServer, redis_server: RedisServer, redis_conn: redis.Redis, tmp_path: Path
+) -> None:
+    """`deltas: true` in the all-in-one, or the Procfile's `deltas` line beside web and worker: either stores
+    the writes after a full backup as deltas, and `etcd-backup restore --to-revision` reaches the last one."""
+    if watcher == "all-in-one thread":
+        deployment = Deployment(tmp_path / "deployed", [etcd.url], deltas=True, delta_period="200ms").start()
+        process = deployment.web
+    else:
+        deployment = Deployment(tmp_path / "deployed", [etcd.url], redis_server, delta_period="200ms").start()
+        process = deployment.start_process(procfile()["deltas"], "deltas")
+    prefix = f"/deployed-{tmp_path.name}/"
+    try:
+        deployment.post_backup()
+        writer = ContinuousWriter(etcd.client(), prefix).start()
+        time.sleep(1)
+        writer.stop()
+        end = current_revision(etcd.url)
+        wait_until(lambda: _deltas_reach(deployment.backup_dir) >= end, 30, f"deltas up to revision {end}", process)
+    finally:
+        if process is not None:
+            stop_process(process, timeout=30)
+        deployment.stop()
+    done = etcd_backup("restore", "--config", str(deployment.config), "--to-revision", str(end),
+                       "--data-dir", str(tmp_path / "restored"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"etcd is at revision {end}" in done.stdout and " 0 deltas" not in done.stdout, done.stdout
+    server = EtcdServer(tmp_path / "restored").start()
+    try:
+        assert keys_at(server.url, prefix) == keys_at(etcd.url, prefix, revision=end) != {}
+    finally:
+        server.stop()
+
+
+def _deltas_reach(backup_dir: Path) -> int:
+    """The last revision the deltas in `backup_dir` hold (0 without any)."""
+    return max((said.last for name in LocalStore(backup_dir).list_deltas()
+                if (said := parse_delta_name(name)) is not None), default=0)

@@ -33,6 +33,7 @@ from recovery.restore import Member, RestoreError, restore
 from recovery.throwaway import ThrowawayFailed, member_flags, throwaway_etcd
 from recovery.verify import CannotVerify, Verified, VerifyError, verify_stored
 from recovery.workdir import DRILL_PREFIX, private_workdir
+from worker.drill_point import PointChecked, PointFailed, check_random_point
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class DrillResult:
     passed: bool
     reason: str
     seconds: float
+    point_revision: int | None = None
+    """The revision the point-in-time check restored (worker.drill_point), if deltas follow the backup."""
 
 
 def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillResult:
@@ -63,29 +66,44 @@ def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillRes
 
 def _drill(config: Config, store: BackupStore, name: str, began: float) -> DrillResult:
     metadata = store.read_metadata(name)
+    point: PointChecked | None = None
     try:
         with private_workdir(DRILL_PREFIX) as work:
             verified = verify_stored(store, name, work, metadata, config.identity_file)
-            reason = _restore_and_check(config, verified, work, metadata)
+            reason, point = _restore_and_check(config, verified, work, Drilled(store, name, metadata))
     except CannotVerify as exc:
         reason, passed = f"the drill could not check the backup: {exc}", False
-    except (VerifyError, RestoreError, DrillFailed) as exc:
+    except (VerifyError, RestoreError, DrillFailed, PointFailed) as exc:
         reason, passed = str(exc), False
     except Exception as exc:  # noqa: BLE001 - a drill that breaks is a failed drill, and says why
         logger.exception("restore drill of %s broke", name)
         reason, passed = f"the drill broke: {type(exc).__name__}: {exc}", False
     else:
         passed = True
-    return DrillResult(name, passed, reason, round(time.monotonic() - began, 3))
+    return DrillResult(name, passed, reason, round(time.monotonic() - began, 3),
+                       point.revision if passed and point is not None else None)
 
 
-def _restore_and_check(config: Config, verified: Verified, work: Path, metadata: BackupMetadata | None) -> str:
+@dataclass(frozen=True)
+class Drilled:
+    store: BackupStore
+    name: str
+    metadata: BackupMetadata | None
+
+
+def _restore_and_check(config: Config, verified: Verified, work: Path,
+                       drilled: Drilled) -> tuple[str, PointChecked | None]:
+    """Restore and check the backup, then the deltas that follow it (if any, and with metadata to chain from)."""
     data_dir = work / "data"
     restore(verified.db_path, data_dir, Member(**member_flags()))
     verified.db_path.unlink()  # the data dir has its copy now: half the disk space
     try:
         with throwaway_etcd(work, data_dir, config.etcd.username, config.etcd.password) as connection:
-            return _check_member(connection, config.etcd.username is None, metadata)
+            reason = _check_member(connection, config.etcd.username is None, drilled.metadata)
+            if drilled.metadata is None:
+                return reason, None
+            point = check_random_point(config, drilled.store, drilled.name, drilled.metadata, connection)
+            return (reason, None) if point is None else (f"{reason}; {point.reason}", point)
     except ThrowawayFailed as exc:
         raise DrillFailed(str(exc)) from None
 
@@ -125,7 +143,8 @@ def _record(store: BackupStore, connection: redis.Redis | None, result: DrillRes
         metadata = store.read_metadata(result.backup)
         if metadata is not None:
             drill = {"time": now.isoformat(timespec="seconds"), "outcome": outcome, "reason": result.reason,
-                     "seconds": result.seconds}
+                     "seconds": result.seconds,
+                     **({"point_revision": result.point_revision} if result.point_revision is not None else {})}
             store.update_metadata(replace(metadata, drill=drill))
     if connection is not None:
         record_drill(connection, now.timestamp(), result.backup or "", result.passed, result.reason)
