@@ -52,6 +52,10 @@ REDIS_RETRY_SECONDS = 2.0
 """How often a starting worker or scheduler tries Redis again while it is unreachable."""
 REDIS_SOCKET_TIMEOUT = 5.0
 """Seconds to connect to Redis before a request is answered 503."""
+MAX_REDIS_CONNECTIONS = 256
+"""A process's connections to Redis at most: each of the API's 128 threads (api.server) may hold one while a POST
+waits for its job, beside the worker's and the delta watcher's. redis-py 8 caps a pool at 100 by default: 96
+waiting POSTs and a few probes got 503 "Too many connections" (tests/test_slow_clients.py, under pytest-xdist)."""
 
 
 def new_job_id() -> str:
@@ -68,11 +72,12 @@ def connect(config: Config) -> redis.Redis:
     """Return a client for the configured Redis, or for a new embedded in-process one."""
     if config.redis_url is None:
         # The embedded mode: an in-process Redis, shared by the API and the worker thread.
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer(), max_connections=MAX_REDIS_CONNECTIONS)
     return redis.Redis.from_url(
         config.redis_url,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
         health_check_interval=30,
+        max_connections=MAX_REDIS_CONNECTIONS,
     )
 
 

@@ -22,11 +22,14 @@ from pathlib import Path
 import pytest
 
 from api.http_worker import REQUEST_TIMEOUT, SEND_TIMEOUT
+from api.server import HTTP_THREADS
+from common import queue
+from common.config import load_config
 from harness.deployment import Deployment
-from harness.in_process import Service
+from harness.in_process import ConfigFactory, Service
 from harness.processes import http, loopback_socket
 from harness.report import Report
-from harness.servers import EtcdServer
+from harness.servers import EtcdServer, RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -222,6 +225,15 @@ def _run_proxy(target: tuple[str, int], rate: int, ready: Connection) -> None:
     proxy = ThrottledProxy(target, rate)
     ready.send(proxy.port)
     threading.Event().wait()  # until terminated
+
+
+@pytest.mark.parametrize("embedded", [True, False], ids=["embedded queue", "Redis"])
+def test_every_http_thread_may_hold_a_redis_connection(write_config: ConfigFactory, redis_server: RedisServer,
+                                                      embedded: bool) -> None:
+    """redis-py 8 caps a connection pool at 100: with 96 POSTs waiting on their jobs, probes got 503 "Too many
+    connections" (the test below, once). A process's pool has room for every HTTP thread, and the workers."""
+    config = load_config(write_config(**({} if embedded else {"redis_url": redis_server.url})))
+    assert queue.connect(config).connection_pool.max_connections >= HTTP_THREADS + 2
 
 
 def test_a_hundred_posts_waiting_on_a_slow_etcd_do_not_starve_the_api(
