@@ -93,7 +93,9 @@ def test_the_window_detail_and_metrics_against_a_real_watcher(
         time.sleep(0.2)
     names = service.store.list_deltas()
     (backup,) = service.store.list_backups()
-    assert window["earliest"]["revision"] == snapshot_holds(service, backup) and window["latest"]["revision"] == end
+    said = (window, names, service.store.read_metadata(backup))
+    assert window["earliest"]["revision"] == snapshot_holds(service, backup) and window["latest"]["revision"] == end, \
+        said
     assert window["gaps"] == [] and window["backups"][0]["deltas"] == len(names) >= 3
     assert 0 <= window["watcher"]["recovery_point_seconds"] < 10 and window["watcher"]["last_revision"] == end
     assert datetime.fromisoformat(window["latest"]["time"]) <= datetime.now(UTC)
