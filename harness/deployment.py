@@ -23,11 +23,13 @@ def procfile() -> dict[str, str]:
 
 
 def start(command: str, config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """Start a Procfile-style command through the shell, as foreman/honcho would, in its own process group."""
+    """Start a Procfile-style command through the shell, as foreman/honcho would, in its own process group. The
+    shell execs it: the process is the program itself, which stop_process's SIGTERM reaches (dash does not exec a
+    `sh -c` command by itself, and a SIGTERM to the shell left the program running, orphaned)."""
     environment = {**os.environ, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", "ETCD_BACKUP_CONFIG": str(config), **env}
     with open(log, "wb") as out:
-        return subprocess.Popen(command, shell=True, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(f"exec {command}", shell=True, cwd=ROOT, env=environment, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for_api(base: str, proc: subprocess.Popen[bytes]) -> None:
@@ -59,10 +61,10 @@ class Deployment:
 
     def start(self, workers: int = 1) -> Deployment:
         if self.redis is None:  # the all-in-one command: API and worker thread on the embedded queue
-            self.web = start(f"exec etcd-backup --config {self.config}", self.config, self.work / "web.log",
+            self.web = start(f"etcd-backup --config {self.config}", self.config, self.work / "web.log",
                              REDIS_URL="")
         else:
-            self.web = start(f"exec {procfile()['web']}", self.config, self.work / "web.log")
+            self.web = start(procfile()["web"], self.config, self.work / "web.log")
             for _ in range(workers):
                 self.start_worker()
         with stopped_on_failure(self.stop):
@@ -74,7 +76,7 @@ class Deployment:
         assert self.redis is not None, "the all-in-one process has its worker inside"
         connection = self.redis.client()
         expected = len(Worker.all(connection=connection)) + 1
-        worker = start(f"exec {procfile()['worker']}", self.config, self.work / f"worker{len(self.workers)}.log")
+        worker = start(procfile()["worker"], self.config, self.work / f"worker{len(self.workers)}.log")
         self.workers.append(worker)
         wait_until(lambda: len(Worker.all(connection=connection)) == expected, 30, "the worker to register", worker)
         return worker

@@ -3,6 +3,9 @@ stopping it, one HTTP request, and a process's peak memory."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,13 +58,37 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subpr
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `timeout`. A process that leads a process group of its own (a Procfile line,
+    started in a new session) is signalled with its whole group, and whatever of the group is left once it has
+    exited is killed: no child of it outlives the test (a leftover delta watcher on a worker's shared Redis and
+    etcd took the lease, and Redis' word that revisions were stored, from later tests' watchers)."""
+    group = _own_group(proc)
     if proc.poll() is None:
-        proc.terminate()
+        _signal(proc, group, signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal(proc, group, signal.SIGKILL)
             proc.wait()
+    if group is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _own_group(proc: subprocess.Popen[Any]) -> int | None:
+    """The process group `proc` leads, if it leads one (and has not been reaped yet)."""
+    try:
+        return proc.pid if proc.returncode is None and os.getpgid(proc.pid) == proc.pid else None
+    except ProcessLookupError:
+        return None
+
+
+def _signal(proc: subprocess.Popen[Any], group: int | None, signum: signal.Signals) -> None:
+    if group is None:
+        proc.send_signal(signum)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signum)
 
 
 @contextmanager

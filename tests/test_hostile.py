@@ -152,7 +152,7 @@ def test_api_over_tls(tmp_path: Path, etcd: EtcdServer, report: Report) -> None:
         with urllib.request.urlopen(url, timeout=5, context=context) as response:
             return int(response.status)
 
-    deployment.web = start(f"exec etcd-backup --config {deployment.config}", deployment.config,
+    deployment.web = start(f"etcd-backup --config {deployment.config}", deployment.config,
                            deployment.work / "web.log", REDIS_URL="")
     try:
         wait_until(lambda: get(f"{deployment.base}/healthz") == 200, 30, "the API over TLS", deployment.web)

@@ -30,7 +30,7 @@ def test_all_in_one_cli_on_the_embedded_queue(write_config: ConfigFactory, tmp_p
     port = free_port()
     config = write_config(listen=f"127.0.0.1:{port}")
     base = f"http://127.0.0.1:{port}"
-    proc = start(f"exec etcd-backup --config {config}", config, tmp_path / "server.log", REDIS_URL="")
+    proc = start(f"etcd-backup --config {config}", config, tmp_path / "server.log", REDIS_URL="")
     try:
         wait_for_api(base, proc)
         status, headers, body = http("POST", f"{base}/api/v1/backup")
@@ -87,8 +87,6 @@ def test_procfile_web_and_two_workers_on_redis(
         assert workers_used == {"worker0.log", "worker1.log"}
     finally:
         for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
             stop_process(proc)
     assert redis_conn.llen(f"rq:queue:{QUEUE_NAME}") == 0
 
@@ -123,6 +121,11 @@ def test_the_delta_watcher_as_deployed_stores_deltas_a_restore_uses(
         if process is not None:
             stop_process(process, timeout=30)
         deployment.stop()
+    # Nothing of it outlives it: a watcher left running on the shared Redis and etcd took later tests' lease.
+    for stopped in (process, deployment.web):
+        assert stopped is not None
+        with pytest.raises(ProcessLookupError):
+            os.killpg(stopped.pid, 0)
     done = etcd_backup("restore", "--config", str(deployment.config), "--to-revision", str(end),
                        "--data-dir", str(tmp_path / "restored"), timeout=120)
     assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -93,7 +94,7 @@ def test_the_window_detail_and_metrics_against_a_real_watcher(
         time.sleep(0.2)
     names = service.store.list_deltas()
     (backup,) = service.store.list_backups()
-    said = (window, names, service.store.read_metadata(backup))
+    said = (window, names, service.store.read_metadata(backup), [thread.name for thread in threading.enumerate()])
     assert window["earliest"]["revision"] == snapshot_holds(service, backup) and window["latest"]["revision"] == end, \
         said
     assert window["gaps"] == [] and window["backups"][0]["deltas"] == len(names) >= 3
@@ -130,7 +131,10 @@ def test_a_gap_between_two_backups_and_what_redis_says_of_it(
     first, second = (snapshot_holds(service, name) for name in service.store.list_backups())
     window = service.client.get("/api/v1/recovery-window").get_json()
     (gap,) = window["gaps"]
-    assert (gap["reason"], gap["from"], gap["to"]) == (NOT_STORED, first_end + 1, second - 1)
+    assert (gap["reason"], gap["from"], gap["to"]) == (NOT_STORED, first_end + 1, second - 1), \
+        (window, service.store.list_deltas(),
+         [service.store.read_metadata(name) for name in service.store.list_backups()],
+         [thread.name for thread in threading.enumerate()])
     assert (window["earliest"]["revision"], window["latest"]["revision"]) == (first, end)
     redis_conn.lpush(GAPS_KEY, json.dumps({"from": gap["from"], "to": gap["to"], "time": time.time()}))
     assert service.client.get("/api/v1/recovery-window").get_json()["gaps"][0]["reason"] == COMPACTED

@@ -76,7 +76,7 @@ EVERY_2_SECONDS = "* * * * * */2"  # croniter's sixth field: seconds
 def test_procfile_schedulers_and_a_worker(tmp_path: Path, etcd: EtcdServer, redis_server: RedisServer,
                                           redis_conn: redis.Redis, report: Report) -> None:
     deployment = Deployment(tmp_path, [etcd.url], redis_server, schedule=EVERY_2_SECONDS, rotate=50).start()
-    schedulers = [deployment.start_process(f"exec {procfile()['scheduler']}", f"scheduler{i}") for i in range(2)]
+    schedulers = [deployment.start_process(procfile()["scheduler"], f"scheduler{i}") for i in range(2)]
     try:
         wait_until(lambda: len(deployment.backups()) >= 3, 30, "three scheduled backups")
     finally:
@@ -112,7 +112,7 @@ def test_a_scheduler_without_schedule_idles_until_stopped(write_config: ConfigFa
     """The Procfile has a scheduler line for everyone: without `schedule` it must not end (foreman would
     stop the web and workers with it), and it must stop cleanly."""
     config = write_config(redis_url=redis_server.url)
-    process = start(f"exec {procfile()['scheduler']}", config, tmp_path / "scheduler.log")
+    process = start(procfile()["scheduler"], config, tmp_path / "scheduler.log")
     try:
         wait_until(lambda: "idle until stopped" in (tmp_path / "scheduler.log").read_text(), 30, "the idle scheduler",
                    process)
