@@ -10,7 +10,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from recovery.client import (
     check_given_name,
     one_line,
 )
-from recovery.restore import Member, RestoreError, check_data_dir, restore
+from recovery.restore import Member, RestoreError, check_data_dir, restore, restore_workdir
 from recovery.verify import CannotDecrypt, CannotVerify, Verified, VerifyError, verify_archive, verify_file
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 
@@ -273,8 +272,8 @@ def _restore(args: argparse.Namespace) -> None:
     data_dir = check_data_dir(args.data_dir)  # before downloading or verifying anything
     # The snapshot is extracted beside the data dir: same file system, and no second copy in /tmp.
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as work:
-        verified = _verify(args, Path(work))
+    with restore_workdir(data_dir) as work:
+        verified = _verify(args, work)
         print(f"{args.source}: {verified.report()}")
         restore(verified.db_path, data_dir, member, announce=lambda command: print("running: " + shlex.join(command)))
     _next_steps(args, data_dir)
@@ -298,8 +297,8 @@ def _restore_to_point(args: argparse.Namespace) -> None:
           f"{len(plan.deltas)} deltas")
     member = Member(args.name, args.initial_cluster, args.initial_advertise_peer_urls, args.initial_cluster_token)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as work:
-        restore_to(config, store, plan, data_dir, member, Path(work), identity_file, say=print)
+    with restore_workdir(data_dir) as work:
+        restore_to(config, store, plan, data_dir, member, work, identity_file, say=print)
     print("leases are not restored: keys that had a lease were restored without one")
     _next_steps(args, data_dir)
 

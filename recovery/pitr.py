@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ from common.storage import BackupStore
 from recovery.restore import SHARED_MEMORY, Member, RestoreError, restore
 from recovery.throwaway import ThrowawayFailed, member_flags, throwaway_etcd
 from recovery.verify import load_identities, verify_stored
+from recovery.workdir import POINT_IN_TIME_PREFIX, private_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -318,8 +318,8 @@ def _apply_dir(work: Path, db_size: int) -> Iterator[Path]:
     directory deleted afterwards) when it has room for MEMORY_HEADROOM times the database, else `work`."""
     if MEMORY_DIR.is_dir() and os.access(MEMORY_DIR, os.W_OK | os.X_OK) \
             and shutil.disk_usage(MEMORY_DIR).free > MEMORY_HEADROOM * db_size + (64 << 20):
-        with tempfile.TemporaryDirectory(prefix="etcd-backup-pitr-", dir=MEMORY_DIR) as memory:  # 0700
-            yield Path(memory)
+        with private_workdir(POINT_IN_TIME_PREFIX, MEMORY_DIR) as memory:
+            yield memory
     else:
         yield work
 

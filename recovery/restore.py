@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from recovery.throwaway import SHORT_PATHS
 from recovery.verify import etcd_tool, tool_environment
+from recovery.workdir import RESTORE_PREFIX, private_workdir, remove_abandoned_workdirs
 
 
 class RestoreError(Exception):
@@ -70,6 +72,17 @@ def check_data_dir(data_dir: Path) -> Path:
     return path
 
 
+@contextmanager
+def restore_workdir(data_dir: Path) -> Iterator[Path]:
+    """A private work dir beside `data_dir` (the same file system: no second copy of the database in /tmp), made
+    once what restores killed outright left there, in /dev/shm (every Secret, in clear) and in /tmp is removed."""
+    for base in (data_dir.parent, SHARED_MEMORY, SHORT_PATHS):
+        if base.is_dir():
+            remove_abandoned_workdirs(base)
+    with private_workdir(RESTORE_PREFIX, data_dir.parent) as work:
+        yield work
+
+
 def restore(db_path: Path, data_dir: Path, member: Member,
             announce: Callable[[list[str]], object] = lambda command: None) -> list[str]:
     """Restore `db_path` (a snapshot with its SHA-256 trailer, which the tool checks) into `data_dir`.
@@ -81,8 +94,8 @@ def restore(db_path: Path, data_dir: Path, member: Member,
     Returns the command it ran.
     """
     data_dir = check_data_dir(data_dir)
-    with tempfile.TemporaryDirectory(prefix=".etcd-backup-restore-", dir=data_dir.parent) as staging:
-        staged = Path(staging) / "data"
+    with private_workdir(RESTORE_PREFIX, data_dir.parent) as staging:
+        staged = staging / "data"
         command = restore_command(db_path, staged, member)
         announce(command)
         done = subprocess.run(command, capture_output=True, text=True, env=tool_environment(), timeout=3600)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from common import etcd
 from common.config import EtcdConfig
+from recovery.workdir import SOCKET_PREFIX, private_workdir
 
 START_TIMEOUT = 60.0
 """Seconds the restored etcd has to answer."""
@@ -55,9 +55,9 @@ def throwaway_etcd(work: Path, data_dir: Path, username: str | None,
             stdout=log, stderr=subprocess.STDOUT, cwd=work,
         )
     try:
-        with tempfile.TemporaryDirectory(prefix="etcd-backup-", dir=SHORT_PATHS) as short:  # 0700, ours
-            (Path(short) / "w").symlink_to(work.resolve())
-            access = EtcdConfig(endpoints=(f"unix://{Path(short) / 'w' / CLIENT_SOCKET}",), timeout=2.0,
+        with private_workdir(SOCKET_PREFIX, SHORT_PATHS) as short:
+            (short / "w").symlink_to(work.resolve())
+            access = EtcdConfig(endpoints=(f"unix://{short / 'w' / CLIENT_SOCKET}",), timeout=2.0,
                                 username=username, password=password)
             with _connect_when_up(access, process) as connection:
                 yield connection

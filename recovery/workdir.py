@@ -1,9 +1,10 @@
-"""Private work directories for what extracts a backup's database (verify, the drill).
+"""Private work directories for what extracts a backup's database (verify, the drill, a restore).
 
 The extracted database holds every Secret of the cluster. Its directory is 0700 (mkdtemp's mode),
 and locked (flock) for as long as its process uses it. A process killed outright (kill -9, the OOM
-killer) cannot clean up: the next worker to start removes every such directory of its user that no
-live process holds the lock of, and stops what still runs in it (a drill's etcd).
+killer) cannot clean up: the next worker to start removes every such directory of its user in the temp
+dir that no live process holds the lock of, and stops what still runs in it (a drill's etcd); the next
+restore does so beside its data dir and in /dev/shm (where a point-in-time restore applies its deltas).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import shutil
 import signal
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,34 +24,53 @@ logger = logging.getLogger(__name__)
 
 DRILL_PREFIX = "etcd-backup-drill-"
 VERIFY_PREFIX = "etcd-backup-verify-"
+RESTORE_PREFIX = ".etcd-backup-restore-"
+"""Beside the data dir a restore makes (same file system: the restored dir is renamed into place)."""
+POINT_IN_TIME_PREFIX = "etcd-backup-pitr-"
+"""In /dev/shm: the throwaway etcd of a point-in-time restore."""
+SOCKET_PREFIX = "etcd-backup-socket-"
+"""In /tmp: the short path to a throwaway etcd's socket (recovery.throwaway)."""
+PREFIXES = (DRILL_PREFIX, VERIFY_PREFIX, RESTORE_PREFIX, POINT_IN_TIME_PREFIX, SOCKET_PREFIX)
 LOCK_NAME = ".in-use"
 """Held (flock) by the process using the directory; a directory without one is not ours to remove."""
 
 
 @contextmanager
-def private_workdir(prefix: str) -> Iterator[Path]:
-    """A new 0700 directory in the temp dir, locked while in use, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    lock = os.open(path / LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def private_workdir(prefix: str, base: Path | None = None) -> Iterator[Path]:
+    """A new 0700 directory in `base` (the temp dir by default), locked while in use, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock = _create_locked(path)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
         os.close(lock)
 
 
-MIN_AGE = 60.0
-"""Seconds a work dir's lock file must have existed before it may be taken for abandoned: its maker
-creates the file, then locks it; in between, the directory is new, not dead."""
+def _create_locked(directory: Path) -> int:
+    """The lock file of `directory`, locked before it takes its name: a LOCK_NAME that no one holds is always
+    one whose process died, never one about to be locked."""
+    making = directory / f"{LOCK_NAME}.new"
+    lock = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(making, directory / LOCK_NAME)
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
 
 
-def remove_abandoned_workdirs(base: Path | None = None, min_age: float = MIN_AGE) -> list[Path]:
-    """Remove the work directories whose process died; return them."""
+def remove_abandoned_workdirs(base: Path | None = None) -> list[Path]:
+    """Remove the work directories in `base` (the temp dir by default) whose process died; return them."""
     removed = []
     base = base or Path(tempfile.gettempdir())
     for entry in base.iterdir():
-        if not entry.name.startswith((DRILL_PREFIX, VERIFY_PREFIX)):
+        if not entry.name.startswith(PREFIXES):
             continue
         try:
             info = entry.lstat()
@@ -62,8 +81,6 @@ def remove_abandoned_workdirs(base: Path | None = None, min_age: float = MIN_AGE
         except OSError:  # gone meanwhile, or no lock file: not one we made
             continue
         try:
-            if time.time() - os.fstat(lock).st_mtime < min_age:
-                raise BlockingIOError  # just made: its process may not have locked it yet
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a live process uses it
             os.close(lock)
@@ -73,7 +90,7 @@ def remove_abandoned_workdirs(base: Path | None = None, min_age: float = MIN_AGE
             shutil.rmtree(entry, ignore_errors=True)
         finally:
             os.close(lock)
-        logger.warning("removed %s, left by a verify or drill whose process died", entry)
+        logger.warning("removed %s, left by a verify, drill or restore whose process died", entry)
         removed.append(entry)
     return removed
 

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from harness.report import Report
 from recovery.pitr import Target, plan_restore, restore_to, revision_events
 from recovery.restore import Member, RestoreError
 from recovery.throwaway import member_flags
+from recovery.workdir import SOCKET_PREFIX
 
 NOBODY = "65534"
 # One xdist process for the point-in-time restores that look at /dev/shm's apply dirs (tests/test_deltas.py too).
@@ -292,28 +294,60 @@ def is_gone(pid: int) -> bool:
         return True
 
 
+@dataclass
+class LongRestore:
+    """A point-in-time restore of 20,000 revisions, caught applying them."""
+
+    process: subprocess.Popen[str]
+    readable: Path
+    """A 0755 dir in /tmp holding the restore's data dir: only the restore's own 0700 dirs protect it."""
+    etcd_pid: int
+    work: Path
+    in_memory: Path
+    socket_link: Path
+    """The short dir in /tmp through which the restore reaches its etcd's socket."""
+    base: int
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+        subprocess.run(["rm", "-rf", str(self.readable)], check=False)
+
+
+def start_long_restore(service: Service, tmp_path: Path) -> LongRestore:
+    base = base_revision(service)
+    revisions = puts(base + 1, 20000, b"/adv/j/")
+    plant(service.store, backups_revision(service, base), revisions)
+    readable = Path(os.path.realpath("/tmp")) / f"adv-{tmp_path.name}"
+    readable.mkdir(mode=0o755)
+    readable.chmod(0o755)
+    process = subprocess.Popen([COMMAND, "restore", "--config", str(tmp_path / "config.yml"), "--to-revision",
+                                str(revisions[-1].number), "--data-dir", str(readable / "restored")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        etcd_pid = throwaway_etcd_of(process)
+        work = Path(os.readlink(f"/proc/{etcd_pid}/cwd"))
+        data = Path(os.fsdecode(Path(f"/proc/{etcd_pid}/cmdline").read_bytes().split(b"\0--data-dir\0")[1]
+                                .split(b"\0")[0]))
+        (link,) = [short for short in Path("/tmp").glob(f"{SOCKET_PREFIX}*")
+                   if (short / "w").is_symlink() and (short / "w").resolve() == work.resolve()]
+    except BaseException:
+        LongRestore(process, readable, 0, Path(), Path(), Path(), base).stop()
+        raise
+    return LongRestore(process, readable, etcd_pid, work, data.parent, link, base)
+
+
 @pytest.mark.slow
 def test_the_throwaway_etcd_and_its_dev_shm_data_are_private_and_gone_after_sigterm(
         service: Service, tmp_path: Path, report: Report) -> None:
     """A restore applying 20,000 revisions: meanwhile uid 65534 can neither connect to its etcd (root can) nor
     list its /dev/shm data; SIGTERM then removes the /dev/shm dir, the work dir, and the etcd."""
-    base = base_revision(service)
-    revisions = puts(base + 1, 20000, b"/adv/j/")
-    plant(service.store, backups_revision(service, base), revisions)
-    readable = Path(os.path.realpath("/tmp")) / f"adv-{tmp_path.name}"  # others may traverse it: only 0700 protects
-    readable.mkdir(mode=0o755)
-    readable.chmod(0o755)
-    restore = subprocess.Popen([COMMAND, "restore", "--config", str(tmp_path / "config.yml"), "--to-revision",
-                                str(revisions[-1].number), "--data-dir", str(readable / "restored")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = start_long_restore(service, tmp_path)
+    restore, work, in_memory = running.process, running.work, running.in_memory
     try:
-        etcd_pid = throwaway_etcd_of(restore)
-        work = Path(os.readlink(f"/proc/{etcd_pid}/cwd"))
-        data = Path(os.fsdecode(Path(f"/proc/{etcd_pid}/cmdline").read_bytes().split(b"\0--data-dir\0")[1]
-                                .split(b"\0")[0]))
-        in_memory = data.parent
-        assert in_memory.parent == Path("/dev/shm") and work.parent == readable, (in_memory, work)
-        for private in (in_memory, work):
+        assert in_memory.parent == Path("/dev/shm") and work.parent == running.readable, (in_memory, work)
+        for private in (in_memory, work, running.socket_link):
             assert stat.S_IMODE(private.stat().st_mode) == 0o700, private
         endpoint = f"unix://{work}/client:1"
         query = ["etcdctl", "--endpoints", endpoint, "--dial-timeout=2s", "get", "/adv/j/", "--prefix",
@@ -327,17 +361,44 @@ def test_the_throwaway_etcd_and_its_dev_shm_data_are_private_and_gone_after_sigt
         restore.send_signal(signal.SIGTERM)
         out, err = restore.communicate(timeout=60)
         assert restore.returncode != 0, out
-        assert not in_memory.exists() and not work.exists(), (in_memory, work, err)
-        assert not (readable / "restored").exists()
-        deadline = time.monotonic() + 10
-        while not is_gone(etcd_pid):
-            assert time.monotonic() < deadline, f"the throwaway etcd {etcd_pid} outlived the restore"
-            time.sleep(0.05)
+        assert not in_memory.exists() and not work.exists() and not running.socket_link.exists(), err
+        assert not (running.readable / "restored").exists()
+        wait_gone(running.etcd_pid)
     finally:
-        if restore.poll() is None:
-            restore.kill()
-            restore.communicate()
-        subprocess.run(["rm", "-rf", str(readable)], check=False)
+        running.stop()
     report("uid 65534 during a restore: etcdctl on the throwaway etcd's socket, ls of its /dev/shm data; then "
            "SIGTERM", f"refused ({nobody.stderr.strip().splitlines()[-1][:80]}); after SIGTERM (exit "
            f"{restore.returncode}) the /dev/shm dir, the work dir and the etcd are gone")
+
+
+@pytest.mark.slow
+def test_what_a_restore_killed_outright_leaves_the_next_restore_removes(
+        service: Service, tmp_path: Path, report: Report) -> None:
+    """kill -9 mid-apply cannot clean up: the database in clear stays in /dev/shm (memory, until reboot) and beside
+    the data dir. The next restore, whatever it restores, removes them before it starts."""
+    running = start_long_restore(service, tmp_path)
+    try:
+        running.process.kill()
+        running.process.communicate()
+        wait_gone(running.etcd_pid)  # PDEATHSIG
+        left = [running.in_memory, running.work, running.socket_link]
+        assert all(path.exists() for path in left), left
+        next_one = subprocess.run([COMMAND, "restore", "--config", str(tmp_path / "config.yml"), "--to-revision",
+                                   str(running.base), "--data-dir", str(running.readable / "next")],
+                                  capture_output=True, text=True, timeout=120)
+        assert next_one.returncode == 0, next_one.stderr
+        assert [path for path in left if path.exists()] == [], next_one.stderr
+        assert all(f"removed {path}, left by a verify, drill or restore whose process died" in next_one.stderr
+                   for path in left), next_one.stderr
+    finally:
+        running.stop()
+    report("`etcd-backup restore --to-revision` killed -9 while applying 20,000 revisions (the database in clear in "
+           "/dev/shm and beside the data dir)", "left behind, as nothing can clean up after kill -9; the next "
+           "restore removed the /dev/shm dir, the work dir and the socket link dir before it began, and succeeded")
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while not is_gone(pid):
+        assert time.monotonic() < deadline, f"the throwaway etcd {pid} outlived the restore"
+        time.sleep(0.05)
