@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 STATS_KEY = "etcd-backup:deltas"
 """A Redis hash the watcher writes: events, bytes, deltas (counts), last_revision, current_at (Unix time as of
 which every revision etcd had is stored), gaps (count)."""
+COUNTERS = ("events", "bytes", "deltas", "gaps")
+"""The fields of STATS_KEY that only grow; each is there (from 0) as soon as a watcher has run."""
 GAPS_KEY = "etcd-backup:delta-gaps"
 """A Redis list of the gaps etcd's compaction made, newest first, as JSON: {"from", "to", "time"}."""
 MAX_GAPS_KEPT = 100

@@ -31,6 +31,9 @@ from common.storage import LocalStore, StorageError
 from harness.in_process import Service, served_over_http
 from harness.pki import make_tls_files
 from harness.processes import BIN_DIR, ROOT
+from harness.servers import EtcdServer
+from harness.writer import current_revision
+from tests.test_deltas import wait_stored, watcher
 from worker.drill import run_drill
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -372,12 +375,17 @@ def test_metric_names_are_found_in_expressions() -> None:
 
 
 @pytest.fixture
-def live_scrape(make_service: Callable[..., Service], redis_conn: redis.Redis) -> Iterator[tuple[Service, str]]:
-    """A service with an API token, after a backup, a failed backup and a restore drill, served over HTTP."""
-    service = make_service(api_token="a-token-of-twenty-chars")
+def live_scrape(make_service: Callable[..., Service], etcd: EtcdServer,
+                redis_conn: redis.Redis) -> Iterator[tuple[Service, str]]:
+    """A service with an API token, after a backup, a restore drill and a delta the watcher stored, served over
+    HTTP."""
+    service = make_service(api_token="a-token-of-twenty-chars", delta_period="100ms")
     authorized = {"Authorization": "Bearer a-token-of-twenty-chars"}
     assert service.client.post("/api/v1/backup", headers=authorized).status_code == 200
     assert run_drill(service.config, redis_conn).passed
+    with watcher(service.config, redis_conn):
+        etcd.client().put("/live-scrape/after-the-backup", "x")
+        wait_stored(redis_conn, current_revision(etcd.url))
     with served_over_http(service) as base:
         yield service, base
 

@@ -48,7 +48,7 @@ from common.deltas import (
 )
 from common.encryption import parse_recipient
 from common.queue import enqueue_or_join, job_queue
-from common.recovery_window import GAPS_KEY, MAX_GAPS_KEPT, STATS_KEY
+from common.recovery_window import COUNTERS, GAPS_KEY, MAX_GAPS_KEPT, STATS_KEY
 from common.storage import BackupStore, StorageError, open_store
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def _watch_while_leased(config: Config, connection: redis.Redis, lease: redis.lo
     old_history_end: the last revision stored of a history etcd no longer has: the watch waits for a backup past it."""
     while not stop.is_set():
         try:
+            _counters_from_zero(connection)
             resume = resume_revision(config, store, connection)
             if resume is None or resume <= old_history_end + 1:  # no full backup past the old history yet
                 stop.wait(config.delta_period)
@@ -366,6 +367,15 @@ def _record_new_history(connection: redis.Redis, last_stored: int) -> None:
                  "earlier revision, or is another cluster. A new history: no delta will follow the old ones (a restore "
                  "reaches revision %d at most through them); queued a full backup (job %s), the deltas go on after it",
                  last_stored, last_stored, job.id)
+
+
+def _counters_from_zero(connection: redis.Redis) -> None:
+    """Each counter at 0 unless it counts already: /metrics exports a counter once it is in Redis, and the increase
+    from a counter's first sample is none to Prometheus (the first gap would never raise the gap alert)."""
+    with connection.pipeline() as pipe:
+        for field in COUNTERS:
+            pipe.hsetnx(STATS_KEY, field, 0)
+        pipe.execute()
 
 
 def _push_gap(connection: redis.Redis, gap: Mapping[str, object]) -> None:
