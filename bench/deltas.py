@@ -44,7 +44,7 @@ class DeltaBench:
         self.log(f"delta watcher: {rate} writes/s for {seconds:g} s, delta-period {period:g} s")
         began = time.monotonic()
         self.deployment.post_backup()
-        watcher = self.deployment.start_process(f"exec {procfile()['deltas']}", "deltas")  # its pid: the watcher's
+        watcher = self.deployment.start_process(procfile()["deltas"], "deltas")  # its pid: the watcher's (exec)
         try:
             # Writes begin once it watches (it holds the lease): its start-up is not a recovery point.
             assert self.deployment.redis is not None
