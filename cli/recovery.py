@@ -36,6 +36,8 @@ from recovery.workdir import VERIFY_PREFIX, private_workdir
 URL_ENV = "ETCD_BACKUP_URL"
 IDENTITY_ENV = "ETCD_BACKUP_IDENTITY"
 DEFAULT_URL = "http://127.0.0.1:8080"
+SOURCE_HELP = ("a .tar.gz (or .tar.gz.age), or its URL on the service; a FILE may also be a .db (etcdctl snapshot "
+               "save) or a .db.gz (the original etcd-backup)")
 
 
 def service_options(default_url: str | None = DEFAULT_URL) -> argparse.ArgumentParser:
@@ -79,9 +81,7 @@ def add_commands(commands: Commands) -> None:
          "etcd-backup verify http://backup-host:8080/api/v1/backup/snapshot-20261127_060000.tar.gz",
          "etcd-backup verify snapshot-20261127_060000.tar.gz.age --identity ~/etcd-backup.key"],
         config_option=False, parents=[token, identity])
-    verify.add_argument("source", metavar="FILE|URL",
-                        help="a .tar.gz (or .tar.gz.age), or its URL on the service; a FILE may also be a .db "
-                             "(etcdctl snapshot save) or a .db.gz (the original etcd-backup)")
+    verify.add_argument("source", metavar="FILE|URL", help=SOURCE_HELP)
 
     restore_parser = add_command(
         commands, "restore", run, "verify a backup and restore it into a new etcd data dir",
@@ -93,9 +93,7 @@ def add_commands(commands: Commands) -> None:
          "etcd-backup restore --config /etc/etcd-backup/config.yml --to-revision 123456 --data-dir /var/lib/etcd-pitr",
          "etcd-backup restore --config /etc/etcd-backup/config.yml --to-time 2026-11-27T06:30:00Z --data-dir ..."],
         config_option=False, parents=[token, identity])
-    restore_parser.add_argument("source", metavar="FILE|URL", nargs="?",
-                                help="a .tar.gz (or .tar.gz.age), or its URL on the service; a FILE may also be "
-                                     "a .db (etcdctl snapshot save) or a .db.gz (the original etcd-backup)")
+    restore_parser.add_argument("source", metavar="FILE|URL", nargs="?", help=SOURCE_HELP)
     point = restore_parser.add_mutually_exclusive_group()
     point.add_argument("--to-revision", type=revision, metavar="R",
                        help="instead of FILE|URL: the newest full backup at or before R, then the deltas up to R "
