@@ -14,10 +14,9 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -69,40 +68,74 @@ def remove_abandoned_workdirs(base: Path | None = None) -> list[Path]:
     """Remove the work directories in `base` (the temp dir by default) whose process died; return them."""
     removed = []
     base = base or Path(tempfile.gettempdir())
-    for entry in base.iterdir():
-        if not entry.name.startswith(PREFIXES):
-            continue
-        try:
-            info = entry.lstat()
-            # Never a symlink, never another user's (that user's own workers clean theirs).
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-                continue
-            lock = os.open(entry / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:  # gone meanwhile, or no lock file: not one we made
-            continue
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a live process uses it
-            os.close(lock)
-            continue
-        try:
-            _kill_processes_in(entry)
-            shutil.rmtree(entry, ignore_errors=True)
-        finally:
-            os.close(lock)
-        logger.warning("removed %s, left by a verify, drill or restore whose process died", entry)
-        removed.append(entry)
+    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(base_fd):
+            if name.startswith(PREFIXES) and _remove_if_abandoned(base_fd, name):
+                logger.warning("removed %s, left by a verify, drill or restore whose process died", base / name)
+                removed.append(base / name)
+    finally:
+        os.close(base_fd)
     return removed
 
 
-def _kill_processes_in(directory: Path) -> None:
-    """SIGKILL the processes whose working directory is `directory` (a drill's etcd runs there)."""
+def _remove_if_abandoned(base_fd: int, name: str) -> bool:
+    """Remove the work dir `name` of `base_fd` if its process died; return whether it was one.
+
+    All of it goes through the directory opened once, never through its name again: where other users may write
+    the parent and it has no sticky bit (a data dir's parent may be such), they may rename, even swap (renameat2
+    RENAME_EXCHANGE), root's directories at any moment, and the name would then be another directory of root's."""
+    try:  # never a symlink, never anything but a directory (a FIFO would block an open without O_DIRECTORY)
+        directory = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base_fd)
+    except OSError:  # gone meanwhile
+        return False
+    try:
+        found = os.fstat(directory)
+        if found.st_uid != os.getuid():  # another user's: that user's own workers clean theirs
+            return False
+        try:
+            lock = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+        except OSError:  # no lock file: not one we made
+            return False
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live process uses it
+                return False
+            _kill_processes_in(found)
+            _remove_contents(directory)
+        finally:
+            os.close(lock)
+        with suppress(OSError):  # renamed meanwhile: what is left is an empty directory (or another's lock file)
+            now = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
+                os.rmdir(name, dir_fd=base_fd)  # were it swapped just now, rmdir removes no directory with files
+        return True
+    finally:
+        os.close(directory)
+
+
+def _remove_contents(directory: int) -> None:
+    """Remove what the open `directory` holds, its lock file last: removal cut short leaves it to the next sweep."""
+    for entry in sorted(os.scandir(directory), key=lambda entry: entry.name == LOCK_NAME):
+        with suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.name, ignore_errors=True, dir_fd=directory)
+            else:
+                os.unlink(entry.name, dir_fd=directory)
+
+
+def _kill_processes_in(directory: os.stat_result) -> None:
+    """SIGKILL the processes whose working directory is `directory` (a drill's etcd runs there): that very directory,
+    not whatever its path names now."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if Path(os.readlink(proc / "cwd")) == directory:
+            cwd = os.stat(proc / "cwd")
+            if (cwd.st_dev, cwd.st_ino) == (directory.st_dev, directory.st_ino):
+                where = os.readlink(proc / "cwd")
                 os.kill(int(proc.name), signal.SIGKILL)
-                logger.warning("stopped process %s, left running in %s", proc.name, directory)
+                logger.warning("stopped process %s, left running in %s", proc.name, where)
         except OSError:  # gone, or not ours to look at
             continue
