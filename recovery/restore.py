@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,6 +74,16 @@ def check_data_dir(data_dir: Path) -> Path:
     return path
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in etcd's tool before it starts: the kernel kills it when the restore dies, kill -9 included. Left
+    running, it would go on writing the database into a work dir that the next restore removes."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
 @contextmanager
 def restore_workdir(data_dir: Path) -> Iterator[Path]:
     """A private work dir beside `data_dir` (the same file system: no second copy of the database in /tmp), made
@@ -98,7 +110,8 @@ def restore(db_path: Path, data_dir: Path, member: Member,
         staged = staging / "data"
         command = restore_command(db_path, staged, member)
         announce(command)
-        done = subprocess.run(command, capture_output=True, text=True, env=tool_environment(), timeout=3600)
+        done = subprocess.run(command, capture_output=True, text=True, env=tool_environment(), timeout=3600,
+                              preexec_fn=_die_with_parent)
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise RestoreError(f"{shlex.join(command)} failed: {reason}")

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from common.etcd import EtcdConnection
 from common.queue import enqueue_drill, enqueue_or_join, job_queue
 from common.storage import LocalStore
 from harness.in_process import Service
+from harness.processes import wait_until
 from harness.report import Report
 from harness.servers import EtcdServer, etcdctl
 from recovery.restore import RestoreError, check_data_dir
@@ -490,3 +492,33 @@ def test_two_restores_into_one_data_dir_never_lose_it(backup: Path, tmp_path: Pa
     report("two `etcd-backup restore` into the same new data dir at once, 5 rounds",
            f"exit statuses {dict(outcomes)}: every round one restore won and its data dir is there; the other "
            "failed without touching it")
+
+
+def test_a_restore_killed_outright_takes_etcds_tool_with_it(backup: Path, tmp_path: Path, report: Report) -> None:
+    """kill -9 while etcd's tool restores the snapshot: the tool dies with the restore (PDEATHSIG). Left running, it
+    would go on writing the database into a work dir that the next restore removes, and leave it unremovable."""
+    real = shutil.which("etcdutl") or shutil.which("etcdctl")
+    assert real is not None
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    pid_file = tmp_path / "tool.pid"
+    # etcd's tool as found on the PATH, but asleep (as itself: exec keeps the pid and PDEATHSIG) when it restores.
+    (tools / Path(real).name).write_text(f'#!/bin/sh\nif [ "$1 $2" = "snapshot restore" ]; then\n'
+                                         f'  echo $$ > {pid_file}; exec sleep 600\nfi\nexec {real} "$@"\n')
+    (tools / Path(real).name).chmod(0o755)
+    restore = subprocess.Popen([ETCD_BACKUP, "restore", str(backup), "--data-dir", str(tmp_path / "restored")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"})
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 60, "the tool restoring",
+                   restore)
+        tool = int(pid_file.read_text())
+    finally:
+        restore.kill()
+        restore.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{tool}").exists() and "\nState:\tZ" not in Path(f"/proc/{tool}/status").read_text():
+        assert time.monotonic() < deadline, f"etcd's tool {tool} outlived the restore killed -9"
+        time.sleep(0.05)
+    report("`etcd-backup restore` killed -9 while etcd's tool restores the snapshot into its work dir",
+           "the tool was killed with it (PR_SET_PDEATHSIG): nothing writes into the dir the next restore removes")
