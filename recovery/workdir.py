@@ -36,28 +36,39 @@ LOCK_NAME = ".in-use"
 
 @contextmanager
 def private_workdir(prefix: str, base: Path | None = None) -> Iterator[Path]:
-    """A new 0700 directory in `base` (the temp dir by default), locked while in use, removed afterwards."""
+    """A new 0700 directory in `base` (the temp dir by default), locked while in use, removed afterwards: through
+    the directory opened when it was made, as the sweep does (_remove_opened), never through its name again."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        lock = _create_locked(path)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
-    try:
-        yield path
+        directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        made = os.fstat(directory)
+        try:
+            if os.listdir(directory):  # swapped for another directory between mkdtemp and the open
+                raise OSError(f"{path} is not the empty directory just made there: another user swapped it")
+            lock = _create_locked(directory)
+        except BaseException:
+            _remove_opened(parent, path.name, directory, made)
+            os.close(directory)
+            raise
+        try:
+            yield path
+        finally:
+            _remove_opened(parent, path.name, directory, made)
+            os.close(lock)
+            os.close(directory)
     finally:
-        shutil.rmtree(path, ignore_errors=True)
-        os.close(lock)
+        os.close(parent)
 
 
-def _create_locked(directory: Path) -> int:
-    """The lock file of `directory`, locked before it takes its name: a LOCK_NAME that no one holds is always
-    one whose process died, never one about to be locked."""
-    making = directory / f"{LOCK_NAME}.new"
-    lock = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _create_locked(directory: int) -> int:
+    """The lock file of the open `directory`, locked before it takes its name: a LOCK_NAME that no one holds is
+    always one whose process died, never one about to be locked."""
+    making = f"{LOCK_NAME}.new"
+    lock = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=directory)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        os.rename(making, directory / LOCK_NAME)
+        os.rename(making, LOCK_NAME, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         os.close(lock)
         raise
@@ -103,16 +114,21 @@ def _remove_if_abandoned(base_fd: int, name: str) -> bool:
             except BlockingIOError:  # a live process uses it
                 return False
             _kill_processes_in(found)
-            _remove_contents(directory)
+            _remove_opened(base_fd, name, directory, found)
         finally:
             os.close(lock)
-        with suppress(OSError):  # renamed meanwhile: what is left is an empty directory (or another's lock file)
-            now = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
-            if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
-                os.rmdir(name, dir_fd=base_fd)  # were it swapped just now, rmdir removes no directory with files
         return True
     finally:
         os.close(directory)
+
+
+def _remove_opened(base_fd: int, name: str, directory: int, found: os.stat_result) -> None:
+    """Remove what the open `directory` holds, then the directory itself if `name` in `base_fd` still names it."""
+    _remove_contents(directory)
+    with suppress(OSError):  # renamed meanwhile: what is left is an empty directory (or another's lock file)
+        now = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
+            os.rmdir(name, dir_fd=base_fd)  # were it swapped just now, rmdir removes no directory with files
 
 
 def _remove_contents(directory: int) -> None:

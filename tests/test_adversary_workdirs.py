@@ -13,7 +13,7 @@ import pytest
 
 from harness.cli import etcd_backup
 from harness.report import Report
-from recovery.workdir import RESTORE_PREFIX
+from recovery.workdir import RESTORE_PREFIX, private_workdir
 
 NOBODY = 65534
 
@@ -101,3 +101,38 @@ def test_a_swap_during_the_sweep_never_makes_it_remove_or_stop_another_dirs_own(
            f"next restore sweeps, {attempts} times", f"swapped {swaps} times; etcd-old's file and the process in it "
            "were never touched")
 
+
+
+SWAP_NOW = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.renameat2(-100, os.fsencode(sys.argv[1]), -100, os.fsencode(sys.argv[2]), 2) != 0:  # RENAME_EXCHANGE
+    raise OSError(ctypes.get_errno(), "renameat2")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the work dir must be root's, the attacker another user")
+def test_a_swap_while_in_use_never_makes_the_owner_remove_another_dirs_files(tmp_path: Path, report: Report) -> None:
+    """uid 65534 swaps a live work dir (in a parent every user may write, no sticky bit) with another directory of
+    root's: when its process is done, it removes its own files, whatever they are named now, and not the other's."""
+    shared = Path(os.path.realpath("/tmp")) / f"adv-owner-{tmp_path.name}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    try:
+        old = shared / "etcd-old"
+        old.mkdir(mode=0o700)
+        (old / "member-db").write_bytes(b"root's own data")
+        with private_workdir(RESTORE_PREFIX, shared) as work:
+            (work / "snapshot.db").write_bytes(b"every Secret, in clear")
+            swap = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                                   sys.executable, "-c", SWAP_NOW, str(work), str(old)],
+                                  capture_output=True, text=True, timeout=30)
+            assert swap.returncode == 0, swap.stderr
+            assert (work / "member-db").exists()  # the swap took place: the work dir's name is root's other dir
+        kept = [path for path in shared.rglob("member-db") if path.read_bytes() == b"root's own data"]
+        assert kept, "root's etcd-old/member-db was removed with the work dir"
+        assert not list(shared.rglob("snapshot.db")), "the work dir's database outlived it"
+    finally:
+        shutil.rmtree(shared)
+    report("uid 65534 swaps (RENAME_EXCHANGE) a live restore work dir with root's etcd-old in a 0777 parent",
+           "when the restore is done it removes its own database (now named etcd-old) and leaves root's file")
