@@ -75,12 +75,15 @@ def check_data_dir(data_dir: Path) -> Path:
 
 
 PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+"""Looked up here, not in the child: between fork and exec a threaded process (the all-in-one, a worker) must not
+take the dynamic loader's locks, which another thread may have held at the fork."""
 
 
 def _die_with_parent() -> None:
     """Run in etcd's tool before it starts: the kernel kills it when the restore dies, kill -9 included. Left
     running, it would go on writing the database into a work dir that the next restore removes."""
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
