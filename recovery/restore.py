@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shlex
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,17 +72,10 @@ def check_data_dir(data_dir: Path) -> Path:
     return path
 
 
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-"""Looked up here, not in the child: between fork and exec a threaded process (the all-in-one, a worker) must not
-take the dynamic loader's locks, which another thread may have held at the fork."""
-
-
-def _die_with_parent() -> None:
-    """Run in etcd's tool before it starts: the kernel kills it when the restore dies, kill -9 included. Left
-    running, it would go on writing the database into a work dir that the next restore removes."""
-    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
+"""Before etcd's tool: the kernel kills it when the restore dies, kill -9 included. Left running, it would go on
+writing the database into a work dir that the next restore removes. (setpriv, not a preexec_fn: Python code between
+fork and exec, in a process with gRPC's threads, made etcdctl fail with gRPC's "epoll_wait error".)"""
 
 
 @contextmanager
@@ -113,8 +104,8 @@ def restore(db_path: Path, data_dir: Path, member: Member,
         staged = staging / "data"
         command = restore_command(db_path, staged, member)
         announce(command)
-        done = subprocess.run(command, capture_output=True, text=True, env=tool_environment(), timeout=3600,
-                              preexec_fn=_die_with_parent)
+        done = subprocess.run([*DIE_WITH_PARENT, *command], capture_output=True, text=True, env=tool_environment(),
+                              timeout=3600)
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise RestoreError(f"{shlex.join(command)} failed: {reason}")
