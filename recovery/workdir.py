@@ -43,9 +43,10 @@ def private_workdir(prefix: str, base: Path | None = None) -> Iterator[Path]:
     try:
         directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         made = os.fstat(directory)
+        if os.listdir(directory):  # swapped for another directory between mkdtemp and the open: not ours to empty
+            os.close(directory)
+            raise OSError(f"{path} is not the empty directory just made there: another user swapped it")
         try:
-            if os.listdir(directory):  # swapped for another directory between mkdtemp and the open
-                raise OSError(f"{path} is not the empty directory just made there: another user swapped it")
             lock = _create_locked(directory)
         except BaseException:
             _remove_opened(parent, path.name, directory, made)
