@@ -19,7 +19,7 @@ import yaml
 
 from cli import recovery
 from cli import status as status_command
-from cli.startup import exit_unless_shared_queue, start_up
+from cli.startup import exit_unless_shared_queue, exit_with, start_up
 from cli.tree import EXIT_STATUSES, add_command
 from common import queue, retention
 from common.clock import redis_clock
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "A bad config is one line naming the key, and exit status 2.",
                 ["etcd-backup config check --config /etc/etcd-backup/config.yml"])
 
+    keygen_parser = add_command(
+        commands, "keygen", keygen, "create the key pair that signs backups and deltas",
+        "Writes the private key to --key-file (mode 0600; an existing file is never replaced) and prints the\n"
+        "public key. Give the workers and the delta watcher signing.key-file, and every reader (the API,\n"
+        "restore hosts) signing.verify-key: then only what this service stored is listed, drilled and restored.",
+        ["etcd-backup keygen --key-file /etc/etcd-backup/signing.key"], config_option=False)
+    keygen_parser.add_argument("--key-file", metavar="FILE", required=True, help="where to write the private key")
     status_command.add_commands(commands)
     recovery.add_commands(commands)
     return parser
@@ -105,10 +112,19 @@ def main(argv: list[str] | None = None) -> None:
     args.run(args)
 
 
-def _service_config(args: argparse.Namespace) -> Config:
-    """Load the config (exit 2 if it is bad) and start logging, for a command that serves or prunes."""
+def _service_config(args: argparse.Namespace, stores: bool = False) -> Config:
+    """Load the config (exit 2 if it is bad) and start logging, for a command that serves or prunes; one that
+    `stores` backups or deltas must be able to sign them, when the config says they are signed."""
     config = start_up(args.config)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if config.signing is None:
+        logging.getLogger("etcd-backup").warning(
+            "no signing key (the config's signing section): whoever can write to %s can plant a backup or a delta "
+            "that is listed, drilled and restored as if etcd held it; see the README's Security section",
+            config.s3.url if config.s3 is not None else config.backup_dir)
+    elif stores and config.signing.key_file is None:
+        exit_with("signing.key-file: required for a process that takes backups or stores deltas (what it stored "
+                  "unsigned would be refused by every reader)")
     return config
 
 
@@ -116,14 +132,14 @@ def _service_config(args: argparse.Namespace) -> Config:
 
 
 def serve(args: argparse.Namespace) -> None:
-    config = _service_config(args)
+    config = _service_config(args, stores=True)
     from cli.allinone import AllInOneServer
 
     AllInOneServer(config).run()
 
 
 def worker(args: argparse.Namespace) -> None:
-    config = _service_config(args)
+    config = _service_config(args, stores=True)
     exit_unless_shared_queue(config, "a worker runs apart from the API")
     from worker.runner import run_worker
 
@@ -146,7 +162,7 @@ def scheduler(args: argparse.Namespace) -> None:
 
 
 def deltas(args: argparse.Namespace) -> None:
-    config = _service_config(args)
+    config = _service_config(args, stores=True)
     exit_unless_shared_queue(config, "the delta watcher runs apart from the API")
     import threading
 
@@ -157,6 +173,27 @@ def deltas(args: argparse.Namespace) -> None:
         signal.signal(stop_signal, lambda signum, frame: stop.set())
     # Stored before it ends: the events received since the last delta.
     run_watcher(config, queue.connect(config), stop)
+
+
+def keygen(args: argparse.Namespace) -> None:
+    """Write a new signing key to --key-file (never over an existing file) and print its verify key."""
+    import os
+
+    from common.signing import new_signing_key
+
+    private, verify_key = new_signing_key()
+    try:
+        fd = os.open(args.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        exit_with(f"keygen: cannot create {args.key_file}: {exc.strerror}")
+    with open(fd, "w") as file:
+        file.write(f"# etcd-backup signing key: keep it private; its verify key is {verify_key}\n{private}\n")
+        file.flush()
+        os.fsync(file.fileno())
+    print(f"""wrote the signing key to {args.key_file}; the config of every process:
+signing:
+  verify-key: {verify_key}
+  key-file: {os.path.abspath(args.key_file)}   # workers and the delta watcher only""")
 
 
 def config_check(args: argparse.Namespace) -> None:

@@ -102,6 +102,9 @@ def add_commands(commands: Commands) -> None:
                        help="instead of FILE|URL: the state at TIME (ISO 8601, e.g. 2026-11-27T06:30:00Z): the "
                             "newest revision the delta watcher had received by then")
     add_config_option(restore_parser, " (for --to-revision and --to-time)")
+    restore_parser.add_argument("--allow-unsigned", action="store_true",
+                                help="with --to-revision/--to-time and a config with signing: take unsigned backups "
+                                     "and deltas too (those taken before signing was configured; or planted)")
     restore_parser.add_argument("--data-dir", required=True, type=Path, help="a new (or empty) directory")
     restore_parser.add_argument("--name", help="this member's name (etcd's --name)")
     restore_parser.add_argument("--initial-cluster", help="every member: name1=https://host1:2380,...")
@@ -288,7 +291,7 @@ def _restore_to_point(args: argparse.Namespace) -> None:
     config = read_config(args.config)
     identity_file = args.identity or config.identity_file
     data_dir = check_data_dir(args.data_dir)
-    store = open_store(config)
+    store = open_store(config, allow_unsigned=args.allow_unsigned)
     target = Target(args.to_revision, args.to_time)
     plan = plan_restore(store, target, datetime.now(UTC), identities_of(identity_file))
     print(f"restoring to revision {plan.revision}: {plan.backup} (revision {plan.metadata.revision}), then "

@@ -35,12 +35,13 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import pyrage
 from etcd3.etcdrpc import kv_pb2
 
+from common import signing
 from common.encryption import Identity, Recipient
 
 MAGIC = b"etcd-backup delta 2\n"
@@ -55,7 +56,11 @@ most a few MiB); more is a planted gzip bomb."""
 MAX_REVISION = (1 << 63) - 1
 """etcd's revisions are int64."""
 NAME_TIME = "%Y%m%d_%H%M%S"
-DELTA_NAME = re.compile(r"delta-(\d{19})-(\d{19})-(\d{8}_\d{6})-(\d{8}_\d{6})\.bin\.gz(\.age)?")
+DELTA_NAME = re.compile(r"delta-(\d{19})-(\d{19})-(\d{8}_\d{6})-(\d{8}_\d{6})"
+                        r"(?:-([A-Za-z0-9_-]{43})-([A-Za-z0-9_-]{86}))?\.bin\.gz(\.age)?")
+"""A delta's name; a signed one (common.signing) carries its stored bytes' SHA-256 and its signature too."""
+SIGNED_CONTEXT = b"etcd-backup delta 1\n"
+"""Begins what a delta's signature signs: no other object's signature (a backup's metadata) can pass for one."""
 SHA256_SIZE = 32
 _REVISION = struct.Struct(">QqI")
 _KEY = struct.Struct(">BI")
@@ -134,10 +139,25 @@ class DeltaName:
     first_seen: datetime
     last_seen: datetime
     encrypted: bool
+    # Not compared: names sort by what they say (a signed and an unsigned copy of the same revisions included).
+    stored_sha256: bytes | None = field(default=None, compare=False)
+    """The SHA-256 of the delta's stored bytes, in a signed name (None: unsigned)."""
+    signature: bytes | None = field(default=None, compare=False)
+    """The signing key's signature of signed_message() (common.signing), in a signed name."""
 
     def __str__(self) -> str:
+        signed = ""
+        if self.stored_sha256 is not None and self.signature is not None:
+            signed = f"-{signing.encode(self.stored_sha256)}-{signing.encode(self.signature)}"
         return (f"delta-{self.first:019d}-{self.last:019d}-{self.first_seen.strftime(NAME_TIME)}-"
-                f"{self.last_seen.strftime(NAME_TIME)}.bin.gz{'.age' if self.encrypted else ''}")
+                f"{self.last_seen.strftime(NAME_TIME)}{signed}.bin.gz{'.age' if self.encrypted else ''}")
+
+    def unsigned(self) -> DeltaName:
+        return replace(self, stored_sha256=None, signature=None)
+
+    def signed_message(self, stored_sha256: bytes) -> bytes:
+        """What a delta's signature signs: its name's claims (revisions, times, encrypted) and its bytes' digest."""
+        return SIGNED_CONTEXT + str(self.unsigned()).encode() + b"\n" + stored_sha256
 
 
 def parse_delta_name(name: str) -> DeltaName | None:
@@ -152,7 +172,12 @@ def parse_delta_name(name: str) -> DeltaName | None:
         return None
     if not 0 < first <= last <= MAX_REVISION or first_seen > last_seen:
         return None
-    return DeltaName(first, last, first_seen, last_seen, match[5] is not None)
+    if match[5] is None:
+        return DeltaName(first, last, first_seen, last_seen, match[7] is not None)
+    stored_sha256, signature = signing.decode(match[5], 32), signing.decode(match[6], signing.SIGNATURE_BYTES)
+    if stored_sha256 is None or signature is None:  # another spelling of the same bytes: not a name we write
+        return None
+    return DeltaName(first, last, first_seen, last_seen, match[7] is not None, stored_sha256, signature)
 
 
 def is_delta_name(name: str) -> bool:

@@ -16,8 +16,10 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.backups import ENCRYPTED_SUFFIX
+from common.backups import ENCRYPTED_SUFFIX, backup_time
 
+SIGNED_CONTEXT = b"etcd-backup metadata 1\n"
+"""Begins what a metadata signature signs: no other object's signature (a delta's) can pass for one."""
 MAX_METADATA_BYTES = 64 << 10
 """A metadata file is under 1 KiB; a bigger one is not ours, and is not read (nor held in memory)."""
 
@@ -64,6 +66,9 @@ class BackupMetadata:
     recipients: list[str] | None = None
     """The public keys an encrypted backup (`...tar.gz.age`) was encrypted to; None: not encrypted. Never
     an identity: those are not the service's to record."""
+    signature: str | None = None
+    """Ed25519 signature of everything above (signed_message), by the service's signing key (common.signing);
+    None: taken without one."""
 
     def snapshot_revision(self) -> int | None:
         """The revision the snapshot holds, if known exactly (metadata older than revision_at_end: `revision`)."""
@@ -87,6 +92,13 @@ class BackupMetadata:
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), indent=1).encode()
 
+    def signed_message(self) -> bytes:
+        """What the signature signs: every field but the signature, in one canonical spelling (JSON gives every
+        value back exactly as written, so a reader rebuilds the same bytes)."""
+        fields_ = self.to_json()
+        del fields_["signature"]
+        return SIGNED_CONTEXT + json.dumps(fields_, sort_keys=True, separators=(",", ":")).encode()
+
 
 def parse_metadata(raw: bytes, name: str) -> BackupMetadata | None:
     """The metadata of backup `name` in `raw` (as to_bytes wrote it), or None if it is not that: whoever
@@ -99,6 +111,16 @@ def parse_metadata(raw: bytes, name: str) -> BackupMetadata | None:
     if metadata.filename != name or any(type(getattr(metadata, key)) not in kinds for key, kinds in _KINDS.items()):
         return None
     return metadata if _values_fit(metadata) else None
+
+
+def _started_in_named_second(started: datetime, name: str) -> bool:
+    """Whether `started` falls in the second that backup `name` is named after: a backup's time is its name's
+    (Redis' clock took both), and a `started` edited to another time must not move it, for --to-time, the
+    status or the metrics."""
+    named = backup_time(name)
+    if started.tzinfo is None:  # the worker writes UTC with its offset; one written without is taken as UTC
+        started = started.replace(tzinfo=UTC)
+    return named is not None and named <= started < named + timedelta(seconds=1)
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -120,13 +142,15 @@ _KINDS = {key: _json_types(kind) for key, kind in typing.get_type_hints(BackupMe
 
 def _values_fit(metadata: BackupMetadata) -> bool:
     try:
-        datetime.fromisoformat(metadata.started)
+        started = datetime.fromisoformat(metadata.started)
     except ValueError:
         return False
-    return (_SHA256.fullmatch(metadata.db_sha256) is not None
+    return (_started_in_named_second(started, metadata.filename)
+            and _SHA256.fullmatch(metadata.db_sha256) is not None
             and (metadata.archive_sha256 is None or _SHA256.fullmatch(metadata.archive_sha256) is not None)
             and _HEADER_SAFE.fullmatch(metadata.etcd_version) is not None
             and math.isfinite(metadata.duration)
             and all(type(alarm) is str for alarm in metadata.alarms or ())
             and all(type(key) is str for key in metadata.recipients or ())
+            and (metadata.signature is None or len(metadata.signature) < 200)
             and (metadata.recipients is not None) == metadata.filename.endswith(ENCRYPTED_SUFFIX))

@@ -86,15 +86,21 @@ class SourceUnreadable(CannotVerify):
 
 @dataclass(frozen=True)
 class Expected:
-    """What the backup's metadata recorded about its database: the check must find exactly that."""
+    """What the backup's metadata recorded about its database (and its archive, when it recorded that): the
+    check must find exactly that."""
 
     db_size: int
     db_sha256: str
+    archive_size: int | None = None
+    archive_sha256: str | None = None
+    """The stored archive's bytes: with signed metadata (common.signing), what ties the archive to it."""
 
 
 def expected_of(metadata: BackupMetadata | None) -> Expected | None:
-    """What a backup's metadata says its database is, for verify_archive to hold it to."""
-    return Expected(metadata.db_size, metadata.db_sha256) if metadata is not None else None
+    """What a backup's metadata says its database and archive are, for verify_archive to hold them to."""
+    if metadata is None:
+        return None
+    return Expected(metadata.db_size, metadata.db_sha256, metadata.filesize, metadata.archive_sha256)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,16 @@ def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None =
     `.tar.gz.age` must be age, a `.tar.gz` must not); None for a file whose name says nothing. With
     `older_formats` (an operator's own file), a snapshot as `etcdctl snapshot save` writes it (`.db`) or
     gzip'd (`.db.gz`, what the original etcd-backup wrote) is taken too."""
+    if expected is None or expected.archive_sha256 is None:
+        return _verify_archive(archive, workdir, expected, identity_file, encrypted, older_formats)
+    hashed = _Hashed(archive)
+    verified = _verify_archive(hashed, workdir, expected, identity_file, encrypted, older_formats)
+    hashed.check(expected.archive_size, expected.archive_sha256)
+    return verified
+
+
+def _verify_archive(archive: _Readable, workdir: Path, expected: Expected | None, identity_file: Path | None,
+                    encrypted: bool | None, older_formats: bool) -> Verified:
     head = b""  # read whole: a network source may give a few bytes at a time
     while len(head) < len(AGE_MAGIC) and (more := _read_source(archive.read, len(AGE_MAGIC) - len(head))):
         head += more
@@ -170,11 +186,40 @@ def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None =
         raise VerifyError(str(exc)) from None
 
 
+class _Hashed(io.RawIOBase):
+    """`raw`, hashed as it is read: whoever replaced an archive and kept its metadata is found at its end."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def check(self, size: int | None, sha256: str) -> None:
+        """VerifyError unless the archive, read to its end, is `size` bytes with SHA-256 `sha256`."""
+        while _read_source(self.read, CHUNK):  # the checks before stopped at the archive's end: nothing is left
+            pass
+        if (size is not None and self.size != size) or self.digest.hexdigest() != sha256:
+            raise VerifyError(f"the archive ({self.size} bytes) is not the one its metadata records ({size} bytes, "
+                              f"sha256 {sha256}): replaced or damaged after it was taken")
+
+
 class _Unreliable(io.RawIOBase):
     """The archive's source (`head`, its first bytes, already read, then the rest), whose read errors are
     SourceUnreadable (a transfer cut short), not the backup's."""
 
-    def __init__(self, raw: BinaryIO, head: bytes) -> None:
+    def __init__(self, raw: _Readable, head: bytes) -> None:
         self.raw, self.head = raw, head
 
     def readable(self) -> bool:

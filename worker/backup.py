@@ -177,7 +177,7 @@ def _fresh_name(store: BackupStore, now: Clock, stale: bool, encrypted: bool) ->
     Names have one-second resolution; two backups must never share one, and the new backup must be
     the newest (rotation keeps the newest). Within a second of the newest, wait for the next second.
     A newest named further ahead (by up to FUTURE_TOLERANCE: a clock that stepped back) is followed
-    by the next second's name rather than waited for; the start time stays the clock's.
+    by the next second's name rather than waited for, and the start time is that second's.
     """
     current = now()
     # A second less than the tolerance: the name chosen after the newest must not be in the future itself.
@@ -190,4 +190,7 @@ def _fresh_name(store: BackupStore, now: Clock, stale: bool, encrypted: bool) ->
     if 0 < wait <= 1:
         time.sleep(wait)
         current = now()
-    return current, backups.backup_name(max(current.replace(microsecond=0), after_newest), stale, encrypted)
+    named = max(current.replace(microsecond=0), after_newest)
+    # A backup's time is its name's (common.metadata refuses a `started` outside the named second): after a clock
+    # that stepped back, the start is recorded as the named second, which is at most FUTURE_TOLERANCE ahead.
+    return max(current, named), backups.backup_name(named, stale, encrypted)

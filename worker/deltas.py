@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -31,7 +31,7 @@ from etcd3 import etcdrpc
 from redis.exceptions import LockError
 
 from common import backups, etcd
-from common.clock import redis_clock
+from common.clock import Clock, redis_clock
 from common.config import Config
 from common.deltas import (
     MAX_DELTA_BYTES,
@@ -197,6 +197,7 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
     """Watch from `start`, one revision early (its fingerprint checked and kept in the next delta) unless etcd
     compacted it (`start` is then `known_from`: the delta after a gap has no previous revision to match)."""
     recipients = [parse_recipient(key) for key in config.encryption.recipients] if config.encryption else []
+    clock = _seconds(redis_clock(connection))
     unknown = start <= known_from
     with _watch(member, start if unknown else start - 1) as responses:
         logger.info("delta watcher: watching %s from revision %d", member.endpoint, start)
@@ -216,11 +217,11 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
                 raise response
             if response is not None:
                 previous = previous or _checked_previous(connection, response, start - 1)
-                last_seen = _take(response, batch, last_seen)
+                last_seen = _take(response, batch, last_seen, seen=clock())
             if batch.size >= MAX_DELTA_BYTES or time.monotonic() >= deadline:
                 previous = _store(store, connection, lease, batch, previous, recipients)
                 if responses.empty():
-                    _note_if_current(member, connection, last_seen, config)
+                    _note_if_current(member, connection, last_seen, config, clock)
                 batch, deadline = _Batch(), time.monotonic() + config.delta_period
         _store(store, connection, lease, batch, previous, recipients)  # what was received before the stop
 
@@ -250,13 +251,12 @@ def _renew(lease: redis.lock.Lock) -> None:
         raise LeaseLost("the lease lapsed before it was renewed") from None
 
 
-def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int) -> int:
-    """Add the revisions of `response` to `batch`; return the last revision seen."""
+def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int, seen: float) -> int:
+    """Add the revisions of `response`, received at `seen` (Unix time), to `batch`; return the last revision seen."""
     if response.canceled:
         if response.compact_revision:
             raise Compacted(int(response.compact_revision))
         raise etcd.EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
-    seen = time.time()
     grouped: dict[int, list[Event]] = {}
     for event in response.events:
         grouped.setdefault(int(event.kv.mod_revision), []).append(event_from_watch(event))
@@ -285,7 +285,7 @@ def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, 
     data = encode_delta(previous, batch.revisions, recipients)
     last = fingerprint(batch.revisions[-1].number, batch.revisions[-1].events)
     name = str(delta_name(batch.revisions, encrypted=bool(recipients)))
-    store.put_delta(name, data)
+    name = store.put_delta(name, data)
     events = sum(len(revision.events) for revision in batch.revisions)
     with connection.pipeline() as pipe:
         pipe.hincrby(STATS_KEY, "events", events)
@@ -298,10 +298,11 @@ def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, 
     return last
 
 
-def _note_if_current(member: etcd.EtcdConnection, connection: redis.Redis, last_seen: int, config: Config) -> None:
+def _note_if_current(member: etcd.EtcdConnection, connection: redis.Redis, last_seen: int, config: Config,
+                     clock: Callable[[], float]) -> None:
     """With nothing left to store, check that etcd has no revision the watch has not given: then the store
     is current as of now (an idle cluster's recovery point does not age)."""
-    asked = time.time()
+    asked = clock()
     answer = etcdrpc.KVStub(member.channel).Range(etcdrpc.RangeRequest(key=etcd.PROBE_KEY),
                                                   metadata=member.metadata, timeout=config.etcd.timeout)
     if int(answer.header.revision) <= last_seen:
@@ -385,6 +386,13 @@ def _push_gap(connection: redis.Redis, gap: Mapping[str, object]) -> None:
         pipe.ltrim(GAPS_KEY, 0, MAX_GAPS_KEPT - 1)
         pipe.hincrby(STATS_KEY, "gaps", 1)
         pipe.execute()
+
+
+def _seconds(clock: Clock) -> Callable[[], float]:
+    """`clock` as Unix time. The watcher's times are Redis' (common.clock), as the backups' are: --to-time picks
+    deltas and backups by them, and a watcher whose host clock is an hour off would pick the wrong side of an
+    incident."""
+    return lambda: clock().timestamp()
 
 
 def _describe(exc: Exception, config: Config) -> str:

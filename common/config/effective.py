@@ -52,6 +52,12 @@ def effective_config(config: Config) -> dict[str, Any]:
             "recipients": list(config.encryption.recipients),
             "identity-file": None if config.encryption.identity_file is None else str(config.encryption.identity_file),
         }}),
+        **({} if config.signing is None else {"signing": {
+            "verify-key": str(config.signing.verify_key),
+            "key-file": None if config.signing.key_file is None else str(config.signing.key_file),
+            # Not a key: what `config check` shows, to compare with the fingerprint of another host's config.
+            "fingerprint": config.signing.verify_key.fingerprint,
+        }}),
     }
 
 

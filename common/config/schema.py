@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.signing import VerifyKey
+
 DEFAULT_BACKUP_DIR = "/etcd-backup/"
 DEFAULT_LISTEN = "0.0.0.0:8080"
 DEFAULT_ROTATE = 14
@@ -102,6 +104,18 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class SigningConfig:
+    """The `signing` section: what the service stores is signed, and only what verify_key accepts is read
+    (common.signing, common.storage.authenticated)."""
+
+    verify_key: VerifyKey
+    """The public key: from the section's verify-key, or derived from key-file."""
+    key_file: Path | None = None
+    """The private key: the workers and the delta watcher sign with it. Read when used, so that the processes
+    that only read (the API, restore) never hold it; checked at start-up."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole service's settings: the keys of the original etcd-backup (cybozu-go/etcd-backup) plus this
     service's own."""
@@ -136,6 +150,8 @@ class Config:
     """The all-in-one runs the delta watcher (worker.deltas) as a thread; `etcd-backup deltas` runs it alone."""
     delta_period: float = 10.0
     """Seconds between two deltas: the recovery point (how much is lost with etcd) is about this."""
+    signing: SigningConfig | None = None
+    """Set: backups and deltas are signed, and only signed ones are listed, counted, drilled and restored."""
 
     @property
     def identity_file(self) -> Path | None:

@@ -32,9 +32,11 @@ from common.config.schema import (
     EtcdConfig,
     RetentionConfig,
     S3Config,
+    SigningConfig,
 )
 from common.config.section import Section
 from common.encryption import parse_identities, parse_recipient, shown_key_path
+from common.signing import BadKey, parse_signing_key, parse_verify_key
 
 REDIS_URL_ENV = "REDIS_URL"
 API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
@@ -60,9 +62,10 @@ CRON_HORIZON = timedelta(days=366)
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
-    "allow-stale-member", "s3", "encryption", "deltas", "delta-period",
+    "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing",
 })
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
+SIGNING_KEYS = frozenset({"key-file", "verify-key"})
 MAX_KEY_FILE = 1 << 20
 """A recipients or identity file is a few lines: anything bigger is not one."""
 S3_KEYS = frozenset({
@@ -101,6 +104,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         encryption=_parse_encryption(top.get_section("encryption")),
         deltas=top.get_bool("deltas", False),
         delta_period=top.get_duration("delta-period", DEFAULT_DELTA_PERIOD, DELTA_PERIOD_BOUNDS),
+        signing=_parse_signing(top.get_section("signing")),
     )
 
 
@@ -250,6 +254,31 @@ def _parse_encryption(raw: Any) -> EncryptionConfig | None:
             raise ConfigError("encryption.identity-file", f"{shown_key_path(identity_file)}: {exc}") from None
     return EncryptionConfig(recipients=tuple(text.strip() for _, text in recipients),
                             identity_file=None if identity_file is None else Path(identity_file).absolute())
+
+
+def _parse_signing(raw: Any) -> SigningConfig | None:
+    if raw is None:
+        return None
+    section = Section(raw, "signing.", SIGNING_KEYS)
+    key_file, verify_text = section.get_str("key-file", None), section.get_str("verify-key", None)
+    verify_key = None
+    if verify_text is not None:
+        try:
+            verify_key = parse_verify_key(verify_text)
+        except BadKey as exc:  # a public key: quoting it gives nothing away
+            raise ConfigError("signing.verify-key", f"{verify_text.strip()[:80]!r} is {exc}") from None
+    if key_file is not None:
+        try:
+            derived = parse_signing_key(_read_key_file("signing.key-file", key_file)).verify_key
+        except BadKey as exc:  # never quoting the file: it is the private key
+            raise ConfigError("signing.key-file", f"{shown_key_path(key_file)}: {exc}") from None
+        if verify_key is not None and derived != verify_key:
+            raise ConfigError("signing.verify-key", f"is not the public key of signing.key-file (that is {derived}): "
+                                                    "give the pair that `etcd-backup keygen` made")
+        verify_key = derived
+    if verify_key is None:
+        raise ConfigError("signing", "give verify-key (readers), key-file (workers and the delta watcher), or both")
+    return SigningConfig(verify_key=verify_key, key_file=None if key_file is None else Path(key_file).absolute())
 
 
 def _read_key_file(key: str, path: str) -> str:

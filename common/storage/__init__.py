@@ -8,19 +8,23 @@ import os
 
 from common.config import Config
 from common.config.schema import S3Config
+from common.storage.authenticated import AuthenticatedStore
 from common.storage.interface import BackupStore, CatalogEntry, OpenedBackup, PendingBackup, StorageError, StoredFile
 from common.storage.local import LocalStore
 from common.storage.s3 import S3Store
 
-__all__ = ["BackupStore", "CatalogEntry", "LocalStore", "OpenedBackup", "PendingBackup", "S3Store", "StorageError",
-           "StoredFile", "open_store"]
+__all__ = ["AuthenticatedStore", "BackupStore", "CatalogEntry", "LocalStore", "OpenedBackup", "PendingBackup",
+           "S3Store", "StorageError", "StoredFile", "open_store"]
 
 
-def open_store(config: Config) -> BackupStore:
-    """The store that `backup-dir` names: a directory, or an s3:// bucket."""
-    if config.s3 is not None:
-        return _s3_store(config.s3, os.getpid())
-    return LocalStore(config.backup_dir)
+def open_store(config: Config, allow_unsigned: bool = False) -> BackupStore:
+    """The store that `backup-dir` names: a directory, or an s3:// bucket; with `signing` configured, only what
+    this service signed is read from it (common.storage.authenticated), unless `allow_unsigned` (an operator's
+    restore of a backup taken before signing was configured)."""
+    backend: BackupStore = _s3_store(config.s3, os.getpid()) if config.s3 is not None else LocalStore(config.backup_dir)
+    if config.signing is None or allow_unsigned:
+        return backend
+    return AuthenticatedStore(backend, config.signing.verify_key, config.signing.key_file)
 
 
 @functools.lru_cache(maxsize=8)

@@ -126,9 +126,10 @@ class BackupStore(Protocol):
         while holding the backup lock, when no backup is between them."""
 
 
-    def put_delta(self, name: str, data: bytes) -> None:
-        """Store delta `name` (common.deltas), durably, before returning; StorageError if it cannot, or if a
-        delta of that name is there already (it is never replaced)."""
+    def put_delta(self, name: str, data: bytes) -> str:
+        """Store delta `name` (common.deltas), durably, before returning the name it is stored under (signed, in
+        an authenticated store); StorageError if it cannot, or if a delta of that name is there already (it is
+        never replaced)."""
 
     def list_deltas(self) -> list[str]:
         """The names of the stored deltas that hold bytes, in revision order (name order)."""

@@ -204,14 +204,16 @@ class LocalStore:
             temp.unlink(missing_ok=True)
         _fsync_dir(self.directory)
 
-    def put_delta(self, name: str, data: bytes) -> None:
+    def put_delta(self, name: str, data: bytes) -> str:
         if not is_delta_name(name):
             raise StorageError(f"{name!r} is not a delta's name")
-        # An update's temp name: one left by a killed watcher goes with remove_unpublished's old updates.
+        # An update's temp name: one left by a killed watcher goes with remove_unpublished's old updates. A short
+        # one: a signed delta's name is 219 characters, and a file name may have 255.
         try:
-            self.write_durably(name, data, f"{UPDATE_PREFIX}{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+            self.write_durably(name, data, f"{UPDATE_PREFIX}delta.{uuid.uuid4().hex}{TEMP_SUFFIX}")
         except OSError as exc:
             raise StorageError(self._describe(exc, name)) from None
+        return name
 
     def list_deltas(self) -> list[str]:
         return sorted(self._regular_files(is_delta_name, nonempty=True))

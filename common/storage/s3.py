@@ -200,7 +200,7 @@ class S3Store:
         return [name for name in orphans if self._tidy(
             f"remove {name}", self.client.delete_object, Bucket=self.settings.bucket, Key=self.key(name))]
 
-    def put_delta(self, name: str, data: bytes) -> None:
+    def put_delta(self, name: str, data: bytes) -> str:
         if not is_delta_name(name):
             raise StorageError(f"{name!r} is not a delta's name")
         try:
@@ -212,6 +212,7 @@ class S3Store:
             raise StorageError(_exists_or(exc, name, self.where)) from None
         except BotoCoreError as exc:
             raise StorageError(f"cannot write {name} to {self.where}: {_describe(exc)}") from None
+        return name
 
     def list_deltas(self) -> list[str]:
         return sorted(name for name in self._objects() if is_delta_name(name))
