@@ -112,35 +112,41 @@ def main(argv: list[str] | None = None) -> None:
     args.run(args)
 
 
-def _service_config(args: argparse.Namespace, stores: bool = False) -> Config:
-    """Load the config (exit 2 if it is bad) and start logging, for a command that serves or prunes; one that
-    `stores` backups or deltas must be able to sign them, when the config says they are signed."""
+def _service_config(args: argparse.Namespace) -> Config:
+    """Load the config (exit 2 if it is bad) and start logging, for a command that serves or prunes."""
     config = start_up(args.config)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return config
+
+
+def _check_signing(config: Config) -> None:
+    """For a process that stores backups or deltas: exit 2 if it cannot sign them when the config says they are
+    signed; without signing, say once what that leaves open."""
     if config.signing is None:
         logging.getLogger("etcd-backup").warning(
             "no signing key (the config's signing section): whoever can write to %s can plant a backup or a delta "
             "that is listed, drilled and restored as if etcd held it; see the README's Security section",
             config.s3.url if config.s3 is not None else config.backup_dir)
-    elif stores and config.signing.key_file is None:
+    elif config.signing.key_file is None:
         exit_with("signing.key-file: required for a process that takes backups or stores deltas (what it stored "
                   "unsigned would be refused by every reader)")
-    return config
 
 
 # Each command imports only what it runs: a worker never loads gunicorn or Flask.
 
 
 def serve(args: argparse.Namespace) -> None:
-    config = _service_config(args, stores=True)
+    config = _service_config(args)
+    _check_signing(config)
     from cli.allinone import AllInOneServer
 
     AllInOneServer(config).run()
 
 
 def worker(args: argparse.Namespace) -> None:
-    config = _service_config(args, stores=True)
+    config = _service_config(args)
     exit_unless_shared_queue(config, "a worker runs apart from the API")
+    _check_signing(config)
     from worker.runner import run_worker
 
     run_worker(config)
@@ -162,8 +168,9 @@ def scheduler(args: argparse.Namespace) -> None:
 
 
 def deltas(args: argparse.Namespace) -> None:
-    config = _service_config(args, stores=True)
+    config = _service_config(args)
     exit_unless_shared_queue(config, "the delta watcher runs apart from the API")
+    _check_signing(config)
     import threading
 
     from worker.deltas import run_watcher

@@ -121,6 +121,10 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
                                        + (f", revision {_text(revision)}" if revision is not None else "")))
     kept = document["backups"]
     lines.append(("kept", f"{_text(present.count(kept['count'], 'backup'))}, {_size(kept['bytes'])}"))
+    if kept.get("not_ours"):  # signed store: what is there and not ours is never restored, but someone put it there
+        lines.append(("not ours", paint(f"{_text(present.count(kept['not_ours'], 'object'))} in the store not signed "
+                                        "with this service's key (planted, edited, or older than signing): ignored",
+                                        YELLOW)))
     failure = document.get("last_failure")
     if failure is None:
         lines.append(("last failure", "none" if document.get("redis") == "ok" else "unknown"))

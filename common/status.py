@@ -18,7 +18,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from common import backups
 from common.config import Config, next_fire
 from common.metrics import read_drill, read_drill_notes, read_last_failure, read_outcomes, skip_wrong_type
-from common.storage import BackupStore, CatalogEntry
+from common.storage import AuthenticatedStore, BackupStore, CatalogEntry
 
 EMBEDDED_REDIS = "embedded: the queue lives inside the service's process (ask the service: --url)"
 """What `status --config` says of Redis when the config has none to share."""
@@ -49,7 +49,8 @@ def gather(config: Config, store: BackupStore, queue: Queue | None, now: datetim
     status: dict[str, Any] = {
         "time": now.isoformat(),
         "newest": newest_backup(catalog, now),
-        "backups": {"count": len(catalog), "bytes": sum(entry.stored.size for entry in catalog)},
+        "backups": {"count": len(catalog), "bytes": sum(entry.stored.size for entry in catalog),
+                    **_authenticity(store, now)},
         "schedule": {"backup": _next_run(config.schedule, now), "drill": _next_run(config.drill, now)},
     }
     status.update(_from_redis(queue, now))
@@ -58,6 +59,14 @@ def gather(config: Config, store: BackupStore, queue: Queue | None, now: datetim
     status["failing"] = failure is not None and (
         newest is None or datetime.fromisoformat(failure["time"]) > datetime.fromisoformat(newest["completed"]))
     return status
+
+
+def _authenticity(store: BackupStore, now: datetime) -> dict[str, Any]:
+    """Whether the store is read signed (the verify key's fingerprint), and how many of its objects are not ours:
+    planted, edited, or older than signing (common.storage.authenticated)."""
+    if not isinstance(store, AuthenticatedStore):
+        return {"signed_by": None}
+    return {"signed_by": store.verifier.key.fingerprint, "not_ours": len(store.not_ours(now))}
 
 
 def _from_redis(queue: Queue | None, now: datetime) -> dict[str, Any]:

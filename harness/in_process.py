@@ -55,12 +55,17 @@ class Service:
         with opened.file as file:
             return file.read()
 
+    @property
+    def backend(self) -> BackupStore:
+        """The store itself, under its authentication when the config signs (common.storage.authenticated)."""
+        return open_store(self.config, allow_unsigned=True)
+
     # The three below go behind the store's back, as an operator or a hostile writer could: they see what
     # the store holds whether or not it is a backup.
 
     def plant(self, name: str, data: bytes) -> None:
         """Put `data` under `name` beside the backups: a file in backup-dir, or an object under the prefix."""
-        store = self.store
+        store = self.backend
         if isinstance(store, S3Store):
             store.client.put_object(Bucket=store.settings.bucket, Key=store.key(name), Body=data)
         else:
@@ -69,7 +74,7 @@ class Service:
 
     def peek(self, name: str) -> bytes | None:
         """What is under `name` beside the backups, backup or not; None if nothing is."""
-        store = self.store
+        store = self.backend
         if isinstance(store, S3Store):
             try:
                 answer = store.client.get_object(Bucket=store.settings.bucket, Key=store.key(name))
@@ -86,7 +91,7 @@ class Service:
     def leftovers(self) -> list[str]:
         """Every name the store holds, backups or not, unfinished writes included (a temp file, an S3 multipart
         upload): what a failed backup must not leave behind."""
-        store = self.store
+        store = self.backend
         if isinstance(store, S3Store):
             bucket, prefix = store.settings.bucket, store.settings.prefix
             objects = store.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])

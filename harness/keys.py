@@ -1,4 +1,4 @@
-"""age keys for the tests of encrypted backups: the `encryption` config section of an identity."""
+"""Keys for the tests: the `encryption` section of an age identity, the `signing` section of a new key pair."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 from pyrage import x25519
 
+from common.signing import new_signing_key
+
 
 def encryption(identity: x25519.Identity, identity_file: Path | None = None) -> dict[str, Any]:
     """The `encryption` section that encrypts to `identity`, and opens with `identity_file` if given."""
@@ -14,3 +16,12 @@ def encryption(identity: x25519.Identity, identity_file: Path | None = None) -> 
     if identity_file is not None:
         section["identity-file"] = str(identity_file)
     return section
+
+
+def signing(directory: Path, name: str = "signing.key") -> dict[str, Any]:
+    """The `signing` section of a new key pair whose private key is written (0600) into `directory`."""
+    private, verify_key = new_signing_key()
+    path = directory / name
+    path.write_text(private + "\n")
+    path.chmod(0o600)
+    return {"key-file": str(path), "verify-key": str(verify_key)}

@@ -48,6 +48,11 @@ def verifier_of(key: VerifyKey) -> Verifier:
     return key.verifier()
 
 
+def backend_of(store: BackupStore) -> BackupStore:
+    """The store under `store`'s authentication, if it has one: what names are taken, ours or not."""
+    return store.inner if isinstance(store, AuthenticatedStore) else store
+
+
 class AuthenticatedStore:
     """`inner`, as only this service's objects: signed with the key that `verify_key` checks."""
 

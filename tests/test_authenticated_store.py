@@ -1,0 +1,166 @@
+"""With `signing`, only what this service stored comes back (common.storage.authenticated), whatever else is written
+to the store: tried as an attacker who can write the store and nothing else (no Redis, no signing key, no age
+identity), in the three store modes (local, S3, S3 + age).
+
+Each attack is what issue 24 found on the service without signing: a planted backup that became `latest` and was
+drilled and restored with the attacker's values, an edited `started` that moved a --to-time restore across an
+incident, files claiming revision 10^15 that made retention delete every real backup, a `started` in 9999 that
+kept a dead service looking healthy, and planted or edited deltas."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pyrage import x25519
+
+from common import backups
+from common.config import parse_config
+from common.storage import AuthenticatedStore, open_store
+from harness.cli import etcd_backup
+from harness.in_process import Service
+from harness.keys import encryption, signing
+from harness.report import Report
+from harness.s3 import S3Server
+from harness.servers import EtcdServer
+from tests.test_deltas import restored
+from worker.backup import take_backup
+from worker.drill import run_drill
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("point-in-time")]
+MODES = ["local", "s3", "s3+age"]
+
+
+def signed_service(mode: str, make_service: Callable[..., Service], seaweedfs: S3Server, tmp_path: Path,
+                   identity: x25519.Identity, identity_file: Path, **overrides: Any) -> Service:
+    settings: dict[str, Any] = {"signing": signing(tmp_path), **overrides}
+    if mode.startswith("s3"):
+        settings.update(seaweedfs.settings(*seaweedfs.place()))
+    if mode.endswith("age"):
+        settings["encryption"] = encryption(identity, identity_file)
+    return make_service(**settings)
+
+
+def attackers_backup(victim: Service, attacker_etcd: EtcdServer, tmp_path: Path, at: datetime) -> tuple[str, bytes,
+                                                                                                         bytes]:
+    """A backup of the attacker's own etcd named for `at`, as the service would take it (encrypted to the victim's
+    public recipients, when it encrypts), signed with the attacker's own key: its name, archive and metadata."""
+    document = {"etcd": {"endpoints": [attacker_etcd.url]}, "backup-dir": str(tmp_path / "attacker"),
+                "signing": signing(tmp_path, "attacker.key")}
+    if victim.config.encryption is not None:
+        document["encryption"] = {"recipients": list(victim.config.encryption.recipients)}
+    config = parse_config(document, {})
+    store = open_store(config)
+    store.prepare()
+    metadata = take_backup(config, store, "attacker", now=lambda: at)
+    opened = store.open(metadata.filename)
+    assert opened is not None
+    with opened.file as file:
+        archive = file.read()
+    return metadata.filename, archive, json.dumps(metadata.to_json()).encode()
+
+
+def raw_metadata(service: Service, name: str) -> dict[str, Any]:
+    raw = service.peek(backups.metadata_name(name))
+    assert raw is not None
+    document: dict[str, Any] = json.loads(raw)
+    return document
+
+
+def restore_to_time(service: Service, tmp_path: Path, when: datetime, label: str) -> tuple[str, Path]:
+    data_dir = tmp_path / f"restored-{label}"
+    done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-time", when.isoformat(),
+                       "--data-dir", str(data_dir), timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, data_dir
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_planted_replayed_and_edited_backups_are_never_listed_drilled_restored_or_counted(
+        mode: str, make_service: Callable[..., Service], seaweedfs: S3Server, etcd: EtcdServer,
+        redis_conn: redis.Redis, tmp_path: Path, identity: x25519.Identity, identity_file: Path,
+        report: Report) -> None:
+    service = signed_service(mode, make_service, seaweedfs, tmp_path, identity, identity_file, rotate=3)
+    prefix = f"/registry/secrets/{tmp_path.name}/"
+    etcd.client().put(prefix + "s1", "real")
+    real = [service.client.post("/api/v1/backup").get_json()["filename"] for _ in range(3)]
+    newest_real = backups.backup_time(real[-1])
+    assert newest_real is not None
+
+    # 1. A planted base: the attacker's etcd, its backup named 2 s after the newest, signed with another key.
+    attacker_etcd = EtcdServer(tmp_path / "attacker-etcd").start()
+    try:
+        attacker_etcd.client().put(prefix + "s1", "attacker")
+        planted, archive, metadata = attackers_backup(service, attacker_etcd, tmp_path,
+                                                      newest_real + timedelta(seconds=2))
+    finally:
+        attacker_etcd.stop()
+    service.plant(backups.metadata_name(planted), metadata)
+    service.plant(planted, archive)
+    # ... and the same without any signature.
+    unsigned = backups.backup_name(newest_real + timedelta(seconds=3), encrypted=service.config.encryption is not None)
+    service.plant(backups.metadata_name(unsigned),
+                  json.dumps({**json.loads(metadata), "filename": unsigned, "signature": None,
+                              "started": (newest_real + timedelta(seconds=3)).isoformat()}).encode())
+    service.plant(unsigned, archive)
+    # 2. A replay: our newest backup, archive and signed metadata, copied under a later name.
+    replayed = backups.backup_name(newest_real + timedelta(seconds=4), encrypted=service.config.encryption is not None)
+    service.plant(backups.metadata_name(replayed), json.dumps({**raw_metadata(service, real[-1]),
+                                                                 "filename": replayed}).encode())
+    service.plant(replayed, service.peek(real[-1]) or b"")
+    # 3. An edited field of our oldest: its `started`, moved an hour back (its signature kept).
+    edited = raw_metadata(service, real[0])
+    edited["started"] = (backups.backup_time(real[0]) - timedelta(hours=1)).isoformat()  # type: ignore[operator]
+    service.plant(backups.metadata_name(real[0]), json.dumps(edited).encode())
+    # 4. Retention bait: two 1-byte "backups" a second before now, metadata claiming revision 10^15, started 9999.
+    now = datetime.now(UTC).replace(microsecond=0)
+    taken = set(service.backend.list_backups())
+    bait = [name for second in range(1, 10) if (name := backups.backup_name(now - timedelta(seconds=second)))
+            not in taken][:2]
+    for name in bait:
+        service.plant(backups.metadata_name(name), json.dumps({**json.loads(metadata), "filename": name,
+                                                               "filesize": 1, "revision": 10 ** 15,
+                                                               "started": "9999-01-01T00:00:00+00:00"}).encode())
+        service.plant(name, b"x")
+    not_ours = [planted, unsigned, replayed, real[0], *bait]
+
+    listed = service.client.get("/api/v1/backup").get_json()
+    assert listed == real[1:], listed
+    detail = [entry["filename"] for entry in service.client.get("/api/v1/backup?detail=true").get_json()]
+    assert detail == real[1:], detail
+    for name in not_ours:
+        assert service.client.get(f"/api/v1/backup/{name}").status_code == 404, name
+    assert isinstance(service.store, AuthenticatedStore)
+    assert set(service.store.not_ours(datetime.now(UTC))) == set(not_ours)
+
+    drilled = run_drill(service.config, redis_conn)
+    assert drilled.backup == real[-1] and drilled.passed, drilled
+
+    output, data_dir = restore_to_time(service, tmp_path, datetime.now(UTC), "now")
+    assert f"{real[-1]} (revision" in output and not any(name in output for name in not_ours), output
+    assert restored(data_dir, prefix) == {(prefix + "s1").encode(): b"real"}
+    # The edited backup's real time is before the hour it claims: --to-time that hour finds no backup at all.
+    done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-time",
+                       edited["started"], "--data-dir", str(tmp_path / "restored-edited"), timeout=120)
+    assert done.returncode == 1 and "no full backup" in done.stderr, done.stderr
+
+    # Retention counts only ours (rotate 3: the next backup removes the oldest of ours) and removes none of theirs.
+    fourth = service.client.post("/api/v1/backup").get_json()["filename"]
+    assert service.client.get("/api/v1/backup").get_json() == [*real[1:], fourth]
+    assert all(service.peek(name) is not None for name in not_ours)
+    # The status: the newest of ours, not the bait's year 9999; what is not ours, counted.
+    status = service.client.get("/api/v1/status").get_json()
+    assert status["newest"]["filename"] == fourth and status["backups"]["count"] == 3, status
+    assert status["backups"]["not_ours"] == len(not_ours), status
+    report(f"[{mode}] with signing: a backup of the attacker's etcd signed with another key (the newest by name), "
+           "the same unsigned, our newest replayed under a later name, our oldest with `started` an hour back, two "
+           "1-byte files claiming revision 10^15 and started 9999",
+           f"list and ?detail=true show only {len(real) - 1} real backups, each planted name 404, not_ours() names "
+           f"all {len(not_ours)}; the drill passed on {real[-1]}; restore --to-time now restored "
+           f"{real[-1]} (the real value); --to-time at the edited time found no backup; rotate 3 after the "
+           "next backup kept the 3 newest of ours and every planted file")
