@@ -10,6 +10,7 @@ kept a dead service looking healthy, and planted or edited deltas."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,18 @@ from pyrage import x25519
 
 from common import backups
 from common.config import parse_config
+from common.deltas import (
+    PUT,
+    Event,
+    Fingerprint,
+    Revision,
+    decode_delta,
+    delta_name,
+    encode_delta,
+    fingerprint,
+    parse_delta_name,
+)
+from common.signing import parse_signing_key
 from common.storage import AuthenticatedStore, open_store
 from harness.cli import etcd_backup
 from harness.in_process import Service
@@ -28,7 +41,10 @@ from harness.keys import encryption, signing
 from harness.report import Report
 from harness.s3 import S3Server
 from harness.servers import EtcdServer
-from tests.test_deltas import restored
+from harness.writer import current_revision, keys_at
+from recovery.pitr import Target, plan_restore
+from recovery.restore import RestoreError
+from tests.test_deltas import restored, wait_stored, watcher
 from worker.backup import take_backup
 from worker.drill import run_drill
 
@@ -164,3 +180,85 @@ def test_planted_replayed_and_edited_backups_are_never_listed_drilled_restored_o
            f"all {len(not_ours)}; the drill passed on {real[-1]}; restore --to-time now restored "
            f"{real[-1]} (the real value); --to-time at the edited time found no backup; rotate 3 after the "
            "next backup kept the 3 newest of ours and every planted file")
+
+
+def forged_copy(data: bytes, name: str, identity: x25519.Identity | None) -> bytes:
+    """Delta `name`'s bytes with every put's value changed, re-encoded as the watcher would (re-encrypted to the
+    public recipient when it is encrypted: what a store writer who knows only that can do)."""
+    delta = decode_delta(name, data, [identity] if identity is not None else [])
+    revisions = [Revision(revision.number, revision.seen, tuple(Event(event.kind, event.key, b"forged" if event.kind
+                                                                      == PUT else b"") for event in revision.events))
+                 for revision in delta.revisions]
+    return encode_delta(delta.previous, revisions, [identity.to_public()] if identity is not None else [])
+
+
+@pytest.mark.parametrize("mode", ["local", "s3+age"])
+def test_planted_and_edited_deltas_are_never_applied_and_never_stop_the_watcher(
+        mode: str, make_service: Callable[..., Service], seaweedfs: S3Server, etcd: EtcdServer,
+        redis_conn: redis.Redis, tmp_path: Path, identity: x25519.Identity, identity_file: Path,
+        report: Report) -> None:
+    service = signed_service(mode, make_service, seaweedfs, tmp_path, identity, identity_file, delta_period="200ms")
+    opener = identity if service.config.encryption is not None else None
+    prefix = f"/signed-deltas-{tmp_path.name}/"
+    client = etcd.client()
+    client.put(prefix + "before", "x")
+    service.client.post("/api/v1/backup")
+    with watcher(service.config, redis_conn):
+        for number in range(20):
+            client.put(f"{prefix}{number}", f"real-{number}")
+        end = current_revision(etcd.url)
+        wait_stored(redis_conn, end)
+        ours = service.store.list_deltas()
+        assert ours and all(parse_delta_name(name).signature is not None for name in ours)  # type: ignore[union-attr]
+
+        # Planted: an unsigned delta after the last (the attacker's values), one signed with another key that
+        # claims revision 10^15 (the watcher would take the store as past etcd), and an edited copy of our last.
+        attacker = AuthenticatedStore(service.backend, parse_signing_key(
+            Path(signing(tmp_path, "attacker.key")["key-file"]).read_text()).verify_key,
+            tmp_path / "attacker.key")
+        after = [Revision(end + offset, time.time(), (Event(PUT, f"{prefix}planted".encode(), b"attacker"),))
+                 for offset in (1, 2)]
+        last = decode_delta(ours[-1], service.backend.read_delta(ours[-1]) or b"", [identity] if opener else [])
+        chained = fingerprint(last.revisions[-1].number, last.revisions[-1].events)
+        recipients = [identity.to_public()] if opener else []
+        unsigned = str(delta_name(after, encrypted=bool(opener)))
+        service.backend.put_delta(unsigned, encode_delta(chained, after, recipients))
+        far = [Revision(10 ** 15, time.time(), (Event(PUT, b"/far", b"attacker"),))]
+        far_name = attacker.put_delta(str(delta_name(far, encrypted=bool(opener))),
+                                      encode_delta(Fingerprint(10 ** 15 - 1, bytes(32)), far, recipients))
+        planted = [unsigned, far_name]
+
+        # Not ours: not listed, not in the recovery window, not applied; the restore reaches exactly our end.
+        assert service.store.list_deltas() == ours
+        window = service.client.get("/api/v1/recovery-window").get_json()
+        assert window["latest"]["revision"] == end, window
+        with pytest.raises(RestoreError, match=f"reach revision {end} "):
+            plan_restore(service.store, Target(end + 2), datetime.now(UTC), [identity])
+        data_dir = tmp_path / "restored"
+        done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-revision", str(end),
+                           "--data-dir", str(data_dir), timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert restored(data_dir, prefix) == keys_at(etcd.url, prefix)
+
+        # The watcher goes on storing (the 10^15 name is not ours: it does not take the store as past etcd).
+        for number in range(5):
+            client.put(f"{prefix}more-{number}", "real")
+        later = current_revision(etcd.url)
+        wait_stored(redis_conn, later)
+    assert plan_restore(service.store, Target(later), datetime.now(UTC), [identity]).revision == later
+
+    # Edited: our first delta's bytes replaced by a copy with other values, under its own signed name.
+    target = ours[0]
+    edited = forged_copy(service.backend.read_delta(target) or b"", target, opener)
+    service.backend.delete_delta(target)
+    service.backend.put_delta(target, edited)
+    with pytest.raises(RestoreError, match="not the ones its signed name names"):
+        plan_restore(service.store, Target(later), datetime.now(UTC), [identity])
+    assert all(service.peek(name) is not None for name in planted)
+    report(f"[{mode}] with signing: an unsigned delta chained after the last real one, a delta signed with another "
+           "key claiming revision 10^15, then our first delta's bytes replaced by a re-encoded copy with other "
+           "values (re-encrypted to the public recipient in the age mode)",
+           f"the planted deltas are not listed; the recovery window ends at {end}; a restore to {end + 2} is refused "
+           f"'reach revision {end}'; `restore --to-revision {end}` matches etcd key for key; the watcher stored "
+           f"on to {later}; with the first delta replaced, planning refuses it: 'its bytes are not the ones its "
+           "signed name names'")
