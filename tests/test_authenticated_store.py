@@ -262,3 +262,38 @@ def test_planted_and_edited_deltas_are_never_applied_and_never_stop_the_watcher(
            f"'reach revision {end}'; `restore --to-revision {end}` matches etcd key for key; the watcher stored "
            f"on to {later}; with the first delta replaced, planning refuses it: 'its bytes are not the ones its "
            "signed name names'")
+
+
+def test_backups_from_before_signing_are_kept_unlisted_and_restored_only_when_asked(
+        make_service: Callable[..., Service], etcd: EtcdServer, tmp_path: Path, report: Report) -> None:
+    prefix = f"/before-signing-{tmp_path.name}/"
+    etcd.client().put(prefix + "k", "before")
+    before = make_service()
+    unsigned = before.client.post("/api/v1/backup").get_json()["filename"]
+    before.stop_worker()  # the next backups are the signed service's worker's
+    etcd.client().put(prefix + "k", "after")
+    service = make_service(signing=signing(tmp_path))  # the same backup-dir, now signed
+    assert service.client.get("/api/v1/backup").get_json() == []
+    # Names that are taken by what is not ours (bait for the next backup's name): it is named past them.
+    now = datetime.now(UTC).replace(microsecond=0)
+    bait = [backups.backup_name(now + timedelta(seconds=second)) for second in range(4)]
+    for name in bait:
+        service.plant(name, b"not ours")
+    signed = service.client.post("/api/v1/backup")
+    assert signed.status_code == 200, signed.get_json()
+    assert signed.get_json()["filename"] not in bait
+    assert service.client.get("/api/v1/backup").get_json() == [signed.get_json()["filename"]]
+
+    started = datetime.fromisoformat(raw_metadata(service, unsigned)["started"])
+    when = (started + timedelta(milliseconds=10)).isoformat()
+    refused = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-time", when,
+                          "--data-dir", str(tmp_path / "refused"), timeout=120)
+    assert refused.returncode == 1 and "no full backup" in refused.stderr, refused.stderr
+    done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-time", when, "--allow-unsigned",
+                       "--data-dir", str(tmp_path / "restored"), timeout=120)
+    assert done.returncode == 0 and f"{unsigned} (revision" in done.stdout, done.stderr
+    assert restored(tmp_path / "restored", prefix) == {(prefix + "k").encode(): b"before"}
+    report("a backup taken before signing was configured, then signing on; four non-backups planted under the "
+           "names of the next four seconds",
+           "the unsigned backup is not listed and `restore --to-time` its time finds no backup; with "
+           "--allow-unsigned it restores it (the value it held); the next backup was named past the planted names")

@@ -183,19 +183,20 @@ def _fresh_name(store: BackupStore, now: Clock, stale: bool, encrypted: bool) ->
     # A second less than the tolerance: the name chosen after the newest must not be in the future itself.
     newest = backups.newest(store.list_backups(), current - timedelta(seconds=1), stale)
     newest_time = backups.backup_time(newest) if newest is not None else None
-    if newest_time is None:
-        return current, backups.backup_name(current, stale, encrypted)
-    after_newest = newest_time + timedelta(seconds=1)
-    wait = (after_newest - current).total_seconds()
-    if 0 < wait <= 1:
-        time.sleep(wait)
-        current = now()
-    named = max(current.replace(microsecond=0), after_newest)
+    named = current.replace(microsecond=0)
+    if newest_time is not None:
+        after_newest = newest_time + timedelta(seconds=1)
+        wait = (after_newest - current).total_seconds()
+        if 0 < wait <= 1:
+            time.sleep(wait)
+            current = now()
+        named = max(current.replace(microsecond=0), after_newest)
     # A name already taken by something that is not ours (common.storage.authenticated: never listed) would fail the
     # backup: the next free second, within the tolerance that keeps it from counting as named in the future.
     taken = set(backend_of(store).list_backups())
     while backups.backup_name(named, stale, encrypted) in taken and named < current + backups.FUTURE_TOLERANCE / 2:
         named += timedelta(seconds=1)
     # A backup's time is its name's (common.metadata refuses a `started` outside the named second): after a clock
-    # that stepped back, the start is recorded as the named second, which is at most FUTURE_TOLERANCE ahead.
+    # that stepped back, or past names taken, the start is recorded as the named second: later than the snapshot's
+    # (at most FUTURE_TOLERANCE), never earlier, so a --to-time restore never takes it for a moment it postdates.
     return max(current, named), backups.backup_name(named, stale, encrypted)
