@@ -46,7 +46,7 @@ TREE = every_command(build_parser())
 
 def test_the_tree_has_the_commands_a_newcomer_looks_for() -> None:
     assert {path[0] for path in TREE} == {"serve", "worker", "scheduler", "deltas", "prune", "config", "status",
-                                          "verify", "restore", "download", "list"}
+                                          "verify", "restore", "download", "list", "keygen"}
     assert ("config", "check") in TREE
 
 

@@ -162,8 +162,10 @@ def test_prune_deletes_the_deltas_no_kept_full_backup_precedes(where: str, reque
     names = [backup_name(now - timedelta(days=days)) for days in (0, 1, 10, 20)]
     files = {name: b"x" for name in names}
     for name, revision in zip(names, (400, 300, 200, 100), strict=True):
+        started = backups.backup_time(name)
+        assert started is not None
         files[backups.metadata_name(name)] = BackupMetadata(name, 1, "c", "m", "e", revision, "3.4.23", 1, "0" * 64,
-                                                            now.isoformat(), 0.1).to_bytes()
+                                                            started.isoformat(), 0.1).to_bytes()
     seen = now - timedelta(days=30)
     deltas = [str(DeltaName(first, last, seen, seen, encrypted=False))
               for first, last in ((101, 150), (151, 250), (251, 300), (290, 310), (301, 350), (351, 450))]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from common.backups import backup_name
+from common.backups import backup_name, backup_time
 from common.config import parse_config
 from common.metadata import BackupMetadata
 from common.storage import BackupStore, LocalStore, StorageError, open_store
@@ -65,7 +65,7 @@ def metadata_of(name: str, archive: bytes) -> BackupMetadata:
     return BackupMetadata(
         filename=name, filesize=len(archive), archive_sha256=hashlib.sha256(archive).hexdigest(), cluster_id="1",
         member_id="2", endpoint="http://127.0.0.1:2379", revision=7, etcd_version="3.4.23", db_size=1,
-        db_sha256="0" * 64, started=NOW.isoformat(), duration=0.5)
+        db_sha256="0" * 64, started=backup_time(name).isoformat(), duration=0.5)  # type: ignore[union-attr]
 
 
 def publish(store: BackupStore, name: str, archive: bytes = ARCHIVE) -> None:

@@ -66,7 +66,7 @@ def test_no_backups_yet(live: tuple[Service, str]) -> None:
     assert "\033[" not in done.stdout  # not a terminal: no colour
 
     document = status_json("--url", base)
-    assert document["newest"] is None and document["backups"] == {"count": 0, "bytes": 0}
+    assert document["newest"] is None and document["backups"] == {"count": 0, "bytes": 0, "signed_by": None}
     assert document["queue"]["workers"] == 1 and document["queue"]["queued"] == 0
     next_backup = datetime.fromisoformat(document["schedule"]["backup"]["next"])
     assert next_backup.hour % 6 == 0 and next_backup.minute == 0 and next_backup > datetime.fromisoformat(
@@ -91,7 +91,7 @@ def test_a_fresh_backup_then_stale(live: tuple[Service, str]) -> None:
     assert newest["revision"] == detail["revision"]
     assert 0 <= newest["age_seconds"] < 30
     archive = service.config.backup_dir / taken["filename"]
-    assert document["backups"] == {"count": 1, "bytes": archive.stat().st_size}
+    assert document["backups"] == {"count": 1, "bytes": archive.stat().st_size, "signed_by": None}
     assert document["failing"] is False and document["last_failure"] is None
 
     done = etcd_backup("status", "--url", base, "--max-age", "1h")
