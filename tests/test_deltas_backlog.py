@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -16,6 +17,9 @@ import pytest
 import redis
 from etcd3 import etcdrpc
 
+from common import etcd
+from common.config import Config
+from common.recovery_window import GAPS_KEY, STATS_KEY
 from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service
 from harness.processes import wait_until
@@ -23,7 +27,7 @@ from harness.report import Report
 from harness.servers import EtcdServer
 from harness.writer import current_revision
 from tests.test_deltas import stored_revisions
-from worker.deltas import LEASE_KEY, STATS_KEY
+from worker.deltas import LEASE_KEY, _is_fragment, _Received, _watch, _WholeRevisions
 
 pytestmark = pytest.mark.xdist_group("point-in-time")  # restores, as tests/test_deltas.py's
 MiB = 1 << 20
@@ -132,3 +136,109 @@ def test_a_killed_watcher_catches_up_a_backlog_of_big_values(
                "etcd key for key (value, mod revision)")
     finally:
         own.stop()
+
+
+def fragments(config: Config, start: int, end: int) -> list[list[int]]:
+    """The mod revisions of the events in each response of the delta watcher's watch from `start` to `end`."""
+    responses: list[list[int]] = []
+    with etcd.connect(config.etcd) as member, _watch(member, start) as received:
+        deadline = time.monotonic() + 30
+        while not responses or responses[-1][-1:] != [end]:
+            response = received.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert isinstance(response, _Received), response
+            if response.message.events:
+                responses.append([int(event.kv.mod_revision) for event in response.message.events])
+    return responses
+
+
+def split(revision: int, responses: list[list[int]]) -> bool:
+    """Whether `revision`'s events came in more than one response."""
+    return sum(revision in response for response in responses) > 1
+
+
+def test_revisions_split_across_fragments_are_stored_whole_and_the_first_fingerprinted_whole(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
+    """etcd splits a response into fragments at any event: a txn's revision may come in two. Here the revision the
+    watch starts at (whose fingerprint ties the deltas to the stored ones) and one in the middle are each split:
+    neither is cut in two nor taken for another history, and a restore equals etcd key for key."""
+    own = EtcdServer(tmp_path / "etcd").start()
+    try:
+        service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="200ms")
+        config, log = tmp_path / "config.yml", tmp_path / "deltas.log"
+        client = own.client()
+        txn = client.transactions
+
+        def three_puts(name: str) -> int:
+            """One revision of three 450 KB values: 1.35 MB, within etcd's default --max-request-bytes."""
+            client.transaction(compare=[], failure=[], success=[
+                txn.put(f"/split/{name}-{number}", value(f"{name}-{number}", 450_000)) for number in range(3)])
+            return int(client.get(f"/split/{name}-0")[1].mod_revision)
+
+        client.put("/split/before-backup", "1")
+        backup = service.client.post("/api/v1/backup").get_json()["filename"]
+        with watcher_process(config, log) as first:
+            first_txn = three_puts("first")  # the last stored: the next watch starts there
+            wait_stored(redis_conn, first_txn, first, log, timeout=30)
+            first.kill()
+            first.wait()
+        redis_conn.delete(LEASE_KEY)
+        client.put("/split/big", value("big", 1_000_000))
+        middle_txn = three_puts("middle")
+        end = client.put("/split/after", "2").header.revision
+        client.close()
+        # etcd's fragments hold its --max-request-bytes + 512 KiB: 1 MiB from now on, less than each txn's three
+        # values (1.35 MB). With the default (2 MiB), a revision the watch starts at is never split: no request
+        # is that large.
+        own.stop()
+        own.extra_args = ["--max-request-bytes", str(512 << 10)]
+        own.start()
+        seen = fragments(service.config, first_txn, end)
+        assert split(first_txn, seen) and split(middle_txn, seen), seen
+        with watcher_process(config, log) as second:
+            wait_stored(redis_conn, end, second, log, timeout=60)
+        assert redis_conn.lrange(GAPS_KEY, 0, -1) == [], log.read_text()[-2000:]
+        metadata = service.store.read_metadata(backup)
+        assert metadata is not None
+        assert stored_revisions(service.store, service.config) == list(range(metadata.revision + 1, end + 1))
+        original = keyspace(own.url, b"/split/")
+        assert len(original) == 9
+        assert restored_keyspace(config, end, tmp_path / "restored", b"/split/") == original
+        report("a watcher restarted (after kill -9) at a txn revision of three 450 KB values, etcd's fragments "
+               "1 MiB: the txn and another one after it each split across two watch responses",
+               f"no gap (the first's fingerprint over all its events), every revision stored once (each txn one "
+               f"revision of three events), `restore --to-revision {end}` equals etcd; fragments: {seen}")
+    finally:
+        own.stop()
+
+
+def received(events: list[tuple[int, bytes]], fragment: bool) -> _Received:
+    message = etcdrpc.WatchResponse(events=[{"kv": {"key": key, "mod_revision": revision, "value": b"v"}}
+                                            for revision, key in events])
+    return _Received(message, fragment, message.ByteSize())
+
+
+def test_whole_revisions_from_fragments() -> None:
+    """A fragment may end inside a revision: its events wait for the next response; one that is not a fragment
+    ends with a whole revision."""
+    whole = _WholeRevisions()
+
+    def numbers(response: _Received) -> list[tuple[int, tuple[bytes, ...]]]:
+        return [(revision.number, tuple(event.key for event in revision.events)) for revision in whole.take(response)]
+
+    assert numbers(received([(5, b"a"), (6, b"b"), (6, b"c")], fragment=True)) == [(5, (b"a",))]
+    assert numbers(received([(6, b"d")], fragment=True)) == []
+    assert numbers(received([(6, b"e"), (7, b"f")], fragment=False)) == [(6, (b"b", b"c", b"d", b"e")), (7, (b"f",))]
+    assert numbers(received([], fragment=False)) == []  # a progress notification, or the watch's creation
+    assert numbers(received([(8, b"g")], fragment=False)) == [(8, (b"g",))]
+
+
+def test_the_fragment_flag_is_read_from_the_wire() -> None:
+    """etcd3's protos are etcd 3.3's, without WatchResponse's `fragment = 7`: it is read from the message's bytes,
+    after fields of every wire type etcd writes before it."""
+    body = etcdrpc.WatchResponse(header={"revision": 300}, watch_id=2, created=True,
+                                 cancel_reason="x").SerializeToString()
+    events = etcdrpc.WatchResponse(events=[{"kv": {"key": b"k", "value": b"v" * 300}}]).SerializeToString()
+    assert not _is_fragment(body + events)
+    assert _is_fragment(body + b"\x38\x01" + events)
+    assert not _is_fragment(body + b"\x38\x00" + events)
+    assert _Received.parse(body + b"\x38\x01" + events).message.events[0].kv.value == b"v" * 300

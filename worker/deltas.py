@@ -12,8 +12,8 @@
   full backup queued, and deltas go on only after it. Each delta also holds that fingerprint, so a restore
   never chains two histories even when Redis forgot it (common.deltas).
 - Any backlog is caught up: etcd sends up to 1,000 revisions in one watch response, and the watch asks it to split
-  one larger than its --max-request-bytes into fragments (etcd >= 3.4), which may cut a revision anywhere: a
-  revision is stored, and fingerprinted, only once all its events came (_WholeRevisions).
+  one larger than its --max-request-bytes (+ 512 KiB) into fragments (etcd >= 3.4), which may cut a revision
+  anywhere: a revision is stored, and fingerprinted, only once all its events came (_WholeRevisions).
 - Memory is bounded: the responses waiting for the writer hold at most WATCH_QUEUE_BYTES (one more if larger, up to
   etcd.MAX_RECEIVE_BYTES), and the events held are written at MAX_DELTA_BYTES.
 """
@@ -268,7 +268,8 @@ class _Received:
 
     message: etcdrpc.WatchResponse
     fragment: bool
-    """More of its response follows: etcd (>= 3.4, asked to) split a response larger than its --max-request-bytes."""
+    """More of its response follows: etcd (>= 3.4, asked to) split a response larger than its --max-request-bytes
+    (+ 512 KiB)."""
     size: int
 
     @classmethod
@@ -320,8 +321,8 @@ class _WholeRevisions:
     """The whole revisions in a sequence of watch responses.
 
     etcd batches whole revisions into a response (up to 1,000); asked to, it splits one larger than its
-    --max-request-bytes into fragments, at whichever event reaches that size: a revision's events may be in two
-    fragments, or more. A response that is not a fragment (the last of a split one is not) ends with a whole
+    --max-request-bytes (+ 512 KiB) into fragments, at whichever event reaches that size: a revision's events may be
+    in two fragments, or more. A response that is not a fragment (the last of a split one is not) ends with a whole
     revision; the last revision of a fragment is held until the next response, which may have more of it."""
 
     def __init__(self) -> None:
@@ -431,7 +432,7 @@ class _Responses:
 @contextmanager
 def _watch(member: etcd.EtcdConnection, start: int) -> Iterator[_Responses]:
     """etcd's watch of the whole keyspace from revision `start`, in fragments (at most etcd's --max-request-bytes
-    each, but for a single larger event), its responses received on a thread of their own into a bounded queue
+    + 512 KiB each, or a single event), its responses received on a thread of their own into a bounded queue
     (an error ends it, queued after the responses before it)."""
     create = etcdrpc.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=start)
     # etcd3's WatchCreateRequest has no `fragment`: parsed back with it appended, the message keeps it as an unknown
