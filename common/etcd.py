@@ -21,12 +21,12 @@ logger = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str], ...]
 
-MAX_RECEIVE_BYTES = 16 << 20
+MAX_RECEIVE_BYTES = 32 << 20
 """The largest message taken from etcd. gRPC's default (4 MiB) refused the delta watcher's catch-up: etcd sends up
 to 1,000 revisions in one watch response. The watch asks etcd (>= 3.4) to split a response into fragments of at
-most its --max-request-bytes + 512 KiB (2 MiB by default; etcd recommends a --max-request-bytes of 10 MiB at most),
-and a single event is at most one request: this is room for that with a margin, and bounds what one message can
-make a process hold."""
+most its --max-request-bytes + 512 KiB (2 MiB by default), and a single event is at most one request: this is room
+for a --max-request-bytes of up to 31 MiB (etcd recommends 10 MiB at most; harness.fill's etcd runs with 16 MiB),
+and bounds what one message can make a process hold whatever etcd sends."""
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),

@@ -256,6 +256,7 @@ def _renew(lease: redis.lock.Lock) -> None:
 
 
 def _check_not_cancelled(response: etcdrpc.WatchResponse) -> None:
+    """Compacted, or EtcdUnavailable, if etcd cancelled the watch with `response`."""
     if response.canceled:
         if response.compact_revision:
             raise Compacted(int(response.compact_revision))
