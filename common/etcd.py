@@ -21,7 +21,15 @@ logger = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str], ...]
 
+MAX_RECEIVE_BYTES = 32 << 20
+"""The largest message taken from etcd. gRPC's default (4 MiB) refused the delta watcher's catch-up: etcd sends up
+to 1,000 revisions in one watch response. The watch asks etcd (>= 3.4) to split a response into fragments of at
+most its --max-request-bytes + 512 KiB (2 MiB by default), and a single event is at most one request: this is room
+for a --max-request-bytes of up to 31 MiB (etcd recommends 10 MiB at most; harness.fill's etcd runs with 16 MiB),
+and bounds what one message can make a process hold whatever etcd sends."""
+
 CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     # Notice a peer that vanished mid-snapshot (host down, network cut) instead of waiting forever.
     # etcd refuses pings more frequent than its --grpc-keepalive-min-time (5s by default).
     ("grpc.keepalive_time_ms", 10_000),

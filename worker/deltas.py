@@ -11,7 +11,11 @@
   revision (or another cluster) and written past the deltas gives other events there: a gap is recorded, a
   full backup queued, and deltas go on only after it. Each delta also holds that fingerprint, so a restore
   never chains two histories even when Redis forgot it (common.deltas).
-- Memory is bounded: at most WATCH_QUEUE responses wait, and the events held are written at MAX_DELTA_BYTES.
+- Any backlog is caught up: etcd sends up to 1,000 revisions in one watch response, and the watch asks it to split
+  one larger than its --max-request-bytes (+ 512 KiB) into fragments (etcd >= 3.4), which may cut a revision
+  anywhere: a revision is stored, and fingerprinted, only once all its events came (_WholeRevisions).
+- Memory is bounded: the responses waiting for the writer hold at most WATCH_QUEUE_BYTES (one more if larger, up to
+  etcd.MAX_RECEIVE_BYTES), and the events held are written at MAX_DELTA_BYTES.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,8 +63,8 @@ LEASE_TTL = 15.0
 """Seconds the lease outlives a watcher that stopped renewing it (killed, cut off from Redis)."""
 LEASE_RENEWAL = LEASE_TTL / 3
 """A watcher renews its lease this often: a delta-period longer than LEASE_TTL must not let it lapse."""
-WATCH_QUEUE = 64
-"""Watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded)."""
+WATCH_QUEUE_BYTES = 16 << 20
+"""Bytes of watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded)."""
 RETRY_SECONDS = 2.0
 """How long a watcher waits before trying again after etcd or the store failed it."""
 
@@ -201,23 +206,26 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
     unknown = start <= known_from
     with _watch(member, start if unknown else start - 1) as responses:
         logger.info("delta watcher: watching %s from revision %d", member.endpoint, start)
-        batch, last_seen = _Batch(), start - 1
+        batch, last_seen, whole = _Batch(), start - 1, _WholeRevisions()
         previous = Fingerprint(start - 1, NO_FINGERPRINT) if unknown else None
         deadline = time.monotonic() + config.delta_period
         renew_at = time.monotonic() + LEASE_RENEWAL
         while not stop.is_set():
-            try:
-                response = responses.get(timeout=max(0.0, min(deadline, renew_at) - time.monotonic()))
-            except queue.Empty:
-                response = None
+            response = responses.get(timeout=max(0.0, min(deadline, renew_at) - time.monotonic()))
             if time.monotonic() >= renew_at:
                 _renew(lease)
                 renew_at = time.monotonic() + LEASE_RENEWAL
             if isinstance(response, BaseException):
                 raise response
             if response is not None:
-                previous = previous or _checked_previous(connection, response, start - 1)
-                last_seen = _take(response, batch, last_seen, seen=clock())
+                _check_not_cancelled(response.message)
+                for revision in whole.take(response, seen=clock()):
+                    previous = previous or _checked_previous(connection, revision, start - 1)
+                    if revision.number > last_seen:  # never twice: a revision the watch already gave
+                        batch.add(revision)
+                        last_seen = revision.number
+            # The batch holds whole revisions only (a revision still coming in fragments is in `whole`): a delta
+            # written here never cuts one in two.
             if batch.size >= MAX_DELTA_BYTES or time.monotonic() >= deadline:
                 previous = _store(store, connection, lease, batch, previous, recipients)
                 if responses.empty():
@@ -226,13 +234,10 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
         _store(store, connection, lease, batch, previous, recipients)  # what was received before the stop
 
 
-def _checked_previous(connection: redis.Redis, response: etcdrpc.WatchResponse, revision: int) -> Fingerprint | None:
-    """The fingerprint of `revision` from the watch's first events (etcd never splits a revision across responses),
-    None until they come; AnotherHistory if the watcher stored another one there."""
-    if not any(int(event.kv.mod_revision) >= revision for event in response.events):
-        return None
-    found = fingerprint(revision, [event_from_watch(event) for event in response.events
-                                   if event.kv.mod_revision == revision])
+def _checked_previous(connection: redis.Redis, first: Revision, revision: int) -> Fingerprint:
+    """The fingerprint of `revision`, where the watch starts, from `first`, the first whole revision it gave (a later
+    one: `revision` had no events); AnotherHistory if the watcher stored another one there."""
+    found = fingerprint(revision, first.events if first.number == revision else ())
     recorded = parse_fingerprint(_text(connection.hget(STATS_KEY, "last_fingerprint")))
     if recorded is not None and recorded.revision == revision and recorded != found:
         raise AnotherHistory(revision)
@@ -251,21 +256,95 @@ def _renew(lease: redis.lock.Lock) -> None:
         raise LeaseLost("the lease lapsed before it was renewed") from None
 
 
-def _take(response: etcdrpc.WatchResponse, batch: _Batch, last_seen: int, seen: float) -> int:
-    """Add the revisions of `response`, received at `seen` (Unix time), to `batch`; return the last revision seen."""
+def _check_not_cancelled(response: etcdrpc.WatchResponse) -> None:
+    """Compacted, or EtcdUnavailable, if etcd cancelled the watch with `response`."""
     if response.canceled:
         if response.compact_revision:
             raise Compacted(int(response.compact_revision))
         raise etcd.EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
-    grouped: dict[int, list[Event]] = {}
-    for event in response.events:
-        grouped.setdefault(int(event.kv.mod_revision), []).append(event_from_watch(event))
-    for number, events in grouped.items():
-        if number <= last_seen:  # never twice: a revision the watch already gave
-            continue
-        batch.add(Revision(number, seen, tuple(events)))
-        last_seen = number
-    return last_seen
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A watch response, with what etcd3's protos (etcd 3.3's) cannot say: whether it is a fragment."""
+
+    message: etcdrpc.WatchResponse
+    fragment: bool
+    """More of its response follows: etcd (>= 3.4, asked to) split a response larger than its --max-request-bytes
+    (+ 512 KiB)."""
+    size: int
+
+    @classmethod
+    def parse(cls, data: bytes) -> _Received:
+        return cls(etcdrpc.WatchResponse.FromString(data), _is_fragment(data), len(data))
+
+
+_FRAGMENT_FIELD = 7
+"""WatchResponse's `bool fragment = 7` (etcd >= 3.4)."""
+_ASK_FOR_FRAGMENTS = b"\x40\x01"
+"""WatchCreateRequest's `bool fragment = 8` (etcd >= 3.4), true, on the wire: field 8, a varint (8 << 3 | 0), 1.
+An etcd older than 3.4 ignores it, as any field it does not know."""
+
+
+def _is_fragment(data: bytes) -> bool:
+    """WatchResponse's `fragment` from the message's wire form: etcd3's protos do not know the field. Only the
+    top-level fields are walked (the events are skipped by their length); etcd writes them in field order, so
+    `fragment` comes before the events."""
+    position = 0
+    while position < len(data):
+        tag, position = _varint(data, position)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, position = _varint(data, position)
+            if number == _FRAGMENT_FIELD:
+                return value != 0
+        elif wire_type == 2:
+            length, position = _varint(data, position)
+            position += length
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+        else:
+            raise ValueError(f"a watch response with a field of wire type {wire_type} (not etcd's)")
+    return False
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[position]  # IndexError on a cut message: gRPC reports the deserialization as failed
+        value |= (byte & 0x7F) << shift
+        position += 1
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
+class _WholeRevisions:
+    """The whole revisions in a sequence of watch responses.
+
+    etcd batches whole revisions into a response (up to 1,000); asked to, it splits one larger than its
+    --max-request-bytes (+ 512 KiB) into fragments, at whichever event reaches that size: a revision's events may be
+    in two fragments, or more. A response that is not a fragment (the last of a split one is not) ends with a whole
+    revision; the last revision of a fragment is held until the next response, which may have more of it."""
+
+    def __init__(self) -> None:
+        self._number = 0
+        self._events: list[Event] = []
+
+    def take(self, response: _Received, seen: float) -> list[Revision]:
+        """The revisions `response`, received at `seen` (Unix time, Redis' clock), completes, in order."""
+        complete = []
+        for event in response.message.events:
+            number = int(event.kv.mod_revision)
+            if number != self._number and self._events:
+                complete.append(Revision(self._number, seen, tuple(self._events)))
+                self._events = []
+            self._number = number
+            self._events.append(event_from_watch(event))
+        if not response.fragment and self._events:
+            complete.append(Revision(self._number, seen, tuple(self._events)))
+            self._events = []
+        return complete
 
 
 def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, batch: _Batch,
@@ -309,20 +388,71 @@ def _note_if_current(member: etcd.EtcdConnection, connection: redis.Redis, last_
         connection.hset(STATS_KEY, "current_at", asked)
 
 
+class _Responses:
+    """The watch responses received ahead of the writer, WATCH_QUEUE_BYTES of them at most (or a single larger one):
+    put() waits for room, so memory stays bounded however far behind the writer is (a catch-up of a backlog)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: deque[tuple[_Received | BaseException, int]] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def put(self, item: _Received | BaseException, size: int = 0) -> None:
+        """Queue `item` once there is room (at once once closed: dropped)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or not self._items or self._bytes + size <= self._capacity)
+            if self._closed:
+                return
+            self._items.append((item, size))
+            self._bytes += size
+            self._changed.notify_all()
+
+    def get(self, timeout: float) -> _Received | BaseException | None:
+        """The oldest item, or None if none came within `timeout` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._items, timeout):
+                return None
+            item, size = self._items.popleft()
+            self._bytes -= size
+            self._changed.notify_all()
+            return item
+
+    def empty(self) -> bool:
+        with self._changed:
+            return not self._items
+
+    def close(self) -> None:
+        """Drop what is queued and whatever is put from now on: a reader waiting for room goes on."""
+        with self._changed:
+            self._closed = True
+            self._items.clear()
+            self._bytes = 0
+            self._changed.notify_all()
+
+
 @contextmanager
-def _watch(member: etcd.EtcdConnection, start: int) -> Iterator[queue.Queue[etcdrpc.WatchResponse | BaseException]]:
-    """etcd's watch of the whole keyspace from revision `start`, its responses received on a thread of their
-    own into a bounded queue (an error ends it, queued after the responses before it)."""
+def _watch(member: etcd.EtcdConnection, start: int) -> Iterator[_Responses]:
+    """etcd's watch of the whole keyspace from revision `start`, in fragments (at most etcd's --max-request-bytes
+    + 512 KiB each, or a single event), its responses received on a thread of their own into a bounded queue
+    (an error ends it, queued after the responses before it)."""
+    create = etcdrpc.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=start)
+    # etcd3's WatchCreateRequest has no `fragment`: parsed back with it appended, the message keeps it as an unknown
+    # field, which protobuf (proto3, >= 3.5) sends on as it is.
+    create = etcdrpc.WatchCreateRequest.FromString(create.SerializeToString() + _ASK_FOR_FRAGMENTS)
     requests: queue.Queue[etcdrpc.WatchRequest | None] = queue.Queue()
-    requests.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
-        key=b"\0", range_end=b"\0", start_revision=start)))
-    stream = etcdrpc.WatchStub(member.channel).Watch(iter(requests.get, None), metadata=member.metadata)
-    responses: queue.Queue[etcdrpc.WatchResponse | BaseException] = queue.Queue(WATCH_QUEUE)
+    requests.put(etcdrpc.WatchRequest(create_request=create))
+    watch = member.channel.stream_stream("/etcdserverpb.Watch/Watch",
+                                         request_serializer=etcdrpc.WatchRequest.SerializeToString,
+                                         response_deserializer=_Received.parse)
+    stream = watch(iter(requests.get, None), metadata=member.metadata)
+    responses = _Responses(WATCH_QUEUE_BYTES)
 
     def receive() -> None:
         try:
             for response in stream:
-                responses.put(response)
+                responses.put(response, response.size)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 responses.put(exc)
@@ -334,17 +464,8 @@ def _watch(member: etcd.EtcdConnection, start: int) -> Iterator[queue.Queue[etcd
     finally:
         stream.cancel()
         requests.put(None)
-        while reader.is_alive():  # a reader blocked on a full queue must see its put through
-            _drain(responses)
-            reader.join(0.1)
-
-
-def _drain(responses: queue.Queue[etcdrpc.WatchResponse | BaseException]) -> None:
-    try:
-        while True:
-            responses.get_nowait()
-    except queue.Empty:
-        pass
+        responses.close()  # a reader waiting for room goes on, to the end of the cancelled stream
+        reader.join()
 
 
 def _record_gap(connection: redis.Redis, wanted: int, oldest: int) -> None:
@@ -397,5 +518,9 @@ def _seconds(clock: Clock) -> Callable[[], float]:
 
 def _describe(exc: Exception, config: Config) -> str:
     if isinstance(exc, grpc.RpcError):
-        return f"etcd's watch failed: {etcd.describe_rpc_error(exc, config.etcd.timeout)}"
+        said = f"etcd's watch failed: {etcd.describe_rpc_error(exc, config.etcd.timeout)}"
+        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            said += (f" (a watch response over {etcd.MAX_RECEIVE_BYTES >> 20} MiB: an etcd older than 3.4 does not "
+                     "split one into fragments, or its --max-request-bytes lets a single value be that large)")
+        return said
     return str(exc)
