@@ -25,6 +25,7 @@ from common.config import (
     split_listen,
 )
 from common.queue import connect
+from harness.files import write_private
 from harness.in_process import ConfigFactory
 from harness.processes import BIN_DIR, free_port
 from harness.report import Report
@@ -70,7 +71,7 @@ def test_all_keys(tmp_path: Path) -> None:
             "password": "secret",
             "tls-ca-file": str(ca),
             "tls-cert": PEM,
-            "tls-key": str(ca),
+            "tls-key": str(write_private(tmp_path / "key.pem", PEM)),
         },
     })
     assert split_listen(config.listen) == ("::1", 9090)
@@ -310,9 +311,7 @@ def refused(result: subprocess.CompletedProcess[str], path: Path, key: str) -> s
 
 
 def written(tmp_path: Path, text: str | bytes, name: str = "config.yml") -> Path:
-    path = tmp_path / name
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
+    return write_private(tmp_path / name, text)  # 0600: it may hold secrets
 
 
 def header(tmp_path: Path) -> str:
@@ -492,8 +491,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
 
 
 def test_config_check_prints_file_paths_and_durations_as_given(tmp_path: Path) -> None:
-    key = tmp_path / "client-key.pem"
-    key.write_text(PEM)
+    key = write_private(tmp_path / "client-key.pem", PEM)
     path = written(tmp_path, yaml.safe_dump({
         "backup-dir": str(tmp_path / "b"), "backup-timeout": "1m30s",
         "etcd": {"timeout": "1500ms", "tls-cert-file": str(key), "tls-key": str(key)},

@@ -24,6 +24,7 @@ from common import backups
 from common.config import ConfigError, load_config, parse_config
 from common.encryption import AGE_MAGIC
 from harness.cli import etcd_backup, on_terminal
+from harness.files import write_private
 from harness.in_process import Service, fetch, served_over_http
 from harness.keys import encryption
 from harness.report import Report
@@ -216,10 +217,10 @@ def test_bad_keys_are_one_line_naming_the_key_and_never_the_identity(tmp_path: P
     public = str(identity.to_public())
     recipients_file = tmp_path / "recipients.txt"
     recipients_file.write_text(f"# the backup team\n{public}\n\nnot-a-key\n")
-    not_an_identity = tmp_path / "not-an-identity"
-    not_an_identity.write_text(f"{public}\n")  # a public key where the private one belongs
-    wrong_line = tmp_path / "wrong-line.key"
-    wrong_line.write_text(f"{identity}\nAGE-SECRET-KEY-1NOTREALLY{str(identity)[-20:]}\n")
+    # 0600 both, as identity files must be: what is wrong here is what they hold.
+    not_an_identity = write_private(tmp_path / "not-an-identity", f"{public}\n")  # a public key: the wrong half
+    wrong_line = write_private(tmp_path / "wrong-line.key",
+                               f"{identity}\nAGE-SECRET-KEY-1NOTREALLY{str(identity)[-20:]}\n")
     cases = {
         "no recipients": ({}, "encryption.recipients: give at least one public key"),
         "a recipient that is no key": ({"recipients": [public, "age1nope"]}, "encryption.recipients[1]: 'age1nope'"),
