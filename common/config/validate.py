@@ -36,7 +36,7 @@ from common.config.schema import (
 )
 from common.config.secret_files import check_private_file
 from common.config.section import Section
-from common.encryption import parse_identities, parse_recipient, shown_key_path
+from common.encryption import identities_open, parse_identities, parse_recipient, shown_key_path
 
 REDIS_URL_ENV = "REDIS_URL"
 API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
@@ -242,9 +242,10 @@ def _parse_encryption(raw: Any) -> EncryptionConfig | None:
                        if line.strip() and not line.lstrip().startswith("#")]
     if not recipients:
         raise ConfigError("encryption.recipients", "give at least one public key (recipients or recipients-file)")
+    parsed = []
     for key, text in recipients:
         try:
-            parse_recipient(text)
+            parsed.append((key, text, parse_recipient(text)))
         except ValueError as exc:  # a public key: quoting it gives nothing away
             raise ConfigError(key, f"{text.strip()[:80]!r} is {exc}") from None
     identity_file = section.get_str("identity-file", None)
@@ -252,9 +253,15 @@ def _parse_encryption(raw: Any) -> EncryptionConfig | None:
         identity_text = _read_key_file("encryption.identity-file", identity_file)
         check_private_file("encryption.identity-file", identity_file)
         try:
-            parse_identities(identity_text)
+            identities = parse_identities(identity_text)
         except ValueError as exc:  # never quoting the file: it is the private key
             raise ConfigError("encryption.identity-file", f"{shown_key_path(identity_file)}: {exc}") from None
+        # A backup this identity cannot open could not be verified or drilled: every one would look taken.
+        for key, text, recipient in parsed:
+            if not identities_open(recipient, identities):
+                raise ConfigError(key, f"{text.strip()[:80]!r}: no identity in encryption.identity-file "
+                                       f"({shown_key_path(identity_file)}) opens it (another key, or a rotated "
+                                       "one?): backups encrypted to it could not be verified")
     return EncryptionConfig(recipients=tuple(text.strip() for _, text in recipients),
                             identity_file=None if identity_file is None else Path(identity_file).absolute())
 
