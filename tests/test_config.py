@@ -654,9 +654,11 @@ CONFIG_SECRETS = {
     "etcd.tls-key": ({"etcd": {"tls-cert": PEM, "tls-key": KEY_PEM}}, "; or move etcd.tls-key to etcd.tls-key-file"),
     "redis-url": ({"redis-url": "redis://default:Gm4Jt7Wb1Kc@127.0.0.1:6379/0"}, "; or move redis-url to $REDIS_URL"),
     "s3.secret-access-key": ({"backup-dir": "s3://bucket/prefix", "s3": {"secret-access-key": "Zq7Wx2Lp9Ty4"}},
-                             "; or move s3.secret-access-key to $AWS_SECRET_ACCESS_KEY"),
+                             "; or move s3.secret-access-key to $AWS_SECRET_ACCESS_KEY (with s3.access-key-id to "
+                             "$AWS_ACCESS_KEY_ID)"),
     "s3.session-token": ({"backup-dir": "s3://bucket/prefix", "s3": {"session-token": "Zq7Wx2Lp9Ty4"}},
-                         "; or move s3.session-token to $AWS_SESSION_TOKEN"),
+                         "; or move s3.session-token to $AWS_SESSION_TOKEN (with the keys to $AWS_ACCESS_KEY_ID, "
+                         "$AWS_SECRET_ACCESS_KEY)"),
 }
 
 
