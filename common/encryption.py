@@ -95,6 +95,22 @@ def parse_identities(text: str) -> list[Identity]:
     return identities
 
 
+PROBE = b"etcd-backup: does an identity open this recipient?"
+
+
+def identities_open(recipient: Recipient, identities: Sequence[Identity]) -> bool:
+    """Whether one of `identities` opens what is encrypted to `recipient`. An age identity's public key is
+    derived and compared; an ssh key's cannot be (pyrage gives none), so a few bytes are encrypted to the
+    recipient and decrypted with the identities."""
+    if isinstance(recipient, x25519.Recipient):
+        return str(recipient) in {str(identity.to_public()) for identity in identities
+                                  if isinstance(identity, x25519.Identity)}
+    try:
+        return bool(pyrage.decrypt(pyrage.encrypt(PROBE, [recipient]), list(identities)) == PROBE)
+    except pyrage.DecryptError:
+        return False
+
+
 class _Recorded:
     """A reader or writer handed to pyrage, keeping the exception it raised: pyrage reports it only as text."""
 

@@ -9,6 +9,7 @@ repository root on the path).
 - in_process: the API's test client and a worker thread in the test's own process
 - fill: fills an etcd with Kubernetes-like objects to a given size
 - nginx: the bench's download contender
+- files: config files and keys written 0600, as the service wants them
 - pki: a throwaway CA and certificates (needs the test extras' cryptography)
 - report: the reliability report's table
 """

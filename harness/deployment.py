@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rq import Worker
 
 from common.storage.local import LocalStore, is_temp_name
+from harness.files import write_config
 from harness.processes import BIN_DIR, ROOT, free_port, http, stop_process, stopped_on_failure, wait_until
 from harness.servers import RedisServer
 
@@ -55,7 +55,7 @@ class Deployment:
             **({"redis-url": redis.url} if redis is not None else {}),
         }
         document.update({key.replace("_", "-"): value for key, value in config.items()})
-        self.config.write_text(yaml.safe_dump(document))
+        write_config(self.config, document)
         self.web: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
 

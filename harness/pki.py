@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from harness.files import write_private
 from harness.servers import TLSFiles
 
 
@@ -50,7 +51,7 @@ def make_tls_files(directory: Path, prefix: str = "") -> TLSFiles:
         key = _key()
         cert = _issue(f"{role}", key, ca, ca_key, [usage])
         files[f"{role}_cert"] = _write_pem(directory / f"{role}.pem", cert.public_bytes(serialization.Encoding.PEM))
-        files[f"{role}_key"] = _write_pem(directory / f"{role}-key.pem", key.private_bytes(
+        files[f"{role}_key"] = write_private(directory / f"{role}-key.pem", key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     ca_path = _write_pem(directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
     return TLSFiles(ca=ca_path, **files)

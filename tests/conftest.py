@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 from pyrage import x25519
 
 from cli.startup import prepare_backup_dir
 from common.config import load_config
+from harness.files import write_config as write_config_file
 from harness.fill import ETCD_FLAGS, fill
 from harness.image import ContainerImage, built_image
 from harness.in_process import ConfigFactory, Service
@@ -124,9 +124,7 @@ def write_config(tmp_path: Path, backup_dir: Path, etcd: EtcdServer) -> ConfigFa
             "etcd": {"endpoints": [etcd.url], **(etcd_overrides or {})},
         }
         document.update({key.replace("_", "-"): value for key, value in overrides.items()})
-        path = tmp_path / "config.yml"
-        path.write_text(yaml.safe_dump(document))
-        return path
+        return write_config_file(tmp_path / "config.yml", document)
 
     return write
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -13,6 +14,7 @@ from urllib.parse import quote
 import pytest
 import redis
 import yaml
+from pyrage import x25519
 
 from cli.startup import prepare_backup_dir
 from common.config import (
@@ -25,6 +27,7 @@ from common.config import (
     split_listen,
 )
 from common.queue import connect
+from harness.files import write_private
 from harness.in_process import ConfigFactory
 from harness.processes import BIN_DIR, free_port
 from harness.report import Report
@@ -70,7 +73,7 @@ def test_all_keys(tmp_path: Path) -> None:
             "password": "secret",
             "tls-ca-file": str(ca),
             "tls-cert": PEM,
-            "tls-key": str(ca),
+            "tls-key": str(write_private(tmp_path / "key.pem", PEM)),
         },
     })
     assert split_listen(config.listen) == ("::1", 9090)
@@ -292,9 +295,12 @@ def test_a_percent_encoded_redis_password_connects(tmp_path: Path, redis_conn: r
 def etcd_backup(*arguments: str, env: dict[str, str] | None = None,
                 timeout: float = 20) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run the real command; return its result and how long it took."""
+    env = env or {"PATH": str(BIN_DIR)}
+    if "PYTHONPATH" in os.environ:  # the code under test, also when it is not the installed checkout's
+        env = {**env, "PYTHONPATH": os.environ["PYTHONPATH"]}
     started = time.monotonic()
-    result = subprocess.run([str(BIN_DIR / "etcd-backup"), *arguments], env=env or {"PATH": str(BIN_DIR)},
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([str(BIN_DIR / "etcd-backup"), *arguments], env=env, capture_output=True, text=True,
+                            timeout=timeout)
     return result, time.monotonic() - started
 
 
@@ -310,9 +316,7 @@ def refused(result: subprocess.CompletedProcess[str], path: Path, key: str) -> s
 
 
 def written(tmp_path: Path, text: str | bytes, name: str = "config.yml") -> Path:
-    path = tmp_path / name
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
+    return write_private(tmp_path / name, text)  # 0600: it may hold secrets
 
 
 def header(tmp_path: Path) -> str:
@@ -492,8 +496,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
 
 
 def test_config_check_prints_file_paths_and_durations_as_given(tmp_path: Path) -> None:
-    key = tmp_path / "client-key.pem"
-    key.write_text(PEM)
+    key = write_private(tmp_path / "client-key.pem", PEM)
     path = written(tmp_path, yaml.safe_dump({
         "backup-dir": str(tmp_path / "b"), "backup-timeout": "1m30s",
         "etcd": {"timeout": "1500ms", "tls-cert-file": str(key), "tls-key": str(key)},
@@ -568,3 +571,125 @@ def test_s3_settings_parse_and_their_secrets_are_masked(tmp_path: Path) -> None:
     shown = yaml.safe_dump(effective_config(config))
     assert "Sk3tSecretValue" not in shown and "TokenValue123" not in shown
     assert effective_config(config)["backup-dir"] == "s3://etcd-backups/prod/cluster-1/"
+
+
+# ---------------------------------------------------------------- secrets on disk (issue 24, item 10)
+
+KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n"
+
+
+def private_key_settings(key: str, path: Path) -> dict[str, Any]:
+    """A config's keys that name `path` as the private key `key` (and what goes with it)."""
+    if key == "encryption.identity-file":
+        identity = x25519.Identity.generate()
+        path.write_text(f"{identity}\n")
+        return {"encryption": {"recipients": [str(identity.to_public())], "identity-file": str(path)}}
+    path.write_text(KEY_PEM)
+    if key == "api-tls-key":
+        return {"api-tls-cert": str(write_private(path.with_name("cert.pem"), PEM)), "api-tls-key": str(path)}
+    return {"etcd": {"tls-cert": PEM, key.removeprefix("etcd."): str(path)}}
+
+
+PRIVATE_KEYS = ["encryption.identity-file", "etcd.tls-key-file", "etcd.tls-key", "api-tls-key"]
+
+
+@pytest.mark.parametrize("key", PRIVATE_KEYS)
+@pytest.mark.parametrize(("mode", "who"), [pytest.param(mode, who, id=f"{mode:04o}") for mode, who in (
+    (0o644, "group and others can read it"), (0o640, "group can read it"), (0o604, "others can read it"),
+    (0o620, "group can write it"), (0o666, "group and others can read and write it"),
+)])
+def test_a_private_key_that_others_can_read_is_refused_naming_the_key(tmp_path: Path, key: str, mode: int,
+                                                                      who: str) -> None:
+    """As ssh refuses such a private key: the age identity, etcd's client key, the API's TLS key."""
+    path = tmp_path / "private.key"
+    document = {"etcd": {}, "backup-dir": str(tmp_path / "b"), **private_key_settings(key, path)}
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        parse(document)
+    assert str(info.value) == f"{key}: {path} {who} (mode {mode:04o}); run chmod 600 {path}"
+    for private in (0o600, 0o400):
+        path.chmod(private)
+        parse(document)
+
+
+@pytest.mark.parametrize("key", PRIVATE_KEYS)
+def test_a_private_key_another_user_owns_is_refused(tmp_path: Path, key: str) -> None:
+    """Whatever its mode: its owner can read it, or replace it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    path = tmp_path / "private.key"
+    document = {"etcd": {}, "backup-dir": str(tmp_path / "b"), **private_key_settings(key, path)}
+    path.chmod(0o600)
+    os.chown(path, 12345, 12345)
+    with pytest.raises(ConfigError) as info:
+        parse(document)
+    assert str(info.value).startswith(f"{key}: {path} is owned by uid 12345, not by this process' user (uid 0) "
+                                      "or root: ")
+    assert str(info.value).endswith(f"(chown 0 {path}) and run chmod 600 {path}")
+
+
+def test_a_key_of_root_s_may_be_read_through_its_group_as_a_kubernetes_secret_mounts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifests' Secret volume (defaultMode 0440, fsGroup): the files are root's, readable by the pod's
+    group. Root's file, this process another user's: the group may read it, not write it; others nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("needs a file of root's")
+    path = tmp_path / "etcd-client-key.pem"
+    document = {"etcd": {}, "backup-dir": str(tmp_path / "b"), **private_key_settings("etcd.tls-key-file", path)}
+    monkeypatch.setattr(os, "geteuid", lambda: 10000)  # the image's user
+    for mode in (0o440, 0o400, 0o640, 0o600):
+        path.chmod(mode)
+        parse(document)
+    for mode, who in ((0o444, "others can read it"), (0o460, "group can write it")):
+        path.chmod(mode)
+        with pytest.raises(ConfigError) as info:
+            parse(document)
+        assert str(info.value) == (f"etcd.tls-key-file: {path} {who} (mode {mode:04o}); run chmod 640 {path} "
+                                   "(root's file, read through its group), or chmod 600 a copy this user owns")
+
+
+CONFIG_SECRETS = {
+    "api-token": ({"api-token": "Tq8zVw3RkP1mXn6Y"}, "; or move api-token to $ETCD_BACKUP_API_TOKEN"),
+    "etcd.password": ({"etcd": {"username": "root", "password": "Hd5pLs9Qe2Zr"}}, ""),
+    "etcd.tls-key": ({"etcd": {"tls-cert": PEM, "tls-key": KEY_PEM}}, "; or move etcd.tls-key to etcd.tls-key-file"),
+    "redis-url": ({"redis-url": "redis://default:Gm4Jt7Wb1Kc@127.0.0.1:6379/0"}, "; or move redis-url to $REDIS_URL"),
+    "s3.secret-access-key": ({"backup-dir": "s3://bucket/prefix", "s3": {"secret-access-key": "Zq7Wx2Lp9Ty4"}},
+                             "; or move s3.secret-access-key to $AWS_SECRET_ACCESS_KEY (with s3.access-key-id to "
+                             "$AWS_ACCESS_KEY_ID)"),
+    "s3.session-token": ({"backup-dir": "s3://bucket/prefix", "s3": {"session-token": "Zq7Wx2Lp9Ty4"}},
+                         "; or move s3.session-token to $AWS_SESSION_TOKEN (with the keys to $AWS_ACCESS_KEY_ID, "
+                         "$AWS_SECRET_ACCESS_KEY)"),
+}
+
+
+@pytest.mark.parametrize("secret", CONFIG_SECRETS)
+def test_a_config_file_holding_a_secret_that_others_can_read_is_refused(tmp_path: Path, secret: str) -> None:
+    settings, move = CONFIG_SECRETS[secret]
+    document = {"backup-dir": str(tmp_path / "b"), "etcd": {}, **settings}
+    path = written(tmp_path, yaml.safe_dump(document))
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value) == (f"config: {path} holds secrets ({secret}) and group and others can read it "
+                               f"(mode 0644); run chmod 600 {path}{move}")
+    path.chmod(0o600)
+    load_config(path, {})
+    parse(document)  # a document, not a file: nothing to check
+
+
+def test_every_process_refuses_a_config_whose_secrets_others_can_read_with_one_line(tmp_path: Path) -> None:
+    path = written(tmp_path, header(tmp_path) + "etcd:\n  username: root\n  password: Hd5pLs9Qe2Zr\n"
+                                                "api-token: Tq8zVw3RkP1mXn6Y\n")
+    path.chmod(0o640)
+    result, _ = etcd_backup("config", "check", "--config", str(path))
+    assert refused(result, path, "config") == (
+        f"{path} holds secrets (api-token, etcd.password) and group can read it (mode 0640); run chmod 600 {path}; "
+        "or move api-token to $ETCD_BACKUP_API_TOKEN")
+    assert all(shown_secret(secret, result.stderr) is None for secret in ("Hd5pLs9Qe2Zr", "Tq8zVw3RkP1mXn6Y"))
+    # Its secrets moved out (the token to the environment, etcd's user to client certificates), it may be anyone's
+    # to read, as a Kubernetes ConfigMap is (0644).
+    key = write_private(tmp_path / "client-key.pem", KEY_PEM)
+    written(tmp_path, header(tmp_path) + f"etcd:\n  tls-cert: {json.dumps(PEM)}\n  tls-key-file: {key}\n").chmod(0o644)
+    result, _ = etcd_backup("config", "check", "--config", str(path),
+                            env={"PATH": str(BIN_DIR), "ETCD_BACKUP_API_TOKEN": "Tq8zVw3RkP1mXn6Y"})
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -26,7 +26,7 @@ import yaml
 from croniter import croniter
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.config import load_config
+from common.config import ConfigError, load_config, parse_config
 from common.storage import LocalStore, StorageError
 from harness.in_process import Service, served_over_http
 from harness.pki import make_tls_files
@@ -279,6 +279,30 @@ def load_config_text(name: str) -> dict[str, Any]:
 def prepare_as_pod_user(directory: Path) -> str:
     """Prepare `directory` as backup-dir in a child process running as the pod's user and groups; return
     why it was refused, or ''."""
+    return as_pod_user(LocalStore(directory).prepare)
+
+
+def test_a_key_as_the_kubelet_mounts_a_secret_is_taken_and_one_others_can_read_is_not(volume: Path) -> None:
+    """The manifests' Secret volume (defaultMode 0440, fsGroup): each file root's, read through the pod's
+    group. The pod's user takes it as etcd's client key; a mode that gives others access is refused."""
+    assert all("defaultMode: 0440" in (KUBERNETES / name).read_text() for name in (
+        "all-in-one/etcd-backup.yaml", "procfile/api.yaml", "procfile/worker.yaml", "procfile/scheduler.yaml",
+        "procfile/deltas.yaml"))
+    tls = make_tls_files(volume / "pki")
+    key = tls.client_key
+    os.chown(key, 0, IMAGE_USER)
+    document = {"backup-dir": str(volume / "backups"),
+                "etcd": {"tls-cert-file": str(tls.client_cert), "tls-key-file": str(key)}}
+    check = functools.partial(parse_config, document, {})
+    key.chmod(0o440)
+    assert as_pod_user(check) == ""
+    key.chmod(0o444)
+    assert as_pod_user(check) == (f"etcd.tls-key-file: {key} others can read it (mode 0444); run chmod 640 {key} "
+                                  "(root's file, read through its group), or chmod 600 a copy this user owns")
+
+
+def as_pod_user(action: Callable[[], object]) -> str:
+    """Run `action` in a child process running as the pod's user and groups; return why it was refused, or ''."""
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child only does this
@@ -289,9 +313,9 @@ def prepare_as_pod_user(directory: Path) -> str:
             os.setgroups([IMAGE_USER])
             os.setgid(IMAGE_USER)
             os.setuid(IMAGE_USER)
-            LocalStore(directory).prepare()
+            action()
             message = ""
-        except (StorageError, OSError) as exc:
+        except (StorageError, ConfigError, OSError) as exc:
             message = str(exc) or "refused"
         os.write(write, message.encode())
         os._exit(0)

@@ -24,6 +24,7 @@ from common import backups
 from common.config import ConfigError, load_config, parse_config
 from common.encryption import AGE_MAGIC
 from harness.cli import etcd_backup, on_terminal
+from harness.files import write_private
 from harness.in_process import Service, fetch, served_over_http
 from harness.keys import encryption
 from harness.report import Report
@@ -216,10 +217,10 @@ def test_bad_keys_are_one_line_naming_the_key_and_never_the_identity(tmp_path: P
     public = str(identity.to_public())
     recipients_file = tmp_path / "recipients.txt"
     recipients_file.write_text(f"# the backup team\n{public}\n\nnot-a-key\n")
-    not_an_identity = tmp_path / "not-an-identity"
-    not_an_identity.write_text(f"{public}\n")  # a public key where the private one belongs
-    wrong_line = tmp_path / "wrong-line.key"
-    wrong_line.write_text(f"{identity}\nAGE-SECRET-KEY-1NOTREALLY{str(identity)[-20:]}\n")
+    # 0600 both, as identity files must be: what is wrong here is what they hold.
+    not_an_identity = write_private(tmp_path / "not-an-identity", f"{public}\n")  # a public key: the wrong half
+    wrong_line = write_private(tmp_path / "wrong-line.key",
+                               f"{identity}\nAGE-SECRET-KEY-1NOTREALLY{str(identity)[-20:]}\n")
     cases = {
         "no recipients": ({}, "encryption.recipients: give at least one public key"),
         "a recipient that is no key": ({"recipients": [public, "age1nope"]}, "encryption.recipients[1]: 'age1nope'"),
@@ -247,6 +248,52 @@ def test_bad_keys_are_one_line_naming_the_key_and_never_the_identity(tmp_path: P
            "file, an unknown key, a public key as identity-file, a bad identity line",
            f"each a ConfigError naming the key; at start-up exit 2, one line: {done.stderr.strip()[-90:]!r}; "
            "no identity ever quoted")
+
+
+def ssh_key_pair(path: Path) -> str:
+    """Write an ed25519 private key in OpenSSH's format to `path` (0600, as ssh-keygen does); return its public key."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    write_private(path, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode()
+
+
+def test_a_recipient_that_no_configured_identity_opens_is_refused(tmp_path: Path, identity: x25519.Identity,
+                                                                  identity_file: Path) -> None:
+    """A rotated or mistaken key passed start-up before, and every backup was then taken but could never be
+    verified or drilled. With identity-file, each recipient must be one of its keys: an age key's public key
+    is derived from it, an ssh key is tried on a probe. Without identity-file nothing is asked of them."""
+    base: dict[str, Any] = {"etcd": {"endpoints": ["http://127.0.0.1:2379"]}, "backup-dir": str(tmp_path / "b")}
+    own, other = str(identity.to_public()), str(x25519.Identity.generate().to_public())
+    ssh_key, other_ssh_key = tmp_path / "id_ed25519", tmp_path / "other_ed25519"
+    ssh_public, other_ssh_public = ssh_key_pair(ssh_key), ssh_key_pair(other_ssh_key)
+    recipients_file = tmp_path / "recipients.txt"
+    recipients_file.write_text(f"# the backup team\n{own}\n{other}\n")
+    refused = {
+        "another age key": ({"recipients": [own, other], "identity-file": str(identity_file)},
+                            "encryption.recipients[1]", other, identity_file),
+        "a recipients-file line": ({"recipients-file": str(recipients_file), "identity-file": str(identity_file)},
+                                   "encryption.recipients-file line 3", other, identity_file),
+        "an ssh key, the identity an age one": ({"recipients": [own, ssh_public], "identity-file": str(identity_file)},
+                                                "encryption.recipients[1]", ssh_public, identity_file),
+        "another ssh key": ({"recipients": [other_ssh_public], "identity-file": str(ssh_key)},
+                            "encryption.recipients[0]", other_ssh_public, ssh_key),
+        "an age key, the identity an ssh one": ({"recipients": [ssh_public, own], "identity-file": str(ssh_key)},
+                                                "encryption.recipients[1]", own, ssh_key),
+    }
+    for case, (section, key, recipient, opener) in refused.items():
+        with pytest.raises(ConfigError) as info:
+            parse_config({**base, "encryption": section}, {})
+        assert str(info.value) == (
+            f"{key}: {recipient[:80]!r}: no identity in encryption.identity-file ({opener}) opens it (another key, "
+            "or a rotated one?): backups encrypted to it could not be verified"), case
+        assert str(identity) not in str(info.value)
+    for section in ({"recipients": [own, own.upper()], "identity-file": str(identity_file)},
+                    {"recipients": [ssh_public], "identity-file": str(ssh_key)},
+                    {"recipients": [own, other, ssh_public, other_ssh_public]},  # the API: no identity needed
+                    {"recipients-file": str(recipients_file)}):
+        parse_config({**base, "encryption": section}, {})
 
 
 def test_config_check_shows_the_recipients_and_the_identity_file_not_the_identity(

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cli.main import main
 from common import backups, retention
@@ -18,6 +17,7 @@ from common.config import ConfigError, RetentionConfig, load_config, parse_confi
 from common.deltas import DeltaName
 from common.metadata import BackupMetadata
 from common.storage import LocalStore, open_store
+from harness.files import write_config
 from harness.s3 import S3Server
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -214,7 +214,6 @@ def _store_config(where: str, request: pytest.FixtureRequest, tmp_path: Path,
             client.put_object(Bucket=bucket, Key=prefix + name, Body=data)
         stored_names = lambda: sorted(item["Key"].removeprefix(prefix)  # noqa: E731
                                       for item in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
-    config = tmp_path / "config.yml"
-    config.write_text(yaml.safe_dump({**settings, "etcd": {"endpoints": ["http://127.0.0.1:1"]},
-                                      "retention": {"max-age": "120h"}}))
+    config = write_config(tmp_path / "config.yml", {**settings, "etcd": {"endpoints": ["http://127.0.0.1:1"]},
+                                                    "retention": {"max-age": "120h"}})
     return config, stored_names

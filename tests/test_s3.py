@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from common.backups import backup_name, backup_time
 from common.config import parse_config
@@ -21,6 +20,7 @@ from common.metadata import BackupMetadata
 from common.storage import BackupStore, LocalStore, StorageError, open_store
 from common.storage.s3 import S3Store
 from harness.deployment import Deployment
+from harness.files import write_config
 from harness.in_process import Service
 from harness.processes import BIN_DIR
 from harness.report import Report
@@ -217,8 +217,7 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_at_start_up(
         "wrong secret": {**good, "s3": {**good["s3"], "secret-access-key": "not-the-secret"}},
         "missing bucket": seaweedfs.settings("no-such-bucket", prefix),
     }.items():
-        path = tmp_path / f"{case.replace(' ', '-')}.yml"
-        path.write_text(yaml.safe_dump({"etcd": {"endpoints": [etcd.url]}, **settings}))
+        path = write_config(tmp_path / f"{case.replace(' ', '-')}.yml", {"etcd": {"endpoints": [etcd.url]}, **settings})
         result = subprocess.run([str(BIN_DIR / "etcd-backup"), "config", "check", "--config", str(path)],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result

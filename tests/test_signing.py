@@ -158,3 +158,15 @@ def test_a_signed_name_has_one_spelling() -> None:
     assert parse_delta_name(f"{unsigned}-{digest}-{respelled}.bin.gz") is None
     with pytest.raises(ValueError, match="not a verify key"):
         parse_verify_key("etcd-backup-verify-key:" + encode(os.urandom(31)))
+
+
+def test_a_signing_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    """Whoever reads it can sign a planted backup: as ssh refuses a private key, the config refuses it."""
+    key_file = tmp_path / "signing.key"
+    key_file.write_text(new_signing_key()[0] + "\n")
+    key_file.chmod(0o644)
+    with pytest.raises(ConfigError) as raised:
+        load_config(write_config(tmp_path, signing={"key-file": str(key_file)}))
+    assert str(raised.value).startswith("signing.key-file") and "chmod 600" in str(raised.value), raised.value
+    key_file.chmod(0o600)
+    assert load_config(write_config(tmp_path, signing={"key-file": str(key_file)})).signing is not None

@@ -1,5 +1,6 @@
 """Read the config file strictly: a bounded regular file of UTF-8 YAML, refusing what YAML would take
-silently or crash on; then validate it (common.config.validate)."""
+silently or crash on; then validate it (common.config.validate), and refuse it if it holds a secret that
+others can read (common.config.secret_files)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 
 from common.config.errors import ConfigError
 from common.config.schema import Config
+from common.config.secret_files import check_config_file
 from common.config.validate import parse_config
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -23,19 +25,23 @@ MAX_NUMBER_CHARACTERS = 30
 
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
     """Read the YAML file at `path`; raise ConfigError naming the first bad key."""
+    text, status = _read_config_file(path)
     try:
         # A named stream: YAML's errors then say which file (a str would be "<unicode string>").
-        loader = _StrictLoader(_NamedText(_read_config_file(path), str(path)))
+        loader = _StrictLoader(_NamedText(text, str(path)))
         try:
             raw = loader.get_single_data()
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{path} is not valid YAML: {_one_line(exc)}") from None
-    return parse_config(raw, os.environ if environ is None else environ)
+    config = parse_config(raw, os.environ if environ is None else environ)
+    check_config_file(path, status, raw)  # the file as it was read (its fstat)
+    return config
 
 
-def _read_config_file(path: str | os.PathLike[str]) -> str:
+def _read_config_file(path: str | os.PathLike[str]) -> tuple[str, os.stat_result]:
+    """The file's text, and its status when it was read."""
     try:
         # Non-blocking: opening a FIFO nobody writes to would otherwise wait forever. Checked before
         # reading: a device (/dev/zero) or a directory is no config either.
@@ -43,7 +49,8 @@ def _read_config_file(path: str | os.PathLike[str]) -> str:
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise ConfigError("config", f"{path} is not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
@@ -54,7 +61,7 @@ def _read_config_file(path: str | os.PathLike[str]) -> str:
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError("config", f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8"), status
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError("config", f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line}") from None

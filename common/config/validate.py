@@ -1,6 +1,7 @@
 """The service's rules for each key: validate an already-parsed YAML document into a Config, the
 first mistake a ConfigError naming the key. Reads the files the config names (PEMs, the API's TLS
-files); creates nothing (backup-dir is prepared at start-up: cli.startup)."""
+files), refusing private keys that others can read (common.config.secret_files); creates nothing
+(backup-dir is prepared at start-up: cli.startup)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from common.config.schema import (
     S3Config,
     SigningConfig,
 )
+from common.config.secret_files import check_private_file
 from common.config.section import Section
-from common.encryption import parse_identities, parse_recipient, shown_key_path
+from common.encryption import identities_open, parse_identities, parse_recipient, shown_key_path
 from common.signing import BadKey, parse_signing_key, parse_verify_key
 
 REDIS_URL_ENV = "REDIS_URL"
@@ -167,6 +169,9 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
     ca, ca_file = section.get_pem("tls-ca")
     cert, cert_file = section.get_pem("tls-cert")
     key, key_file = section.get_pem("tls-key")
+    if key_file is not None:  # read from a file (tls-key-file, or tls-key given a path): a private key's
+        given_as = "tls-key-file" if section.get_str("tls-key-file", None) is not None else "tls-key"
+        check_private_file(f"etcd.{given_as}", key_file)
     if (cert is None) != (key is None):
         raise ConfigError("etcd.tls-key" if key is None else "etcd.tls-cert",
                           "tls-cert and tls-key must be given together")
@@ -241,17 +246,26 @@ def _parse_encryption(raw: Any) -> EncryptionConfig | None:
                        if line.strip() and not line.lstrip().startswith("#")]
     if not recipients:
         raise ConfigError("encryption.recipients", "give at least one public key (recipients or recipients-file)")
+    parsed = []
     for key, text in recipients:
         try:
-            parse_recipient(text)
+            parsed.append((key, text, parse_recipient(text)))
         except ValueError as exc:  # a public key: quoting it gives nothing away
             raise ConfigError(key, f"{text.strip()[:80]!r} is {exc}") from None
     identity_file = section.get_str("identity-file", None)
     if identity_file is not None:
+        identity_text = _read_key_file("encryption.identity-file", identity_file)
+        check_private_file("encryption.identity-file", identity_file)
         try:
-            parse_identities(_read_key_file("encryption.identity-file", identity_file))
+            identities = parse_identities(identity_text)
         except ValueError as exc:  # never quoting the file: it is the private key
             raise ConfigError("encryption.identity-file", f"{shown_key_path(identity_file)}: {exc}") from None
+        # A backup this identity cannot open could not be verified or drilled: every one would look taken.
+        for key, text, recipient in parsed:
+            if not identities_open(recipient, identities):
+                raise ConfigError(key, f"{text.strip()[:80]!r}: no identity in encryption.identity-file "
+                                       f"({shown_key_path(identity_file)}) opens it (another key, or a rotated "
+                                       "one?): backups encrypted to it could not be verified")
     return EncryptionConfig(recipients=tuple(text.strip() for _, text in recipients),
                             identity_file=None if identity_file is None else Path(identity_file).absolute())
 
@@ -268,6 +282,7 @@ def _parse_signing(raw: Any) -> SigningConfig | None:
         except BadKey as exc:  # a public key: quoting it gives nothing away
             raise ConfigError("signing.verify-key", f"{verify_text.strip()[:80]!r} is {exc}") from None
     if key_file is not None:
+        check_private_file("signing.key-file", key_file)
         try:
             derived = parse_signing_key(_read_key_file("signing.key-file", key_file)).verify_key
         except BadKey as exc:  # never quoting the file: it is the private key
@@ -363,5 +378,7 @@ def _api_tls(cert: str | None, key: str | None) -> dict[str, Any]:  # api_tls_ce
         path = Path(value).absolute()
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(name, f"{value} is not a readable file")
+        if name == "api-tls-key":
+            check_private_file(name, value)
         files[name.replace("-", "_")] = path
     return files
