@@ -26,6 +26,7 @@ from recovery.client import (
     Client,
     ClientError,
     UsageError,
+    announced_sha256,
     check_given_name,
     one_line,
 )
@@ -258,12 +259,16 @@ def _verify(args: argparse.Namespace, work: Path) -> Verified:
                 raise UsageError(f"not a backup's URL: expected <service>{BACKUP_PATH}/<name>")
             path = f"{BACKUP_PATH}/{check_given_name(name)}"
             body = Client(base, args.token, deadline=args.deadline).open(path)
+            # The SHA-256 the service announces (from the backup's metadata, signed when the service signs): bytes
+            # replaced in the store, or on the way, are refused even when they make a good snapshot.
+            announced = announced_sha256(body, path)
             archive = stack.enter_context(io.BufferedReader(body, CHUNK))
         else:
             # An operator's own file: the formats they may bring from elsewhere are taken too.
             return verify_file(Path(source), work, follow_symlinks=True, identity_file=args.identity,
                                older_formats=True)
-        return verify_archive(archive, work, identity_file=args.identity)
+        return verify_archive(archive, work, identity_file=args.identity,
+                              archive_sha256=announced[1] if announced is not None else None)
 
 
 def _restore(args: argparse.Namespace) -> None:

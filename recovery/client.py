@@ -390,10 +390,10 @@ def _announced(body: Body, path: str, have: int) -> tuple[int, tuple[str, str] |
         total = int(length)
     else:
         raise ClientError(f"GET {path}: {body.status} is no answer to a download")
-    return total, _announced_sha256(body, path)
+    return total, announced_sha256(body, path)
 
 
-def _announced_sha256(body: Body, path: str) -> tuple[str, str] | None:
+def announced_sha256(body: Body, path: str) -> tuple[str, str] | None:
     """The SHA-256 of the whole backup from X-Backup-Sha256 or Repr-Digest (RFC 9530), if either is sent."""
     found: list[tuple[str, str]] = []
     if (hex_digest := body.header("X-Backup-Sha256")) is not None:

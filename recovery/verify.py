@@ -145,18 +145,20 @@ def load_identities(identity_file: Path | None) -> list[Identity]:
 
 def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,
                    identity_file: Path | None = None, encrypted: bool | None = None,
-                   older_formats: bool = False) -> Verified:
+                   older_formats: bool = False, archive_sha256: str | None = None) -> Verified:
     """Check the archive read from `archive` and extract its snapshot into `workdir`. An age-encrypted one
     (common.encryption) is decrypted with the identities of `identity_file` as it is read; its age
     authentication is checked to the last byte. `encrypted`: what the backup's name says it is (a
     `.tar.gz.age` must be age, a `.tar.gz` must not); None for a file whose name says nothing. With
     `older_formats` (an operator's own file), a snapshot as `etcdctl snapshot save` writes it (`.db`) or
-    gzip'd (`.db.gz`, what the original etcd-backup wrote) is taken too."""
-    if expected is None or expected.archive_sha256 is None:
+    gzip'd (`.db.gz`, what the original etcd-backup wrote) is taken too. The archive's bytes must have the SHA-256
+    (and size) that `expected` records, or `archive_sha256` (what the service announced for a download)."""
+    sha256 = expected.archive_sha256 if expected is not None and expected.archive_sha256 is not None else archive_sha256
+    if sha256 is None:
         return _verify_archive(archive, workdir, expected, identity_file, encrypted, older_formats)
     hashed = _Hashed(archive)
     verified = _verify_archive(hashed, workdir, expected, identity_file, encrypted, older_formats)
-    hashed.check(expected.archive_size, expected.archive_sha256)
+    hashed.check(expected.archive_size if expected is not None else None, sha256)
     return verified
 
 

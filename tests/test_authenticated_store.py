@@ -36,7 +36,7 @@ from common.deltas import (
 from common.signing import parse_signing_key
 from common.storage import AuthenticatedStore, open_store
 from harness.cli import etcd_backup
-from harness.in_process import Service
+from harness.in_process import Service, served_over_http
 from harness.keys import encryption, signing
 from harness.report import Report
 from harness.s3 import S3Server
@@ -297,3 +297,26 @@ def test_backups_from_before_signing_are_kept_unlisted_and_restored_only_when_as
            "names of the next four seconds",
            "the unsigned backup is not listed and `restore --to-time` its time finds no backup; with "
            "--allow-unsigned it restores it (the value it held); the next backup was named past the planted names")
+
+
+def test_verify_and_restore_from_the_service_refuse_an_archive_that_is_not_the_one_its_metadata_records(
+        make_service: Callable[..., Service], etcd: EtcdServer, tmp_path: Path, report: Report) -> None:
+    """Another genuine backup's archive under this one's name: a good snapshot, of another moment. The service
+    announces the SHA-256 its metadata records; `verify URL` and `restore URL` hold the bytes to it."""
+    service = make_service()
+    first = service.client.post("/api/v1/backup").get_json()["filename"]
+    etcd.client().put(f"/swapped-{tmp_path.name}", "later")
+    second = service.client.post("/api/v1/backup").get_json()["filename"]
+    service.plant(first, service.peek(second) or b"")
+    with served_over_http(service) as base:
+        good = etcd_backup("verify", f"{base}/api/v1/backup/{second}")
+        swapped = etcd_backup("verify", f"{base}/api/v1/backup/{first}")
+        restore = etcd_backup("restore", f"{base}/api/v1/backup/{first}", "--data-dir", str(tmp_path / "restored"))
+    assert good.returncode == 0, good.stderr
+    for done in (swapped, restore):
+        assert done.returncode == 1 and "is not the one its metadata records" in done.stderr, done.stderr
+    assert not (tmp_path / "restored").exists()
+    report("the archive of one backup replaced by another genuine backup's archive (a good snapshot, of another "
+           "moment); `etcd-backup verify URL` and `restore URL` from the service",
+           "both exit 1: 'the archive (...) is not the one its metadata records (...): replaced or damaged'; no "
+           "data dir is made")
