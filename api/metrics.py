@@ -60,12 +60,19 @@ class BackupCollector(Collector):
                                 "Backups named in the future (a host's clock was ahead): never counted as the newest.",
                                 value=future)
         newest_name = backups.newest(names, now)
-        newest = catalog[newest_name].metadata if newest_name is not None else None
-        if newest is None:
+        if newest_name is None:
             return
+        newest = catalog[newest_name].metadata
+        # Without metadata (refused, or a backup from before it was recorded), the name's time: as the status says,
+        # and never absent, which no "too old" alert would see.
+        named = backups.backup_time(newest_name)
+        completed = newest.completed(now) if newest is not None else named
+        assert completed is not None  # listed, so a backup name
         yield GaugeMetricFamily("etcd_backup_last_success_timestamp_seconds",
                                 "When the newest backup was complete (Unix time): alert when it is too old.",
-                                value=newest.completed(now).timestamp())
+                                value=completed.timestamp())
+        if newest is None:
+            return
         yield GaugeMetricFamily("etcd_backup_last_size_bytes", "Size of the newest backup's archive.",
                                 value=newest.filesize)
         yield GaugeMetricFamily("etcd_backup_last_revision", "etcd revision of the newest backup.",

@@ -8,7 +8,6 @@ details and the metrics still know every backup.
 from __future__ import annotations
 
 import json
-import math
 import re
 import types
 import typing
@@ -20,6 +19,9 @@ from common.backups import ENCRYPTED_SUFFIX, backup_time
 
 SIGNED_CONTEXT = b"etcd-backup metadata 1\n"
 """Begins what a metadata signature signs: no other object's signature (a delta's) can pass for one."""
+MAX_DURATION = 2 * 3600.0
+"""Seconds a backup may have lasted: a job ends at backup-timeout (1 h at most). A longer one is not ours: it
+would make the backup complete long after its name, and keep a dead service looking fresh in /metrics."""
 MAX_METADATA_BYTES = 64 << 10
 """A metadata file is under 1 KiB; a bigger one is not ours, and is not read (nor held in memory)."""
 
@@ -149,7 +151,7 @@ def _values_fit(metadata: BackupMetadata) -> bool:
             and _SHA256.fullmatch(metadata.db_sha256) is not None
             and (metadata.archive_sha256 is None or _SHA256.fullmatch(metadata.archive_sha256) is not None)
             and _HEADER_SAFE.fullmatch(metadata.etcd_version) is not None
-            and math.isfinite(metadata.duration)
+            and 0 <= metadata.duration <= MAX_DURATION
             and all(type(alarm) is str for alarm in metadata.alarms or ())
             and all(type(key) is str for key in metadata.recipients or ())
             and (metadata.signature is None or len(metadata.signature) < 200)

@@ -320,3 +320,23 @@ def test_verify_and_restore_from_the_service_refuse_an_archive_that_is_not_the_o
            "moment); `etcd-backup verify URL` and `restore URL` from the service",
            "both exit 1: 'the archive (...) is not the one its metadata records (...): replaced or damaged'; no "
            "data dir is made")
+
+
+@pytest.mark.parametrize("edit", [{"started": "9999-01-01T00:00:00+00:00"}, {"duration": 1e9}],
+                         ids=["started-9999", "duration-1e9"])
+def test_an_edited_time_never_makes_a_dead_service_look_fresh_signed_or_not(
+        make_service: Callable[..., Service], tmp_path: Path, edit: dict[str, Any], report: Report) -> None:
+    service = make_service()
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    time.sleep(2.5)
+    service.plant(backups.metadata_name(name), json.dumps({**raw_metadata(service, name), **edit}).encode())
+    status = service.client.get("/api/v1/status").get_json()
+    assert status["newest"]["filename"] == name and status["newest"]["age_seconds"] >= 2, status["newest"]
+    metrics = service.client.get("/metrics").get_data(as_text=True)
+    success = [float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("etcd_backup_last_success_timestamp_seconds ")]
+    assert success and time.time() - success[0] >= 2, success
+    report(f"without signing, the newest backup's metadata edited: {edit}",
+           f"the metadata is refused (not the second its name says, or a duration no job lasts): the status says "
+           f"{status['newest']['age_seconds']:.0f} s ago and /metrics' last success {time.time() - success[0]:.0f} s "
+           "ago, from the backup's name")

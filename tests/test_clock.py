@@ -15,15 +15,21 @@ import fakeredis
 import pytest
 import redis
 
+import worker.deltas
 from common import backups, retention
 from common.clock import redis_clock
 from common.config import RetentionConfig
+from common.deltas import parse_delta_name
 from common.metadata import BackupMetadata
 from common.storage import LocalStore
 from harness.in_process import Service
 from harness.report import Report
+from harness.servers import EtcdServer
+from harness.writer import current_revision
 from recovery.client import Client
+from tests.test_deltas import wait_stored, watcher
 from tests.test_metrics import scrape
+from worker.deltas import STATS_KEY
 from worker.drill import run_drill
 
 PROJECT_PACKAGES = ("api", "cli", "common", "recovery", "scheduler", "worker")
@@ -164,3 +170,44 @@ def test_embedded_clock_is_the_local_one() -> None:
     clock = redis_clock(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
     assert abs((clock() - datetime.now(UTC)).total_seconds()) < 1
     assert abs((redis_clock(redis.Redis.from_url("redis://127.0.0.1:1"))() - datetime.now(UTC)).total_seconds()) < 1
+
+
+class _SkewedTime:
+    """The `time` module as a host whose clock is `offset` off sees it: time() skewed, monotonic() as it is."""
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset.total_seconds()
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("offset", [timedelta(hours=1), timedelta(hours=-1)], ids=["ahead", "behind"])
+def test_the_delta_watcher_times_deltas_by_redis_clock_not_the_hosts(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, etcd: EtcdServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, offset: timedelta, report: Report) -> None:
+    """The times in delta names choose what `restore --to-time` applies, against backups named by Redis' clock: a
+    watcher an hour behind would have put the incident's revisions before a time that preceded it."""
+    service = make_service(delta_period="200ms")
+    service.client.post("/api/v1/backup")
+    skew_host_clock(monkeypatch, offset)
+    monkeypatch.setattr(worker.deltas, "time", _SkewedTime(offset))
+    client = etcd.client()
+    with watcher(service.config, redis_conn):
+        for number in range(5):
+            client.put(f"/clock-{tmp_path.name}/{number}", "x")
+        wait_stored(redis_conn, current_revision(etcd.url))
+        time.sleep(0.5)  # a period with nothing new: the watcher notes it is current
+        current_at = float(redis_conn.hget(STATS_KEY, "current_at") or 0)
+    now = redis_now(redis_conn)
+    names = [said for name in service.store.list_deltas() if (said := parse_delta_name(name)) is not None]
+    assert names
+    errors = [abs((moment - now).total_seconds()) for said in names for moment in (said.first_seen, said.last_seen)]
+    assert max(errors) < 30, (offset, [str(said) for said in names])
+    assert abs(current_at - now.timestamp()) < 30, (current_at, now)
+    report(f"a delta watcher whose host clock is {offset} off (Redis' is not)",
+           f"its {len(names)} deltas are named within {max(errors):.0f} s of Redis' clock, and its current_at "
+           f"within {abs(current_at - now.timestamp()):.0f} s")

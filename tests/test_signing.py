@@ -170,3 +170,12 @@ def test_a_signing_key_others_can_read_is_refused(tmp_path: Path) -> None:
     assert str(raised.value).startswith("signing.key-file") and "chmod 600" in str(raised.value), raised.value
     key_file.chmod(0o600)
     assert load_config(write_config(tmp_path, signing={"key-file": str(key_file)})).signing is not None
+
+
+def test_a_duration_no_job_could_last_is_not_metadata() -> None:
+    """A job ends at backup-timeout (1 h at most): a recorded duration of years would keep the backup "just
+    completed" in /metrics and the status long after the service died."""
+    assert parse_metadata(dataclasses.replace(metadata(), duration=3599.0).to_bytes(), backup_name(STARTED))
+    for duration in (1e9, 7201.0, -1.0, float("nan"), float("inf")):
+        edited = dataclasses.replace(metadata(), duration=duration)
+        assert parse_metadata(edited.to_bytes(), backup_name(STARTED)) is None, duration
