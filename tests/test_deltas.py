@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import logging
 import os
 import re
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +22,8 @@ from pyrage import x25519
 
 from common.config import Config
 from common.deltas import (
+    DELETE,
+    MAGIC_2,
     PUT,
     DeltaError,
     DeltaName,
@@ -562,3 +567,39 @@ def test_the_drill_restores_a_random_revision_of_the_deltas_and_compares_it_with
            "flipped in the last delta",
            f"passed: '{result.reason}'; forged (intact, chained, values changed): failed, '{caught.reason[:160]}'; "
            f"damaged: failed, '{failed.reason[:200]}'")
+
+
+def test_version_2_and_3_deltas_decode_and_chain_the_lease_outside_the_fingerprint() -> None:
+    """A version 3 delta keeps each put's lease and TTL; a version 2 one (no lease fields) still decodes, its puts
+    leaseless; the fingerprint ignores leases, so a version 3 delta chains after a version 2 one."""
+    seen = time.time()
+    leased = Revision(5, seen, (Event(PUT, b"/k", b"v", lease=0x1234, lease_ttl=30), Event(DELETE, b"/d")))
+    without = Revision(5, seen, (Event(PUT, b"/k", b"v"), Event(DELETE, b"/d")))
+    assert fingerprint(5, leased.events) == fingerprint(5, without.events)
+    previous = Fingerprint(4, bytes(32))
+    name = str(delta_name([leased], encrypted=False))
+    decoded = decode_delta(name, encode_delta(previous, [leased]))
+    assert [(event.lease, event.lease_ttl) for event in decoded.revisions[0].events] == [(0x1234, 30), (0, 0)]
+    # Version 2, as the watcher wrote it before leases: its MAGIC and the same records without the lease fields.
+    body = MAGIC_2 + struct.pack(">Q32s", 4, bytes(32)) + version_2_record(leased)
+    old = decode_delta(name, gzip.compress(body + hashlib.sha256(body).digest()))
+    assert old.revisions[0].events == leased.events
+    assert [(event.lease, event.lease_ttl) for event in old.revisions[0].events] == [(0, 0), (0, 0)]
+    after = Revision(6, seen, (Event(PUT, b"/k", b"w", lease=0x1234, lease_ttl=30),))
+    newer = decode_delta(str(delta_name([after], encrypted=False)),
+                         encode_delta(fingerprint(5, leased.events), [after]))
+    assert newer.previous == fingerprint(5, old.revisions[0].events)  # what a restore checks to chain them
+    negative = encode_delta(previous, [Revision(5, seen, (Event(PUT, b"/k", b"v", lease=1, lease_ttl=-1),))])
+    with pytest.raises(DeltaError, match="granted for -1s"):
+        decode_delta(name, negative)
+
+
+def version_2_record(revision: Revision) -> bytes:
+    """`revision`'s record as version 2 wrote it: what its fingerprint digests."""
+    number, micros = revision.number, round(revision.seen * 1e6)
+    parts = [struct.pack(">QqI", number, micros, len(revision.events))]
+    for event in revision.events:
+        parts.append(struct.pack(">BI", event.kind, len(event.key)) + event.key)
+        if event.kind == PUT:
+            parts.append(struct.pack(">I", len(event.value)) + event.value)
+    return b"".join(parts)
