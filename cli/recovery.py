@@ -305,7 +305,8 @@ def _restore_to_point(args: argparse.Namespace) -> None:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with restore_workdir(data_dir) as work:
         restore_to(config, store, plan, data_dir, member, work, identity_file, say=print)
-    print("leases are not restored: keys that had a lease were restored without one")
+    print("leases are kept: keys that had a lease have it again (its ID, the TTL it was granted, counted from etcd's "
+          "start), as etcd's snapshot restore keeps them")
     _next_steps(args, data_dir)
 
 

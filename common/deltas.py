@@ -17,7 +17,10 @@ deltas of two histories (etcd restored to an earlier revision, then written past
 
 Each record is one revision: its number (8 bytes), when the watcher received it (8 bytes, Unix
 microseconds), its event count (4 bytes), then each event: its kind (1 byte: PUT or DELETE), key length
-(4 bytes), key, and for a PUT the value length (4 bytes) and value. Big-endian throughout.
+(4 bytes), key, and for a PUT the value length (4 bytes) and value, then (version 3) the key's lease ID (8 bytes,
+signed as etcd's; 0: none) and the TTL that lease was granted (8 bytes, seconds; 0: none, or unknown: the lease was
+gone when the watcher asked). Big-endian throughout. Version 2 (MAGIC_2) has no lease fields: its puts read as
+leaseless. Neither lease field is part of a revision's fingerprint, so that deltas of both versions chain.
 
 Whatever reads a delta trusts nothing in it: whoever can write to the store can plant one. The SHA-256 detects
 damage, not tampering (whoever edits a plain delta recomputes it); only with encryption (age) is a planted or
@@ -44,7 +47,10 @@ from etcd3.etcdrpc import kv_pb2
 from common import signing
 from common.encryption import Identity, Recipient
 
-MAGIC = b"etcd-backup delta 2\n"
+MAGIC = b"etcd-backup delta 3\n"
+"""What the watcher writes: version 3, with the lease of each put."""
+MAGIC_2 = b"etcd-backup delta 2\n"
+"""Version 2 (no leases): still read. Same length as MAGIC."""
 PUT, DELETE = 0, 1
 MAX_DELTA_BYTES = 8 << 20
 """The watcher writes a delta once the events it holds reach this size (or at every delta-period)."""
@@ -66,6 +72,7 @@ _REVISION = struct.Struct(">QqI")
 _KEY = struct.Struct(">BI")
 _LENGTH = struct.Struct(">I")
 _PREVIOUS = struct.Struct(">Q32s")
+_LEASE = struct.Struct(">qq")
 
 
 class DeltaError(Exception):
@@ -78,6 +85,12 @@ class Event:
     """PUT or DELETE."""
     key: bytes
     value: bytes = b""
+    # Not compared, nor in the fingerprint: a version 2 delta does not record them, and its copy of a revision
+    # is the same revision as a version 3 one.
+    lease: int = field(default=0, compare=False)
+    """The lease ID the key was put with (etcd's kv.lease; 0: none)."""
+    lease_ttl: int = field(default=0, compare=False)
+    """The TTL (seconds) `lease` was granted, as the watcher asked etcd; 0: no lease, or unknown (it was gone)."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +120,14 @@ class Fingerprint:
 
 def event_from_watch(event: kv_pb2.Event) -> Event:
     """An event as etcd's watch gives it: what the watcher stores and what a restore compares with."""
-    return Event(DELETE if event.type == kv_pb2.Event.DELETE else PUT, event.kv.key, event.kv.value)
+    if event.type == kv_pb2.Event.DELETE:
+        return Event(DELETE, event.kv.key, event.kv.value)
+    return Event(PUT, event.kv.key, event.kv.value, int(event.kv.lease))  # its TTL: the watcher asks etcd
 
 
 def fingerprint(number: int, events: Sequence[Event]) -> Fingerprint:
-    """The fingerprint of revision `number` holding `events` (in etcd's order; the time seen is not part of it)."""
+    """The fingerprint of revision `number` holding `events` (in etcd's order; the time seen and the leases are not
+    part of it: version 2's encoding, so that fingerprints of both versions agree)."""
     return Fingerprint(number, hashlib.sha256(_encode_revision(Revision(number, 0.0, tuple(events)))).digest())
 
 
@@ -198,7 +214,7 @@ def encode_delta(previous: Fingerprint, revisions: Sequence[Revision], recipient
     digest = hashlib.sha256(header)
     parts = [header]
     for revision in revisions:
-        record = _encode_revision(revision)
+        record = _encode_revision(revision, leases=True)
         digest.update(record)
         parts.append(record)
     parts.append(digest.digest())
@@ -207,7 +223,7 @@ def encode_delta(previous: Fingerprint, revisions: Sequence[Revision], recipient
     return pyrage.encrypt(compressed, list(recipients)) if recipients else compressed
 
 
-def _encode_revision(revision: Revision) -> bytes:
+def _encode_revision(revision: Revision, leases: bool = False) -> bytes:
     parts = [_REVISION.pack(revision.number, round(revision.seen * 1e6), len(revision.events))]
     for event in revision.events:
         parts.append(_KEY.pack(event.kind, len(event.key)))
@@ -215,6 +231,8 @@ def _encode_revision(revision: Revision) -> bytes:
         if event.kind == PUT:
             parts.append(_LENGTH.pack(len(event.value)))
             parts.append(event.value)
+            if leases:
+                parts.append(_LEASE.pack(event.lease, event.lease_ttl))
     return b"".join(parts)
 
 
@@ -226,13 +244,14 @@ def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = ()) 
     if len(stored) > MAX_STORED_BYTES:
         raise DeltaError(f"{name}: larger than {MAX_STORED_BYTES >> 20} MiB: not a delta of etcd-backup's")
     plain = _inflate(name, _decrypt(name, stored, identities) if said.encrypted else stored)
-    if not plain.startswith(MAGIC) or len(plain) < len(MAGIC) + _PREVIOUS.size + SHA256_SIZE:
+    leases = plain.startswith(MAGIC)
+    if not (leases or plain.startswith(MAGIC_2)) or len(plain) < len(MAGIC) + _PREVIOUS.size + SHA256_SIZE:
         raise DeltaError(f"{name}: not a delta file of etcd-backup's")
     body, recorded = plain[:-SHA256_SIZE], plain[-SHA256_SIZE:]
     if hashlib.sha256(body).digest() != recorded:
         raise DeltaError(f"{name}: its SHA-256 does not match its contents: damaged")
     previous, previous_digest = _PREVIOUS.unpack_from(body, len(MAGIC))
-    revisions = list(_records(name, memoryview(body)[len(MAGIC) + _PREVIOUS.size:]))
+    revisions = list(_records(name, memoryview(body)[len(MAGIC) + _PREVIOUS.size:], leases))
     if not revisions or revisions[0].number != said.first or revisions[-1].number != said.last:
         raise DeltaError(f"{name}: holds revisions other than its name says")
     if previous != said.first - 1:
@@ -264,8 +283,8 @@ def _inflate(name: str, compressed: bytes) -> bytes:
     return plain
 
 
-def _records(name: str, data: memoryview) -> Iterator[Revision]:
-    """The revision records of `data`, each in order after the one before."""
+def _records(name: str, data: memoryview, leases: bool = False) -> Iterator[Revision]:
+    """The revision records of `data`, each in order after the one before (`leases`: version 3's, with them)."""
     position, previous = 0, 0
     try:
         while position < len(data):
@@ -276,6 +295,8 @@ def _records(name: str, data: memoryview) -> Iterator[Revision]:
             events = []
             for _ in range(count):
                 event, position = _event(name, data, position)
+                if leases and event.kind == PUT:
+                    event, position = _with_lease(name, data, position, event)
                 events.append(event)
             previous = number
             yield Revision(number, micros / 1e6, tuple(events))
@@ -295,6 +316,14 @@ def _event(name: str, data: memoryview, position: int) -> tuple[Event, int]:
     (value_length,) = _LENGTH.unpack_from(data, position)
     position += _LENGTH.size
     return Event(PUT, key, _take(name, data, position, value_length)), position + value_length
+
+
+def _with_lease(name: str, data: memoryview, position: int, event: Event) -> tuple[Event, int]:
+    """`event`, a version 3 put, with the lease fields that follow it at `position`."""
+    lease, ttl = _LEASE.unpack_from(data, position)
+    if ttl < 0 or (lease == 0 and ttl != 0):
+        raise DeltaError(f"{name}: a put with lease {lease} granted for {ttl}s: not a delta of etcd-backup's")
+    return replace(event, lease=lease, lease_ttl=ttl), position + _LEASE.size
 
 
 def _take(name: str, data: memoryview, position: int, length: int) -> bytes:

@@ -3,8 +3,13 @@ it, applied in a throwaway etcd one Txn per original revision, so that the resto
 original's; the result is snapshotted and restored into the data dir with etcd's own tool, as a backup is.
 
 Every delta on the way is read and checked before anything is restored: a missing or damaged delta stops the
-restore before it starts, naming the last revision it can reach. Leases are not restored: a key put with a
-lease is put without one (etcd's leases hold times that a restore cannot honour).
+restore before it starts, naming the last revision it can reach.
+
+Leases are kept, as etcd's own snapshot restore keeps them: the backup's leases come with its snapshot, and a put of
+a delta with a lease the throwaway etcd does not have yet is preceded by a LeaseGrant of that ID with the TTL the
+watcher recorded (etcd's shortest for a lease that was gone when it asked); the put is made with that lease. While
+the deltas are applied every lease is kept alive, so that none expires and deletes keys between two revisions;
+the restored etcd counts each lease's TTL afresh from its start, as after any restart.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ END_OF_DELTAS = 2**63 - 1
 """A revision past every delta (etcd's revisions are int64): the chain goes to the end of what is stored."""
 SNAPSHOT_WATCH_SECONDS = 30.0
 """How long reading the restored backup's own revisions (to tie the first delta to it) may take."""
+KEEP_ALIVE_SECONDS = 0.5
+"""How often the throwaway etcd's leases are kept alive while the deltas are applied: well within etcd's shortest
+TTL (1.5 s with its default election timeout, rounded up to 2 s)."""
+SHORTEST_TTL = 1
+"""The TTL asked for a lease whose TTL the watcher could not learn (it was gone): etcd raises it to its shortest."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +354,12 @@ def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> It
 
 def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:
     """Apply `revisions` after the restored one, up to `target`, one Txn each; check each lands on its number."""
+    with _Leases(connection) as leases:
+        return _apply_revisions(connection, revisions, target, leases)
+
+
+def _apply_revisions(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int,
+                     leases: _Leases) -> int:
     kv = etcdrpc.KVStub(connection.channel)
     current = int(connection.status.header.revision)
     events = 0
@@ -355,8 +371,8 @@ def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], targe
         if revision.number != current + 1:
             raise RestoreError(f"etcd is at revision {current}, and the next delta revision is {revision.number}: "
                                "the deltas have a hole there")
-        answer = kv.Txn(etcdrpc.TxnRequest(success=[_operation(event.kind, event.key, event.value)
-                                                    for event in revision.events]),
+        leases.grant_missing(revision.events)  # a lease grant makes no revision
+        answer = kv.Txn(etcdrpc.TxnRequest(success=[_operation(event) for event in revision.events]),
                         metadata=connection.metadata, timeout=30)
         current = int(answer.header.revision)
         if current != revision.number:
@@ -368,10 +384,63 @@ def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], targe
     return events
 
 
-def _operation(kind: int, key: bytes, value: bytes) -> etcdrpc.RequestOp:
-    if kind == PUT:
-        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=value))
-    return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
+def _operation(event: Event) -> etcdrpc.RequestOp:
+    if event.kind == PUT:
+        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=event.key, value=event.value, lease=event.lease))
+    return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=event.key))
+
+
+class _Leases:
+    """The throwaway etcd's leases (the snapshot's, then those granted for the deltas' puts), kept alive on a
+    stream of their own while the deltas are applied: an expiry there would delete keys, a revision the original
+    never had at that point (its own expiries are in the deltas, as deletes)."""
+
+    def __init__(self, connection: etcd.EtcdConnection) -> None:
+        self._connection = connection
+        self._stub = etcdrpc.LeaseStub(connection.channel)
+        answer = self._stub.LeaseLeases(etcdrpc.LeaseLeasesRequest(), metadata=connection.metadata, timeout=30)
+        self._held = [int(lease.ID) for lease in answer.leases]
+        """Appended to only (read by the keep-alive stream's thread meanwhile)."""
+        self._known = set(self._held)
+        self._stop = threading.Event()
+
+    def grant_missing(self, events: tuple[Event, ...]) -> None:
+        """Grant each lease of `events`' puts that the etcd does not have yet: its ID, its recorded TTL."""
+        for event in events:
+            if event.kind != PUT or event.lease == 0 or event.lease in self._known:
+                continue
+            if event.lease_ttl == 0:
+                logger.warning("lease %x: gone when the watcher asked its TTL; granted with etcd's shortest",
+                               event.lease)
+            self._stub.LeaseGrant(etcdrpc.LeaseGrantRequest(ID=event.lease, TTL=event.lease_ttl or SHORTEST_TTL),
+                                  metadata=self._connection.metadata, timeout=30)
+            self._known.add(event.lease)
+            self._held.append(event.lease)
+
+    def _requests(self) -> Iterator[etcdrpc.LeaseKeepAliveRequest]:
+        while True:
+            for index in range(len(self._held)):
+                yield etcdrpc.LeaseKeepAliveRequest(ID=self._held[index])
+            if self._stop.wait(KEEP_ALIVE_SECONDS):
+                return
+
+    def __enter__(self) -> _Leases:
+        self._stream = self._stub.LeaseKeepAlive(self._requests(), metadata=self._connection.metadata)
+        self._drain = threading.Thread(target=self._receive, name="pitr-keep-alive", daemon=True)
+        self._drain.start()
+        return self
+
+    def _receive(self) -> None:
+        try:
+            for _ in self._stream:
+                pass
+        except grpc.RpcError:  # cancelled at the end; a failure shows as an expiry (a revision out of place)
+            pass
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._stream.cancel()
+        self._drain.join(30)
 
 
 def _save_snapshot(connection: etcd.EtcdConnection, path: Path) -> None:

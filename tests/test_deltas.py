@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
 import json
 import logging
 import os
 import re
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +23,8 @@ from pyrage import x25519
 
 from common.config import Config
 from common.deltas import (
+    DELETE,
+    MAGIC_2,
     PUT,
     DeltaError,
     DeltaName,
@@ -38,7 +44,7 @@ from harness.in_process import Service
 from harness.keys import encryption
 from harness.processes import wait_until
 from harness.report import Report
-from harness.servers import EtcdServer
+from harness.servers import EtcdServer, etcdctl
 from harness.writer import ContinuousWriter, current_revision, keys_at
 from recovery.pitr import Target, plan_restore
 from recovery.restore import RestoreError
@@ -114,7 +120,7 @@ def test_restore_to_a_middle_revision_and_to_the_latest(
         done = etcd_backup("restore", "--config", str(config_path(service, tmp_path)), "--to-revision", str(target),
                            "--data-dir", str(data_dir), timeout=120)
         assert done.returncode == 0, done.stderr
-        assert f"etcd is at revision {target}" in done.stdout and "leases are not restored" in done.stdout
+        assert f"etcd is at revision {target}" in done.stdout and "leases are kept" in done.stdout
         expected = keys_at(etcd.url, prefix, revision=target)
         assert expected and restored(data_dir, prefix) == expected
     # The in-memory apply dir is gone with it. Restores running beside this test (pytest-xdist, other checkouts)
@@ -562,3 +568,124 @@ def test_the_drill_restores_a_random_revision_of_the_deltas_and_compares_it_with
            "flipped in the last delta",
            f"passed: '{result.reason}'; forged (intact, chained, values changed): failed, '{caught.reason[:160]}'; "
            f"damaged: failed, '{failed.reason[:200]}'")
+
+
+def leases_of(endpoint: str, prefix: str) -> dict[bytes, int]:
+    """Every key under `prefix` and its lease ID (0: none), as `etcdctl get -w json` shows them."""
+    answer = json.loads(etcdctl("get", "--prefix", prefix, "-w", "json", endpoint=endpoint).stdout)
+    return {base64.b64decode(kv["key"]): int(kv.get("lease", 0)) for kv in answer.get("kvs", [])}
+
+
+def lease_ttls(endpoint: str) -> dict[int, tuple[int, int]]:
+    """Every lease `etcdctl lease list` shows, with its remaining and granted TTL (`etcdctl lease timetolive`)."""
+    listed = json.loads(etcdctl("lease", "list", "-w", "json", endpoint=endpoint).stdout).get("leases") or []
+    ttls = {}
+    for lease in (int(listed_lease["id"]) for listed_lease in listed):
+        answer = json.loads(etcdctl("lease", "timetolive", f"{lease:x}", "-w", "json", endpoint=endpoint).stdout)
+        ttls[lease] = (int(answer["ttl"]), int(answer["granted-ttl"]))
+    return ttls
+
+
+def restored_leases(data_dir: Path, prefix: str) -> tuple[dict[bytes, int], dict[int, tuple[int, int]]]:
+    server = EtcdServer(data_dir).start()
+    try:
+        return leases_of(server.url, prefix), lease_ttls(server.url)
+    finally:
+        server.stop()
+
+
+def test_leased_keys_keep_their_lease_from_the_backup_and_from_the_deltas(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
+    """One rule on both paths, etcd's own: a key with a lease in the full backup, and keys put with a lease in the
+    deltas (a new lease, the backup's lease again, a lease revoked before the watcher asked its TTL), restored
+    to the end by `restore --to-revision` all have their lease IDs, the leases exist with the TTL granted; a
+    `restore FILE` of the backup keeps the backup's key's lease; a restore to the revoked lease's put grants it."""
+    own = EtcdServer(tmp_path / "etcd").start()  # its leases stay its own: not the shared etcd's
+    try:
+        service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="100ms")
+        client, prefix, config = own.client(), "/leased/", str(tmp_path / "config.yml")
+        in_backup = client.lease(600)
+        client.put(prefix + "in-backup", "b", lease=in_backup)
+        client.put(prefix + "plain", "p")
+        backup = service.client.post("/api/v1/backup").get_json()["filename"]
+        in_delta = client.lease(300)
+        client.put(prefix + "in-delta", "d", lease=in_delta)
+        client.put(prefix + "in-delta-backup-lease", "o", lease=in_backup)
+        gone = client.lease(60)
+        gone_put = client.put(prefix + "lease-gone", "g", lease=gone).header.revision
+        gone.revoke()  # before the watcher starts, so before it asks: its TTL is unknown to the delta
+        end = client.put(prefix + "after", "a").header.revision
+        with watcher(service.config, redis_conn):
+            wait_stored(redis_conn, end)
+        expected = leases_of(own.url, prefix)
+    finally:
+        own.stop()
+    assert expected == {f"{prefix}{key}".encode(): lease for key, lease in (
+        ("in-backup", in_backup.id), ("plain", 0), ("in-delta", in_delta.id),
+        ("in-delta-backup-lease", in_backup.id), ("after", 0))}, expected
+    recorded = {event.key: (event.lease, event.lease_ttl) for name in service.store.list_deltas()
+                for revision in decode_delta(name, service.store.read_delta(name) or b"").revisions
+                for event in revision.events if event.kind == PUT}
+    assert recorded[f"{prefix}in-delta".encode()] == (in_delta.id, 300)
+    assert recorded[f"{prefix}in-delta-backup-lease".encode()] == (in_backup.id, 600)
+    assert recorded[f"{prefix}lease-gone".encode()] == (gone.id, 0)
+    assert recorded[f"{prefix}after".encode()] == (0, 0)
+
+    done = etcd_backup("restore", "--config", config, "--to-revision", str(end), "--data-dir",
+                       str(tmp_path / "pitr"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "leases are kept" in done.stdout and "not restored" not in done.stdout, done.stdout
+    keys, ttls = restored_leases(tmp_path / "pitr", prefix)
+    assert keys == expected
+    for lease, granted in ((in_backup.id, 600), (in_delta.id, 300)):
+        assert lease in ttls and ttls[lease][1] == granted and 0 < ttls[lease][0] <= granted, (lease, ttls)
+
+    done = etcd_backup("restore", "--config", config, "--to-revision", str(gone_put), "--data-dir",
+                       str(tmp_path / "pitr-gone"), timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    done = etcd_backup("restore", str(service.config.backup_dir / backup), "--data-dir", str(tmp_path / "plain"))
+    assert done.returncode == 0, done.stderr
+    keys, ttls = restored_leases(tmp_path / "plain", prefix)
+    assert keys == {f"{prefix}in-backup".encode(): in_backup.id, f"{prefix}plain".encode(): 0}
+    assert in_backup.id in ttls and ttls[in_backup.id][1] == 600 and 0 < ttls[in_backup.id][0] <= 600, ttls
+    report("a key with a lease (600 s) in the full backup; in deltas: a key with a new lease (300 s), one with the "
+           "backup's lease, one whose lease was revoked before the watcher asked", "restore --to-revision END: "
+           "every key with its lease ID, both leases listed with their granted TTL; to the revoked lease's put: "
+           "restored (granted with etcd's shortest TTL); restore FILE: the backup's key keeps its lease")
+
+
+def test_version_2_and_3_deltas_decode_and_chain_the_lease_outside_the_fingerprint() -> None:
+    """A version 3 delta keeps each put's lease and TTL; a version 2 one (no lease fields) still decodes, its puts
+    leaseless; the fingerprint ignores leases, so a version 3 delta chains after a version 2 one."""
+    seen = time.time()
+    leased = Revision(5, seen, (Event(PUT, b"/k", b"v", lease=0x1234, lease_ttl=30), Event(DELETE, b"/d")))
+    without = Revision(5, seen, (Event(PUT, b"/k", b"v"), Event(DELETE, b"/d")))
+    assert fingerprint(5, leased.events) == fingerprint(5, without.events)
+    previous = Fingerprint(4, bytes(32))
+    name = str(delta_name([leased], encrypted=False))
+    decoded = decode_delta(name, encode_delta(previous, [leased]))
+    assert [(event.lease, event.lease_ttl) for event in decoded.revisions[0].events] == [(0x1234, 30), (0, 0)]
+    # Version 2, as the watcher wrote it before leases: its MAGIC and the same records without the lease fields.
+    body = MAGIC_2 + struct.pack(">Q32s", 4, bytes(32)) + version_2_record(leased)
+    old = decode_delta(name, gzip.compress(body + hashlib.sha256(body).digest()))
+    assert old.revisions[0].events == leased.events
+    assert [(event.lease, event.lease_ttl) for event in old.revisions[0].events] == [(0, 0), (0, 0)]
+    after = Revision(6, seen, (Event(PUT, b"/k", b"w", lease=0x1234, lease_ttl=30),))
+    newer = decode_delta(str(delta_name([after], encrypted=False)),
+                         encode_delta(fingerprint(5, leased.events), [after]))
+    assert newer.previous == fingerprint(5, old.revisions[0].events)  # what a restore checks to chain them
+    negative = encode_delta(previous, [Revision(5, seen, (Event(PUT, b"/k", b"v", lease=1, lease_ttl=-1),))])
+    with pytest.raises(DeltaError, match="granted for -1s"):
+        decode_delta(name, negative)
+
+
+def version_2_record(revision: Revision) -> bytes:
+    """`revision`'s record as version 2 wrote it: what its fingerprint digests."""
+    number, micros = revision.number, round(revision.seen * 1e6)
+    parts = [struct.pack(">QqI", number, micros, len(revision.events))]
+    for event in revision.events:
+        parts.append(struct.pack(">BI", event.kind, len(event.key)) + event.key)
+        if event.kind == PUT:
+            parts.append(struct.pack(">I", len(event.value)) + event.value)
+    return b"".join(parts)

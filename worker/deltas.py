@@ -14,6 +14,9 @@
 - Any backlog is caught up: etcd sends up to 1,000 revisions in one watch response, and the watch asks it to split
   one larger than its --max-request-bytes (+ 512 KiB) into fragments (etcd >= 3.4), which may cut a revision
   anywhere: a revision is stored, and fingerprinted, only once all its events came (_WholeRevisions).
+- Each put keeps its lease: the delta records the lease ID etcd's watch gives, and the TTL that lease was granted,
+  asked of etcd (LeaseTimeToLive) the first time the watcher sees the lease (_GrantedTTLs); a lease gone by then
+  is recorded as such (TTL 0). A point-in-time restore grants those leases again (recovery.pitr).
 - Memory is bounded: the responses waiting for the writer hold at most WATCH_QUEUE_BYTES (one more if larger, up to
   etcd.MAX_RECEIVE_BYTES), and the events held are written at MAX_DELTA_BYTES.
 """
@@ -25,10 +28,10 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 import redis
@@ -67,6 +70,8 @@ WATCH_QUEUE_BYTES = 16 << 20
 """Bytes of watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded)."""
 RETRY_SECONDS = 2.0
 """How long a watcher waits before trying again after etcd or the store failed it."""
+LEASES_REMEMBERED = 65536
+"""Leases whose granted TTL the watcher remembers (the least recently seen forgotten first: asked again if seen)."""
 
 
 class LeaseLost(Exception):
@@ -180,7 +185,7 @@ class _Batch:
 
     def add(self, revision: Revision) -> None:
         self.revisions.append(revision)
-        self.size += sum(len(event.key) + len(event.value) + 16 for event in revision.events)
+        self.size += sum(len(event.key) + len(event.value) + 32 for event in revision.events)
 
 
 def _watch_from(config: Config, store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock,
@@ -206,7 +211,7 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
     unknown = start <= known_from
     with _watch(member, start if unknown else start - 1) as responses:
         logger.info("delta watcher: watching %s from revision %d", member.endpoint, start)
-        batch, last_seen, whole = _Batch(), start - 1, _WholeRevisions()
+        batch, last_seen, whole, ttls = _Batch(), start - 1, _WholeRevisions(), _GrantedTTLs(member, config)
         previous = Fingerprint(start - 1, NO_FINGERPRINT) if unknown else None
         deadline = time.monotonic() + config.delta_period
         renew_at = time.monotonic() + LEASE_RENEWAL
@@ -222,7 +227,7 @@ def _watch_and_store(config: Config, store: BackupStore, connection: redis.Redis
                 for revision in whole.take(response, seen=clock()):
                     previous = previous or _checked_previous(connection, revision, start - 1)
                     if revision.number > last_seen:  # never twice: a revision the watch already gave
-                        batch.add(revision)
+                        batch.add(ttls.added(revision))
                         last_seen = revision.number
             # The batch holds whole revisions only (a revision still coming in fragments is in `whole`): a delta
             # written here never cuts one in two.
@@ -345,6 +350,36 @@ class _WholeRevisions:
             complete.append(Revision(self._number, seen, tuple(self._events)))
             self._events = []
         return complete
+
+
+class _GrantedTTLs:
+    """The TTL each lease was granted, asked of etcd once per lease (LeaseTimeToLive), for the deltas' puts: a
+    restore grants the lease again with it. 0 for a lease gone when asked (revoked, or expired: etcd no longer
+    says its TTL; a watcher catching up a backlog asks late)."""
+
+    def __init__(self, member: etcd.EtcdConnection, config: Config) -> None:
+        self._member = member
+        self._timeout = config.etcd.timeout
+        self._known: OrderedDict[int, int] = OrderedDict()
+
+    def added(self, revision: Revision) -> Revision:
+        """`revision`, each of its puts with a lease given the TTL that lease was granted."""
+        if not any(event.lease for event in revision.events):
+            return revision
+        return replace(revision, events=tuple(replace(event, lease_ttl=self._granted(event.lease)) if event.lease
+                                              else event for event in revision.events))
+
+    def _granted(self, lease: int) -> int:
+        if lease in self._known:
+            self._known.move_to_end(lease)
+            return self._known[lease]
+        answer = etcdrpc.LeaseStub(self._member.channel).LeaseTimeToLive(
+            etcdrpc.LeaseTimeToLiveRequest(ID=lease), metadata=self._member.metadata, timeout=self._timeout)
+        granted = int(answer.grantedTTL) if int(answer.TTL) != -1 else 0  # -1: etcd has no such lease (any more)
+        self._known[lease] = max(granted, 0)
+        if len(self._known) > LEASES_REMEMBERED:
+            self._known.popitem(last=False)
+        return self._known[lease]
 
 
 def _store(store: BackupStore, connection: redis.Redis, lease: redis.lock.Lock, batch: _Batch,
