@@ -38,6 +38,8 @@ from common.storage.interface import (
 UNSIGNED = ("has no signature (taken before signing was configured, or put there by someone else): not listed, "
             "restored, drilled or counted (restore --allow-unsigned takes it)")
 FORGED = "has a signature that this service's verify key does not accept (planted, edited, or another key's): refused"
+CHECKED_KEPT = 100_000
+"""Metadata objects whose verdict is remembered (each kept alive by the memory, so its id is never reused)."""
 ALL_IN_ORDER = datetime(9000, 1, 1, tzinfo=UTC)
 """A `now` that places every backup name in plain name order (common.backups.in_time_order)."""
 
@@ -62,6 +64,7 @@ class AuthenticatedStore:
         self.verifier = verifier_of(verify_key)
         self._key_file = key_file
         self._signer: Signer | None = None
+        self._checked: dict[int, tuple[BackupMetadata, bool]] = {}
 
     def __repr__(self) -> str:
         return f"AuthenticatedStore({self.inner!r}, {self.verifier.key.fingerprint})"
@@ -72,6 +75,17 @@ class AuthenticatedStore:
         """Whether backup `name`'s `metadata` is signed with our key (said once if not)."""
         if metadata is None:
             return False
+        # The same object again (a store's metadata cache gives it while the file is unchanged): the same answer,
+        # without spelling out and hashing what it signs (a listing of 1,000 backups asks 1,000 times).
+        checked = self._checked.get(id(metadata))
+        if checked is not None and checked[0] is metadata:
+            return checked[1]
+        if len(self._checked) >= CHECKED_KEPT:
+            self._checked.clear()
+        self._checked[id(metadata)] = (metadata, self._signed_by_us(metadata, name))
+        return self._checked[id(metadata)][1]
+
+    def _signed_by_us(self, metadata: BackupMetadata, name: str) -> bool:
         signature = decode(metadata.signature, 64) if metadata.signature is not None else None
         if signature is None or not self.verifier.verify(metadata.signed_message(), signature):
             report_once(name, UNSIGNED if metadata.signature is None else FORGED)

@@ -64,6 +64,9 @@ class LocalStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.where = f"backup-dir {directory}"
+        self._metadata_read: dict[str, tuple[tuple[int, int, int, int], BackupMetadata | None]] = {}
+        """read_metadata's cache: each backup's metadata, by the identity of the file it was read from (inode,
+        size, mtime and ctime: no write leaves all four as they were, and no one can set a ctime)."""
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.directory)!r})"
@@ -106,6 +109,10 @@ class LocalStore:
             stored = self.stat(name)
             if stored is not None:  # None: deleted since the listing
                 entries.append(CatalogEntry(name, stored, self.read_metadata(name)))
+        # Only what this listing shows stays: the cache never outgrows backup-dir's backups.
+        listed = {entry.name for entry in entries}
+        for name in [name for name in self._metadata_read if name not in listed]:
+            self._metadata_read.pop(name, None)
         return entries
 
     def stat(self, name: str) -> StoredFile | None:
@@ -133,11 +140,26 @@ class LocalStore:
         return None
 
     def read_metadata(self, name: str) -> BackupMetadata | None:
+        """The metadata of `name`, read again only when its file changed (listings read every backup's)."""
         path = self.directory / metadata_name(name)
-        raw = self._read_small_file(path, MAX_METADATA_BYTES)
-        metadata = parse_metadata(raw, name) if raw is not None else None
-        if raw is not None and metadata is None:
-            report_once(path, "skipped: not backup metadata")
+        fd = self._open_regular(path)
+        if fd is None:
+            return None
+        with open(fd, "rb") as file:
+            st = os.fstat(fd)
+            identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            cached = self._metadata_read.get(name)
+            if cached is not None and cached[0] == identity:
+                return cached[1]
+            raw = file.read(MAX_METADATA_BYTES + 1)
+        if len(raw) > MAX_METADATA_BYTES:
+            report_once(path, f"skipped: larger than {MAX_METADATA_BYTES} bytes")
+            metadata = None
+        else:
+            metadata = parse_metadata(raw, name)
+            if metadata is None:
+                report_once(path, "skipped: not backup metadata")
+        self._metadata_read[name] = (identity, metadata)
         return metadata
 
     def update_metadata(self, metadata: BackupMetadata) -> None:
