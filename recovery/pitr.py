@@ -139,7 +139,8 @@ def _revision_at(store: BackupStore, when: datetime, now: datetime, identities: 
         raise RestoreError(f"no full backup (with its metadata) was taken at or before time {when}: nothing to "
                            "start from")
     reached, unreadable = max(started), []
-    for said, name in sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name))):
+    stored = sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name)))
+    for said, name in stored:
         if said.first_seen > when:  # names hold whole seconds, rounded down: all of it was received later
             continue
         if said.last_seen.timestamp() + 1 <= when.timestamp():  # all of it was received by then
@@ -156,6 +157,15 @@ def _revision_at(store: BackupStore, when: datetime, now: datetime, identities: 
         if said.last > reached:
             raise RestoreError(f"cannot tell the revision etcd was at at time {when}: {why}; restore --to-revision "
                                f"{max(reached, said.first - 1)} at most")
+    # The revision after `reached` was received after `when`, if a delta holds it. If none does and a later delta
+    # exists, the revisions in between are stored nowhere (deleted, or the watcher was down), and when etcd had them
+    # no one can tell: they may precede `when`.
+    later = [said for said, _ in stored if said.last > reached]
+    if later and not any(said.first <= reached + 1 for said in later):
+        after = min(said.first for said in later)
+        raise RestoreError(f"cannot tell the revision etcd was at at time {when}: no delta holds revisions "
+                           f"{reached + 1} to {after - 1} (missing, or the watcher was not running), and they may have "
+                           f"come before it; restore --to-revision {reached} at most")
     return reached
 
 

@@ -219,9 +219,12 @@ def test_restore_to_a_time_past_a_missing_delta_refuses(service: Service) -> Non
     with pytest.raises(RestoreError, match=rf"revision {base + 9}\).* no delta holds revision {base + 4} \(one is "
                        rf"missing\).*\(restore --to-revision {base + 3}\)"):
         plan_restore(service.store, Target(time=datetime.fromtimestamp(third[-1].seen + 1, UTC)), datetime.now(UTC), [])
-    # A time before the break still restores, to the newest revision received by then.
+    # A time before the third delta, after the missing one's revisions came: which of them came by then, no one can
+    # tell (a restore to the revision before them would silently lose what etcd held at that time).
     before_third = datetime.fromtimestamp(third[0].seen - 1, UTC)
-    assert plan_restore(service.store, Target(time=before_third), datetime.now(UTC), []).revision == base + 3
+    with pytest.raises(RestoreError, match=rf"no delta holds revisions {base + 4} to {base + 6} .*"
+                                           rf"restore --to-revision {base + 3} at most"):
+        plan_restore(service.store, Target(time=before_third), datetime.now(UTC), [])
 
 
 # --- hostile Redis under the recovery window and /metrics --------------------------------------------------------

@@ -134,9 +134,6 @@ def test_a_same_size_swapped_archive_is_refused_by_download_verify_drill_and_to_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="`etcd-backup restore URL` (and `verify URL`) read the archive from the API "
-                   "without checking it against X-Backup-Sha256 / Repr-Digest: a same-size archive swapped into the "
-                   "store is restored, exit 0 (the older state)")
 def test_restore_from_the_apis_url_refuses_a_same_size_swapped_archive(
         make_service: Callable[..., Service], etcd: EtcdServer, tmp_path: Path) -> None:
     service = signed(make_service, tmp_path)
@@ -147,8 +144,8 @@ def test_restore_from_the_apis_url_refuses_a_same_size_swapped_archive(
         data_dir = tmp_path / "restored"
         done = etcd_backup("restore", f"{url}/api/v1/backup/{newer}", "--data-dir", str(data_dir), timeout=120)
     state = restored(data_dir, prefix) if done.returncode == 0 else {}
-    # Observed: both exit 0 ("good: revision ..., 20480 bytes": the older backup's database), and the data dir holds
-    # k=old under the newer backup's name.
+    # Before the fix: both exited 0 ("good: revision ..., 20480 bytes": the older backup's database), and the data
+    # dir held k=old under the newer backup's name.
     assert done.returncode == 1, f"restored {newer} holding k={state.get((prefix + 'k').encode())!r}"
     assert verify.returncode == 1, verify.stdout
 
@@ -156,26 +153,34 @@ def test_restore_from_the_apis_url_refuses_a_same_size_swapped_archive(
 # --- 2. names taken ahead of the next backup -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a name held by what the store does not list (an empty file or object, a "
-                   "symlink), or more than FUTURE_TOLERANCE/2 (30) listed names in a row, fails every backup ('already "
-                   "exists'): the next backup is not named past them")
 @pytest.mark.parametrize(("backend", "what"), [("local", "empty"), ("local", "symlink"), ("local", "one-byte"),
                                                ("seaweedfs", "empty")])
 def test_names_planted_ahead_of_the_next_backup_do_not_stop_it(
         backend: str, what: str, make_service: Callable[..., Service], seaweedfs: S3Server, tmp_path: Path) -> None:
+    """Names held by what the store does not list (an empty file or object, a symlink, what is not ours): the next
+    backup is named past them, up to FUTURE_TOLERANCE / 2 ahead; beyond, it fails saying why (before the fix: 500
+    'already exists' at the first of them)."""
     extra = seaweedfs.settings(*seaweedfs.place()) if backend == "seaweedfs" else {}
     service = signed(make_service, tmp_path, **extra)
     now = datetime.now(UTC).replace(microsecond=0)
-    planted = [backups.backup_name(now + timedelta(seconds=second)) for second in range(-2, 120)]
-    for name in planted:
-        if what == "symlink":
-            (service.config.backup_dir / name).symlink_to("/dev/null")
-        else:
-            service.plant(name, b"" if what == "empty" else b"x")
+
+    def plant(seconds: range) -> list[str]:
+        names = [backups.backup_name(now + timedelta(seconds=second)) for second in seconds]
+        for name in names:
+            if what == "symlink":
+                (service.config.backup_dir / name).symlink_to("/dev/null")
+            else:
+                service.plant(name, b"" if what == "empty" else b"x")
+        return names
+
+    planted = plant(range(-2, 20))
     answer = service.client.post("/api/v1/backup")
-    # Observed: 500, "snapshot-....tar.gz already exists in backup-dir; it was not overwritten" (or "in s3://...").
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["filename"] not in planted
+    assert service.client.get("/api/v1/backup").get_json() == [answer.get_json()["filename"]]
+    plant(range(21, 120))  # past the backup just taken, named +20
+    refused = service.client.post("/api/v1/backup")
+    assert refused.status_code == 500 and "are all taken" in refused.get_json()["message"], refused.get_json()
 
 
 # --- 3. deltas deleted around a moment -----------------------------------------------------------------------------
@@ -208,9 +213,6 @@ def three_bursts(service: Service, etcd: EtcdServer, redis_conn: redis.Redis, pr
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="with the deltas of the revisions received just before T deleted, and a "
-                   "later delta left (its first revision shows the hole), `restore --to-time T` exits 0 at an earlier "
-                   "revision: the newest revision received by T is taken from what remains, the hole before T unseen")
 def test_deltas_deleted_just_before_a_moment_refuse_a_restore_to_it(
         make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
     service = signed(make_service, tmp_path, delta_period="200ms")
@@ -227,8 +229,8 @@ def test_deltas_deleted_just_before_a_moment_refuse_a_restore_to_it(
     done = etcd_backup("restore", "--config", str(tmp_path / "config.yml"), "--to-time", moment.isoformat(),
                        "--data-dir", str(data_dir), timeout=120)
     state = restored(data_dir, prefix) if done.returncode == 0 else {}
-    # Observed: exit 0, "restoring to revision <end_a>", k=a (the fix, k=b, received 1.5 s before T, is not there).
-    assert done.returncode == 1, (f"exit 0 at T={moment.isoformat()}: {done.stdout.splitlines()[0]}; k="
+    # Before the fix: exit 0, "restoring to revision <end_a>", k=a (k=b, received 1.5 s before T, was not there).
+    assert done.returncode == 1 and "no delta holds revisions" in done.stderr, (f"exit 0 at T={moment.isoformat()}: {done.stdout.splitlines()[0]}; k="
                                   f"{state.get((prefix + 'k').encode())!r}, etcd held b then (revision {end_b}; "
                                   f"the delta after the hole holds {end_b + 1}..{end_c})")
 

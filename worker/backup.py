@@ -16,7 +16,7 @@ from common import backups, etcd, retention
 from common.clock import Clock, local_now
 from common.config import Config
 from common.metadata import BackupMetadata
-from common.storage import BackupStore, PendingBackup, StorageError, backend_of
+from common.storage import BackupStore, PendingBackup, StorageError
 from worker.archive import WrittenArchive, write_archive
 from worker.errors import BackupError
 from worker.pipeline import Stalled, read_ahead
@@ -191,10 +191,14 @@ def _fresh_name(store: BackupStore, now: Clock, stale: bool, encrypted: bool) ->
             time.sleep(wait)
             current = now()
         named = max(current.replace(microsecond=0), after_newest)
-    # A name already taken by something that is not ours (common.storage.authenticated: never listed) would fail the
-    # backup: the next free second, within the tolerance that keeps it from counting as named in the future.
-    taken = set(backend_of(store).list_backups())
-    while backups.backup_name(named, stale, encrypted) in taken and named < current + backups.FUTURE_TOLERANCE / 2:
+    # A name already taken by something that is not listed (not ours, an empty file, a symlink) would fail the backup:
+    # the next free second, within the tolerance that keeps it from counting as named in the future.
+    taken = store.taken_names()
+    while backups.backup_name(named, stale, encrypted) in taken:
+        if named >= current + backups.FUTURE_TOLERANCE / 2:
+            raise BackupError(f"the names of the next {backups.FUTURE_TOLERANCE.seconds // 2} seconds are all taken in "
+                              f"{store.where} by what is not a backup of ours (e.g. "
+                              f"{backups.backup_name(named, stale, encrypted)}): someone who can write there put them")
         named += timedelta(seconds=1)
     # A backup's time is its name's (common.metadata refuses a `started` outside the named second): after a clock
     # that stepped back, or past names taken, the start is recorded as the named second: later than the snapshot's

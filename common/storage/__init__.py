@@ -8,13 +8,13 @@ import os
 
 from common.config import Config
 from common.config.schema import S3Config
-from common.storage.authenticated import AuthenticatedStore, backend_of
+from common.storage.authenticated import AuthenticatedStore
 from common.storage.interface import BackupStore, CatalogEntry, OpenedBackup, PendingBackup, StorageError, StoredFile
 from common.storage.local import LocalStore
 from common.storage.s3 import S3Store
 
 __all__ = ["AuthenticatedStore", "BackupStore", "CatalogEntry", "LocalStore", "OpenedBackup", "PendingBackup",
-           "S3Store", "StorageError", "StoredFile", "backend_of", "open_store"]
+           "S3Store", "StorageError", "StoredFile", "open_store"]
 
 
 def open_store(config: Config, allow_unsigned: bool = False) -> BackupStore:

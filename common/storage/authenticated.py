@@ -50,11 +50,6 @@ def verifier_of(key: VerifyKey) -> Verifier:
     return key.verifier()
 
 
-def backend_of(store: BackupStore) -> BackupStore:
-    """The store under `store`'s authentication, if it has one: what names are taken, ours or not."""
-    return store.inner if isinstance(store, AuthenticatedStore) else store
-
-
 class AuthenticatedStore:
     """`inner`, as only this service's objects: signed with the key that `verify_key` checks."""
 
@@ -140,6 +135,9 @@ class AuthenticatedStore:
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
         return [entry.name for entry in self.catalog(now or ALL_IN_ORDER)]
+
+    def taken_names(self) -> set[str]:
+        return self.inner.taken_names()
 
     def catalog(self, now: datetime) -> list[CatalogEntry]:
         return [entry for entry in self.inner.catalog(now)

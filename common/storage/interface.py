@@ -85,6 +85,10 @@ class BackupStore(Protocol):
     def list_backups(self, now: datetime | None = None) -> list[str]:
         """The names of complete backups, oldest first (common.backups.in_time_order when `now` is given)."""
 
+    def taken_names(self) -> set[str]:
+        """Every backup name that something in the store holds, listed or not (an empty file, a symlink, what is not
+        ours): a new backup under one of them would fail."""
+
     def catalog(self, now: datetime) -> list[CatalogEntry]:
         """Every complete backup with its archive's facts and its metadata, in list_backups' order: what
         ?detail=true and /metrics show. Cheap to call again: a bucket is listed once, and only metadata that

@@ -103,6 +103,9 @@ class LocalStore:
         # The timestamp is fixed-width, so name order is time order.
         return sorted(names) if now is None else in_time_order(names, now)
 
+    def taken_names(self) -> set[str]:
+        return {name for name in os.listdir(self.directory) if is_backup_name(name)}
+
     def catalog(self, now: datetime) -> list[CatalogEntry]:
         entries = []
         for name in self.list_backups(now):

@@ -286,8 +286,12 @@ class S3Store:
     def key(self, name: str) -> str:
         return self.settings.prefix + name
 
-    def _objects(self) -> dict[str, StoredFile]:
-        """Each object directly under the prefix that holds bytes, by its name under the prefix."""
+    def taken_names(self) -> set[str]:
+        return {name for name in self._objects(empty_too=True) if is_backup_name(name)}
+
+    def _objects(self, empty_too: bool = False) -> dict[str, StoredFile]:
+        """Each object directly under the prefix that holds bytes (`empty_too`: and those that do not), by its name
+        under the prefix."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.settings.bucket, Prefix=self.settings.prefix, Delimiter="/")
         objects = {}
@@ -295,7 +299,7 @@ class S3Store:
             for page in pages:
                 for item in page.get("Contents", []):
                     name = item["Key"][len(self.settings.prefix):]
-                    if item["Size"] > 0:
+                    if item["Size"] > 0 or empty_too:
                         objects[name] = StoredFile(size=item["Size"], modified=item["LastModified"].timestamp(),
                                                    etag=item["ETag"].strip('"'))
                     elif is_backup_name(name):
