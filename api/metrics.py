@@ -3,7 +3,7 @@ outcome counters that workers and schedulers keep in Redis (common.metrics)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import datetime
 
 import redis
@@ -17,7 +17,7 @@ from api.state import State, state
 from common import backups
 from common.clock import redis_clock
 from common.metrics import read_drill, read_durations, read_outcomes, read_watcher, skip_wrong_type
-from common.recovery_window import STATS_KEY, recovery_window
+from common.recovery_window import STATS_KEY, Window, etcd_revision, recovery_point, recovery_window
 from common.storage import CatalogEntry
 
 bp = Blueprint("metrics", __name__)
@@ -43,8 +43,9 @@ class BackupCollector(Collector):
         now = redis_clock(self.queue.connection)()
         entries = self.store.catalog(now)
         yield from self._from_store(now, entries)
-        yield from self._from_deltas(now, entries)
-        yield from self._from_redis(now)
+        window = yield from self._from_deltas(now, entries)
+        watcher = yield from self._from_redis(now)
+        yield from self._recovery_point(now, entries, window, watcher)
 
     def _from_store(self, now: datetime, entries: list[CatalogEntry]) -> Iterator[Metric]:
         catalog = {entry.name: entry for entry in entries}
@@ -86,11 +87,11 @@ class BackupCollector(Collector):
                                     "1 when the newest backup was streamed from the raft leader.",
                                     value=1 if newest.leader else 0)
 
-    def _from_deltas(self, now: datetime, entries: list[CatalogEntry]) -> Iterator[Metric]:
-        """What the stored deltas give (nothing while there are none: continuous backup is off)."""
+    def _from_deltas(self, now: datetime, entries: list[CatalogEntry]) -> Generator[Metric, None, Window | None]:
+        """What the stored deltas give (nothing while there are none: continuous backup is off); the window."""
         names = self.store.list_deltas()
         if not names:
-            return
+            return None
         yield GaugeMetricFamily("etcd_backup_deltas_stored", "Deltas (etcd's events between full backups) stored.",
                                 value=len(names))
         window = recovery_window(entries, names, now)
@@ -102,8 +103,26 @@ class BackupCollector(Collector):
                                     "The earliest revision a restore can reach.", value=window.earliest.revision)
             yield GaugeMetricFamily("etcd_backup_recovery_window_latest_revision",
                                     "The latest revision a restore can reach.", value=window.latest.revision)
+        return window
 
-    def _from_redis(self, now: datetime) -> Iterator[Metric]:
+    def _recovery_point(self, now: datetime, entries: list[CatalogEntry], window: Window | None,
+                        watcher: dict[str, float]) -> Iterator[Metric]:
+        """The recovery point, from the store (Redis' current_at only where credible: recovery_point), while deltas
+        are stored or a watcher has run; also while Redis does not answer."""
+        if window is None and "current_at" not in watcher:
+            return
+        point = recovery_point(window or recovery_window(entries, [], now), watcher.get("current_at"), now,
+                               etcd_revision(self.config.etcd))
+        if point is None:
+            return
+        yield GaugeMetricFamily("etcd_backup_delta_current_timestamp_seconds",
+                                "Unix time as of which every revision etcd had was stored in a delta.",
+                                value=point.time.timestamp())
+        yield GaugeMetricFamily("etcd_backup_recovery_point_seconds",
+                                "Seconds since the deltas were last current (what losing etcd now would lose): alert "
+                                "when above delta-period plus a few seconds.", value=point.seconds)
+
+    def _from_redis(self, now: datetime) -> Generator[Metric, None, dict[str, float]]:
         connection = self.queue.connection
         failed_jobs = FailedJobRegistry(queue=self.queue)
         try:
@@ -116,7 +135,7 @@ class BackupCollector(Collector):
             watcher = read_watcher(connection, STATS_KEY)
         except redis.RedisError:
             yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=0)
-            return
+            return {}
         yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=1)
         counter = CounterMetricFamily("etcd_backup_backups", "Backups by outcome (success, failure, skipped).",
                                       labels=["outcome"])
@@ -131,7 +150,7 @@ class BackupCollector(Collector):
         if failed is not None:
             yield GaugeMetricFamily("etcd_backup_failed_jobs", "Failed backup jobs kept in RQ (for a day).",
                                     value=failed)
-        yield from _watcher_metrics(watcher, now)
+        yield from _watcher_metrics(watcher)
         if "time" in drill:
             yield GaugeMetricFamily("etcd_backup_last_drill_timestamp_seconds", "When the last restore drill ended.",
                                     value=drill["time"])
@@ -142,6 +161,7 @@ class BackupCollector(Collector):
             yield GaugeMetricFamily("etcd_backup_last_drill_success_timestamp_seconds",
                                     "When a restore drill last proved the newest backup restores.",
                                     value=drill["last_success"])
+        return watcher
 
 
 WATCHER_COUNTERS = {
@@ -152,19 +172,12 @@ WATCHER_COUNTERS = {
 }
 
 
-def _watcher_metrics(watcher: dict[str, float], now: datetime) -> Iterator[Metric]:
-    """The delta watcher's counters and its recovery point, each one only if Redis holds a readable value."""
+def _watcher_metrics(watcher: dict[str, float]) -> Iterator[Metric]:
+    """The delta watcher's counters, each one only if Redis holds a readable value (its recovery point is the
+    store's: BackupCollector._recovery_point)."""
     for field, (name, documentation) in WATCHER_COUNTERS.items():
         if field in watcher:
             yield CounterMetricFamily(name, documentation, value=watcher[field])
     if "last_revision" in watcher:
         yield GaugeMetricFamily("etcd_backup_delta_last_revision", "The last revision the delta watcher stored.",
                                 value=watcher["last_revision"])
-    if "current_at" in watcher:
-        yield GaugeMetricFamily("etcd_backup_delta_current_timestamp_seconds",
-                                "Unix time as of which every revision etcd had was stored in a delta.",
-                                value=watcher["current_at"])
-        yield GaugeMetricFamily("etcd_backup_recovery_point_seconds",
-                                "Seconds since the deltas were last current (what losing etcd now would lose): alert "
-                                "when above delta-period plus a few seconds.",
-                                value=max(0.0, now.timestamp() - watcher["current_at"]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 import redis
 from flask import Blueprint, Response, jsonify
@@ -11,7 +10,14 @@ from flask import Blueprint, Response, jsonify
 from api.state import state
 from common.clock import redis_clock
 from common.metrics import read_watcher
-from common.recovery_window import STATS_KEY, RecordedGap, read_recorded_gaps, recovery_window
+from common.recovery_window import (
+    STATS_KEY,
+    RecordedGap,
+    etcd_revision,
+    read_recorded_gaps,
+    recovery_point,
+    recovery_window,
+)
 
 bp = Blueprint("window", __name__)
 logger = logging.getLogger(__name__)
@@ -24,11 +30,14 @@ def show_recovery_window() -> Response:
     connection = current.queue.connection
     now = redis_clock(connection)()
     recorded, watcher = _from_redis(connection)
-    window = recovery_window(current.store.catalog(now), current.store.list_deltas(), now, recorded)
-    current_at = watcher.get("current_at")
+    names = current.store.list_deltas()
+    window = recovery_window(current.store.catalog(now), names, now, recorded)
+    # From the store: Redis' current_at only moves it later where credible (common.recovery_window.recovery_point).
+    point = recovery_point(window, watcher.get("current_at"), now, etcd_revision(current.config.etcd)) \
+        if names or "current_at" in watcher else None
     return jsonify({**window.to_json(), "watcher": {
-        "current_at": None if current_at is None else _iso(current_at),
-        "recovery_point_seconds": None if current_at is None else max(0.0, now.timestamp() - current_at),
+        "current_at": None if point is None else point.time.isoformat(),
+        "recovery_point_seconds": None if point is None else point.seconds,
         "last_revision": int(watcher["last_revision"]) if "last_revision" in watcher else None,
     }})
 
@@ -42,6 +51,3 @@ def _from_redis(connection: redis.Redis) -> tuple[list[RecordedGap], dict[str, f
         logger.warning("recovery window without the watcher's records: Redis: %s", exc)
         return [], {}
 
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()

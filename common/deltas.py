@@ -236,8 +236,25 @@ def _encode_revision(revision: Revision, leases: bool = False) -> bytes:
     return b"".join(parts)
 
 
-def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = ()) -> Delta:
-    """Delta `name` from its `stored` bytes, every revision checked (DeltaError if not)."""
+MAX_DELTA_EVENTS = 1 << 20
+"""Events a delta may hold. The watcher writes a delta once the events it holds reach MAX_DELTA_BYTES, counting
+16 bytes plus key and value for each (etcd's keys are never empty): before the watch response that takes it
+there it held fewer than MAX_DELTA_BYTES / 17 (about 494,000). That response adds at most 1,000 revisions
+(etcd's most in one response), each a Txn of at most 128 operations by default (--max-txn-ops): 128,000 puts;
+the rest of the room (over 400,000) is for a range delete in it. More is not a delta of etcd-backup's. The bound
+is on objects, not bytes: a Python event costs about 170 bytes, so a delta of 38 KiB that inflates to 22 MiB of
+4 million tiny events would take 666 MiB (and 13 s) to build. Its records are walked and checked first,
+building nothing, stopping at the first one out of bounds; only then are its events built (170 MiB at most)."""
+_SKIPPED, _SKIPPED_DELETE = Event(PUT, b""), Event(DELETE, b"")
+"""What _event gives for a put or a delete it checks without building it (the kind tells whether lease fields
+follow)."""
+
+
+def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = (), events: bool = True) -> Delta:
+    """Delta `name` from its `stored` bytes, every revision checked (DeltaError if not), within bounds whatever it
+    holds: its digest is checked, then its records are walked without building anything, each checked against its
+    name and MAX_DELTA_EVENTS as it comes, before any is built. `events` False: each revision without its events
+    (its number and the time it was seen: what planning a restore to a time needs), none built."""
     said = parse_delta_name(name)
     if said is None:
         raise DeltaError(f"{name!r} is not a delta's name")
@@ -247,13 +264,17 @@ def decode_delta(name: str, stored: bytes, identities: Sequence[Identity] = ()) 
     leases = plain.startswith(MAGIC)
     if not (leases or plain.startswith(MAGIC_2)) or len(plain) < len(MAGIC) + _PREVIOUS.size + SHA256_SIZE:
         raise DeltaError(f"{name}: not a delta file of etcd-backup's")
-    body, recorded = plain[:-SHA256_SIZE], plain[-SHA256_SIZE:]
+    body, recorded = memoryview(plain)[:-SHA256_SIZE], plain[-SHA256_SIZE:]  # a view: the body is not copied
     if hashlib.sha256(body).digest() != recorded:
         raise DeltaError(f"{name}: its SHA-256 does not match its contents: damaged")
     previous, previous_digest = _PREVIOUS.unpack_from(body, len(MAGIC))
-    revisions = list(_records(name, memoryview(body)[len(MAGIC) + _PREVIOUS.size:], leases))
-    if not revisions or revisions[0].number != said.first or revisions[-1].number != said.last:
-        raise DeltaError(f"{name}: holds revisions other than its name says")
+    records = body[len(MAGIC) + _PREVIOUS.size:]  # MAGIC and MAGIC_2 are the same length
+    for _ in _records(name, records, said, leases, build=False):  # all checked, nothing kept
+        pass
+    revisions = list(_records(name, records, said, leases, build=events))
+    if not revisions or revisions[-1].number != said.last:
+        raise DeltaError(f"{name}: holds revisions other than its name says (it ends at "
+                         f"{revisions[-1].number if revisions else 'none'}, not {said.last})")
     if previous != said.first - 1:
         raise DeltaError(f"{name}: says it follows revision {previous}, not {said.first - 1}")
     return Delta(Fingerprint(previous, previous_digest), revisions)
@@ -283,50 +304,63 @@ def _inflate(name: str, compressed: bytes) -> bytes:
     return plain
 
 
-def _records(name: str, data: memoryview, leases: bool = False) -> Iterator[Revision]:
-    """The revision records of `data`, each in order after the one before (`leases`: version 3's, with them)."""
-    position, previous = 0, 0
+def _records(name: str, data: memoryview, said: DeltaName, leases: bool = False,
+             build: bool = True) -> Iterator[Revision]:
+    """The revision records of `data`, each checked as it comes (in order after the one before, within the revisions
+    `said` names, the events within MAX_DELTA_EVENTS): reading stops at the first that is not. `leases`: version 3's
+    records, each put with its lease. `build` False: the events are checked, not built (each revision holds none)."""
+    position, previous, total = 0, 0, 0
     try:
         while position < len(data):
             number, micros, count = _REVISION.unpack_from(data, position)
             position += _REVISION.size
-            if not previous < number <= MAX_REVISION or count == 0:
+            if previous == 0 and number != said.first:
+                raise DeltaError(f"{name}: its first revision is {number}, not {said.first} as its name says")
+            if number > said.last:
+                raise DeltaError(f"{name}: holds revision {number}, past {said.last}, the last its name says")
+            if not previous < number or count == 0:
                 raise DeltaError(f"{name}: revision {number} after {previous}, with {count} events: out of order")
+            total += count
+            if total > MAX_DELTA_EVENTS:
+                raise DeltaError(f"{name}: {total} events by revision {number}, more than the {MAX_DELTA_EVENTS} "
+                                 "the watcher writes in one delta: not a delta of etcd-backup's")
             events = []
             for _ in range(count):
-                event, position = _event(name, data, position)
+                event, position = _event(name, data, position, build)
                 if leases and event.kind == PUT:
-                    event, position = _with_lease(name, data, position, event)
-                events.append(event)
+                    event, position = _with_lease(name, data, position, event, build)
+                if build:
+                    events.append(event)
             previous = number
             yield Revision(number, micros / 1e6, tuple(events))
     except struct.error:
         raise DeltaError(f"{name}: a record is cut short") from None
 
 
-def _event(name: str, data: memoryview, position: int) -> tuple[Event, int]:
+def _event(name: str, data: memoryview, position: int, build: bool = True) -> tuple[Event, int]:
     kind, key_length = _KEY.unpack_from(data, position)
     position += _KEY.size
-    key = _take(name, data, position, key_length)
+    key = _take(name, data, position, key_length, build)
     position += key_length
     if kind == DELETE:
-        return Event(DELETE, key), position
+        return Event(DELETE, key) if build else _SKIPPED_DELETE, position
     if kind != PUT:
         raise DeltaError(f"{name}: an event of unknown kind {kind}")
     (value_length,) = _LENGTH.unpack_from(data, position)
     position += _LENGTH.size
-    return Event(PUT, key, _take(name, data, position, value_length)), position + value_length
+    value = _take(name, data, position, value_length, build)
+    return Event(PUT, key, value) if build else _SKIPPED, position + value_length
 
 
-def _with_lease(name: str, data: memoryview, position: int, event: Event) -> tuple[Event, int]:
-    """`event`, a version 3 put, with the lease fields that follow it at `position`."""
+def _with_lease(name: str, data: memoryview, position: int, event: Event, build: bool = True) -> tuple[Event, int]:
+    """`event`, a version 3 put, with the lease fields that follow it at `position` (checked; kept if `build`)."""
     lease, ttl = _LEASE.unpack_from(data, position)
     if ttl < 0 or (lease == 0 and ttl != 0):
         raise DeltaError(f"{name}: a put with lease {lease} granted for {ttl}s: not a delta of etcd-backup's")
-    return replace(event, lease=lease, lease_ttl=ttl), position + _LEASE.size
+    return (replace(event, lease=lease, lease_ttl=ttl) if build else event), position + _LEASE.size
 
 
-def _take(name: str, data: memoryview, position: int, length: int) -> bytes:
+def _take(name: str, data: memoryview, position: int, length: int, build: bool = True) -> bytes:
     if position + length > len(data):
         raise DeltaError(f"{name}: a record is cut short")
-    return bytes(data[position:position + length])
+    return bytes(data[position:position + length]) if build else b""

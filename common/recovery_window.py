@@ -17,13 +17,14 @@ import bisect
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import redis
 
-from common import backups
+from common import backups, etcd
+from common.config import EtcdConfig
 from common.deltas import DeltaName, parse_delta_name
 from common.metadata import BackupMetadata
 from common.metrics import skip_wrong_type
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 STATS_KEY = "etcd-backup:deltas"
 """A Redis hash the watcher writes: events, bytes, deltas (counts), last_revision, current_at (Unix time as of
-which every revision etcd had is stored), gaps (count)."""
+which every revision etcd had is stored, by the watcher's word: see recovery_point), gaps (count)."""
 COUNTERS = ("events", "bytes", "deltas", "gaps")
 """The fields of STATS_KEY that only grow; each is there (from 0) as soon as a watcher has run."""
 GAPS_KEY = "etcd-backup:delta-gaps"
@@ -159,6 +160,52 @@ class _Deltas:
                 chain.append(said)
                 reached = said.last
         return chain
+
+
+CURRENT_SLACK_SECONDS = 1.0
+"""How far past the time of the store's latest revision the watcher's current_at is believed on its word alone:
+a delta's name holds its last revision's time rounded down to the second, current_at that time itself. Later
+than that, a stopped watcher (or a value written by hand) and a watcher idle because etcd is look the same in
+Redis; etcd's revision tells them apart (recovery_point)."""
+
+
+@dataclass(frozen=True)
+class RecoveryPoint:
+    """As of when the store held every revision etcd had, and how long ago that was: what losing etcd now loses."""
+
+    time: datetime
+    seconds: float
+
+
+def recovery_point(window: Window, claimed: float | None, now: datetime,
+                   etcd_revision: Callable[[], int | None]) -> RecoveryPoint | None:
+    """The recovery point the store proves, from the time of its latest restorable revision (None if it has none).
+    The watcher's current_at (`claimed`, from Redis: anyone who can write Redis can set it) makes it later only
+    when credible: after the store's time, not after `now`, and at most CURRENT_SLACK_SECONDS past the store's
+    time unless etcd is at the store's latest revision (`etcd_revision`, asked only then; None if unknown): an idle
+    cluster, whose watcher notes that it is current without storing anything."""
+    latest = window.latest
+    if latest is None:
+        return None
+    stored, moment = latest.time.timestamp(), now.timestamp()
+    if claimed is not None and math.isfinite(claimed) and stored < claimed <= moment \
+            and (claimed <= stored + CURRENT_SLACK_SECONDS or etcd_revision() == latest.revision):
+        return RecoveryPoint(datetime.fromtimestamp(claimed, UTC), moment - claimed)
+    return RecoveryPoint(min(latest.time, now), max(0.0, moment - stored))
+
+
+def etcd_revision(config: EtcdConfig) -> Callable[[], int | None]:
+    """A function that asks etcd (a current member) for its revision: None if none answers."""
+
+    def ask() -> int | None:
+        try:
+            with etcd.connect(config) as member:
+                return member.proof.cluster_revision
+        except Exception as exc:  # noqa: BLE001 - unknown is an answer: the watcher's word is then not taken
+            logger.warning("recovery point from the store alone: etcd's revision is unknown (%s)", exc)
+            return None
+
+    return ask
 
 
 def _gaps(spans: list[Span], recorded: Sequence[RecordedGap]) -> list[Gap]:

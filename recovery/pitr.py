@@ -147,7 +147,8 @@ def _revision_at(store: BackupStore, when: datetime, now: datetime, identities: 
             reached = max(reached, said.last)
             continue
         try:
-            received = [revision.number for revision in read_delta(store, name, identities).revisions
+            # Its revisions' numbers and times only: no event is built (a delta may hold a million).
+            received = [revision.number for revision in read_delta(store, name, identities, events=False).revisions
                         if revision.seen <= when.timestamp()]
         except DeltaError as exc:
             unreadable.append((said, str(exc)))
@@ -247,11 +248,13 @@ def identities_of(identity_file: Path | None) -> list[Identity]:
     return load_identities(identity_file) if identity_file is not None else []
 
 
-def read_delta(store: BackupStore, name: str, identities: list[Identity]) -> Delta:
+def read_delta(store: BackupStore, name: str, identities: list[Identity], events: bool = True) -> Delta:
+    """Delta `name`, checked whole (common.deltas.decode_delta: within bounds, whatever the store holds); its
+    revisions without their events unless `events`."""
     data = store.read_delta(name)
     if data is None:
         raise DeltaError(f"{name} is gone from {store.where}")
-    return decode_delta(name, data, identities)
+    return decode_delta(name, data, identities, events=events)
 
 
 def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, member: Member, work: Path,

@@ -252,7 +252,7 @@ def test_hostile_redis_values_never_500_the_window_or_metrics(
     assert window.get_json()["latest"]["revision"] == base + 2
     assert metrics.status_code == 200, metrics.get_data(as_text=True)
     assert "etcd_backup_deltas_stored 1" in metrics.get_data(as_text=True)
-    report(f"etcd-backup:delta-stats with non-numbers, gaps {'a string key' if gaps_as_wrong_type else 'garbage'}",
+    report(f"etcd-backup:deltas with non-numbers, gaps {'a string key' if gaps_as_wrong_type else 'garbage'}",
            "/api/v1/recovery-window and /metrics answer 200, the store's part still right")
 
 

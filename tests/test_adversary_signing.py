@@ -230,9 +230,10 @@ def test_deltas_deleted_just_before_a_moment_refuse_a_restore_to_it(
                        "--data-dir", str(data_dir), timeout=120)
     state = restored(data_dir, prefix) if done.returncode == 0 else {}
     # Before the fix: exit 0, "restoring to revision <end_a>", k=a (k=b, received 1.5 s before T, was not there).
-    assert done.returncode == 1 and "no delta holds revisions" in done.stderr, (f"exit 0 at T={moment.isoformat()}: {done.stdout.splitlines()[0]}; k="
-                                  f"{state.get((prefix + 'k').encode())!r}, etcd held b then (revision {end_b}; "
-                                  f"the delta after the hole holds {end_b + 1}..{end_c})")
+    assert done.returncode == 1 and "no delta holds revisions" in done.stderr, (
+        f"exit {done.returncode} at T={moment.isoformat()}: {done.stdout} {done.stderr}; k="
+        f"{state.get((prefix + 'k').encode())!r}, etcd held b then (revision {end_b}; the delta after the hole "
+        f"holds {end_b + 1}..{end_c})")
 
 
 # --- 4. thousands of planted names: what each listing costs --------------------------------------------------------

@@ -72,6 +72,16 @@ RETRY_SECONDS = 2.0
 """How long a watcher waits before trying again after etcd or the store failed it."""
 LEASES_REMEMBERED = 65536
 """Leases whose granted TTL the watcher remembers (the least recently seen forgotten first: asked again if seen)."""
+_CLEAR_UNEXPIRING_LEASE = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 or ttl > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+"""Deletes the lease key if it has no TTL or one longer than a watcher ever sets: in one step, so that a live
+watcher's lease, renewed meanwhile, is never deleted."""
 
 
 class LeaseLost(Exception):
@@ -101,7 +111,13 @@ class Compacted(Exception):
 def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) -> None:
     """Watch and store deltas until `stop` is set, whenever this process holds the lease."""
     lease = connection.lock(LEASE_KEY, timeout=LEASE_TTL, thread_local=False)
+    clear_unexpiring = connection.register_script(_CLEAR_UNEXPIRING_LEASE)
+    warned = False
     while not stop.is_set():
+        if _cleared(clear_unexpiring) and not warned:
+            logger.warning("delta watcher: %s had no TTL (or one past %gs): not a live watcher's lease (set by hand?); "
+                           "deleted it and took the lease", LEASE_KEY, LEASE_TTL)
+            warned = True
         if not lease.acquire(blocking=False):
             stop.wait(LEASE_TTL / 3)
             continue
@@ -113,6 +129,15 @@ def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) 
                 lease.release()
             except LockError:
                 pass
+
+
+def _cleared(clear_unexpiring: redis.commands.core.Script) -> bool:
+    """Whether the lease key was there without a TTL a watcher sets (no watcher would ever release it), and is
+    gone now: whoever could write Redis must not stop every watcher for good."""
+    try:
+        return bool(clear_unexpiring(keys=[LEASE_KEY], args=[int(LEASE_TTL * 1000)]))
+    except redis.RedisError:  # the acquire that follows meets Redis' failure too
+        return False
 
 
 def start_thread_watcher(config: Config, connection: redis.Redis) -> tuple[threading.Thread, threading.Event]:
