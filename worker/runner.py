@@ -41,6 +41,10 @@ class ConfiguredJob(TrustedJob):
         return functools.partial(function, self.config)
 
 
+PUBSUB_SLEEP = 1.0
+"""Seconds RQ's pubsub thread (worker commands) waits for a message before it checks whether it should stop."""
+
+
 class BackupWorker(SimpleWorker):
     """Runs jobs in the worker process itself, without fork(): a backup needs no isolation, and a
     forked child per job would add its start-up to every POST's round trip.
@@ -56,6 +60,16 @@ class BackupWorker(SimpleWorker):
         # A job's description is whatever its writer put in Redis: never log it.
         super().__init__([queue.job_queue(connection)], connection=connection, serializer=JSONSerializer,
                          job_class=ConfiguredJob, log_job_description=False)
+
+    def subscribe(self) -> None:
+        """RQ's, with its pubsub thread waking every PUBSUB_SLEEP seconds rather than 60: after the unsubscribe that
+        ends a worker, the thread sleeps that long before it sees the stop, and redis-py 8.2's stop() waits for it
+        (a worker took up to a minute to stop, and a test's teardown 30 s)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ declares it None
+            sleep_time=PUBSUB_SLEEP, daemon=True, exception_handler=self._pubsub_exception_handler)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # RQ decodes the job ids it pops as UTF-8 and stops the worker on one that is not: drop such
