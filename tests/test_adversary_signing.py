@@ -15,7 +15,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,15 @@ digest, or the archive's own SHA-256)."""
 
 def signed(make_service: Callable[..., Service], tmp_path: Path, **overrides: Any) -> Service:
     return make_service(signing=signing(tmp_path), **overrides)
+
+
+@pytest.fixture(scope="module")
+def small_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd of this module's own: the swap needs a newer backup bigger than the older one, which the session's
+    etcd, its database full of other tests' freed pages, does not always give."""
+    server = EtcdServer(tmp_path_factory.mktemp("small-etcd") / "data").start()
+    yield server
+    server.stop()
 
 
 def padded_archive(archive: bytes, size: int) -> bytes:
@@ -96,12 +105,12 @@ def two_backups_then_swap(service: Service, etcd: EtcdServer, prefix: str) -> tu
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["local", "seaweedfs"])
 def test_a_same_size_swapped_archive_is_refused_by_download_verify_drill_and_to_time(
-        backend: str, make_service: Callable[..., Service], seaweedfs: S3Server, etcd: EtcdServer,
+        backend: str, make_service: Callable[..., Service], seaweedfs: S3Server, small_etcd: EtcdServer,
         redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
     extra = seaweedfs.settings(*seaweedfs.place()) if backend == "seaweedfs" else {}
-    service = signed(make_service, tmp_path, **extra)
+    service = signed(make_service, tmp_path, etcd_overrides={"endpoints": [small_etcd.url]}, **extra)
     prefix = f"/adv-sign-swap-{tmp_path.name}/"
-    older, newer = two_backups_then_swap(service, etcd, prefix)
+    older, newer = two_backups_then_swap(service, small_etcd, prefix)
 
     # `download latest`: the client checks the SHA-256 the service sends (the signed metadata's).
     with served_over_http(service) as url:
@@ -135,10 +144,10 @@ def test_a_same_size_swapped_archive_is_refused_by_download_verify_drill_and_to_
 
 @pytest.mark.slow
 def test_restore_from_the_apis_url_refuses_a_same_size_swapped_archive(
-        make_service: Callable[..., Service], etcd: EtcdServer, tmp_path: Path) -> None:
-    service = signed(make_service, tmp_path)
+        make_service: Callable[..., Service], small_etcd: EtcdServer, tmp_path: Path) -> None:
+    service = signed(make_service, tmp_path, etcd_overrides={"endpoints": [small_etcd.url]})
     prefix = f"/adv-sign-url-{tmp_path.name}/"
-    older, newer = two_backups_then_swap(service, etcd, prefix)
+    older, newer = two_backups_then_swap(service, small_etcd, prefix)
     with served_over_http(service) as url:
         verify = etcd_backup("verify", f"{url}/api/v1/backup/{newer}")
         data_dir = tmp_path / "restored"

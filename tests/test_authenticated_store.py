@@ -135,9 +135,9 @@ def test_planted_replayed_and_edited_backups_are_never_listed_drilled_restored_o
     service.plant(backups.metadata_name(real[0]), json.dumps(edited).encode())
     # 4. Retention bait: two 1-byte "backups" a second before now, metadata claiming revision 10^15, started 9999.
     now = datetime.now(UTC).replace(microsecond=0)
-    taken = set(service.backend.list_backups())
-    bait = [name for second in range(1, 10) if (name := backups.backup_name(now - timedelta(seconds=second)))
-            not in taken][:2]
+    taken = {backups.backup_time(name) for name in service.backend.list_backups()}  # plain or .age: its second
+    bait = [backups.backup_name(now - timedelta(seconds=second)) for second in range(1, 12)
+            if now - timedelta(seconds=second) not in taken][:2]
     for name in bait:
         service.plant(backups.metadata_name(name), json.dumps({**json.loads(metadata), "filename": name,
                                                                "filesize": 1, "revision": 10 ** 15,
