@@ -73,12 +73,13 @@ def attackers_backup(victim: Service, attacker_etcd: EtcdServer, tmp_path: Path,
     config = parse_config(document, {})
     store = open_store(config)
     store.prepare()
-    metadata = take_backup(config, store, "attacker", now=lambda: at)
-    opened = store.open(metadata.filename)
-    assert opened is not None
+    name = take_backup(config, store, "attacker", now=lambda: at).filename
+    signed = store.read_metadata(name)  # as stored: signed with the attacker's key
+    opened = store.open(name)
+    assert signed is not None and signed.signature is not None and opened is not None
     with opened.file as file:
         archive = file.read()
-    return metadata.filename, archive, json.dumps(metadata.to_json()).encode()
+    return name, archive, signed.to_bytes()
 
 
 def raw_metadata(service: Service, name: str) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def restore_to_time(service: Service, tmp_path: Path, when: datetime, label: str
 def test_planted_replayed_and_edited_backups_are_never_listed_drilled_restored_or_counted(
         mode: str, make_service: Callable[..., Service], seaweedfs: S3Server, etcd: EtcdServer,
         redis_conn: redis.Redis, tmp_path: Path, identity: x25519.Identity, identity_file: Path,
-        report: Report) -> None:
+        report: Report, caplog: pytest.LogCaptureFixture) -> None:
     service = signed_service(mode, make_service, seaweedfs, tmp_path, identity, identity_file, rotate=3)
     prefix = f"/registry/secrets/{tmp_path.name}/"
     etcd.client().put(prefix + "s1", "real")
@@ -147,6 +148,10 @@ def test_planted_replayed_and_edited_backups_are_never_listed_drilled_restored_o
 
     listed = service.client.get("/api/v1/backup").get_json()
     assert listed == real[1:], listed
+    # Each refusal is said once, naming the object, however often the store is listed.
+    assert service.client.get("/api/v1/backup").get_json() == listed
+    said = [record.getMessage() for record in caplog.records if planted in record.getMessage()]
+    assert len(said) == 1 and "does not accept" in said[0], said
     detail = [entry["filename"] for entry in service.client.get("/api/v1/backup?detail=true").get_json()]
     assert detail == real[1:], detail
     for name in not_ours:
