@@ -23,11 +23,10 @@ gone when the watcher asked). Big-endian throughout. Version 2 (MAGIC_2) has no 
 leaseless. Neither lease field is part of a revision's fingerprint, so that deltas of both versions chain.
 
 Whatever reads a delta trusts nothing in it: whoever can write to the store can plant one. The SHA-256 detects
-damage, not tampering (whoever edits a plain delta recomputes it); only with encryption (age) is a planted or
-edited delta refused: without the identity no one can read a delta, so no one can forge the fingerprint of the
-revision before the next one. It is read whole
-(deltas are small: the watcher writes one at MAX_DELTA_BYTES at the latest), within bounds, its digest
-checked before any of it is used, its revisions checked against its name, and any mismatch is a DeltaError.
+damage, not tampering (whoever edits a plain delta recomputes it). With `signing`, the name carries the stored bytes'
+SHA-256 and the service's signature of both (common.storage.authenticated): no planted or edited delta is read.
+Whatever its origin, a delta is read within bounds: its digest checked before any of it is used, then every record
+walked and checked against its name and MAX_DELTA_EVENTS before any event is built; any mismatch is a DeltaError.
 """
 
 from __future__ import annotations
