@@ -318,6 +318,20 @@ class LongRestore:
         subprocess.run(["rm", "-rf", str(self.readable)], check=False)
 
 
+def socket_link_to(work: Path, timeout: float = 10) -> Path:
+    """The short socket-link dir in /tmp whose `w` leads to the restore's `work` dir. Looked for until it is there:
+    recovery.throwaway makes it just after it starts etcd, so a single look as soon as etcd runs can come first (a
+    fresh-clone run's did)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [short for short in Path("/tmp").glob(f"{SOCKET_PREFIX}*")
+                 if (short / "w").is_symlink() and (short / "w").resolve() == work.resolve()]
+        if len(found) == 1 or time.monotonic() > deadline:
+            assert len(found) == 1, (work, found, sorted(Path("/tmp").glob(f"{SOCKET_PREFIX}*")))
+            return found[0]
+        time.sleep(0.1)
+
+
 def start_long_restore(service: Service, tmp_path: Path) -> LongRestore:
     base = base_revision(service)
     revisions = puts(base + 1, 20000, b"/adv/j/")
@@ -333,8 +347,7 @@ def start_long_restore(service: Service, tmp_path: Path) -> LongRestore:
         work = Path(os.readlink(f"/proc/{etcd_pid}/cwd"))
         data = Path(os.fsdecode(Path(f"/proc/{etcd_pid}/cmdline").read_bytes().split(b"\0--data-dir\0")[1]
                                 .split(b"\0")[0]))
-        (link,) = [short for short in Path("/tmp").glob(f"{SOCKET_PREFIX}*")
-                   if (short / "w").is_symlink() and (short / "w").resolve() == work.resolve()]
+        link = socket_link_to(work)
     except BaseException:
         LongRestore(process, readable, 0, Path(), Path(), Path(), base).stop()
         raise
