@@ -188,25 +188,17 @@ def _verify_archive(archive: _Readable, workdir: Path, expected: Expected | None
         raise VerifyError(str(exc)) from None
 
 
-class _Hashed(io.RawIOBase):
+class _Hashed:
     """`raw`, hashed as it is read: whoever replaced an archive and kept its metadata is found at its end."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.digest.update(data)
         self.size += len(data)
         return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def check(self, size: int | None, sha256: str) -> None:
         """VerifyError unless the archive, read to its end, is `size` bytes with SHA-256 `sha256`."""
