@@ -34,6 +34,7 @@ from common.config.schema import (
     RetentionConfig,
     S3Config,
     SigningConfig,
+    split_host,
 )
 from common.config.secret_files import check_private_file
 from common.config.section import Section
@@ -64,7 +65,7 @@ CRON_HORIZON = timedelta(days=366)
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
-    "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing",
+    "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing", "allowed-hosts",
 })
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 SIGNING_KEYS = frozenset({"key-file", "verify-key"})
@@ -107,6 +108,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         deltas=top.get_bool("deltas", False),
         delta_period=top.get_duration("delta-period", DEFAULT_DELTA_PERIOD, DELTA_PERIOD_BOUNDS),
         signing=_parse_signing(top.get_section("signing")),
+        allowed_hosts=_allowed_hosts(top.get_str_list("allowed-hosts", ())),
     )
 
 
@@ -365,6 +367,18 @@ def _api_token(value: str | None, environ: dict[str, str] | os._Environ[str]) ->
         key = "api-token" if value is not None else API_TOKEN_ENV
         raise ConfigError(key, f"must be at least {MIN_API_TOKEN_LENGTH} characters long")
     return token
+
+
+def _allowed_hosts(entries: list[str]) -> tuple[str, ...]:
+    """Each entry a `host` or `host:port` as a browser writes it in Host (no scheme, no path, no wildcard)."""
+    for entry in entries:
+        try:
+            split_host(entry)
+        except ValueError as exc:
+            shown = repr(entry) if len(entry) <= 80 else f"a {len(entry)}-character entry"
+            raise ConfigError("allowed-hosts", f"{shown} is not a host or host:port (e.g. backup.example.com "
+                              f"or backup.example.com:8443): {str(exc).partition(':')[0]}") from None
+    return tuple(entry.lower() for entry in entries)
 
 
 def _api_tls(cert: str | None, key: str | None) -> dict[str, Any]:  # api_tls_cert and api_tls_key, as Paths
