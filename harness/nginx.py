@@ -18,6 +18,9 @@ NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 class Nginx:
     """nginx (Debian's) serving `directory` at the API's download path, with sendfile on."""
 
+    READY = ("/api/v1/backup/none", 404)
+    """A path and the status it answers once nginx serves."""
+
     def __init__(self, work: Path, directory: Path) -> None:
         self._setup(work, f"location /api/v1/backup/ {{ alias {directory}/; }}")
 
@@ -56,8 +59,8 @@ http {{
                 stdout=log, stderr=subprocess.STDOUT,
             )
         with stopped_on_failure(self.stop):
-            wait_until(lambda: http("GET", f"{self.base}/api/v1/backup/none", timeout=1)[0] == 404, 30,
-                       "nginx", self.proc)
+            path, status = self.READY
+            wait_until(lambda: http("GET", self.base + path, timeout=1)[0] == status, 30, "nginx", self.proc)
         return self
 
     def stop(self) -> None:
@@ -69,6 +72,8 @@ class TokenProxy(Nginx):
     """The README's setup for a browser when the API has a token: nginx in front of `upstream` (the API's
     base URL) adds `Authorization: Bearer <token>` to every request, and passes the browser's Host on (the
     API answers it when it is in allowed-hosts). The browser reaches it as http://<public_name>:<port>."""
+
+    READY = ("/healthz", 200)
 
     def __init__(self, work: Path, upstream: str, token: str, public_name: str) -> None:
         self._setup(work, f"""location / {{
