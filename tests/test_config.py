@@ -474,6 +474,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
     assert yaml.safe_load(result.stdout) == {
         "backup-dir": str(tmp_path / "b"),
         "listen": "0.0.0.0:8080",
+        "allowed-hosts": None,
         "rotate": 14,
         "etcd": {"endpoints": ["https://10.0.0.1:2379"], "timeout": "2s", "prefix": "", "username": "root",
                  "password": "***", "tls-ca-file": str(ca), "tls-cert": PEM, "tls-key": "***"},

@@ -299,3 +299,6 @@ def test_allowed_hosts_in_config_check(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.allowed_hosts == ("backup.example.com", "[fd00::1]:8443", "10.0.0.5")
     assert effective_config(config)["allowed-hosts"] == ["backup.example.com", "[fd00::1]:8443", "10.0.0.5"]
+    # what config check prints loads again, the same
+    path.write_text(yaml.safe_dump({**effective_config(config), "etcd": {}, "backup-dir": str(tmp_path / "b")}))
+    assert load_config(path).allowed_hosts == config.allowed_hosts

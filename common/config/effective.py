@@ -29,7 +29,7 @@ def effective_config(config: Config) -> dict[str, Any]:
     return {
         "backup-dir": str(config.backup_dir) if config.s3 is None else config.s3.url,
         "listen": config.listen,
-        "allowed-hosts": list(config.allowed_hosts),
+        "allowed-hosts": list(config.allowed_hosts) or None,  # None: read back as unset (an empty list is refused)
         "rotate": config.rotate,
         "etcd": etcd_section,
         "redis-url": None if config.redis_url is None else _masked_url(config.redis_url),
