@@ -77,6 +77,11 @@ SECURITY_HEADERS = {
 }
 
 
+FIXED_HEADERS = (("Content-Security-Policy", API_CSP), *SECURITY_HEADERS.items(), ("Cache-Control", "no-store"))
+"""What every answer carries that is written before Flask (api.http_worker's errors): the same as
+_security_headers gives a JSON answer."""
+
+
 class HostRule:
     """Which Host values (and which Origins, beside the request's own Host) the API answers, from `config`."""
 

@@ -134,6 +134,12 @@ def test_another_site_can_neither_post_nor_read(make_service: Callable[..., Serv
             driver.get(own + "/")
             names = [*names, click_back_up_now(driver)][-3:]
             assert service.client.get("/api/v1/backup").get_json() == names
+        # ...and its Content-Security-Policy let its own style and script run and blocked nothing
+        # (chromium logs each blocked resource as a console error)
+        blocked = [entry["message"] for entry in driver.get_log("browser") if "Content Security Policy" in
+                   entry["message"]]
+        assert blocked == [], "\n".join(blocked)
+        assert driver.execute_script("return getComputedStyle(document.body).maxWidth") == "992px"  # 62rem
 
 
 @pytest.mark.slow

@@ -316,6 +316,7 @@ def test_every_error_the_server_writes_is_json(all_in_one: Deployment, name: str
     status, headers, body = raw_request(all_in_one.port, data)
     assert status.split(" ")[1] == str(expected), (status, body)
     assert headers["content-type"] == "application/json"
+    assert headers["x-content-type-options"] == "nosniff" and headers["cache-control"] == "no-store"  # api.edges
     message = json.loads(body)["message"]
     assert isinstance(message, str) and message
     assert http("GET", f"{all_in_one.base}/healthz", timeout=5)[0] == 200  # the server is fine...
