@@ -67,6 +67,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAME_ORIGIN_FETCHES = frozenset({"same-origin", "none"})
 """Sec-Fetch-Site values of a request this service's own page (or the user, typing) made."""
 LOOPBACK_NAMES = frozenset({"localhost"})
+SHOWN_CHARACTERS = 100
+"""A refused header's value is quoted in the answer up to this many characters (it may be 64 KiB)."""
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 """JSON and files: nothing in them runs, loads or may be framed."""
@@ -75,8 +77,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",  # frame-ancestors' older spelling, for browsers without CSP level 2
     "Referrer-Policy": "same-origin",  # not no-referrer: see the module docstring (Origin: null)
 }
-
-
 FIXED_HEADERS = (("Content-Security-Policy", API_CSP), *SECURITY_HEADERS.items(), ("Cache-Control", "no-store"))
 """What every answer carries that is written before Flask (api.http_worker's errors): the same as
 _security_headers gives a JSON answer."""
@@ -113,7 +113,7 @@ def init_app(app: Flask, config: Config) -> None:
         host = request.environ.get("HTTP_HOST")
         if host is None or request.path in OPEN_TO_ANY_HOST or rule.answers(host):
             return None
-        return error_response(421, f"misdirected request: this service does not answer for Host {host!r}; "
+        return error_response(421, f"misdirected request: this service does not answer for Host {_shown(host)}; "
                                    "if clients reach it by that name, add it to allowed-hosts in the config")
 
     def check_origin() -> tuple[Response, int] | None:
@@ -121,7 +121,8 @@ def init_app(app: Flask, config: Config) -> None:
             return None
         fetch_site = request.headers.get("Sec-Fetch-Site")
         if fetch_site is not None and fetch_site not in SAME_ORIGIN_FETCHES:
-            return _cross_site(f"the browser says it comes from another site (Sec-Fetch-Site: {fetch_site})")
+            return _cross_site("the browser says it comes from another site "
+                               f"(Sec-Fetch-Site: {_shown(fetch_site)})")
         origin = request.headers.get("Origin")
         if origin is None:
             return None  # not from a browser: see the module docstring
@@ -129,8 +130,8 @@ def init_app(app: Flask, config: Config) -> None:
             return _cross_site("it comes from an origin the browser hides (Origin: null)")
         if _same_origin(origin, request.environ.get("HTTP_HOST"), rule):
             return None
-        return _cross_site(f"it comes from another origin ({origin}) than the one it is sent to; if that is "
-                           "this service behind a proxy, add the proxy's name to allowed-hosts in the config")
+        return _cross_site(f"it comes from another origin ({_shown(origin)}) than the one it is sent to; if that "
+                           "is this service behind a proxy, add the proxy's name to allowed-hosts in the config")
 
     app.before_request(check_host)
     app.before_request(check_origin)
@@ -163,6 +164,11 @@ def _security_headers(response: Response) -> Response:
     if "Cache-Control" not in response.headers:
         response.cache_control.no_store = True
     return response
+
+
+def _shown(value: str) -> str:
+    """A header's value as the answers quote it: repr (control characters escaped), cut short."""
+    return repr(value[:SHOWN_CHARACTERS]) + ("..." if len(value) > SHOWN_CHARACTERS else "")
 
 
 def _is_ip(host: str) -> bool:

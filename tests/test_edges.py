@@ -87,6 +87,8 @@ def test_a_host_that_is_not_the_services_gets_421(make_service: Callable[..., Se
             assert status == 421, (host, status, body)
             assert headers["content-type"] == "application/json"
             assert repr(host) in body["message"] and "allowed-hosts" in body["message"]
+        status, _, body = ask("GET", path, {"Host": "a" * 5000 + ".example"})  # quoted, not echoed whole
+        assert status == 421 and len(body["message"]) < 300 and "aaa'...; " in body["message"]
         for host in ANSWERED_HOSTS:
             host = host.format(port=ask.port)
             status, _, body = ask("GET", path, {"Host": host})

@@ -93,7 +93,7 @@ def attack(driver: webdriver.Chrome, page: str, backup_url: str, verify_url: str
                               "document.getElementById('forged').submit()", target)
         WebDriverWait(driver, 30).until(lambda d: "cross-site request refused" in body_text(d))
         # Chromium sends Sec-Fetch-Site only to https and loopback addresses: elsewhere Origin tells
-        assert f"({page.rstrip('/')})" in body_text(driver) or "Sec-Fetch-Site: cross-site" in body_text(driver)
+        assert f"('{page.rstrip('/')}')" in body_text(driver) or "Sec-Fetch-Site: 'cross-site'" in body_text(driver)
     driver.get(page)
     for target in [backup_url] * ATTACKS + [verify_url]:
         assert driver.execute_async_script("forge(arguments[0]).then(arguments[1])", target) == "sent"
