@@ -242,6 +242,11 @@ def test_the_shipped_config_loads(name: str, tmp_path: Path) -> None:
     interval = -(ticks.get_next(float) - ticks.get_next(float))
     threshold = re.search(r"> (\d+) \* 3600", alert("EtcdBackupTooOld")["expr"])
     assert threshold and int(threshold.group(1)) * 3600 == 2 * interval + 3600
+    # Clients in the namespace call the API's Service by its name: a Host the API answers (api.edges)
+    listen_port = int(config.listen.rsplit(":", 1)[1])
+    api_services = [service["metadata"]["name"] for service in of_kind(name, "Service")
+                    if any(port.get("targetPort") in (listen_port, "http") for port in service["spec"]["ports"])]
+    assert api_services and api_services == list(config.allowed_hosts), (api_services, config.allowed_hosts)
 
 
 @pytest.fixture
