@@ -77,6 +77,11 @@ def read_lock(text: str) -> dict[str, Pin]:
     return pins
 
 
+def read(path: Path) -> dict[str, Pin]:
+    """The pins of the lock file at `path`, by canonical name."""
+    return read_lock(path.read_text())
+
+
 def pyproject() -> dict[str, Any]:
     with open(PYPROJECT, "rb") as file:
         return tomllib.load(file)
@@ -144,7 +149,3 @@ print(json.dumps({"environment": environment, "installed": installed}))
 """
 """Python source that prints, as JSON, the PEP 508 marker variables of the Python that runs it and its installed
 distributions ({name: version}): for a Python without `packaging` (the image's)."""
-
-
-def read(path: Path) -> dict[str, Pin]:
-    return read_lock(path.read_text())
