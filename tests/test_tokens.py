@@ -75,6 +75,8 @@ def test_each_token_may_do_what_its_row_says_and_no_more(served: tuple[Service, 
             assert status not in (401, 403), (name, method, path, status, body)
         else:
             assert status == 403, (name, method, path, status, body)
+            if method == "HEAD":  # no body to say why
+                continue
             message = body.decode()
             assert f"the {name} may not" in message and f"{'backup' if right == 'backup' else 'download'}-token" \
                 in message and "api-token" in message, message
@@ -101,7 +103,7 @@ def test_every_route_has_a_right(make_service: Callable[..., Service]) -> None:
     """A route added without a right in api.auth.ENDPOINT_RIGHTS fails here (and is refused to all but the api-token)."""
     app: Flask = make_service(worker=False).client.application  # type: ignore[assignment]
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
-    assert endpoints == set(auth.ENDPOINT_RIGHTS), (endpoints ^ set(auth.ENDPOINT_RIGHTS))
+    assert endpoints - set(auth.ENDPOINT_RIGHTS) == set()
     assert {auth.ENDPOINT_RIGHTS[endpoint] for endpoint in endpoints} <= {None, *auth.RIGHTS}
 
 
