@@ -100,7 +100,7 @@ def test_no_token_or_a_wrong_one_is_401_everywhere_but_healthz(served: tuple[Ser
 
 
 def test_every_route_has_a_right(make_service: Callable[..., Service]) -> None:
-    """A route added without a right in api.auth.ENDPOINT_RIGHTS fails here (and is refused to all but the api-token)."""
+    """A route added without a right in api.auth.ENDPOINT_RIGHTS fails here (and only the api-token may use it)."""
     app: Flask = make_service(worker=False).client.application  # type: ignore[assignment]
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
     assert endpoints - set(auth.ENDPOINT_RIGHTS) == set()

@@ -44,7 +44,8 @@ def _strings(value: Any, where: str) -> list[tuple[str, str]]:
     if isinstance(value, str):
         return [(where, value)]
     if isinstance(value, dict):
-        return [found for key, item in value.items() for found in _strings(item, f"{where}.{key}" if where else str(key))]
+        return [found for key, item in value.items()
+                for found in _strings(item, f"{where}.{key}" if where else str(key))]
     if isinstance(value, list):
         return [found for item in value for found in _strings(item, where)]
     return []

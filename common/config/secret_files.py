@@ -25,7 +25,8 @@ ROOT_FILE_ACCESS = 0o037
 """Those a file of root's must not have: the group may read it, no more; others nothing."""
 MOVED_OUT = {
     "api-token": "$ETCD_BACKUP_API_TOKEN", "read-token": "$ETCD_BACKUP_READ_TOKEN",
-    "backup-token": "$ETCD_BACKUP_BACKUP_TOKEN", "download-token": "$ETCD_BACKUP_DOWNLOAD_TOKEN", "redis-url": "$REDIS_URL", "etcd.tls-key": "etcd.tls-key-file",
+    "backup-token": "$ETCD_BACKUP_BACKUP_TOKEN", "download-token": "$ETCD_BACKUP_DOWNLOAD_TOKEN",
+    "redis-url": "$REDIS_URL", "etcd.tls-key": "etcd.tls-key-file",
     # boto3 takes an access key id given without its secret for partial credentials: both move.
     "s3.secret-access-key": "$AWS_SECRET_ACCESS_KEY (with s3.access-key-id to $AWS_ACCESS_KEY_ID)",
     "s3.session-token": "$AWS_SESSION_TOKEN (with the keys to $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY)",

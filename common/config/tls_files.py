@@ -5,6 +5,8 @@ secret, and a placeholder may sit where it should be)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -48,6 +50,6 @@ def check_pair(cert_key: str, cert_shown: str, cert_pem: bytes, key_key: str, ke
                                    "together")
 
 
-def _public(public_key: object) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+def _public(public_key: Any) -> bytes:  # every kind of public key cryptography loads has public_bytes
+    data: bytes = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return data

@@ -70,9 +70,9 @@ CRON_HORIZON = timedelta(days=366)
 
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
-    "api-token", "read-token", "backup-token", "download-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
+    "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
     "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing",
-})
+}) | frozenset(TOKEN_ENV)
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 SIGNING_KEYS = frozenset({"key-file", "verify-key"})
 MAX_KEY_FILE = 1 << 20
@@ -395,7 +395,7 @@ def _redis_url_problem(url: str) -> str | None:
     return None
 
 
-def _tokens(top: Section, environ: dict[str, str] | os._Environ[str]) -> dict[str, str | None]:
+def _tokens(top: Section, environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:  # Config's keywords
     """The API tokens (Config's api_token, read_token, ...), each from its key or else its variable (TOKEN_ENV)."""
     taken: dict[str, str] = {}  # key -> token
     for key, variable in TOKEN_ENV.items():
