@@ -4,16 +4,20 @@ and nothing a refused request asked for is done."""
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
 
 from api import auth, create_app
+from api.meta import OPENAPI_PATH
 from common.clock import redis_clock
 from common.config import ConfigError, effective_config, parse_config
+from harness.cli import etcd_backup
 from harness.in_process import Service, served_over_http
 from harness.report import Report
 
@@ -171,3 +175,33 @@ def test_metrics_readyz_status_and_page_say_which_tokens_are_on(make_service: Ca
     assert service.client.get("/api/v1/status", headers=headers).get_json()["api_auth"] == detail
     assert detail in shown[3]
     assert not any(token in text for text in shown for token in TOKENS.values())
+
+
+def test_the_openapi_description_gives_each_operation_its_right(make_service: Callable[..., Service]) -> None:
+    adapter = make_service(worker=False).client.application.url_map.bind("localhost")
+    for path, operations in json.loads(OPENAPI_PATH.read_text())["paths"].items():
+        concrete = path.replace("{filename}", BACKUP).replace("{job_id}", JOB)
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            endpoint, _ = adapter.match(concrete, method.upper())
+            assert operation.get("x-required-right") == auth.ENDPOINT_RIGHTS[endpoint], (path, method)
+
+
+def test_the_recovery_commands_need_the_download_token(served: tuple[Service, str, str], tmp_path: Path,
+                                                       report: Report) -> None:
+    service, base, backup = served
+    url = f"{base}/api/v1/backup/{backup}"
+    listed = etcd_backup("list", "--url", base, "--token", TOKENS["read-token"])
+    assert listed.returncode == 0 and backup in listed.stdout, listed.stderr
+    for command in (["download", backup, "--url", base, "--output-dir", str(tmp_path)], ["verify", url]):
+        refused = etcd_backup(*command, "--token", TOKENS["read-token"])
+        assert refused.returncode != 0
+        assert "403 the read-token may not download backups: send the download-token or the api-token" \
+            in refused.stderr, refused.stderr
+    assert not (tmp_path / backup).exists()
+    verified = etcd_backup("verify", url, "--token", TOKENS["download-token"])
+    assert verified.returncode == 0 and "good" in verified.stdout, verified.stderr
+    report("`etcd-backup download` and `verify URL` with the read-token, then `verify URL` with the download-token",
+           f"refused (exit {refused.returncode}: \"403 the read-token may not download backups: send the "
+           "download-token or the api-token\"), nothing written; with the download-token: good")
