@@ -5,23 +5,30 @@ Each case runs the real commands as an operator starts them, and is one line nam
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pyrage import x25519
 
+from cli.startup import prepare_backup_dir
+from common.config import load_config
+from common.queue import connect
 from harness.cli import environment, etcd_backup
 from harness.files import write_config, write_private
+from harness.in_process import Service
 from harness.keys import encryption
 from harness.pki import TLSFiles, make_tls_files
 from harness.processes import BIN_DIR, free_port
 from harness.report import Report
+from harness.servers import RedisServer
 
 PLACEHOLDER = "REPLACE-ME"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # never reached: the config is refused first
@@ -238,3 +245,29 @@ def test_redis_password_is_masked_in_config_check_and_never_logged(tmp_path: Pat
         output, _ = worker.communicate(timeout=30)
     assert "waiting for Redis" in output and "Connection refused" in output, output[-2000:]
     assert SECRET not in output, output[-2000:]
+
+
+@pytest.mark.parametrize("where", ["a closed port", "the real Redis, wrong password"])
+def test_redis_password_is_not_in_readyz_or_the_log(tmp_path: Path, redis_server: RedisServer,
+                                                    redis_conn: redis.Redis, where: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    closed = where == "a closed port"
+    # A user of its own: the default user has no password, and Redis lets any password log in to it.
+    redis_conn.acl_setuser("etcd-backup-wrong", enabled=True, passwords=["+the-right-one"], keys=["*"],
+                           commands=["+@all"])
+    try:
+        port = free_port() if closed else redis_server.port
+        config = load_config(write_config(tmp_path / "config.yml", base(tmp_path, **{
+            "redis-url": f"redis://etcd-backup-wrong:{SECRET}@127.0.0.1:{port}/0", "backup-timeout": "2s"})))
+        prepare_backup_dir(config)
+        service = Service(config, connect(config))
+        with caplog.at_level(logging.DEBUG):
+            response = service.client.get("/readyz")
+            posted = service.client.post("/api/v1/backup")
+    finally:
+        redis_conn.acl_deluser("etcd-backup-wrong")
+    assert response.status_code == 503 and posted.status_code == 503, posted.get_data(as_text=True)
+    error = response.get_json()["checks"]["redis"]["error"]
+    assert ("Connection refused" if closed else "invalid username-password pair") in error, error
+    for text in (response.get_data(as_text=True), posted.get_data(as_text=True), caplog.text):
+        assert SECRET not in text, text
