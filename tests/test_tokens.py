@@ -4,6 +4,7 @@ and nothing a refused request asked for is done."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import urllib.error
 import urllib.request
@@ -205,3 +206,22 @@ def test_the_recovery_commands_need_the_download_token(served: tuple[Service, st
     report("`etcd-backup download` and `verify URL` with the read-token, then `verify URL` with the download-token",
            f"refused (exit {refused.returncode}: \"403 the read-token may not download backups: send the "
            "download-token or the api-token\"), nothing written; with the download-token: good")
+
+
+def test_every_token_is_compared_whichever_matches(make_service: Callable[..., Service],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No early exit: the time taken does not tell which token matched (each comparison is constant-time,
+    of SHA-256 digests, so not of the tokens' lengths either)."""
+    service = make_service(worker=False, **TOKENS)
+    compared: list[tuple[int, int]] = []
+    compare = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return compare(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    for offered in (TOKENS["api-token"], TOKENS["download-token"], "not-a-token-at-all-but-long", "x"):
+        compared.clear()
+        service.client.get("/api/v1/backup", headers={"Authorization": f"Bearer {offered}"})
+        assert compared == [(32, 32)] * len(TOKENS), offered
