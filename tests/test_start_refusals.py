@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pyrage import x25519
 
 from cli.startup import prepare_backup_dir
-from common.config import load_config
+from common.config import ConfigError, load_config, parse_config
 from common.queue import connect
 from harness.cli import environment, etcd_backup
 from harness.files import write_config, write_private
@@ -271,3 +271,14 @@ def test_redis_password_is_not_in_readyz_or_the_log(tmp_path: Path, redis_server
     assert ("Connection refused" if closed else "invalid username-password pair") in error, error
     for text in (response.get_data(as_text=True), posted.get_data(as_text=True), caplog.text):
         assert SECRET not in text, text
+
+
+def test_a_placeholder_in_a_comment_of_a_key_file_is_no_value(tmp_path: Path) -> None:
+    recipient = str(x25519.Identity.generate().to_public())
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text(f"# REPLACE-ME below with your key, as done:\n{recipient}\n")
+    document = base(tmp_path, encryption={"recipients-file": str(recipients)})
+    assert parse_config(document, {}).encryption is not None
+    recipients.write_text(f"# our keys\n{recipient}\nREPLACE-ME\n")
+    with pytest.raises(ConfigError, match=f"^encryption.recipients-file: {recipients} holds the placeholder"):
+        parse_config(document, {})

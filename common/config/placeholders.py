@@ -34,8 +34,10 @@ def refuse_placeholders(raw: Any, environ: dict[str, str] | os._Environ[str]) ->
 
 
 def refuse_placeholder_content(key: str, shown: str, content: str | bytes) -> None:
-    """Raise ConfigError naming `key` if the file `shown` (its path as messages show it) holds the placeholder."""
-    if holds_placeholder(content):
+    """Raise ConfigError naming `key` if the file `shown` (its path as messages show it) holds the placeholder
+    outside a comment line (a recipients file may say "# replace-me: ..." in its comments)."""
+    text = content.decode(errors="replace") if isinstance(content, bytes) else content
+    if any(holds_placeholder(line) for line in text.splitlines() if not line.lstrip().startswith("#")):
         raise ConfigError(key, f"{shown} {HINT}")
 
 
