@@ -22,6 +22,7 @@ from datetime import datetime
 
 from flask import Blueprint, Response, make_response, render_template
 
+from api.meta import auth_detail
 from api.state import state
 from common import backups, present, status
 from common.clock import redis_clock
@@ -80,6 +81,7 @@ def status_page() -> Response:
               _chart("Duration", [(row.completed, row.duration) for row in rows if row.duration is not None],
                      lambda seconds: f"{seconds:.3f} s")]
     html = render_template("status.html", facts=facts, rows=rows[::-1], now=now, present=present,
+                           api_auth=auth_detail(current.config),
                            charts=[chart for chart in charts if chart is not None], shown=SHOWN_BACKUPS,
                            width=CHART_WIDTH, height=CHART_HEIGHT, refresh_seconds=REFRESH_SECONDS)
     response = make_response(html)

@@ -36,6 +36,9 @@ def effective_config(config: Config) -> dict[str, Any]:
         "backup-timeout": format_duration(config.backup_timeout),
         "gzip-level": config.gzip_level,
         "api-token": _masked(config.api_token),
+        "read-token": _masked(config.read_token),
+        "backup-token": _masked(config.backup_token),
+        "download-token": _masked(config.download_token),
         "api-tls-cert": None if config.api_tls_cert is None else str(config.api_tls_cert),
         "api-tls-key": None if config.api_tls_key is None else str(config.api_tls_key),
         "retention": None if retention is None else {

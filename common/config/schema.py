@@ -129,7 +129,13 @@ class Config:
     backup_timeout: float = 300.0
     gzip_level: int = DEFAULT_GZIP_LEVEL
     api_token: str | None = field(default=None, repr=False)
-    """When set, every request but /healthz needs `Authorization: Bearer <api_token>`."""
+    """Every right: with any token set, every request but /healthz needs `Authorization: Bearer <token>`."""
+    read_token: str | None = field(default=None, repr=False)
+    """Reads the state (the page, status, metrics, probes, the list, jobs): no backup's content."""
+    backup_token: str | None = field(default=None, repr=False)
+    """What read_token may, and takes and verifies backups (the POSTs)."""
+    download_token: str | None = field(default=None, repr=False)
+    """What read_token may, and downloads backups."""
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
     """When set (both), the API listens with TLS."""
@@ -163,10 +169,17 @@ class Config:
         return self.encryption.identity_file if self.encryption is not None else None
 
     @property
+    def tokens(self) -> dict[str, str]:
+        """The API tokens set, by key ("api-token", "read-token", ...; api.auth says what each may do)."""
+        given = {"api-token": self.api_token, "read-token": self.read_token, "backup-token": self.backup_token,
+                 "download-token": self.download_token}
+        return {key: token for key, token in given.items() if token is not None}
+
+    @property
     def open_to_the_network(self) -> bool:
         """Whether the API listens beyond loopback without a token: anyone who reaches it gets every Secret."""
         host, _ = split_listen(self.listen)
-        if self.api_token is not None or host == "localhost":
+        if self.tokens or host == "localhost":
             return False
         try:
             return not ipaddress.ip_address(host).is_loopback
