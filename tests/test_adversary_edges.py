@@ -1,0 +1,100 @@
+"""Adversary tests for the API's edges (issue 25): Host and Origin checks, scoped tokens, the queue's bounds,
+forged success, start-up refusals and security headers, attacked with other inputs than tests/test_edges*.py,
+test_tokens.py, test_start_refusals.py and the flood test try.
+
+Each test attacks one promise of the README (Security, API tokens, allowed-hosts, max-queued-jobs) on a
+real server or real processes. A test here that fails is a break the adversary found (listed in its report);
+the passing ones add coverage the other tests lack."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyrage import x25519
+
+from harness.cli import COMMAND, environment
+from harness.files import write_config
+from harness.keys import encryption
+from harness.processes import free_port
+
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # never reached: the config is refused (or hangs) first
+MEMORY_LIMIT = 1 << 30
+"""The address space a start-up gets here: a file read whole into memory shows as MemoryError, not as
+this machine swapping."""
+START_TIMEOUT = 10
+"""Seconds a start-up has to refuse a config: it reads a few small files."""
+
+
+# --- Config: files that are no file -----------------------------------------------------------------------
+
+def config_check(path: Path) -> subprocess.CompletedProcess[str] | None:
+    """`etcd-backup config check --config path` with MEMORY_LIMIT; None if it did not end in START_TIMEOUT."""
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    try:
+        return subprocess.run([COMMAND, "config", "check", "--config", str(path)], env=environment(None),
+                              capture_output=True, text=True, timeout=START_TIMEOUT, preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def base(tmp_path: Path, **keys: Any) -> dict[str, Any]:
+    backup_dir = tmp_path / "b"
+    backup_dir.mkdir(mode=0o700, exist_ok=True)
+    return {"backup-dir": str(backup_dir), "listen": f"127.0.0.1:{free_port()}", "etcd": {},
+            "redis-url": UNREACHABLE_REDIS, **keys}
+
+
+def fifo(tmp_path: Path) -> str:
+    """A named pipe no one writes to, 0600: what a path typo, or a hostile local user's link, may name."""
+    path = tmp_path / "pipe"
+    if not path.exists():
+        os.mkfifo(path, 0o600)
+    return str(path)
+
+
+def huge_file(tmp_path: Path) -> str:
+    """A 3 GiB file (sparse: it takes no disk), 0600: a disk image or a log where a PEM was meant."""
+    path = tmp_path / "huge.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 3 << 30)
+    os.close(fd)
+    return str(path)
+
+
+NOT_A_FILE: dict[str, Any] = {
+    # etcd's TLS files: read by Section.get_pem with f.read(), no size bound and no regular-file check.
+    "etcd.tls-ca-file: a named pipe": (lambda t: {"etcd": {"tls-ca-file": fifo(t)}}, "etcd.tls-ca-file"),
+    "etcd.tls-ca-file: /dev/zero": (lambda t: {"etcd": {"tls-ca-file": "/dev/zero"}}, "etcd.tls-ca-file"),
+    "etcd.tls-ca: a symlink to /dev/zero": (
+        lambda t: (os.symlink("/dev/zero", t / "ca.pem"), {"etcd": {"tls-ca": str(t / "ca.pem")}})[1], "etcd.tls-ca"),
+    "etcd.tls-ca-file: a 3 GiB file": (lambda t: {"etcd": {"tls-ca-file": huge_file(t)}}, "etcd.tls-ca-file"),
+    "etcd.tls-cert-file: a named pipe": (lambda t: {"etcd": {"tls-cert-file": fifo(t), "tls-key-file": fifo(t)}},
+                                         "etcd.tls-cert-file"),
+    # key files: bounded reads (MAX_KEY_FILE), but open() on a pipe blocks before any read.
+    "signing.key-file: a named pipe": (lambda t: {"signing": {"key-file": fifo(t)}}, "signing.key-file"),
+    "encryption.identity-file: a named pipe": (
+        lambda t: {"encryption": {**encryption(x25519.Identity.generate()), "identity-file": fifo(t)}},
+        "encryption.identity-file"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_A_FILE)
+def test_a_key_or_tls_file_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, case: str) -> None:
+    """README, Security, Config: "TLS files that do not parse ... are refused by every process at start-up".
+    A pipe, /dev/zero (or a symlink to it, as a Secret's files are symlinks) or a huge file is no PEM: the start-up
+    must say so in a line naming the key, not hang for ever (a pipe) or read until memory runs out (/dev/zero,
+    3 GiB)."""
+    keys, key = NOT_A_FILE[case]
+    path = write_config(tmp_path / "config.yml", base(tmp_path, **keys(tmp_path)))
+    result = config_check(path)
+    assert result is not None, f"config check with {case} still running after {START_TIMEOUT} s (blocked on the file)"
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr, result.stderr[-1500:]
+    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
+    assert result.stderr.startswith(f"etcd-backup: bad config {path}: {key}: "), result.stderr[-1500:]
