@@ -8,9 +8,11 @@ the passing ones add coverage the other tests lack."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import resource
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from pyrage import x25519
 
 from harness.cli import COMMAND, environment
 from harness.files import write_config
+from harness.in_process import Service, served_over_http
 from harness.keys import encryption
+from harness.nginx import Nginx
 from harness.processes import free_port
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # never reached: the config is refused (or hangs) first
@@ -98,3 +102,65 @@ def test_a_key_or_tls_file_that_is_no_regular_file_is_refused_at_once(tmp_path: 
     assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr, result.stderr[-1500:]
     assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
     assert result.stderr.startswith(f"etcd-backup: bad config {path}: {key}: "), result.stderr[-1500:]
+
+
+# --- Host: DNS rebinding through the README's proxy for browsers ------------------------------------------
+
+TOKEN = "adversary-token-0123456789"
+PROXY_NAME = "backup.proxy.test"
+ATTACKER = "attacker.test"
+
+
+class DefaultHostProxy(Nginx):
+    """The README's browser setup ("through a proxy that adds [the token] ... list the name the browser uses for
+    the proxy in allowed-hosts") as nginx does it by default: `proxy_pass` and the Authorization header, nothing
+    else. nginx then sends the upstream's address as Host (its default, `Host: $proxy_host`), not the browser's;
+    the page and its button work all the same (the Origin is the proxy's name, in allowed-hosts)."""
+
+    READY = ("/healthz", 200)
+
+    def __init__(self, work: Path, upstream: str, token: str) -> None:
+        self._setup(work, f"""location / {{
+      proxy_pass {upstream};
+      proxy_set_header Authorization "Bearer {token}";
+    }}""", server_name=PROXY_NAME)
+
+
+def get(port: int, path: str, host: str, **headers: str) -> tuple[int, bytes]:
+    """GET `path` from 127.0.0.1:`port` with exactly `host` as Host, as a browser sends it."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+    connection.putheader("Host", host)
+    for name, value in headers.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response.status, body
+
+
+def test_a_rebound_name_cannot_read_backups_through_the_proxy_for_browsers(make_service: Callable[..., Service],
+                                                                          tmp_path: Path) -> None:
+    """README, Security: "Another site's page cannot use the operator's browser against the service. DNS
+    rebinding ... every path but /healthz answers only a Host that is an IP address ..., else 421", and the
+    README's setup for browsers is a proxy that adds the token with the proxy's name in allowed-hosts.
+
+    The attack: the operator's browser opens http://attacker.test:<proxy port>/; attacker.test then re-resolves
+    to the proxy's address; the page's same-origin fetch("/api/v1/backup/<name>") goes to the proxy with
+    `Host: attacker.test:<port>`, and nginx (by default) forwards it with `Host: 127.0.0.1:<api port>`, an IP
+    literal the API answers, adding the token: the page reads every Secret. Nothing in the README says the proxy
+    must pass the browser's Host on (the harness' TokenProxy does; an operator's nginx does not by default)."""
+    service = make_service(api_token=TOKEN, allowed_hosts=[PROXY_NAME])
+    name = service.client.post("/api/v1/backup", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()["filename"]
+    with served_over_http(service) as upstream:
+        proxy = DefaultHostProxy(tmp_path / "nginx", upstream, TOKEN).start()
+        try:
+            # The operator's own use works through it (so nothing tells the operator anything is wrong).
+            assert get(proxy.port, "/api/v1/backup", f"{PROXY_NAME}:{proxy.port}")[0] == 200
+            # The rebound page: same-origin to itself, so Chromium sends Sec-Fetch-Site: same-origin.
+            status, body = get(proxy.port, f"/api/v1/backup/{name}", f"{ATTACKER}:{proxy.port}",
+                               **{"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+        finally:
+            proxy.stop()
+    assert status == 421, f"the rebound name got {status} and {len(body)} bytes of {name} (every Secret)"
