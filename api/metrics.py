@@ -16,8 +16,9 @@ from rq.registry import FailedJobRegistry
 from api.state import State, state
 from common import backups
 from common.clock import redis_clock
+from common.etcd_seen import etcd_seen_at
 from common.metrics import read_drill, read_durations, read_outcomes, read_watcher, skip_wrong_type
-from common.recovery_window import STATS_KEY, Window, etcd_revision, recovery_point, recovery_window
+from common.recovery_window import STATS_KEY, Window, recovery_point, recovery_window
 from common.storage import CatalogEntry
 
 bp = Blueprint("metrics", __name__)
@@ -112,7 +113,7 @@ class BackupCollector(Collector):
         if window is None and "current_at" not in watcher:
             return
         point = recovery_point(window or recovery_window(entries, [], now), watcher.get("current_at"), now,
-                               etcd_revision(self.config.etcd))
+                               etcd_seen_at(self.queue.connection))
         if point is None:
             return
         yield GaugeMetricFamily("etcd_backup_delta_current_timestamp_seconds",

@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from common import queue
+from common import etcd_seen, queue
 from common.config import Config
 from common.jobs import TrustedJob, refusal
 from common.storage import StorageError, open_store
@@ -126,6 +126,8 @@ class ThreadWorker(BackupWorker):
     """How often an idle worker looks whether it was asked to stop."""
 
     _thread: threading.Thread | None = None
+    _reporter_stop: threading.Event | None = None
+    """Stops this worker's etcd reporter (common.etcd_seen), if start_thread_worker started one."""
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -139,6 +141,8 @@ class ThreadWorker(BackupWorker):
     def stop(self, timeout: float | None = None) -> None:
         """Stop the worker, now if it is idle or after the current job; wait up to `timeout` for it."""
         self._stop_requested = True
+        if self._reporter_stop is not None:
+            self._reporter_stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -166,6 +170,8 @@ def run_worker(config: Config) -> None:
     connection = queue.connect(config)
     queue.retry_until_redis_answers(lambda: prepare(config, connection))
     worker = BackupWorker(connection, config)
+    # What /readyz says about etcd comes from here: the API has no etcd credentials (common.etcd_seen).
+    etcd_seen.start_reporter(config.etcd, connection, "worker")
     worker.work(logging_level="INFO")
 
 
@@ -173,5 +179,6 @@ def start_thread_worker(config: Config, connection: redis.Redis) -> ThreadWorker
     """Start a worker thread on `connection` (the all-in-one server's); `stop()` ends it."""
     prepare(config, connection)
     worker = ThreadWorker(connection, config)
+    _, worker._reporter_stop = etcd_seen.start_reporter(config.etcd, connection, "worker")
     worker.start()
     return worker

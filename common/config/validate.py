@@ -85,11 +85,12 @@ ETCD_KEYS = frozenset({
 })
 
 
-def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config:
-    """Validate an already-parsed YAML document."""
+def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str], etcd_credentials: bool = True) -> Config:
+    """Validate an already-parsed YAML document. Without `etcd_credentials` (the API apart from its workers: it
+    never connects to etcd) etcd's password and TLS files are left out, unread: its pods need not hold them."""
     top = Section(raw, "", TOP_LEVEL_KEYS)
     return Config(
-        etcd=_parse_etcd(top.require("etcd")),
+        etcd=_parse_etcd(top.require("etcd"), etcd_credentials),
         **_storage(top.get_str("backup-dir", DEFAULT_BACKUP_DIR), top.get_section("s3")),
         listen=top.get_listen("listen", DEFAULT_LISTEN),
         rotate=top.get_int("rotate", DEFAULT_ROTATE, minimum=1),
@@ -150,7 +151,7 @@ def _parse_retention(raw: Any) -> RetentionConfig | None:
     return retention
 
 
-def _parse_etcd(raw: Any) -> EtcdConfig:
+def _parse_etcd(raw: Any, credentials: bool = True) -> EtcdConfig:
     section = Section(raw, "etcd.", ETCD_KEYS)
     endpoints = section.get_str_list("endpoints", DEFAULT_ENDPOINTS)
     for url in endpoints:
@@ -166,6 +167,11 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
     if (username is None) != (password is None):
         missing = "etcd.password" if password is None else "etcd.username"
         raise ConfigError(missing, "username and password must be given together")
+    if not credentials:  # their types are checked, nothing is read
+        for name in ("tls-ca", "tls-cert", "tls-key"):
+            section.get_str(name, None), section.get_str(f"{name}-file", None)
+        return EtcdConfig(endpoints=tuple(endpoints), prefix=section.get_str("prefix", ""),
+                          timeout=section.get_duration("timeout", DEFAULT_ETCD_TIMEOUT, ETCD_TIMEOUT_BOUNDS))
     ca, ca_file = section.get_pem("tls-ca")
     cert, cert_file = section.get_pem("tls-cert")
     key, key_file = section.get_pem("tls-key")
