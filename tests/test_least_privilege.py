@@ -1,0 +1,62 @@
+"""Least privilege for the API's pods, as deploy/kubernetes/procfile gives them: no etcd credentials at all (its
+/readyz reads what the workers saw of etcd, common.etcd_seen), and S3 keys that may read and list but neither
+write nor delete. The Procfile's processes, real etcd (TLS, client certificates required), real Redis, SeaweedFS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common import etcd
+from common.config import EtcdConfig
+from harness.deployment import Deployment, procfile, start, wait_for_api
+from harness.files import write_private
+from harness.processes import wait_until
+from harness.report import Report
+from harness.servers import EtcdServer, RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_api_serves_without_the_etcd_client_key(tls_etcd: EtcdServer, redis_server: RedisServer,
+                                                    tmp_path: Path, report: Report) -> None:
+    """The config names the etcd client certificate and key (one ConfigMap for every Deployment), but only the
+    worker's container has them: the API starts, is ready, lists, takes a backup through the worker, serves it."""
+    tls = tls_etcd.tls
+    assert tls is not None
+    with pytest.raises(etcd.EtcdUnavailable):  # etcd does require the client certificate
+        etcd.connect(EtcdConfig(endpoints=(tls_etcd.url,), tls_ca=tls.ca.read_bytes(), timeout=2))
+    secret = tmp_path / "etcd-client"  # the Secret's files, mounted in the worker's pod only
+    secret.mkdir()
+    files = {"tls-ca-file": shutil.copy(tls.ca, secret / "ca.pem"),
+             "tls-cert-file": shutil.copy(tls.client_cert, secret / "client.pem"),
+             "tls-key-file": write_private(secret / "client-key.pem", tls.client_key.read_bytes())}
+    deployment = Deployment(tmp_path / "deploy", [], redis_server,
+                            etcd={"endpoints": [tls_etcd.url], **{key: str(path) for key, path in files.items()}})
+    try:
+        deployment.start_worker()  # it reads the files at start-up
+        shutil.rmtree(secret)  # the API's container never has them
+        deployment.web = start(procfile()["web"], deployment.config, deployment.work / "web.log")
+        wait_for_api(deployment.base, deployment.web)
+        assert not any(Path(path).exists() for path in files.values())
+
+        wait_until(lambda: deployment.request("GET", "/readyz")[0] == 200, 30, "/readyz 200", deployment.web)
+        ready = json.loads(deployment.request("GET", "/readyz")[2])
+        detail = ready["checks"]["etcd"]["detail"]
+        assert detail.startswith(f"{tls_etcd.url} answers (etcd 3.") and ", as seen by worker@" in detail, ready
+        answer = deployment.post_backup()
+        assert answer["message"] == "backup successfully"
+        status, _, listing = deployment.request("GET", "/api/v1/backup")
+        assert status == 200 and json.loads(listing) == [answer["filename"]]
+        status, headers, data = deployment.request("GET", f"/api/v1/backup/{answer['filename']}")
+        assert status == 200 and len(data) == answer["filesize"] and data[:2] == b"\x1f\x8b"
+        status, _, body = deployment.request("GET", "/api/v1/status")
+        assert status == 200, body
+    finally:
+        deployment.stop()
+    report("Procfile deployment, etcd requires client certificates, the API's container without the etcd "
+           "client key, CA or certificate", f"web starts, /readyz 200 ({detail!r}), POST 200, list, download "
+           f"{answer['filesize']} bytes, status 200")
