@@ -134,10 +134,12 @@ class BackupCollector(Collector):
             failed = skip_wrong_type(lambda: failed_jobs.count, failed_jobs.key)
             drill = read_drill(connection)
             watcher = read_watcher(connection, STATS_KEY)
+            memory = _read_memory(connection)
         except redis.RedisError:
             yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=0)
             return {}
         yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=1)
+        yield from _redis_memory(memory)
         counter = CounterMetricFamily("etcd_backup_backups", "Backups by outcome (success, failure, skipped).",
                                       labels=["outcome"])
         for outcome, count in outcomes.items():
@@ -163,6 +165,28 @@ class BackupCollector(Collector):
                                     "When a restore drill last proved the newest backup restores.",
                                     value=drill["last_success"])
         return watcher
+
+
+REDIS_MEMORY = {
+    "used_memory": ("etcd_backup_redis_used_memory_bytes", "Memory Redis uses for its data (INFO memory)."),
+    "maxmemory": ("etcd_backup_redis_maxmemory_bytes",
+                  "Redis' maxmemory (0: none). Beyond it, with noeviction, writes fail: no new backup job is queued."),
+}
+
+
+def _read_memory(connection: redis.Redis) -> object:
+    try:
+        return connection.info("memory")
+    except redis.ResponseError:  # the embedded queue (an in-process Redis) has no INFO, nor a memory bound
+        return None
+
+
+def _redis_memory(info: object) -> Iterator[Metric]:
+    """Redis' memory and its bound, for an alert before it is full (Redis has no exporter of its own here)."""
+    for field, (name, documentation) in REDIS_MEMORY.items():
+        value = info.get(field) if isinstance(info, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            yield GaugeMetricFamily(name, documentation, value=value)
 
 
 WATCHER_COUNTERS = {

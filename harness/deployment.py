@@ -40,9 +40,13 @@ class Deployment:
     """etcd-backup as users run it, from its config file: `etcd-backup --config` alone (embedded
     queue) when `redis` is None, else the Procfile's web process and worker processes on Redis."""
 
-    def __init__(self, work: Path, etcd_urls: list[str], redis: RedisServer | None = None, **config: Any) -> None:
+    def __init__(self, work: Path, etcd_urls: list[str], redis: RedisServer | None = None,
+                 redis_urls: dict[str, str] | None = None, **config: Any) -> None:
+        """`redis_urls`: the Redis URL of each Procfile process ("web", "worker", ...) by its name, given as
+        $REDIS_URL (as deploy/kubernetes/procfile gives each Deployment its own Redis user), none in the config."""
         self.work = work
         self.redis = redis
+        self.redis_urls = redis_urls
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.backup_dir = work / "backups"
@@ -52,7 +56,7 @@ class Deployment:
             "backup-dir": str(self.backup_dir),
             "listen": f"127.0.0.1:{self.port}",
             "etcd": {"endpoints": etcd_urls},
-            **({"redis-url": redis.url} if redis is not None else {}),
+            **({"redis-url": redis.url} if redis is not None and redis_urls is None else {}),
         }
         document.update({key.replace("_", "-"): value for key, value in config.items()})
         write_config(self.config, document)
@@ -64,7 +68,7 @@ class Deployment:
             self.web = start(f"etcd-backup --config {self.config}", self.config, self.work / "web.log",
                              REDIS_URL="")
         else:
-            self.web = start(procfile()["web"], self.config, self.work / "web.log")
+            self.web = self.start_process(procfile()["web"], "web")
             for _ in range(workers):
                 self.start_worker()
         with stopped_on_failure(self.stop):
@@ -76,7 +80,7 @@ class Deployment:
         assert self.redis is not None, "the all-in-one process has its worker inside"
         connection = self.redis.client()
         expected = len(Worker.all(connection=connection)) + 1
-        worker = start(procfile()["worker"], self.config, self.work / f"worker{len(self.workers)}.log")
+        worker = self.start_process(procfile()["worker"], f"worker{len(self.workers)}")
         self.workers.append(worker)
         wait_until(lambda: len(Worker.all(connection=connection)) == expected, 30, "the worker to register", worker)
         return worker
@@ -112,8 +116,12 @@ class Deployment:
         return sorted(name for name in os.listdir(self.backup_dir) if is_temp_name(name))
 
     def start_process(self, command: str, name: str) -> subprocess.Popen[bytes]:
-        """Start another process of this deployment (a Procfile line) with its config; stopped by the caller."""
-        return start(command, self.config, self.work / f"{name}.log")
+        """Start another process of this deployment (a Procfile line) with its config (and its Redis URL, with
+        `redis_urls`); stopped by the caller."""
+        if self.redis_urls is None:
+            return start(command, self.config, self.work / f"{name}.log")
+        role = {line: role for role, line in procfile().items()}[command]
+        return start(command, self.config, self.work / f"{name}.log", REDIS_URL=self.redis_urls[role])
 
     def stop_workers(self) -> None:
         for worker in self.workers:
