@@ -41,12 +41,14 @@ class Deployment:
     queue) when `redis` is None, else the Procfile's web process and worker processes on Redis."""
 
     def __init__(self, work: Path, etcd_urls: list[str], redis: RedisServer | None = None,
-                 redis_urls: dict[str, str] | None = None, **config: Any) -> None:
-        """`redis_urls`: the Redis URL of each Procfile process ("web", "worker", ...) by its name, given as
-        $REDIS_URL (as deploy/kubernetes/procfile gives each Deployment its own Redis user), none in the config."""
+                 environments: dict[str, dict[str, str]] | None = None, **config: Any) -> None:
+        """`environments`: more environment variables for each Procfile process ("web", "worker", ...), as
+        deploy/kubernetes/procfile gives each Deployment its own credentials: $REDIS_URL (a Redis user of its
+        own: the config then names no Redis), $AWS_ACCESS_KEY_ID, ..."""
         self.work = work
         self.redis = redis
-        self.redis_urls = redis_urls
+        self.environments = environments or {}
+        own_redis_urls = any("REDIS_URL" in environment for environment in self.environments.values())
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.backup_dir = work / "backups"
@@ -56,7 +58,7 @@ class Deployment:
             "backup-dir": str(self.backup_dir),
             "listen": f"127.0.0.1:{self.port}",
             "etcd": {"endpoints": etcd_urls},
-            **({"redis-url": redis.url} if redis is not None and redis_urls is None else {}),
+            **({"redis-url": redis.url} if redis is not None and not own_redis_urls else {}),
         }
         document.update({key.replace("_", "-"): value for key, value in config.items()})
         write_config(self.config, document)
@@ -116,12 +118,10 @@ class Deployment:
         return sorted(name for name in os.listdir(self.backup_dir) if is_temp_name(name))
 
     def start_process(self, command: str, name: str) -> subprocess.Popen[bytes]:
-        """Start another process of this deployment (a Procfile line) with its config (and its Redis URL, with
-        `redis_urls`); stopped by the caller."""
-        if self.redis_urls is None:
-            return start(command, self.config, self.work / f"{name}.log")
-        role = {line: role for role, line in procfile().items()}[command]
-        return start(command, self.config, self.work / f"{name}.log", REDIS_URL=self.redis_urls[role])
+        """Start another process of this deployment (a Procfile line) with its config (and its `environments`);
+        stopped by the caller."""
+        role = {line: role for role, line in procfile().items()}.get(command)
+        return start(command, self.config, self.work / f"{name}.log", **self.environments.get(role or "", {}))
 
     def stop_workers(self) -> None:
         for worker in self.workers:

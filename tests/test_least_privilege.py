@@ -9,13 +9,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from common import etcd
 from common.config import EtcdConfig
 from harness.deployment import Deployment, procfile, start, wait_for_api
 from harness.files import write_private
-from harness.processes import wait_until
+from harness.processes import stop_process, wait_until
 from harness.report import Report
+from harness.s3 import ACCESS_KEY, READ_ACCESS_KEY, READ_SECRET_KEY, SECRET_KEY, S3Server
 from harness.servers import EtcdServer, RedisServer
 
 pytestmark = pytest.mark.slow
@@ -60,3 +62,55 @@ def test_the_api_serves_without_the_etcd_client_key(tls_etcd: EtcdServer, redis_
     report("Procfile deployment, etcd requires client certificates, the API's container without the etcd "
            "client key, CA or certificate", f"web starts, /readyz 200 ({detail!r}), POST 200, list, download "
            f"{answer['filesize']} bytes, status 200")
+
+
+def test_the_api_serves_the_bucket_with_keys_that_only_read_and_list(
+        seaweedfs: S3Server, etcd: EtcdServer, redis_server: RedisServer, tmp_path: Path, report: Report) -> None:
+    """SeaweedFS with two identities: the workers' (read, write, list) and the API's (read, list). The Procfile's
+    web process on the latter lists, serves, verifies (on a worker) and reports; the key itself cannot write or
+    delete there."""
+    bucket, prefix = seaweedfs.place()
+    settings = seaweedfs.settings(bucket, prefix)
+    for key in ("access-key-id", "secret-access-key"):  # from the environment, each process its own
+        del settings["s3"][key]
+    reader = {"AWS_ACCESS_KEY_ID": READ_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": READ_SECRET_KEY}
+    writer = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    deployment = Deployment(tmp_path / "deploy", [etcd.url], redis_server, deltas=True, delta_period="1s",
+                            environments={"web": reader, "worker": writer, "deltas": writer}, **settings)
+    deployment.start()
+    try:
+        watcher = deployment.start_process(procfile()["deltas"], "deltas")
+        answer = deployment.post_backup()
+        name = answer["filename"]
+        status, _, listing = deployment.request("GET", "/api/v1/backup")
+        assert status == 200 and json.loads(listing) == [name]
+        status, _, data = deployment.request("GET", f"/api/v1/backup/{name}")
+        assert status == 200 and len(data) == answer["filesize"] and data[:2] == b"\x1f\x8b"
+        status, _, body = deployment.request("POST", f"/api/v1/backup/{name}/verify")
+        assert status == 200 and json.loads(body)["message"] == "backup verified", body
+        etcd.client().put(f"/{prefix}after", "x")
+        wait_until(lambda: any(span["deltas"] for span in json.loads(
+            deployment.request("GET", "/api/v1/recovery-window")[2])["backups"]), 60, "a delta the API reads",
+            deployment.web)
+        for path in ("/readyz", "/api/v1/status", "/metrics", "/"):
+            status, _, body = deployment.request("GET", path)
+            assert status == 200, (path, body[:300])
+        stop_process(watcher, timeout=30)
+    finally:
+        deployment.stop()
+    api_key = seaweedfs.client(READ_SECRET_KEY, READ_ACCESS_KEY)
+    key = f"{prefix}{name}"
+    assert api_key.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    refused = []
+    planted = f"{prefix}snapshot-20991231_235959.tar.gz"
+    for attempt in (lambda: api_key.put_object(Bucket=bucket, Key=key, Body=b"forged"),
+                    lambda: api_key.put_object(Bucket=bucket, Key=planted, Body=b"x"),
+                    lambda: api_key.delete_object(Bucket=bucket, Key=key),
+                    lambda: api_key.copy_object(Bucket=bucket, Key=planted, CopySource={"Bucket": bucket, "Key": key})):
+        with pytest.raises(ClientError) as denied:
+            attempt()
+        refused.append(denied.value.response["Error"]["Code"])
+    assert set(refused) == {"AccessDenied"}, refused
+    assert seaweedfs.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data  # unchanged
+    report("Procfile deployment on SeaweedFS, the API's S3 key may only Read and List",
+           f"list, download, verify, recovery window, readyz 200; that key's PUT, overwrite, DELETE, COPY: {refused}")

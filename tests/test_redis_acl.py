@@ -120,7 +120,8 @@ def test_every_process_runs_on_its_own_user_and_nothing_is_refused(
     worker_url = shipped_redis.user_url("etcd-backup-worker", passwords["etcd-backup-worker"])
     urls = {"web": api_url, "worker": worker_url, "scheduler": worker_url, "deltas": worker_url}
     assert set(procfile()) == set(urls)
-    deployment = Deployment(tmp_path / "deploy", [etcd.url], shipped_redis, redis_urls=urls, deltas=True,
+    deployment = Deployment(tmp_path / "deploy", [etcd.url], shipped_redis,
+                            environments={name: {"REDIS_URL": url} for name, url in urls.items()}, deltas=True,
                             delta_period="1s", schedule="* * * * *", drill="* * * * *")
     others = []
     try:
