@@ -114,3 +114,14 @@ def test_the_api_serves_the_bucket_with_keys_that_only_read_and_list(
     assert seaweedfs.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data  # unchanged
     report("Procfile deployment on SeaweedFS, the API's S3 key may only Read and List",
            f"list, download, verify, recovery window, readyz 200; that key's PUT, overwrite, DELETE, COPY: {refused}")
+
+
+def test_the_all_in_one_servers_worker_reports_etcd_as_the_workers_do(etcd: EtcdServer, tmp_path: Path) -> None:
+    """`etcd-backup --config` alone (the embedded queue): its worker thread reports, and its /readyz reads that."""
+    deployment = Deployment(tmp_path / "deploy", [etcd.url]).start()
+    try:
+        wait_until(lambda: deployment.request("GET", "/readyz")[0] == 200, 30, "/readyz 200", deployment.web)
+        detail = json.loads(deployment.request("GET", "/readyz")[2])["checks"]["etcd"]["detail"]
+    finally:
+        deployment.stop()
+    assert detail.startswith(f"{etcd.url} answers (etcd 3.") and ", as seen by worker@" in detail, detail

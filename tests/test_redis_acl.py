@@ -157,9 +157,11 @@ def test_every_process_runs_on_its_own_user_and_nothing_is_refused(
         deployment.stop()
     refused = [(entry["username"], entry["reason"], entry["object"]) for entry in admin.acl_log(count=100)]
     assert refused == [], refused
+    memory = admin.info("memory")
     report("the Procfile deployment on redis.yaml's own redis-server and redis-users.acl (API user, worker "
            "user, default off)", "POST 200, verify 200, list, download, deltas, a drill that passed, /readyz 200; "
-           "ACL LOG empty")
+           f"ACL LOG empty; Redis used {memory['used_memory'] / 2**20:.1f} MiB of maxmemory "
+           f"{memory['maxmemory'] / 2**20:.0f} MiB")
 
 
 API_REFUSED: list[tuple[object, ...]] = [
