@@ -126,8 +126,8 @@ class ThreadWorker(BackupWorker):
     """How often an idle worker looks whether it was asked to stop."""
 
     _thread: threading.Thread | None = None
-    _reporter_stop: threading.Event | None = None
-    """Stops this worker's etcd reporter (common.etcd_seen), if start_thread_worker started one."""
+    _reporter: tuple[threading.Thread, threading.Event] | None = None
+    """This worker's etcd reporter (common.etcd_seen) and the event that stops it (start_thread_worker's)."""
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -141,10 +141,12 @@ class ThreadWorker(BackupWorker):
     def stop(self, timeout: float | None = None) -> None:
         """Stop the worker, now if it is idle or after the current job; wait up to `timeout` for it."""
         self._stop_requested = True
-        if self._reporter_stop is not None:
-            self._reporter_stop.set()
+        if self._reporter is not None:
+            self._reporter[1].set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._reporter is not None:  # ends within its etcd check's timeout
+            self._reporter[0].join(timeout)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # RQ's own wait only ends on a job; wait in short slices so that stop() is seen.
@@ -179,6 +181,6 @@ def start_thread_worker(config: Config, connection: redis.Redis) -> ThreadWorker
     """Start a worker thread on `connection` (the all-in-one server's); `stop()` ends it."""
     prepare(config, connection)
     worker = ThreadWorker(connection, config)
-    _, worker._reporter_stop = etcd_seen.start_reporter(config.etcd, connection, "worker")
+    worker._reporter = etcd_seen.start_reporter(config.etcd, connection, "worker")
     worker.start()
     return worker
