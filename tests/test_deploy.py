@@ -222,7 +222,7 @@ def test_redis_has_acl_users_and_a_memory_bound_that_drops_no_job() -> None:
     maxmemory = re.search(r"--maxmemory (\d+)mb\b", script)
     assert maxmemory is not None and re.search(r"--maxmemory-policy noeviction\b", script), script
     limit = mebibytes(container["resources"]["limits"]["memory"]) * 2**20
-    assert 0 < int(maxmemory[1]) * 10**6 <= 0.7 * limit, (maxmemory[1], limit)
+    assert 0 < int(maxmemory[1]) * 2**20 <= 0.7 * limit, (maxmemory[1], limit)  # Redis reads "mb" as MiB
     assert "--requirepass" not in script and "--aclfile /etc/redis/users.acl" in script
     mount = next(mount for mount in container["volumeMounts"] if mount["mountPath"] == "/etc/redis")
     pod = pod_of("procfile", "etcd-backup-redis")["spec"]
