@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 from flask import Blueprint, Response, jsonify
 
+from api.auth import EVERY_RIGHT, RIGHTS, TOKEN_RIGHTS
 from api.errors import error_response
 from api.state import state
 from common import etcd_seen
@@ -45,13 +46,19 @@ def readyz() -> tuple[Response, int]:
 
 
 def auth_detail(config: Config) -> str:
-    """How the API is protected, in one line (a warning when it is open to the network)."""
-    if config.api_token is not None:
-        return "api-token required"
+    """How the API is protected, in one line: the tokens set and what each may do (api.auth), or a warning
+    when it is open to the network."""
+    if config.tokens:
+        return "a token required: " + ", ".join(f"{name} ({_rights_of(name)})" for name in config.tokens)
     if config.open_to_the_network:
         return (f"WARNING: no api-token and listening on {config.listen}: anyone who can reach it can download "
                 "every Secret in the cluster")
     return f"no api-token; listening on loopback only ({config.listen})"
+
+
+def _rights_of(token: str) -> str:
+    rights = TOKEN_RIGHTS[token]
+    return "every right" if rights == EVERY_RIGHT else ", ".join(right for right in RIGHTS if right in rights)
 
 
 def _check(probe: Callable[[], str | None]) -> dict[str, object]:

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from rq.registry import FailedJobRegistry
 
+from api.auth import TOKEN_RIGHTS
 from api.state import State, state
 from common import backups
 from common.clock import redis_clock
@@ -40,7 +41,13 @@ class BackupCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("etcd_backup_api_auth_enabled",
                                 "1 when the API needs a token; 0: anyone who reaches it can download every Secret.",
-                                value=0 if self.config.api_token is None else 1)
+                                value=1 if self.config.tokens else 0)
+        configured = GaugeMetricFamily("etcd_backup_api_token_configured",
+                                       "1 for each API token set (api-token: every right; read-, backup-, "
+                                       "download-token: scoped), 0 for those not set.", labels=["token"])
+        for name in TOKEN_RIGHTS:
+            configured.add_metric([name], 1 if name in self.config.tokens else 0)
+        yield configured
         now = redis_clock(self.queue.connection)()
         entries = self.store.catalog(now)
         yield from self._from_store(now, entries)
