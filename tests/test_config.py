@@ -699,3 +699,22 @@ def test_every_process_refuses_a_config_whose_secrets_others_can_read_with_one_l
     result, _ = etcd_backup("config", "check", "--config", str(path),
                             env={"PATH": str(BIN_DIR), "ETCD_BACKUP_API_TOKEN": "Tq8zVw3RkP1mXn6Y"})
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_a_process_that_never_connects_to_etcd_reads_none_of_its_credentials(write_config: ConfigFactory,
+                                                                             tmp_path: Path) -> None:
+    """The Procfile's web (cli.startup.load_web_config): etcd's TLS files need not exist where it runs, and its
+    password is not kept; their keys are still checked for type."""
+    absent = tmp_path / "not-mounted"
+    path = write_config(etcd_overrides={"tls-ca-file": str(absent / "ca.pem"), "tls-cert-file": str(absent / "c.pem"),
+                                        "tls-key-file": str(absent / "k.pem"), "username": "root",
+                                        "password": "etcd-secret"})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(path)
+    config = load_config(path, etcd_credentials=False)
+    assert (config.etcd.tls_ca, config.etcd.tls_cert, config.etcd.tls_key, config.etcd.password) == (None,) * 4
+    assert "etcd-secret" not in repr(config)
+    wrong = write_config(etcd_overrides={"tls-key-file": 5})
+    with pytest.raises(ConfigError) as info:
+        load_config(wrong, etcd_credentials=False)
+    assert info.value.key == "etcd.tls-key-file"

@@ -4,6 +4,7 @@ the dashboard name is one that a live service exports."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -282,6 +283,85 @@ def test_only_the_api_can_be_reached(name: str) -> None:
                 assert labels["app.kubernetes.io/component"] in ("api", "all-in-one") and ports == {8080}, rule
 
 
+def pod_of(name: str, deployment: str) -> dict[str, Any]:
+    found = [item for item in of_kind(name, "Deployment") if item["metadata"]["name"] == deployment]
+    pod: dict[str, Any] = found[0]["spec"]["template"]
+    return pod
+
+
+def secret_keys(pod: dict[str, Any]) -> set[str]:
+    """The keys of the Secret `etcd-backup` that a pod reads: as environment variables, or as files."""
+    spec = pod["spec"]
+    keys = {variable["valueFrom"]["secretKeyRef"]["key"] for container in spec["containers"]
+            for variable in container.get("env", []) if "secretKeyRef" in variable.get("valueFrom", {})}
+    for volume in spec.get("volumes", []):
+        if volume.get("secret", {}).get("secretName") == "etcd-backup":
+            keys |= {item["key"] for item in volume["secret"].get("items", [])}
+    return keys
+
+
+def egress_ports(name: str, labels: dict[str, str]) -> set[int]:
+    policies = [policy for policy in of_kind(name, "NetworkPolicy") if selects(policy["spec"]["podSelector"], labels)]
+    return {port["port"] for policy in policies for rule in policy["spec"].get("egress", []) for port in rule["ports"]}
+
+
+WORKERS = ["etcd-backup-worker", "etcd-backup-scheduler", "etcd-backup-deltas"]
+
+
+def test_the_api_holds_no_etcd_credential_nor_a_key_that_writes_the_bucket(tmp_path: Path) -> None:
+    """The API's pods face the network: no etcd client certificate, key or CA (nor a way to reach etcd), S3 keys
+    of their own (read and list), and Redis as its own user. The workers keep what a backup needs."""
+    api = pod_of("procfile", "etcd-backup-api")
+    keys = secret_keys(api)
+    assert not {key for key in keys if key.startswith("etcd-")}, keys
+    assert {"aws-read-access-key-id", "aws-read-secret-access-key", "redis-url-api"} <= keys, keys
+    assert not {"aws-access-key-id", "aws-secret-access-key", "redis-url-worker", "redis-url"} & keys, keys
+    assert 2379 not in egress_ports("procfile", api["metadata"]["labels"])
+    for name in WORKERS:
+        pod = pod_of("procfile", name)
+        keys = secret_keys(pod)
+        assert {"etcd-client-key.pem", "redis-url-worker"} <= keys and "redis-url-api" not in keys, (name, keys)
+        assert 2379 in egress_ports("procfile", pod["metadata"]["labels"]), name
+    # The web process loads the shipped config although the files it names are not in its container.
+    config = load_config(KUBERNETES / "procfile" / "config.yml", etcd_credentials=False)
+    assert config.etcd.tls_key is None and not Path("/etc/etcd-backup/secret/etcd-client-key.pem").exists()
+
+
+def redis_container(name: str = "procfile") -> dict[str, Any]:
+    found = [container for owner, container in containers(name) if owner == "etcd-backup-redis"]
+    return found[0]
+
+
+def test_redis_has_acl_users_and_a_memory_bound_that_drops_no_job() -> None:
+    """redis.yaml runs Redis on redis-users.acl (generated into a Secret), with maxmemory well under the container's
+    limit (room for the append-only file's rewrite, a fork, and client buffers) and noeviction: full, it refuses
+    writes rather than drop a queued job or a lock. The ACL file itself is run by tests/test_redis_acl.py."""
+    container = redis_container()
+    script = " ".join(container["command"] + container["args"])
+    maxmemory = re.search(r"--maxmemory (\d+)mb\b", script)
+    assert maxmemory is not None and re.search(r"--maxmemory-policy noeviction\b", script), script
+    limit = mebibytes(container["resources"]["limits"]["memory"]) * 2**20
+    assert 0 < int(maxmemory[1]) * 2**20 <= 0.7 * limit, (maxmemory[1], limit)  # Redis reads "mb" as MiB
+    assert "--requirepass" not in script and "--aclfile /etc/redis/users.acl" in script
+    mount = next(mount for mount in container["volumeMounts"] if mount["mountPath"] == "/etc/redis")
+    pod = pod_of("procfile", "etcd-backup-redis")["spec"]
+    volume = next(volume for volume in pod["volumes"] if volume["name"] == mount["name"])
+    secret = next(item for item in of_kind("procfile", "Secret")
+                  if item["metadata"]["name"] == volume["secret"]["secretName"])
+    acl = (KUBERNETES / "procfile" / "redis-users.acl").read_text()
+    assert base64.b64decode(secret["data"]["users.acl"]).decode() == acl
+    users = {line.split()[1]: line.split()[2:] for line in acl.splitlines()}
+    assert set(users) == {"default", "etcd-backup-api", "etcd-backup-worker"} and users["default"][0] == "off"
+    for rules in users.values():
+        assert "-@all" in rules and not {"+@all", "allcommands", "allkeys", "~*", "nopass", "+@dangerous"} & set(rules)
+    urls = yaml.safe_load((KUBERNETES / "procfile" / "secret.yaml").read_text())["stringData"]
+    for user, role in (("etcd-backup-api", "api"), ("etcd-backup-worker", "worker")):
+        password = next(rule[1:] for rule in users[user] if rule.startswith(">"))
+        assert urls[f"redis-url-{role}"] == f"redis://{user}:{password}@etcd-backup-redis:6379/0"
+    expression = alert("EtcdBackupRedisAlmostFull")["expr"]
+    assert "etcd_backup_redis_used_memory_bytes" in expression and "etcd_backup_redis_maxmemory_bytes" in expression
+
+
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     """Whether a Kubernetes label selector (matchLabels, matchExpressions with In) selects `labels`."""
     if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
@@ -410,8 +490,7 @@ def test_a_key_as_the_kubelet_mounts_a_secret_is_taken_and_one_others_can_read_i
     """The manifests' Secret volume (defaultMode 0440, fsGroup): each file root's, read through the pod's
     group. The pod's user takes it as etcd's client key; a mode that gives others access is refused."""
     assert all("defaultMode: 0440" in (KUBERNETES / name).read_text() for name in (
-        "all-in-one/etcd-backup.yaml", "procfile/api.yaml", "procfile/worker.yaml", "procfile/scheduler.yaml",
-        "procfile/deltas.yaml"))
+        "all-in-one/etcd-backup.yaml", "procfile/worker.yaml", "procfile/scheduler.yaml", "procfile/deltas.yaml"))
     tls = make_tls_files(volume / "pki")
     key = tls.client_key
     os.chown(key, 0, IMAGE_USER)

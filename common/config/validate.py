@@ -93,12 +93,13 @@ ETCD_KEYS = frozenset({
 })
 
 
-def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config:
-    """Validate an already-parsed YAML document."""
+def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str], etcd_credentials: bool = True) -> Config:
+    """Validate an already-parsed YAML document. Without `etcd_credentials` (the API apart from its workers: it
+    never connects to etcd) etcd's password and TLS files are left out, unread: its pods need not hold them."""
     refuse_placeholders(raw, environ)  # first: a placeholder token would otherwise be just "too short"
     top = Section(raw, "", TOP_LEVEL_KEYS)
     return Config(
-        etcd=_parse_etcd(top.require("etcd")),
+        etcd=_parse_etcd(top.require("etcd"), etcd_credentials),
         **_storage(top.get_str("backup-dir", DEFAULT_BACKUP_DIR), top.get_section("s3")),
         listen=top.get_listen("listen", DEFAULT_LISTEN),
         rotate=top.get_int("rotate", DEFAULT_ROTATE, minimum=1),
@@ -160,7 +161,7 @@ def _parse_retention(raw: Any) -> RetentionConfig | None:
     return retention
 
 
-def _parse_etcd(raw: Any) -> EtcdConfig:
+def _parse_etcd(raw: Any, credentials: bool = True) -> EtcdConfig:
     section = Section(raw, "etcd.", ETCD_KEYS)
     endpoints = section.get_str_list("endpoints", DEFAULT_ENDPOINTS)
     for number, url in enumerate(endpoints, 1):
@@ -179,6 +180,11 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
     if (username is None) != (password is None):
         missing = "etcd.password" if password is None else "etcd.username"
         raise ConfigError(missing, "username and password must be given together")
+    if not credentials:  # their types are checked, nothing is read
+        for name in ("tls-ca", "tls-cert", "tls-key"):
+            section.get_str(name, None), section.get_str(f"{name}-file", None)
+        return EtcdConfig(endpoints=tuple(endpoints), prefix=section.get_str("prefix", ""),
+                          timeout=section.get_duration("timeout", DEFAULT_ETCD_TIMEOUT, ETCD_TIMEOUT_BOUNDS))
     pems = {name: _etcd_pem(section, name) for name in ("tls-ca", "tls-cert", "tls-key")}
     (ca, ca_file), (cert, cert_file), (key, key_file) = ((pem, path) for _, pem, path, _ in pems.values())
     if key_file is not None:  # read from a file (tls-key-file, or tls-key given a path): a private key's
