@@ -9,15 +9,22 @@ the passing ones add coverage the other tests lack."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import resource
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pyrage import x25519
+
+from common.clock import redis_clock
+from common.etcd_seen import SEEN_KEY
+from common.recovery_window import CURRENT_SLACK_SECONDS, STATS_KEY
 
 from harness.cli import COMMAND, environment
 from harness.files import write_config
@@ -164,3 +171,44 @@ def test_a_rebound_name_cannot_read_backups_through_the_proxy_for_browsers(make_
         finally:
             proxy.stop()
     assert status == 421, f"the rebound name got {status} and {len(body)} bytes of {name} (every Secret)"
+
+
+# --- Redis: the workers' reports of etcd, read by the API -------------------------------------------------
+
+def hostile_reports(now: float) -> dict[str, bytes]:
+    """Reports of etcd a Redis writer plants, each well under MAX_REPORT_BYTES (4 KiB)."""
+    fresh = {"reporter": "worker@pod:1", "endpoint": "https://etcd:2379", "version": "3.5.0", "revision": 7}
+    return {
+        # 400 digits: a JSON number Python reads as an int, too large for a float (math.isfinite raises
+        # OverflowError, which the report's parser does not take for "not a report").
+        "a time of 400 digits": json.dumps({**fresh, "at": 10 ** 400}).encode(),
+        # 2,000 nested arrays in 4,000 bytes: json.loads raises RecursionError.
+        "arrays nested 2,000 deep": b"[" * 2000 + b"]" * 2000,
+    }
+
+
+@pytest.mark.parametrize("case", ["a time of 400 digits", "arrays nested 2,000 deep"])
+def test_a_planted_report_of_etcd_never_makes_an_endpoint_fail(make_service: Callable[..., Service],
+                                                              redis_conn: redis.Redis, case: str) -> None:
+    """README, Health: /readyz reads the workers' report of etcd "as untrusted input (bounded, every field
+    checked)", and Security: a Redis writer "cannot ... [only] make /readyz say ready". A report of 4 KiB at most
+    that is no report must be "not a report" (as tests/test_health.py's hostile reports are), and the recovery
+    window and /metrics, which read the same report when the watcher's current_at is past the store's latest
+    revision (a Redis writer sets it too), must still answer."""
+    service = make_service()
+    assert service.client.post("/api/v1/backup").status_code == 200
+    service.stop_worker()  # its reporter would overwrite the plant within 5 s
+    now = redis_clock(redis_conn)().timestamp()
+    redis_conn.set(SEEN_KEY, hostile_reports(now)[case])
+    # current_at past the newest backup by more than CURRENT_SLACK_SECONDS: the report is asked.
+    claimed = now + 2 * CURRENT_SLACK_SECONDS  # past the slack after the newest backup's time, not after `now`
+    redis_conn.hset(STATS_KEY, mapping={"current_at": str(claimed), "last_revision": "1"})
+    time.sleep(claimed + 0.5 - now)
+
+    ready = service.client.get("/readyz").get_json()
+    window = service.client.get("/api/v1/recovery-window")
+    metrics = service.client.get("/metrics")
+    answers = {"/readyz's etcd check": ready["checks"]["etcd"]["error"][:120],
+               "/api/v1/recovery-window": window.status_code, "/metrics": metrics.status_code}
+    assert answers == {"/readyz's etcd check": "no worker has reported etcd answering in 30 s (is a worker running?)",
+                       "/api/v1/recovery-window": 200, "/metrics": 200}, answers
