@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,17 +22,21 @@ from typing import Any
 import pytest
 import redis
 from pyrage import x25519
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
 
 from common.clock import redis_clock
 from common.etcd_seen import SEEN_KEY
+from common.queue import PENDING_KEY, PUBLISHED_META, job_queue
 from common.recovery_window import CURRENT_SLACK_SECONDS, STATS_KEY
-
+from common.redis_tools import text
 from harness.cli import COMMAND, environment
 from harness.files import write_config
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption
 from harness.nginx import Nginx
-from harness.processes import free_port
+from harness.processes import free_port, wait_until
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # never reached: the config is refused (or hangs) first
 MEMORY_LIMIT = 1 << 30
@@ -212,3 +217,54 @@ def test_a_planted_report_of_etcd_never_makes_an_endpoint_fail(make_service: Cal
                "/api/v1/recovery-window": window.status_code, "/metrics": metrics.status_code}
     assert answers == {"/readyz's etcd check": "no worker has reported etcd answering in 30 s (is a worker running?)",
                        "/api/v1/recovery-window": 200, "/metrics": 200}, answers
+
+
+# --- Redis: forged success --------------------------------------------------------------------------------
+
+def forge_published(connection: redis.Redis, job_id: str, old: dict[str, object]) -> None:
+    """What a Redis writer does to the backup job a POST waits on: record the old backup as the job's published
+    one (the meta a worker writes once its backup is listed), take the job off the queue so that no worker runs
+    it, and mark it failed so that the POST stops waiting."""
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    job.meta[PUBLISHED_META] = old
+    job.save_meta()  # type: ignore[no-untyped-call]
+    connection.lrem(job_queue(connection).key, 0, job_id)
+    job.set_status(JobStatus.FAILED)
+
+
+def forge_result(connection: redis.Redis, job_id: str, old: dict[str, object]) -> None:
+    """The same with a successful result naming the old backup, as a worker stores its return value."""
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    connection.lrem(job_queue(connection).key, 0, job_id)
+    job.set_status(JobStatus.FINISHED)
+    Result.create(job, Result.Type.SUCCESSFUL, ttl=600, return_value=old)
+
+
+@pytest.mark.parametrize("forge", [forge_published, forge_result], ids=["published meta", "successful result"])
+def test_a_post_never_answers_200_with_a_backup_taken_before_it(make_service: Callable[..., Service],
+                                                               redis_conn: redis.Redis,
+                                                               forge: Callable[[redis.Redis, str, dict[str, object]],
+                                                                               None]) -> None:
+    """README, POST /api/v1/backup: "a POST never gets a backup whose snapshot started before the POST arrived";
+    Security: a Redis writer can "forge what the API reports about jobs ... (but not a backup's success: a 200
+    names a backup the store holds ...)". Issue 25, item 4: no 200 while no backup is taken (a `curl -f` CronJob
+    stays green). The check the API makes (the store holds the name, at that size) passes for any old backup: a
+    Redis writer who names the newest old one in the job a POST waits on gets that POST a 200, and no backup is
+    taken."""
+    service = make_service(backup_timeout="30s")
+    old = service.client.post("/api/v1/backup").get_json()
+    old = {"filename": old["filename"], "filesize": old["filesize"]}
+    service.stop_worker()  # busy with another job, or stopped by RQ's worker command (a Redis writer may send it)
+
+    answer: list[Any] = []
+    post = threading.Thread(target=lambda: answer.append(service.client.post("/api/v1/backup")))
+    post.start()
+    wait_until(lambda: redis_conn.get(PENDING_KEY) is not None, 10, "the POST's job to be queued")
+    forge(redis_conn, text(redis_conn.get(PENDING_KEY)), old)
+    post.join(60)
+
+    [response] = answer
+    backups = service.client.get("/api/v1/backup").get_json()
+    assert not (response.status_code == 200 and response.get_json()["filename"] == old["filename"]), (
+        f"POST /api/v1/backup answered {response.status_code} {response.get_json()}: a backup taken before it, "
+        f"and the store still holds only {backups}")
