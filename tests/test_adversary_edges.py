@@ -33,6 +33,7 @@ from common.recovery_window import CURRENT_SLACK_SECONDS, STATS_KEY
 from common.redis_tools import text
 from harness.cli import COMMAND, environment
 from harness.files import write_config
+from harness.deployment import Deployment
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption
 from harness.nginx import Nginx
@@ -268,3 +269,35 @@ def test_a_post_never_answers_200_with_a_backup_taken_before_it(make_service: Ca
     assert not (response.status_code == 200 and response.get_json()["filename"] == old["filename"]), (
         f"POST /api/v1/backup answered {response.status_code} {response.get_json()}: a backup taken before it, "
         f"and the store still holds only {backups}")
+
+
+# --- Host and Origin on the Procfile deployment (gunicorn), in the forms a browser or a rebinding name may take
+
+NOT_THE_SERVICE = ["127.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.0.0.1.nip.io", "localhost.",
+                   "LOCALHOST.", "a@127.0.0.1", "127.0.0.1@attacker.test", "attacker.test#@127.0.0.1",
+                   "localhost.attacker.test", "xn--lcalhost-xxa", "127.0.0.1%00.attacker.test"]
+"""Hosts that are names (or no host at all) to this service's check. A browser turns the numeric forms into
+127.0.0.1 itself (it never sends them), so answering them would not open anything; refusing them is the safe
+side, and what matters is that none of them is taken for an IP literal or localhost."""
+
+
+def test_hosts_in_other_spellings_are_refused_by_gunicorn(etcd: Any, redis_server: Any, tmp_path: Path) -> None:
+    """README, Security: every path but /healthz answers only a Host that is an IP address, localhost, the listen
+    host or an allowed-hosts entry, else 421. Tried on the Procfile's gunicorn (tests/test_edges.py serves with
+    werkzeug), with a token the attacker's proxy would add; two Host headers are refused by gunicorn itself."""
+    deployment = Deployment(tmp_path / "deployment", [etcd.url], redis_server, api_token=TOKEN).start()
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        statuses = {host: get(deployment.port, "/api/v1/backup", host, **auth)[0] for host in NOT_THE_SERVICE}
+        assert statuses == dict.fromkeys(NOT_THE_SERVICE, 421), statuses
+        assert get(deployment.port, "/api/v1/backup", f"[::ffff:127.0.0.1]:{deployment.port}", **auth)[0] == 200
+        twice = http.client.HTTPConnection("127.0.0.1", deployment.port, timeout=30)
+        twice.putrequest("GET", "/api/v1/backup", skip_host=True)
+        twice.putheader("Host", f"127.0.0.1:{deployment.port}")
+        twice.putheader("Host", ATTACKER)
+        twice.putheader("Authorization", f"Bearer {TOKEN}")
+        twice.endheaders()
+        assert twice.getresponse().status == 400
+        twice.close()
+    finally:
+        deployment.stop()
