@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+from selenium.webdriver.support.ui import WebDriverWait
 from pyrage import x25519
 from rq.job import Job, JobStatus
 from rq.results import Result
@@ -33,11 +34,14 @@ from common.recovery_window import CURRENT_SLACK_SECONDS, STATS_KEY
 from common.redis_tools import text
 from harness.cli import COMMAND, environment
 from harness.files import write_config
+from harness.browser import chromium
 from harness.deployment import Deployment
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption
 from harness.nginx import Nginx
 from harness.processes import free_port, wait_until
+from tests.test_edges_browser import ATTACKER as BROWSER_ATTACKER
+from tests.test_edges_browser import ATTACKS, NAMES, attacker_site, body_text
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # never reached: the config is refused (or hangs) first
 MEMORY_LIMIT = 1 << 30
@@ -120,7 +124,7 @@ def test_a_key_or_tls_file_that_is_no_regular_file_is_refused_at_once(tmp_path: 
 # --- Host: DNS rebinding through the README's proxy for browsers ------------------------------------------
 
 TOKEN = "adversary-token-0123456789"
-PROXY_NAME = "backup.proxy.test"
+PROXY_NAME = "backup.proxy.test"  # as tests/test_edges_browser.py maps it to 127.0.0.1 (NAMES)
 ATTACKER = "attacker.test"
 
 
@@ -301,3 +305,33 @@ def test_hosts_in_other_spellings_are_refused_by_gunicorn(etcd: Any, redis_serve
         twice.close()
     finally:
         deployment.stop()
+
+
+# --- Origin: another origin on the host of an allowed-hosts entry ------------------------------------------
+
+@pytest.mark.slow
+def test_a_page_on_another_port_of_the_proxys_host_cannot_post(make_service: Callable[..., Service]) -> None:
+    """README, Security: a POST is refused "when the browser says it comes from another origin (... an `Origin`
+    that is neither the request's `Host` nor in `allowed-hosts`)"; allowed-hosts lists the name browsers reach
+    the service (its proxy) by, "`host` (any port)". An Origin is scheme, host and port: a page at
+    http://backup.proxy.test:<another port> (another app on the proxy's host: a dashboard, a port-forward) is
+    another origin. Chromium sends no Sec-Fetch-Site to a plain-http name that is not loopback, so only the Origin
+    tells, and an allowed-hosts entry without a port takes the other port's Origin for the service's own: its form
+    POSTs take backups until rotation has erased every good one."""
+    service = make_service(rotate=3, allowed_hosts=[PROXY_NAME])
+    names = [service.client.post("/api/v1/backup").get_json()["filename"] for _ in range(3)]
+    with served_over_http(service) as base, attacker_site(f"http://{PROXY_NAME}:{base.rsplit(':', 1)[1]}"
+                                                          "/api/v1/backup") as page, chromium(NAMES) as driver:
+        page_on_the_proxys_host = page.replace(BROWSER_ATTACKER, PROXY_NAME)
+        target = f"http://{PROXY_NAME}:{base.rsplit(':', 1)[1]}/api/v1/backup"
+        for _ in range(ATTACKS):
+            driver.get(page_on_the_proxys_host)
+            driver.execute_script("document.getElementById('forged').submit()")
+            WebDriverWait(driver, 60).until(lambda d: "cross-site request refused" in body_text(d)
+                                            or "backup successfully" in body_text(d))
+            shown = body_text(driver)
+            if "backup successfully" in shown:
+                time.sleep(1)  # backups are named to the second
+        listed = service.client.get("/api/v1/backup").get_json()
+    assert listed == names, (f"{target} took forged POSTs from {page_on_the_proxys_host}: the backups taken before "
+                             f"{names} are now {listed}; last answer: {shown[:200]}")
