@@ -21,21 +21,21 @@ from typing import Any
 
 import pytest
 import redis
-from selenium.webdriver.support.ui import WebDriverWait
 from pyrage import x25519
 from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
+from selenium.webdriver.support.ui import WebDriverWait
 
 from common.clock import redis_clock
 from common.etcd_seen import SEEN_KEY
 from common.queue import PENDING_KEY, PUBLISHED_META, job_queue
 from common.recovery_window import CURRENT_SLACK_SECONDS, STATS_KEY
 from common.redis_tools import text
-from harness.cli import COMMAND, environment
-from harness.files import write_config
 from harness.browser import chromium
+from harness.cli import COMMAND, environment
 from harness.deployment import Deployment
+from harness.files import write_config
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption
 from harness.nginx import Nginx
