@@ -89,12 +89,18 @@ def huge_file(tmp_path: Path) -> str:
     return str(path)
 
 
+def link_to_dev_zero(tmp_path: Path) -> str:
+    """A symlink to /dev/zero named like a PEM: a Kubernetes Secret's files are symlinks too."""
+    path = tmp_path / "ca.pem"
+    path.symlink_to("/dev/zero")
+    return str(path)
+
+
 NOT_A_FILE: dict[str, Any] = {
     # etcd's TLS files: read by Section.get_pem with f.read(), no size bound and no regular-file check.
     "etcd.tls-ca-file: a named pipe": (lambda t: {"etcd": {"tls-ca-file": fifo(t)}}, "etcd.tls-ca-file"),
     "etcd.tls-ca-file: /dev/zero": (lambda t: {"etcd": {"tls-ca-file": "/dev/zero"}}, "etcd.tls-ca-file"),
-    "etcd.tls-ca: a symlink to /dev/zero": (
-        lambda t: (os.symlink("/dev/zero", t / "ca.pem"), {"etcd": {"tls-ca": str(t / "ca.pem")}})[1], "etcd.tls-ca"),
+    "etcd.tls-ca: a symlink to /dev/zero": (lambda t: {"etcd": {"tls-ca": link_to_dev_zero(t)}}, "etcd.tls-ca"),
     "etcd.tls-ca-file: a 3 GiB file": (lambda t: {"etcd": {"tls-ca-file": huge_file(t)}}, "etcd.tls-ca-file"),
     "etcd.tls-cert-file: a named pipe": (lambda t: {"etcd": {"tls-cert-file": fifo(t), "tls-key-file": fifo(t)}},
                                          "etcd.tls-cert-file"),
@@ -265,7 +271,7 @@ def test_a_post_never_answers_200_with_a_backup_taken_before_it(make_service: Ca
     post = threading.Thread(target=lambda: answer.append(service.client.post("/api/v1/backup")))
     post.start()
     wait_until(lambda: redis_conn.get(PENDING_KEY) is not None, 10, "the POST's job to be queued")
-    forge(redis_conn, text(redis_conn.get(PENDING_KEY)), old)
+    forge(redis_conn, text(redis_conn.get(PENDING_KEY) or b""), old)
     post.join(60)
 
     [response] = answer
