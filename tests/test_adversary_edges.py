@@ -27,7 +27,9 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from selenium.webdriver.support.ui import WebDriverWait
 
+from cli.startup import prepare_backup_dir
 from common.clock import redis_clock
+from common.config import load_config
 from common.etcd_seen import SEEN_KEY
 from common.queue import PENDING_KEY, PUBLISHED_META, job_queue
 from common.recovery_window import CURRENT_SLACK_SECONDS, STATS_KEY
@@ -40,8 +42,13 @@ from harness.in_process import Service, served_over_http
 from harness.keys import encryption
 from harness.nginx import Nginx
 from harness.processes import free_port, wait_until
+from tests import test_redis_acl
 from tests.test_edges_browser import ATTACKER as BROWSER_ATTACKER
 from tests.test_edges_browser import ATTACKS, NAMES, attacker_site, body_text
+from tests.test_redis_acl import ADMIN, ShippedRedis
+
+# test_redis_acl's fixtures: redis.yaml's own redis-server on redis-users.acl (passwords set, an admin user added)
+passwords, acl_file, shipped_redis = test_redis_acl.passwords, test_redis_acl.acl_file, test_redis_acl.shipped_redis
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # never reached: the config is refused (or hangs) first
 MEMORY_LIMIT = 1 << 30
@@ -341,3 +348,56 @@ def test_a_page_on_another_port_of_the_proxys_host_cannot_post(make_service: Cal
         listed = service.client.get("/api/v1/backup").get_json()
     assert listed == names, (f"{target} took forged POSTs from {page_on_the_proxys_host}: the backups taken before "
                              f"{names} are now {listed}; last answer: {shown[:200]}")
+
+
+# --- Redis: what the API's own ACL user (the pods that face the network) may do ------------------------------
+
+def forge_published_as_the_api(connection: redis.Redis, job_id: str, old: dict[str, object]) -> None:
+    """forge_published with only what redis-users.acl grants etcd-backup-api: HSET on rq:job:* (it writes the job
+    hashes it queues), no LREM: the job stays on the queue, for a worker that is busy (or stopped)."""
+    job_key = Job.key_for(job_id)
+    connection.hset(job_key, mapping={"meta": json.dumps({PUBLISHED_META: old}),  # JSONSerializer's encoding
+                                      "status": JobStatus.FAILED.value})
+
+
+def test_the_apis_redis_user_cannot_forge_a_backups_success(shipped_redis: ShippedRedis, passwords: dict[str, str],
+                                                            write_config: Any) -> None:
+    """README, Security: with redis-users.acl, "the API's user cannot write the lock, the counters or etcd's
+    report" (and is refused XADD to rq:results: it cannot store a job's result); Redis writers cannot forge "a
+    backup's success". The API's user (its password is in every API pod, the pods that face the network) writes
+    job hashes, so it writes a job's `published` meta: the POST a CronJob waits on answers 200 with the previous
+    backup, and no backup is taken while the workers are busy."""
+    admin = shipped_redis.client()
+    config = load_config(write_config(redis_url=shipped_redis.user_url(ADMIN, passwords[ADMIN]), backup_timeout="30s"))
+    prepare_backup_dir(config)
+    service = Service(config, admin)
+    service.start_worker()
+    try:
+        old = service.client.post("/api/v1/backup").get_json()
+    finally:
+        service.stop_worker()
+    old = {"filename": old["filename"], "filesize": old["filesize"]}
+    api_user = redis.Redis.from_url(shipped_redis.user_url("etcd-backup-api", passwords["etcd-backup-api"]))
+
+    answer: list[Any] = []
+    post = threading.Thread(target=lambda: answer.append(service.client.post("/api/v1/backup")))
+    post.start()
+    wait_until(lambda: admin.get(PENDING_KEY) is not None, 10, "the POST's job to be queued")
+    forge_published_as_the_api(api_user, text(admin.get(PENDING_KEY) or b""), old)
+    post.join(60)
+    [response] = answer
+    assert not (response.status_code == 200 and response.get_json()["filename"] == old["filename"]), (
+        f"with the API's Redis user, a POST answered {response.status_code} {response.get_json()}")
+
+
+def test_the_apis_redis_user_cannot_drop_the_queued_backups(shipped_redis: ShippedRedis,
+                                                           passwords: dict[str, str]) -> None:
+    """deploy/kubernetes/procfile/redis.yaml: each user is "allowed only the commands and keys its processes use".
+    The API uses DEL (its pending markers) and the queue's key (LPUSH), never DEL on the queue: granted both, its
+    user (an API pod's password) deletes the queue, and with it every backup the scheduler queued. Redis 7's
+    selectors can grant DEL on the markers alone."""
+    admin = shipped_redis.client()
+    admin.rpush("rq:queue:etcd-backup", "a-queued-backup-job")
+    api_user = redis.Redis.from_url(shipped_redis.user_url("etcd-backup-api", passwords["etcd-backup-api"]))
+    with pytest.raises(redis.ResponseError, match="NOPERM"):
+        api_user.delete("rq:queue:etcd-backup")
