@@ -15,6 +15,7 @@ import resource
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from harness.in_process import Service, served_over_http
 from harness.keys import encryption
 from harness.nginx import Nginx
 from harness.processes import free_port, wait_until
+from harness.s3 import S3Server
 from tests import test_redis_acl
 from tests.test_edges_browser import ATTACKER as BROWSER_ATTACKER
 from tests.test_edges_browser import ATTACKS, NAMES, attacker_site, body_text
@@ -401,3 +403,24 @@ def test_the_apis_redis_user_cannot_drop_the_queued_backups(shipped_redis: Shipp
     api_user = redis.Redis.from_url(shipped_redis.user_url("etcd-backup-api", passwords["etcd-backup-api"]))
     with pytest.raises(redis.ResponseError, match="NOPERM"):
         api_user.delete("rq:queue:etcd-backup")
+
+
+# --- Headers: a presigned download -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("server_name", ["seaweedfs", "moto"])
+def test_a_presigned_download_is_no_store_too(make_service: Callable[..., Service], request: pytest.FixtureRequest,
+                                              server_name: str) -> None:
+    """README, Security: every answer carries "`Cache-Control: no-store` (downloads included)"; a backup is every
+    Secret of the cluster, which no browser or proxy cache may keep. With s3.presign-downloads, the API's answer is
+    a 302 (no-store) and the download itself is the store's answer to the presigned URL: it must say no-store too
+    (S3's response-cache-control parameter, signed into the URL), or a browser keeps the backup in its disk cache
+    (heuristically: it has a Last-Modified)."""
+    server: S3Server = request.getfixturevalue(server_name)
+    settings = server.settings(*server.place())
+    service = make_service(**{**settings, "s3": {**settings["s3"], "presign-downloads": True}})
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    redirect = service.client.get(f"/api/v1/backup/{name}")
+    assert redirect.status_code == 302 and "no-store" in redirect.headers["Cache-Control"]
+    with urllib.request.urlopen(redirect.headers["Location"], timeout=10) as fetched:
+        headers = dict(fetched.headers)
+    assert "no-store" in headers.get("Cache-Control", ""), f"the download of {name} from the store: {headers}"
