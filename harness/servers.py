@@ -138,10 +138,12 @@ def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()
 
 
 class RedisServer:
-    """A redis-server (Debian's) on loopback, with persistence off."""
+    """A redis-server (Debian's) on loopback, with persistence off; `extra_args` are more of its options
+    (e.g. "--maxmemory", "64mb")."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *extra_args: str) -> None:
         self.work_dir = work_dir
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -153,7 +155,7 @@ class RedisServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.work_dir)],
+             "--dir", str(self.work_dir), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: bool(self.client().ping()), 15, f"redis at {self.url}", self.proc)

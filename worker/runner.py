@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
@@ -25,6 +26,34 @@ from worker.leases import live_backup
 logger = logging.getLogger(__name__)
 
 
+FULL_REDIS_RETRY_SECONDS = 2.0
+"""How often a worker tries again a write that Redis refused for being at its maxmemory."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _waits_out_a_full_redis(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run `method` again every few seconds while Redis answers OutOfMemoryError (at its maxmemory, with a policy
+    that evicts nothing): RQ's loop would end the worker on it, and no backup would be taken until someone
+    restarted it. Only for what is safe to run again (a registration, a heartbeat, a dequeue that moved nothing)."""
+
+    @functools.wraps(method)
+    def retried(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except redis.exceptions.OutOfMemoryError as exc:
+                _wait_for_memory(f"{method.__name__}: {exc}")
+
+    return retried
+
+
+def _wait_for_memory(what: str) -> None:
+    logger.warning("Redis is out of memory (maxmemory), trying again in %.0f s: %s", FULL_REDIS_RETRY_SECONDS,
+                   what)
+    time.sleep(FULL_REDIS_RETRY_SECONDS)
+
+
 class ConfiguredJob(TrustedJob):
     """A TrustedJob whose function gets the config of the worker that runs it as its first argument
     (worker.jobs): the config, with etcd's credentials, never goes through Redis, and the job's
@@ -32,12 +61,15 @@ class ConfiguredJob(TrustedJob):
 
     config: Config | None = None
     """Set by the BackupWorker about to run the job."""
+    called: bool = False
+    """Whether the job's function was fetched to be called: from then on, it may have done its work."""
 
     @property
     def func(self) -> Callable[..., Any]:
         function = super().func  # refuses what is not a job of ours
         if function is None or self.config is None:
             raise RuntimeError(f"job {self.id} has no function, or no worker gave it a config")
+        self.called = True
         return functools.partial(function, self.config)
 
 
@@ -71,6 +103,15 @@ class BackupWorker(SimpleWorker):
         self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ declares it None
             sleep_time=PUBSUB_SLEEP, daemon=True, exception_handler=self._pubsub_exception_handler)
 
+    @_waits_out_a_full_redis
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[no-untyped-call]
+
+    @_waits_out_a_full_redis
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)
+
+    @_waits_out_a_full_redis  # the move of a job id off the queue is refused whole: nothing moved
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # RQ decodes the job ids it pops as UTF-8 and stops the worker on one that is not: drop such
         # ids (no job of ours has one) and go on.
@@ -106,7 +147,10 @@ class BackupWorker(SimpleWorker):
         if why is None:
             assert isinstance(job, ConfiguredJob), "dequeued as this worker's job_class"
             job.config = self.config
-            super().execute_job(job, origin)
+            try:
+                super().execute_job(job, origin)
+            except redis.exceptions.OutOfMemoryError as exc:
+                self._settle_after_a_full_redis(job, origin, exc)
             return
         logger.error("refused job %s: %s; moved to the failed jobs, nothing run", job.id, why)
         # RQ's own bookkeeping for a job that failed at once, so that the job ends in the failed
@@ -115,6 +159,31 @@ class BackupWorker(SimpleWorker):
         execution = self.prepare_execution(job)
         self.handle_job_failure(job, origin, exc_string=f"refused by etcd-backup's worker: {why}", execution=execution)
         self.set_state(WorkerStatus.IDLE)
+
+
+    def _settle_after_a_full_redis(self, job: ConfiguredJob, origin: Queue, exc: redis.RedisError) -> None:
+        """Once Redis takes writes again, give back a job that Redis' being full kept from starting (to the front
+        of the queue, as it was: its callers still wait for it), or fail one that may have run, with the cause
+        (its callers get a 500 that says why, rather than wait for an answer that never comes)."""
+        while True:
+            _wait_for_memory(f"job {job.id}: {exc}")
+            try:
+                with self.connection.pipeline() as pipe:
+                    if job.called:
+                        job.meta[queue.ERROR_META] = f"Redis ran out of memory while the job ran: {exc}"
+                        job.save_meta()  # type: ignore[no-untyped-call]
+                        self.handle_job_failure(job, origin, exc_string=f"OutOfMemoryError: {exc}")
+                    else:
+                        pipe.lrem(origin.intermediate_queue_key, 1, job.id)
+                        origin.started_job_registry.remove_executions(job, pipeline=pipe)
+                        job.set_status(JobStatus.QUEUED, pipeline=pipe)
+                        pipe.lpush(origin.key, job.id)
+                        pipe.execute()
+                        logger.warning("job %s: put back on the queue, Redis was out of memory as it started", job.id)
+                self.set_state(WorkerStatus.IDLE)
+                return
+            except redis.exceptions.OutOfMemoryError as again:
+                exc = again
 
 
 class ThreadWorker(BackupWorker):
