@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
@@ -101,8 +101,9 @@ def test_the_queue_bound_answers_429_but_never_refuses_a_backup(make_service: Ca
     wait_until(lambda: job_queue(redis_conn).count == 0, 60, "the queue to drain")
     assert service.client.post(f"/api/v1/backup/{third}/verify").status_code == 200
     report("max-queued-jobs 2 with two verify jobs queued",
-           f"a third backup's verify: 429 Retry-After {refused.headers['Retry-After']} \"{refused.get_json()['message']}"
-           "\"; a verify joining a queued one, a POST /api/v1/backup and a scheduler tick: queued")
+           f"a third backup's verify: 429 Retry-After {refused.headers['Retry-After']} "
+           f"\"{refused.get_json()['message']}\"; a verify joining a queued one, a POST /api/v1/backup and a "
+           "scheduler tick: queued")
 
 
 def test_the_embedded_queue_is_bounded_the_same_way(write_config: ConfigFactory) -> None:
