@@ -48,6 +48,10 @@ PUBLISHED_META = "published"
 the API answers success from it even if the worker dies afterwards (during rotation)."""
 RESULT_TTL = 86400
 """Seconds a finished or failed job (and so GET /api/v1/jobs/<id>) is kept."""
+MAX_KEPT_JOBS = 1000
+"""Finished jobs kept at most, and failed jobs (the oldest forgotten first: forget_oldest_jobs). Kept a day each,
+the jobs of a day of POSTs would grow Redis without a bound: back to back, a backup a second and several checks,
+about 7 KiB each."""
 PENDING_TTL = JOB_TIMEOUT + 120
 """Seconds before a pending marker expires by itself, should its job be lost (a flushed Redis). A queued backup
 (or drill) goes to the front of the queue: it waits at most for the jobs running to end, each within
@@ -183,6 +187,22 @@ def enqueue_verify(queue: Queue, filename: str, max_queued: int | None) -> Job:
     """Queue a check of backup `filename` (recovery.verify, run by a worker), or join the one queued; QueueFull
     if a new job would make more than `max_queued`. The name is no secret."""
     return enqueue_or_join(queue, VERIFY_JOB, (filename,), max_queued)
+
+
+def forget_oldest_jobs(queue: Queue) -> None:
+    """Delete the oldest finished and failed jobs beyond MAX_KEPT_JOBS of each (a worker calls it after each job)."""
+    connection = queue.connection
+    for registry in (queue.finished_job_registry, queue.failed_job_registry):
+        excess = registry.count - MAX_KEPT_JOBS
+        if excess <= 0:
+            continue
+        for job_id in registry.get_job_ids(0, excess - 1, cleanup=False):  # the soonest to expire: the oldest
+            job = read_job_or_none(connection, job_id)
+            if job is not None:
+                job.delete(remove_from_queue=False)
+            else:  # none of ours, or unreadable: only its keys go, nothing of it is read
+                connection.delete(Job.key_for(job_id), f"rq:results:{job_id}")
+            registry.remove(job_id)
 
 
 class UnreadableJob(Exception):

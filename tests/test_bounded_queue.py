@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 from common.config import ConfigError, load_config
 from common.config.schema import DEFAULT_MAX_QUEUED_JOBS
 from common.jobs import BACKUP_JOB, VERIFY_JOB, TrustedJob
+from common import queue as queue_module
 from common.queue import PENDING_KEY, PENDING_TTL, QueueFull, connect, enqueue_or_join, job_queue
 from harness.deployment import Deployment
 from harness.in_process import ConfigFactory, Service
@@ -251,3 +252,22 @@ def test_a_worker_waits_out_a_full_redis(tmp_path: Path, etcd: EtcdServer, full_
     assert "out of memory" in log.lower()
     report("a worker started while Redis is at its maxmemory (noeviction), one backup queued",
            "it stayed up, waiting; once memory was freed it took the queued backup")
+
+
+def test_only_the_newest_jobs_are_kept(make_service: Callable[..., Service], redis_conn: redis.Redis,
+                                       monkeypatch: pytest.MonkeyPatch, report: Report) -> None:
+    """Kept a day each, the jobs of a day of requests would grow Redis without a bound."""
+    monkeypatch.setattr(queue_module, "MAX_KEPT_JOBS", 3)
+    service = make_service()
+    [name] = take_backups(service, 1)
+    for _ in range(6):
+        assert service.client.post(f"/api/v1/backup/{name}/verify").status_code == 200
+    registry = job_queue(redis_conn).finished_job_registry
+    wait_until(lambda: registry.count == 3, 10, "the worker to forget the oldest jobs")  # after the last answer
+    finished = registry.get_job_ids()
+    assert len(list(redis_conn.scan_iter("rq:job:*"))) == 3
+    assert len(list(redis_conn.scan_iter("rq:results:*"))) == 3
+    for job_id in finished:
+        assert service.client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "finished"
+    report("7 jobs run (a backup, 6 checks) with the kept jobs capped at 3",
+           "the 3 newest kept (hash and result), the 4 oldest deleted")

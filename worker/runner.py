@@ -151,6 +151,7 @@ class BackupWorker(SimpleWorker):
                 super().execute_job(job, origin)
             except redis.exceptions.OutOfMemoryError as exc:
                 self._settle_after_a_full_redis(job, origin, exc)
+            self._forget_oldest_jobs(origin)
             return
         logger.error("refused job %s: %s; moved to the failed jobs, nothing run", job.id, why)
         # RQ's own bookkeeping for a job that failed at once, so that the job ends in the failed
@@ -160,6 +161,12 @@ class BackupWorker(SimpleWorker):
         self.handle_job_failure(job, origin, exc_string=f"refused by etcd-backup's worker: {why}", execution=execution)
         self.set_state(WorkerStatus.IDLE)
 
+
+    def _forget_oldest_jobs(self, origin: Queue) -> None:
+        try:
+            queue.forget_oldest_jobs(origin)
+        except redis.RedisError as exc:  # the next job tries again; this one is done
+            logger.warning("could not forget the oldest jobs: %s", exc)
 
     def _settle_after_a_full_redis(self, job: ConfiguredJob, origin: Queue, exc: redis.RedisError) -> None:
         """Once Redis takes writes again, give back a job that Redis' being full kept from starting (to the front
