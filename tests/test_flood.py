@@ -34,7 +34,8 @@ REDIS_MAXMEMORY = 64 << 20
 """As the manifests give Redis: maxmemory with noeviction (nothing dropped silently; a write refused instead)."""
 USED_MEMORY_BOUND = 16 << 20
 """What the flood may bring Redis' used_memory to at most: the queue holds MAX_QUEUED_JOBS verify jobs and one
-backup, each a few KiB; what grows is the finished jobs (kept RESULT_TTL) at the rate the workers run them."""
+backup, a few KiB each; what grows is the finished jobs, about 8 KiB each, the newest common.queue.MAX_KEPT_JOBS
+kept (the flood runs a few hundred)."""
 
 
 class Sampler(threading.Thread):
