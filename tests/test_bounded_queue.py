@@ -17,10 +17,10 @@ from rq.job import JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from common import queue as queue_module
 from common.config import ConfigError, load_config
 from common.config.schema import DEFAULT_MAX_QUEUED_JOBS
 from common.jobs import BACKUP_JOB, VERIFY_JOB, TrustedJob
-from common import queue as queue_module
 from common.queue import PENDING_KEY, PENDING_TTL, QueueFull, connect, enqueue_or_join, job_queue
 from harness.deployment import Deployment
 from harness.in_process import ConfigFactory, Service
