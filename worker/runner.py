@@ -180,6 +180,8 @@ class BackupWorker(SimpleWorker):
                         job.meta[queue.ERROR_META] = f"Redis ran out of memory while the job ran: {exc}"
                         job.save_meta()  # type: ignore[no-untyped-call]
                         self.handle_job_failure(job, origin, exc_string=f"OutOfMemoryError: {exc}")
+                        if job.get_status(refresh=True) != JobStatus.FAILED:  # RQ logs a failure it could not write
+                            continue
                     else:
                         pipe.lrem(origin.intermediate_queue_key, 1, job.id)
                         origin.started_job_registry.remove_executions(job, pipeline=pipe)
