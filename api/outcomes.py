@@ -62,10 +62,14 @@ def _backup_not_in_store(body: dict[str, Any]) -> str | None:
     """Why a backup's success as Redis reports it is no success: the backup it names is not in the store (with
     a signing key, not an authentic one). A Redis writer can forge a job's result; the store is the truth."""
     filename = str(body["filename"])
-    if state().store.stat(filename) is not None:
-        return None
-    return (f"the worker's report names {filename[:80]}, which is not in the store (a forged report in Redis, "
-            "or a backup removed since)")
+    stored = state().store.stat(filename)
+    if stored is None:
+        return (f"the worker's report names {filename[:80]}, which is not in the store (a forged report in Redis, "
+                "or a backup removed since)")
+    if stored.size != body["filesize"]:
+        return (f"the worker's report gives {filename} {body['filesize']} bytes, the store holds {stored.size} "
+                "(a forged report in Redis)")
+    return None
 
 
 @dataclass(frozen=True)

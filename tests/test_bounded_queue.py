@@ -197,6 +197,21 @@ def test_a_forged_result_on_a_queued_job_is_no_success(make_service: Callable[..
            f"POST: 500 \"{message}\"")
 
 
+def test_a_forged_result_naming_a_real_backup_with_another_size_is_no_success(
+        make_service: Callable[..., Service], redis_conn: redis.Redis) -> None:
+    service = make_service()
+    [name] = take_backups(service, 1)
+    service.stop_worker()
+    forged = plant_forged_success(redis_conn, on_the_queue=True, marker_ttl=60)
+    Result.create(TrustedJob.fetch(forged, connection=redis_conn, serializer=JSONSerializer), Result.Type.SUCCESSFUL,
+                  ttl=None, return_value={"filename": name, "filesize": 1})
+    answer = service.client.post("/api/v1/backup")
+    assert answer.status_code == 500, answer.get_json()
+    size = service.store.stat(name).size  # type: ignore[union-attr]
+    assert answer.get_json()["message"] == (f"failed to save an etcd backup: the worker's report gives {name} 1 "
+                                            f"bytes, the store holds {size} (a forged report in Redis)")
+
+
 def test_the_pending_marker_outlives_no_legitimate_wait(make_service: Callable[..., Service],
                                                         redis_conn: redis.Redis) -> None:
     """A queued backup goes to the front of the queue: it waits at most for the jobs running to end, each
