@@ -51,7 +51,7 @@ RESULT_TTL = 86400
 MAX_KEPT_JOBS = 1000
 """Finished jobs kept at most, and failed jobs (the oldest forgotten first: forget_oldest_jobs). Kept a day each,
 the jobs of a day of POSTs would grow Redis without a bound: back to back, a backup a second and several checks,
-about 7 KiB each."""
+about 8 KiB each (tests/test_flood.py)."""
 PENDING_TTL = JOB_TIMEOUT + 120
 """Seconds before a pending marker expires by itself, should its job be lost (a flushed Redis). A queued backup
 (or drill) goes to the front of the queue: it waits at most for the jobs running to end, each within
