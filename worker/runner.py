@@ -26,6 +26,12 @@ from worker.leases import live_backup
 logger = logging.getLogger(__name__)
 
 
+ENDED = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+"""What RQ records for a job that ended without a result."""
+GIVE_BACKS = 3
+"""Times a job that Redis' being full interrupted goes back on the queue before it is failed."""
+GIVE_BACKS_META = "full-redis-give-backs"
+"""job.meta key: how many times the job went back on the queue."""
 FULL_REDIS_RETRY_SECONDS = 2.0
 """How often a worker tries again a write that Redis refused for being at its maxmemory."""
 _P = ParamSpec("_P")
@@ -48,6 +54,14 @@ def _waits_out_a_full_redis(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return retried
 
 
+def _recorded_as_ended(job: Job) -> bool:
+    """Whether Redis holds `job` as ended, with or without a result (or no longer holds it: nothing to redo)."""
+    try:
+        return job.get_status(refresh=True) in (JobStatus.FINISHED, *ENDED)
+    except Exception:  # noqa: BLE001 - its hash gone or unreadable (a Redis writer's doing): nothing to give back
+        return True
+
+
 def _wait_for_memory(what: str) -> None:
     logger.warning("Redis is out of memory (maxmemory), trying again in %.0f s: %s", FULL_REDIS_RETRY_SECONDS,
                    what)
@@ -61,15 +75,12 @@ class ConfiguredJob(TrustedJob):
 
     config: Config | None = None
     """Set by the BackupWorker about to run the job."""
-    called: bool = False
-    """Whether the job's function was fetched to be called: from then on, it may have done its work."""
 
     @property
     def func(self) -> Callable[..., Any]:
         function = super().func  # refuses what is not a job of ours
         if function is None or self.config is None:
             raise RuntimeError(f"job {self.id} has no function, or no worker gave it a config")
-        self.called = True
         return functools.partial(function, self.config)
 
 
@@ -151,6 +162,12 @@ class BackupWorker(SimpleWorker):
                 super().execute_job(job, origin)
             except redis.exceptions.OutOfMemoryError as exc:
                 self._settle_after_a_full_redis(job, origin, exc)
+            else:
+                # RQ's failure handling logs a write that Redis refused and goes on: a job whose start, or whose
+                # end, Redis refused so would be left "started" (or in RQ's intermediate queue) for good.
+                if not _recorded_as_ended(job):
+                    self._settle_after_a_full_redis(job, origin, redis.exceptions.OutOfMemoryError(
+                        "the job's state was not recorded"))
             self._forget_oldest_jobs(origin)
             return
         logger.error("refused job %s: %s; moved to the failed jobs, nothing run", job.id, why)
@@ -169,30 +186,41 @@ class BackupWorker(SimpleWorker):
             logger.warning("could not forget the oldest jobs: %s", exc)
 
     def _settle_after_a_full_redis(self, job: ConfiguredJob, origin: Queue, exc: redis.RedisError) -> None:
-        """Once Redis takes writes again, give back a job that Redis' being full kept from starting (to the front
-        of the queue, as it was: its callers still wait for it), or fail one that may have run, with the cause
-        (its callers get a 500 that says why, rather than wait for an answer that never comes)."""
+        """Once Redis takes writes again, give a job that Redis' being full interrupted back to the front of the
+        queue, as it was (its callers still wait for it; each of our jobs may run again: a backup takes a new
+        one), or after GIVE_BACKS times fail it with the cause (its callers get a 500 that says why rather than
+        wait for an answer that never comes). Each is written once: a write after it that Redis refuses does
+        not repeat it (a job given back twice would run twice)."""
         while True:
             _wait_for_memory(f"job {job.id}: {exc}")
             try:
-                with self.connection.pipeline() as pipe:
-                    if job.called:
-                        job.meta[queue.ERROR_META] = f"Redis ran out of memory while the job ran: {exc}"
-                        job.save_meta()  # type: ignore[no-untyped-call]
-                        self.handle_job_failure(job, origin, exc_string=f"OutOfMemoryError: {exc}")
-                        if job.get_status(refresh=True) != JobStatus.FAILED:  # RQ logs a failure it could not write
-                            continue
-                    else:
-                        pipe.lrem(origin.intermediate_queue_key, 1, job.id)
-                        origin.started_job_registry.remove_executions(job, pipeline=pipe)
-                        job.set_status(JobStatus.QUEUED, pipeline=pipe)
-                        pipe.lpush(origin.key, job.id)
-                        pipe.execute()
-                        logger.warning("job %s: put back on the queue, Redis was out of memory as it started", job.id)
-                self.set_state(WorkerStatus.IDLE)
-                return
+                if self._give_back_or_fail(job, origin, exc):
+                    break
             except redis.exceptions.OutOfMemoryError as again:
                 exc = again
+        try:
+            self.set_state(WorkerStatus.IDLE)
+        except redis.RedisError as again:  # the next heartbeat or job writes the state again
+            logger.warning("could not record the worker as idle: %s", again)
+
+    def _give_back_or_fail(self, job: ConfiguredJob, origin: Queue, exc: redis.RedisError) -> bool:
+        """Whether `job` is now back on the queue, or failed with `exc` as its cause."""
+        given_back = job.get_meta(refresh=True).get(GIVE_BACKS_META, 0)
+        if not isinstance(given_back, int) or given_back >= GIVE_BACKS:
+            job.meta[queue.ERROR_META] = f"Redis ran out of memory while the job ran: {exc}"
+            job.save_meta()  # type: ignore[no-untyped-call]
+            self.handle_job_failure(job, origin, exc_string=f"OutOfMemoryError: {exc}")
+            return job.get_status(refresh=True) == JobStatus.FAILED  # RQ logs a failure it could not write
+        job.meta[GIVE_BACKS_META] = given_back + 1
+        job.save_meta()  # type: ignore[no-untyped-call]  # first: counted even if the give-back is refused
+        with self.connection.pipeline() as pipe:  # MULTI/EXEC: all of it or, refused, none
+            pipe.lrem(origin.intermediate_queue_key, 1, job.id)
+            origin.started_job_registry.remove_executions(job, pipeline=pipe)
+            job.set_status(JobStatus.QUEUED, pipeline=pipe)
+            pipe.lpush(origin.key, job.id)
+            pipe.execute()
+        logger.warning("job %s: put back on the queue, Redis ran out of memory as it ran", job.id)
+        return True
 
 
 class ThreadWorker(BackupWorker):
