@@ -5,6 +5,7 @@ a job never queued, a forged result) never makes a POST or a tick answer for a b
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,15 @@ from common import queue as queue_module
 from common.config import ConfigError, load_config
 from common.config.schema import DEFAULT_MAX_QUEUED_JOBS
 from common.jobs import BACKUP_JOB, VERIFY_JOB, TrustedJob
-from common.queue import PENDING_KEY, PENDING_TTL, QueueFull, connect, enqueue_or_join, job_queue
+from common.queue import (
+    PENDING_KEY,
+    PENDING_TTL,
+    QueueFull,
+    connect,
+    enqueue_or_join,
+    heartbeat_key,
+    job_queue,
+)
 from harness.deployment import Deployment
 from harness.in_process import ConfigFactory, Service
 from harness.processes import wait_until
@@ -230,16 +239,12 @@ def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def fill(connection: redis.Redis) -> None:
-    """Write until Redis refuses even a few bytes: it is past its maxmemory (a write that crosses it is still
-    taken; the next is refused)."""
-    number = 0
-    for size in (256 << 10, 4 << 10, 64, 1):
-        while True:
-            number += 1
-            try:
-                connection.set(f"filler:{number}", b"x" * size)
-            except redis.exceptions.OutOfMemoryError:
-                break
+    """Bring Redis past its maxmemory, firmly: 4 MiB written, then maxmemory set to half of what it holds (filling
+    up to the limit alone leaves Redis a few hundred KiB under it as client buffers shrink, and writes go through
+    again). Deleting the filler brings it back under."""
+    for number in range(16):
+        connection.set(f"filler:{number}", b"x" * (256 << 10))
+    connection.config_set("maxmemory", int(connection.info("memory")["used_memory"]) // 2)
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         connection.set("filler:last", b"x")
 
@@ -286,3 +291,35 @@ def test_only_the_newest_jobs_are_kept(make_service: Callable[..., Service], red
         assert service.client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "finished"
     report("7 jobs run (a backup, 6 checks) with the kept jobs capped at 3",
            "the 3 newest kept (hash and result), the 4 oldest deleted")
+
+
+@pytest.mark.slow
+def test_a_job_that_a_full_redis_interrupts_goes_back_on_the_queue(tmp_path: Path, big_etcd: EtcdServer,
+                                                                   full_redis: RedisServer, report: Report) -> None:
+    connection = full_redis.client()
+    deployment = Deployment(tmp_path, [big_etcd.url], full_redis).start()
+    try:
+        job_id = enqueue_or_join(job_queue(connection)).id  # as a POST queues it
+        wait_until(lambda: bool(connection.exists(heartbeat_key(job_id))), 10, "the backup to start")
+        fill(connection)  # while the 150 MB snapshot streams: the job's result cannot be written
+        log = tmp_path / "worker0.log"
+        wait_until(lambda: "out of memory" in log.read_text().lower(), 60, "the worker to find Redis full")
+        time.sleep(3)
+        assert deployment.workers[0].poll() is None
+        for key in connection.scan_iter("filler:*"):
+            connection.delete(key)
+
+        def outcome() -> dict[str, object]:
+            answer: dict[str, object] = json.loads(deployment.request("GET", f"/api/v1/jobs/{job_id}")[2])
+            return answer
+
+        wait_until(lambda: outcome()["status"] == "finished", 120, "the job to finish", deployment.workers[0])
+        answer = outcome()
+        assert answer["message"] == "backup successfully" and answer["filename"] in deployment.backups(), answer
+        assert job_queue(connection).count == 0
+    finally:
+        deployment.stop()
+    assert "put back on the queue" in log.read_text()
+    report("Redis filled to its maxmemory while a backup job streams a 150 MB snapshot",
+           f"the worker stayed up and waited; once memory was freed the job went back on the queue and ran again: "
+           f"finished, {answer['filename']} in the store")
