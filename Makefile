@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := etcd-server etcd-client redis-server nginx curl python3-venv iptables chromium chromium-driver age \
 	podman debootstrap debian-archive-keyring prometheus
 
-.PHONY: demo test lint bench reliability-report system-deps
+.PHONY: demo test lint bench reliability-report system-deps lock
 
 system-deps:
 	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v redis-server >/dev/null \
@@ -59,3 +59,17 @@ bench: system-deps $(VENV)/.bench-installed
 # The whole suite, writing docs/reliability.md from what its fault and hostile-input tests saw.
 reliability-report: system-deps lint
 	$(VENV)/bin/pytest $(PYTEST_PARALLEL) --reliability-report=docs/reliability.md
+
+# The image's Python dependencies, pinned with the hash of every file PyPI has for each version: the Containerfile
+# installs them with `pip install --require-hashes`. requirements.lock: pyproject.toml's runtime dependencies;
+# requirements-build.lock: its build backend (the project itself is then installed without fetching anything).
+# --universal: for any platform and Python >= 3.11 (the image is Debian 12's 3.11.2 on amd64 or arm64).
+# Run it after changing pyproject.toml's dependencies (tests/test_lock.py fails until then); --upgrade takes
+# the newest versions that fit.
+UV_COMPILE = $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --annotation-style line --quiet \
+	--custom-compile-command "make lock" $(LOCK_ARGS)
+
+lock: $(VENV)/.test-installed
+	$(UV_COMPILE) pyproject.toml -o requirements.lock
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV_COMPILE) - -o requirements-build.lock

@@ -8,7 +8,7 @@ import threading
 import redis
 from flask import Flask
 
-from api import auth, backups, errors, jobs, meta, metrics, page, status, window
+from api import auth, backups, edges, errors, jobs, meta, metrics, page, status, window
 from api.server import WAITING_REQUESTS
 from api.state import State
 from common import queue
@@ -32,6 +32,7 @@ def create_app(config: Config, connection: redis.Redis | None = None) -> Flask:
     if config.open_to_the_network:
         logger.warning("%s (set api-token)", meta.auth_detail(config))
     errors.init_app(app)
+    edges.init_app(app, config)  # first: a refused Host or origin learns nothing of its token
     auth.init_app(app)
     app.register_blueprint(meta.bp)
     app.register_blueprint(backups.bp)

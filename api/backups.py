@@ -104,7 +104,7 @@ def _file_response(filename: str, opened: OpenedBackup, metadata: BackupMetadata
                         direct_passthrough=True)
     response.content_length = opened.stored.size
     response.last_modified = datetime.fromtimestamp(opened.stored.modified, UTC)
-    response.cache_control.no_cache = True
+    response.cache_control.no_store = True  # every Secret of the cluster: kept by no browser cache or proxy
     response.set_etag(opened.stored.etag)
     response.headers.set("Content-Disposition", "attachment", filename=filename)
     _describe_content(response, metadata)

@@ -30,6 +30,8 @@ from gunicorn import http, util
 from gunicorn import sock as gunicorn_sock
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from api.edges import FIXED_HEADERS
+
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has, from connecting (or from its previous answer), to send a whole request."""
 MAX_HEAD_BYTES = 64 << 10
@@ -51,8 +53,9 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 def json_error(status: int, reason: str, message: str) -> bytes:
     """A complete HTTP/1.1 error answer with the API's JSON shape; the connection is closed after it."""
     body = json.dumps({"message": message}).encode()
+    security = "".join(f"{name}: {value}\r\n" for name, value in FIXED_HEADERS)
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n")
+            f"{security}Connection: close\r\n\r\n")
     return head.encode("latin-1") + body
 
 

@@ -13,11 +13,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from rq.registry import FailedJobRegistry
 
+from api.auth import TOKEN_RIGHTS
 from api.state import State, state
 from common import backups
 from common.clock import redis_clock
+from common.etcd_seen import etcd_seen_at
 from common.metrics import read_drill, read_durations, read_outcomes, read_watcher, skip_wrong_type
-from common.recovery_window import STATS_KEY, Window, etcd_revision, recovery_point, recovery_window
+from common.recovery_window import STATS_KEY, Window, recovery_point, recovery_window
 from common.storage import CatalogEntry
 
 bp = Blueprint("metrics", __name__)
@@ -39,7 +41,13 @@ class BackupCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("etcd_backup_api_auth_enabled",
                                 "1 when the API needs a token; 0: anyone who reaches it can download every Secret.",
-                                value=0 if self.config.api_token is None else 1)
+                                value=1 if self.config.tokens else 0)
+        configured = GaugeMetricFamily("etcd_backup_api_token_configured",
+                                       "1 for each API token set (api-token: every right; read-, backup-, "
+                                       "download-token: scoped), 0 for those not set.", labels=["token"])
+        for name in TOKEN_RIGHTS:
+            configured.add_metric([name], 1 if name in self.config.tokens else 0)
+        yield configured
         now = redis_clock(self.queue.connection)()
         entries = self.store.catalog(now)
         yield from self._from_store(now, entries)
@@ -112,7 +120,7 @@ class BackupCollector(Collector):
         if window is None and "current_at" not in watcher:
             return
         point = recovery_point(window or recovery_window(entries, [], now), watcher.get("current_at"), now,
-                               etcd_revision(self.config.etcd))
+                               etcd_seen_at(self.queue.connection))
         if point is None:
             return
         yield GaugeMetricFamily("etcd_backup_delta_current_timestamp_seconds",
@@ -133,10 +141,12 @@ class BackupCollector(Collector):
             failed = skip_wrong_type(lambda: failed_jobs.count, failed_jobs.key)
             drill = read_drill(connection)
             watcher = read_watcher(connection, STATS_KEY)
+            memory = _read_memory(connection)
         except redis.RedisError:
             yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=0)
             return {}
         yield GaugeMetricFamily("etcd_backup_redis_up", "Whether Redis answered this scrape.", value=1)
+        yield from _redis_memory(memory)
         counter = CounterMetricFamily("etcd_backup_backups", "Backups by outcome (success, failure, skipped).",
                                       labels=["outcome"])
         for outcome, count in outcomes.items():
@@ -162,6 +172,28 @@ class BackupCollector(Collector):
                                     "When a restore drill last proved the newest backup restores.",
                                     value=drill["last_success"])
         return watcher
+
+
+REDIS_MEMORY = {
+    "used_memory": ("etcd_backup_redis_used_memory_bytes", "Memory Redis uses for its data (INFO memory)."),
+    "maxmemory": ("etcd_backup_redis_maxmemory_bytes",
+                  "Redis' maxmemory (0: none). Beyond it, with noeviction, writes fail: no new backup job is queued."),
+}
+
+
+def _read_memory(connection: redis.Redis) -> object:
+    try:
+        return connection.info("memory")
+    except redis.ResponseError:  # the embedded queue (an in-process Redis) has no INFO, nor a memory bound
+        return None
+
+
+def _redis_memory(info: object) -> Iterator[Metric]:
+    """Redis' memory and its bound, for an alert before it is full (Redis has no exporter of its own here)."""
+    for field, (name, documentation) in REDIS_MEMORY.items():
+        value = info.get(field) if isinstance(info, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            yield GaugeMetricFamily(name, documentation, value=value)
 
 
 WATCHER_COUNTERS = {

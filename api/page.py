@@ -2,16 +2,27 @@
 (common.status), the backups in a table with download links, a chart of their size and duration, and a
 "Back up now" button. Rendered on the server (api/templates/status.html), no framework, nothing from
 another site: readable without JavaScript, which only the button needs. The API's token rules apply.
+
+It says when it was rendered ("as of") and refreshes itself every REFRESH_SECONDS: with JavaScript by
+fetching itself again (a backup under way is not cut off), without by a meta refresh; when a refresh
+fails, it says that what it shows is stale. Its Content-Security-Policy allows its own inline style and
+script (by their SHA-256: a nonce would differ in the copy of the page the script fetches to refresh, and
+chromium reports that copy's style as blocked), requests to itself, and nothing else (api.edges sets the
+rest).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from flask import Blueprint, render_template
+from flask import Blueprint, Response, make_response, render_template
 
+from api.meta import auth_detail
 from api.state import state
 from common import backups, present, status
 from common.clock import redis_clock
@@ -21,6 +32,15 @@ bp = Blueprint("page", __name__)
 
 SHOWN_BACKUPS = 100
 """The newest backups the page's table and chart show: each costs a metadata read (a GET on S3)."""
+REFRESH_SECONDS = 30
+"""How often the page renders itself again: a tab left open shows facts at most this old (and says so)."""
+PAGE_CSP = ("default-src 'none'; style-src {style}; script-src {script}; connect-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'")
+"""Only the page's own inline style and script run; the script reaches this service alone; the form posts
+only here; no site frames the page (clickjacking of "Back up now")."""
+INLINE = re.compile(r"<(style|script)>(.*?)</\1>", re.DOTALL)
+"""The page's own style and script elements: whatever else the page shows is escaped, so none of its text
+can open one."""
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 400, 120, 6
 """The chart's coordinates (its viewBox: it scales to the page's width)."""
 
@@ -52,7 +72,7 @@ class Chart:
 
 
 @bp.get("/")
-def status_page() -> str:
+def status_page() -> Response:
     current = state()
     now = redis_clock(current.queue.connection)()
     facts = status.gather(current.config, current.store, current.queue, now)
@@ -60,9 +80,22 @@ def status_page() -> str:
     charts = [_chart("Archive size", [(row.completed, row.filesize) for row in rows], present.size),
               _chart("Duration", [(row.completed, row.duration) for row in rows if row.duration is not None],
                      lambda seconds: f"{seconds:.3f} s")]
-    return render_template("status.html", facts=facts, rows=rows[::-1], now=now, present=present,
+    html = render_template("status.html", facts=facts, rows=rows[::-1], now=now, present=present,
+                           api_auth=auth_detail(current.config),
                            charts=[chart for chart in charts if chart is not None], shown=SHOWN_BACKUPS,
-                           width=CHART_WIDTH, height=CHART_HEIGHT)
+                           width=CHART_WIDTH, height=CHART_HEIGHT, refresh_seconds=REFRESH_SECONDS)
+    response = make_response(html)
+    response.headers["Content-Security-Policy"] = _policy(html)
+    return response
+
+
+def _policy(html: str) -> str:
+    """PAGE_CSP allowing exactly the inline style and script elements of `html`, by their digests."""
+    sources: dict[str, list[str]] = {"style": [], "script": []}
+    for kind, content in INLINE.findall(html):
+        digest = base64.b64encode(hashlib.sha256(content.encode()).digest()).decode()
+        sources[kind].append(f"'sha256-{digest}'")
+    return PAGE_CSP.format(**{kind: " ".join(found) or "'none'" for kind, found in sources.items()})
 
 
 def _rows(store: BackupStore, names: list[str], now: datetime) -> list[Row]:

@@ -9,11 +9,11 @@ from flask import Blueprint, Response, jsonify
 
 from api.state import state
 from common.clock import redis_clock
+from common.etcd_seen import etcd_seen_at
 from common.metrics import read_watcher
 from common.recovery_window import (
     STATS_KEY,
     RecordedGap,
-    etcd_revision,
     read_recorded_gaps,
     recovery_point,
     recovery_window,
@@ -33,7 +33,7 @@ def show_recovery_window() -> Response:
     names = current.store.list_deltas()
     window = recovery_window(current.store.catalog(now), names, now, recorded)
     # From the store: Redis' current_at only moves it later where credible (common.recovery_window.recovery_point).
-    point = recovery_point(window, watcher.get("current_at"), now, etcd_revision(current.config.etcd)) \
+    point = recovery_point(window, watcher.get("current_at"), now, etcd_seen_at(connection)) \
         if names or "current_at" in watcher else None
     return jsonify({**window.to_json(), "watcher": {
         "current_at": None if point is None else point.time.isoformat(),

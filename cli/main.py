@@ -173,13 +173,16 @@ def deltas(args: argparse.Namespace) -> None:
     _check_signing(config)
     import threading
 
+    from common import etcd_seen
     from worker.deltas import run_watcher
 
     stop = threading.Event()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: stop.set())
+    connection = queue.connect(config)
+    etcd_seen.start_reporter(config.etcd, connection, "deltas")  # for the API's /readyz (common.etcd_seen)
     # Stored before it ends: the events received since the last delta.
-    run_watcher(config, queue.connect(config), stop)
+    run_watcher(config, connection, stop)
 
 
 def keygen(args: argparse.Namespace) -> None:

@@ -55,7 +55,9 @@ def token_options() -> argparse.ArgumentParser:
     """--token and --deadline, for every command that may ask the service."""
     token = argparse.ArgumentParser(add_help=False)
     token.add_argument("--token", default=os.environ.get(API_TOKEN_ENV),
-                       help=f"the service's api-token (default: ${API_TOKEN_ENV})")
+                       help=f"the service's token (default: ${API_TOKEN_ENV}): list and status need the "
+                            "read-token, download and a URL given to verify or restore the download-token; the "
+                            "api-token does all")
     token.add_argument("--deadline", type=duration, default=DEFAULT_DEADLINE, metavar="DURATION",
                        help="how long the command may take to get its answers from the service, e.g. 90s, 2h "
                             f"(default: {DEFAULT_DEADLINE / 3600:g}h)")

@@ -18,18 +18,19 @@ CONFIG_ENV = "ETCD_BACKUP_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/etcd-backup/config.yml"
 
 
-def start_up(config_path: str | None) -> Config:
+def start_up(config_path: str | None, etcd_credentials: bool = True) -> Config:
     """Load the config and prepare its backup-dir, for a process that cannot start without them."""
-    return read_config(config_path, prepare=True)
+    return read_config(config_path, prepare=True, etcd_credentials=etcd_credentials)
 
 
-def read_config(config_path: str | None, prepare: bool = False) -> Config:
+def read_config(config_path: str | None, prepare: bool = False, etcd_credentials: bool = True) -> Config:
     """Load the config (`config_path`, else $ETCD_BACKUP_CONFIG, else the default path) and, with `prepare`,
     its backup-dir; exit 2 with one line if either cannot be. Without `prepare` nothing is created: for a
-    command that only reads (status)."""
+    command that only reads (status). Without `etcd_credentials`, etcd's TLS files and password are not read
+    (a process that never connects to etcd)."""
     path = os.path.abspath(config_path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
     try:
-        config = load_config(path)
+        config = load_config(path, etcd_credentials=etcd_credentials)
         if prepare:
             prepare_backup_dir(config)
     except ConfigError as exc:
@@ -53,8 +54,10 @@ def exit_unless_shared_queue(config: Config, situation: str) -> None:
 
 
 def load_web_config() -> Config:
-    """Start up an API process that runs apart from its workers (the Procfile's `web`: api.gunicorn_conf)."""
-    config = start_up(None)
+    """Start up an API process that runs apart from its workers (the Procfile's `web`: api.gunicorn_conf). It
+    never connects to etcd (its /readyz reads what the workers report: common.etcd_seen), so it reads none of
+    etcd's credentials: its container need not hold the etcd client key."""
+    config = start_up(None, etcd_credentials=False)
     exit_unless_shared_queue(config, "the API runs apart from its workers")
     return config
 

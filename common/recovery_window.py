@@ -23,8 +23,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from common import backups, etcd
-from common.config import EtcdConfig
+from common import backups
 from common.deltas import DeltaName, parse_delta_name
 from common.metadata import BackupMetadata
 from common.metrics import skip_wrong_type
@@ -178,34 +177,26 @@ class RecoveryPoint:
 
 
 def recovery_point(window: Window, claimed: float | None, now: datetime,
-                   etcd_revision: Callable[[], int | None]) -> RecoveryPoint | None:
+                   etcd_seen_at: Callable[[], tuple[int, float] | None]) -> RecoveryPoint | None:
     """The recovery point the store proves, from the time of its latest restorable revision (None if it has none).
     The watcher's current_at (`claimed`, from Redis: anyone who can write Redis can set it) makes it later only
     when credible: after the store's time, not after `now`, and at most CURRENT_SLACK_SECONDS past the store's
-    time unless etcd is at the store's latest revision (`etcd_revision`, asked only then; None if unknown): an idle
-    cluster, whose watcher notes that it is current without storing anything."""
+    time unless etcd was seen at the store's latest revision after the store's time (`etcd_seen_at`: etcd's
+    revision and when a worker saw it, common.etcd_seen; asked only then, None if unknown): an idle cluster, whose
+    watcher notes that it is current without storing anything. The point is then no later than that sighting:
+    a write etcd took after it may be one the store lacks."""
     latest = window.latest
     if latest is None:
         return None
     stored, moment = latest.time.timestamp(), now.timestamp()
-    if claimed is not None and math.isfinite(claimed) and stored < claimed <= moment \
-            and (claimed <= stored + CURRENT_SLACK_SECONDS or etcd_revision() == latest.revision):
-        return RecoveryPoint(datetime.fromtimestamp(claimed, UTC), moment - claimed)
+    if claimed is not None and math.isfinite(claimed) and stored < claimed <= moment:
+        if claimed <= stored + CURRENT_SLACK_SECONDS:
+            return RecoveryPoint(datetime.fromtimestamp(claimed, UTC), moment - claimed)
+        seen = etcd_seen_at()
+        if seen is not None and seen[0] == latest.revision and seen[1] > stored:
+            believed = min(claimed, seen[1])
+            return RecoveryPoint(datetime.fromtimestamp(believed, UTC), moment - believed)
     return RecoveryPoint(min(latest.time, now), max(0.0, moment - stored))
-
-
-def etcd_revision(config: EtcdConfig) -> Callable[[], int | None]:
-    """A function that asks etcd (a current member) for its revision: None if none answers."""
-
-    def ask() -> int | None:
-        try:
-            with etcd.connect(config) as member:
-                return member.proof.cluster_revision
-        except Exception as exc:  # noqa: BLE001 - unknown is an answer: the watcher's word is then not taken
-            logger.warning("recovery point from the store alone: etcd's revision is unknown (%s)", exc)
-            return None
-
-    return ask
 
 
 def _gaps(spans: list[Span], recorded: Sequence[RecordedGap]) -> list[Gap]:

@@ -11,7 +11,7 @@ from harness.processes import BIN_DIR
 COMMAND = str(BIN_DIR / "etcd-backup")
 
 
-def _environment(env: dict[str, str] | None) -> dict[str, str]:
+def environment(env: dict[str, str] | None) -> dict[str, str]:
     # _ARGCOMPLETE*: a completion request is the shell's, never a test's by accident; NO_COLOR: colours are tested.
     clean = {key: value for key, value in os.environ.items()
              if not key.startswith(("ETCD_BACKUP_", "_ARGCOMPLETE")) and key != "NO_COLOR"}
@@ -20,7 +20,7 @@ def _environment(env: dict[str, str] | None) -> dict[str, str]:
 
 def etcd_backup(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `etcd-backup ARGS` with its output piped (not a terminal)."""
-    return subprocess.run([COMMAND, *args], env=_environment(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([COMMAND, *args], env=environment(env), capture_output=True, text=True, timeout=timeout)
 
 
 def on_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
@@ -28,7 +28,7 @@ def on_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 
     import pty
 
     leader, follower = pty.openpty()
-    with subprocess.Popen([COMMAND, *args], stdout=follower, stderr=follower, env=_environment(env)) as proc:
+    with subprocess.Popen([COMMAND, *args], stdout=follower, stderr=follower, env=environment(env)) as proc:
         os.close(follower)
         output = b""
         while chunk := _read(leader):

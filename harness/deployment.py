@@ -40,9 +40,15 @@ class Deployment:
     """etcd-backup as users run it, from its config file: `etcd-backup --config` alone (embedded
     queue) when `redis` is None, else the Procfile's web process and worker processes on Redis."""
 
-    def __init__(self, work: Path, etcd_urls: list[str], redis: RedisServer | None = None, **config: Any) -> None:
+    def __init__(self, work: Path, etcd_urls: list[str], redis: RedisServer | None = None,
+                 environments: dict[str, dict[str, str]] | None = None, **config: Any) -> None:
+        """`environments`: more environment variables for each Procfile process ("web", "worker", ...), as
+        deploy/kubernetes/procfile gives each Deployment its own credentials: $REDIS_URL (a Redis user of its
+        own: the config then names no Redis), $AWS_ACCESS_KEY_ID, ..."""
         self.work = work
         self.redis = redis
+        self.environments = environments or {}
+        own_redis_urls = any("REDIS_URL" in environment for environment in self.environments.values())
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.backup_dir = work / "backups"
@@ -52,7 +58,7 @@ class Deployment:
             "backup-dir": str(self.backup_dir),
             "listen": f"127.0.0.1:{self.port}",
             "etcd": {"endpoints": etcd_urls},
-            **({"redis-url": redis.url} if redis is not None else {}),
+            **({"redis-url": redis.url} if redis is not None and not own_redis_urls else {}),
         }
         document.update({key.replace("_", "-"): value for key, value in config.items()})
         write_config(self.config, document)
@@ -64,7 +70,7 @@ class Deployment:
             self.web = start(f"etcd-backup --config {self.config}", self.config, self.work / "web.log",
                              REDIS_URL="")
         else:
-            self.web = start(procfile()["web"], self.config, self.work / "web.log")
+            self.web = self.start_process(procfile()["web"], "web")
             for _ in range(workers):
                 self.start_worker()
         with stopped_on_failure(self.stop):
@@ -76,7 +82,7 @@ class Deployment:
         assert self.redis is not None, "the all-in-one process has its worker inside"
         connection = self.redis.client()
         expected = len(Worker.all(connection=connection)) + 1
-        worker = start(procfile()["worker"], self.config, self.work / f"worker{len(self.workers)}.log")
+        worker = self.start_process(procfile()["worker"], f"worker{len(self.workers)}")
         self.workers.append(worker)
         if wait:
             wait_until(lambda: len(Worker.all(connection=connection)) == expected, 30, "the worker to register",
@@ -114,8 +120,10 @@ class Deployment:
         return sorted(name for name in os.listdir(self.backup_dir) if is_temp_name(name))
 
     def start_process(self, command: str, name: str) -> subprocess.Popen[bytes]:
-        """Start another process of this deployment (a Procfile line) with its config; stopped by the caller."""
-        return start(command, self.config, self.work / f"{name}.log")
+        """Start another process of this deployment (a Procfile line) with its config (and its `environments`);
+        stopped by the caller."""
+        role = {line: role for role, line in procfile().items()}.get(command)
+        return start(command, self.config, self.work / f"{name}.log", **self.environments.get(role or "", {}))
 
     def stop_workers(self) -> None:
         for worker in self.workers:

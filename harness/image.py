@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -151,6 +152,8 @@ class ContainerImage:
     workdir: str
     size: int
     """Bytes, as `podman image inspect` counts them (all layers)."""
+    base: Path
+    """The tarball of the root file system it was built on."""
     build_seconds: dict[str, float] = field(default_factory=dict)
 
     def command(self, args: Sequence[str], mounts: Sequence[Mount] = (),
@@ -183,7 +186,7 @@ def build(podman: Podman, base_tarball: Path, name: str = "localhost/etcd-backup
     seconds["import"] = time.monotonic() - began
     began = time.monotonic()
     podman("build", "--isolation=chroot", "--layers=false", "--pull=never",
-           "--build-arg=BASE=localhost/etcd-backup-test-base", *_pip_trust(podman.storage), "--tag", name,
+           "--build-arg=BASE=localhost/etcd-backup-test-base", *_pip_trust(), "--tag", name,
            "--file", str(ROOT / "Containerfile"), str(ROOT), timeout=900)
     seconds["build"] = time.monotonic() - began
     config = json.loads(podman("image", "inspect", name))[0]
@@ -192,20 +195,41 @@ def build(podman: Podman, base_tarball: Path, name: str = "localhost/etcd-backup
     # No USER in the image: a runtime runs it as root.
     user = image_config.get("User") or "0:0"
     return ContainerImage(name=name, root=Path(podman("image", "mount", name)), user=user, env=env,
-                          workdir=image_config.get("WorkingDir") or "/", size=config["Size"],
+                          workdir=image_config.get("WorkingDir") or "/", size=config["Size"], base=base_tarball,
                           build_seconds=seconds)
 
 
-def _pip_trust(scratch: Path) -> list[str]:
+MERGED_USR = {"/bin/": "/usr/bin/", "/sbin/": "/usr/sbin/", "/lib/": "/usr/lib/", "/lib64/": "/usr/lib64/"}
+"""Debian 12's merged /usr: /lib is a link to usr/lib, but a package's file list may name /lib/..."""
+
+
+def added_files(image: ContainerImage) -> set[str]:
+    """The paths in the image that are neither in its base nor any installed Debian package's files: what the
+    Containerfile's own steps, the packages' maintainer scripts and the build itself left."""
+    with tarfile.open(image.base) as tar:
+        base = {"/" + member.name.removeprefix("./").rstrip("/") for member in tar.getmembers()}
+    packaged: set[str] = set()
+    for listing in (image.root / "var/lib/dpkg/info").glob("*.list"):
+        for line in listing.read_text().splitlines():
+            prefix = next((old for old in MERGED_USR if line.startswith(old)), None)
+            packaged.add(MERGED_USR[prefix] + line.removeprefix(prefix) if prefix else line)
+    found = set()
+    for directory, subdirectories, files in os.walk(image.root):
+        for name in subdirectories + files:
+            path = "/" + str((Path(directory) / name).relative_to(image.root))
+            if path not in base and path not in packaged:
+                found.add(path)
+    return found
+
+
+def _pip_trust() -> list[str]:
     """podman build options that let pip in the build trust what pip trusts here (a TLS-intercepting
-    proxy's CA, named by $PIP_CERT), through files mounted for the RUN steps only. None otherwise."""
+    proxy's CA, named by $PIP_CERT): the Containerfile's pip-cert build secret, which only its pip step
+    mounts. None otherwise."""
     cert = os.environ.get("PIP_CERT")
     if not cert or not Path(cert).is_file():
         return []
-    scratch.mkdir(parents=True, exist_ok=True)
-    pip_conf = scratch / "pip.conf"
-    pip_conf.write_text("[global]\ncert = /etc/ssl/host-ca.crt\n")
-    return [f"--volume={pip_conf}:/etc/pip.conf:ro", f"--volume={cert}:/etc/ssl/host-ca.crt:ro"]
+    return [f"--secret=id=pip-cert,src={cert}"]
 
 
 @contextmanager

@@ -19,7 +19,9 @@ from werkzeug.test import TestResponse
 
 from api import create_app
 from common.config import Config
+from common.etcd_seen import FAILED_KEY, SEEN_KEY
 from common.storage import BackupStore, LocalStore, S3Store, open_store
+from harness.processes import wait_until
 from worker.runner import ThreadWorker, start_thread_worker
 
 ConfigFactory = Callable[..., Path]
@@ -36,7 +38,11 @@ class Service:
         self.worker: ThreadWorker | None = None
 
     def start_worker(self) -> None:
+        """Start the worker thread and wait for its first report of etcd (common.etcd_seen), which /readyz reads:
+        a real worker's comes within ms of its start, a test's request may come sooner."""
         self.worker = start_thread_worker(self.config, self.connection)
+        wait_until(lambda: self.connection.exists(SEEN_KEY, FAILED_KEY) > 0,
+                   self.config.etcd.timeout + 30, "the worker's first report of etcd")
 
     def stop_worker(self) -> None:
         if self.worker is not None:

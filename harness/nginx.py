@@ -1,4 +1,4 @@
-"""nginx, the bench's download contender.
+"""nginx: the bench's download contender, and the README's proxy for browsers (it adds the token).
 
 etcd-backup's own deployments are `harness.deployment.Deployment`: started as users start them.
 """
@@ -18,7 +18,14 @@ NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 class Nginx:
     """nginx (Debian's) serving `directory` at the API's download path, with sendfile on."""
 
+    READY = ("/api/v1/backup/none", 404)
+    """A path and the status it answers once nginx serves."""
+
     def __init__(self, work: Path, directory: Path) -> None:
+        self._setup(work, f"location /api/v1/backup/ {{ alias {directory}/; }}")
+
+    def _setup(self, work: Path, locations: str, server_name: str = "_") -> None:
+        """Write nginx.conf: one server on a free loopback port, named `server_name`, with `locations`."""
         self.work = work
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -38,7 +45,8 @@ http {{
 {temp_paths}
   server {{
     listen 127.0.0.1:{self.port};
-    location /api/v1/backup/ {{ alias {directory}/; }}
+    server_name {server_name};
+    {locations}
   }}
 }}
 """)
@@ -51,11 +59,26 @@ http {{
                 stdout=log, stderr=subprocess.STDOUT,
             )
         with stopped_on_failure(self.stop):
-            wait_until(lambda: http("GET", f"{self.base}/api/v1/backup/none", timeout=1)[0] == 404, 30, "nginx",
-                       self.proc)
+            path, status = self.READY
+            wait_until(lambda: http("GET", self.base + path, timeout=1)[0] == status, 30, "nginx", self.proc)
         return self
 
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
 
+
+class TokenProxy(Nginx):
+    """The README's setup for a browser when the API has a token: nginx in front of `upstream` (the API's
+    base URL) adds `Authorization: Bearer <token>` to every request, and passes the browser's Host on (the
+    API answers it when it is in allowed-hosts). The browser reaches it as http://<public_name>:<port>."""
+
+    READY = ("/healthz", 200)
+
+    def __init__(self, work: Path, upstream: str, token: str, public_name: str) -> None:
+        self._setup(work, f"""location / {{
+      proxy_pass {upstream};
+      proxy_set_header Host $http_host;
+      proxy_set_header Authorization "Bearer {token}";
+    }}""", server_name=public_name)
+        self.public_base = f"http://{public_name}:{self.port}"

@@ -55,3 +55,12 @@ def make_tls_files(directory: Path, prefix: str = "") -> TLSFiles:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     ca_path = _write_pem(directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
     return TLSFiles(ca=ca_path, **files)
+
+
+def certificate_and_key(name: str = "test") -> tuple[str, str]:
+    """A self-signed certificate and its private key, as PEM text (for configs that give them inline)."""
+    key = _key()
+    certificate = _issue(name, key, None, key, None)
+    return (certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())

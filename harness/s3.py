@@ -18,6 +18,9 @@ from harness.processes import BIN_DIR, free_port, stop_process, wait_until
 
 ACCESS_KEY = "AKIDETCDBACKUPTEST"
 SECRET_KEY = "etcd-backup-test-secret-key"
+READ_ACCESS_KEY = "AKIDETCDBACKUPREAD"
+READ_SECRET_KEY = "etcd-backup-test-read-only-key"
+"""SeaweedFS' second identity: it may read and list, not write nor delete (the API's, in deploy/kubernetes)."""
 WEED_BIN = shutil.which("weed", path=str(BIN_DIR)) or "weed"
 
 
@@ -36,9 +39,9 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self, secret: str = SECRET_KEY) -> Any:
+    def client(self, secret: str = SECRET_KEY, access_key: str = ACCESS_KEY) -> Any:
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=access_key,
             aws_secret_access_key=secret, config=BotoConfig(
                 request_checksum_calculation="when_required", response_checksum_validation="when_required",
                 s3={"addressing_style": "path"}))
@@ -94,7 +97,9 @@ class SeaweedServer(S3Server):
         identities = self.work_dir / "identities.json"
         identities.write_text(json.dumps({"identities": [{
             "name": "etcd-backup", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}, {
+            "name": "etcd-backup-reader", "credentials": [{"accessKey": READ_ACCESS_KEY, "secretKey": READ_SECRET_KEY}],
+            "actions": ["Read", "List"]}]}))
         (self.work_dir / "data").mkdir(exist_ok=True)
         # Chosen once: a restarted server finds its data under the same ports.
         self.ports = getattr(self, "ports", None) or {name: free_port() for name in (

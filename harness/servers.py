@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import etcd3
 import redis
@@ -138,27 +139,38 @@ def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()
 
 
 class RedisServer:
-    """A redis-server (Debian's) on loopback, with persistence off; `extra_args` are more of its options
-    (e.g. "--maxmemory", "64mb")."""
+    """A redis-server (Debian's) on loopback, with persistence off; with `acl_file`, its users are that file's
+    (`user`/`password` are then the ones this harness connects as: url, client()); `extra_args` are more of its
+    options (e.g. "--maxmemory", "64mb")."""
 
-    def __init__(self, work_dir: Path, *extra_args: str) -> None:
+    def __init__(self, work_dir: Path, acl_file: Path | None = None, user: str | None = None,
+                 password: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.work_dir = work_dir
+        self.acl_file = acl_file
+        self.user = user
+        self.password = password
         self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.user_url(self.user, self.password) if self.user is not None else \
+            f"redis://127.0.0.1:{self.port}/0"
+
+    def user_url(self, user: str, password: str | None) -> str:
+        """The URL that connects as `user` (of the ACL file)."""
+        return f"redis://{quote(user, safe='')}:{quote(password or '', safe='')}@127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        acl = ["--aclfile", str(self.acl_file)] if self.acl_file is not None else []
         self.proc = subprocess.Popen(
             [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.work_dir), *self.extra_args],
+             "--dir", str(self.work_dir), *acl, *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: bool(self.client().ping()), 15, f"redis at {self.url}", self.proc)
+        wait_until(lambda: bool(self.client().ping()), 15, f"redis at {self.port}", self.proc)
         return self
 
     def client(self) -> redis.Redis:

@@ -17,6 +17,7 @@ from harness.files import write_config as write_config_file
 from harness.fill import ETCD_FLAGS, fill
 from harness.image import ContainerImage, built_image
 from harness.in_process import ConfigFactory, Service
+from harness.pki import make_tls_files
 from harness.processes import free_port
 from harness.report import REPORT_OPTION, Report, reliability_markdown
 from harness.s3 import MotoServer, S3Server, SeaweedServer
@@ -96,6 +97,15 @@ def container_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contai
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd member that serves TLS and requires a client certificate (harness.pki's)."""
+    base = tmp_path_factory.mktemp("tls-etcd")
+    server = EtcdServer(base / "data", tls=make_tls_files(base / "pki")).start()
     yield server
     server.stop()
 

@@ -412,7 +412,7 @@ def test_gunicorn_worker_keeps_no_descriptor_of_head_304_416_or_cut_downloads(
 
         def cut() -> None:  # a client that reads the headers and a few bytes, then goes
             with socket.create_connection(("127.0.0.1", deployment.port), timeout=10) as sock:
-                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
                 sock.recv(100)
 
         ask("HEAD", {})

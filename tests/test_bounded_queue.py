@@ -233,7 +233,8 @@ def test_the_pending_marker_outlives_no_legitimate_wait(make_service: Callable[.
 
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", "--maxmemory", "8mb", "--maxmemory-policy", "noeviction").start()
+    server = RedisServer(tmp_path / "redis",
+                         extra_args=("--maxmemory", "8mb", "--maxmemory-policy", "noeviction")).start()
     yield server
     server.stop()
 

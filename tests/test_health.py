@@ -1,9 +1,14 @@
-"""GET /healthz and GET /readyz: up, and ready to take a backup (Redis, backup-dir, an etcd endpoint)."""
+"""GET /healthz and GET /readyz: up, and ready to take a backup (Redis, backup-dir, an etcd endpoint that a
+worker saw answer: the API itself never connects to etcd, common.etcd_seen)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +16,7 @@ import redis
 
 from cli.startup import prepare_backup_dir
 from common.config import load_config
+from common.etcd_seen import FRESH_SECONDS, MAX_REPORT_BYTES, SEEN_KEY
 from harness.in_process import ConfigFactory, Service
 from harness.servers import EtcdServer
 
@@ -27,7 +33,9 @@ def test_ready_when_redis_backup_dir_and_etcd_are(service: Service, etcd: EtcdSe
     assert body["status"] == "ready"
     assert {name: check["ok"] for name, check in body["checks"].items()} == {
         "redis": True, "backup-dir": True, "etcd": True, "api-auth": True}
-    assert body["checks"]["etcd"]["detail"].startswith(f"{etcd.url} answers (etcd 3.")
+    detail = body["checks"]["etcd"]["detail"]
+    assert detail.startswith(f"{etcd.url} answers (etcd 3."), detail
+    assert f", as seen by worker@{socket.gethostname()}:{os.getpid()} at " in detail, detail
 
 
 def failed_checks(service: Service) -> dict[str, str]:
@@ -42,7 +50,9 @@ def test_not_ready_without_redis(write_config: ConfigFactory) -> None:
     config = load_config(write_config())
     prepare_backup_dir(config)
     service = Service(config, redis.Redis.from_url("redis://127.0.0.1:1"))
-    assert list(failed_checks(service)) == ["redis"]
+    failed = failed_checks(service)
+    assert list(failed) == ["redis", "etcd"]  # what the workers saw of etcd is in Redis
+    assert failed["etcd"].startswith("unknown: cannot read the workers' reports of etcd from Redis (")
 
 
 def test_not_ready_without_backup_dir(service: Service) -> None:
@@ -52,9 +62,69 @@ def test_not_ready_without_backup_dir(service: Service) -> None:
 
 
 def test_not_ready_without_an_answering_etcd(make_service: Callable[..., Service]) -> None:
-    service = make_service(worker=False, etcd_overrides={"endpoints": ["http://127.0.0.1:1"], "timeout": "1s"})
+    """The worker saw etcd fail: /readyz says so, in the worker's words, with who and when."""
+    service = make_service(etcd_overrides={"endpoints": ["http://127.0.0.1:1"], "timeout": "1s"})
     failed = failed_checks(service)
-    assert list(failed) == ["etcd"] and failed["etcd"].startswith("no current etcd member answered: http://127.0.0.1:1")
+    assert list(failed) == ["etcd"]
+    assert failed["etcd"].startswith(f"no worker has reported etcd answering in {FRESH_SECONDS:g} s; the last "
+                                     f"report: worker@{socket.gethostname()}:{os.getpid()} at "), failed
+    assert " s ago): no current etcd member answered: http://127.0.0.1:1: " in failed["etcd"], failed
+
+
+def test_not_ready_while_no_worker_reports(make_service: Callable[..., Service], etcd: EtcdServer) -> None:
+    """etcd answers, but no worker runs to see it (nor to take a backup): not ready."""
+    service = make_service(worker=False)
+    failed = failed_checks(service)
+    assert failed == {"etcd": f"no worker has reported etcd answering in {FRESH_SECONDS:g} s (is a worker running?)"}
+
+
+def test_a_stale_report_is_not_taken(service: Service, redis_conn: redis.Redis) -> None:
+    """A worker that stopped reporting (its last report outlives its TTL, e.g. set again by hand) says nothing."""
+    assert service.client.get("/readyz").status_code == 200
+    service.stop_worker()
+    report = json.loads(redis_conn.get(SEEN_KEY) or b"{}")
+    redis_conn.set(SEEN_KEY, json.dumps({**report, "at": time.time() - FRESH_SECONDS - 1}))  # no TTL
+    assert list(failed_checks(service)) == ["etcd"]
+
+
+FRESH = {"reporter": "worker@pod:1", "endpoint": "https://etcd:2379", "version": "3.5.0", "revision": 7}
+HOSTILE_REPORTS: list[Callable[[redis.Redis], object]] = [
+    lambda r: r.set(SEEN_KEY, b"not json"),
+    lambda r: r.set(SEEN_KEY, b"\xff\xfe"),
+    lambda r: r.set(SEEN_KEY, json.dumps([1, 2])),
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": time.time(), "pad": "x" * MAX_REPORT_BYTES})),
+    lambda r: r.set(SEEN_KEY, b"x" * (64 << 20)),  # never read whole
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": time.time() + 3600})),  # from the future
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": float("nan")}).replace("NaN", "1e999")),
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": True})),
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": str(time.time())})),
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": time.time(), "revision": True})),
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": time.time(), "revision": -1})),
+    lambda r: r.set(SEEN_KEY, json.dumps({**FRESH, "at": time.time(), "reporter": ["x"]})),
+    lambda r: r.set(SEEN_KEY, json.dumps({"at": time.time()})),
+    lambda r: r.rpush(SEEN_KEY, "a list"),
+    lambda r: r.hset(SEEN_KEY, "at", time.time()),
+]
+
+
+@pytest.mark.parametrize("plant", HOSTILE_REPORTS)
+def test_a_report_that_is_not_one_is_not_taken(make_service: Callable[..., Service], redis_conn: redis.Redis,
+                                               plant: Callable[[redis.Redis], object]) -> None:
+    """Whoever can write Redis can write the report: what is not one never makes the API ready, nor 500."""
+    service = make_service(worker=False)
+    plant(redis_conn)
+    response = service.client.get("/readyz")
+    assert response.status_code == 503, response.get_json()
+    failed = failed_checks(service)
+    assert list(failed) == ["etcd"] and failed["etcd"].startswith("no worker has reported etcd answering")
+    # WRONGTYPE says nothing about etcd either: the check fails, in the error shape, without a 500.
+
+
+def test_a_reports_text_is_shown_escaped(make_service: Callable[..., Service], redis_conn: redis.Redis) -> None:
+    service = make_service(worker=False)
+    redis_conn.set(SEEN_KEY, json.dumps({**FRESH, "at": time.time(), "reporter": "w\x1b[2J\r\nforged: ok"}))
+    detail = service.client.get("/readyz").get_json()["checks"]["etcd"]["detail"]
+    assert "as seen by w\\x1b[2J\\r\\nforged: ok at " in detail and "\x1b" not in detail
 
 
 @pytest.mark.parametrize(("listen", "token", "open_"), [

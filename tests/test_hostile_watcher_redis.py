@@ -15,8 +15,10 @@ import pytest
 import redis
 
 from common.deltas import parse_delta_name
+from common.etcd_seen import REPORT_PERIOD, SEEN_KEY, newest
 from common.recovery_window import STATS_KEY
 from harness.in_process import Service
+from harness.processes import wait_until
 from harness.servers import EtcdServer
 from harness.writer import current_revision
 from tests.test_deltas import deltas_during_writes, watcher
@@ -38,6 +40,13 @@ def scraped_recovery_point(service: Service) -> tuple[float, float]:
     current = re.search(r"^etcd_backup_delta_current_timestamp_seconds (\S+)$", text, re.MULTILINE)
     assert seconds is not None and current is not None, text
     return float(seconds[1]), float(current[1])
+
+
+def wait_for_etcd_report_after(moment: float, connection: redis.Redis) -> None:
+    """Until a worker has reported etcd's revision as seen after `moment` (common.etcd_seen): the API's only view
+    of etcd, so what it believes of current_at rests on it."""
+    wait_until(lambda: (seen := newest(connection, SEEN_KEY, time.time())) is not None and seen.at > moment,
+               REPORT_PERIOD + 10, "a report of etcd newer than the test's step")
 
 
 def windows_recovery_point(service: Service) -> tuple[dict[str, object], float, float]:
@@ -91,7 +100,9 @@ def test_a_hostile_current_at_never_500s_nor_makes_the_recovery_point_better_tha
     prefix = f"/current-{tmp_path.name}/"
     _, end = deltas_during_writes(service, etcd, redis_conn, prefix, seconds=0.3)
     etcd.client().put(f"{prefix}unstored", "x")  # the watcher is stopped: stored nowhere
+    put_at = time.time()
     time.sleep(2)
+    wait_for_etcd_report_after(put_at, redis_conn)  # a worker saw etcd past the store's revision
     redis_conn.hset(STATS_KEY, "current_at", time.time() if hostile == "now" else hostile)
     window, seconds, current_at = windows_recovery_point(service)
     latest = window["latest"]
@@ -107,15 +118,17 @@ def test_a_hostile_current_at_never_500s_nor_makes_the_recovery_point_better_tha
 def test_an_idle_cluster_stays_current_when_etcd_holds_nothing_the_store_does_not(
         make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
     """What current_at is for: no write since the last delta, the watcher's note that it is current is believed
-    (etcd's revision is the store's latest), so an idle cluster's recovery point does not age."""
+    (etcd's revision is the store's latest, as a worker saw it after the note), so an idle cluster's recovery point
+    does not age."""
     service = make_service(delta_period="100ms")
     _, end = deltas_during_writes(service, etcd, redis_conn, f"/idle-{tmp_path.name}/", seconds=0.3)
     time.sleep(2.5)
     assert current_revision(etcd.url) == end
     noted = time.time() - 0.2
     redis_conn.hset(STATS_KEY, "current_at", noted)
+    wait_for_etcd_report_after(noted, redis_conn)
     _, seconds, current_at = windows_recovery_point(service)
-    assert abs(current_at - noted) < 0.01 and seconds < 1.5
+    assert abs(current_at - noted) < 0.01 and seconds < REPORT_PERIOD + 1.5
     scraped, scraped_current = scraped_recovery_point(service)
-    assert abs(scraped_current - noted) < 0.01 and scraped < 1.5
+    assert abs(scraped_current - noted) < 0.01 and scraped < REPORT_PERIOD + 1.5
     assert datetime.fromtimestamp(current_at, UTC) <= datetime.now(UTC)

@@ -3,6 +3,7 @@ its user (UID 10000) on its read-only root file system, against a real etcd and 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -14,10 +15,12 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from packaging.utils import canonicalize_name
 from rq import Worker
 
 from harness.deployment import procfile, wait_for_api
-from harness.image import ContainerImage, Mount
+from harness.image import ContainerImage, Mount, added_files
+from harness.lock import ENVIRONMENT_SCRIPT, LOCK, read
 from harness.processes import ROOT, free_port, http, stop_process, wait_until
 from harness.servers import EtcdServer, RedisServer, restored_keys
 
@@ -92,6 +95,47 @@ def test_image_has_no_build_tools_and_is_small(container_image: ContainerImage) 
         assert container_image.run(["sh", "-c", f"command -v {tool}"]).returncode != 0, f"{tool} is in the image"
     assert not list((container_image.root / "var/lib/apt/lists").iterdir())
     assert container_image.size < MAX_IMAGE_BYTES, container_image.size
+
+
+BUILD_LEFTOVERS = ["/etc/pip.conf", "/etc/ssl/host-ca.crt", "/run/secrets", "/src", "/root/.cache", "/tmp/*"]
+"""What a build writes only to reach the package index or to build: pip's config and CA, the secret mounts, the
+build context, pip's cache (an earlier build of this image left an empty /etc/pip.conf and /etc/ssl/host-ca.crt)."""
+ADDED_ON_PURPOSE = {  # fnmatch patterns: * matches across / too
+    "the Containerfile": ["/etc/dpkg/dpkg.cfg.d/etcd-backup-nodoc", "/etc/etcd-backup", "/etcd-backup",
+                          "/opt/etcd-backup", "/opt/etcd-backup/*"],
+    "useradd's backups of the account files": ["/etc/gshadow-", "/etc/shadow-", "/etc/subgid-", "/etc/subuid-"],
+    "dpkg's and apt's own records": ["/var/lib/dpkg/info/*", "/var/lib/apt/extended_states"],
+    "the packages' maintainer scripts (etcd-server's service links and data dir, python3's byte code)": [
+        "/etc/inputrc", "/etc/python3", "/etc/python3/debian_config", "/etc/rc[0-6].d/[KS]01etcd",
+        "/etc/systemd/system/etcd2.service", "/etc/systemd/system/multi-user.target.wants/etcd.service",
+        "/var/lib/systemd/deb-systemd-helper-enabled/*", "/var/lib/etcd", "/var/lib/python",
+        "/var/lib/python/python3.11_installed", "/usr/local/lib/python3.11", "/usr/local/lib/python3.11/dist-packages",
+        "/usr/lib/python3*/__pycache__", "/usr/lib/python3*/__pycache__/*.pyc", "/usr/share/python3/*__pycache__",
+        "/usr/share/python3/*__pycache__/*.pyc"],
+    # podman's chroot isolation mounts the host's /etc/hosts there for each RUN; a runtime mounts its own.
+    "the build runtime's mount point": ["/etc/hosts"],
+}
+
+
+def test_the_build_leaves_nothing_behind(container_image: ContainerImage) -> None:
+    """Every file the build added to its Debian base is a packaged file or on the list above, with its reason."""
+    for path in BUILD_LEFTOVERS:
+        assert not list(container_image.root.glob(path.lstrip("/"))), f"{path} is in the image"
+    patterns = [pattern for reason in ADDED_ON_PURPOSE.values() for pattern in reason]
+    added = added_files(container_image)
+    unexplained = sorted(path for path in added if not any(fnmatch.fnmatchcase(path, p) for p in patterns))
+    assert unexplained == []
+    assert "/opt/etcd-backup/bin/python3" in added  # what the list is taken from: the venv is found
+
+
+def test_installed_packages_are_the_locked_versions(container_image: ContainerImage) -> None:
+    """The venv holds exactly requirements.lock's pins for the image's Python and platform, and the project."""
+    answer = container_image.run(["python3", "-c", ENVIRONMENT_SCRIPT])
+    assert answer.returncode == 0, answer.stderr
+    seen = json.loads(answer.stdout)
+    installed = {canonicalize_name(name): version for name, version in seen["installed"].items()}
+    locked = {name: pin.version for name, pin in read(LOCK).items() if pin.applies(seen["environment"])}
+    assert installed == {**locked, "etcd-backup": "0.1.0"}
 
 
 def test_only_tmp_and_volumes_are_writable(container_image: ContainerImage, tmp_path: Path) -> None:

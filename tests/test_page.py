@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from common import present
+from harness.browser import chromium
 from harness.in_process import Service, served_over_http
 from harness.processes import ROOT
 from worker.drill import run_drill
@@ -29,14 +29,8 @@ TOKEN = "page-token-0123456789abc"
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1000"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=DriverService("/usr/bin/chromedriver"))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 def table_names(driver: webdriver.Chrome) -> list[str]:

@@ -15,7 +15,15 @@ import redis
 
 from common.deltas import DeltaName
 from common.metadata import BackupMetadata
-from common.recovery_window import COMPACTED, GAPS_KEY, NOT_STORED, STATS_KEY, RecordedGap, recovery_window
+from common.recovery_window import (
+    COMPACTED,
+    GAPS_KEY,
+    NOT_STORED,
+    STATS_KEY,
+    RecordedGap,
+    recovery_point,
+    recovery_window,
+)
 from common.storage import CatalogEntry, StoredFile
 from harness.in_process import Service
 from harness.servers import EtcdServer
@@ -71,6 +79,26 @@ def test_a_gap_the_watcher_recorded_says_etcd_compacted_it() -> None:
 def test_no_backup_no_window() -> None:
     window = recovery_window([], DELTAS, NOW)
     assert window.to_json()["earliest"] is None and window.to_json()["latest"] is None and window.gaps == []
+
+
+@pytest.mark.parametrize(("seen", "believed"), [
+    ((320, 3600.0), 3600.0),  # a worker saw etcd at the store's revision 60 min after it: current until then
+    ((320, 7200.0), 5400.0),  # ... and after the watcher's note: the note itself
+    ((321, 7200.0), 360.0),  # etcd was past the store: the store's own time
+    ((320, 300.0), 360.0),  # seen before the store's latest delta: says nothing
+    (None, 360.0),  # no fresh report: the store's own time
+])
+def test_the_watchers_note_is_believed_no_later_than_a_worker_saw_etcd_at_the_stores_revision(
+        seen: tuple[int, float] | None, believed: float) -> None:
+    """The API asks no etcd: a worker's report (revision, time) stands for etcd's revision (common.etcd_seen). An
+    idle cluster stays current up to that report, never past a moment when etcd was not at the store's revision."""
+    window = recovery_window(CATALOG, DELTAS, NOW)
+    assert window.latest is not None and window.latest.revision == 320 and window.latest.time == T0 + timedelta(
+        minutes=6)
+    claimed = T0.timestamp() + 5400  # the watcher noted it was current 90 min after T0
+    reported = None if seen is None else (seen[0], T0.timestamp() + seen[1])
+    point = recovery_point(window, claimed, T0 + timedelta(hours=2), lambda: reported)
+    assert point is not None and point.time == T0 + timedelta(seconds=believed)
 
 
 def snapshot_holds(service: Service, backup: str) -> int:

@@ -96,7 +96,7 @@ class SlowLoris:
 
     def _connect(self, selector: selectors.BaseSelector) -> None:
         conn = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        conn.sendall(b"GET /api/v1/backup HTTP/1.1\r\nHost: x\r\n")
+        conn.sendall(b"GET /api/v1/backup HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         conn.setblocking(False)
         selector.register(conn, selectors.EVENT_READ)
         self.opened += 1
@@ -294,13 +294,14 @@ def raw_request(port: int, data: bytes) -> tuple[str, dict[str, str], bytes]:
 
 
 HOSTILE_REQUESTS: dict[str, tuple[bytes, int]] = {
-    "a 10 KB request line": (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    "a 10 KB request line": (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
     "a 100 KB request line, never ended": (b"GET /" + b"a" * 100_000, 414),
     "150 header fields": (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n",
                           431),
     "a 20 KB header field": (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"y" * 20_000 + b"\r\n\r\n", 431),
     "a 100 KB request head, never ended": (b"GET /healthz HTTP/1.1\r\n" + b"X-Big: y\r\n" * 12_000, 431),
-    "a 1 MB body announced": (b"POST /api/v1/backup HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n", 413),
+    "a 1 MB body announced": (b"POST /api/v1/backup HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1048576\r\n\r\n",
+                              413),
     "a Content-Length of 5,000 digits": (b"GET /healthz HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 413),
     "a malformed chunk size": (b"POST /api/v1/backup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     "a malformed request line": (b"GARBAGE\r\n\r\n", 400),
@@ -315,6 +316,7 @@ def test_every_error_the_server_writes_is_json(all_in_one: Deployment, name: str
     status, headers, body = raw_request(all_in_one.port, data)
     assert status.split(" ")[1] == str(expected), (status, body)
     assert headers["content-type"] == "application/json"
+    assert headers["x-content-type-options"] == "nosniff" and headers["cache-control"] == "no-store"  # api.edges
     message = json.loads(body)["message"]
     assert isinstance(message, str) and message
     assert http("GET", f"{all_in_one.base}/healthz", timeout=5)[0] == 200  # the server is fine...
@@ -323,7 +325,7 @@ def test_every_error_the_server_writes_is_json(all_in_one: Deployment, name: str
 
 
 STALLING_REQUESTS = {
-    "a request head that stops half-way": b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+    "a request head that stops half-way": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n",
     "a chunked body whose chunk announces 4096 bytes, sends 6 and ends like a last chunk":
         b"POST /api/v1/backup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\nx0\r\n\r\n",
     "a body shorter than its Content-Length": b"POST /api/v1/backup HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
@@ -345,7 +347,7 @@ def test_clients_that_never_read_their_answers_hold_threads_only_briefly(all_in_
                                                                          report: Report) -> None:
     """140 connections (more than the server's threads) pipeline requests for a 25 KB answer and never
     read: each thread blocked in send() is freed after SEND_TIMEOUT, and the connection cut."""
-    request = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 40
+    request = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 40
     conns = []
     for _ in range(140):
         conn = socket.socket()

@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from common import queue
+from common import etcd_seen, queue
 from common.config import Config
 from common.jobs import TrustedJob, refusal
 from common.storage import StorageError, open_store
@@ -232,6 +232,8 @@ class ThreadWorker(BackupWorker):
     """How often an idle worker looks whether it was asked to stop."""
 
     _thread: threading.Thread | None = None
+    _reporter: tuple[threading.Thread, threading.Event] | None = None
+    """This worker's etcd reporter (common.etcd_seen) and the event that stops it (start_thread_worker's)."""
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -245,8 +247,12 @@ class ThreadWorker(BackupWorker):
     def stop(self, timeout: float | None = None) -> None:
         """Stop the worker, now if it is idle or after the current job; wait up to `timeout` for it."""
         self._stop_requested = True
+        if self._reporter is not None:
+            self._reporter[1].set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._reporter is not None:  # ends within its etcd check's timeout
+            self._reporter[0].join(timeout)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # RQ's own wait only ends on a job; wait in short slices so that stop() is seen.
@@ -272,6 +278,8 @@ def run_worker(config: Config) -> None:
     connection = queue.connect(config)
     queue.retry_until_redis_answers(lambda: prepare(config, connection))
     worker = BackupWorker(connection, config)
+    # What /readyz says about etcd comes from here: the API has no etcd credentials (common.etcd_seen).
+    etcd_seen.start_reporter(config.etcd, connection, "worker")
     worker.work(logging_level="INFO")
 
 
@@ -279,5 +287,6 @@ def start_thread_worker(config: Config, connection: redis.Redis) -> ThreadWorker
     """Start a worker thread on `connection` (the all-in-one server's); `stop()` ends it."""
     prepare(config, connection)
     worker = ThreadWorker(connection, config)
+    worker._reporter = etcd_seen.start_reporter(config.etcd, connection, "worker")
     worker.start()
     return worker

@@ -29,12 +29,16 @@ def effective_config(config: Config) -> dict[str, Any]:
     return {
         "backup-dir": str(config.backup_dir) if config.s3 is None else config.s3.url,
         "listen": config.listen,
+        "allowed-hosts": list(config.allowed_hosts) or None,  # None: read back as unset (an empty list is refused)
         "rotate": config.rotate,
         "etcd": etcd_section,
         "redis-url": None if config.redis_url is None else _masked_url(config.redis_url),
         "backup-timeout": format_duration(config.backup_timeout),
         "gzip-level": config.gzip_level,
         "api-token": _masked(config.api_token),
+        "read-token": _masked(config.read_token),
+        "backup-token": _masked(config.backup_token),
+        "download-token": _masked(config.download_token),
         "api-tls-cert": None if config.api_tls_cert is None else str(config.api_tls_cert),
         "api-tls-key": None if config.api_tls_key is None else str(config.api_tls_key),
         "retention": None if retention is None else {

@@ -23,8 +23,10 @@ MAX_NUMBER_CHARACTERS = 30
 """Beyond it a number is past every bound (and past 4,300 digits Python will not even read it)."""
 
 
-def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
-    """Read the YAML file at `path`; raise ConfigError naming the first bad key."""
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None,
+                etcd_credentials: bool = True) -> Config:
+    """Read the YAML file at `path`; raise ConfigError naming the first bad key. Without `etcd_credentials`,
+    etcd's password and TLS files are neither read nor kept (common.config.validate.parse_config)."""
     text, status = _read_config_file(path)
     try:
         # A named stream: YAML's errors then say which file (a str would be "<unicode string>").
@@ -35,7 +37,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{path} is not valid YAML: {_one_line(exc)}") from None
-    config = parse_config(raw, os.environ if environ is None else environ)
+    config = parse_config(raw, os.environ if environ is None else environ, etcd_credentials)
     check_config_file(path, status, raw)  # the file as it was read (its fstat)
     return config
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,7 +132,13 @@ class Config:
     backup_timeout: float = 300.0
     gzip_level: int = DEFAULT_GZIP_LEVEL
     api_token: str | None = field(default=None, repr=False)
-    """When set, every request but /healthz needs `Authorization: Bearer <api_token>`."""
+    """Every right: with any token set, every request but /healthz needs `Authorization: Bearer <token>`."""
+    read_token: str | None = field(default=None, repr=False)
+    """Reads the state (the page, status, metrics, probes, the list, jobs): no backup's content."""
+    backup_token: str | None = field(default=None, repr=False)
+    """What read_token may, and takes and verifies backups (the POSTs)."""
+    download_token: str | None = field(default=None, repr=False)
+    """What read_token may, and downloads backups."""
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
     """When set (both), the API listens with TLS."""
@@ -155,6 +162,9 @@ class Config:
     """Seconds between two deltas: the recovery point (how much is lost with etcd) is about this."""
     signing: SigningConfig | None = None
     """Set: backups and deltas are signed, and only signed ones are listed, counted, drilled and restored."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (`host` or `host:port`, lower case) the API answers besides IP literals and localhost:
+    the names clients reach it by (a proxy's public name, a Service's DNS name). See api.edges."""
     max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS
     """A POST that would queue a new verify job beyond this many queued jobs is answered 429 (common.queue);
     backups and drills (one queued of each at most) are always queued."""
@@ -165,15 +175,51 @@ class Config:
         return self.encryption.identity_file if self.encryption is not None else None
 
     @property
+    def tokens(self) -> dict[str, str]:
+        """The API tokens set, by key ("api-token", "read-token", ...; api.auth says what each may do)."""
+        given = {"api-token": self.api_token, "read-token": self.read_token, "backup-token": self.backup_token,
+                 "download-token": self.download_token}
+        return {key: token for key, token in given.items() if token is not None}
+
+    @property
     def open_to_the_network(self) -> bool:
         """Whether the API listens beyond loopback without a token: anyone who reaches it gets every Secret."""
         host, _ = split_listen(self.listen)
-        if self.api_token is not None or host == "localhost":
+        if self.tokens or host == "localhost":
             return False
         try:
             return not ipaddress.ip_address(host).is_loopback
         except ValueError:  # a host name other than localhost
             return True
+
+
+HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+"""A DNS name as a URL's host holds it (lower case, no trailing dot): what a browser sends in Host."""
+
+
+def split_host(text: str) -> tuple[str, int | None]:
+    """Split an HTTP Host value, "name", "name:port", "1.2.3.4:port" or "[v6]:port", into its host (lower
+    case, IPv6 without brackets) and port (None when absent); ValueError when it is none of these."""
+    text = text.lower()
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"not a host or host:port: {text!r}")
+        host, port = inside, rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address in brackets: {text!r}") from None
+    else:
+        host, colon, after = text.partition(":")
+        port = after if colon else None
+        if not HOST_NAME.fullmatch(host):
+            raise ValueError(f"not a host name or IPv4 address: {text!r}")
+    if port is None:
+        return host, None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected a port in 1-65535 after the host, got {text!r}")
+    return host, int(port)
 
 
 def split_listen(listen: str) -> tuple[str, int]:

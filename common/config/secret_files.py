@@ -24,7 +24,9 @@ OWN_FILE_ACCESS = 0o077
 ROOT_FILE_ACCESS = 0o037
 """Those a file of root's must not have: the group may read it, no more; others nothing."""
 MOVED_OUT = {
-    "api-token": "$ETCD_BACKUP_API_TOKEN", "redis-url": "$REDIS_URL", "etcd.tls-key": "etcd.tls-key-file",
+    "api-token": "$ETCD_BACKUP_API_TOKEN", "read-token": "$ETCD_BACKUP_READ_TOKEN",
+    "backup-token": "$ETCD_BACKUP_BACKUP_TOKEN", "download-token": "$ETCD_BACKUP_DOWNLOAD_TOKEN",
+    "redis-url": "$REDIS_URL", "etcd.tls-key": "etcd.tls-key-file",
     # boto3 takes an access key id given without its secret for partial credentials: both move.
     "s3.secret-access-key": "$AWS_SECRET_ACCESS_KEY (with s3.access-key-id to $AWS_ACCESS_KEY_ID)",
     "s3.session-token": "$AWS_SESSION_TOKEN (with the keys to $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY)",
@@ -88,7 +90,7 @@ def inline_secrets(raw: Any) -> list[str]:
     etcd, s3 = raw.get("etcd") or {}, raw.get("s3") or {}
     tls_key = etcd.get("tls-key")
     found = {
-        "api-token": raw.get("api-token") is not None,
+        **{key: raw.get(key) is not None for key in ("api-token", "read-token", "backup-token", "download-token")},
         "redis-url": raw.get("redis-url") is not None and _has_password(raw["redis-url"]),
         "etcd.password": etcd.get("password") is not None,
         "etcd.tls-key": tls_key is not None and tls_key.lstrip().startswith("-----BEGIN"),  # else it is a path

@@ -5,6 +5,7 @@ files), refusing private keys that others can read (common.config.secret_files);
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,9 @@ from urllib.parse import urlsplit
 from croniter import CroniterBadDateError, croniter
 from redis import connection as redis_connection
 
+from common.config import tls_files
 from common.config.errors import ConfigError
+from common.config.placeholders import refuse_placeholder_content, refuse_placeholders
 from common.config.schema import (
     DEFAULT_BACKUP_DIR,
     DEFAULT_BACKUP_TIMEOUT,
@@ -35,6 +38,7 @@ from common.config.schema import (
     RetentionConfig,
     S3Config,
     SigningConfig,
+    split_host,
 )
 from common.config.secret_files import check_private_file
 from common.config.section import Section
@@ -43,6 +47,10 @@ from common.signing import BadKey, parse_signing_key, parse_verify_key
 
 REDIS_URL_ENV = "REDIS_URL"
 API_TOKEN_ENV = "ETCD_BACKUP_API_TOKEN"
+TOKEN_ENV = {"api-token": API_TOKEN_ENV, "read-token": "ETCD_BACKUP_READ_TOKEN",
+             "backup-token": "ETCD_BACKUP_BACKUP_TOKEN", "download-token": "ETCD_BACKUP_DOWNLOAD_TOKEN"}
+"""Each API token's key, and the environment variable it is taken from when the config leaves it out (api.auth
+says what each may do)."""
 MIN_API_TOKEN_LENGTH = 16
 
 # Bounds of values that pass for the right type but cannot work (issue 19).
@@ -67,8 +75,9 @@ CRON_HORIZON = timedelta(days=366)
 TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
-    "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing", "max-queued-jobs",
-})
+    "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing", "allowed-hosts",
+    "max-queued-jobs",
+}) | frozenset(TOKEN_ENV)
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 SIGNING_KEYS = frozenset({"key-file", "verify-key"})
 MAX_KEY_FILE = 1 << 20
@@ -88,18 +97,20 @@ ETCD_KEYS = frozenset({
 })
 
 
-def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config:
-    """Validate an already-parsed YAML document."""
+def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str], etcd_credentials: bool = True) -> Config:
+    """Validate an already-parsed YAML document. Without `etcd_credentials` (the API apart from its workers: it
+    never connects to etcd) etcd's password and TLS files are left out, unread: its pods need not hold them."""
+    refuse_placeholders(raw, environ)  # first: a placeholder token would otherwise be just "too short"
     top = Section(raw, "", TOP_LEVEL_KEYS)
     return Config(
-        etcd=_parse_etcd(top.require("etcd")),
+        etcd=_parse_etcd(top.require("etcd"), etcd_credentials),
         **_storage(top.get_str("backup-dir", DEFAULT_BACKUP_DIR), top.get_section("s3")),
         listen=top.get_listen("listen", DEFAULT_LISTEN),
         rotate=top.get_int("rotate", DEFAULT_ROTATE, minimum=1),
         redis_url=_redis_url(top.get_str("redis-url", None), environ),
         backup_timeout=top.get_duration("backup-timeout", DEFAULT_BACKUP_TIMEOUT, BACKUP_TIMEOUT_BOUNDS),
         gzip_level=top.get_int("gzip-level", DEFAULT_GZIP_LEVEL, minimum=0, maximum=9),
-        api_token=_api_token(top.get_str("api-token", None), environ),
+        **_tokens(top, environ),
         **_api_tls(top.get_str("api-tls-cert", None), top.get_str("api-tls-key", None)),
         retention=_parse_retention(top.get_section("retention")),
         schedule=_schedule(top.get_str("schedule", None)),
@@ -110,6 +121,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str]) -> Config
         deltas=top.get_bool("deltas", False),
         delta_period=top.get_duration("delta-period", DEFAULT_DELTA_PERIOD, DELTA_PERIOD_BOUNDS),
         signing=_parse_signing(top.get_section("signing")),
+        allowed_hosts=_allowed_hosts(top.get_str_list("allowed-hosts", ())),
         max_queued_jobs=top.get_int("max-queued-jobs", DEFAULT_MAX_QUEUED_JOBS, minimum=1,
                                     maximum=MAX_QUEUED_JOBS_BOUND),
     )
@@ -155,10 +167,13 @@ def _parse_retention(raw: Any) -> RetentionConfig | None:
     return retention
 
 
-def _parse_etcd(raw: Any) -> EtcdConfig:
+def _parse_etcd(raw: Any, credentials: bool = True) -> EtcdConfig:
     section = Section(raw, "etcd.", ETCD_KEYS)
     endpoints = section.get_str_list("endpoints", DEFAULT_ENDPOINTS)
-    for url in endpoints:
+    for number, url in enumerate(endpoints, 1):
+        if "@" in url:  # USER:PASSWORD@: never quoted (it is a password), never sent (etcd ignores it)
+            raise ConfigError("etcd.endpoints", f"endpoint {number} holds a user name or password (USER:PASSWORD@): "
+                                                "give them as etcd.username and etcd.password, not in the URL")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("etcd.endpoints", f"expected http:// or https:// URLs, got {url!r}")
@@ -171,15 +186,23 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
     if (username is None) != (password is None):
         missing = "etcd.password" if password is None else "etcd.username"
         raise ConfigError(missing, "username and password must be given together")
-    ca, ca_file = section.get_pem("tls-ca")
-    cert, cert_file = section.get_pem("tls-cert")
-    key, key_file = section.get_pem("tls-key")
+    if not credentials:  # their types are checked, nothing is read
+        for name in ("tls-ca", "tls-cert", "tls-key"):
+            section.get_str(name, None), section.get_str(f"{name}-file", None)
+        return EtcdConfig(endpoints=tuple(endpoints), prefix=section.get_str("prefix", ""),
+                          timeout=section.get_duration("timeout", DEFAULT_ETCD_TIMEOUT, ETCD_TIMEOUT_BOUNDS))
+    pems = {name: _etcd_pem(section, name) for name in ("tls-ca", "tls-cert", "tls-key")}
+    (ca, ca_file), (cert, cert_file), (key, key_file) = ((pem, path) for _, pem, path, _ in pems.values())
     if key_file is not None:  # read from a file (tls-key-file, or tls-key given a path): a private key's
-        given_as = "tls-key-file" if section.get_str("tls-key-file", None) is not None else "tls-key"
-        check_private_file(f"etcd.{given_as}", key_file)
+        check_private_file(pems["tls-key"][0], key_file)
     if (cert is None) != (key is None):
         raise ConfigError("etcd.tls-key" if key is None else "etcd.tls-cert",
                           "tls-cert and tls-key must be given together")
+    if ca is not None:
+        tls_files.certificates(pems["tls-ca"][0], pems["tls-ca"][3], ca)
+    if cert is not None and key is not None:
+        (cert_key, _, _, cert_shown), (key_key, _, _, key_shown) = pems["tls-cert"], pems["tls-key"]
+        tls_files.check_pair(cert_key, cert_shown, cert, key_key, key_shown, key)
     return EtcdConfig(
         endpoints=tuple(endpoints),
         prefix=section.get_str("prefix", ""),
@@ -192,6 +215,17 @@ def _parse_etcd(raw: Any) -> EtcdConfig:
         tls_files=tuple((name, path) for name, path in (("tls-ca", ca_file), ("tls-cert", cert_file),
                                                         ("tls-key", key_file)) if path is not None),
     )
+
+
+def _etcd_pem(section: Section, name: str) -> tuple[str, bytes | None, str | None, str]:
+    """etcd's `name` PEM (tls-ca, tls-cert, tls-key) as Section.get_pem reads it: the key it was given as
+    (e.g. "etcd.tls-ca-file"), the PEM, its file (None: inline), and how messages show where it came from."""
+    pem, path = section.get_pem(name)
+    given_as = f"etcd.{name}-file" if section.get_str(f"{name}-file", None) is not None else f"etcd.{name}"
+    shown = tls_files.INLINE if path is None else shown_key_path(path)
+    if pem is not None:
+        refuse_placeholder_content(given_as, shown, pem)
+    return given_as, pem, path, shown
 
 
 def _storage(backup_dir: str, s3_section: Any) -> dict[str, Any]:  # a Path's or an S3Config's keyword
@@ -211,6 +245,10 @@ def _storage(backup_dir: str, s3_section: Any) -> dict[str, Any]:  # a Path's or
 def _parse_s3(raw: Any, bucket: str, prefix: str) -> S3Config:
     section = Section(raw, "s3.", S3_KEYS)
     endpoint = section.get_str("endpoint", None)
+    if endpoint is not None and "@" in endpoint:  # USER:PASSWORD@: never quoted, never sent
+        raise ConfigError("s3.endpoint", "holds a user name or password (USER:PASSWORD@): give the keys as "
+                                         "s3.access-key-id and s3.secret-access-key (or AWS_ACCESS_KEY_ID and "
+                                         "AWS_SECRET_ACCESS_KEY), not in the URL")
     if endpoint is not None and (urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).hostname):
         raise ConfigError("s3.endpoint", f"expected an http:// or https:// URL, got {endpoint!r}")
     style = section.get_str("addressing-style", "auto")
@@ -222,8 +260,8 @@ def _parse_s3(raw: Any, bucket: str, prefix: str) -> S3Config:
     if kms_key_id is not None and sse != "aws:kms":
         raise ConfigError("s3.kms-key-id", "needs sse: aws:kms")
     ca_file = section.get_str("ca-file", None)
-    if ca_file is not None and not os.path.isfile(ca_file):
-        raise ConfigError("s3.ca-file", f"{ca_file} is not a readable file")
+    if ca_file is not None:
+        _read_certificates("s3.ca-file", ca_file)
     return S3Config(
         bucket=bucket, prefix=prefix, endpoint=endpoint, region=section.get_str("region", None),
         addressing_style=style, ca_file=None if ca_file is None else Path(ca_file).absolute(),
@@ -310,10 +348,18 @@ def _read_key_file(key: str, path: str) -> str:
         raise ConfigError(key, f"{shown}: {exc.strerror}") from None
     if len(data) > MAX_KEY_FILE:
         raise ConfigError(key, f"{shown}: over {MAX_KEY_FILE} bytes, no key file")
+    refuse_placeholder_content(key, shown, data)
     try:
         return data.decode()
     except UnicodeDecodeError:
         raise ConfigError(key, f"{shown}: not text") from None
+
+
+def _read_certificates(key: str, path: str) -> None:
+    """Refuse a file of certificates (a CA bundle) that cannot be read, or holds none."""
+    if not os.path.isfile(path):
+        raise ConfigError(key, f"{path} is not a readable file")
+    tls_files.certificates(key, shown_key_path(path), _read_key_file(key, path).encode())
 
 
 def _backup_dir(value: str) -> Path:
@@ -363,13 +409,36 @@ def _redis_url_problem(url: str) -> str | None:
     return None
 
 
-def _api_token(value: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
-    # A token written but empty is a mistake, not a wish for an open API: refused like a short one.
-    token = value if value is not None else environ.get(API_TOKEN_ENV) or None
-    if token is not None and len(token) < MIN_API_TOKEN_LENGTH:
-        key = "api-token" if value is not None else API_TOKEN_ENV
-        raise ConfigError(key, f"must be at least {MIN_API_TOKEN_LENGTH} characters long")
-    return token
+def _tokens(top: Section, environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:  # Config's keywords
+    """The API tokens (Config's api_token, read_token, ...), each from its key or else its variable (TOKEN_ENV)."""
+    taken: dict[str, str] = {}  # key -> token
+    for key, variable in TOKEN_ENV.items():
+        # A token written but empty is a mistake, not a wish for an open API: refused like a short one.
+        value = top.get_str(key, None)
+        token = value if value is not None else environ.get(variable) or None
+        if token is None:
+            continue
+        given_as = key if value is not None else variable
+        if len(token) < MIN_API_TOKEN_LENGTH:
+            raise ConfigError(given_as, f"must be at least {MIN_API_TOKEN_LENGTH} characters long")
+        # Two equal tokens would give one the other's rights: a read-token equal to the api-token downloads.
+        same = [other for other, taken_token in taken.items() if hmac.compare_digest(token, taken_token)]
+        if same:
+            raise ConfigError(given_as, f"is the same as {same[0]}: give each token its own value")
+        taken[key] = token
+    return {key.replace("-", "_"): taken.get(key) for key in TOKEN_ENV}
+
+
+def _allowed_hosts(entries: list[str]) -> tuple[str, ...]:
+    """Each entry a `host` or `host:port` as a browser writes it in Host (no scheme, no path, no wildcard)."""
+    for entry in entries:
+        try:
+            split_host(entry)
+        except ValueError as exc:
+            shown = repr(entry) if len(entry) <= 80 else f"a {len(entry)}-character entry"
+            raise ConfigError("allowed-hosts", f"{shown} is not a host or host:port (e.g. backup.example.com "
+                              f"or backup.example.com:8443): {str(exc).partition(':')[0]}") from None
+    return tuple(entry.lower() for entry in entries)
 
 
 def _api_tls(cert: str | None, key: str | None) -> dict[str, Any]:  # api_tls_cert and api_tls_key, as Paths
@@ -378,12 +447,15 @@ def _api_tls(cert: str | None, key: str | None) -> dict[str, Any]:  # api_tls_ce
     if cert is None or key is None:
         missing = "api-tls-cert" if cert is None else "api-tls-key"
         raise ConfigError(missing, "api-tls-cert and api-tls-key go together")
-    files = {}
+    files, pems = {}, {}
     for name, value in (("api-tls-cert", cert), ("api-tls-key", key)):
         path = Path(value).absolute()
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ConfigError(name, f"{value} is not a readable file")
         if name == "api-tls-key":
             check_private_file(name, value)
+        pems[name] = _read_key_file(name, value).encode()
         files[name.replace("-", "_")] = path
+    tls_files.check_pair("api-tls-cert", shown_key_path(cert), pems["api-tls-cert"],
+                         "api-tls-key", shown_key_path(key), pems["api-tls-key"])
     return files
