@@ -148,7 +148,9 @@ def verify_backup(filename: str) -> tuple[Response, int]:
     current = state()
     if current.store.stat(filename) is None:
         abort(404, description=f"{filename} not found")
-    return wait_for_job(enqueue_verify(current.queue, filename), current.config.backup_timeout)
+    # Joins a check of this backup that is queued already; a new one is refused beyond max-queued-jobs (429).
+    job = enqueue_verify(current.queue, filename, current.config.max_queued_jobs)
+    return wait_for_job(job, current.config.backup_timeout)
 
 
 @bp.post("")

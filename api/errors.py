@@ -8,7 +8,7 @@ import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from common.queue import UnreadableJob
+from common.queue import RETRY_AFTER_SECONDS, QueueFull, UnreadableJob
 from common.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ def error_response(status: int, message: str, **details: object) -> tuple[Respon
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(UnreadableJob, _unreadable_job)
+    app.register_error_handler(QueueFull, _queue_full)
     # Redis down must not take the API down: GETs read the directory and keep working.
     app.register_error_handler(redis.RedisError, _queue_unavailable)
     # The API's only file system work is reading backup-dir; a bucket says what failed in a StorageError.
@@ -41,6 +42,12 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 def _unreadable_job(exc: UnreadableJob) -> tuple[Response, int]:
     logger.error("%s: answered 500", exc, exc_info=exc.__cause__)  # the traceback tells which field
     return error_response(500, str(exc))
+
+
+def _queue_full(exc: QueueFull) -> tuple[Response, int]:
+    response, status = error_response(429, str(exc))
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response, status
 
 
 def _queue_unavailable(exc: redis.RedisError) -> tuple[Response, int]:

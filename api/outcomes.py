@@ -54,6 +54,24 @@ def _nothing_published(job: Job) -> None:
     return None
 
 
+def _nothing_to_confirm(body: dict[str, Any]) -> None:
+    return None
+
+
+def _backup_not_in_store(body: dict[str, Any]) -> str | None:
+    """Why a backup's success as Redis reports it is no success: the backup it names is not in the store (with
+    a signing key, not an authentic one). A Redis writer can forge a job's result; the store is the truth."""
+    filename = str(body["filename"])
+    stored = state().store.stat(filename)
+    if stored is None:
+        return (f"the worker's report names {filename[:80]}, which is not in the store (a forged report in Redis, "
+                "or a backup removed since)")
+    if stored.size != body["filesize"]:
+        return (f"the worker's report gives {filename} {body['filesize']} bytes, the store holds {stored.size} "
+                "(a forged report in Redis)")
+    return None
+
+
 @dataclass(frozen=True)
 class KindAnswers:
     """How the state of one kind of job becomes its HTTP answer."""
@@ -70,13 +88,16 @@ class KindAnswers:
     """What the job recorded as done before it ended: a 200 even if its worker then died or failed."""
     no_verdict: str | None = None
     """The message (a 500) of a check that could not be done, so passed no verdict (UNCHECKED_META)."""
+    unconfirmed: Callable[[dict[str, Any]], str | None] = _nothing_to_confirm
+    """Why the body of a 200, as Redis reports it, is not true (a 500 with this cause), or None."""
 
 
 ANSWERS: dict[str, KindAnswers] = {
     # The original etcd-backup's answers, to the letter. A backup published (listed) before its worker
     # died or failed, in rotation, is there all the same.
     BACKUP_JOB: KindAnswers("backup", "backup successfully", "failed to save an etcd backup", 500,
-                            success_body=_backup_body, published=published_backup),
+                            success_body=_backup_body, published=published_backup,
+                            unconfirmed=_backup_not_in_store),
     # A check that ran and found the backup bad is no server error.
     VERIFY_JOB: KindAnswers("verify", "backup verified", "backup verification failed", 422,
                             no_verdict="could not verify the backup"),
@@ -162,10 +183,10 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any], JobStatus]:
     answers = ANSWERS[job.func_name or ""]
     result = job.latest_result()
     if (succeeded := _succeeded(result, answers)) is not None:
-        return 200, succeeded, JobStatus.FINISHED
+        return _confirmed(answers, succeeded, JobStatus.FINISHED)
     published = answers.published(job)
     if published is not None:
-        return 200, {"message": answers.success, **published}, JobStatus.FINISHED
+        return _confirmed(answers, {"message": answers.success, **published}, JobStatus.FINISHED)
     status = job.get_status()
     if result is not None or status in ENDED_WITHOUT_RESULT:
         cause = _failure_cause(job, result, answers)
@@ -176,9 +197,17 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any], JobStatus]:
         return 500, {"message": f"{answers.failure}: {LOST_CAUSE}"}, status
     # It ended between the reads above: its result is in now.
     if status == JobStatus.FINISHED and (succeeded := _succeeded(job.latest_result(), answers)) is not None:
-        return 200, succeeded, status
+        return _confirmed(answers, succeeded, status)
     message = _UNFINISHED_MESSAGES.get(status, "{kind} " + status.value).format(kind=answers.word)
     return 202, {"message": message, "job": job.id}, status
+
+
+def _confirmed(answers: KindAnswers, body: dict[str, Any], status: JobStatus) -> tuple[int, dict[str, Any], JobStatus]:
+    """A success's 200, or a 500 if what it reports is not true (KindAnswers.unconfirmed)."""
+    problem = answers.unconfirmed(body)
+    if problem is not None:
+        return 500, {"message": f"{answers.failure}: {problem}"}, status
+    return 200, body, status
 
 
 def _succeeded(result: Result | None, answers: KindAnswers) -> dict[str, Any] | None:

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
 PENDING_KEYS = {BACKUP_JOB: PENDING_KEY, DRILL_JOB: "etcd-backup:pending-drill"}
-"""The jobs that coalesce: one queued at a time, which later requests (and ticks) join."""
+"""The jobs that coalesce: one queued at a time, which later requests (and ticks) join. A verify job
+coalesces per backup, under VERIFY_PENDING_PREFIX + the backup's name (pending_key)."""
+VERIFY_PENDING_PREFIX = "etcd-backup:pending-verify:"
 LOCK_KEY = "etcd-backup:backup-lock"
 """Held by the worker that is taking a backup, so backups of one cluster run one at a time."""
 HEARTBEAT_TTL = 10.0
@@ -46,8 +48,16 @@ PUBLISHED_META = "published"
 the API answers success from it even if the worker dies afterwards (during rotation)."""
 RESULT_TTL = 86400
 """Seconds a finished or failed job (and so GET /api/v1/jobs/<id>) is kept."""
-PENDING_TTL = RESULT_TTL
-"""Seconds before a pending marker expires by itself, should its job be lost (a flushed Redis)."""
+MAX_KEPT_JOBS = 1000
+"""Finished jobs kept at most, and failed jobs (the oldest forgotten first: forget_oldest_jobs). Kept a day each,
+the jobs of a day of POSTs would grow Redis without a bound: back to back, a backup a second and several checks,
+about 8 KiB each (tests/test_flood.py)."""
+PENDING_TTL = JOB_TIMEOUT + 120
+"""Seconds before a pending marker expires by itself, should its job be lost (a flushed Redis). A queued backup
+(or drill) goes to the front of the queue: it waits at most for the jobs running to end, each within
+JOB_TIMEOUT. A marker without a TTL, or with a longer one, is none that this service wrote: never trusted."""
+RETRY_AFTER_SECONDS = 60
+"""What a request refused by the queue bound (QueueFull, a 429) is told to wait: about a verify job's time."""
 REDIS_RETRY_SECONDS = 2.0
 """How often a starting worker or scheduler tries Redis again while it is unreachable."""
 REDIS_SOCKET_TIMEOUT = 5.0
@@ -87,38 +97,83 @@ def job_queue(connection: redis.Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection, serializer=JSONSerializer, job_class=TrustedJob)
 
 
-def enqueue_or_join(queue: Queue, function: str = BACKUP_JOB) -> Job:
-    """Return the queued, not yet started backup job (or drill), enqueueing one if there is none.
+class QueueFull(Exception):
+    """The job queue holds `max-queued-jobs` jobs already: a new verify job is refused (429)."""
 
-    A job that is joined has not started, so its snapshot starts after the caller arrived. Backups
-    go to the front of the queue: a drill or a verify queued before never delays one.
+    def __init__(self, queued: int, bound: int) -> None:
+        super().__init__(f"the job queue is full ({queued} jobs queued, max-queued-jobs is {bound}): retry later")
+
+
+def pending_key(function: str, args: tuple[str, ...] = ()) -> str:
+    """The key of the pending marker of `function` called with `args`: one per kind of job, one per backup
+    for verify jobs (whose one argument, a backup name, common.jobs checks)."""
+    if function == VERIFY_JOB:
+        [filename] = args
+        return VERIFY_PENDING_PREFIX + filename
+    return PENDING_KEYS[function]
+
+
+def enqueue_or_join(queue: Queue, function: str = BACKUP_JOB, args: tuple[str, ...] = (),
+                    max_queued: int | None = None) -> Job:
+    """Return the queued, not yet started job of `function` with `args` (a backup, a drill, the verify of one
+    backup), enqueueing one if there is none.
+
+    A job that is joined has not started, so its snapshot (or check) starts after the caller arrived. Only a
+    job that this service queued is joined: the marker must have the TTL this service gives it, and the job it
+    names must be of that kind and on the queue, waiting (a Redis writer's marker naming a job never queued,
+    with a forged result, would answer every POST). Joining costs nothing and is never refused; a new job is
+    refused (QueueFull) when the queue holds `max_queued` jobs already (None: never; backups and drills, at
+    most one queued of each, are never refused). Backups go to the front of the queue: a drill or a verify
+    queued before never delays one.
     """
     connection = queue.connection
-    key = PENDING_KEYS[function]
+    key = pending_key(function, args)
+    watched = (key, queue.key) if max_queued is not None else (key,)
     while True:
         # The marker and the job are written in one transaction, so a marker never names a job that is
-        # still being enqueued; if another request or a worker changes the marker meanwhile, look again.
-        new_or_pending = transaction(connection, lambda pipe: _enqueue_unless_pending(pipe, queue, function), key)
+        # still being enqueued; if another request or a worker changes the marker (or the queue, when it is
+        # bounded) meanwhile, look again.
+        new_or_pending = transaction(
+            connection, lambda pipe: _enqueue_unless_pending(pipe, queue, function, args, max_queued), *watched)
         if isinstance(new_or_pending, Job):
             return new_or_pending
         queued = read_job_or_none(connection, new_or_pending)
-        if queued is not None and queued.get_status() == JobStatus.QUEUED:
+        if queued is not None and _waiting_on_the_queue(queue, queued, function, args):
             return queued
-        # The marker outlived its job (the job expired or its Redis data was lost): drop it.
-        release_pending(connection, new_or_pending, function)
+        # The marker outlived its job (the job started, expired or its Redis data was lost), or names what this
+        # service never queued: drop it.
+        logger.info("pending marker %s names job %s, which is not waiting on the queue: dropped", key,
+                    new_or_pending[:40])
+        release_pending(connection, new_or_pending, function, args)
 
 
-def _enqueue_unless_pending(pipe: Pipeline, queue: Queue, function: str) -> Job | str:
-    """The id the pending marker of `function` names; if there is none, a new job, queued on `pipe`
-    with the marker that names it."""
-    key = PENDING_KEYS[function]
-    pending = pipe.get(key)
-    if pending is not None:
+def _waiting_on_the_queue(queue: Queue, job: Job, function: str, args: tuple[str, ...]) -> bool:
+    """Whether `job` is a job of `function` with `args` that waits on `queue` (so a worker will run it)."""
+    try:
+        same_call = job.func_name == function and tuple(job.args) == args
+    except Exception:  # noqa: BLE001 - arguments that are not what RQ writes: no job of ours
+        return False
+    return (same_call and job.get_status() == JobStatus.QUEUED
+            and queue.connection.lpos(queue.key, job.id) is not None)
+
+
+def _enqueue_unless_pending(pipe: Pipeline, queue: Queue, function: str, args: tuple[str, ...],
+                            max_queued: int | None) -> Job | str:
+    """The id the pending marker of `function` names, if this service set it; if there is none, a new job,
+    queued on `pipe` with the marker that names it (QueueFull if the queue holds `max_queued` jobs)."""
+    key = pending_key(function, args)
+    pending, ttl = pipe.get(key), pipe.ttl(key)
+    if pending is not None and 0 < ttl <= PENDING_TTL:
         return text(pending)
+    if pending is not None:  # no TTL (-1), or longer than any this service sets: a Redis writer's
+        logger.warning("pending marker %s has a TTL of %s, which etcd-backup never sets: not trusted, replaced",
+                       key, ttl)
+    if max_queued is not None and (queued := pipe.llen(queue.key)) >= max_queued:
+        raise QueueFull(queued, max_queued)
     pipe.multi()
     job_id = new_job_id()
     pipe.set(key, job_id, ex=PENDING_TTL)
-    job: Job = queue.enqueue_call(function, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+    job: Job = queue.enqueue_call(function, args=args, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
                                   failure_ttl=RESULT_TTL, pipeline=pipe, at_front=function == BACKUP_JOB)
     return job
 
@@ -128,11 +183,26 @@ def enqueue_drill(queue: Queue) -> Job:
     return enqueue_or_join(queue, DRILL_JOB)
 
 
-def enqueue_verify(queue: Queue, filename: str) -> Job:
-    """Queue a check of backup `filename` (recovery.verify, run by a worker); the name is no secret."""
-    job: Job = queue.enqueue_call(VERIFY_JOB, args=(filename,), job_id=new_job_id(), timeout=JOB_TIMEOUT,
-                                  result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL)
-    return job
+def enqueue_verify(queue: Queue, filename: str, max_queued: int | None) -> Job:
+    """Queue a check of backup `filename` (recovery.verify, run by a worker), or join the one queued; QueueFull
+    if a new job would make more than `max_queued`. The name is no secret."""
+    return enqueue_or_join(queue, VERIFY_JOB, (filename,), max_queued)
+
+
+def forget_oldest_jobs(queue: Queue) -> None:
+    """Delete the oldest finished and failed jobs beyond MAX_KEPT_JOBS of each (a worker calls it after each job)."""
+    connection = queue.connection
+    for registry in (queue.finished_job_registry, queue.failed_job_registry):
+        excess = registry.count - MAX_KEPT_JOBS
+        if excess <= 0:
+            continue
+        for job_id in registry.get_job_ids(0, excess - 1, cleanup=False):  # the soonest to expire: the oldest
+            job = read_job_or_none(connection, job_id)
+            if job is not None:
+                job.delete(remove_from_queue=False)
+            else:  # none of ours, or unreadable: only its keys go, nothing of it is read
+                connection.delete(Job.key_for(job_id), f"rq:results:{job_id}")
+            registry.remove(job_id)
 
 
 class UnreadableJob(Exception):
@@ -182,9 +252,11 @@ def published_backup(job: Job) -> dict[str, object] | None:
     return read_backup_result(job.get_meta(refresh=True).get(PUBLISHED_META))
 
 
-def release_pending(connection: redis.Redis, job_id: str, function: str = BACKUP_JOB) -> None:
-    """Clear the pending marker if it still names `job_id`; new requests then queue a new job."""
-    key = PENDING_KEYS[function]
+def release_pending(connection: redis.Redis, job_id: str, function: str = BACKUP_JOB,
+                    args: tuple[str, ...] = ()) -> None:
+    """Clear the pending marker (of `function` with `args`) if it still names `job_id`; new requests then
+    queue a new job."""
+    key = pending_key(function, args)
 
     def delete_if_it_names_the_job(pipe: Pipeline) -> None:
         current = pipe.get(key)

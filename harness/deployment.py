@@ -77,14 +77,16 @@ class Deployment:
             wait_for_api(self.base, self.web)
         return self
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        """Start one more worker process and wait until it has registered with RQ."""
+    def start_worker(self, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start one more worker process and (unless not `wait`) wait until it has registered with RQ."""
         assert self.redis is not None, "the all-in-one process has its worker inside"
         connection = self.redis.client()
         expected = len(Worker.all(connection=connection)) + 1
         worker = self.start_process(procfile()["worker"], f"worker{len(self.workers)}")
         self.workers.append(worker)
-        wait_until(lambda: len(Worker.all(connection=connection)) == expected, 30, "the worker to register", worker)
+        if wait:
+            wait_until(lambda: len(Worker.all(connection=connection)) == expected, 30, "the worker to register",
+                       worker)
         return worker
 
     def replace_workers(self) -> subprocess.Popen[bytes]:

@@ -140,14 +140,16 @@ def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()
 
 class RedisServer:
     """A redis-server (Debian's) on loopback, with persistence off; with `acl_file`, its users are that file's
-    (`user`/`password` are then the ones this harness connects as: url, client())."""
+    (`user`/`password` are then the ones this harness connects as: url, client()); `extra_args` are more of its
+    options (e.g. "--maxmemory", "64mb")."""
 
     def __init__(self, work_dir: Path, acl_file: Path | None = None, user: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.work_dir = work_dir
         self.acl_file = acl_file
         self.user = user
         self.password = password
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -165,7 +167,7 @@ class RedisServer:
         acl = ["--aclfile", str(self.acl_file)] if self.acl_file is not None else []
         self.proc = subprocess.Popen(
             [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.work_dir), *acl],
+             "--dir", str(self.work_dir), *acl, *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: bool(self.client().ping()), 15, f"redis at {self.port}", self.proc)

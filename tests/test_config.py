@@ -495,7 +495,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
         "schedule": "0 */6 * * *",
         "skip-unchanged": False,
         "drill": None,
-        "allow-stale-member": False, "deltas": False, "delta-period": "10s",
+        "allow-stale-member": False, "deltas": False, "delta-period": "10s", "max-queued-jobs": 100,
     }
     report("`etcd-backup config check` on a config with every kind of secret (api-token and REDIS_URL "
            "from the environment, etcd password, inline TLS key)",

@@ -72,6 +72,8 @@ def verify_backup(config: Config, filename: str) -> dict[str, object]:
     """Check backup `filename` as `etcd-backup verify` does (recovery.verify); raise VerifyError if bad."""
     job = get_current_job()
     assert job is not None, "verify_backup runs only as an RQ job"
+    # From here on, requests to verify this backup queue a new check: this one is about to read it.
+    queue.release_pending(job.connection, job.id, queue.VERIFY_JOB, (filename,))
     store = open_store(config)
     try:
         # A big backup takes a while to check: the heartbeat tells the API the worker is still at it.

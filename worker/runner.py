@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
@@ -23,6 +24,48 @@ from recovery.workdir import remove_abandoned_workdirs
 from worker.leases import live_backup
 
 logger = logging.getLogger(__name__)
+
+
+ENDED = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+"""What RQ records for a job that ended without a result."""
+GIVE_BACKS = 3
+"""Times a job that Redis' being full interrupted goes back on the queue before it is failed."""
+GIVE_BACKS_META = "full-redis-give-backs"
+"""job.meta key: how many times the job went back on the queue."""
+FULL_REDIS_RETRY_SECONDS = 2.0
+"""How often a worker tries again a write that Redis refused for being at its maxmemory."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _waits_out_a_full_redis(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run `method` again every few seconds while Redis answers OutOfMemoryError (at its maxmemory, with a policy
+    that evicts nothing): RQ's loop would end the worker on it, and no backup would be taken until someone
+    restarted it. Only for what is safe to run again (a registration, a heartbeat, a dequeue that moved nothing)."""
+
+    @functools.wraps(method)
+    def retried(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except redis.exceptions.OutOfMemoryError as exc:
+                _wait_for_memory(f"{method.__name__}: {exc}")
+
+    return retried
+
+
+def _recorded_as_ended(job: Job) -> bool:
+    """Whether Redis holds `job` as ended, with or without a result (or no longer holds it: nothing to redo)."""
+    try:
+        return job.get_status(refresh=True) in (JobStatus.FINISHED, *ENDED)
+    except Exception:  # noqa: BLE001 - its hash gone or unreadable (a Redis writer's doing): nothing to give back
+        return True
+
+
+def _wait_for_memory(what: str) -> None:
+    logger.warning("Redis is out of memory (maxmemory), trying again in %.0f s: %s", FULL_REDIS_RETRY_SECONDS,
+                   what)
+    time.sleep(FULL_REDIS_RETRY_SECONDS)
 
 
 class ConfiguredJob(TrustedJob):
@@ -71,6 +114,15 @@ class BackupWorker(SimpleWorker):
         self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ declares it None
             sleep_time=PUBSUB_SLEEP, daemon=True, exception_handler=self._pubsub_exception_handler)
 
+    @_waits_out_a_full_redis
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[no-untyped-call]
+
+    @_waits_out_a_full_redis
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)
+
+    @_waits_out_a_full_redis  # the move of a job id off the queue is refused whole: nothing moved
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         # RQ decodes the job ids it pops as UTF-8 and stops the worker on one that is not: drop such
         # ids (no job of ours has one) and go on.
@@ -106,7 +158,17 @@ class BackupWorker(SimpleWorker):
         if why is None:
             assert isinstance(job, ConfiguredJob), "dequeued as this worker's job_class"
             job.config = self.config
-            super().execute_job(job, origin)
+            try:
+                super().execute_job(job, origin)
+            except redis.exceptions.OutOfMemoryError as exc:
+                self._settle_after_a_full_redis(job, origin, exc)
+            else:
+                # RQ's failure handling logs a write that Redis refused and goes on: a job whose start, or whose
+                # end, Redis refused so would be left "started" (or in RQ's intermediate queue) for good.
+                if not _recorded_as_ended(job):
+                    self._settle_after_a_full_redis(job, origin, redis.exceptions.OutOfMemoryError(
+                        "the job's state was not recorded"))
+            self._forget_oldest_jobs(origin)
             return
         logger.error("refused job %s: %s; moved to the failed jobs, nothing run", job.id, why)
         # RQ's own bookkeeping for a job that failed at once, so that the job ends in the failed
@@ -115,6 +177,50 @@ class BackupWorker(SimpleWorker):
         execution = self.prepare_execution(job)
         self.handle_job_failure(job, origin, exc_string=f"refused by etcd-backup's worker: {why}", execution=execution)
         self.set_state(WorkerStatus.IDLE)
+
+
+    def _forget_oldest_jobs(self, origin: Queue) -> None:
+        try:
+            queue.forget_oldest_jobs(origin)
+        except redis.RedisError as exc:  # the next job tries again; this one is done
+            logger.warning("could not forget the oldest jobs: %s", exc)
+
+    def _settle_after_a_full_redis(self, job: ConfiguredJob, origin: Queue, exc: redis.RedisError) -> None:
+        """Once Redis takes writes again, give a job that Redis' being full interrupted back to the front of the
+        queue, as it was (its callers still wait for it; each of our jobs may run again: a backup takes a new
+        one), or after GIVE_BACKS times fail it with the cause (its callers get a 500 that says why rather than
+        wait for an answer that never comes). Each is written once: a write after it that Redis refuses does
+        not repeat it (a job given back twice would run twice)."""
+        while True:
+            _wait_for_memory(f"job {job.id}: {exc}")
+            try:
+                if self._give_back_or_fail(job, origin, exc):
+                    break
+            except redis.exceptions.OutOfMemoryError as again:
+                exc = again
+        try:
+            self.set_state(WorkerStatus.IDLE)
+        except redis.RedisError as again:  # the next heartbeat or job writes the state again
+            logger.warning("could not record the worker as idle: %s", again)
+
+    def _give_back_or_fail(self, job: ConfiguredJob, origin: Queue, exc: redis.RedisError) -> bool:
+        """Whether `job` is now back on the queue, or failed with `exc` as its cause."""
+        given_back = job.get_meta(refresh=True).get(GIVE_BACKS_META, 0)
+        if not isinstance(given_back, int) or given_back >= GIVE_BACKS:
+            job.meta[queue.ERROR_META] = f"Redis ran out of memory while the job ran: {exc}"
+            job.save_meta()  # type: ignore[no-untyped-call]
+            self.handle_job_failure(job, origin, exc_string=f"OutOfMemoryError: {exc}")
+            return job.get_status(refresh=True) == JobStatus.FAILED  # RQ logs a failure it could not write
+        job.meta[GIVE_BACKS_META] = given_back + 1
+        job.save_meta()  # type: ignore[no-untyped-call]  # first: counted even if the give-back is refused
+        with self.connection.pipeline() as pipe:  # MULTI/EXEC: all of it or, refused, none
+            pipe.lrem(origin.intermediate_queue_key, 1, job.id)
+            origin.started_job_registry.remove_executions(job, pipeline=pipe)
+            job.set_status(JobStatus.QUEUED, pipeline=pipe)
+            pipe.lpush(origin.key, job.id)
+            pipe.execute()
+        logger.warning("job %s: put back on the queue, Redis ran out of memory as it ran", job.id)
+        return True
 
 
 class ThreadWorker(BackupWorker):

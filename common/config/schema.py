@@ -17,6 +17,9 @@ DEFAULT_ETCD_TIMEOUT = "2s"
 DEFAULT_BACKUP_TIMEOUT = "5m"
 DEFAULT_GZIP_LEVEL = 1
 DEFAULT_DELTA_PERIOD = "10s"
+DEFAULT_MAX_QUEUED_JOBS = 100
+"""Verify jobs coalesce per backup, backups and drills to one queued each: 100 is room for a check of every
+backup of a long retention; each queued job holds about 1 KiB of Redis."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     """Host names (`host` or `host:port`, lower case) the API answers besides IP literals and localhost:
     the names clients reach it by (a proxy's public name, a Service's DNS name). See api.edges."""
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS
+    """A POST that would queue a new verify job beyond this many queued jobs is answered 429 (common.queue);
+    backups and drills (one queued of each at most) are always queued."""
 
     @property
     def identity_file(self) -> Path | None:

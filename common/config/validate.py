@@ -28,6 +28,7 @@ from common.config.schema import (
     DEFAULT_ETCD_TIMEOUT,
     DEFAULT_GZIP_LEVEL,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_QUEUED_JOBS,
     DEFAULT_PART_SIZE,
     DEFAULT_ROTATE,
     MIN_PART_SIZE,
@@ -66,6 +67,8 @@ TIER_LENGTHS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
 """Seconds per step of each retention tier: a tier may count steps up to RETENTION_HORIZON."""
 DELTA_PERIOD_BOUNDS = (0.1, 600.0)
 """Seconds between deltas: below 100ms a delta per write; beyond 10 minutes the recovery point of a full backup."""
+MAX_QUEUED_JOBS_BOUND = 1_000_000
+"""A queue of a million jobs (about 1 GiB of Redis) is no bound."""
 CRON_HORIZON = timedelta(days=366)
 """A schedule must fire at least this often: one that never fires (30 February) stops the scheduler."""
 
@@ -73,6 +76,7 @@ TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
     "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing", "allowed-hosts",
+    "max-queued-jobs",
 }) | frozenset(TOKEN_ENV)
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 SIGNING_KEYS = frozenset({"key-file", "verify-key"})
@@ -118,6 +122,8 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str], etcd_cred
         delta_period=top.get_duration("delta-period", DEFAULT_DELTA_PERIOD, DELTA_PERIOD_BOUNDS),
         signing=_parse_signing(top.get_section("signing")),
         allowed_hosts=_allowed_hosts(top.get_str_list("allowed-hosts", ())),
+        max_queued_jobs=top.get_int("max-queued-jobs", DEFAULT_MAX_QUEUED_JOBS, minimum=1,
+                                    maximum=MAX_QUEUED_JOBS_BOUND),
     )
 
 
