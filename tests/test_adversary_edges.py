@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -424,3 +425,74 @@ def test_a_presigned_download_is_no_store_too(make_service: Callable[..., Servic
     with urllib.request.urlopen(redirect.headers["Location"], timeout=10) as fetched:
         headers = dict(fetched.headers)
     assert "no-store" in headers.get("Cache-Control", ""), f"the download of {name} from the store: {headers}"
+
+
+# --- Cross-site POSTs by other means than a form or fetch, in chromium ---------------------------------------
+
+class RedirectingAttacker(BaseHTTPRequestHandler):
+    """Another site: a page that posts with navigator.sendBeacon and with an enctype=text/plain form, and a form
+    that posts to its own /hop, which answers 307 to the API (the browser repeats the POST there, body included)."""
+
+    target = ""
+    beacons_received = 0
+    """Beacons the page sent to this server itself: proof that headless chromium sends them at all."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = f"""<!doctype html><title>more cats</title>
+<form id="plain" method="post" enctype="text/plain" action="{self.target}"><input name="x" value="1"></form>
+<form id="hop" method="post" action="/hop"><input name="x" value="1"></form>
+<script>function beacon(url) {{ return navigator.sendBeacon(url, "x=1"); }}</script>""".encode()
+        self._answer(200, body, "text/html")
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path == "/beacon":
+            type(self).beacons_received += 1
+            self._answer(204, b"", "text/plain")
+            return
+        self.send_response(307)
+        self.send_header("Location", self.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _answer(self, status: int, body: bytes, media_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", media_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_beacons_text_plain_forms_and_307_hops_are_refused_by_gunicorn(etcd: Any, redis_server: Any,
+                                                                      tmp_path: Path) -> None:
+    """README, Security: a cross-site POST is refused with 403 (test_edges_browser.py tries a form and a no-cors
+    fetch against werkzeug). Here, against the Procfile deployment (gunicorn, Redis, a worker) with rotate: 3: a
+    sendBeacon, an enctype=text/plain form, and a form whose POST another site redirects (307) to the API (the
+    browser sends Origin: null after a cross-origin hop). None takes a backup; the refusals are 403s."""
+    deployment = Deployment(tmp_path / "deployment", [etcd.url], redis_server, rotate=3).start()
+    RedirectingAttacker.target = f"{deployment.base}/api/v1/backup"
+    attacker = ThreadingHTTPServer(("127.0.0.1", 0), RedirectingAttacker)
+    thread = threading.Thread(target=attacker.serve_forever, name="attacker", daemon=True)
+    thread.start()
+    try:
+        before = [deployment.post_backup()["filename"] for _ in range(1)]
+        page = f"http://{BROWSER_ATTACKER}:{attacker.server_port}/"
+        with chromium(NAMES) as driver:
+            for form in ("plain", "hop"):
+                driver.get(page)
+                driver.execute_script(f"document.getElementById('{form}').submit()")
+                WebDriverWait(driver, 60).until(lambda d: "cross-site request refused" in body_text(d))
+            driver.get(page)
+            assert driver.execute_script("return beacon(arguments[0])", f"{page}beacon") is True
+            wait_until(lambda: RedirectingAttacker.beacons_received == 1, 30, "the control beacon")
+            assert driver.execute_script("return beacon(arguments[0])", RedirectingAttacker.target) is True
+            time.sleep(2)  # the beacon is sent after the call returns; its answer is never seen
+        assert deployment.backups() == before
+    finally:
+        attacker.shutdown()
+        thread.join()
+        attacker.server_close()
+        deployment.stop()
