@@ -31,6 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.small_files import read_small_file
+
 PRIVATE_PREFIX = "etcd-backup-signing-key:"
 PUBLIC_PREFIX = "etcd-backup-verify-key:"
 KEY_BYTES = 32
@@ -125,11 +127,9 @@ def parse_signing_key(text: str) -> Signer:
 
 
 def read_signing_key(path: Path) -> Signer:
-    """The private key in the file at `path`; OSError if it cannot be read, BadKey if it is not one."""
-    with open(path, "rb") as file:
-        data = file.read(MAX_KEY_FILE + 1)
-    if len(data) > MAX_KEY_FILE:
-        raise BadKey("too big for a signing key file")
+    """The private key in the file at `path`; OSError if it cannot be read or is no small regular file
+    (common.small_files), BadKey if it is not one."""
+    data, _ = read_small_file(path, MAX_KEY_FILE)
     try:
         return parse_signing_key(data.decode())
     except UnicodeDecodeError:

@@ -559,7 +559,8 @@ def test_allow_stale_member_is_off_unless_set_and_must_be_a_boolean(tmp_path: Pa
     ({"backup-dir": "s3://bucket/x", "s3": {"kms-key-id": "k"}}, "s3.kms-key-id", "needs sse: aws:kms"),
     ({"backup-dir": "s3://bucket/x", "s3": {"part-size": 1 << 20}}, "s3.part-size", "at least"),
     ({"backup-dir": "s3://bucket/x", "s3": {"concurrency": 0}}, "s3.concurrency", "at least"),
-    ({"backup-dir": "s3://bucket/x", "s3": {"ca-file": "/nonexistent/ca.pem"}}, "s3.ca-file", "not a readable file"),
+    ({"backup-dir": "s3://bucket/x", "s3": {"ca-file": "/nonexistent/ca.pem"}}, "s3.ca-file",
+     "cannot read /nonexistent/ca.pem: No such file"),
     ({"backup-dir": "s3://bucket/x", "s3": {"secret": "x"}}, "s3", "secret"),
 ])
 def test_bad_s3_settings_are_one_line_naming_the_key(document: dict[str, Any], key: str, words: str) -> None:

@@ -2,9 +2,10 @@
 
 One job per module: `schema` (the settings and their defaults), `load` (reading the YAML file
 strictly), `validate` (the rules of each key), `section` (the generic validator those rules use),
-`durations` (Go's duration syntax), `effective` (the settings written back, secrets masked),
-`errors` (the one-line ConfigError). Nothing here exits the process or creates a directory: the
-processes do that at start-up (cli.startup).
+`durations` (Go's duration syntax), `files` (reading the files it names: regular, bounded),
+`effective` (the settings written back, secrets masked), `errors` (the one-line ConfigError).
+Nothing here exits the process or creates a directory: the processes do that at start-up
+(cli.startup).
 """
 
 from common.config.durations import format_duration, parse_duration

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from typing import Any
 
 import yaml
 
 from common.config.errors import ConfigError
+from common.config.files import read_named_file
 from common.config.schema import Config
 from common.config.secret_files import check_config_file
 from common.config.validate import parse_config
@@ -44,24 +44,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
 
 def _read_config_file(path: str | os.PathLike[str]) -> tuple[str, os.stat_result]:
     """The file's text, and its status when it was read."""
-    try:
-        # Non-blocking: opening a FIFO nobody writes to would otherwise wait forever. Checked before
-        # reading: a device (/dev/zero) or a directory is no config either.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise ConfigError("config", f"{path} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError("config", f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    data, status = read_named_file("config", path, MAX_CONFIG_BYTES)
     try:
         return data.decode("utf-8"), status
     except UnicodeDecodeError as exc:

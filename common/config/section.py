@@ -8,6 +8,7 @@ from typing import Any
 
 from common.config.durations import format_duration, parse_duration
 from common.config.errors import ConfigError
+from common.config.files import MAX_KEY_FILE, read_named_file
 from common.config.schema import split_listen
 
 
@@ -114,11 +115,8 @@ class Section:
         source, key = (inline, name) if inline is not None else (path, file_key)
         if source is None:
             return None, None
-        try:
-            with open(source, "rb") as f:
-                return f.read(), os.path.abspath(source)
-        except OSError as exc:
-            raise ConfigError(self._key(key), f"cannot read {source}: {exc.strerror}") from None
+        pem, _ = read_named_file(self._key(key), source, MAX_KEY_FILE)
+        return pem, os.path.abspath(source)
 
 
 def _type_name(value: Any) -> str:

@@ -18,6 +18,7 @@ from redis import connection as redis_connection
 
 from common.config import tls_files
 from common.config.errors import ConfigError
+from common.config.files import MAX_KEY_FILE, read_named_file
 from common.config.placeholders import refuse_placeholder_content, refuse_placeholders
 from common.config.schema import (
     DEFAULT_BACKUP_DIR,
@@ -80,8 +81,6 @@ TOP_LEVEL_KEYS = frozenset({
 }) | frozenset(TOKEN_ENV)
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 SIGNING_KEYS = frozenset({"key-file", "verify-key"})
-MAX_KEY_FILE = 1 << 20
-"""A recipients or identity file is a few lines: anything bigger is not one."""
 S3_KEYS = frozenset({
     "endpoint", "region", "addressing-style", "ca-file", "insecure-skip-verify", "access-key-id",
     "secret-access-key", "session-token", "sse", "kms-key-id", "storage-class", "part-size", "concurrency",
@@ -340,14 +339,10 @@ def _parse_signing(raw: Any) -> SigningConfig | None:
 
 
 def _read_key_file(key: str, path: str) -> str:
+    """The text of the file at `path` that setting `key` names (a key, certificates, recipients): bounded,
+    a regular file (common.config.files), no placeholder."""
     shown = shown_key_path(path)
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(key, f"{shown}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise ConfigError(key, f"{shown}: over {MAX_KEY_FILE} bytes, no key file")
+    data, _ = read_named_file(key, path, MAX_KEY_FILE)
     refuse_placeholder_content(key, shown, data)
     try:
         return data.decode()
@@ -357,8 +352,6 @@ def _read_key_file(key: str, path: str) -> str:
 
 def _read_certificates(key: str, path: str) -> None:
     """Refuse a file of certificates (a CA bundle) that cannot be read, or holds none."""
-    if not os.path.isfile(path):
-        raise ConfigError(key, f"{path} is not a readable file")
     tls_files.certificates(key, shown_key_path(path), _read_key_file(key, path).encode())
 
 
@@ -450,8 +443,6 @@ def _api_tls(cert: str | None, key: str | None) -> dict[str, Any]:  # api_tls_ce
     files, pems = {}, {}
     for name, value in (("api-tls-cert", cert), ("api-tls-key", key)):
         path = Path(value).absolute()
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise ConfigError(name, f"{value} is not a readable file")
         if name == "api-tls-key":
             check_private_file(name, value)
         pems[name] = _read_key_file(name, value).encode()
