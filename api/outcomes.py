@@ -115,11 +115,12 @@ _UNFINISHED_MESSAGES = {
     JobStatus.QUEUED: "{kind} queued",
     JobStatus.STARTED: "{kind} in progress",
 }
-_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, OverflowError, zlib.error, DeserializationError,
-               InvalidJobOperation, NoSuchJobError)
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError, zlib.error,
+               DeserializationError, InvalidJobOperation, NoSuchJobError)
 """What RQ's parsing of a job's hash and result, and this module's reading of them, raise on a value that
-neither RQ nor a worker wrote (JSON that is no mapping, a date that is no date, ...); NoSuchJobError is
-TrustedJob's answer to such a hash on a refresh."""
+neither RQ nor a worker wrote (JSON that is no mapping, a date that is no date, JSON nested deeper than the
+recursion limit: json.loads raises RecursionError and unwinds cleanly, ...); NoSuchJobError is TrustedJob's
+answer to such a hash on a refresh."""
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 

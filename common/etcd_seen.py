@@ -135,7 +135,11 @@ def newest(connection: redis.Redis, key: str, now: float) -> Sighting | None:
         if len(raw) > MAX_REPORT_BYTES:
             raise ValueError(f"longer than {MAX_REPORT_BYTES} bytes")
         sighting = _parse(json.loads(raw), answered=key == SEEN_KEY)
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any of them: the value is not a report
+        # Parsing touches nothing but the value (Redis' errors were raised above), so whatever it raises says the
+        # value is no report: not only ValueError and TypeError, also OverflowError (a time of 400 digits is an
+        # int no float holds) and RecursionError (arrays nested 2,000 deep in 4 KiB), which json.loads and
+        # math.isfinite raise on JSON no reporter writes.
         logger.warning("ignored %s: not a report of etcd's state (%s)", key, exc)
         return None
     if not (now - FRESH_SECONDS <= sighting.at <= now + CLOCK_SKEW_SECONDS):

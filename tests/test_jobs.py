@@ -65,6 +65,10 @@ def _b64_json(value: object) -> str:
     return base64.b64encode(json.dumps(value).encode()).decode()
 
 
+NESTED_2000 = "[" * 2000 + "]" * 2000
+"""JSON nested deeper than Python's recursion limit: json.loads raises RecursionError, not ValueError."""
+
+
 # Values planted in a job's hash (rq:job:<id>) or its latest result (the stream rq:results:<id>), each
 # unreadable by RQ or by the API in its own way.
 HASH_PLANTS: dict[str, dict[str, str]] = {
@@ -85,12 +89,15 @@ HASH_PLANTS: dict[str, dict[str, str]] = {
     "data-func-not-a-string": {"data": '[["json.tool.main"], null, [], {}]'},
     "meta-not-json": {"meta": "{not json", "status": "failed"},
     "meta-not-a-mapping": {"meta": "[1]", "status": "failed"},
+    "meta-nested-2000-deep": {"meta": NESTED_2000, "status": "failed"},
 }
 RESULT_PLANTS: dict[str, dict[str, str]] = {
     "result-type": {"type": "9"},
     "result-without-type": {"return_value": _b64_json({})},
     "result-return_value-not-base64": {"type": "1", "return_value": "!!!"},
     "result-return_value-a-list": {"type": "1", "return_value": _b64_json(["snapshot"])},
+    "result-return_value-nested-2000-deep": {"type": "1",
+                                             "return_value": base64.b64encode(NESTED_2000.encode()).decode()},
     "result-exc_string-not-zlib": {"type": "2", "exc_string": _b64_json("x")},
     "result-execution_started_at": {"type": "1", "return_value": _b64_json({}), "execution_started_at": "zzz"},
 }
