@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from common.backups import backup_name
 from common.config import ConfigError, load_config
 from common.deltas import DeltaName, parse_delta_name
 from common.metadata import BackupMetadata, parse_metadata
-from common.signing import decode, encode, new_signing_key, parse_signing_key, parse_verify_key
+from common.signing import decode, encode, new_signing_key, parse_signing_key, parse_verify_key, read_signing_key
 from harness.cli import COMMAND, etcd_backup
 
 STARTED = datetime(2026, 12, 1, 6, 0, 0, 250000, tzinfo=UTC)
@@ -170,6 +171,33 @@ def test_a_signing_key_others_can_read_is_refused(tmp_path: Path) -> None:
     assert str(raised.value).startswith("signing.key-file") and "chmod 600" in str(raised.value), raised.value
     key_file.chmod(0o600)
     assert load_config(write_config(tmp_path, signing={"key-file": str(key_file)})).signing is not None
+
+
+def test_a_signing_key_file_swapped_for_a_pipe_or_a_device_is_refused_at_once(tmp_path: Path) -> None:
+    """A worker reads signing.key-file when it first signs, after the config was checked: a FIFO put in its place
+    (nobody writes to it) or a symlink to /dev/zero is refused at once, not waited on or read until memory ends."""
+    fifo, to_zero = tmp_path / "fifo.key", tmp_path / "zero.key"
+    os.mkfifo(fifo, 0o600)
+    to_zero.symlink_to("/dev/zero")
+    for path in (fifo, to_zero):
+        raised: list[BaseException] = []
+
+        def read(path: Path = path, raised: list[BaseException] = raised) -> None:
+            try:
+                read_signing_key(path)
+            except BaseException as exc:  # noqa: BLE001 - what it raised is asserted below
+                raised.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(5)
+        blocked = reader.is_alive()
+        if blocked:  # waiting in open() for a writer to the FIFO: a writer's open lets the thread end
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(5)
+        assert not blocked, f"reading {path.name} did not end in 5 s"
+        assert len(raised) == 1 and isinstance(raised[0], OSError), raised
+        assert raised[0].strerror == "not a regular file", raised
 
 
 def test_a_duration_no_job_could_last_is_not_metadata() -> None:
