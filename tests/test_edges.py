@@ -157,12 +157,18 @@ CROSS_SITE = [
     {"Origin": "http://127.0.0.1:{port}/path"},
     {"Origin": "file://"},
     {"Origin": "http://backup.example.com.attacker.example"},
+    # Another port of an allowed-hosts name (another application on the proxy's host) is another origin: an
+    # entry without a port is its scheme's default port for Origin, an entry with one that port only
+    {"Origin": "http://backup.example.com:8443"},
+    {"Origin": "https://backup.example.com:80"},
+    {"Origin": "http://proxy.example"},
+    {"Origin": "https://proxy.example:8444"},
 ]
 
 
 def test_cross_site_posts_are_refused_and_change_nothing(make_service: Callable[..., Service]) -> None:
     """With rotate: 3, each of these, sent four times, would have rotated out every backup."""
-    service = make_service(rotate=3, api_token=TOKEN, allowed_hosts=["backup.example.com"])
+    service = make_service(rotate=3, api_token=TOKEN, allowed_hosts=["backup.example.com", "proxy.example:8443"])
     auth = {"Authorization": f"Bearer {TOKEN}"}  # as through the README's proxy that adds the token
     names = [service.client.post("/api/v1/backup", headers=auth).get_json()["filename"] for _ in range(3)]
     with served(service) as ask:
@@ -181,7 +187,7 @@ def test_cross_site_posts_are_refused_and_change_nothing(make_service: Callable[
 
 
 def test_same_origin_and_non_browser_posts_are_taken(make_service: Callable[..., Service]) -> None:
-    service = make_service(rotate=10, allowed_hosts=["backup.example.com"])
+    service = make_service(rotate=10, allowed_hosts=["backup.example.com", "proxy.example:8443"])
     with served(service) as ask:
         same_origin = [
             {},  # curl, a CronJob, etcd-backup backup: no Origin, no Sec-Fetch-*
@@ -189,9 +195,12 @@ def test_same_origin_and_non_browser_posts_are_taken(make_service: Callable[...,
             {"Origin": "http://127.0.0.1:{port}"},  # a browser without Sec-Fetch-*
             {"Sec-Fetch-Site": "same-origin"},
             {"Sec-Fetch-Site": "none"},
-            # behind a proxy at backup.example.com that passes its own upstream Host (127.0.0.1:port)
+            # behind a proxy at backup.example.com (on its scheme's default port) or at proxy.example:8443
+            # that passes its own upstream Host (127.0.0.1:port)
             {"Origin": "https://backup.example.com", "Sec-Fetch-Site": "same-origin"},
-            {"Origin": "http://backup.example.com:8443"},
+            {"Origin": "http://backup.example.com"},
+            {"Origin": "https://backup.example.com:443"},  # browsers leave the default port out; same origin
+            {"Origin": "http://proxy.example:8443"},
         ]
         taken = []
         for headers in same_origin:
