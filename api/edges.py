@@ -26,6 +26,16 @@ Anything else gets 421 Misdirected Request (the request reached a server that do
 name) saying which Host and which key to set. /healthz answers any Host: a liveness probe reads nothing.
 A request with no Host at all (HTTP/1.0) is not from a browser, and is answered.
 
+Behind a proxy, the Host the API sees is the proxy's to choose. The README's proxy for browsers passes
+the browser's Host on and refuses other names itself. One that sends its upstream's address instead
+(nginx's default) hides the rebound name: that Host is an IP literal, answered, and nothing here can
+tell it from curl's. Some such proxies (Apache's mod_proxy by default, nginx told to) say the browser's
+Host in X-Forwarded-Host: every one of its comma-separated entries (a chain of proxies appends to it,
+and a page may have sent the first entry itself) must then be a Host this service answers, else 421
+as well. Clients that send no X-Forwarded-Host, every one that is not a proxy, are not affected, and a
+proxy that sets it for a name the API answers loses nothing; a client that forges one can only be
+refused. (RFC 7239's Forwarded header, which no common proxy sends by default, is not read.)
+
 **Origin (cross-site request forgery, 403).** A page of another site can make the operator's browser
 send a POST (a form, or `fetch(url, {method: "POST", mode: "no-cors"})`) and can never read the
 answer, but with `rotate: 3` four such POSTs rotate out every good backup. Every current browser tells
@@ -127,11 +137,15 @@ def init_app(app: Flask, config: Config) -> None:
     rule = HostRule(config)
 
     def check_host() -> tuple[Response, int] | None:
-        host = request.environ.get("HTTP_HOST")
-        if host is None or request.path in OPEN_TO_ANY_HOST or rule.answers(host):
+        if request.path in OPEN_TO_ANY_HOST:
             return None
-        return error_response(421, f"misdirected request: this service does not answer for Host {_shown(host)}; "
-                                   "if clients reach it by that name, add it to allowed-hosts in the config")
+        host = request.environ.get("HTTP_HOST")
+        if host is not None and not rule.answers(host):
+            return _misdirected("Host", host)
+        forwarded = request.environ.get("HTTP_X_FORWARDED_HOST")  # a proxy's word for the browser's Host
+        if forwarded is not None and not all(rule.answers(entry.strip()) for entry in forwarded.split(",")):
+            return _misdirected("X-Forwarded-Host", forwarded)
+        return None
 
     def check_origin() -> tuple[Response, int] | None:
         if request.method in SAFE_METHODS:
@@ -167,6 +181,11 @@ def _same_origin(origin: str, host_header: str | None, rule: HostRule) -> bool:
     if host_header is not None and parts.netloc.lower() == host_header.lower():
         return True
     return rule.listed_origin(parts.scheme, host, port)
+
+
+def _misdirected(header: str, value: str) -> tuple[Response, int]:
+    return error_response(421, f"misdirected request: this service does not answer for {header} {_shown(value)}; "
+                               "if clients reach it by that name, add it to allowed-hosts in the config")
 
 
 def _cross_site(why: str) -> tuple[Response, int]:

@@ -128,6 +128,26 @@ def test_a_name_listen_address_is_answered(make_service: Callable[..., Service])
         assert ask("GET", "/api/v1/backup", {"Host": "other-host.internal:8080"})[0] == 421
 
 
+def test_a_proxy_that_rewrites_host_is_checked_by_its_x_forwarded_host(make_service: Callable[..., Service]) -> None:
+    """A proxy that sends its upstream's address as Host and the browser's as X-Forwarded-Host (Apache's default,
+    nginx with `proxy_set_header X-Forwarded-Host $http_host`): a rebound name there is refused as it would be in
+    Host, whichever entry of a chain of proxies it is; the proxy's own name is answered, and so is every client
+    that sends no X-Forwarded-Host."""
+    service = make_service(worker=False, api_token=TOKEN, allowed_hosts=["backup.example.com"])
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # the proxy adds it
+    with served(service) as ask:
+        for forwarded in (f"{ATTACKER}:8081", ATTACKER, f"backup.example.com, {ATTACKER}:8081",
+                          f"{ATTACKER}, backup.example.com", "backup.example.com,", "", "a b"):
+            status, _, body = ask("GET", "/api/v1/backup", {**auth, "X-Forwarded-Host": forwarded})
+            assert status == 421, (forwarded, status, body)
+            assert "X-Forwarded-Host" in body["message"] and "allowed-hosts" in body["message"], body
+        for forwarded in ("backup.example.com:8081", "backup.example.com", "localhost:8081",
+                          "backup.example.com, 127.0.0.1:8080", "backup.example.com,10.0.0.5"):
+            status, _, body = ask("GET", "/api/v1/backup", {**auth, "X-Forwarded-Host": forwarded})
+            assert status == 200, (forwarded, status, body)
+        assert ask("GET", "/healthz", {"X-Forwarded-Host": ATTACKER})[0] == 200
+
+
 def test_the_host_is_refused_before_the_token_is_looked_at(make_service: Callable[..., Service]) -> None:
     """Same answer with the right token, a wrong one, or none: a rebinding page learns nothing of a token
     that a proxy in front of the browser adds."""
