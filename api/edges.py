@@ -18,10 +18,23 @@ answered only when it is
   resolves itself and no one else can point elsewhere;
 - the listen address' host, when it is a name;
 - an entry of `allowed-hosts` (a name alone: any port; name:port: that port only), the names clients
-  reach the service by: a proxy's public name, a Service's DNS name for in-cluster clients.
+  reach the service by: a proxy's public name, a Service's DNS name for in-cluster clients. Any port,
+  because the Host check is about the name: rebinding needs a name whose DNS the attacker controls, and
+  a listed name is the operator's on every port (`kubectl port-forward`, a Service's port, a NodePort
+  each reach it on another one, which the config would otherwise have to know).
 Anything else gets 421 Misdirected Request (the request reached a server that does not serve that
 name) saying which Host and which key to set. /healthz answers any Host: a liveness probe reads nothing.
 A request with no Host at all (HTTP/1.0) is not from a browser, and is answered.
+
+Behind a proxy, the Host the API sees is the proxy's to choose. The README's proxy for browsers passes
+the browser's Host on and refuses other names itself. One that sends its upstream's address instead
+(nginx's default) hides the rebound name: that Host is an IP literal, answered, and nothing here can
+tell it from curl's. Some such proxies (Apache's mod_proxy by default, nginx told to) say the browser's
+Host in X-Forwarded-Host: every one of its comma-separated entries (a chain of proxies appends to it,
+and a page may have sent the first entry itself) must then be a Host this service answers, else 421
+as well. Clients that send no X-Forwarded-Host, every one that is not a proxy, are not affected, and a
+proxy that sets it for a name the API answers loses nothing; a client that forges one can only be
+refused. (RFC 7239's Forwarded header, which no common proxy sends by default, is not read.)
 
 **Origin (cross-site request forgery, 403).** A page of another site can make the operator's browser
 send a POST (a form, or `fetch(url, {method: "POST", mode: "no-cors"})`) and can never read the
@@ -33,7 +46,11 @@ user), and Origin on every POST. So a request of any method but GET, HEAD and OP
 - Origin is `null` (a sandboxed frame, a data: URL, a redirect across origins: no one vouches for it);
 - Origin is another origin: its host[:port] is neither this request's Host (the same origin) nor an
   entry of `allowed-hosts` (behind a proxy that rewrites Host, the browser's origin is the proxy's public
-  name, which the operator lists there).
+  name, which the operator lists there). Here an entry without a port is that name on its scheme's
+  default port only (http 80, https 443: the Origin a browser sends omits it), not on any port as for
+  Host: an origin is scheme, host and port, and a page on another port of the proxy's host (another
+  application, a port-forward) is another origin whose forms must not post backups. Chromium sends no
+  Sec-Fetch-Site to a plain-http name that is not loopback, so the Origin is all there is to tell.
 A request with neither header is not from a current browser (browsers send Origin on every POST, since
 Firefox 70 in 2019 the last of them): it is curl, a CronJob, `etcd-backup backup`, and is answered as
 the original API answered it. Requiring more from it, a custom header or a JSON content type, would
@@ -67,6 +84,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAME_ORIGIN_FETCHES = frozenset({"same-origin", "none"})
 """Sec-Fetch-Site values of a request this service's own page (or the user, typing) made."""
 LOOPBACK_NAMES = frozenset({"localhost"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+"""The port of an Origin without one: browsers leave the scheme's default out."""
 SHOWN_CHARACTERS = 100
 """A refused header's value is quoted in the answer up to this many characters (it may be 64 KiB)."""
 
@@ -101,8 +120,16 @@ class HostRule:
         return _is_ip(host) or host in self.names or self.listed(host, port)
 
     def listed(self, host: str, port: int | None) -> bool:
-        """Whether `host` (with `port`) is an entry of allowed-hosts."""
+        """Whether `host` (with `port`) is an entry of allowed-hosts, as a Host: an entry without a port is
+        the name on any port (see the module docstring)."""
         return any(host == name and (wanted is None or port == wanted) for name, wanted in self.allowed)
+
+    def listed_origin(self, scheme: str, host: str, port: int | None) -> bool:
+        """Whether the origin scheme://host[:port] is an entry of allowed-hosts: an entry without a port is
+        the name on the scheme's default port only, the port a browser leaves out of Origin."""
+        port = DEFAULT_PORTS[scheme] if port is None else port
+        return any(host == name and port == (DEFAULT_PORTS[scheme] if wanted is None else wanted)
+                   for name, wanted in self.allowed)
 
 
 def init_app(app: Flask, config: Config) -> None:
@@ -110,11 +137,15 @@ def init_app(app: Flask, config: Config) -> None:
     rule = HostRule(config)
 
     def check_host() -> tuple[Response, int] | None:
-        host = request.environ.get("HTTP_HOST")
-        if host is None or request.path in OPEN_TO_ANY_HOST or rule.answers(host):
+        if request.path in OPEN_TO_ANY_HOST:
             return None
-        return error_response(421, f"misdirected request: this service does not answer for Host {_shown(host)}; "
-                                   "if clients reach it by that name, add it to allowed-hosts in the config")
+        host = request.environ.get("HTTP_HOST")
+        if host is not None and not rule.answers(host):
+            return _misdirected("Host", host)
+        forwarded = request.environ.get("HTTP_X_FORWARDED_HOST")  # a proxy's word for the browser's Host
+        if forwarded is not None and not all(rule.answers(entry.strip()) for entry in forwarded.split(",")):
+            return _misdirected("X-Forwarded-Host", forwarded)
+        return None
 
     def check_origin() -> tuple[Response, int] | None:
         if request.method in SAFE_METHODS:
@@ -145,11 +176,16 @@ def _same_origin(origin: str, host_header: str | None, rule: HostRule) -> bool:
         host, port = split_host(parts.netloc)
     except ValueError:
         return False
-    if parts.scheme not in ("http", "https") or parts.path or parts.query or parts.fragment:
+    if parts.scheme not in DEFAULT_PORTS or parts.path or parts.query or parts.fragment:
         return False
     if host_header is not None and parts.netloc.lower() == host_header.lower():
         return True
-    return rule.listed(host, port)
+    return rule.listed_origin(parts.scheme, host, port)
+
+
+def _misdirected(header: str, value: str) -> tuple[Response, int]:
+    return error_response(421, f"misdirected request: this service does not answer for {header} {_shown(value)}; "
+                               "if clients reach it by that name, add it to allowed-hosts in the config")
 
 
 def _cross_site(why: str) -> tuple[Response, int]:

@@ -1,4 +1,5 @@
-"""nginx: the bench's download contender, and the README's proxy for browsers (it adds the token).
+"""nginx: the bench's download contender, and the README's proxy for browsers (it adds the token), run
+from the very config the README shows.
 
 etcd-backup's own deployments are `harness.deployment.Deployment`: started as users start them.
 """
@@ -6,26 +7,35 @@ etcd-backup's own deployments are `harness.deployment.Deployment`: started as us
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-from harness.processes import free_port, http, stop_process, stopped_on_failure, wait_until
+from harness.processes import ROOT, free_port, http, stop_process, stopped_on_failure, wait_until
 
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
+README_PROXY = {"listen": "127.0.0.1:8081", "name": "backup.example.com", "upstream": "http://127.0.0.1:8080",
+                "token": "REPLACE-ME"}
+"""What the README's proxy config for browsers says where a test puts its own: its listen address, the name
+the browser uses, the API's address and the token."""
 
 
 class Nginx:
     """nginx (Debian's) serving `directory` at the API's download path, with sendfile on."""
 
-    READY = ("/api/v1/backup/none", 404)
-    """A path and the status it answers once nginx serves."""
+    READY = ("/api/v1/backup/none", {404})
+    """A path and the statuses it answers once nginx serves."""
 
     def __init__(self, work: Path, directory: Path) -> None:
-        self._setup(work, f"location /api/v1/backup/ {{ alias {directory}/; }}")
+        self._setup(work, lambda listen: f"""server {{
+    listen {listen};
+    location /api/v1/backup/ {{ alias {directory}/; }}
+  }}""")
 
-    def _setup(self, work: Path, locations: str, server_name: str = "_") -> None:
-        """Write nginx.conf: one server on a free loopback port, named `server_name`, with `locations`."""
+    def _setup(self, work: Path, servers: Callable[[str], str]) -> None:
+        """Write nginx.conf: the server blocks `servers` gives for a free loopback address (host:port)."""
         self.work = work
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -43,11 +53,7 @@ http {{
   sendfile on;
   tcp_nopush on;
 {temp_paths}
-  server {{
-    listen 127.0.0.1:{self.port};
-    server_name {server_name};
-    {locations}
-  }}
+  {servers(f"127.0.0.1:{self.port}")}
 }}
 """)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -59,8 +65,8 @@ http {{
                 stdout=log, stderr=subprocess.STDOUT,
             )
         with stopped_on_failure(self.stop):
-            path, status = self.READY
-            wait_until(lambda: http("GET", self.base + path, timeout=1)[0] == status, 30, "nginx", self.proc)
+            path, statuses = self.READY
+            wait_until(lambda: http("GET", self.base + path, timeout=1)[0] in statuses, 30, "nginx", self.proc)
         return self
 
     def stop(self) -> None:
@@ -69,16 +75,49 @@ http {{
 
 
 class TokenProxy(Nginx):
-    """The README's setup for a browser when the API has a token: nginx in front of `upstream` (the API's
-    base URL) adds `Authorization: Bearer <token>` to every request, and passes the browser's Host on (the
-    API answers it when it is in allowed-hosts). The browser reaches it as http://<public_name>:<port>."""
+    """The README's proxy for a browser when the API has a token, run from the README's own config (`config`,
+    README_PROXY's values replaced): nginx in front of `upstream` (the API's base URL) adds `Authorization:
+    Bearer <token>`, passes the browser's Host on, and refuses any other name than `public_name` with 421. The
+    browser reaches it as http://<public_name>:<port>."""
 
-    READY = ("/healthz", 200)
+    READY = ("/healthz", {200, 421})
+    """By its address: the API's /healthz, or 421 from the server that refuses every other name."""
 
-    def __init__(self, work: Path, upstream: str, token: str, public_name: str) -> None:
-        self._setup(work, f"""location / {{
-      proxy_pass {upstream};
-      proxy_set_header Host $http_host;
-      proxy_set_header Authorization "Bearer {token}";
-    }}""", server_name=public_name)
+    def __init__(self, work: Path, upstream: str, token: str, public_name: str, config: str | None = None) -> None:
+        config = readme_proxy_config() if config is None else config
+        self._setup(work, lambda listen: _replaced(config, {"listen": listen, "name": public_name,
+                                                            "upstream": upstream, "token": token}))
         self.public_base = f"http://{public_name}:{self.port}"
+
+
+def readme_proxy_config() -> str:
+    """The README's nginx config for browsers (its one ```nginx block), as written there."""
+    blocks = re.findall(r"^```nginx\n(.*?)^```$", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL)
+    if len(blocks) != 1:
+        raise ValueError(f"README.md has {len(blocks)} ```nginx blocks, expected one: its proxy for browsers")
+    return str(blocks[0])
+
+
+def server_blocks(config: str) -> list[str]:
+    """The top-level `server { ... }` blocks of `config`, each whole (comments with braces would confuse it)."""
+    blocks, depth, start = [], 0, 0
+    for match in re.finditer(r"[{}]", config):
+        if match.group() == "{":
+            if depth == 0:
+                start = config.rfind("server", 0, match.start())
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                blocks.append(config[start:match.end()])
+    return blocks
+
+
+def _replaced(config: str, values: dict[str, str]) -> str:
+    """`config` with each of README_PROXY's values replaced by `values`' (each must be there: a README that
+    no longer says one would otherwise be run with the README's own address, name or token)."""
+    for key, placeholder in README_PROXY.items():
+        if placeholder not in config:
+            raise ValueError(f"the README's proxy config no longer has its {key} ({placeholder}):\n{config}")
+        config = config.replace(placeholder, values[key])
+    return config

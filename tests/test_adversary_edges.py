@@ -48,7 +48,7 @@ from harness.deployment import Deployment
 from harness.files import write_config
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption
-from harness.nginx import Nginx
+from harness.nginx import TokenProxy, readme_proxy_config, server_blocks
 from harness.processes import free_port, wait_until
 from harness.s3 import S3Server
 from tests import test_redis_acl
@@ -151,19 +151,38 @@ PROXY_NAME = "backup.proxy.test"  # as tests/test_edges_browser.py maps it to 12
 ATTACKER = "attacker.test"
 
 
-class DefaultHostProxy(Nginx):
-    """The README's browser setup ("through a proxy that adds [the token] ... list the name the browser uses for
-    the proxy in allowed-hosts") as nginx does it by default: `proxy_pass` and the Authorization header, nothing
-    else. nginx then sends the upstream's address as Host (its default, `Host: $proxy_host`), not the browser's;
-    the page and its button work all the same (the Origin is the proxy's name, in allowed-hosts)."""
+HOST_LINE = "proxy_set_header Host $http_host;"
+"""The README's proxy config: the line that passes the browser's Host on."""
 
-    READY = ("/healthz", 200)
 
-    def __init__(self, work: Path, upstream: str, token: str) -> None:
-        self._setup(work, f"""location / {{
-      proxy_pass {upstream};
-      proxy_set_header Authorization "Bearer {token}";
-    }}""", server_name=PROXY_NAME)
+def proxy_configs() -> dict[str, tuple[str, str]]:
+    """The README's nginx config for browsers, as written and with each of its two defences alone, as
+    {case: (config, who refuses a rebound name)}. Each defence must hold alone, so a README that drops either
+    fails here: its default server refuses every other name (nginx answers 421 itself), and its Host line passes
+    the browser's Host on (the API answers 421). With neither, by nginx's defaults, the API gets its own address
+    as Host, and nothing tells the rebound request from curl's; with neither but the browser's Host in
+    X-Forwarded-Host (Apache's default), the API refuses it from there."""
+    config = readme_proxy_config()
+    default_server, own_server = server_blocks(config)
+    assert "default_server" in default_server and "return 421;" in default_server, default_server
+    assert "backup.example.com" in own_server and own_server.count(HOST_LINE) == 1, own_server
+    nginx_default_host = own_server.replace(HOST_LINE, "")
+    return {
+        "as the README writes it": (config, "nginx"),
+        "its default server alone (nginx's default Host)": (config.replace(HOST_LINE, ""), "nginx"),
+        "its Host line alone (no default server)": (own_server, "the API"),
+        "neither, with X-Forwarded-Host": (nginx_default_host.replace(
+            "proxy_set_header Authorization", "proxy_set_header X-Forwarded-Host $http_host;\n"
+                                              "        proxy_set_header Authorization"), "the API"),
+    }
+
+
+def refused_by_the_api(body: bytes) -> bool:
+    """Whether `body` is the API's 421 (nginx's own is an HTML page)."""
+    try:
+        return str(json.loads(body)["message"]).startswith("misdirected request: ")
+    except (ValueError, TypeError, KeyError):
+        return False
 
 
 def get(port: int, path: str, host: str, **headers: str) -> tuple[int, bytes]:
@@ -180,30 +199,37 @@ def get(port: int, path: str, host: str, **headers: str) -> tuple[int, bytes]:
     return response.status, body
 
 
+@pytest.mark.parametrize("case", ["as the README writes it", "its default server alone (nginx's default Host)",
+                                  "its Host line alone (no default server)", "neither, with X-Forwarded-Host"])
 def test_a_rebound_name_cannot_read_backups_through_the_proxy_for_browsers(make_service: Callable[..., Service],
-                                                                          tmp_path: Path) -> None:
+                                                                          tmp_path: Path, case: str) -> None:
     """README, Security: "Another site's page cannot use the operator's browser against the service. DNS
     rebinding ... every path but /healthz answers only a Host that is an IP address ..., else 421", and the
-    README's setup for browsers is a proxy that adds the token with the proxy's name in allowed-hosts.
+    README's setup for browsers is a proxy that adds the token, the nginx config it shows, with the proxy's name
+    in allowed-hosts.
 
     The attack: the operator's browser opens http://attacker.test:<proxy port>/; attacker.test then re-resolves
     to the proxy's address; the page's same-origin fetch("/api/v1/backup/<name>") goes to the proxy with
-    `Host: attacker.test:<port>`, and nginx (by default) forwards it with `Host: 127.0.0.1:<api port>`, an IP
-    literal the API answers, adding the token: the page reads every Secret. Nothing in the README says the proxy
-    must pass the browser's Host on (the harness' TokenProxy does; an operator's nginx does not by default)."""
+    `Host: attacker.test:<port>`. Were the proxy to forward it with `Host: 127.0.0.1:<api port>` (nginx's
+    default), an IP literal the API answers, adding the token, the page would read every Secret. The README's
+    config is run as the README writes it (harness.nginx.TokenProxy reads it there), and with each of its
+    defences alone (proxy_configs)."""
+    config, refuser = proxy_configs()[case]
     service = make_service(api_token=TOKEN, allowed_hosts=[PROXY_NAME])
     name = service.client.post("/api/v1/backup", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()["filename"]
     with served_over_http(service) as upstream:
-        proxy = DefaultHostProxy(tmp_path / "nginx", upstream, TOKEN).start()
+        proxy = TokenProxy(tmp_path / "nginx", upstream, TOKEN, PROXY_NAME, config=config).start()
         try:
-            # The operator's own use works through it (so nothing tells the operator anything is wrong).
-            assert get(proxy.port, "/api/v1/backup", f"{PROXY_NAME}:{proxy.port}")[0] == 200
+            # The operator's own use works through it, with the token it adds.
+            status, body = get(proxy.port, "/api/v1/backup", f"{PROXY_NAME}:{proxy.port}")
+            assert (status, json.loads(body)) == (200, [name]), body[:200]
             # The rebound page: same-origin to itself, so Chromium sends Sec-Fetch-Site: same-origin.
             status, body = get(proxy.port, f"/api/v1/backup/{name}", f"{ATTACKER}:{proxy.port}",
                                **{"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
         finally:
             proxy.stop()
-    assert status == 421, f"the rebound name got {status} and {len(body)} bytes of {name} (every Secret)"
+    assert status == 421, f"{case}: the rebound name got {status} and {len(body)} bytes of {name} (every Secret)"
+    assert refused_by_the_api(body) == (refuser == "the API"), f"{case}: refused by {refuser}? {body[:200]!r}"
 
 
 # --- Redis: the workers' reports of etcd, read by the API -------------------------------------------------

@@ -128,6 +128,26 @@ def test_a_name_listen_address_is_answered(make_service: Callable[..., Service])
         assert ask("GET", "/api/v1/backup", {"Host": "other-host.internal:8080"})[0] == 421
 
 
+def test_a_proxy_that_rewrites_host_is_checked_by_its_x_forwarded_host(make_service: Callable[..., Service]) -> None:
+    """A proxy that sends its upstream's address as Host and the browser's as X-Forwarded-Host (Apache's default,
+    nginx with `proxy_set_header X-Forwarded-Host $http_host`): a rebound name there is refused as it would be in
+    Host, whichever entry of a chain of proxies it is; the proxy's own name is answered, and so is every client
+    that sends no X-Forwarded-Host."""
+    service = make_service(worker=False, api_token=TOKEN, allowed_hosts=["backup.example.com"])
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # the proxy adds it
+    with served(service) as ask:
+        for forwarded in (f"{ATTACKER}:8081", ATTACKER, f"backup.example.com, {ATTACKER}:8081",
+                          f"{ATTACKER}, backup.example.com", "backup.example.com,", "", "a b"):
+            status, _, body = ask("GET", "/api/v1/backup", {**auth, "X-Forwarded-Host": forwarded})
+            assert status == 421, (forwarded, status, body)
+            assert "X-Forwarded-Host" in body["message"] and "allowed-hosts" in body["message"], body
+        for forwarded in ("backup.example.com:8081", "backup.example.com", "localhost:8081",
+                          "backup.example.com, 127.0.0.1:8080", "backup.example.com,10.0.0.5"):
+            status, _, body = ask("GET", "/api/v1/backup", {**auth, "X-Forwarded-Host": forwarded})
+            assert status == 200, (forwarded, status, body)
+        assert ask("GET", "/healthz", {"X-Forwarded-Host": ATTACKER})[0] == 200
+
+
 def test_the_host_is_refused_before_the_token_is_looked_at(make_service: Callable[..., Service]) -> None:
     """Same answer with the right token, a wrong one, or none: a rebinding page learns nothing of a token
     that a proxy in front of the browser adds."""
@@ -157,12 +177,18 @@ CROSS_SITE = [
     {"Origin": "http://127.0.0.1:{port}/path"},
     {"Origin": "file://"},
     {"Origin": "http://backup.example.com.attacker.example"},
+    # Another port of an allowed-hosts name (another application on the proxy's host) is another origin: an
+    # entry without a port is its scheme's default port for Origin, an entry with one that port only
+    {"Origin": "http://backup.example.com:8443"},
+    {"Origin": "https://backup.example.com:80"},
+    {"Origin": "http://proxy.example"},
+    {"Origin": "https://proxy.example:8444"},
 ]
 
 
 def test_cross_site_posts_are_refused_and_change_nothing(make_service: Callable[..., Service]) -> None:
     """With rotate: 3, each of these, sent four times, would have rotated out every backup."""
-    service = make_service(rotate=3, api_token=TOKEN, allowed_hosts=["backup.example.com"])
+    service = make_service(rotate=3, api_token=TOKEN, allowed_hosts=["backup.example.com", "proxy.example:8443"])
     auth = {"Authorization": f"Bearer {TOKEN}"}  # as through the README's proxy that adds the token
     names = [service.client.post("/api/v1/backup", headers=auth).get_json()["filename"] for _ in range(3)]
     with served(service) as ask:
@@ -181,7 +207,7 @@ def test_cross_site_posts_are_refused_and_change_nothing(make_service: Callable[
 
 
 def test_same_origin_and_non_browser_posts_are_taken(make_service: Callable[..., Service]) -> None:
-    service = make_service(rotate=10, allowed_hosts=["backup.example.com"])
+    service = make_service(rotate=10, allowed_hosts=["backup.example.com", "proxy.example:8443"])
     with served(service) as ask:
         same_origin = [
             {},  # curl, a CronJob, etcd-backup backup: no Origin, no Sec-Fetch-*
@@ -189,9 +215,12 @@ def test_same_origin_and_non_browser_posts_are_taken(make_service: Callable[...,
             {"Origin": "http://127.0.0.1:{port}"},  # a browser without Sec-Fetch-*
             {"Sec-Fetch-Site": "same-origin"},
             {"Sec-Fetch-Site": "none"},
-            # behind a proxy at backup.example.com that passes its own upstream Host (127.0.0.1:port)
+            # behind a proxy at backup.example.com (on its scheme's default port) or at proxy.example:8443
+            # that passes its own upstream Host (127.0.0.1:port)
             {"Origin": "https://backup.example.com", "Sec-Fetch-Site": "same-origin"},
-            {"Origin": "http://backup.example.com:8443"},
+            {"Origin": "http://backup.example.com"},
+            {"Origin": "https://backup.example.com:443"},  # browsers leave the default port out; same origin
+            {"Origin": "http://proxy.example:8443"},
         ]
         taken = []
         for headers in same_origin:

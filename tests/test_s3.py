@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -354,6 +355,8 @@ def test_presigned_downloads_redirect_to_the_object(make_service: Callable[..., 
     assert "Signature" in location and "etcd-backup-test-secret-key" not in location
     with urllib.request.urlopen(location, timeout=10) as fetched:
         body = fetched.read()
+        disposition = fetched.headers["Content-Disposition"]
+    assert disposition == "attachment" and urlsplit(location).path.endswith(f"/{name}")  # saved, under its name
     assert hashlib.sha256(body).hexdigest() == service.client.get(
         "/api/v1/backup?detail=true").get_json()[0]["archive_sha256"]
     assert service.client.get("/api/v1/backup/snapshot-20200101_000000.tar.gz").status_code == 404

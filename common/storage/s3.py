@@ -124,8 +124,16 @@ class S3Store:
     def download_url(self, name: str) -> str | None:
         if not self.settings.presign_downloads or self.stat(name) is None:
             return None
+        # The store answers the presigned URL itself, so the headers the API sets on its own downloads are signed
+        # into it (S3's response-* overrides): no-store, as the archive is every Secret of the cluster and no
+        # browser or proxy cache may keep it (with its Last-Modified, a browser would cache it heuristically);
+        # and attachment, saved rather than shown. No `filename=`: SeaweedFS's signature check fails on the
+        # escaped `;`, `=` and space it needs, and a browser names the file after the URL's last segment, the
+        # backup's name.
         url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.settings.bucket, "Key": self.key(name)}, ExpiresIn=PRESIGN_SECONDS)
+            "get_object", ExpiresIn=PRESIGN_SECONDS,
+            Params={"Bucket": self.settings.bucket, "Key": self.key(name), "ResponseCacheControl": "no-store",
+                    "ResponseContentDisposition": "attachment"})
         return url
 
     def read_metadata(self, name: str) -> BackupMetadata | None:
