@@ -48,7 +48,7 @@ lint: $(VENV)/.test-installed
 PYTEST_PARALLEL ?= -n 2 --dist loadgroup
 
 test: system-deps lint
-	$(VENV)/bin/pytest $(PYTEST_PARALLEL)
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL) --durations=30
 
 demo: system-deps $(VENV)/.runtime-installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./examples/demo.sh
