@@ -74,16 +74,16 @@ def _backup_not_confirmed(body: dict[str, Any], asked: datetime) -> str | None:
                 "(a forged report in Redis)")
     started = _snapshot_start(filename)
     if started is None or started < asked:
-        when = started.isoformat() if started is not None else "at no time its name can tell"
+        when = started.isoformat() if started is not None else "at an unknown time"
         return (f"the worker's report names {filename}, whose snapshot started {when}, before the backup was asked "
                 f"for at {asked.isoformat()} (a forged report in Redis naming an older backup)")
     return None
 
 
 def _snapshot_start(filename: str) -> datetime | None:
-    """When backup `filename`'s snapshot started: its (authenticated) metadata's `started`, else the latest time its
-    name allows (names have one-second resolution: a name's second ends before the snapshot started only if the
-    snapshot started before that second ended)."""
+    """When backup `filename`'s snapshot started: its (authenticated) metadata's `started`; without metadata, the
+    last instant of the second it is named after (a name has one-second resolution: a backup named in the second
+    the request arrived may have started after it, and is given the benefit of the doubt)."""
     metadata = state().store.read_metadata(filename)
     if metadata is not None:
         return metadata.started_at()
