@@ -18,6 +18,7 @@ from rq.job import JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from common import backups
 from common import queue as queue_module
 from common.clock import redis_clock
 from common.config import ConfigError, load_config
@@ -245,6 +246,28 @@ def test_a_forged_result_naming_an_older_backup_is_no_success_on_get_either(
     assert "before the backup was asked for" in body["message"], body
     report("a forged successful result naming the previous backup (real name and size), GET /api/v1/jobs/<id>",
            f"\"{body['message']}\"")
+
+
+@pytest.mark.parametrize("named_before", [True, False], ids=["named a second before the POST", "named in its second"])
+def test_a_backup_without_metadata_is_dated_by_its_name(make_service: Callable[..., Service], redis_conn: redis.Redis,
+                                                       named_before: bool) -> None:
+    """A backup with no metadata (taken before metadata was recorded, or put there by hand) is as old as its name
+    says: a forged success naming one named in a second before the POST's is a 500; one named in the POST's own
+    second may have started after it arrived (names tell the second), and is taken."""
+    service = make_service(worker=False)
+    # Early in a second, so that the POST below arrives in the same one.
+    wait_until(lambda: redis_clock(redis_conn)().microsecond < 300_000, 2, "the start of a second")
+    name = backups.backup_name(redis_clock(redis_conn)() - timedelta(seconds=1 if named_before else 0))
+    service.plant(name, b"an archive of old")
+    old = {"filename": name, "filesize": len(b"an archive of old")}
+    plant_forged_success(redis_conn, on_the_queue=True, marker_ttl=60, result=old)
+    answer = service.client.post("/api/v1/backup")
+    body = answer.get_json()
+    if named_before:
+        assert answer.status_code == 500 and body["message"].startswith(
+            f"failed to save an etcd backup: the worker's report names {name}, whose snapshot started "), body
+    else:
+        assert answer.status_code == 200 and body["filename"] == name, body
 
 
 @pytest.mark.parametrize("age", [PENDING_TTL + 60, -60], ids=["older than a marker lives", "in the future"])
