@@ -148,14 +148,18 @@ def verify_backup(filename: str) -> tuple[Response, int]:
     current = state()
     if current.store.stat(filename) is None:
         abort(404, description=f"{filename} not found")
+    arrived = redis_clock(current.queue.connection)()
     # Joins a check of this backup that is queued already; a new one is refused beyond max-queued-jobs (429).
     job = enqueue_verify(current.queue, filename, current.config.max_queued_jobs)
-    return wait_for_job(job, current.config.backup_timeout)
+    return wait_for_job(job, current.config.backup_timeout, arrived)
 
 
 @bp.post("")
 def create_backup() -> tuple[Response, int]:
     """Take a backup (or join the one queued) and answer when it is done."""
     current = state()
+    # By the clock that names backups (a Redis writer cannot set it back): the answer's backup must have started
+    # after this, whatever Redis says about the job (api.outcomes).
+    arrived = redis_clock(current.queue.connection)()
     job = enqueue_or_join(current.queue)
-    return wait_for_job(job, current.config.backup_timeout)
+    return wait_for_job(job, current.config.backup_timeout, arrived)

@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 
 from api.state import state
+from common.backups import backup_time
 from common.jobs import read_backup_result
 from common.queue import (
     BACKUP_JOB,
@@ -54,13 +55,15 @@ def _nothing_published(job: Job) -> None:
     return None
 
 
-def _nothing_to_confirm(body: dict[str, Any]) -> None:
+def _nothing_to_confirm(body: dict[str, Any], asked: datetime) -> None:
     return None
 
 
-def _backup_not_in_store(body: dict[str, Any]) -> str | None:
+def _backup_not_confirmed(body: dict[str, Any], asked: datetime) -> str | None:
     """Why a backup's success as Redis reports it is no success: the backup it names is not in the store (with
-    a signing key, not an authentic one). A Redis writer can forge a job's result; the store is the truth."""
+    a signing key, not an authentic one), or its snapshot started before the backup was `asked` for (Redis' clock).
+    A Redis writer can forge a job's result; the store and Redis' clock are the truth: an old backup's name and
+    size, which anyone may list, are no answer to a POST that asks for a new backup."""
     filename = str(body["filename"])
     stored = state().store.stat(filename)
     if stored is None:
@@ -69,7 +72,23 @@ def _backup_not_in_store(body: dict[str, Any]) -> str | None:
     if stored.size != body["filesize"]:
         return (f"the worker's report gives {filename} {body['filesize']} bytes, the store holds {stored.size} "
                 "(a forged report in Redis)")
+    started = _snapshot_start(filename)
+    if started is None or started < asked:
+        when = started.isoformat() if started is not None else "at an unknown time"
+        return (f"the worker's report names {filename}, whose snapshot started {when}, before the backup was asked "
+                f"for at {asked.isoformat()} (a forged report in Redis naming an older backup)")
     return None
+
+
+def _snapshot_start(filename: str) -> datetime | None:
+    """When backup `filename`'s snapshot started: its (authenticated) metadata's `started`; without metadata, the
+    last instant of the second it is named after (a name has one-second resolution: a backup named in the second
+    the request arrived may have started after it, and is given the benefit of the doubt)."""
+    metadata = state().store.read_metadata(filename)
+    if metadata is not None:
+        return metadata.started_at()
+    named = backup_time(filename)
+    return named + NAME_RESOLUTION - timedelta(microseconds=1) if named is not None else None
 
 
 @dataclass(frozen=True)
@@ -88,8 +107,9 @@ class KindAnswers:
     """What the job recorded as done before it ended: a 200 even if its worker then died or failed."""
     no_verdict: str | None = None
     """The message (a 500) of a check that could not be done, so passed no verdict (UNCHECKED_META)."""
-    unconfirmed: Callable[[dict[str, Any]], str | None] = _nothing_to_confirm
-    """Why the body of a 200, as Redis reports it, is not true (a 500 with this cause), or None."""
+    unconfirmed: Callable[[dict[str, Any], datetime], str | None] = _nothing_to_confirm
+    """Why the body of a 200, as Redis reports it, is not true for a job asked for at the given time (a 500 with
+    this cause), or None."""
 
 
 ANSWERS: dict[str, KindAnswers] = {
@@ -97,7 +117,7 @@ ANSWERS: dict[str, KindAnswers] = {
     # died or failed, in rotation, is there all the same.
     BACKUP_JOB: KindAnswers("backup", "backup successfully", "failed to save an etcd backup", 500,
                             success_body=_backup_body, published=published_backup,
-                            unconfirmed=_backup_not_in_store),
+                            unconfirmed=_backup_not_confirmed),
     # A check that ran and found the backup bad is no server error.
     VERIFY_JOB: KindAnswers("verify", "backup verified", "backup verification failed", 422,
                             no_verdict="could not verify the backup"),
@@ -108,6 +128,8 @@ ANSWERS: dict[str, KindAnswers] = {
 LOST_CAUSE = ("the worker taking the backup stopped answering before it reported a result "
               "(killed, crashed or cut off from Redis); no partial backup is listed")
 ENDED_WITHOUT_RESULT = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+NAME_RESOLUTION = timedelta(seconds=1)
+"""A backup's name tells its time to the second (common.backups)."""
 WAIT_STEP = 2
 """Seconds of one blocking wait for a result; between waits the job's state is looked at again."""
 
@@ -141,20 +163,21 @@ def unreadable_is_one_answer(answer: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 @unreadable_is_one_answer
-def wait_for_job(job: Job, timeout: float) -> tuple[Response, int]:
-    """Answer a POST: the job's outcome, or 202 pointing at the job if it is not done by `timeout`.
+def wait_for_job(job: Job, timeout: float, arrived: datetime) -> tuple[Response, int]:
+    """Answer a POST that `arrived` (Redis' clock): the job's outcome, or 202 pointing at the job if it is not done
+    by `timeout`.
 
     A waiting POST holds one of the server's threads: when `api.server.WAITING_REQUESTS` wait already,
     it answers at once (202 and the job's Location), so that GETs and health checks always find one.
     """
     slots = state().waiting_slots
     if not slots.acquire(blocking=False):
-        return _answer(job)
+        return _answer(job, arrived)
     try:
         _wait(job, timeout)
     finally:
         slots.release()
-    return _answer(job)
+    return _answer(job, arrived)
 
 
 def _wait(job: Job, timeout: float) -> None:
@@ -170,24 +193,25 @@ def _wait(job: Job, timeout: float) -> None:
             break
 
 
-def _answer(job: Job) -> tuple[Response, int]:
-    status, body, _ = job_outcome(job)
+def _answer(job: Job, arrived: datetime) -> tuple[Response, int]:
+    status, body, _ = job_outcome(job, arrived)
     response = jsonify(body)
     if status == 202:
         response.headers["Location"] = url_for("jobs.show_job", job_id=job.id)
     return response, status
 
 
-def job_outcome(job: Job) -> tuple[int, dict[str, Any], JobStatus]:
+def job_outcome(job: Job, asked: datetime) -> tuple[int, dict[str, Any], JobStatus]:
     """Return the HTTP status and body that a POST gets for `job` in its current state, and the job's status
-    they were made from (read once: a job that ends meanwhile must not be "finished" and "in progress")."""
+    they were made from (read once: a job that ends meanwhile must not be "finished" and "in progress").
+    `asked` is when the job was asked for (Redis' clock): a success must be of work begun after it."""
     answers = ANSWERS[job.func_name or ""]
     result = job.latest_result()
     if (succeeded := _succeeded(result, answers)) is not None:
-        return _confirmed(answers, succeeded, JobStatus.FINISHED)
+        return _confirmed(answers, succeeded, JobStatus.FINISHED, asked)
     published = answers.published(job)
     if published is not None:
-        return _confirmed(answers, {"message": answers.success, **published}, JobStatus.FINISHED)
+        return _confirmed(answers, {"message": answers.success, **published}, JobStatus.FINISHED, asked)
     status = job.get_status()
     if result is not None or status in ENDED_WITHOUT_RESULT:
         cause = _failure_cause(job, result, answers)
@@ -198,14 +222,15 @@ def job_outcome(job: Job) -> tuple[int, dict[str, Any], JobStatus]:
         return 500, {"message": f"{answers.failure}: {LOST_CAUSE}"}, status
     # It ended between the reads above: its result is in now.
     if status == JobStatus.FINISHED and (succeeded := _succeeded(job.latest_result(), answers)) is not None:
-        return _confirmed(answers, succeeded, status)
+        return _confirmed(answers, succeeded, status, asked)
     message = _UNFINISHED_MESSAGES.get(status, "{kind} " + status.value).format(kind=answers.word)
     return 202, {"message": message, "job": job.id}, status
 
 
-def _confirmed(answers: KindAnswers, body: dict[str, Any], status: JobStatus) -> tuple[int, dict[str, Any], JobStatus]:
+def _confirmed(answers: KindAnswers, body: dict[str, Any], status: JobStatus,
+               asked: datetime) -> tuple[int, dict[str, Any], JobStatus]:
     """A success's 200, or a 500 if what it reports is not true (KindAnswers.unconfirmed)."""
-    problem = answers.unconfirmed(body)
+    problem = answers.unconfirmed(body, asked)
     if problem is not None:
         return 500, {"message": f"{answers.failure}: {problem}"}, status
     return 200, body, status

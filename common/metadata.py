@@ -76,12 +76,17 @@ class BackupMetadata:
         """The revision the snapshot holds, if known exactly (metadata older than revision_at_end: `revision`)."""
         return self.revision if self.revision_at_end in (None, self.revision) else None
 
-    def completed(self, now: datetime) -> datetime:
-        """When the backup was complete, by the clock that took it (not its name), and never later than `now`:
-        a time in the future would keep a too-old alert from firing."""
+    def started_at(self) -> datetime:
+        """When the snapshot started, by the clock that named the backup (Redis'), UTC."""
         started = datetime.fromisoformat(self.started)
         if started.tzinfo is None:  # the worker writes UTC with its offset; one written without is taken as UTC
             started = started.replace(tzinfo=UTC)
+        return started
+
+    def completed(self, now: datetime) -> datetime:
+        """When the backup was complete, by the clock that took it (not its name), and never later than `now`:
+        a time in the future would keep a too-old alert from firing."""
+        started = self.started_at()
         try:
             return min(started + timedelta(seconds=self.duration), now)
         except OverflowError:  # a duration of centuries is not ours: as late as allowed, or as early as can be

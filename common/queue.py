@@ -7,9 +7,11 @@ serialized as JSON, not pickle: whoever can write to Redis must not be able to r
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import redis
@@ -19,6 +21,7 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from common.clock import redis_clock
 from common.config import Config
 from common.jobs import BACKUP_JOB as BACKUP_JOB  # the job names are re-exported: callers know them from here
 from common.jobs import DRILL_JOB as DRILL_JOB
@@ -66,11 +69,34 @@ MAX_REDIS_CONNECTIONS = 256
 """A process's connections to Redis at most: each of the API's 128 threads (api.server) may hold one while a POST
 waits for its job, beside the worker's and the delta watcher's. redis-py 8 caps a pool at 100 by default: 96
 waiting POSTs and a few probes got 503 "Too many connections" (tests/test_slow_clients.py, under pytest-xdist)."""
+UUID7_VERSION = 0x7
+"""The version of UUIDs whose first 48 bits are a time, in milliseconds since 1970 (RFC 9562)."""
+UUID_VARIANT = 0b10
+"""RFC 9562's variant bits, which every UUID has."""
 
 
-def new_job_id() -> str:
-    """A new job's id: 32 hex digits, the one form GET /api/v1/jobs/<id> looks up (RQ's own has dashes)."""
-    return uuid.uuid4().hex
+def new_job_id(enqueued: datetime) -> str:
+    """A new job's id: 32 hex digits, the one form GET /api/v1/jobs/<id> looks up (RQ's own has dashes), laid out
+    as a UUIDv7 (RFC 9562): the milliseconds of `enqueued` (Redis' clock), then 74 random bits.
+
+    The id carries the time the job was queued because everything else about the job is in Redis, where a Redis
+    writer may change it: the id is what a client holds (a 202's Location), so GET /api/v1/jobs/<id> can refuse a
+    success naming a backup taken before the job was queued (job_enqueued_at)."""
+    milliseconds = int(enqueued.timestamp() * 1000)
+    return uuid.UUID(int=(milliseconds << 80) | (UUID7_VERSION << 76) | (secrets.randbits(12) << 64)
+                     | (UUID_VARIANT << 62) | secrets.randbits(62)).hex
+
+
+def job_enqueued_at(job_id: str) -> datetime | None:
+    """When job `job_id` was queued, as its id says (new_job_id), to the millisecond below; None for an id that
+    carries no time (a random UUID: a job queued by an earlier version of etcd-backup, or by none)."""
+    try:
+        value = uuid.UUID(hex=job_id)
+    except ValueError:
+        return None
+    if value.version != UUID7_VERSION or value.variant != uuid.RFC_4122:
+        return None
+    return datetime.fromtimestamp((value.int >> 80) / 1000, UTC)
 
 
 def heartbeat_key(job_id: str) -> str:
@@ -120,11 +146,11 @@ def enqueue_or_join(queue: Queue, function: str = BACKUP_JOB, args: tuple[str, .
 
     A job that is joined has not started, so its snapshot (or check) starts after the caller arrived. Only a
     job that this service queued is joined: the marker must have the TTL this service gives it, and the job it
-    names must be of that kind and on the queue, waiting (a Redis writer's marker naming a job never queued,
-    with a forged result, would answer every POST). Joining costs nothing and is never refused; a new job is
-    refused (QueueFull) when the queue holds `max_queued` jobs already (None: never; backups and drills, at
-    most one queued of each, are never refused). Backups go to the front of the queue: a drill or a verify
-    queued before never delays one.
+    names must be of that kind and on the queue, waiting, its id telling it was queued within the marker's TTL
+    (a Redis writer's marker naming a job never queued, with a forged result, would answer every POST).
+    Joining costs nothing and is never refused; a new job is refused (QueueFull) when the queue holds
+    `max_queued` jobs already (None: never; backups and drills, at most one queued of each, are never refused).
+    Backups go to the front of the queue: a drill or a verify queued before never delays one.
     """
     connection = queue.connection
     key = pending_key(function, args)
@@ -148,7 +174,14 @@ def enqueue_or_join(queue: Queue, function: str = BACKUP_JOB, args: tuple[str, .
 
 
 def _waiting_on_the_queue(queue: Queue, job: Job, function: str, args: tuple[str, ...]) -> bool:
-    """Whether `job` is a job of `function` with `args` that waits on `queue` (so a worker will run it)."""
+    """Whether `job` is a job of `function` with `args` that waits on `queue` (so a worker will run it), queued
+    while its pending marker could still name it (its id says when: new_job_id).
+
+    The time in the id is what GET /api/v1/jobs/<id> checks a success against; a job a Redis writer planted with
+    an id that tells no time, or an old one, would let a forged success name any older backup there."""
+    queued_at, now = job_enqueued_at(job.id), redis_clock(queue.connection)()
+    if queued_at is None or not now - timedelta(seconds=PENDING_TTL) <= queued_at <= now:
+        return False
     try:
         same_call = job.func_name == function and tuple(job.args) == args
     except Exception:  # noqa: BLE001 - arguments that are not what RQ writes: no job of ours
@@ -170,8 +203,8 @@ def _enqueue_unless_pending(pipe: Pipeline, queue: Queue, function: str, args: t
                        key, ttl)
     if max_queued is not None and (queued := pipe.llen(queue.key)) >= max_queued:
         raise QueueFull(queued, max_queued)
+    job_id = new_job_id(redis_clock(pipe)())  # read now (before MULTI): the clock that named every backup
     pipe.multi()
-    job_id = new_job_id()
     pipe.set(key, job_id, ex=PENDING_TTL)
     job: Job = queue.enqueue_call(function, args=args, job_id=job_id, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
                                   failure_ttl=RESULT_TTL, pipeline=pipe, at_front=function == BACKUP_JOB)

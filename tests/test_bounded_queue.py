@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,9 @@ from rq.job import JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from common import backups
 from common import queue as queue_module
+from common.clock import redis_clock
 from common.config import ConfigError, load_config
 from common.config.schema import DEFAULT_MAX_QUEUED_JOBS
 from common.jobs import BACKUP_JOB, VERIFY_JOB, TrustedJob
@@ -30,6 +32,7 @@ from common.queue import (
     enqueue_or_join,
     heartbeat_key,
     job_queue,
+    new_job_id,
 )
 from harness.deployment import Deployment
 from harness.in_process import ConfigFactory, Service
@@ -142,15 +145,19 @@ def test_max_queued_jobs_is_checked(write_config: ConfigFactory, value: object) 
         load_config(write_config(max_queued_jobs=value))
 
 
-def plant_forged_success(connection: redis.Redis, *, on_the_queue: bool = False, marker_ttl: int | None = None) -> str:
+def plant_forged_success(connection: redis.Redis, *, on_the_queue: bool = False, marker_ttl: int | None = None,
+                         queued_at: datetime | None = None, result: dict[str, object] | None = None) -> str:
     """As the issue's attacker writes to Redis: a backup job hash marked queued (pushed onto the queue only if
-    `on_the_queue`), a successful result naming a backup that does not exist, and the pending marker naming
-    the job (with no TTL unless `marker_ttl`). Return the job's id."""
+    `on_the_queue`), with an id of the service's own form telling it was queued at `queued_at` (now by default), a
+    successful `result` naming a backup that does not exist (by default), and the pending marker naming the job
+    (with no TTL unless `marker_ttl`). Return the job's id."""
+    job_id = new_job_id(queued_at or redis_clock(connection)())
     job = TrustedJob.create(BACKUP_JOB, connection=connection, serializer=JSONSerializer, origin="etcd-backup",
-                            timeout=3600, id="f" * 32)
+                            timeout=3600, id=job_id)
     job.set_status(JobStatus.QUEUED, pipeline=None)
     job.save()
-    Result.create(job, Result.Type.SUCCESSFUL, ttl=None, return_value={"filename": FORGED_NAME, "filesize": 4096})
+    Result.create(job, Result.Type.SUCCESSFUL, ttl=None,
+                  return_value=result or {"filename": FORGED_NAME, "filesize": 4096})
     if on_the_queue:
         connection.rpush("rq:queue:etcd-backup", job.id)
     connection.set(PENDING_KEY, job.id, ex=marker_ttl)
@@ -219,6 +226,62 @@ def test_a_forged_result_naming_a_real_backup_with_another_size_is_no_success(
     size = service.store.stat(name).size  # type: ignore[union-attr]
     assert answer.get_json()["message"] == (f"failed to save an etcd backup: the worker's report gives {name} 1 "
                                             f"bytes, the store holds {size} (a forged report in Redis)")
+
+
+def test_a_forged_result_naming_an_older_backup_is_no_success_on_get_either(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, report: Report) -> None:
+    """The adversary's forged success (tests/test_adversary_edges.py) answered on GET /api/v1/jobs/<id>: the old
+    backup is in the store at its size, but its snapshot started before the job was queued, as the job's id (which
+    the client holds, and no Redis writer changes) says."""
+    service = make_service()
+    [name] = take_backups(service, 1)
+    service.stop_worker()
+    time.sleep(1)  # the job is queued in a later second than the backup's
+    old = {"filename": name, "filesize": service.store.stat(name).size}  # type: ignore[union-attr]
+    forged = plant_forged_success(redis_conn, on_the_queue=True, marker_ttl=60, result=old)
+    answer = service.client.get(f"/api/v1/jobs/{forged}")
+    body = answer.get_json()
+    assert answer.status_code == 200 and body["message"].startswith(
+        f"failed to save an etcd backup: the worker's report names {name}, whose snapshot started "), body
+    assert "before the backup was asked for" in body["message"], body
+    report("a forged successful result naming the previous backup (real name and size), GET /api/v1/jobs/<id>",
+           f"\"{body['message']}\"")
+
+
+@pytest.mark.parametrize("named_before", [True, False], ids=["named a second before the POST", "named in its second"])
+def test_a_backup_without_metadata_is_dated_by_its_name(make_service: Callable[..., Service], redis_conn: redis.Redis,
+                                                       named_before: bool) -> None:
+    """A backup with no metadata (taken before metadata was recorded, or put there by hand) is as old as its name
+    says: a forged success naming one named in a second before the POST's is a 500; one named in the POST's own
+    second may have started after it arrived (names tell the second), and is taken."""
+    service = make_service(worker=False)
+    # Early in a second, so that the POST below arrives in the same one.
+    wait_until(lambda: redis_clock(redis_conn)().microsecond < 300_000, 2, "the start of a second")
+    name = backups.backup_name(redis_clock(redis_conn)() - timedelta(seconds=1 if named_before else 0))
+    service.plant(name, b"an archive of old")
+    old = {"filename": name, "filesize": len(b"an archive of old")}
+    plant_forged_success(redis_conn, on_the_queue=True, marker_ttl=60, result=old)
+    answer = service.client.post("/api/v1/backup")
+    body = answer.get_json()
+    if named_before:
+        assert answer.status_code == 500 and body["message"].startswith(
+            f"failed to save an etcd backup: the worker's report names {name}, whose snapshot started "), body
+    else:
+        assert answer.status_code == 200 and body["filename"] == name, body
+
+
+@pytest.mark.parametrize("age", [PENDING_TTL + 60, -60], ids=["older than a marker lives", "in the future"])
+def test_a_queued_job_whose_id_tells_another_time_is_not_joined(make_service: Callable[..., Service],
+                                                                redis_conn: redis.Redis, age: int) -> None:
+    """A job a Redis writer queued with an id telling an old time would let GET /api/v1/jobs/<id> take a forged
+    success naming any backup since: a POST never joins it (and so never hands out its id)."""
+    service = make_service(worker=False, backup_timeout="1s")  # a worker would run the planted job: no join then
+    queued_at = redis_clock(redis_conn)() - timedelta(seconds=age)
+    forged = plant_forged_success(redis_conn, on_the_queue=True, marker_ttl=60, queued_at=queued_at)
+    answer = service.client.post("/api/v1/backup")
+    body = answer.get_json()
+    assert answer.status_code == 202 and body["job"] != forged, body  # its own job, queued; not the forged 500
+    assert redis_conn.get(PENDING_KEY) == body["job"].encode()
 
 
 def test_the_pending_marker_outlives_no_legitimate_wait(make_service: Callable[..., Service],

@@ -171,6 +171,10 @@ API_REFUSED: list[tuple[object, ...]] = [
     ("DEL", LOCK_KEY), ("SET", LOCK_KEY, "mine"), ("SET", SEEN_KEY, "{}"), ("HSET", STATS_KEY, "current_at", "1"),
     ("HINCRBY", "etcd-backup:metrics:outcomes", "success", "1"), ("DEL", "rq:queue:etcd-backup:intermediate"),
     ("XADD", "rq:results:x", "*", "a", "b"), ("SET", "another-app:key", "x"), ("GET", "another-app:key"),
+    # It pushes jobs onto the queue and sets and deletes its pending markers (a Redis 7 selector): nothing more.
+    ("DEL", "rq:queue:etcd-backup"), ("SET", "rq:queue:etcd-backup", "x"), ("DEL", "rq:queues"),
+    ("DEL", "rq:job:0123"), ("SET", "rq:job:0123", "x"), ("SET", "etcd-backup:pending-anything", "x"),
+    ("SET", "etcd-backup:pending-verify:snapshot-20261207_060000.tar.gz-and-more", "x"),
 ]
 WORKER_REFUSED: list[tuple[object, ...]] = [
     ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "SET", "maxmemory", "0"), ("CONFIG", "GET", "*"), ("ACL", "LIST"),
@@ -194,6 +198,7 @@ def test_each_user_is_refused_what_it_does_not_need(shipped_redis: ShippedRedis,
     assert admin.get(LOCK_KEY) == b"a worker's" and admin.dbsize() == 1
     # The API still reads what it shows, and queues jobs.
     assert api.get(LOCK_KEY) == b"a worker's" and api.set("etcd-backup:pending-job", "x") is True
+    assert api.set("etcd-backup:pending-verify:snapshot-20261207_060000.stale.tar.gz.age", "x") is True
     anonymous = redis.Redis(port=shipped_redis.port)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
