@@ -71,16 +71,19 @@ def test_procfile_web_and_two_workers_on_redis(
             status, _, body = http("POST", f"{base}/api/v1/backup")
             answers.append((status, json.loads(body)))
 
-        # Rounds of concurrent POSTs: each round coalesces into few jobs, spread over both workers.
-        for _ in range(4):
-            threads = [threading.Thread(target=post) for _ in range(3)]
+        # Rounds of concurrent POSTs: each round coalesces into few jobs, spread over both workers. Only a job
+        # that has not started is joined, and two idle workers start the first two at once: six POSTs a round
+        # make sure some arrive while both are busy (with three, a join was a race that the third rarely won).
+        rounds, per_round = 4, 6
+        for _ in range(rounds):
+            threads = [threading.Thread(target=post) for _ in range(per_round)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join(60)
-        assert [status for status, _ in answers] == [200] * 12, answers
+        assert [status for status, _ in answers] == [200] * rounds * per_round, answers
         names = {body["filename"] for _, body in answers}
-        assert 4 <= len(names) < 12
+        assert rounds <= len(names) < rounds * per_round
         status, _, listing = http("GET", f"{base}/api/v1/backup")
         assert json.loads(listing) == sorted(names)[-3:]
         workers_used = {line.split(":")[0] for line in _job_lines(tmp_path)}
