@@ -120,7 +120,9 @@ class BackupWorker(SimpleWorker):
 
     @_waits_out_a_full_redis
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        super().heartbeat(timeout, pipeline)
+        # RQ's loop survives a lost Redis only in its dequeue: the heartbeat it sends right after a job ended the
+        # worker for good when Redis went away at that moment (a restart). Wait for it, as a starting worker does.
+        queue.retry_until_redis_answers(lambda: super(BackupWorker, self).heartbeat(timeout, pipeline))
 
     @_waits_out_a_full_redis  # the move of a job id off the queue is refused whole: nothing moved
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
