@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -105,6 +106,10 @@ def add_commands(commands: Commands) -> None:
                        help="instead of FILE|URL: the state at TIME (ISO 8601, e.g. 2026-11-27T06:30:00Z): the "
                             "newest revision the delta watcher had received by then")
     add_config_option(restore_parser, " (for --to-revision and --to-time)")
+    restore_parser.add_argument("--etcd-bin", action="append", type=Path, metavar="ETCD",
+                                help="with --to-revision/--to-time: an etcd binary to apply the deltas in (repeat it "
+                                     "for several versions: the one of the backup's etcd version is taken); default: "
+                                     "the config's etcd-bin, else etcd on the PATH")
     restore_parser.add_argument("--allow-unsigned", action="store_true",
                                 help="with --to-revision/--to-time and a config with signing: take unsigned backups "
                                      "and deltas too (those taken before signing was configured; or planted)")
@@ -276,6 +281,8 @@ def _verify(args: argparse.Namespace, work: Path) -> Verified:
 def _restore(args: argparse.Namespace) -> None:
     if args.source is None:
         raise UsageError("give the backup to restore (FILE|URL), or --to-revision or --to-time with --config")
+    if args.etcd_bin:  # a backup is restored by etcd's tool alone: no etcd is started
+        raise UsageError("--etcd-bin is for --to-revision/--to-time (the etcd the deltas are applied in)")
     member = Member(args.name, args.initial_cluster, args.initial_advertise_peer_urls, args.initial_cluster_token)
     data_dir = check_data_dir(args.data_dir)  # before downloading or verifying anything
     # The snapshot is extracted beside the data dir: same file system, and no second copy in /tmp.
@@ -296,6 +303,11 @@ def _restore_to_point(args: argparse.Namespace) -> None:
     from recovery.pitr import Target, identities_of, plan_restore, restore_to
 
     config = read_config(args.config)
+    if args.etcd_bin:
+        for path in args.etcd_bin:
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise UsageError(f"--etcd-bin {path}: not an executable file")
+        config = replace(config, etcd_bin=tuple(path.absolute() for path in args.etcd_bin))
     identity_file = args.identity or config.identity_file
     data_dir = check_data_dir(args.data_dir)
     store = open_store(config, allow_unsigned=args.allow_unsigned)

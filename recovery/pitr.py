@@ -46,7 +46,7 @@ from common.encryption import Identity
 from common.metadata import BackupMetadata
 from common.storage import BackupStore
 from recovery.restore import SHARED_MEMORY, Member, RestoreError, restore
-from recovery.throwaway import ThrowawayFailed, member_flags, throwaway_etcd
+from recovery.throwaway import ThrowawayFailed, choose_etcd, member_flags, throwaway_etcd
 from recovery.verify import load_identities, verify_stored
 from recovery.workdir import POINT_IN_TIME_PREFIX, private_workdir
 
@@ -260,17 +260,21 @@ def read_delta(store: BackupStore, name: str, identities: list[Identity], events
 def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, member: Member, work: Path,
                identity_file: Path | None, say: Callable[[str], object]) -> int:
     """Restore `plan` into `data_dir` (checked by the caller), using `work` (beside it, private); return the
-    number of events applied."""
+    number of events applied. The deltas are applied in a throwaway etcd of config's etcd-bin, the one that suits
+    the backup's etcd_version (recovery.throwaway.choose_etcd)."""
     identities = identities_of(identity_file)
     verified = verify_stored(store, plan.backup, work, plan.metadata, identity_file)
     say(f"{plan.backup}: {verified.report()}")
     snapshot = work / SNAPSHOT_NAME
     try:
+        binary = choose_etcd(config.etcd_bin, plan.metadata.etcd_version)
+        say(f"applying the deltas in a throwaway {binary} (the backup was taken from etcd "
+            f"{plan.metadata.etcd_version})")
         with _apply_dir(work, plan.metadata.db_size) as apply_dir:
             staged = apply_dir / "staged"
             restore(verified.db_path, staged, Member(**member_flags()))
             verified.db_path.unlink()
-            with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password) as connection:
+            with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password, binary) as connection:
                 events = apply_plan(connection, store, plan, identities)
                 _save_snapshot(connection, snapshot)
     except ThrowawayFailed as exc:

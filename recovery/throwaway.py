@@ -2,15 +2,20 @@
 
 It listens only on unix sockets inside its 0700 work dir, so no other local user can connect, and dies with
 its parent (SIGKILL on the parent's death).
+
+Which etcd: the config's `etcd-bin` (one or more etcd binaries; else `etcd` on the PATH), the one whose version
+suits the backup's recorded `etcd_version` (choose_etcd); the caller says which version ran.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import etcd
@@ -37,14 +42,68 @@ def member_flags() -> dict[str, str]:
             "initial_advertise_peer_urls": PEER_URL}
 
 
+@dataclass(frozen=True)
+class EtcdBinary:
+    """An etcd server binary and its version (`etcd --version`)."""
+
+    path: str
+    version: str
+    """e.g. "3.5.1"."""
+
+    def __str__(self) -> str:
+        return f"etcd {self.version} ({self.path})"
+
+
+ETCD_VERSION = re.compile(r"etcd Version: (\d+)\.(\d+)\.(\d+)")
+VERSION_TIMEOUT = 30.0
+
+
+def etcd_binary(path: str | Path) -> EtcdBinary:
+    """The etcd at `path` and its version; ThrowawayFailed if it is not an etcd that says its version."""
+    try:
+        done = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ThrowawayFailed(f"cannot run {path} --version: {getattr(exc, 'strerror', None) or exc}") from None
+    found = ETCD_VERSION.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise ThrowawayFailed(f"{path} is not an etcd server: `{path} --version` does not say \"etcd Version: X.Y.Z\"")
+    return EtcdBinary(str(path), ".".join(found.groups()))
+
+
+def _minor(version: str) -> tuple[int, int] | None:
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def choose_etcd(candidates: Sequence[Path], backup_version: str | None) -> EtcdBinary:
+    """The etcd to start on a backup taken from an etcd of `backup_version` (its metadata's; None: unknown), of the
+    config's `etcd-bin` `candidates` (none: `etcd` on the PATH): the first of the backup's minor version; else the
+    oldest newer one (etcd upgrades a data dir by one minor version at a time); else the newest (etcd 3.4 starts a
+    restored 3.5 snapshot, as tried: a snapshot restore writes a new member); the first when the backup's version
+    is unknown."""
+    if not candidates:
+        found = shutil.which("etcd")
+        if found is None:
+            raise ThrowawayFailed("etcd is not on the PATH (nor is etcd-bin set): it is needed to start the restored "
+                                  "member")
+        return etcd_binary(found)
+    binaries = [etcd_binary(path) for path in candidates]
+    wanted = _minor(backup_version) if backup_version is not None else None
+    if wanted is None:
+        return binaries[0]
+    by_minor = sorted(((_minor(binary.version) or (0, 0), index) for index, binary in enumerate(binaries)))
+    same = [index for minor, index in by_minor if minor == wanted]
+    newer = [index for minor, index in by_minor if minor > wanted]
+    return binaries[(same or newer or [by_minor[-1][1]])[0]]
+
+
 @contextmanager
-def throwaway_etcd(work: Path, data_dir: Path, username: str | None,
-                   password: str | None) -> Iterator[etcd.EtcdConnection]:
-    """Start etcd on `data_dir` (restored with member_flags) in `work`; yield a connection to it (logged in as
-    `username`: the restored database keeps etcd's users and auth setting); stop it afterwards."""
-    etcd_bin = shutil.which("etcd")
-    if etcd_bin is None:
-        raise ThrowawayFailed("etcd is not on the PATH: it is needed to start the restored member")
+def throwaway_etcd(work: Path, data_dir: Path, username: str | None, password: str | None,
+                   binary: EtcdBinary | None = None) -> Iterator[etcd.EtcdConnection]:
+    """Start etcd (`binary`; None: `etcd` on the PATH) on `data_dir` (restored with member_flags) in `work`; yield a
+    connection to it (logged in as `username`: the restored database keeps etcd's users and auth setting); stop it
+    afterwards."""
+    etcd_bin = (binary or choose_etcd((), None)).path
     with open(work / "etcd.log", "wb") as log:
         process = subprocess.Popen(
             # setpriv --pdeathsig: the kernel kills etcd if its parent dies (kill -9 included).

@@ -2,7 +2,7 @@
 archive holding exactly one `.db` file; its 32-byte SHA-256 trailer matching its data (and the
 digest and size the backup's metadata recorded, when there is metadata); and the bbolt database
 itself as etcd's own tool reads it (`etcdutl snapshot status`, or `etcdctl snapshot status` with etcd
-3.4, found on the PATH).
+3.4 and 3.5, found on the PATH; etcd 3.6's etcdctl has no such command: etcdutl it is).
 
 A backup may come from anyone who could write to backup-dir or sit between a client and the
 service, so nothing it declares is trusted: the tar headers are parsed here, 512 bytes at a time,
@@ -487,13 +487,37 @@ def _writing(workdir: Path) -> Iterator[None]:
                            "nothing about the backup") from None
 
 
+ETCDCTL_WITHOUT_SNAPSHOT_FILES = (3, 6)
+"""From this etcdctl on, `snapshot status` and `snapshot restore` are gone (etcd 3.6 moved them to etcdutl)."""
+
+
 def etcd_tool() -> list[str]:
-    """The command that reads and restores snapshots: etcdutl (etcd >= 3.5), else etcdctl (3.4)."""
+    """The command that reads and restores snapshots: etcdutl (etcd >= 3.5), else etcdctl (3.4 and 3.5; 3.6's has
+    no `snapshot status` or `snapshot restore` any more: CannotVerify naming etcdutl)."""
     if etcdutl := shutil.which("etcdutl"):
         return [etcdutl]
     if etcdctl := shutil.which("etcdctl"):
+        version = _etcdctl_version(etcdctl)
+        if version is not None and version >= ETCDCTL_WITHOUT_SNAPSHOT_FILES:
+            raise CannotVerify(f"{etcdctl} is etcdctl {'.'.join(map(str, version))}, which has no `snapshot status` "
+                               "or `snapshot restore` (etcd 3.6 moved them to etcdutl): put etcdutl on the PATH (it "
+                               "comes with etcd's release, beside etcdctl)")
         return [etcdctl]
-    raise CannotVerify("neither etcdutl nor etcdctl is on the PATH: install etcd's client tools")
+    raise CannotVerify("neither etcdutl nor etcdctl is on the PATH: install etcd's client tools (etcd 3.5 and later: "
+                       "etcdutl)")
+
+
+ETCDCTL_VERSION = re.compile(r"etcdctl version: (\d+)\.(\d+)")
+
+
+def _etcdctl_version(etcdctl: str) -> tuple[int, int] | None:
+    """etcdctl's major and minor version (`etcdctl version`), None if it does not say."""
+    try:
+        done = subprocess.run([etcdctl, "version"], capture_output=True, text=True, env=tool_environment(), timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # then it fails where it is used, with its own reason
+    found = ETCDCTL_VERSION.search(done.stdout)
+    return (int(found[1]), int(found[2])) if found else None
 
 
 def tool_environment() -> dict[str, str]:

@@ -21,7 +21,7 @@ from harness.pki import make_tls_files
 from harness.processes import free_port
 from harness.report import REPORT_OPTION, Report, reliability_markdown
 from harness.s3 import MotoServer, S3Server, SeaweedServer
-from harness.servers import EtcdServer, RedisServer
+from harness.servers import ETCD_RELEASES, EtcdServer, RedisServer, etcd_tools_path
 
 REPORT_PROPERTY = "reliability-row"
 """A row rides on its test's report as a user property, so it reaches the process that writes the table
@@ -59,10 +59,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
+def etcd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """The etcd the service backs up: Debian's 3.4; one of each release for a test that runs on every release
+    (`@pytest.mark.parametrize("etcd", ETCD_VERSIONS, indirect=True)`; harness.servers.ETCD_RELEASES)."""
+    release = ETCD_RELEASES[getattr(request, "param", "3.4")]
+    server = EtcdServer(tmp_path_factory.mktemp(f"etcd-{release.version}") / "data", release=release).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def etcd_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Return a function that makes `etcd`, `etcdctl` and `etcdutl` on the PATH the programs given (no etcdutl at
+    all when None), for this test and the processes it starts: a host with those etcd tools installed."""
+
+    def use(etcd: str, etcdctl: str, etcdutl: str | None) -> None:
+        directory = tmp_path / f"etcd-tools-{len(list(tmp_path.glob('etcd-tools-*')))}"
+        monkeypatch.setenv("PATH", etcd_tools_path(directory, etcd, etcdctl, etcdutl))
+
+    return use
 
 
 BIG_ETCD_BYTES = 150 << 20

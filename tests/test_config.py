@@ -133,6 +133,10 @@ def test_bad_go_durations(text: str) -> None:
     ({"etcd": {"tls-cert": PEM}}, "etcd.tls-key", "together"),
     ({"etcd": {}, "redis-url": "http://r"}, "redis-url", "redis://"),
     ({"etcd": "http://127.0.0.1:2379"}, "etcd", "expected a mapping"),
+    ({"etcd": {}, "etcd-bin": "etcd"}, "etcd-bin", "absolute path"),
+    ({"etcd": {}, "etcd-bin": ["/usr/bin/etcd", "/nonexistent/etcd"]}, "etcd-bin", "/nonexistent/etcd is not an exec"),
+    ({"etcd": {}, "etcd-bin": "/etc/passwd"}, "etcd-bin", "not an executable file"),
+    ({"etcd": {}, "etcd-bin": []}, "etcd-bin", "non-empty list"),
 ])
 def test_bad_config_names_the_key(document: Any, key: str, words: str, tmp_path: Path) -> None:
     if isinstance(document, dict) and "backup-dir" not in document:
@@ -500,6 +504,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
         "skip-unchanged": False,
         "drill": None,
         "allow-stale-member": False, "deltas": False, "delta-period": "10s", "max-queued-jobs": 100,
+        "etcd-bin": None,
     }
     report("`etcd-backup config check` on a config with every kind of secret (api-token and REDIS_URL "
            "from the environment, etcd password, inline TLS key)",

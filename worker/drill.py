@@ -3,7 +3,8 @@
 Verify the archive (against the digest and size its metadata recorded), restore it with etcd's tool
 into a private work dir, start a throwaway etcd there, check that it serves the backup's revision and
 key count (from its metadata), stop it, clean up. The result goes into the backup's metadata
-(`drill`, shown by ?detail=true) and into Redis for /metrics
+(`drill`, shown by ?detail=true, with the version of the etcd it ran: config's etcd-bin, the one that suits the
+backup's etcd_version) and into Redis for /metrics
 (`etcd_backup_last_drill_success_timestamp_seconds`); a drill that breaks in any way is a failed one.
 
 The throwaway etcd serves the whole keyspace without TLS or auth checks of its own: it listens only
@@ -30,7 +31,7 @@ from common.metadata import BackupMetadata
 from common.metrics import record_drill
 from common.storage import BackupStore, open_store
 from recovery.restore import Member, RestoreError, restore
-from recovery.throwaway import ThrowawayFailed, member_flags, throwaway_etcd
+from recovery.throwaway import EtcdBinary, ThrowawayFailed, choose_etcd, member_flags, throwaway_etcd
 from recovery.verify import CannotVerify, Verified, VerifyError, verify_stored
 from recovery.workdir import DRILL_PREFIX, private_workdir
 from worker.drill_point import PointChecked, PointFailed, check_random_point
@@ -49,6 +50,8 @@ class DrillResult:
     seconds: float
     point_revision: int | None = None
     """The revision the point-in-time check restored (worker.drill_point), if deltas follow the backup."""
+    etcd_version: str | None = None
+    """The version of the etcd the drill started on the restored backup (config's etcd-bin), once it chose one."""
 
 
 def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillResult:
@@ -67,21 +70,27 @@ def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillRes
 def _drill(config: Config, store: BackupStore, name: str, began: float) -> DrillResult:
     metadata = store.read_metadata(name)
     point: PointChecked | None = None
+    binary: EtcdBinary | None = None
     try:
+        binary = choose_etcd(config.etcd_bin, metadata.etcd_version if metadata is not None else None)
         with private_workdir(DRILL_PREFIX) as work:
             verified = verify_stored(store, name, work, metadata, config.identity_file)
-            reason, point = _restore_and_check(config, verified, work, Drilled(store, name, metadata))
+            reason, point = _restore_and_check(config, verified, work, Drilled(store, name, metadata), binary)
+            reason = f"on etcd {binary.version}: {reason}"
     except CannotVerify as exc:
         reason, passed = f"the drill could not check the backup: {exc}", False
     except (VerifyError, RestoreError, DrillFailed, PointFailed) as exc:
-        reason, passed = str(exc), False
+        reason, passed = (f"on etcd {binary.version}: " if binary is not None else "") + str(exc), False
+    except ThrowawayFailed as exc:  # no etcd to start (choose_etcd)
+        reason, passed = f"the drill could not start etcd: {exc}", False
     except Exception as exc:  # noqa: BLE001 - a drill that breaks is a failed drill, and says why
         logger.exception("restore drill of %s broke", name)
         reason, passed = f"the drill broke: {type(exc).__name__}: {exc}", False
     else:
         passed = True
     return DrillResult(name, passed, reason, round(time.monotonic() - began, 3),
-                       point.revision if passed and point is not None else None)
+                       point.revision if passed and point is not None else None,
+                       binary.version if binary is not None else None)
 
 
 @dataclass(frozen=True)
@@ -91,14 +100,15 @@ class Drilled:
     metadata: BackupMetadata | None
 
 
-def _restore_and_check(config: Config, verified: Verified, work: Path,
-                       drilled: Drilled) -> tuple[str, PointChecked | None]:
-    """Restore and check the backup, then the deltas that follow it (if any, and with metadata to chain from)."""
+def _restore_and_check(config: Config, verified: Verified, work: Path, drilled: Drilled,
+                       binary: EtcdBinary) -> tuple[str, PointChecked | None]:
+    """Restore and check the backup on etcd `binary`, then the deltas that follow it (if any, and with metadata to
+    chain from)."""
     data_dir = work / "data"
     restore(verified.db_path, data_dir, Member(**member_flags()))
     verified.db_path.unlink()  # the data dir has its copy now: half the disk space
     try:
-        with throwaway_etcd(work, data_dir, config.etcd.username, config.etcd.password) as connection:
+        with throwaway_etcd(work, data_dir, config.etcd.username, config.etcd.password, binary) as connection:
             reason = _check_member(connection, config.etcd.username is None, drilled.metadata)
             if drilled.metadata is None:
                 return reason, None
@@ -144,7 +154,8 @@ def _record(store: BackupStore, connection: redis.Redis | None, result: DrillRes
         if metadata is not None:
             drill = {"time": now.isoformat(timespec="seconds"), "outcome": outcome, "reason": result.reason,
                      "seconds": result.seconds,
-                     **({"point_revision": result.point_revision} if result.point_revision is not None else {})}
+                     **({"point_revision": result.point_revision} if result.point_revision is not None else {}),
+                     **({"etcd_version": result.etcd_version} if result.etcd_version is not None else {})}
             store.update_metadata(replace(metadata, drill=drill))
     if connection is not None:
         record_drill(connection, now.timestamp(), result.backup or "", result.passed, result.reason)

@@ -65,7 +65,8 @@ def restore_drill(config: Config) -> dict[str, object]:
     queue.release_pending(job.connection, job.id, queue.DRILL_JOB)
     with job_heartbeat(job.connection, job.id):  # a drill takes minutes: the API must not take it for lost
         result = run_drill(config, job.connection)
-    return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds}
+    return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds,
+            "etcd_version": result.etcd_version}
 
 
 def verify_backup(config: Config, filename: str) -> dict[str, object]:

@@ -52,6 +52,7 @@ def effective_config(config: Config) -> dict[str, Any]:
         "deltas": config.deltas,
         "delta-period": format_duration(config.delta_period),
         "max-queued-jobs": config.max_queued_jobs,
+        "etcd-bin": [str(path) for path in config.etcd_bin] or None,  # None: `etcd` on the PATH
         **({} if config.s3 is None else {"s3": _s3_section(config)}),
         **({} if config.encryption is None else {"encryption": {
             "recipients": list(config.encryption.recipients),

@@ -168,6 +168,9 @@ class Config:
     max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS
     """A POST that would queue a new verify job beyond this many queued jobs is answered 429 (common.queue);
     backups and drills (one queued of each at most) are always queued."""
+    etcd_bin: tuple[Path, ...] = ()
+    """The etcd binaries the drill and a point-in-time restore may start on a restored backup (the one whose version
+    suits the backup's: recovery.throwaway.choose_etcd); empty: `etcd` on the PATH."""
 
     @property
     def identity_file(self) -> Path | None:

@@ -77,7 +77,7 @@ TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
     "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing", "allowed-hosts",
-    "max-queued-jobs",
+    "max-queued-jobs", "etcd-bin",
 }) | frozenset(TOKEN_ENV)
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 SIGNING_KEYS = frozenset({"key-file", "verify-key"})
@@ -123,7 +123,19 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str], etcd_cred
         allowed_hosts=_allowed_hosts(top.get_str_list("allowed-hosts", ())),
         max_queued_jobs=top.get_int("max-queued-jobs", DEFAULT_MAX_QUEUED_JOBS, minimum=1,
                                     maximum=MAX_QUEUED_JOBS_BOUND),
+        etcd_bin=_etcd_bin(top.get_str_list("etcd-bin", ()), check_files=etcd_credentials),
     )
+
+
+def _etcd_bin(paths: list[str], check_files: bool) -> tuple[Path, ...]:
+    """etcd-bin: absolute paths of etcd binaries, each an executable file (checked where the drill and restores run,
+    the processes that connect to etcd: the API apart from its workers starts no etcd)."""
+    for path in paths:
+        if not os.path.isabs(path):
+            raise ConfigError("etcd-bin", f"expected an absolute path to an etcd binary, got {path[:200]!r}")
+        if check_files and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise ConfigError("etcd-bin", f"{path[:200]} is not an executable file")
+    return tuple(Path(path) for path in paths)
 
 
 def next_fire(expression: str, after: datetime) -> datetime:
