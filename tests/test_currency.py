@@ -21,7 +21,7 @@ from etcd3 import etcdrpc
 from harness.deployment import Deployment
 from harness.processes import wait_until
 from harness.report import Report
-from harness.servers import EtcdServer, RedisServer, etcdctl, start_cluster
+from harness.servers import ETCD_RELEASES, ETCD_VERSIONS, EtcdServer, RedisServer, etcdctl, start_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +68,11 @@ def has_no_leader(member: EtcdServer) -> bool:
 
 
 @pytest.fixture
-def partitioned_cluster(tmp_path: Path) -> Iterator[list[EtcdServer]]:
-    """m1 (running as nobody) cut off from m2 and m3 after 5 writes; then 50 more writes through m2."""
-    members = start_cluster(tmp_path / "cluster", uids=[CUT_OFF_UID])
+def partitioned_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[EtcdServer]]:
+    """m1 (running as nobody) cut off from m2 and m3 after 5 writes; then 50 more writes through m2. Debian's etcd
+    3.4, or the release a test parametrizes it with (indirect)."""
+    release = ETCD_RELEASES[getattr(request, "param", "3.4")]
+    members = start_cluster(tmp_path / "cluster", uids=[CUT_OFF_UID], release=release)
     partition = Partition(members[0], members[1:])
     try:
         for number in range(5):
@@ -92,6 +94,7 @@ def partitioned_cluster(tmp_path: Path) -> Iterator[list[EtcdServer]]:
                 shutil.rmtree(member.data_dir.parent, ignore_errors=True)
 
 
+@pytest.mark.parametrize("partitioned_cluster", ETCD_VERSIONS, indirect=True)
 def test_a_member_cut_off_from_the_quorum_is_never_snapshotted(
     partitioned_cluster: list[EtcdServer], tmp_path: Path, redis_server: RedisServer, redis_conn: redis.Redis,
     report: Report,
@@ -111,9 +114,10 @@ def test_a_member_cut_off_from_the_quorum_is_never_snapshotted(
     (detail,) = json.loads(body)
     assert detail["filename"] == answer["filename"] and detail["endpoint"] != m1.url
     assert detail["revision"] == cluster_revision and detail["key_count"] == 55
+    assert detail["etcd_version"].startswith(f"{m1.release.version}."), detail
     log = (deployment.work / "worker0.log").read_text()
     assert f"{m1.url}: not current" in log
-    report("3-member cluster, the first configured member cut off from its two peers by iptables (its client "
+    report(f"3-member etcd {detail['etcd_version']} cluster, the first configured member cut off from its two peers by iptables (its client "
            f"port answers, revision {stale_revision}) while the others take 50 more writes (revision "
            f"{cluster_revision})", f"POST 200; the snapshot came from {detail['endpoint']} at revision "
            f"{detail['revision']} with all {detail['key_count']} keys; the worker logged why m1 was passed over")

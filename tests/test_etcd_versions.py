@@ -19,7 +19,6 @@ import redis
 
 from cli.main import main
 from common.storage import LocalStore
-from harness.cli import etcd_backup
 from harness.in_process import Service
 from harness.report import Report
 from harness.servers import ETCD_RELEASES, ETCD_VERSIONS, EtcdServer, restored_keys
@@ -153,7 +152,7 @@ def test_the_drill_starts_the_etcd_of_the_backups_version_and_says_which(
 @on_each_etcd
 def test_a_point_in_time_restore_applies_the_deltas_in_the_etcd_of_the_backups_version(
         make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, both_etcds: list[str],
-        tmp_path: Path, report: Report) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], report: Report) -> None:
     """`restore --to-revision` applies the deltas in the etcd of the backup's version (etcd-bin) and says which;
     `--etcd-bin` of the other release applies them there; the data dir each gives serves the keys etcd had at
     that revision, started by the etcd of either release."""
@@ -170,12 +169,11 @@ def test_a_point_in_time_restore_applies_the_deltas_in_the_etcd_of_the_backups_v
     for applier, flags in ((release, []), (other, ["--etcd-bin", ETCD_RELEASES[other].etcd])):
         data_dir = tmp_path / f"applied-by-{applier}"
         began = time.monotonic()
-        done = etcd_backup("restore", "--config", str(config), "--to-revision", str(target), "--data-dir",
-                           str(data_dir), *flags, timeout=120)
-        assert done.returncode == 0, done.stderr
-        said = re.search(r"applying the deltas in a throwaway etcd (\S+) ", done.stdout)
-        assert said is not None and said[1].startswith(f"{applier}."), done.stdout
-        assert f"etcd is at revision {target}" in done.stdout
+        main(["restore", "--config", str(config), "--to-revision", str(target), "--data-dir", str(data_dir), *flags])
+        out = capsys.readouterr().out
+        said = re.search(r"applying the deltas in a throwaway etcd (\S+) ", out)
+        assert said is not None and said[1].startswith(f"{applier}."), out
+        assert f"etcd is at revision {target}" in out
         starter = other if applier == release else release
         assert {key.encode(): value for key, value in restored_keys(data_dir, prefix, ETCD_RELEASES[starter]).items()
                 } == expected, (applier, starter)
@@ -197,7 +195,8 @@ esac
 
 
 def test_with_only_etcd_3_6s_etcdctl_verify_and_restore_say_to_install_etcdutl(
-        backup: Path, tmp_path: Path, etcd_tools: Callable[..., None], report: Report) -> None:
+        backup: Path, tmp_path: Path, etcd_tools: Callable[..., None], capsys: pytest.CaptureFixture[str],
+        report: Report) -> None:
     """etcd 3.6's etcdctl has no `snapshot status` nor `snapshot restore`: with only it on the PATH, verify and
     restore cannot check (exit 3) and say to put etcdutl on the PATH; with etcdutl beside it, both work. (The
     etcdctl is a fake: etcd 3.6 is not installable here. It answers as 3.6's does.)"""
@@ -207,19 +206,22 @@ def test_with_only_etcd_3_6s_etcdctl_verify_and_restore_say_to_install_etcdutl(
     fake.chmod(0o755)
     etcd_tools(etcd=ETCD_RELEASES["3.4"].etcd, etcdctl=str(fake), etcdutl=None)
     data_dir = tmp_path / "restored"
-    verified = etcd_backup("verify", str(backup))
-    restored = etcd_backup("restore", str(backup), "--data-dir", str(data_dir))
-    for done in (verified, restored):
-        assert done.returncode == 3, done
-        assert "etcdctl 3.6, which has no `snapshot status` or `snapshot restore`" in done.stderr, done.stderr
-        assert "put etcdutl on the PATH" in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    refusals = []
+    for command in (["verify", str(backup)], ["restore", str(backup), "--data-dir", str(data_dir)]):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+        refusal = capsys.readouterr().err
+        assert exited.value.code == 3, refusal
+        assert "etcdctl 3.6, which has no `snapshot status` or `snapshot restore`" in refusal, refusal
+        assert "put etcdutl on the PATH" in refusal and len(refusal.splitlines()) == 1, refusal
+        refusals.append(refusal.strip())
     assert not data_dir.exists()
 
     etcd_tools(etcd=ETCD_RELEASES["3.4"].etcd, etcdctl=str(fake), etcdutl=ETCD_RELEASES["3.5"].etcdutl)
-    assert etcd_backup("verify", str(backup)).returncode == 0
-    done = etcd_backup("restore", str(backup), "--data-dir", str(data_dir))
-    assert done.returncode == 0 and "etcdutl snapshot restore" in done.stdout, done
+    main(["verify", str(backup)])
+    main(["restore", str(backup), "--data-dir", str(data_dir)])
+    assert "etcdutl snapshot restore" in capsys.readouterr().out
     report("`etcd-backup verify` and `restore` with only an etcdctl 3.6 on the PATH (a fake: it says 3.6.0 and "
            "refuses `snapshot status|restore` as 3.6 does); then with etcdutl 3.5 beside it",
-           f"exit 3, one line: {verified.stderr.strip()[:200]!r}; nothing restored; with etcdutl: verify and "
-           "restore done by etcdutl")
+           f"exit 3, one line: {refusals[0][:220]!r}; nothing restored; with etcdutl: verify and restore done by "
+           "etcdutl")
