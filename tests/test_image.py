@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from rq import Worker
 
 from harness.deployment import procfile, wait_for_api
 from harness.image import ContainerImage, Mount, added_files
+from harness.in_process import Service
 from harness.lock import ENVIRONMENT_SCRIPT, LOCK, read
 from harness.processes import ROOT, free_port, http, stop_process, wait_until
-from harness.servers import EtcdServer, RedisServer, restored_keys
+from harness.servers import ETCD_RELEASES, EtcdServer, RedisServer, restored_keys
 
 # One group: pytest-xdist runs them in one process, which builds the image once (container_image).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("image")]
@@ -85,7 +87,8 @@ def test_image_runs_as_its_user_and_has_every_command(container_image: Container
     for role, line in procfile().items():
         answer = container_image.run([*shlex.split(line), "--help"])
         assert answer.returncode == 0 and "usage:" in answer.stdout, (role, answer)
-    # verify and restore read snapshots with etcdctl (etcd 3.4 has no etcdutl); the drill starts etcd.
+    # verify and restore read snapshots with etcdctl (etcd 3.4 has no etcdutl; it restores etcd 3.5's snapshots too:
+    # test_the_images_etcd_3_4_verifies_restores_and_drills_a_backup_of_etcd_3_5); the drill starts etcd.
     assert "etcdctl version: 3.4" in container_image.run(["etcdctl", "version"]).stdout
     assert "etcd Version: 3.4" in container_image.run(["etcd", "--version"]).stdout
 
@@ -200,3 +203,35 @@ def test_procfile_web_and_worker_on_redis(container_image: ContainerImage, etcd:
         stop_process(web)
         stop_process(worker)
     assert name in (tmp_path / "worker.log").read_text()
+
+
+DRILL = ("import json; from common.config import load_config; from worker.drill import run_drill; "
+         f"result = run_drill(load_config({CONFIG!r})); print(json.dumps([result.passed, result.reason]))")
+"""The restore drill, as a worker of the image runs it (an RQ job calls run_drill)."""
+
+
+@pytest.mark.parametrize("etcd", ["3.5"], indirect=True)
+def test_the_images_etcd_3_4_verifies_restores_and_drills_a_backup_of_etcd_3_5(
+        container_image: ContainerImage, service: Service, etcd: EtcdServer, tmp_path: Path) -> None:
+    """The image ships Debian's etcd 3.4 only, and that restores every tested version: a backup of etcd 3.5 is
+    verified and restored by its etcdctl, and drilled on its etcd; the data dir it restores starts on etcd 3.5."""
+    client = etcd.client()
+    written = {f"/image-35/key-{number}": f"value-{number}".encode() for number in range(5)}
+    for key, value in written.items():
+        client.put(key, value)
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    mounts, backup_dir = service_mounts(tmp_path / "service", etcd={"endpoints": [etcd.url]})
+    for file in (name, f"{name}.json"):
+        shutil.copy(service.config.backup_dir / file, backup_dir / file)
+        os.chown(backup_dir / file, IMAGE_UID, IMAGE_UID)
+    verified = container_image.run(["etcd-backup", "verify", f"/etcd-backup/{name}"], mounts)
+    assert verified.returncode == 0 and "good: revision" in verified.stdout, verified
+    restore_dir = owned_by_image_user(tmp_path / "restore")
+    restored = container_image.run(["etcd-backup", "restore", f"/etcd-backup/{name}", "--data-dir", "/mnt/data"],
+                                   [*mounts, Mount(restore_dir, "/mnt", writable=True)])
+    assert restored.returncode == 0 and "running: /usr/bin/etcdctl snapshot restore" in restored.stdout, restored
+    assert restored_keys(restore_dir / "data", "/image-35/", ETCD_RELEASES["3.5"]) == written
+    drilled = container_image.run(["python3", "-c", DRILL], mounts)
+    assert drilled.returncode == 0, drilled
+    passed, reason = json.loads(drilled.stdout.splitlines()[-1])
+    assert passed and reason.startswith("on etcd 3.4.") and "keys, as recorded" in reason, reason
