@@ -19,10 +19,11 @@ import redis
 
 from cli.main import main
 from common.storage import LocalStore
-from harness.in_process import Service
+from harness.in_process import ConfigFactory, Service
 from harness.report import Report
 from harness.servers import ETCD_RELEASES, ETCD_VERSIONS, EtcdServer, restored_keys
 from harness.writer import keys_at
+from recovery.throwaway import ThrowawayFailed, choose_etcd
 from recovery.verify import verify_file
 from tests.test_deltas import PERIOD, deltas_during_writes
 
@@ -225,3 +226,20 @@ def test_with_only_etcd_3_6s_etcdctl_verify_and_restore_say_to_install_etcdutl(
            "refuses `snapshot status|restore` as 3.6 does); then with etcdutl 3.5 beside it",
            f"exit 3, one line: {refusals[0][:220]!r}; nothing restored; with etcdutl: verify and restore done by "
            "etcdutl")
+
+
+def test_etcd_bin_picks_the_same_minor_version_else_the_oldest_newer_else_the_newest(
+        write_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """recovery.throwaway.choose_etcd on the real binaries (their `--version`), and what it refuses."""
+    etcd34, etcd35 = (Path(ETCD_RELEASES[version].check().etcd) for version in ("3.4", "3.5"))
+    picked = {wanted: choose_etcd([etcd35, etcd34], wanted).version
+              for wanted in ("3.4.23", "3.5.9", "3.3.1", "3.6.0", "unknown", None)}
+    assert {wanted: version[:3] for wanted, version in picked.items()} == {
+        "3.4.23": "3.4", "3.5.9": "3.5", "3.3.1": "3.4", "3.6.0": "3.5", "unknown": "3.5", None: "3.5"}, picked
+    with pytest.raises(ThrowawayFailed, match=r"/bin/true is not an etcd server"):
+        choose_etcd([Path("/bin/true")], "3.5.1")
+    with pytest.raises(SystemExit) as refused:
+        main(["restore", "--config", str(write_config()), "--to-revision", "5", "--data-dir", str(tmp_path / "d"),
+              "--etcd-bin", str(tmp_path / "missing")])
+    assert refused.value.code == 2
+    assert f"--etcd-bin {tmp_path / 'missing'}: not an executable file" in capsys.readouterr().err
