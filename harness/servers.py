@@ -36,7 +36,6 @@ class EtcdRelease:
     etcdctl: str
     etcdutl: str | None
 
-
     def check(self) -> EtcdRelease:
         """This release, if its programs are installed; else a failure that says how to install them."""
         if not all(os.access(program, os.X_OK) for program in (self.etcd, self.etcdctl, self.etcdutl) if program):

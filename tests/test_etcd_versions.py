@@ -26,6 +26,7 @@ from harness.writer import keys_at
 from recovery.throwaway import ThrowawayFailed, choose_etcd
 from recovery.verify import verify_file
 from tests.test_deltas import PERIOD, deltas_during_writes
+from tests.test_encryption import put_keys
 
 # The point-in-time tests share test_deltas' group: the in-memory apply dirs it checks for leftovers are also theirs.
 pytestmark = pytest.mark.xdist_group("point-in-time")
@@ -43,20 +44,11 @@ TOOLS = {
 is deprecated, not gone), and etcd 3.5's etcdutl (taken over etcdctl when on the PATH)."""
 
 
-def write_keys(etcd: EtcdServer, prefix: str, count: int = 10) -> dict[str, bytes]:
-    client = etcd.client()
-    written = {f"{prefix}key-{number}": f"value-{number}".encode() for number in range(count)}
-    for key, value in written.items():
-        client.put(key, value)
-    client.close()
-    return written
-
-
 @on_each_etcd
 def test_the_seed_contract_post_list_get_on_each_etcd(service: Service, etcd: EtcdServer, tmp_path: Path) -> None:
     """POST takes a backup with the original answer, GET lists it and serves it; the metadata records the etcd
     version it came from, and the archive verifies."""
-    write_keys(etcd, f"/seed-{tmp_path.name}/")
+    put_keys(etcd, f"/seed-{tmp_path.name}")
     response = service.client.post("/api/v1/backup")
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
@@ -84,7 +76,7 @@ def test_verify_and_restore_with_each_tool_then_each_etcd_starts_the_data_dir(
     when there is one), then started by etcd 3.4 and by etcd 3.5: each serves every key. (etcd supports both
     directions: a snapshot restore writes a new member, whose cluster version the etcd that starts it sets.)"""
     prefix = f"/versions-{tmp_path.name}/"
-    written = write_keys(etcd, prefix)
+    written = put_keys(etcd, prefix.rstrip("/"))
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     backup = service.config.backup_dir / name
     etcdctl, etcdutl = TOOLS[tool]
@@ -150,6 +142,7 @@ def test_the_drill_starts_the_etcd_of_the_backups_version_and_says_which(
            f"passed on etcd {crossed.etcd_version}")
 
 
+@pytest.mark.slow
 @on_each_etcd
 def test_a_point_in_time_restore_applies_the_deltas_in_the_etcd_of_the_backups_version(
         make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, both_etcds: list[str],
