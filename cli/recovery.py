@@ -80,7 +80,7 @@ def add_commands(commands: Commands) -> None:
     verify = add_command(
         commands, "verify", run, "check a backup: exit 0 if it is good, 1 if not, 3 if it cannot be checked here",
         "Checks gzip and tar, the one .db member, its SHA-256 trailer and the database itself (etcdctl\n"
-        "snapshot status). Needs etcdctl (etcd 3.4) or etcdutl (3.5+) on the PATH.",
+        "snapshot status). Needs etcdctl (etcd 3.4, 3.5) or etcdutl (3.5+; etcd 3.6's etcdctl cannot) on the PATH.",
         ["etcd-backup verify snapshot-20261127_060000.tar.gz",
          "etcd-backup verify http://backup-host:8080/api/v1/backup/snapshot-20261127_060000.tar.gz",
          "etcd-backup verify snapshot-20261127_060000.tar.gz.age --identity ~/etcd-backup.key"],
