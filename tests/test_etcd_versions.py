@@ -113,6 +113,7 @@ def both_etcds() -> list[str]:
     return [ETCD_RELEASES[version].check().etcd for version in ETCD_VERSIONS]
 
 
+@pytest.mark.slow
 @on_each_etcd
 def test_the_drill_starts_the_etcd_of_the_backups_version_and_says_which(
         make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, both_etcds: list[str],
