@@ -162,10 +162,12 @@ def plan_deltas(store: BackupStore, decisions: list[Decision], now: datetime) ->
 
 
 def _oldest_restorable(store: BackupStore, decisions: list[Decision], now: datetime) -> tuple[str, int] | None:
-    """The oldest kept backup a restore can start from, and its revision."""
+    """The oldest kept backup taken from etcd that a restore can start from, and its revision (the compacted ones
+    kept are newer, and their names' order need not be their revisions')."""
     for decision in reversed(decisions):  # oldest first
         name = decision.name
-        if decision.keep and not backups.is_stale(name) and not backups.is_future(name, now):
+        if decision.keep and not backups.is_stale(name) and not backups.is_future(name, now) \
+                and not backups.is_compacted(name):
             metadata = store.read_metadata(name)
             if metadata is not None:
                 return name, metadata.revision

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,8 +68,9 @@ def served(data_dir: Path, name: str = "default", peer_url: str | None = None) -
 
 
 def write_round(client: Any, round_: int, revoke: Any | None, steps: int = 140) -> Any:
-    """About `steps` + 10 revisions: overwrites of the steady keyset, deletes and puts back, a txn of several puts, keys put
-    with a new lease (an hour's TTL), and the previous round's lease revoked (its keys deleted). Return the lease."""
+    """About `steps` + 10 revisions: overwrites of the steady keyset, deletes and puts back, a txn of several puts,
+    keys put with a new lease (an hour's TTL), and the previous round's lease revoked (its keys deleted). Return
+    the lease."""
     lease = client.lease(3600)
     for number in range(3):
         client.put(f"/leased/{round_}/{number}", f"leased {round_}", lease=lease)
@@ -125,7 +125,7 @@ def test_compacted_backups_equal_etcd_at_their_revision_and_bound_what_a_restore
             lease = write_round(client, round_, lease)
             wait_stored(redis_conn, current_revision(own_etcd.url))
             result = compact(redis_conn)
-            assert result["backup"] is not None, result
+            assert result["backup"] is not None, (result, store.list_deltas(), store.list_backups())
             compacted.append(result["backup"])
         write_round(client, 3, lease, steps=COMPACT_AFTER // 2)
         end = current_revision(own_etcd.url)

@@ -13,7 +13,8 @@ _check_follows_backup).
 
 The snapshot is archived like any backup (worker.backup's streaming archive: gzip, age encryption, the signature of
 its metadata with `signing`) as `snapshot-<time>.compacted.tar.gz`: <time> is when the watcher received the
-reached revision, so that the order of names is the order of revisions. Its metadata records the reached revision
+reached revision (or a second after the base's, if that is later), so that the order of names is the order of
+revisions. Its metadata records the reached revision
 (revision = revision_at_end), the key count there, the backup it was made from (`compacted_from`) and the range of
 delta revisions applied (`compacted_revisions`).
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import grpc
 import redis
@@ -56,6 +57,10 @@ logger = logging.getLogger(__name__)
 TIMEOUT = 600.0
 """Seconds etcd's compaction, its defragmentation, or the key count may take in the throwaway etcd (a few seconds
 for a 300 MB database on the README's machine)."""
+
+
+class NotCompacted(Exception):
+    """Nothing wrong, but no compacted backup now; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -95,32 +100,36 @@ def run_compaction(config: Config, connection: redis.Redis, job_id: str) -> Comp
     base, metadata, _ = found
     try:
         name, events = _compact(config, store, connection, job_id, base, metadata, began)
+    except NotCompacted as exc:
+        logger.warning("compaction of %s: %s", base, exc)
+        return CompactionResult(None, f"compaction of {base}: {exc}", round(time.monotonic() - began, 3))
     except (RestoreError, VerifyError, CannotVerify, BackupError, StorageError) as exc:
         logger.error("compaction of %s failed: %s", base, exc)
         return CompactionResult(None, f"compaction of {base} failed: {exc}", round(time.monotonic() - began, 3))
     seconds = round(time.monotonic() - began, 3)
-    if name is None:
-        return CompactionResult(None, f"compaction of {base}: skipped, see the worker's log", seconds)
     retention.prune(store, clock(), config.rotate, config.retention, protect=name)
     return CompactionResult(name, f"compacted {base} and {events} events of deltas after it", seconds, events)
 
 
 def _compact(config: Config, store: BackupStore, connection: redis.Redis, job_id: str, base: str,
-             metadata: BackupMetadata, began: float) -> tuple[str | None, int]:
+             metadata: BackupMetadata, began: float) -> tuple[str, int]:
     identities = identities_of(config.identity_file)
     deltas, reached = unbroken_from(store, metadata.revision, identities)
     last = parse_delta_name(deltas[-1]) if deltas else None
     if last is None or last.last != reached or reached - metadata.revision < config.compact_after_revisions:
-        logger.warning("compaction of %s: the deltas after it break at revision %d, fewer than "
-                       "compact-after-revisions past it (a missing or damaged delta): not compacted", base, reached)
-        return None, 0
-    # Named after the second the watcher received the reached revision (its delta's name says it, rounded down).
-    received = last.last_seen
+        raise NotCompacted(f"the deltas after it break at revision {reached}, fewer than compact-after-revisions "
+                           "past it (a missing or damaged delta): not compacted")
+    # Named after the second the watcher received the reached revision (its delta's name says it, rounded down),
+    # and at least a second after its base: within the base's second a compacted name sorts first, and the next
+    # compaction, retention and a restore would take the base for the newer.
+    base_time = backups.backup_time(base)
+    assert base_time is not None, base
+    received = max(last.last_seen, base_time + timedelta(seconds=1))
     name = backups.backup_name(received, encrypted=config.encryption is not None, compacted=True)
-    if name in store.taken_names() or backups.is_future(name, redis_clock(connection)()):
-        logger.warning("compaction of %s: %s is taken, or named in the future (the watcher's clock is ahead): "
-                       "not compacted now", base, name)
-        return None, 0
+    if name in store.taken_names():
+        raise NotCompacted(f"{name} is taken (a compaction of that second): not compacted now")
+    if backups.is_future(name, redis_clock(connection)()):
+        raise NotCompacted(f"{name} would be named in the future (the watcher's clock is ahead): not compacted now")
     plan = Plan(base, metadata, deltas, reached)
     with private_workdir(COMPACT_PREFIX) as work, \
             applied_in_throwaway(config, store, plan, work, config.identity_file, logger.info) as (member, events):
