@@ -153,8 +153,8 @@ def _compact(config: Config, store: BackupStore, connection: redis.Redis, job_id
         except grpc.RpcError as exc:
             raise RestoreError(f"the throwaway etcd failed: {etcd.describe_rpc_error(exc, TIMEOUT)}") from None
     logger.info("compacted backup %s: %s and %d events of %d deltas (revisions %d-%d), %d bytes, %d keys, "
-                "database %d bytes", name, base, events, len(deltas), metadata.revision + 1, reached,
-                compacted.filesize, key_count, compacted.db_size)
+                "database %d bytes, in %.1f s", name, base, events, len(deltas), metadata.revision + 1, reached,
+                compacted.filesize, key_count, compacted.db_size, time.monotonic() - began)
     return name, events
 
 
