@@ -45,8 +45,9 @@ from common.storage import open_store
 
 logger = logging.getLogger(__name__)
 
-COMPACTION_CHECK = "*/10 * * * * *"
-"""Every 10 seconds (cron with seconds): a compaction is queued at most that long after it is due."""
+COMPACTION_CHECK = "* * * * * */10"
+"""Every 10 seconds (croniter reads a sixth field as seconds): a compaction is queued at most that long after it
+is due."""
 TICK_KEY_TTL = 86400
 """Seconds a claimed tick is remembered (any scheduler that is that late gives up the tick anyway)."""
 

@@ -17,9 +17,8 @@ import redis
 from rq.job import JobStatus
 
 from common import backups, retention
-from common.config import RetentionConfig
+from common.config import RetentionConfig, next_fire
 from common.deltas import decode_delta
-from common.queue import enqueue_compaction, job_queue
 from common.storage import BackupStore
 from harness.cli import etcd_backup
 from harness.in_process import Service
@@ -28,6 +27,7 @@ from harness.processes import wait_until
 from harness.report import Report
 from harness.servers import EtcdServer, etcdctl
 from harness.writer import current_revision
+from scheduler.cron import COMPACTION_CHECK, BackupScheduler, run_compaction_tick
 from tests.test_deltas import wait_stored, watcher
 from worker.drill import run_drill
 
@@ -88,9 +88,11 @@ def write_round(client: Any, round_: int, revoke: Any | None, steps: int = 140) 
     return lease
 
 
-def compact(connection: redis.Redis) -> dict[str, Any]:
-    """Queue a compaction (as the scheduler does) and wait for a worker's result."""
-    job = enqueue_compaction(job_queue(connection))
+def compact(service: Service, connection: redis.Redis) -> dict[str, Any] | None:
+    """The scheduler's compaction tick; the result of the compaction a worker ran if it queued one, else None."""
+    job = run_compaction_tick(service.config, connection, datetime.now(UTC), "test")
+    if job is None:
+        return None
     wait_until(lambda: job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED), 120,
                "the compaction job")
     assert job.get_status() == JobStatus.FINISHED, job.latest_result()
@@ -124,13 +126,13 @@ def test_compacted_backups_equal_etcd_at_their_revision_and_bound_what_a_restore
         for round_ in (1, 2):
             lease = write_round(client, round_, lease)
             wait_stored(redis_conn, current_revision(own_etcd.url))
-            result = compact(redis_conn)
-            assert result["backup"] is not None, (result, store.list_deltas(), store.list_backups())
+            result = compact(service, redis_conn)
+            assert result is not None and result["backup"] is not None, (result, store.list_backups())
             compacted.append(result["backup"])
         write_round(client, 3, lease, steps=COMPACT_AFTER // 2)
         end = current_revision(own_etcd.url)
         wait_stored(redis_conn, end)
-        assert compact(redis_conn)["backup"] is None  # fewer than COMPACT_AFTER revisions since the last: not due
+        assert compact(service, redis_conn) is None  # fewer than COMPACT_AFTER revisions since the last: not due
 
     first, second = (store.read_metadata(name) for name in compacted)
     assert first is not None and second is not None
@@ -205,6 +207,19 @@ def test_compacted_backups_equal_etcd_at_their_revision_and_bound_what_a_restore
            f"{second.db_size} bytes (etcd's own grew by ~{history} a round); each restore equals etcd there key for "
            f"key (value, create/mod revision, version, lease), also tar xzf + etcdctl snapshot restore; events "
            f"applied {applied}; the planted copy unlisted and unused")
+
+
+def test_the_scheduler_looks_every_10_seconds_when_deltas_and_compaction_are_on(
+        make_service: Callable[..., Service], redis_conn: redis.Redis) -> None:
+    now = datetime.now(UTC)
+    first = next_fire(COMPACTION_CHECK, now)
+    assert timedelta(0) < first - now <= timedelta(seconds=10) \
+        and next_fire(COMPACTION_CHECK, first) - first == timedelta(seconds=10)
+    ticks = {service.config.compact_after_revisions: [tick.func_name for tick in
+                                                      BackupScheduler(service.config, redis_conn)._cron_jobs]
+             for service in (make_service(worker=False, deltas=True), make_service(
+                 worker=False, deltas=True, compact_after_revisions=0))}
+    assert ticks == {100_000: ["worker.jobs.compact_backups"], 0: []}
 
 
 def test_retention_counts_compacted_backups_apart() -> None:
