@@ -92,8 +92,10 @@ def run_compaction_tick(config: Config, connection: redis.Redis, tick: datetime,
     """Queue a compaction (a worker runs it) if the deltas after the newest backup reach compact-after-revisions
     past it. No tick is claimed (a key every 10 s would pile up in Redis): two schedulers that both find it due
     queue one compaction, as the second joins the first's (common.queue.enqueue_or_join)."""
-    from worker.compact import due  # the worker's own test of it; imported only by a scheduler that compacts
+    from worker.compact import BACKOFF_KEY, due  # the worker's own; imported only by a scheduler that compacts
 
+    if connection.exists(BACKOFF_KEY):  # the last compaction failed: none for a while (its TTL)
+        return None
     found = due(config, open_store(config), redis_clock(connection)())
     if found is None:
         return None

@@ -18,7 +18,7 @@ from rq.job import JobStatus
 
 from common import backups, retention
 from common.config import RetentionConfig, next_fire
-from common.deltas import decode_delta
+from common.deltas import DeltaName, decode_delta
 from common.storage import BackupStore
 from harness.cli import etcd_backup
 from harness.in_process import Service
@@ -29,6 +29,7 @@ from harness.servers import EtcdServer, etcdctl
 from harness.writer import current_revision
 from scheduler.cron import COMPACTION_CHECK, BackupScheduler, run_compaction_tick
 from tests.test_deltas import wait_stored, watcher
+from worker.compact import BACKOFF_KEY, BACKOFF_SECONDS
 from worker.drill import run_drill
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("point-in-time")]
@@ -220,6 +221,24 @@ def test_the_scheduler_looks_every_10_seconds_when_deltas_and_compaction_are_on(
              for service in (make_service(worker=False, deltas=True), make_service(
                  worker=False, deltas=True, compact_after_revisions=0))}
     assert ticks == {100_000: ["worker.jobs.compact_backups"], 0: []}
+
+
+def test_a_compaction_that_cannot_be_made_holds_the_next_off_and_says_why(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis) -> None:
+    """A damaged delta right after the newest backup: the compaction restores nothing, says why, and the scheduler
+    queues none for BACKOFF_SECONDS (rather than read every delta again every 10 seconds)."""
+    service = make_service(deltas=True, compact_after_revisions=100)
+    base = service.store.read_metadata(service.client.post("/api/v1/backup").get_json()["filename"])
+    assert base is not None
+    when = datetime.now(UTC).replace(microsecond=0)
+    damaged = str(DeltaName(base.revision + 1, base.revision + 500, when, when, False))
+    service.plant(damaged, b"not a delta")
+    redis_conn.delete(BACKOFF_KEY)
+    result = compact(service, redis_conn)
+    assert result is not None and result["backup"] is None and "break at revision" in result["reason"], result
+    assert redis_conn.ttl(BACKOFF_KEY) > BACKOFF_SECONDS - 60
+    assert run_compaction_tick(service.config, redis_conn, datetime.now(UTC), "test") is None
+    redis_conn.delete(BACKOFF_KEY)
 
 
 def test_retention_counts_compacted_backups_apart() -> None:

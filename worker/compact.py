@@ -54,6 +54,11 @@ from worker.leases import backup_lock
 
 logger = logging.getLogger(__name__)
 
+BACKOFF_KEY = "etcd-backup:compaction-backoff"
+"""Set (with BACKOFF_SECONDS' TTL) by a compaction that failed or found nothing to do although due: the scheduler
+queues none while it is there, so that a broken chain or a missing identity does not restore the whole database
+every 10 seconds."""
+BACKOFF_SECONDS = 600
 TIMEOUT = 600.0
 """Seconds etcd's compaction, its defragmentation, or the key count may take in the throwaway etcd (a few seconds
 for a 300 MB database on the README's machine)."""
@@ -79,6 +84,8 @@ def due(config: Config, store: BackupStore, now: datetime) -> tuple[str, BackupM
     metadata file only (a delta's name carries its revisions): the scheduler asks every minute."""
     if not config.deltas or config.compact_after_revisions == 0:
         return None
+    if config.encryption is not None and config.identity_file is None:  # the base cannot be opened: never due
+        return None
     try:
         base, metadata = _base_backup(store, END_OF_DELTAS, now)
     except RestoreError:  # no backup with metadata yet: nothing to start from
@@ -101,10 +108,12 @@ def run_compaction(config: Config, connection: redis.Redis, job_id: str) -> Comp
     try:
         name, events = _compact(config, store, connection, job_id, base, metadata, began)
     except NotCompacted as exc:
-        logger.warning("compaction of %s: %s", base, exc)
+        logger.warning("compaction of %s: %s; the next in %d s at the earliest", base, exc, BACKOFF_SECONDS)
+        connection.set(BACKOFF_KEY, str(exc)[:500], ex=BACKOFF_SECONDS)
         return CompactionResult(None, f"compaction of {base}: {exc}", round(time.monotonic() - began, 3))
     except (RestoreError, VerifyError, CannotVerify, BackupError, StorageError) as exc:
-        logger.error("compaction of %s failed: %s", base, exc)
+        logger.error("compaction of %s failed: %s; the next in %d s at the earliest", base, exc, BACKOFF_SECONDS)
+        connection.set(BACKOFF_KEY, str(exc)[:500], ex=BACKOFF_SECONDS)
         return CompactionResult(None, f"compaction of {base} failed: {exc}", round(time.monotonic() - began, 3))
     seconds = round(time.monotonic() - began, 3)
     retention.prune(store, clock(), config.rotate, config.retention, protect=name)
