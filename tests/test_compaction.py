@@ -32,7 +32,7 @@ from tests.test_deltas import wait_stored, watcher
 from worker.compact import BACKOFF_KEY, BACKOFF_SECONDS
 from worker.drill import run_drill
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("point-in-time")]
+pytestmark = pytest.mark.xdist_group("point-in-time")
 COMPACT_AFTER = 100
 KEYS = 20
 VALUE_BYTES = 2048
@@ -111,6 +111,7 @@ def events_between(store: BackupStore, after: int, upto: int) -> int:
     return sum(seen.values())
 
 
+@pytest.mark.slow
 def test_compacted_backups_equal_etcd_at_their_revision_and_bound_what_a_restore_applies(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
         report: Report) -> None:
