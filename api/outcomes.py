@@ -27,6 +27,7 @@ from common.backups import backup_time
 from common.jobs import read_backup_result
 from common.queue import (
     BACKUP_JOB,
+    COMPACT_JOB,
     DRILL_JOB,
     ERROR_META,
     HEARTBEAT_TTL,
@@ -123,6 +124,7 @@ ANSWERS: dict[str, KindAnswers] = {
                             no_verdict="could not verify the backup"),
     # A drill that ran reports passed or not in its body; "failed" is a drill that could not run.
     DRILL_JOB: KindAnswers("drill", "drill done", "drill failed", 500),
+    COMPACT_JOB: KindAnswers("compaction", "compaction done", "compaction failed", 500),
 }
 """Every kind of job, by its function (common.queue.read_job gives no other)."""
 LOST_CAUSE = ("the worker taking the backup stopped answering before it reported a result "

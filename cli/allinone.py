@@ -13,7 +13,7 @@ from api import create_app
 from api.server import gunicorn_settings
 from common import queue
 from common.config import Config
-from scheduler.cron import start_thread_scheduler
+from scheduler.cron import compacts, start_thread_scheduler
 from worker.deltas import start_thread_watcher
 from worker.runner import ThreadWorker, start_thread_worker
 
@@ -36,7 +36,7 @@ class AllInOneServer(BaseApplication):  # type: ignore[misc]
         # Runs in the gunicorn worker process, so the embedded Redis is created after fork().
         connection = queue.connect(self.config)
         self.worker = start_thread_worker(self.config, connection)
-        if self.config.schedule is not None or self.config.drill is not None:
+        if self.config.schedule is not None or self.config.drill is not None or compacts(self.config):
             self.scheduler = start_thread_scheduler(self.config, connection)
         if self.config.deltas:
             self.watcher = start_thread_watcher(self.config, connection)

@@ -155,15 +155,15 @@ def worker(args: argparse.Namespace) -> None:
 def scheduler(args: argparse.Namespace) -> None:
     config = _service_config(args)
     exit_unless_shared_queue(config, "a scheduler runs apart from the API")
-    if config.schedule is None and config.drill is None:
+    from scheduler.cron import compacts, run_scheduler
+
+    if config.schedule is None and config.drill is None and not compacts(config):
         # Idle rather than exit: a Procfile runner (foreman, honcho) stops every process when one ends.
         logging.getLogger("scheduler").warning("the config sets no schedule: idle until stopped")
         stop_signals = {signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         signal.sigwait(stop_signals)
         return
-    from scheduler.cron import run_scheduler
-
     run_scheduler(config)
 
 

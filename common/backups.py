@@ -1,7 +1,8 @@
 """Backup names, and the order in time they give, whatever store (common.storage) holds the backups.
 
-Only names of the form `snapshot-YYYYMMDD_HHMMSS.tar.gz` (`.tar.gz.age` when encrypted, common.encryption)
-are backups. Everything else in the
+Only names of the form `snapshot-YYYYMMDD_HHMMSS.tar.gz` (`.tar.gz.age` when encrypted, common.encryption;
+`.stale.tar.gz` from a member that could not prove it current; `.compacted.tar.gz` made by the worker from a
+backup and its deltas, worker.compact) are backups. Everything else in the
 store (temp files, an operator's notes, a symlink) is never listed, served or deleted.
 """
 
@@ -20,8 +21,13 @@ ENCRYPTED_SUFFIX = ".age"
 """After BACKUP_SUFFIX in the name of a backup encrypted with age: the same .tar.gz, encrypted."""
 STALE_MARK = ".stale"
 """In the name of a backup taken from a member that could not prove it current (allow-stale-member)."""
+COMPACTED_MARK = ".compacted"
+"""In the name of a compacted backup (worker.compact): not streamed from etcd, but made by the worker from a full
+backup and the deltas after it, in a throwaway etcd; named after when the watcher received its revision. It sorts
+before a backup taken from etcd in the same second ('.c' < '.t'), and never takes its name."""
 NAME_TIME_FORMAT = "%Y%m%d_%H%M%S"
-BACKUP_NAME = re.compile(r"snapshot-(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:\.stale)?\.tar\.gz(?:\.age)?")
+BACKUP_NAME = re.compile(
+    r"snapshot-(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?:\.stale|\.compacted)?\.tar\.gz(?:\.age)?")
 METADATA_SUFFIX = ".json"
 """A backup's metadata (common.metadata) is in a file named after the archive, plus this."""
 FUTURE_TOLERANCE = timedelta(seconds=60)
@@ -35,10 +41,12 @@ newest until the clock passes it.
 """
 
 
-def backup_name(started: datetime, stale: bool = False, encrypted: bool = False) -> str:
+def backup_name(started: datetime, stale: bool = False, encrypted: bool = False, compacted: bool = False) -> str:
     """Return the archive name for a snapshot started at `started` (UTC); `stale` marks one from a member
-    that could not prove it current (is_stale), `encrypted` one encrypted with age (is_encrypted)."""
-    return (f"snapshot-{started.astimezone(UTC).strftime(NAME_TIME_FORMAT)}{STALE_MARK if stale else ''}"
+    that could not prove it current (is_stale), `encrypted` one encrypted with age (is_encrypted), `compacted`
+    one the worker made from a backup and its deltas (is_compacted)."""
+    mark = STALE_MARK if stale else COMPACTED_MARK if compacted else ""
+    return (f"snapshot-{started.astimezone(UTC).strftime(NAME_TIME_FORMAT)}{mark}"
             f"{BACKUP_SUFFIX}{ENCRYPTED_SUFFIX if encrypted else ''}")
 
 
@@ -52,6 +60,13 @@ def is_stale(name: str) -> bool:
     """Whether backup `name` is from a member that could not prove it current: taken only with
     allow-stale-member, when no member could; never "the newest backup", which is always current."""
     return name.removesuffix(ENCRYPTED_SUFFIX).endswith(STALE_MARK + BACKUP_SUFFIX)
+
+
+def is_compacted(name: str) -> bool:
+    """Whether backup `name` was made by the worker from a backup and its deltas (worker.compact), not taken
+    from etcd: a restore starts from it like from any backup, but it never counts as "the newest backup" taken
+    (the metrics' last success, skip-unchanged) and retention counts it apart."""
+    return name.removesuffix(ENCRYPTED_SUFFIX).endswith(COMPACTED_MARK + BACKUP_SUFFIX)
 
 
 def is_encrypted(name: str) -> bool:
@@ -103,10 +118,11 @@ def is_future(name: str, now: datetime) -> bool:
     return name > _after_second(now + FUTURE_TOLERANCE)
 
 
-def newest(names: list[str], now: datetime, stale: bool = False) -> str | None:
-    """The newest current backup of `names` (with `stale`: the newest stale one) that is not named in the
-    future, if any."""
-    ordered = in_time_order([name for name in names if is_stale(name) == stale], now)
+def newest(names: list[str], now: datetime, stale: bool = False, compacted: bool = False) -> str | None:
+    """The newest current backup taken from etcd of `names` (with `stale`: the newest stale one; with
+    `compacted`: compacted backups count too) that is not named in the future, if any."""
+    ordered = in_time_order([name for name in names if is_stale(name) == stale
+                             and (compacted or not is_compacted(name))], now)
     return ordered[-1] if ordered and not is_future(ordered[-1], now) else None
 
 

@@ -3,7 +3,7 @@
 Whoever can write to Redis can put any job hash in the queue: a function name such as
 `subprocess.call` with chosen arguments, callbacks (`on_success`, ...), webhooks, retries, a zlib
 bomb as its data. RQ itself imports and calls whatever a job names. `TrustedJob` is the only job
-class the workers use: it imports nothing but the three functions below, never a callback or a
+class the workers use: it imports nothing but the four functions below, never a callback or a
 webhook, and `refusal()` says why a job is not one that this service's API or scheduler enqueues, so
 that the worker fails it without running anything.
 """
@@ -29,6 +29,7 @@ QUEUE_NAME = "etcd-backup"
 BACKUP_JOB = "worker.jobs.take_backup"
 DRILL_JOB = "worker.jobs.restore_drill"
 VERIFY_JOB = "worker.jobs.verify_backup"
+COMPACT_JOB = "worker.jobs.compact_backups"
 JOB_TIMEOUT = 3600
 """Seconds a worker may spend on one job (etcd's 8 GiB maximum streams in a few minutes)."""
 
@@ -70,6 +71,7 @@ ARGUMENT_CHECKS: dict[str, Callable[[list[Any], dict[str, Any]], str | None]] = 
     BACKUP_JOB: _no_arguments,
     DRILL_JOB: _no_arguments,
     VERIFY_JOB: _one_backup_name,
+    COMPACT_JOB: _no_arguments,
 }
 """The functions a worker runs, each with the check of the arguments a job may give it (in Redis; the
 worker passes its own config before them: worker.runner.ConfiguredJob)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.backups import ENCRYPTED_SUFFIX, backup_time
+from common.backups import ENCRYPTED_SUFFIX, backup_time, is_compacted
 
 SIGNED_CONTEXT = b"etcd-backup metadata 1\n"
 """Begins what a metadata signature signs: no other object's signature (a delta's) can pass for one."""
@@ -68,6 +68,11 @@ class BackupMetadata:
     recipients: list[str] | None = None
     """The public keys an encrypted backup (`...tar.gz.age`) was encrypted to; None: not encrypted. Never
     an identity: those are not the service's to record."""
+    compacted_from: str | None = None
+    """For a compacted backup (worker.compact): the backup it was made from, with the deltas after it; None: taken
+    from etcd. Written (and signed) only when set, so that metadata written before it still reads and verifies."""
+    compacted_revisions: list[int] | None = None
+    """For a compacted backup: the first and last revision of the deltas applied to `compacted_from`."""
     signature: str | None = None
     """Ed25519 signature of everything above (signed_message), by the service's signing key (common.signing);
     None: taken without one."""
@@ -94,7 +99,8 @@ class BackupMetadata:
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict(): its deep copy was half the time of a 1,000-backup detail listing.
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        return {field.name: value for field in fields(self)
+                if (value := getattr(self, field.name)) is not None or field.name not in WRITTEN_WHEN_SET}
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), indent=1).encode()
@@ -130,6 +136,11 @@ def _started_in_named_second(started: datetime, name: str) -> bool:
     return named is not None and named <= started < named + timedelta(seconds=1)
 
 
+WRITTEN_WHEN_SET = frozenset({"compacted_from", "compacted_revisions"})
+"""Fields added after signing was: left out when None, so that earlier metadata's signed message is unchanged (and
+a service of before them still reads what this one writes of a backup taken from etcd)."""
+
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]{0,200}")
 """Printable ASCII: etcd_version goes into a response header."""
@@ -160,4 +171,15 @@ def _values_fit(metadata: BackupMetadata) -> bool:
             and all(type(alarm) is str for alarm in metadata.alarms or ())
             and all(type(key) is str for key in metadata.recipients or ())
             and (metadata.signature is None or len(metadata.signature) < 200)
-            and (metadata.recipients is not None) == metadata.filename.endswith(ENCRYPTED_SUFFIX))
+            and (metadata.recipients is not None) == metadata.filename.endswith(ENCRYPTED_SUFFIX)
+            and _compaction_fits(metadata))
+
+
+def _compaction_fits(metadata: BackupMetadata) -> bool:
+    """A compacted backup's name and metadata say so together, with the range of deltas it applied to its base."""
+    if metadata.compacted_from is None:
+        return metadata.compacted_revisions is None and not is_compacted(metadata.filename)
+    revisions = metadata.compacted_revisions
+    return (is_compacted(metadata.filename) and backup_time(metadata.compacted_from) is not None
+            and revisions is not None and len(revisions) == 2 and all(type(number) is int for number in revisions)
+            and 0 < revisions[0] <= revisions[1] == metadata.revision == metadata.revision_at_end)

@@ -24,6 +24,7 @@ from rq.serializers import JSONSerializer
 from common.clock import redis_clock
 from common.config import Config
 from common.jobs import BACKUP_JOB as BACKUP_JOB  # the job names are re-exported: callers know them from here
+from common.jobs import COMPACT_JOB as COMPACT_JOB
 from common.jobs import DRILL_JOB as DRILL_JOB
 from common.jobs import JOB_TIMEOUT, JOBS, TrustedJob, read_backup_result
 from common.jobs import QUEUE_NAME as QUEUE_NAME
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 PENDING_KEY = "etcd-backup:pending-job"
 """Id of the backup job that is queued and not yet started; POSTs that find one join it."""
-PENDING_KEYS = {BACKUP_JOB: PENDING_KEY, DRILL_JOB: "etcd-backup:pending-drill"}
+PENDING_KEYS = {BACKUP_JOB: PENDING_KEY, DRILL_JOB: "etcd-backup:pending-drill",
+                COMPACT_JOB: "etcd-backup:pending-compaction"}
 """The jobs that coalesce: one queued at a time, which later requests (and ticks) join. A verify job
 coalesces per backup, under VERIFY_PENDING_PREFIX + the backup's name (pending_key)."""
 VERIFY_PENDING_PREFIX = "etcd-backup:pending-verify:"
@@ -214,6 +216,12 @@ def _enqueue_unless_pending(pipe: Pipeline, queue: Queue, function: str, args: t
 def enqueue_drill(queue: Queue) -> Job:
     """Queue a restore drill of the newest backup (worker.drill, run by a worker), or join the queued one."""
     return enqueue_or_join(queue, DRILL_JOB)
+
+
+def enqueue_compaction(queue: Queue) -> Job:
+    """Queue a compaction of the newest backup and its deltas (worker.compact, run by a worker), or join the queued
+    one."""
+    return enqueue_or_join(queue, COMPACT_JOB)
 
 
 def enqueue_verify(queue: Queue, filename: str, max_queued: int | None) -> Job:

@@ -5,6 +5,10 @@ kops' etcd-manager keep theirs).
 
 A backup is kept if any rule keeps it; `rotate` then caps how many are kept; the newest backup is
 never deleted. Backup times come from the names, never from file dates.
+
+Compacted backups (worker.compact) are decided apart and count toward no rule: a compacted backup is kept while it
+is newer than the oldest kept backup taken from etcd (within the recovery window, where it bounds a restore's
+deltas), so that compactions never push a real backup out of `rotate`.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ def plan(names: list[str], now: datetime, rotate: int, retention: RetentionConfi
     keeps them (their age is unknown), and they are never "the newest". Stale backups are decided
     apart (_plan_stale): they never take the place of a current backup.
     """
-    current = [name for name in names if not backups.is_stale(name)]
+    current = [name for name in names if not backups.is_stale(name) and not backups.is_compacted(name)]
     stale = [name for name in names if backups.is_stale(name)]
+    compacted = [name for name in names if backups.is_compacted(name)]
     decisions = _plan_current(current, now, rotate, retention, protect)
     decisions += _plan_stale(stale, backups.newest(current, now), now, rotate, protect)
+    decisions += _plan_compacted(compacted, decisions, now, protect)
     order = {name: index for index, name in enumerate(backups.in_time_order(names, now)[::-1])}
     return sorted(decisions, key=lambda decision: order[decision.name])
 
@@ -61,6 +67,27 @@ def _plan_stale(names: list[str], newest_current: str | None, now: datetime, rot
             decisions.append(Decision(name, True, "stale, and newer than every current backup"))
         else:
             decisions.append(Decision(name, False, f"stale, beyond the newest {rotate} stale backups (rotate)"))
+    return decisions
+
+
+def _plan_compacted(names: list[str], decided: list[Decision], now: datetime, protect: str | None) -> list[Decision]:
+    """A compacted backup is kept while it is newer than the oldest kept backup taken from etcd: a restore to a
+    revision after it starts from it (and applies fewer deltas); before that, no delta is kept to restore from."""
+    kept_real = [decision.name for decision in decided if decision.keep and not backups.is_stale(decision.name)
+                 and not backups.is_future(decision.name, now)]
+    oldest = min(kept_real, default=None)
+    decisions = []
+    for name in names:
+        if name == protect:
+            decisions.append(Decision(name, True, "the compacted backup just made"))
+        elif backups.is_future(name, now):
+            decisions.append(Decision(name, False, "named in the future: its age is unknown, no rule keeps it"))
+        elif oldest is None or name > oldest:
+            decisions.append(Decision(name, True, "compacted, within the recovery window" + (
+                f" (after {oldest}, the oldest kept backup taken from etcd)" if oldest is not None else "")))
+        else:
+            decisions.append(Decision(name, False, f"compacted, older than {oldest}, the oldest kept backup taken "
+                                                   "from etcd: no restore starts from it"))
     return decisions
 
 
@@ -135,10 +162,12 @@ def plan_deltas(store: BackupStore, decisions: list[Decision], now: datetime) ->
 
 
 def _oldest_restorable(store: BackupStore, decisions: list[Decision], now: datetime) -> tuple[str, int] | None:
-    """The oldest kept backup a restore can start from, and its revision."""
+    """The oldest kept backup taken from etcd that a restore can start from, and its revision (the compacted ones
+    kept are newer, and their names' order need not be their revisions')."""
     for decision in reversed(decisions):  # oldest first
         name = decision.name
-        if decision.keep and not backups.is_stale(name) and not backups.is_future(name, now):
+        if decision.keep and not backups.is_stale(name) and not backups.is_future(name, now) \
+                and not backups.is_compacted(name):
             metadata = store.read_metadata(name)
             if metadata is not None:
                 return name, metadata.revision

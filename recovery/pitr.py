@@ -105,6 +105,13 @@ def plan_restore(store: BackupStore, target: Target, now: datetime, identities: 
     return Plan(backup, metadata, deltas, reached)
 
 
+def unbroken_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
+    """The deltas that follow `revision` without a break, up to the end of what is stored or the first missing or
+    damaged delta, and the revision they reach (worker.compact compacts no further)."""
+    deltas, reached, _, _ = _chain(store, revision, END_OF_DELTAS, identities)
+    return deltas, reached
+
+
 def reach_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
     """The deltas that follow `revision` without a break, to the end of what is stored, and the revision they
     reach; RestoreError if one on the way is missing or damaged."""
@@ -260,12 +267,24 @@ def read_delta(store: BackupStore, name: str, identities: list[Identity], events
 def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, member: Member, work: Path,
                identity_file: Path | None, say: Callable[[str], object]) -> int:
     """Restore `plan` into `data_dir` (checked by the caller), using `work` (beside it, private); return the
-    number of events applied. The deltas are applied in a throwaway etcd of config's etcd-bin, the one that suits
-    the backup's etcd_version (recovery.throwaway.choose_etcd)."""
+    number of events applied."""
+    snapshot = work / SNAPSHOT_NAME
+    with applied_in_throwaway(config, store, plan, work, identity_file, say) as (connection, events):
+        _save_snapshot(connection, snapshot)
+    restore(snapshot, data_dir, member)
+    return events
+
+
+@contextmanager
+def applied_in_throwaway(config: Config, store: BackupStore, plan: Plan, work: Path, identity_file: Path | None,
+                         say: Callable[[str], object]) -> Iterator[tuple[etcd.EtcdConnection, int]]:
+    """Verify the plan's backup, restore it into a throwaway etcd (in memory when there is room: _apply_dir),
+    apply the plan's deltas there, and yield a connection to it at the plan's revision and the events applied
+    (a restore snapshots it; worker.compact compacts it first). RestoreError for whatever fails. The throwaway etcd
+    is config's etcd-bin that suits the backup's etcd_version (recovery.throwaway.choose_etcd)."""
     identities = identities_of(identity_file)
     verified = verify_stored(store, plan.backup, work, plan.metadata, identity_file)
     say(f"{plan.backup}: {verified.report()}")
-    snapshot = work / SNAPSHOT_NAME
     try:
         binary = choose_etcd(config.etcd_bin, plan.metadata.etcd_version)
         say(f"applying the deltas in a throwaway {binary} (the backup was taken from etcd "
@@ -276,14 +295,12 @@ def restore_to(config: Config, store: BackupStore, plan: Plan, data_dir: Path, m
             verified.db_path.unlink()
             with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password, binary) as connection:
                 events = apply_plan(connection, store, plan, identities)
-                _save_snapshot(connection, snapshot)
+                say(f"applied {events} events of {len(plan.deltas)} deltas: etcd is at revision {plan.revision}")
+                yield connection, events
     except ThrowawayFailed as exc:
         raise RestoreError(str(exc)) from None
     except grpc.RpcError as exc:
         raise RestoreError(f"the throwaway etcd failed: {etcd.describe_rpc_error(exc, 10)}") from None
-    say(f"applied {events} events of {len(plan.deltas)} deltas: etcd is at revision {plan.revision}")
-    restore(snapshot, data_dir, member)
-    return events
 
 
 def _check_follows_backup(connection: etcd.EtcdConnection, plan: Plan, first: Delta) -> None:
@@ -405,6 +422,12 @@ def _operation(event: Event) -> etcdrpc.RequestOp:
     if event.kind == PUT:
         return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=event.key, value=event.value, lease=event.lease))
     return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=event.key))
+
+
+def leases_kept_alive(connection: etcd.EtcdConnection) -> _Leases:
+    """A context that keeps every lease the throwaway etcd holds now alive: worker.compact's, while it compacts
+    and snapshots (an expiry there would delete keys at a revision the original never had)."""
+    return _Leases(connection)
 
 
 class _Leases:

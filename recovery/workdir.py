@@ -29,7 +29,9 @@ POINT_IN_TIME_PREFIX = "etcd-backup-pitr-"
 """In /dev/shm: the throwaway etcd of a point-in-time restore."""
 SOCKET_PREFIX = "etcd-backup-socket-"
 """In /tmp: the short path to a throwaway etcd's socket (recovery.throwaway)."""
-PREFIXES = (DRILL_PREFIX, VERIFY_PREFIX, RESTORE_PREFIX, POINT_IN_TIME_PREFIX, SOCKET_PREFIX)
+COMPACT_PREFIX = "etcd-backup-compact-"
+"""worker.compact's: the base backup restored, its deltas applied, compacted and archived."""
+PREFIXES = (DRILL_PREFIX, COMPACT_PREFIX, VERIFY_PREFIX, RESTORE_PREFIX, POINT_IN_TIME_PREFIX, SOCKET_PREFIX)
 LOCK_NAME = ".in-use"
 """Held (flock) by the process using the directory; a directory without one is not ours to remove."""
 

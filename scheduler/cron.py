@@ -8,7 +8,10 @@ in Redis, signals); what a tick does is ours, in a `CronJob` subclass:
 - the backup job is enqueued like a POST's (common.queue.enqueue_or_join: JSON, no arguments),
   and joins a backup already queued instead of adding one;
 - with `skip-unchanged`, a tick finds etcd at the newest backup's revision and counts a skip;
-- the cron expression is read in UTC (RQ reads it in the host's local time).
+- the cron expression is read in UTC (RQ reads it in the host's local time);
+- with deltas and `compact-after-revisions`, every COMPACTION_CHECK a tick looks whether the deltas after the
+  newest backup reach that many revisions past it (names and one metadata file: worker.compact.due), and if so
+  queues a compaction (one queued at most), which a worker runs on its own throwaway etcd, never production's.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from common.config import Config, next_fire
 from common.metrics import record_outcome
 from common.queue import (
     BACKUP_JOB,
+    COMPACT_JOB,
     DRILL_JOB,
     QUEUE_NAME,
     connect,
+    enqueue_compaction,
     enqueue_drill,
     enqueue_or_join,
     job_queue,
@@ -40,6 +45,9 @@ from common.storage import open_store
 
 logger = logging.getLogger(__name__)
 
+COMPACTION_CHECK = "* * * * * */10"
+"""Every 10 seconds (croniter reads a sixth field as seconds): a compaction is queued at most that long after it
+is due."""
 TICK_KEY_TTL = 86400
 """Seconds a claimed tick is remembered (any scheduler that is that late gives up the tick anyway)."""
 
@@ -78,6 +86,29 @@ def run_drill_tick(config: Config, connection: redis.Redis, tick: datetime, sche
     job = enqueue_drill(job_queue(connection))
     logger.info("drill tick %s: drill job %s", tick.isoformat(), job.id)
     return job
+
+
+def run_compaction_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler: str) -> Job | None:
+    """Queue a compaction (a worker runs it) if the deltas after the newest backup reach compact-after-revisions
+    past it. No tick is claimed (a key every 10 s would pile up in Redis): two schedulers that both find it due
+    queue one compaction, as the second joins the first's (common.queue.enqueue_or_join)."""
+    from worker.compact import BACKOFF_KEY, due  # the worker's own; imported only by a scheduler that compacts
+
+    if connection.exists(BACKOFF_KEY):  # the last compaction failed: none for a while (its TTL)
+        return None
+    found = due(config, open_store(config), redis_clock(connection)())
+    if found is None:
+        return None
+    base, metadata, last = found
+    job = enqueue_compaction(job_queue(connection))
+    logger.info("compaction tick %s: the deltas reach revision %d, %d past %s: compaction job %s", tick.isoformat(),
+                last, last - metadata.revision, base, job.id)
+    return job
+
+
+def compacts(config: Config) -> bool:
+    """Whether the config has the scheduler queue compactions (deltas on, compact-after-revisions not 0)."""
+    return config.deltas and config.compact_after_revisions > 0
 
 
 def _unchanged_since(config: Config, connection: redis.Redis) -> str | None:
@@ -120,7 +151,7 @@ class Tick(CronJob):
 
 
 class BackupScheduler(CronScheduler):
-    """RQ's cron scheduler with our ticks: backups (`schedule`), restore drills (`drill`).
+    """RQ's cron scheduler with our ticks: backups (`schedule`), restore drills (`drill`), compactions.
     (RQ's register() only builds plain CronJobs from functions.)"""
 
     def __init__(self, config: Config, connection: redis.Redis) -> None:
@@ -129,6 +160,8 @@ class BackupScheduler(CronScheduler):
             self._cron_jobs.append(Tick(config, self.name, config.schedule, run_tick, BACKUP_JOB))
         if config.drill is not None:
             self._cron_jobs.append(Tick(config, self.name, config.drill, run_drill_tick, DRILL_JOB))
+        if compacts(config):
+            self._cron_jobs.append(Tick(config, self.name, COMPACTION_CHECK, run_compaction_tick, COMPACT_JOB))
 
     def run_until(self, stop: threading.Event) -> None:
         """start()'s loop for a thread (start() installs signal handlers: the main thread's job)."""

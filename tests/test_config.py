@@ -425,6 +425,12 @@ OUT_OF_BOUNDS: dict[str, tuple[tuple[str, ...], dict[str, Any], str, str]] = {
     "delta-period 10ms": (ALL_IN_ONE, {"delta-period": "10ms"}, "delta-period", "must be at least 100ms, got '10ms'"),
     "delta-period 1h": (ALL_IN_ONE, {"delta-period": "1h"}, "delta-period", "must be at most 10m, got '1h'"),
     "deltas yes": (ALL_IN_ONE, {"deltas": "yes"}, "deltas", "expected true or false, got a string"),
+    "compact-after-revisions 99": (ALL_IN_ONE, {"compact-after-revisions": 99}, "compact-after-revisions",
+                                   "must be 0 (never compact) or at least 100, got 99"),
+    "compact-after-revisions -1": (ALL_IN_ONE, {"compact-after-revisions": -1}, "compact-after-revisions",
+                                   "must be at least 0, got -1"),
+    "compact-after-revisions 10^10": (ALL_IN_ONE, {"compact-after-revisions": 10**10}, "compact-after-revisions",
+                                      "must be at most 1000000000"),
 }
 
 
@@ -451,6 +457,9 @@ def test_values_that_cannot_work_are_refused_with_one_line(tmp_path: Path, case:
     ({"retention": {"hourly": 876600, "daily": 36525, "weekly": 5217}}, "retention.weekly", 5217),
     ({"schedule": "0 0 1 1 *"}, "schedule", "0 0 1 1 *"), ({"drill": "* * * * * */2"}, "drill", "* * * * * */2"),
     ({"delta-period": "100ms"}, "delta_period", 0.1), ({"delta-period": "10m"}, "delta_period", 600.0),
+    ({"compact-after-revisions": 0}, "compact_after_revisions", 0),
+    ({"compact-after-revisions": 100}, "compact_after_revisions", 100),
+    ({"compact-after-revisions": 10**9}, "compact_after_revisions", 10**9),
 ])
 def test_the_bounds_themselves_are_accepted(tmp_path: Path, keys: dict[str, Any], attribute: str, value: Any) -> None:
     assert attrgetter(attribute)(parse({"etcd": {}, "backup-dir": str(tmp_path / "b"), **keys})) == value
@@ -504,7 +513,7 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
         "skip-unchanged": False,
         "drill": None,
         "allow-stale-member": False, "deltas": False, "delta-period": "10s", "max-queued-jobs": 100,
-        "etcd-bin": None,
+        "etcd-bin": None, "compact-after-revisions": 100_000,
     }
     report("`etcd-backup config check` on a config with every kind of secret (api-token and REDIS_URL "
            "from the environment, etcd password, inline TLS key)",

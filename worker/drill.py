@@ -1,4 +1,5 @@
-"""The restore drill: prove the newest backup restores, by restoring it and running etcd on it.
+"""The restore drill: prove the newest backup (compacted ones included) restores, by restoring it and running
+etcd on it.
 
 Verify the archive (against the digest and size its metadata recorded), restore it with etcd's tool
 into a private work dir, start a throwaway etcd there, check that it serves the backup's revision and
@@ -58,7 +59,8 @@ def run_drill(config: Config, connection: redis.Redis | None = None) -> DrillRes
     """Drill the newest backup; record and return the result."""
     began = time.monotonic()
     store = open_store(config)
-    newest = backups.newest(store.list_backups(), redis_clock(connection)())
+    # A compacted backup is drilled like any other: it is where a restore to a recent revision starts.
+    newest = backups.newest(store.list_backups(), redis_clock(connection)(), compacted=True)
     if newest is None:
         result = DrillResult(None, False, "no backup to drill", 0.0)
     else:

@@ -22,6 +22,7 @@ from common.storage import StorageError, open_store
 from recovery.verify import CannotVerify, VerifyError, verify_stored
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 from worker import backup
+from worker.compact import run_compaction
 from worker.drill import run_drill
 from worker.errors import BackupError
 from worker.leases import backup_lock, job_heartbeat
@@ -67,6 +68,17 @@ def restore_drill(config: Config) -> dict[str, object]:
         result = run_drill(config, job.connection)
     return {"backup": result.backup, "passed": result.passed, "reason": result.reason, "seconds": result.seconds,
             "etcd_version": result.etcd_version}
+
+
+def compact_backups(config: Config) -> dict[str, object]:
+    """Make a compacted backup of the newest backup and its deltas, if due (worker.compact)."""
+    job = get_current_job()
+    assert job is not None, "compact_backups runs only as an RQ job"
+    # From here on, the scheduler's checks queue a new compaction: this one is about to pick its backup.
+    queue.release_pending(job.connection, job.id, queue.COMPACT_JOB)
+    with job_heartbeat(job.connection, job.id):  # minutes for a big database; its temp file is tagged live by it
+        result = run_compaction(config, job.connection, job.id)
+    return {"backup": result.backup, "reason": result.reason, "seconds": result.seconds, "events": result.events}
 
 
 def verify_backup(config: Config, filename: str) -> dict[str, object]:

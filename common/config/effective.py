@@ -51,6 +51,7 @@ def effective_config(config: Config) -> dict[str, Any]:
         "allow-stale-member": config.allow_stale_member,
         "deltas": config.deltas,
         "delta-period": format_duration(config.delta_period),
+        "compact-after-revisions": config.compact_after_revisions,
         "max-queued-jobs": config.max_queued_jobs,
         "etcd-bin": [str(path) for path in config.etcd_bin] or None,  # None: `etcd` on the PATH
         **({} if config.s3 is None else {"s3": _s3_section(config)}),

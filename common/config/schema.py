@@ -17,6 +17,8 @@ DEFAULT_ETCD_TIMEOUT = "2s"
 DEFAULT_BACKUP_TIMEOUT = "5m"
 DEFAULT_GZIP_LEVEL = 1
 DEFAULT_DELTA_PERIOD = "10s"
+DEFAULT_COMPACT_AFTER_REVISIONS = 100_000
+"""About 100 s of writes at 1,000/s: a restore applies at most that many revisions past the nearest full backup."""
 DEFAULT_MAX_QUEUED_JOBS = 100
 """Verify jobs coalesce per backup, backups and drills to one queued each: 100 is room for a check of every
 backup of a long retention; each queued job holds about 1 KiB of Redis."""
@@ -160,6 +162,10 @@ class Config:
     """The all-in-one runs the delta watcher (worker.deltas) as a thread; `etcd-backup deltas` runs it alone."""
     delta_period: float = 10.0
     """Seconds between two deltas: the recovery point (how much is lost with etcd) is about this."""
+    compact_after_revisions: int = DEFAULT_COMPACT_AFTER_REVISIONS
+    """With deltas: once the deltas after the newest full backup reach this many revisions past it, a worker
+    compacts them into a new full backup (worker.compact), so that a restore applies at most about this many
+    revisions' events; 0: never."""
     signing: SigningConfig | None = None
     """Set: backups and deltas are signed, and only signed ones are listed, counted, drilled and restored."""
     allowed_hosts: tuple[str, ...] = ()

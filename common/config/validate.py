@@ -23,6 +23,7 @@ from common.config.placeholders import refuse_placeholder_content, refuse_placeh
 from common.config.schema import (
     DEFAULT_BACKUP_DIR,
     DEFAULT_BACKUP_TIMEOUT,
+    DEFAULT_COMPACT_AFTER_REVISIONS,
     DEFAULT_CONCURRENCY,
     DEFAULT_DELTA_PERIOD,
     DEFAULT_ENDPOINTS,
@@ -68,6 +69,10 @@ TIER_LENGTHS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
 """Seconds per step of each retention tier: a tier may count steps up to RETENTION_HORIZON."""
 DELTA_PERIOD_BOUNDS = (0.1, 600.0)
 """Seconds between deltas: below 100ms a delta per write; beyond 10 minutes the recovery point of a full backup."""
+COMPACT_AFTER_BOUNDS = (100, 1_000_000_000)
+"""Revisions of deltas after a full backup before the worker compacts them into a new one (0: never): below 100 a
+compaction (a whole database restored and snapshotted) costs more than the events it saves; beyond a billion
+(days at etcd's fastest) it never comes."""
 MAX_QUEUED_JOBS_BOUND = 1_000_000
 """A queue of a million jobs (about 1 GiB of Redis) is no bound."""
 CRON_HORIZON = timedelta(days=366)
@@ -77,7 +82,7 @@ TOP_LEVEL_KEYS = frozenset({
     "backup-dir", "listen", "rotate", "etcd", "redis-url", "backup-timeout", "gzip-level",
     "api-token", "api-tls-cert", "api-tls-key", "retention", "schedule", "skip-unchanged", "drill",
     "allow-stale-member", "s3", "encryption", "deltas", "delta-period", "signing", "allowed-hosts",
-    "max-queued-jobs", "etcd-bin",
+    "max-queued-jobs", "etcd-bin", "compact-after-revisions",
 }) | frozenset(TOKEN_ENV)
 ENCRYPTION_KEYS = frozenset({"recipients", "recipients-file", "identity-file"})
 SIGNING_KEYS = frozenset({"key-file", "verify-key"})
@@ -119,6 +124,7 @@ def parse_config(raw: Any, environ: dict[str, str] | os._Environ[str], etcd_cred
         encryption=_parse_encryption(top.get_section("encryption")),
         deltas=top.get_bool("deltas", False),
         delta_period=top.get_duration("delta-period", DEFAULT_DELTA_PERIOD, DELTA_PERIOD_BOUNDS),
+        compact_after_revisions=_compact_after(top),
         signing=_parse_signing(top.get_section("signing")),
         allowed_hosts=_allowed_hosts(top.get_str_list("allowed-hosts", ())),
         max_queued_jobs=top.get_int("max-queued-jobs", DEFAULT_MAX_QUEUED_JOBS, minimum=1,
@@ -136,6 +142,15 @@ def _etcd_bin(paths: list[str], check_files: bool) -> tuple[Path, ...]:
         if check_files and not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise ConfigError("etcd-bin", f"{path[:200]} is not an executable file")
     return tuple(Path(path) for path in paths)
+
+
+def _compact_after(top: Section) -> int:
+    value = top.get_int("compact-after-revisions", DEFAULT_COMPACT_AFTER_REVISIONS, minimum=0,
+                        maximum=COMPACT_AFTER_BOUNDS[1])
+    if 0 < value < COMPACT_AFTER_BOUNDS[0]:
+        raise ConfigError("compact-after-revisions",
+                          f"must be 0 (never compact) or at least {COMPACT_AFTER_BOUNDS[0]}, got {value}")
+    return value
 
 
 def next_fire(expression: str, after: datetime) -> datetime:
