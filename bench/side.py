@@ -48,7 +48,8 @@ def _backup(document: dict[str, Any], phases: Any) -> None:
     from worker.backup import take_backup
 
     config = parse_config(document, {})
-    keywords = {"phases": phases} if phases is not None and "phases" in inspect.signature(take_backup).parameters else {}
+    takes_phases = phases is not None and "phases" in inspect.signature(take_backup).parameters
+    keywords = {"phases": phases} if takes_phases else {}
     take_backup(config, open_store(config), "bench", **keywords)
 
 
