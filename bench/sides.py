@@ -59,6 +59,8 @@ def run(work: Path, before: str, size_mb: int, rounds: int) -> dict[str, Any]:
         db_size = fill(client, size_mb * MB)
         client.close()
         backup_dirs = {side: work / f"{side}-backups" for side in trees}
+        for backup_dir in backup_dirs.values():
+            backup_dir.mkdir(mode=0o700)
         scratch = work / "scratch"
         scratch.mkdir(mode=0o700)
         measured: dict[str, list[dict[str, Any]]] = {}
