@@ -1,6 +1,7 @@
 """One backup or one restore by the code of one tree, timed: what bench.sides runs once per side and round.
 
-`python bench/side.py backup CONFIG_JSON` or `python bench/side.py restore ARCHIVE DATA_DIR`, run with
+`python bench/side.py backup CONFIG` (a config file, or a config document as JSON) or
+`python bench/side.py restore ARCHIVE DATA_DIR`, run with
 PYTHONPATH set to the tree whose code is measured (an older commit's, extracted by bench.sides, or this
 one's). It prints one JSON line: the wall-clock seconds, the process' CPU seconds, and the phases
 (common.phases) when that tree records them. It imports nothing of bench/, which an older tree may lack.
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> None:
     phases = _new_phases()
     began, cpu_before = time.perf_counter(), _cpu_seconds()
     if action == "backup":
-        _backup(json.loads(arguments[0]), phases)
+        _backup(arguments[0], phases)
     elif action == "restore":
         _restore(arguments[0], arguments[1], phases)
     else:
@@ -42,12 +43,12 @@ def _new_phases() -> Any:
         return None
 
 
-def _backup(document: dict[str, Any], phases: Any) -> None:
-    from common.config import parse_config
+def _backup(config_given: str, phases: Any) -> None:
+    from common.config import load_config, parse_config
     from common.storage import open_store
     from worker.backup import take_backup
 
-    config = parse_config(document, {})
+    config = parse_config(json.loads(config_given), {}) if config_given.startswith("{") else load_config(config_given)
     takes_phases = phases is not None and "phases" in inspect.signature(take_backup).parameters
     keywords = {"phases": phases} if takes_phases else {}
     take_backup(config, open_store(config), "bench", **keywords)
