@@ -4,6 +4,7 @@ they work on a backup file, or talk to a running service's API."""
 from __future__ import annotations
 
 import argparse
+import contextvars
 import io
 import os
 import shlex
@@ -302,7 +303,7 @@ def _restore(args: argparse.Namespace) -> None:
         # etcd's own reading of the database (snapshot status) runs beside its restore, which reads it too: the data
         # dir takes the restored data only once that reading has found it good.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-status") as beside:
-            reading = beside.submit(extracted.read_by_etcd)
+            reading = beside.submit(contextvars.copy_context().run, extracted.read_by_etcd)  # phases: ours
 
             def report() -> None:
                 print(f"{args.source}: {reading.result().report()}")
