@@ -17,14 +17,17 @@ not be read to its end: a transfer cut short; try again).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -318,17 +321,31 @@ class _OneGzipMember:
 
     def read(self, size: int) -> bytes:
         """Return `size` bytes, fewer only where the member ends."""
+        if not self.buffer and size > 0:
+            # The common case (the database, a chunk at a time): inflated straight into the answer, with none of
+            # the buffer's three copies.
+            inflated = self._inflate(size)
+            if len(inflated) == size:
+                return inflated
+            self.buffer += inflated
         while len(self.buffer) < size and not self.inflater.eof:
-            compressed = self.inflater.unconsumed_tail or self.raw.read(CHUNK)
-            if not compressed:
-                raise VerifyError("not an intact .tar.gz: the compressed data ends before its end marker (truncated)")
-            try:
-                self.buffer += self.inflater.decompress(compressed, CHUNK)
-            except CORRUPT_DEFLATE as exc:  # a bad header, bad deflate data, a wrong CRC-32 or length
-                raise VerifyError(f"not an intact .tar.gz: {exc}") from None
+            self.buffer += self._inflate(size - len(self.buffer))
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         return data
+
+    def _inflate(self, wanted: int) -> bytes:
+        """At most `wanted` (> 0) more inflated bytes, maybe none yet; none at the member's end."""
+        if self.inflater.eof:
+            return b""
+        compressed = self.inflater.unconsumed_tail or self.raw.read(CHUNK)
+        if not compressed:
+            raise VerifyError("not an intact .tar.gz: the compressed data ends before its end marker (truncated)")
+        try:
+            inflated: bytes = self.inflater.decompress(compressed, wanted)
+        except CORRUPT_DEFLATE as exc:  # a bad header, bad deflate data, a wrong CRC-32 or length
+            raise VerifyError(f"not an intact .tar.gz: {exc}") from None
+        return inflated
 
     def check_ended(self) -> None:
         """After the tar's end: only zero padding, then the gzip member's end, then nothing."""
@@ -366,7 +383,7 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
                           f"{expected.db_size}: this is not the snapshot that was taken")
     db_path = workdir / name
     check = TrailerCheck(size - TRAILER_SIZE)
-    with _new_db_file(db_path, workdir) as out:
+    with _new_db_file(db_path, workdir) as out, _written_beside(out, workdir, check) as write:
         left = size
         while left:
             with phase("read, decrypt, inflate"):
@@ -376,10 +393,7 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
             if left == size and not _opens_like_bbolt(chunk):  # before writing a byte of a fake
                 raise VerifyError(f"{name} is not an etcd database: it does not open with bbolt's meta page")
             left -= len(chunk)
-            with _writing(workdir), phase("write the extracted database"):
-                out.write(chunk)
-            with phase("snapshot sha256"):
-                check.feed(chunk)
+            write(chunk)
     stream.read(-size % BLOCK)  # the member's padding
     if not check.matches():
         raise VerifyError(f"{name}: the SHA-256 trailer does not match the data: the snapshot is corrupt")
@@ -390,6 +404,48 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
     if extra is not None:
         raise VerifyError(f"expected one snapshot file, found another member {extra[0][:100]!r}")
     return db_path, check.data_size, check.sha256_hex()
+
+
+WRITE_AHEAD = 4
+"""Inflated chunks (CHUNK each) waiting for the thread that writes and hashes them: 4 MiB at most."""
+
+
+@contextmanager
+def _written_beside(out: BinaryIO, workdir: Path, check: TrailerCheck) -> Iterator[Callable[[bytes], None]]:
+    """A function that hands a chunk of the database to a thread of its own, which writes it to `out` and feeds
+    it to `check`, while this one inflates the next: isal, hashlib and file writes release the GIL, so the two
+    halves of an extraction (about a core each) overlap. When the block ends, every chunk has been written and
+    hashed, or the first failure of the writing thread is raised (a write's: CannotVerify)."""
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_AHEAD)
+    failures: list[BaseException] = []
+
+    def write_all() -> None:
+        while (chunk := chunks.get()) is not None:
+            if failures:
+                continue  # drained until the end, so that the inflating side never waits on a full queue
+            try:
+                with _writing(workdir), phase("write the extracted database (beside)"):
+                    out.write(chunk)
+                with phase("snapshot sha256 (beside)"):
+                    check.feed(chunk)
+            except BaseException as exc:  # noqa: BLE001 - raised in the extracting thread
+                failures.append(exc)
+
+    def write(chunk: bytes) -> None:
+        if failures:
+            raise failures[0]
+        chunks.put(chunk)
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(write_all,), name="db-writer",
+                              daemon=True)
+    thread.start()
+    try:
+        yield write
+    finally:
+        chunks.put(None)
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 RAW_SNAPSHOT_NAME = "snapshot.db"
