@@ -4,12 +4,14 @@ they work on a backup file, or talk to a running service's API."""
 from __future__ import annotations
 
 import argparse
+import contextvars
 import io
 import os
 import shlex
 import shutil
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from cli.tree import Commands, add_command, add_config_option
 from common import backups, present
 from common.config import API_TOKEN_ENV, parse_duration
 from common.deltas import MAX_REVISION
+from common.phases import phase
 from recovery.client import (
     BACKUP_PATH,
     CHUNK,
@@ -32,7 +35,16 @@ from recovery.client import (
     one_line,
 )
 from recovery.restore import Member, RestoreError, check_data_dir, restore, restore_workdir
-from recovery.verify import CannotDecrypt, CannotVerify, Verified, VerifyError, verify_archive, verify_file
+from recovery.verify import (
+    CannotDecrypt,
+    CannotVerify,
+    Extracted,
+    Verified,
+    VerifyError,
+    extract_archive,
+    extract_file,
+    verify_archive,
+)
 from recovery.workdir import VERIFY_PREFIX, private_workdir
 
 URL_ENV = "ETCD_BACKUP_URL"
@@ -257,6 +269,11 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _verify(args: argparse.Namespace, work: Path) -> Verified:
+    return _extract(args, work).read_by_etcd()
+
+
+def _extract(args: argparse.Namespace, work: Path) -> Extracted:
+    """The backup `args.source` checked (all but etcd's own reading of the database) and extracted into `work`."""
     source: str = args.source
     with ExitStack() as stack:
         archive: BinaryIO
@@ -272,10 +289,10 @@ def _verify(args: argparse.Namespace, work: Path) -> Verified:
             archive = stack.enter_context(io.BufferedReader(body, CHUNK))
         else:
             # An operator's own file: the formats they may bring from elsewhere are taken too.
-            return verify_file(Path(source), work, follow_symlinks=True, identity_file=args.identity,
-                               older_formats=True)
-        return verify_archive(archive, work, identity_file=args.identity,
-                              archive_sha256=announced[1] if announced is not None else None)
+            return extract_file(Path(source), work, follow_symlinks=True, identity_file=args.identity,
+                                older_formats=True)
+        return extract_archive(archive, work, identity_file=args.identity,
+                               archive_sha256=announced[1] if announced is not None else None)
 
 
 def _restore(args: argparse.Namespace) -> None:
@@ -288,9 +305,22 @@ def _restore(args: argparse.Namespace) -> None:
     # The snapshot is extracted beside the data dir: same file system, and no second copy in /tmp.
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with restore_workdir(data_dir) as work:
-        verified = _verify(args, work)
-        print(f"{args.source}: {verified.report()}")
-        restore(verified.db_path, data_dir, member, announce=lambda command: print("running: " + shlex.join(command)))
+        with phase("extract and check"):
+            extracted = _extract(args, work)
+        # etcd's own reading of the database (snapshot status) runs beside its restore, which reads it too: the data
+        # dir takes the restored data only once that reading has found it good.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-status") as beside:
+            reading = beside.submit(contextvars.copy_context().run, extracted.read_by_etcd)  # phases: ours
+
+            def report() -> None:
+                print(f"{args.source}: {reading.result().report()}")
+
+            try:
+                restore(extracted.db_path, data_dir, member, before_rename=report,
+                        announce=lambda command: print("running: " + shlex.join(command)))
+            except RestoreError:
+                report()  # a database etcd's reading refuses is a bad backup (VerifyError), whatever the tool said
+                raise
     _next_steps(args, data_dir)
 
 

@@ -97,7 +97,7 @@ def plan_restore(store: BackupStore, target: Target, now: datetime, identities: 
         target = Target(revision=_revision_at(store, target.time, now, identities))
         asked += f" (revision {target.revision})"
     assert target.revision is not None
-    backup, metadata = _base_backup(store, target.revision, now)
+    backup, metadata = base_backup(store, target.revision, now)
     deltas, reached, broken, _ = _chain(store, metadata.revision, target.revision, identities)
     if reached < target.revision:
         raise RestoreError(f"cannot reach {asked}: {broken}; from {backup}, the backups and "
@@ -121,7 +121,7 @@ def reach_from(store: BackupStore, revision: int, identities: list[Identity]) ->
     return deltas, reached
 
 
-def _base_backup(store: BackupStore, target: int, now: datetime) -> tuple[str, BackupMetadata]:
+def base_backup(store: BackupStore, target: int, now: datetime) -> tuple[str, BackupMetadata]:
     """The newest current backup (with metadata) whose snapshot is at or before revision `target`."""
     for name in reversed(store.list_backups(now)):
         if backups.is_stale(name) or backups.is_future(name, now):

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.phases import phase
 from recovery.throwaway import SHORT_PATHS
 from recovery.verify import etcd_tool, tool_environment
 from recovery.workdir import RESTORE_PREFIX, private_workdir, remove_abandoned_workdirs
@@ -90,13 +91,16 @@ def restore_workdir(data_dir: Path) -> Iterator[Path]:
 
 
 def restore(db_path: Path, data_dir: Path, member: Member,
-            announce: Callable[[list[str]], object] = lambda command: None) -> list[str]:
+            announce: Callable[[list[str]], object] = lambda command: None,
+            before_rename: Callable[[], object] = lambda: None) -> list[str]:
     """Restore `db_path` (a snapshot with its SHA-256 trailer, which the tool checks) into `data_dir`.
 
     Refuses a data dir that check_data_dir refuses. etcd's tool restores into a staging dir of ours
     beside it, which is then renamed into place: rename(2) fails rather than replace a data dir that
     is not empty (another restore's, finished meanwhile), and a failed restore removes only its own
-    staging dir, never a data dir it did not make. `announce(command)` runs just before the tool.
+    staging dir, never a data dir it did not make. `announce(command)` runs just before the tool;
+    `before_rename()` once the tool has restored, before the data dir takes its work: what it raises
+    is raised, and the staging dir removed (a check that ran beside the tool refused the snapshot).
     Returns the command it ran.
     """
     data_dir = check_data_dir(data_dir)
@@ -104,11 +108,14 @@ def restore(db_path: Path, data_dir: Path, member: Member,
         staged = staging / "data"
         command = restore_command(db_path, staged, member)
         announce(command)
-        done = subprocess.run([*DIE_WITH_PARENT, *command], capture_output=True, text=True, env=tool_environment(),
-                              timeout=3600)
+        with phase("etcd snapshot restore"):
+            done = subprocess.run([*DIE_WITH_PARENT, *command], capture_output=True, text=True,
+                                  env=tool_environment(), timeout=3600)
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise RestoreError(f"{shlex.join(command)} failed: {reason}")
+        with phase("wait for the checks beside it"):
+            before_rename()
         try:
             os.rename(staged, data_dir)  # onto nothing or an empty dir; never onto a data dir with files
         except OSError as exc:

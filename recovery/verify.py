@@ -17,14 +17,17 @@ not be read to its end: a transfer cut short; try again).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ from common.encryption import (
     shown_key_path,
 )
 from common.metadata import BackupMetadata
+from common.phases import phase
 from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 from common.storage import BackupStore
 
@@ -120,6 +124,24 @@ class Verified:
                 f"{self.total_size} bytes, hash {self.hash:08x}, sha256 {self.db_sha256}")
 
 
+@dataclass(frozen=True)
+class Extracted:
+    """A backup checked in every way but etcd's own reading of its database, which read_by_etcd() adds:
+    a restore runs that reading beside etcd's restore (cli.recovery), which takes about as long."""
+
+    db_path: Path
+    db_size: int
+    db_sha256: str
+
+    def read_by_etcd(self) -> Verified:
+        """The extracted snapshot as etcd's own tool reads it (VerifyError if it refuses it)."""
+        with phase("etcd snapshot status"):
+            status = snapshot_status(self.db_path)
+        return Verified(db_path=self.db_path, db_size=self.db_size, db_sha256=self.db_sha256,
+                        revision=int(status["revision"]), total_keys=int(status["totalKey"]),
+                        total_size=int(status["totalSize"]), hash=int(status["hash"]))
+
+
 class CannotDecrypt(CannotVerify):
     """The backup is encrypted and no identity given opens it (or none was given): nothing is known of it."""
 
@@ -146,6 +168,15 @@ def load_identities(identity_file: Path | None) -> list[Identity]:
 def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,
                    identity_file: Path | None = None, encrypted: bool | None = None,
                    older_formats: bool = False, archive_sha256: str | None = None) -> Verified:
+    """Check the archive read from `archive` and extract its snapshot into `workdir` (extract_archive), then
+    have etcd's own tool read the database (Extracted.read_by_etcd)."""
+    return extract_archive(archive, workdir, expected, identity_file, encrypted, older_formats,
+                           archive_sha256).read_by_etcd()
+
+
+def extract_archive(archive: BinaryIO, workdir: Path, expected: Expected | None = None,
+                    identity_file: Path | None = None, encrypted: bool | None = None,
+                    older_formats: bool = False, archive_sha256: str | None = None) -> Extracted:
     """Check the archive read from `archive` and extract its snapshot into `workdir`. An age-encrypted one
     (common.encryption) is decrypted with the identities of `identity_file` as it is read; its age
     authentication is checked to the last byte. `encrypted`: what the backup's name says it is (a
@@ -155,15 +186,15 @@ def verify_archive(archive: BinaryIO, workdir: Path, expected: Expected | None =
     (and size) that `expected` records, or `archive_sha256` (what the service announced for a download)."""
     sha256 = expected.archive_sha256 if expected is not None and expected.archive_sha256 is not None else archive_sha256
     if sha256 is None:
-        return _verify_archive(archive, workdir, expected, identity_file, encrypted, older_formats)
+        return _extract_archive(archive, workdir, expected, identity_file, encrypted, older_formats)
     hashed = _Hashed(archive)
-    verified = _verify_archive(hashed, workdir, expected, identity_file, encrypted, older_formats)
+    extracted = _extract_archive(hashed, workdir, expected, identity_file, encrypted, older_formats)
     hashed.check(expected.archive_size if expected is not None else None, sha256)
-    return verified
+    return extracted
 
 
-def _verify_archive(archive: _Readable, workdir: Path, expected: Expected | None, identity_file: Path | None,
-                    encrypted: bool | None, older_formats: bool) -> Verified:
+def _extract_archive(archive: _Readable, workdir: Path, expected: Expected | None, identity_file: Path | None,
+                     encrypted: bool | None, older_formats: bool) -> Extracted:
     head = b""  # read whole: a network source may give a few bytes at a time
     while len(head) < len(AGE_MAGIC) and (more := _read_source(archive.read, len(AGE_MAGIC) - len(head))):
         head += more
@@ -176,12 +207,12 @@ def _verify_archive(archive: _Readable, workdir: Path, expected: Expected | None
                           else "it is age-encrypted, but its name (.tar.gz) says it is not: it was not written so")
     if not is_age:
         if older_formats and _opens_like_bbolt(source.peek(BLOCK)):
-            return _verified(*_extract_raw_db(source, workdir))
-        return _verify_gzip(source, workdir, expected, older_formats)
+            return Extracted(*_extract_raw_db(source, workdir))
+        return _extract_gzip(source, workdir, expected, older_formats)
     identities = load_identities(identity_file)
     try:
         with decrypting(source, identities) as plaintext:
-            return _verify_gzip(plaintext, workdir, expected, older_formats=False)
+            return _extract_gzip(plaintext, workdir, expected, older_formats=False)
     except WrongIdentity as exc:
         raise CannotDecrypt(f"cannot decrypt it: {exc}") from None
     except NotIntact as exc:
@@ -196,7 +227,8 @@ class _Hashed:
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
-        self.digest.update(data)
+        with phase("archive sha256 (within the read)"):
+            self.digest.update(data)
         self.size += len(data)
         return data
 
@@ -228,7 +260,7 @@ class _Unreliable(io.RawIOBase):
         return len(data)
 
 
-def _verify_gzip(archive: BinaryIO, workdir: Path, expected: Expected | None, older_formats: bool) -> Verified:
+def _extract_gzip(archive: BinaryIO, workdir: Path, expected: Expected | None, older_formats: bool) -> Extracted:
     """A .tar.gz holding one snapshot; with `older_formats`, also a gzip'd snapshot (.db.gz)."""
     stream = _OneGzipMember(archive)
     if older_formats and _opens_like_bbolt(stream.peek(BLOCK)):
@@ -236,15 +268,7 @@ def _verify_gzip(archive: BinaryIO, workdir: Path, expected: Expected | None, ol
     else:
         extracted = _extract_single_db(stream, workdir, expected)
     stream.check_ended()
-    return _verified(*extracted)
-
-
-def _verified(db_path: Path, db_size: int, digest: str) -> Verified:
-    """The extracted snapshot at `db_path`, as etcd's own tool reads it."""
-    status = snapshot_status(db_path)
-    return Verified(db_path=db_path, db_size=db_size, db_sha256=digest, revision=int(status["revision"]),
-                    total_keys=int(status["totalKey"]), total_size=int(status["totalSize"]),
-                    hash=int(status["hash"]))
+    return Extracted(*extracted)
 
 
 def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: BackupMetadata | None,
@@ -259,8 +283,14 @@ def verify_stored(store: BackupStore, name: str, workdir: Path, metadata: Backup
 
 def verify_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False,
                 identity_file: Path | None = None, older_formats: bool = False) -> Verified:
-    """Check the backup file at `path`. In backup-dir a symlink is refused (someone put it there);
-    an operator's own path (`follow_symlinks`) may be one."""
+    """Check the backup file at `path` (extract_file), then have etcd's own tool read its database."""
+    return extract_file(path, workdir, expected, follow_symlinks, identity_file, older_formats).read_by_etcd()
+
+
+def extract_file(path: Path, workdir: Path, expected: Expected | None = None, follow_symlinks: bool = False,
+                 identity_file: Path | None = None, older_formats: bool = False) -> Extracted:
+    """Check the backup file at `path` and extract its snapshot into `workdir`, as extract_archive does. In
+    backup-dir a symlink is refused (someone put it there); an operator's own path (`follow_symlinks`) may be one."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         # O_NONBLOCK: a FIFO in the backup's place is refused below, never waited on.
@@ -272,7 +302,7 @@ def verify_file(path: Path, workdir: Path, expected: Expected | None = None, fol
             raise VerifyError("it is not a regular file")
         # A backup's name is a promise of what it is; an operator's other name for a file is not.
         encrypted = is_encrypted(path.name) if is_backup_name(path.name) else None
-        return verify_archive(archive, workdir, expected, identity_file, encrypted, older_formats)
+        return extract_archive(archive, workdir, expected, identity_file, encrypted, older_formats)
 
 
 class _OneGzipMember:
@@ -291,17 +321,31 @@ class _OneGzipMember:
 
     def read(self, size: int) -> bytes:
         """Return `size` bytes, fewer only where the member ends."""
+        if not self.buffer and size > 0:
+            # The common case (the database, a chunk at a time): inflated straight into the answer, with none of
+            # the buffer's three copies.
+            inflated = self._inflate(size)
+            if len(inflated) == size:
+                return inflated
+            self.buffer += inflated
         while len(self.buffer) < size and not self.inflater.eof:
-            compressed = self.inflater.unconsumed_tail or self.raw.read(CHUNK)
-            if not compressed:
-                raise VerifyError("not an intact .tar.gz: the compressed data ends before its end marker (truncated)")
-            try:
-                self.buffer += self.inflater.decompress(compressed, CHUNK)
-            except CORRUPT_DEFLATE as exc:  # a bad header, bad deflate data, a wrong CRC-32 or length
-                raise VerifyError(f"not an intact .tar.gz: {exc}") from None
+            self.buffer += self._inflate(size - len(self.buffer))
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         return data
+
+    def _inflate(self, wanted: int) -> bytes:
+        """At most `wanted` (> 0) more inflated bytes, maybe none yet; none at the member's end."""
+        if self.inflater.eof:
+            return b""
+        compressed = self.inflater.unconsumed_tail or self.raw.read(CHUNK)
+        if not compressed:
+            raise VerifyError("not an intact .tar.gz: the compressed data ends before its end marker (truncated)")
+        try:
+            inflated: bytes = self.inflater.decompress(compressed, wanted)
+        except CORRUPT_DEFLATE as exc:  # a bad header, bad deflate data, a wrong CRC-32 or length
+            raise VerifyError(f"not an intact .tar.gz: {exc}") from None
+        return inflated
 
     def check_ended(self) -> None:
         """After the tar's end: only zero padding, then the gzip member's end, then nothing."""
@@ -339,18 +383,17 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
                           f"{expected.db_size}: this is not the snapshot that was taken")
     db_path = workdir / name
     check = TrailerCheck(size - TRAILER_SIZE)
-    with _new_db_file(db_path, workdir) as out:
+    with _new_db_file(db_path, workdir) as out, _written_beside(out, workdir, check) as write:
         left = size
         while left:
-            chunk = stream.read(min(CHUNK, left))
+            with phase("read, decrypt, inflate"):
+                chunk = stream.read(min(CHUNK, left))
             if not chunk:
                 raise VerifyError(f"not an intact .tar.gz: {name} ends {left} bytes early (truncated)")
             if left == size and not _opens_like_bbolt(chunk):  # before writing a byte of a fake
                 raise VerifyError(f"{name} is not an etcd database: it does not open with bbolt's meta page")
             left -= len(chunk)
-            with _writing(workdir):
-                out.write(chunk)
-            check.feed(chunk)
+            write(chunk)
     stream.read(-size % BLOCK)  # the member's padding
     if not check.matches():
         raise VerifyError(f"{name}: the SHA-256 trailer does not match the data: the snapshot is corrupt")
@@ -361,6 +404,48 @@ def _extract_single_db(stream: _OneGzipMember, workdir: Path, expected: Expected
     if extra is not None:
         raise VerifyError(f"expected one snapshot file, found another member {extra[0][:100]!r}")
     return db_path, check.data_size, check.sha256_hex()
+
+
+WRITE_AHEAD = 4
+"""Inflated chunks (CHUNK each) waiting for the thread that writes and hashes them: 4 MiB at most."""
+
+
+@contextmanager
+def _written_beside(out: BinaryIO, workdir: Path, check: TrailerCheck) -> Iterator[Callable[[bytes], None]]:
+    """A function that hands a chunk of the database to a thread of its own, which writes it to `out` and feeds
+    it to `check`, while this one inflates the next: isal, hashlib and file writes release the GIL, so the two
+    halves of an extraction (about a core each) overlap. When the block ends, every chunk has been written and
+    hashed, or the first failure of the writing thread is raised (a write's: CannotVerify)."""
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_AHEAD)
+    failures: list[BaseException] = []
+
+    def write_all() -> None:
+        while (chunk := chunks.get()) is not None:
+            if failures:
+                continue  # drained until the end, so that the inflating side never waits on a full queue
+            try:
+                with _writing(workdir), phase("write the extracted database (beside)"):
+                    out.write(chunk)
+                with phase("snapshot sha256 (beside)"):
+                    check.feed(chunk)
+            except BaseException as exc:  # noqa: BLE001 - raised in the extracting thread
+                failures.append(exc)
+
+    def write(chunk: bytes) -> None:
+        if failures:
+            raise failures[0]
+        chunks.put(chunk)
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(write_all,), name="db-writer",
+                              daemon=True)
+    thread.start()
+    try:
+        yield write
+    finally:
+        chunks.put(None)
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 RAW_SNAPSHOT_NAME = "snapshot.db"

@@ -22,7 +22,8 @@ from harness.processes import wait_until
 from harness.report import Report
 from harness.servers import EtcdServer
 from recovery.client import Client
-from recovery.verify import VerifyError, verify_file
+from recovery.restore import Member, restore
+from recovery.verify import VerifyError, extract_file, verify_file
 from scheduler.cron import run_drill_tick
 from tests.test_schedule import TICK
 from worker.drill import run_drill
@@ -89,6 +90,41 @@ def test_verify_refuses_a_bad_backup(backup: Path, tmp_path: Path, kind: str, re
         main(["verify", str(bad)])
     assert words in str(exit_status.value.code)  # sys.exit(message): status 1, the message on stderr
     report(f"`etcd-backup verify` on a backup with {kind}", f"exit status 1: \"{exit_status.value.code}\"")
+
+
+@pytest.mark.parametrize("kind", BAD_BACKUPS)
+def test_restore_refuses_a_bad_backup_and_leaves_no_data_dir(backup: Path, tmp_path: Path, kind: str) -> None:
+    """etcd's reading of the database (snapshot status) runs beside etcd's restore: a database it refuses is refused
+    with its words, whatever etcd's restore made of it, and the data dir never takes it."""
+    make, words = BAD_BACKUPS[kind]
+    place = tmp_path / "restore-here"
+    place.mkdir()
+    bad = make(backup, place / "bad.tar.gz")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["restore", str(bad), "--data-dir", str(place / "restored")])
+    assert words in str(exit_status.value.code)
+    assert sorted(path.name for path in place.iterdir()) == ["bad.tar.gz"]  # no data dir, no work or staging dir
+
+
+def test_a_check_beside_etcds_restore_is_waited_for_before_the_data_dir_takes_the_data(backup: Path,
+                                                                                        tmp_path: Path) -> None:
+    place = tmp_path / "restore-here"
+    work = place / "work"
+    work.mkdir(parents=True)
+    extracted = extract_file(backup, work)
+    data_dir = place / "restored"
+    staged: list[list[Path]] = []
+
+    def refuse() -> None:
+        staged.append(list(place.glob("*/data/member")))  # etcd's tool has restored, into a staging dir
+        raise VerifyError("refused beside the restore")
+
+    with pytest.raises(VerifyError, match="refused beside the restore"):
+        restore(extracted.db_path, data_dir, Member(), before_rename=refuse)
+    assert staged and staged[0] and not data_dir.exists()
+    assert sorted(path.name for path in place.iterdir()) == ["work"]  # the staging dir went too
+    restore(extracted.db_path, data_dir, Member(), before_rename=lambda: staged.append([]))
+    assert (data_dir / "member" / "snap" / "db").is_file() and len(staged) == 2
 
 
 def _write(path: Path, data: bytes) -> Path:

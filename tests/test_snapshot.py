@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.metadata import BackupMetadata
+from common.phases import Phases
 from common.snapshot_format import TrailerCheck
 from common.storage import LocalStore, StorageError
 from harness.report import Report
@@ -87,6 +88,45 @@ def test_bad_streams_fail(messages: list[Message], words: str) -> None:
     with pytest.raises(SnapshotError, match=words):
         for _ in VerifiedSnapshot(messages):
             pass
+
+
+@pytest.mark.parametrize("batch_bytes", [0, 32 * 1024, 100_000, 1 << 20])
+def test_messages_are_handed_on_in_pieces_of_at_least_the_batch(batch_bytes: int) -> None:
+    data = database(700_000)
+    pieces = list(VerifiedSnapshot(etcd_stream(data), batch_bytes=batch_bytes))
+    assert b"".join(pieces) == data + hashlib.sha256(data).digest()
+    assert pieces[-1] == hashlib.sha256(data).digest()  # the trailer alone, once the data has matched it
+    assert all(len(piece) >= batch_bytes for piece in pieces[:-2])  # all but the data's last and the trailer
+
+
+@pytest.mark.parametrize(("messages", "words"), [
+    (etcd_stream(b"x" * 700_000)[:-3], "ended early, after 655360 of 700000 bytes"),
+    (etcd_stream(b"x" * 700_000, trailer=b"\0" * 32), "does not match"),
+])
+def test_a_bad_stream_in_pieces_fails_after_the_data_it_had(messages: list[Message], words: str) -> None:
+    """Pieces do not hide a bad end: what came is handed on, then the stream fails as it would per message."""
+    received = bytearray()
+    with pytest.raises(SnapshotError, match=words):
+        for piece in VerifiedSnapshot(messages, batch_bytes=256 << 10):
+            received += piece
+    assert bytes(received) == b"x" * (655_360 if "early" in words else 700_000)
+
+
+def test_write_archive_records_its_phases() -> None:
+    data = database(300_000)
+    snapshot = VerifiedSnapshot(etcd_stream(data), batch_bytes=64 << 10)
+    phases = Phases()
+
+    class Sink:
+        def write(self, chunk: bytes) -> int:
+            return len(chunk)
+
+        def flush(self) -> None:
+            pass
+
+    write_archive(Sink(), NAME, STARTED, snapshot.size, snapshot, 1, phases=phases)
+    assert {"compress", "archive sha256", "write (to the store)"} <= set(phases.seconds)
+    assert all(seconds >= 0 for seconds in phases.seconds.values())
 
 
 def store_archive(directory: Path, messages: Iterable[Message], level: int = 1) -> WrittenArchive:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 
@@ -16,6 +17,7 @@ from common import backups, etcd, retention
 from common.clock import Clock, local_now
 from common.config import Config
 from common.metadata import BackupMetadata
+from common.phases import Phases
 from common.storage import BackupStore, PendingBackup, StorageError
 from worker.archive import WrittenArchive, write_archive
 from worker.errors import BackupError
@@ -24,41 +26,55 @@ from worker.snapshot import VerifiedSnapshot
 
 logger = logging.getLogger(__name__)
 
-READ_AHEAD_MESSAGES = 64
-"""Snapshot messages (32 KiB each) received ahead of the compressor: 2 MiB at most in memory."""
+BATCH_BYTES = 256 << 10
+"""The snapshot goes from the reading thread to the compressing one in pieces of this size (8 of etcd's
+32 KiB messages): a handoff and a gzip call cost the same whatever the piece's size."""
+READ_AHEAD_PIECES = 8
+"""Pieces received ahead of the compressor: 2 MiB at most in memory."""
 STALL_SECONDS = 15.0
 """A snapshot stream that sends nothing for this long fails the backup: etcd streams its database
 without pauses, and gRPC's keepalive alone takes about a minute to notice a frozen peer."""
 
 
 def take_backup(config: Config, store: BackupStore, temp_tag: str, now: Clock = local_now,
-                published: Callable[[BackupMetadata], object] = lambda metadata: None) -> BackupMetadata:
+                published: Callable[[BackupMetadata], object] = lambda metadata: None,
+                phases: Phases | None = None) -> BackupMetadata:
     """Take one backup into `store`; raise BackupError naming the cause. The caller holds the backup lock.
 
     `temp_tag` (the job's id) marks the unpublished backup as this job's. `now` is the clock that names
     the backup and ages the others (common.clock: Redis' when there are workers). `published(metadata)`
     runs as soon as the backup is listed, before rotation: whatever happens after, the backup exists.
+    `phases` receives the time of each phase (common.phases; logged at debug level either way).
     """
-    connection, stale = _member(config)
+    phases = Phases() if phases is None else phases
+    with phases("connect and currency proof"):
+        connection, stale = _member(config)
     with connection:
         state = connection.currency or etcd.unproven_state(connection.status)
-        started, name = _fresh_name(store, now, stale=stale is not None, encrypted=config.encryption is not None)
+        with phases("name"):
+            started, name = _fresh_name(store, now, stale=stale is not None, encrypted=config.encryption is not None)
         # `started` + `duration` is when the backup was complete, by the clock that named it (the
         # success gauge in /metrics): both are measured from the same instant.
         began = time.monotonic()
-        # The snapshot starts after the linearizable read that gave this revision: it holds at least it.
-        key_count = _key_count(connection, state.cluster_revision, config)
         with _failures_named(connection, config), store.new_backup(name, temp_tag) as pending:
-            snapshot, archive = _stream_archive(connection, pending, started, config)
-            metadata = _metadata(connection, state, config, snapshot, archive, started, key_count,
-                                 duration=time.monotonic() - began, name=name, stale=stale)
-            pending.publish(metadata)
+            # The snapshot starts after the linearizable read that gave this revision: it holds at least it.
+            # The count, at that same revision, is etcd's work while the snapshot streams rather than before.
+            with _counting_keys(connection, state.cluster_revision, config, phases) as key_count, \
+                    phases("stream (all of it)"):
+                snapshot, archive = stream_archive(connection, pending, started, config, phases)
+            with phases("metadata"):
+                metadata = _metadata(connection, state, config, snapshot, archive, started, key_count.result(),
+                                     duration=time.monotonic() - began, name=name, stale=stale)
+            with phases("publish (fsync, metadata, signing, link)"):
+                pending.publish(metadata)
     published(metadata)
     # One line per backup, never a secret: what an operator greps for.
     logger.info("backup %s: %d bytes in %.2fs, revision %d from %s", name, metadata.filesize, metadata.duration,
                 metadata.revision, metadata.endpoint)
     # Rotation and retention run only now that the new backup is complete and durable.
-    retention.prune(store, now(), config.rotate, config.retention, protect=name)
+    with phases("rotation"):
+        retention.prune(store, now(), config.rotate, config.retention, protect=name)
+    logger.debug("backup %s phases: %s", name, phases)
     return metadata
 
 
@@ -79,17 +95,18 @@ def _member(config: Config) -> tuple[etcd.EtcdConnection, str | None]:
     return connection, why
 
 
-def _stream_archive(connection: etcd.EtcdConnection, pending: PendingBackup, started: datetime,
-                    config: Config) -> tuple[VerifiedSnapshot, WrittenArchive]:
+def stream_archive(connection: etcd.EtcdConnection, pending: PendingBackup, started: datetime,
+                    config: Config, phases: Phases) -> tuple[VerifiedSnapshot, WrittenArchive]:
     """Stream the member's snapshot, checked, into the archive of `pending`."""
     responses = connection.snapshot()
-    with _first_message_deadline(responses):
-        snapshot = VerifiedSnapshot(responses)
+    with _first_message_deadline(responses), phases("first message"):
+        snapshot = VerifiedSnapshot(responses, phases, batch_bytes=BATCH_BYTES)
     # The stream is received and checked on a thread of its own while this one compresses and writes.
-    with closing(read_ahead(iter(snapshot), READ_AHEAD_MESSAGES, cancel=responses.cancel,
-                            idle_timeout=STALL_SECONDS)) as received:
+    with closing(read_ahead(iter(snapshot), READ_AHEAD_PIECES, cancel=responses.cancel,
+                            idle_timeout=STALL_SECONDS, phases=phases)) as received:
         archive = write_archive(pending, pending.name, started, snapshot.size, received, config.gzip_level,
-                                recipients=config.encryption.recipients if config.encryption is not None else ())
+                                recipients=config.encryption.recipients if config.encryption is not None else (),
+                                phases=phases)
     return snapshot, archive
 
 
@@ -144,6 +161,20 @@ def _first_message_deadline(responses: etcd.SnapshotStream) -> Iterator[None]:
         raise
     finally:
         timer.cancel()
+
+
+@contextmanager
+def _counting_keys(connection: etcd.EtcdConnection, revision: int, config: Config,
+                   phases: Phases) -> Iterator[Future[tuple[int | None, str | None]]]:
+    """Count etcd's keys at `revision` (_key_count) on a thread of its own while the block runs; the count has
+    ended when the block's context does, whatever the block raised (it is bounded by etcd's timeout)."""
+
+    def count() -> tuple[int | None, str | None]:
+        with phases("key count (beside the stream)"):
+            return _key_count(connection, revision, config)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-count") as executor:
+        yield executor.submit(count)
 
 
 def _key_count(connection: etcd.EtcdConnection, revision: int, config: Config) -> tuple[int | None, str | None]:

@@ -35,12 +35,13 @@ from common.clock import redis_clock
 from common.config import Config
 from common.deltas import parse_delta_name
 from common.metadata import MAX_DURATION, BackupMetadata
+from common.phases import Phases
 from common.storage import BackupStore, StorageError, open_store
 from recovery.pitr import (
     END_OF_DELTAS,
     Plan,
-    _base_backup,
     applied_in_throwaway,
+    base_backup,
     identities_of,
     leases_kept_alive,
     unbroken_from,
@@ -48,7 +49,7 @@ from recovery.pitr import (
 from recovery.restore import RestoreError
 from recovery.verify import CannotVerify, VerifyError
 from recovery.workdir import COMPACT_PREFIX, private_workdir
-from worker.backup import _stream_archive
+from worker.backup import stream_archive
 from worker.errors import BackupError
 from worker.leases import backup_lock
 
@@ -87,7 +88,7 @@ def due(config: Config, store: BackupStore, now: datetime) -> tuple[str, BackupM
     if config.encryption is not None and config.identity_file is None:  # the base cannot be opened: never due
         return None
     try:
-        base, metadata = _base_backup(store, END_OF_DELTAS, now)
+        base, metadata = base_backup(store, END_OF_DELTAS, now)
     except RestoreError:  # no backup with metadata yet: nothing to start from
         return None
     last = max((said.last for name in store.list_deltas() if (said := parse_delta_name(name)) is not None),
@@ -147,7 +148,7 @@ def _compact(config: Config, store: BackupStore, connection: redis.Redis, job_id
                 key_count = _compact_member(member, reached)
                 # The lock, as a backup's: a backup that starts meanwhile removes every temp file not the holder's.
                 with backup_lock(connection, token=job_id), store.new_backup(name, job_id) as pending:
-                    snapshot, archive = _stream_archive(member, pending, received, config)
+                    snapshot, archive = stream_archive(member, pending, received, config, Phases())
                     _check_still_at(member, reached)
                     assert snapshot.db_sha256 is not None, "the archive is written only once the snapshot is verified"
                     compacted = BackupMetadata(

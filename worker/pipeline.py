@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from common.phases import Phases
 
 T = TypeVar("T")
 
@@ -35,7 +38,8 @@ class Stalled(Exception):
 class _Producer(Generic[T]):
     """Runs `items` on a thread of its own, handing what it yields over through a bounded queue."""
 
-    def __init__(self, items: Iterator[T], depth: int) -> None:
+    def __init__(self, items: Iterator[T], depth: int, phases: Phases) -> None:
+        self.phases = phases
         self.handoff: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._produce, args=(items,), name="snapshot-reader", daemon=True)
@@ -50,7 +54,9 @@ class _Producer(Generic[T]):
     def _produce(self, items: Iterator[T]) -> None:
         try:
             for item in items:
-                if not self._put(item):
+                with self.phases("reader waits for the consumer"):
+                    handed = self._put(item)
+                if not handed:
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             self._put(_End(exc))
@@ -68,7 +74,7 @@ class _Producer(Generic[T]):
 
 
 def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
-               idle_timeout: float | None = None) -> Generator[T, None, None]:
+               idle_timeout: float | None = None, phases: Phases | None = None) -> Generator[T, None, None]:
     """Yield what `items` yields, produced on a background thread up to `depth` items ahead.
 
     An exception raised by `items` is raised here, in the consumer, after the items before it.
@@ -76,14 +82,19 @@ def read_ahead(items: Iterator[T], depth: int, cancel: Callable[[], object],
     Whatever ends the consumer's loop early (an exception, `close()`), the producer is stopped:
     `cancel()` must make a blocked `next(items)` return or raise (for gRPC: the call's cancel()),
     and the thread is joined before this generator finishes, so nothing outlives the backup.
+    `phases` gets the time each side waited for the other (common.phases).
     """
-    producer = _Producer(items, depth)
+    phases = Phases() if phases is None else phases
+    producer = _Producer(items, depth, phases)
     try:
         while True:
+            began = time.perf_counter()
             try:
                 item = producer.handoff.get(timeout=idle_timeout)
             except queue.Empty:
                 raise Stalled(idle_timeout or 0) from None
+            finally:
+                phases.add("consumer waits for the reader", time.perf_counter() - began)
             if isinstance(item, _End):
                 if item.error is not None:
                     raise item.error
