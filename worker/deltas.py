@@ -38,7 +38,7 @@ import redis
 from etcd3 import etcdrpc
 from redis.exceptions import LockError
 
-from common import backups, etcd
+from common import backups, etcd, protowire
 from common.clock import Clock, redis_clock
 from common.config import Config
 from common.deltas import (
@@ -319,34 +319,12 @@ An etcd older than 3.4 ignores it, as any field it does not know."""
 def _is_fragment(data: bytes) -> bool:
     """WatchResponse's `fragment` from the message's wire form: etcd3's protos do not know the field. Only the
     top-level fields are walked (the events are skipped by their length); etcd writes them in field order, so
-    `fragment` comes before the events."""
-    position = 0
-    while position < len(data):
-        tag, position = _varint(data, position)
-        number, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            value, position = _varint(data, position)
-            if number == _FRAGMENT_FIELD:
-                return value != 0
-        elif wire_type == 2:
-            length, position = _varint(data, position)
-            position += length
-        elif wire_type in (1, 5):
-            position += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"a watch response with a field of wire type {wire_type} (not etcd's)")
+    `fragment` comes before the events. A cut message raises ValueError: gRPC reports the deserialization as
+    failed."""
+    for number, wire_type, value in protowire.fields(data):
+        if number == _FRAGMENT_FIELD and wire_type == protowire.VARINT:
+            return value != 0
     return False
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[position]  # IndexError on a cut message: gRPC reports the deserialization as failed
-        value |= (byte & 0x7F) << shift
-        position += 1
-        if not byte & 0x80:
-            return value, position
-        shift += 7
 
 
 class _WholeRevisions:
