@@ -38,8 +38,17 @@ from typing import Any
 from etcd3 import etcdrpc
 
 from common import etcd
-from common.deltas import MAX_DELTA_BYTES, NO_FINGERPRINT, PUT, Event, Fingerprint, Revision, decode_delta, \
-    delta_name, encode_delta
+from common.deltas import (
+    MAX_DELTA_BYTES,
+    NO_FINGERPRINT,
+    PUT,
+    Event,
+    Fingerprint,
+    Revision,
+    decode_delta,
+    delta_name,
+    encode_delta,
+)
 from recovery import throwaway
 from recovery.pitr import TXN_METHOD, _apply, _Leases, txn_request, txn_revision
 from recovery.restore import SHARED_MEMORY
