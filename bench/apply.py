@@ -143,8 +143,11 @@ def python_phases(deltas: list[tuple[str, bytes]], revisions: list[Revision]) ->
 
 def lease_bookkeeping(connection: etcd.EtcdConnection, revisions: list[Revision]) -> float:
     with _Leases(connection) as leases:
-        return per_revision(len(revisions), lambda: [leases.grant_missing(revision.events)
-                                                     for revision in revisions])
+        def bookkeeping() -> None:
+            for revision in revisions:
+                leases.grant_missing(revision.events)
+
+        return per_revision(len(revisions), bookkeeping)
 
 
 def calls(connection: etcd.EtcdConnection, pid: int, revisions: list[Revision]) -> dict[str, float]:
@@ -205,7 +208,7 @@ def guarded_pipeline(connection: etcd.EtcdConnection, revisions: list[Revision],
         guard = [] if index == 0 else [etcdrpc.Compare(key=shifted[index - 1].events[0].key,
                                                        target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
                                                        mod_revision=revision.number - 1)]
-        return etcdrpc.TxnRequest(compare=guard).SerializeToString() + txn_request(revision.events)
+        return bytes(etcdrpc.TxnRequest(compare=guard).SerializeToString()) + txn_request(revision.events)
 
     began, resent, following, window = time.perf_counter(), 0, 0, deque[tuple[int, Any]]()
     while following < len(shifted) or window:

@@ -34,7 +34,7 @@ def protobufs_own(events: tuple[Event, ...]) -> bytes:
                                                                    lease=event.lease)) if event.kind == PUT
                   else etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=event.key))
                   for event in events]
-    return etcdrpc.TxnRequest(success=operations).SerializeToString()
+    return bytes(etcdrpc.TxnRequest(success=operations).SerializeToString())
 
 
 def test_the_txn_bytes_written_by_hand_are_protobufs_own() -> None:
