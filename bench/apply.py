@@ -13,8 +13,9 @@ them (common.deltas, about MAX_DELTA_BYTES each), then:
   capacity with calls in flight (threads, futures);
 - guarded pipelining: Txns in flight, each with a compare that holds only once the revision before it is
   applied (its key's mod_revision), re-sent in order when it fails: rate and Txns re-sent, per depth;
-- the apply before (etcd3's protobuf objects, one stub call each, as recovery.pitr did) and now
-  (recovery.pitr._apply), alternated round by round on fresh throwaway etcds, each applying every revision.
+- the apply before (etcd3's protobuf objects, one stub call each, as recovery.pitr did), now
+  (recovery.pitr._apply), and now with the deltas read on the applying thread (what the reading thread is worth),
+  alternated round by round on fresh throwaway etcds, each applying every revision.
 
 Every apply's result is checked (etcd at the last revision). Prints a JSON report; docs/performance.md has a run.
 """
@@ -50,7 +51,7 @@ from common.deltas import (
     encode_delta,
 )
 from recovery import throwaway
-from recovery.pitr import TXN_METHOD, _apply, _Leases, txn_request, txn_revision
+from recovery.pitr import TXN_METHOD, _apply, _apply_revisions, _Leases, txn_request, txn_revision
 from recovery.restore import SHARED_MEMORY
 
 KEYS = 1000
@@ -253,14 +254,23 @@ def applied_before(connection: etcd.EtcdConnection, revisions: Iterator[Revision
     return events
 
 
+def applied_inline(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:
+    """The apply now, but each revision read and encoded on the applying thread, not ahead on a thread of its own:
+    what the reading thread (recovery.pitr._prepared_ahead) is worth."""
+    with _Leases(connection) as leases:
+        return _apply_revisions(connection, ((revision, txn_request(revision.events)) for revision in revisions),
+                                target, leases)
+
+
 def before_and_after(deltas: list[tuple[str, bytes]], target: int, rounds: int) -> dict[str, list[float]]:
     sides: dict[str, Callable[[etcd.EtcdConnection], int]] = {
         "before": lambda connection: applied_before(connection, decoded(deltas), target),
         "now": lambda connection: _apply(connection, decoded(deltas), target),
+        "now_read_inline": lambda connection: applied_inline(connection, decoded(deltas), target),
     }
     found: dict[str, list[float]] = {name: [] for name in sides}
     for round_ in range(rounds):
-        for name in (list(sides) if round_ % 2 == 0 else list(reversed(sides))):
+        for name in (list(sides) if round_ % 2 == 0 else list(reversed(sides))):  # each side first in turn
             with fresh_etcd() as (connection, _):
                 began = time.perf_counter()
                 events = sides[name](connection)

@@ -57,10 +57,12 @@ class DeltaBench:
         self.details: dict[str, Any] = {}
 
     def run(self, client: Any, rate: int, seconds: float, period: float, value_bytes: int = VALUE_BYTES,
-            writer_processes: int = 0, endpoint: str = "", burst: bool = False) -> None:
+            writer_processes: int = 0, endpoint: str = "", burst: bool = False,
+            restore: bool = True) -> None:
         """Write `rate` puts of `value_bytes` a second for `seconds` with the watcher on (its delta-period:
         `period`): on WRITERS threads of `client`, or on `writer_processes` processes of their own (each with a
-        client of `endpoint`); with `burst`, BURST_VALUES values of a MiB in the middle."""
+        client of `endpoint`); with `burst`, BURST_VALUES values of a MiB in the middle; then (`restore`) a
+        point-in-time restore to the last write."""
         self.log(f"delta watcher: {rate} writes/s of {value_bytes} bytes for {seconds:g} s, delta-period {period:g} s"
                  f"{', a burst of 100 MiB values' if burst else ''}")
         began = time.monotonic()
@@ -91,7 +93,8 @@ class DeltaBench:
         if burst:
             self.details["deltas"]["burst"] = self.details.pop("burst")
         self._memory(sampler)
-        self._restore(end)
+        if restore:
+            self._restore(end)
         self.details["deltas"]["bench_seconds"] = time.monotonic() - began
 
     def _burst(self, client: Any) -> None:
@@ -285,6 +288,7 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=1024)
     parser.add_argument("--processes", type=int, default=3, help="writer processes (WRITERS threads each)")
     parser.add_argument("--burst", action="store_true", help=f"{BURST_VALUES} values of a MiB in the middle")
+    parser.add_argument("--no-restore", action="store_true", help="skip the point-in-time restore at the end")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-deltas-") as directory:
         work = Path(directory)
@@ -302,7 +306,7 @@ def main() -> None:
             try:
                 bench = DeltaBench(work, deployment, lambda line: print(line, flush=True))
                 bench.run(client, options.rate, options.seconds, options.period, options.value_bytes,
-                          options.processes, etcd.url, options.burst)
+                          options.processes, etcd.url, options.burst, not options.no_restore)
             finally:
                 client.close()
                 deployment.stop()
