@@ -19,6 +19,8 @@ import argparse
 import json
 import multiprocessing
 import re
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -161,9 +163,12 @@ def _write_steadily(client: Any, rate: int, seconds: float, value: bytes) -> lis
 def _write_share(client: Any, first: int, step: int, rate: int, seconds: float, began: float,
                  value: bytes) -> list[tuple[int, float]]:
     """Puts number `first`, `first + step`, ... of `rate` a second from `began` (time.monotonic(): the same clock
-    in every process), each on time or as soon as the one before it is answered."""
+    in every process), each on time or as soon as the one before it is answered; none after `seconds` (and one
+    more): the rate reached is what was written."""
     writes = []
     for number in range(first, int(rate * seconds), step):
+        if time.monotonic() > began + seconds + 1:  # behind (etcd, or this machine, does not take the rate): ended
+            break
         time.sleep(max(0.0, began + number / rate - time.monotonic()))
         answer = client.put(f"{PREFIX}{number % KEYS:04d}", value)
         writes.append((int(answer.header.revision), time.time()))
@@ -290,6 +295,7 @@ def main() -> None:
     parser.add_argument("--burst", action="store_true", help=f"{BURST_VALUES} values of a MiB in the middle")
     parser.add_argument("--no-restore", action="store_true", help="skip the point-in-time restore at the end")
     options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: its servers and processes stopped too
     with tempfile.TemporaryDirectory(prefix="bench-deltas-") as directory:
         work = Path(directory)
         etcd, redis = EtcdServer(work / "etcd", extra_args=ETCD_FLAGS).start(), RedisServer(work / "redis").start()
