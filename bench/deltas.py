@@ -109,15 +109,17 @@ class DeltaBench:
 
     def _recovery_point(self, writes: list[tuple[int, float]], sampler: _Sampler, period: float) -> None:
         stored = sorted(sampler.stored.items())  # (last revision, seen stored at), in revision order
-        worst, index = 0.0, 0
+        worst, worst_at, index = 0.0, 0.0, 0
         for revision, written in writes:
             while stored[index][0] < revision:
                 index += 1
-            worst = max(worst, stored[index][1] - written)
+            if stored[index][1] - written > worst:
+                worst, worst_at = stored[index][1] - written, written - writes[0][1]
         self.measured["deltas_recovery_point_over_period_s"] = worst - period
         self.details["deltas"] = {
             "writes_per_s": len(writes) / (writes[-1][1] - writes[0][1]), "writes": len(writes),
             "delta_period_s": period, "recovery_point_s": worst, "deltas_stored": len(stored),
+            "worst_write_at_s": worst_at,
             "metric_recovery_point_max_s": max(sampler.metric, default=None),
         }
 
