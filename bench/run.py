@@ -394,7 +394,7 @@ ROWS = [
     ("deltas_recovery_point_over_period_s", "delta watcher, steady writes: recovery point (write to its delta "
                                             "stored, max) minus delta-period, s"),
     ("deltas_watcher_peak_rss_mb", "delta watcher's peak RSS under those writes, MB"),
-    ("deltas_watcher_rss_growth_mb", "delta watcher's RSS, second half's peak over the first's, MB"),
+    ("deltas_watcher_rss_growth_mb", "delta watcher's RSS, the last tenth's peak over the first half's, MB"),
     ("deltas_restore_events_per_s", "point-in-time restore of those writes, events/s (whole command)"),
 ]
 

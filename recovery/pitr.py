@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 import grpc
 from etcd3 import etcdrpc
 
-from common import backups, etcd
+from common import backups, etcd, protowire
 from common.config import Config
 from common.deltas import (
     NO_FINGERPRINT,
@@ -67,6 +68,16 @@ KEEP_ALIVE_SECONDS = 0.5
 TTL (1.5 s with its default election timeout, rounded up to 2 s)."""
 SHORTEST_TTL = 1
 """The TTL asked for a lease whose TTL the watcher could not learn (it was gone): etcd raises it to its shortest."""
+PREPARED_CHUNK_REVISIONS = 16
+"""Revisions the reading thread encodes between two hand-overs: a few hundred microseconds of its CPU, about one
+Txn's wait for etcd (a larger chunk makes the apply wait for the GIL, held for up to 5 ms at a time)."""
+PREPARED_CHUNKS = 64
+"""Chunks read ahead of the apply at most (1,024 revisions): memory stays flat whatever the deltas hold."""
+TXN_METHOD = "/etcdserverpb.KV/Txn"
+_TXN_SUCCESS, _REQUEST_PUT, _REQUEST_DELETE_RANGE = 2, 2, 3
+"""Field numbers (etcd's rpc.proto): TxnRequest.success, RequestOp.request_put, RequestOp.request_delete_range."""
+_TXN_HEADER, _HEADER_REVISION = 1, 3
+"""TxnResponse.header, ResponseHeader.revision."""
 
 
 @dataclass(frozen=True)
@@ -388,16 +399,19 @@ def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> It
 
 def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:
     """Apply `revisions` after the restored one, up to `target`, one Txn each; check each lands on its number."""
-    with _Leases(connection) as leases:
-        return _apply_revisions(connection, revisions, target, leases)
+    with _Leases(connection) as leases, _prepared_ahead(revisions) as prepared:
+        return _apply_revisions(connection, prepared, target, leases)
 
 
-def _apply_revisions(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int,
+def _apply_revisions(connection: etcd.EtcdConnection, prepared: Iterator[tuple[Revision, bytes]], target: int,
                      leases: _Leases) -> int:
-    kv = etcdrpc.KVStub(connection.channel)
+    """One Txn per revision, serially, each sent only once the one before it is answered: etcd's gRPC server
+    runs each call on a goroutine of its own, so two in flight may reach raft in either order (measured:
+    docs/performance.md, "Where a point-in-time restore's time goes"), and a revision must land on its number."""
+    txn = connection.channel.unary_unary(TXN_METHOD)  # bytes in, bytes out: no protobuf objects (common.protowire)
     current = int(connection.status.header.revision)
     events = 0
-    for revision in revisions:
+    for revision, request in prepared:
         if revision.number <= current:  # already in the snapshot (taken while etcd was written to)
             continue
         if revision.number > target:
@@ -406,9 +420,7 @@ def _apply_revisions(connection: etcd.EtcdConnection, revisions: Iterator[Revisi
             raise RestoreError(f"etcd is at revision {current}, and the next delta revision is {revision.number}: "
                                "the deltas have a hole there")
         leases.grant_missing(revision.events)  # a lease grant makes no revision
-        answer = kv.Txn(etcdrpc.TxnRequest(success=[_operation(event) for event in revision.events]),
-                        metadata=connection.metadata, timeout=30)
-        current = int(answer.header.revision)
+        current = txn_revision(txn(request, metadata=connection.metadata, timeout=30))
         if current != revision.number:
             raise RestoreError(f"applying revision {revision.number} left etcd at revision {current}: the restored "
                                "etcd changed by itself (an expiring lease?)")
@@ -418,10 +430,82 @@ def _apply_revisions(connection: etcd.EtcdConnection, revisions: Iterator[Revisi
     return events
 
 
-def _operation(event: Event) -> etcdrpc.RequestOp:
+@contextmanager
+def _prepared_ahead(revisions: Iterator[Revision]) -> Iterator[Iterator[tuple[Revision, bytes]]]:
+    """`revisions`, each with its Txn's bytes, read, checked and encoded on a thread of their own: it runs while
+    the apply waits for etcd's answer (gRPC releases the GIL then). Small chunks (PREPARED_CHUNK_REVISIONS): the
+    apply never waits long for the GIL the thread holds; at most PREPARED_CHUNKS of them ahead (memory stays
+    flat). An error reading the deltas is raised where the apply takes the next revision."""
+    chunks: queue.Queue[list[tuple[Revision, bytes]] | BaseException | None] = queue.Queue(PREPARED_CHUNKS)
+    stop = threading.Event()
+
+    def hand_over(item: list[tuple[Revision, bytes]] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def prepare() -> None:
+        try:
+            chunk: list[tuple[Revision, bytes]] = []
+            for revision in revisions:
+                chunk.append((revision, txn_request(revision.events)))
+                if len(chunk) >= PREPARED_CHUNK_REVISIONS:
+                    if not hand_over(chunk):
+                        return  # the apply ended
+                    chunk = []
+            if chunk and not hand_over(chunk):
+                return
+            hand_over(None)
+        except BaseException as exc:  # RestoreError (a delta gone or damaged meanwhile) or a bug: the apply raises it
+            hand_over(exc)
+
+    def taken() -> Iterator[tuple[Revision, bytes]]:
+        while (chunk := chunks.get()) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield from chunk
+
+    thread = threading.Thread(target=prepare, name="pitr-prepare", daemon=True)
+    thread.start()
+    try:
+        yield taken()
+    finally:
+        stop.set()
+        thread.join()
+
+
+def txn_request(events: tuple[Event, ...]) -> bytes:
+    """The TxnRequest (its bytes) that makes one revision of `events`: a put (with its lease) or a delete of one
+    key each, in order, as etcdrpc.TxnRequest(success=[...]).SerializeToString() gives it."""
+    return b"".join(protowire.length_delimited(_TXN_SUCCESS, _request_op(event)) for event in events)
+
+
+def _request_op(event: Event) -> bytes:
     if event.kind == PUT:
-        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=event.key, value=event.value, lease=event.lease))
-    return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=event.key))
+        put = _bytes_field(1, event.key) + _bytes_field(2, event.value)
+        if event.lease:
+            put += protowire.tag(3, protowire.VARINT) + protowire.varint(event.lease)
+        return protowire.length_delimited(_REQUEST_PUT, put)
+    return protowire.length_delimited(_REQUEST_DELETE_RANGE, _bytes_field(1, event.key))
+
+
+def _bytes_field(number: int, value: bytes) -> bytes:
+    return protowire.length_delimited(number, value) if value else b""  # proto3 writes no empty field
+
+
+def txn_revision(response: bytes) -> int:
+    """The revision in a TxnResponse's header (its bytes): etcd's revision after the Txn; 0 if it has none."""
+    for number, _, header in protowire.fields(response):
+        if number == _TXN_HEADER and isinstance(header, memoryview):
+            for field, kind, value in protowire.fields(header):
+                if field == _HEADER_REVISION and kind == protowire.VARINT and isinstance(value, int):
+                    return value
+            return 0
+    return 0
 
 
 def leases_kept_alive(connection: etcd.EtcdConnection) -> _Leases:

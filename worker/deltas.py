@@ -18,11 +18,13 @@
   asked of etcd (LeaseTimeToLive) the first time the watcher sees the lease (_GrantedTTLs); a lease gone by then
   is recorded as such (TTL 0). A point-in-time restore grants those leases again (recovery.pitr).
 - Memory is bounded: the responses waiting for the writer hold at most WATCH_QUEUE_BYTES (one more if larger, up to
-  etcd.MAX_RECEIVE_BYTES), and the events held are written at MAX_DELTA_BYTES.
+  etcd.MAX_RECEIVE_BYTES), and the events held are written at MAX_DELTA_BYTES; and it is given back after a burst
+  of large values (return_large_buffers).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import queue
@@ -38,7 +40,7 @@ import redis
 from etcd3 import etcdrpc
 from redis.exceptions import LockError
 
-from common import backups, etcd
+from common import backups, etcd, protowire
 from common.clock import Clock, redis_clock
 from common.config import Config
 from common.deltas import (
@@ -66,10 +68,17 @@ LEASE_TTL = 15.0
 """Seconds the lease outlives a watcher that stopped renewing it (killed, cut off from Redis)."""
 LEASE_RENEWAL = LEASE_TTL / 3
 """A watcher renews its lease this often: a delta-period longer than LEASE_TTL must not let it lapse."""
-WATCH_QUEUE_BYTES = 16 << 20
-"""Bytes of watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded)."""
+WATCH_QUEUE_BYTES = 4 << 20
+"""Bytes of watch responses received ahead of the writer: the reader waits beyond this (memory stays bounded). It
+only has to cover the writer storing a delta (about 0.2 s: under 1 MiB at 3,000 puts of 1 KiB a second); each
+response in it holds its events parsed, on top of gRPC's own copy of the one being read (bench.deltas: a burst of
+100 values of a MiB took the watcher from 94 to 198 MB with 16 MiB here)."""
 RETRY_SECONDS = 2.0
 """How long a watcher waits before trying again after etcd or the store failed it."""
+LARGE_BUFFER_BYTES = 256 << 10
+"""Buffers this large or larger are mapped apart and returned to the system when freed (return_large_buffers)."""
+_M_MMAP_THRESHOLD = -3
+"""glibc's mallopt() parameter (malloc.h)."""
 LEASES_REMEMBERED = 65536
 """Leases whose granted TTL the watcher remembers (the least recently seen forgotten first: asked again if seen)."""
 _CLEAR_UNEXPIRING_LEASE = """
@@ -110,6 +119,7 @@ class Compacted(Exception):
 
 def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) -> None:
     """Watch and store deltas until `stop` is set, whenever this process holds the lease."""
+    return_large_buffers()
     lease = connection.lock(LEASE_KEY, timeout=LEASE_TTL, thread_local=False)
     clear_unexpiring = connection.register_script(_CLEAR_UNEXPIRING_LEASE)
     warned = False
@@ -129,6 +139,20 @@ def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) 
                 lease.release()
             except LockError:
                 pass
+
+
+def return_large_buffers() -> bool:
+    """Have glibc's malloc give every buffer of LARGE_BUFFER_BYTES or more its own mapping, returned to the system
+    when freed; whether it could (not glibc: nothing to do). By default glibc raises that threshold to the largest
+    buffer freed so far (up to 32 MiB): after a burst of 1 MiB values, the watcher's gRPC messages, batches and
+    compressed deltas came from the heap, which is not given back: measured 112 MB after one burst, 224 after the
+    next, against a flat 97 with the threshold fixed (tests/test_deltas_backlog.py). Process-wide; the threshold
+    fixed at about glibc's own starting value."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES))
 
 
 def _cleared(clear_unexpiring: redis.commands.core.Script) -> bool:
@@ -319,34 +343,12 @@ An etcd older than 3.4 ignores it, as any field it does not know."""
 def _is_fragment(data: bytes) -> bool:
     """WatchResponse's `fragment` from the message's wire form: etcd3's protos do not know the field. Only the
     top-level fields are walked (the events are skipped by their length); etcd writes them in field order, so
-    `fragment` comes before the events."""
-    position = 0
-    while position < len(data):
-        tag, position = _varint(data, position)
-        number, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            value, position = _varint(data, position)
-            if number == _FRAGMENT_FIELD:
-                return value != 0
-        elif wire_type == 2:
-            length, position = _varint(data, position)
-            position += length
-        elif wire_type in (1, 5):
-            position += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"a watch response with a field of wire type {wire_type} (not etcd's)")
+    `fragment` comes before the events. A cut message raises ValueError: gRPC reports the deserialization as
+    failed."""
+    for number, wire_type, value in protowire.fields(data):
+        if number == _FRAGMENT_FIELD and wire_type == protowire.VARINT:
+            return value != 0
     return False
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[position]  # IndexError on a cut message: gRPC reports the deserialization as failed
-        value |= (byte & 0x7F) << shift
-        position += 1
-        if not byte & 0x80:
-            return value, position
-        shift += 7
 
 
 class _WholeRevisions:
