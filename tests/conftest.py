@@ -46,7 +46,34 @@ def report(request: pytest.FixtureRequest) -> Report:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "teardown":  # its user properties hold every row the test added
-        _report_rows.extend((report.nodeid, *row) for name, row in report.user_properties if name == REPORT_PROPERTY)
+        nodeid = ungrouped(report.nodeid)
+        _report_rows.extend((nodeid, *row) for name, row in report.user_properties if name == REPORT_PROPERTY)
+
+
+def ungrouped(nodeid: str) -> str:
+    """`nodeid` without the "@group" that pytest-xdist's --dist loadgroup appends (a parameter's id may hold an @)."""
+    return nodeid.rpartition("@")[0] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+
+
+_LOST_GROUP = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own, which appends the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --dist loadgroup, a test of an xdist_group whose node ID does not name it would be run in any process,
+    silently: the image built once per process, the point-in-time restores beside each other. pytest-xdist 3.8
+    names it by editing the node ID, which pytest 9.2 ignores (pytest-xdist#1386): such a test fails then."""
+    if not getattr(config.option, "loadgroup", False):  # set in pytest-xdist's worker processes only
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") and ungrouped(item.nodeid) == item.nodeid:
+            item.stash[_LOST_GROUP] = (f"--dist loadgroup ignores its xdist_group with pytest {pytest.__version__} "
+                                       "(pytest-xdist#1386): pyproject.toml's test extra pins one it works with")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if lost := item.stash.get(_LOST_GROUP, ""):
+        pytest.fail(lost, pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,4 +1,4 @@
-"""A flood of POSTs against the Procfile deployment (issue 25): 10,000 verify and backup requests keep Redis under a
+"""A flood of POSTs against the Procfile deployment (issue 25): 4,000 verify and backup requests keep Redis under a
 stated bound, backups keep being taken (the scheduler's and the POSTed ones), the requests beyond the queue bound
 get 429 with Retry-After, and nothing is lost."""
 
@@ -21,7 +21,11 @@ from harness.servers import EtcdServer, RedisServer
 
 pytestmark = pytest.mark.slow
 
-REQUESTS = 10_000
+REQUESTS = 4_000
+"""Enough that the bound is what holds Redis: were every verify queued as a job, as before the bound (3,000 verify
+POSTs took Redis from 1.9 to 21.3 MB), these 3,800 would need about 26 MB, well past USED_MEMORY_BOUND, while
+the two workers run some 5 a second. (docs/performance.md's numbers are from a run of 10,000: no more is proved by
+them, at two minutes of CI time.)"""
 CLIENTS = 128
 """Threads posting at once, each on one persistent connection: more than the API lets wait for their job
 (api.server.WAITING_REQUESTS), as a flood does; the others are answered at once."""
@@ -77,7 +81,7 @@ def post_all(port: int, paths: list[str]) -> list[tuple[str, int, dict[str, str]
     return answers
 
 
-def test_ten_thousand_posts_keep_redis_bounded_and_backups_taken(
+def test_a_flood_of_posts_keeps_redis_bounded_and_backups_taken(
         tmp_path: Path, etcd: EtcdServer, report: Report) -> None:
     redis_server = RedisServer(tmp_path / "redis", extra_args=(
         "--maxmemory", str(REDIS_MAXMEMORY), "--maxmemory-policy", "noeviction")).start()
