@@ -398,7 +398,7 @@ def test_a_compacted_backup_named_after_a_newer_full_backup_never_hides_it_from_
          delta(301, 500, t0 + timedelta(minutes=10, seconds=25)),
          delta(501, 600, t0 + timedelta(minutes=10, seconds=30))])
     now = t0 + timedelta(minutes=11)
-    retention.prune(store, now, 1, None, protect=c)  # the compaction's own prune
+    retention.prune(store, now, 1, None, protect=c)  # type: ignore[arg-type]  # the compaction's own prune
     assert b2 in store.metadata  # the newest full backup stays ...
     base, base_metadata = base_backup(store, 550, now)  # type: ignore[arg-type]
     kept_from = min((said.first for name in store.deltas if (said := parse_delta_name(name)) is not None),
@@ -406,3 +406,59 @@ def test_a_compacted_backup_named_after_a_newer_full_backup_never_hides_it_from_
     assert kept_from is not None and kept_from <= base_metadata.revision + 1, (
         f"a restore to revision 550 starts from {base} (revision {base_metadata.revision}), but the deltas kept "
         f"begin at revision {kept_from}: {store.deltas}; {b2} (revision 500) and the deltas after it reach 550")
+
+
+def due_state(make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis,
+              tmp_path: Path) -> tuple[Service, str]:
+    """A full backup and COMPACT_AFTER + 5 revisions of deltas after it: a compaction is due."""
+    service = compacting_service(make_service, own_etcd, tmp_path)
+    client = own_etcd.client()
+    client.put("/before", "b")
+    base = full_backup(service)
+    with watcher(service.config, redis_conn):
+        for number in range(COMPACT_AFTER + 5):
+            client.put(f"/filler/{number % 10}", f"f{number}")
+        wait_stored(redis_conn, current_revision(own_etcd.url))
+    return service, base
+
+
+def test_a_flood_of_compaction_jobs_makes_one_compacted_backup_and_deletes_nothing(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """GUARD (Redis writer, e.g. with the API's ACL user, which may push jobs): five compaction jobs queued at once
+    behind the scheduler's back. Each is the service's own function with no arguments (the job gate lets it
+    run); the first compacts, the others find nothing due: one compacted backup, the full backup and every delta
+    kept."""
+    from rq.job import JobStatus
+
+    from common.jobs import COMPACT_JOB
+    from common.queue import job_queue
+    from harness.processes import wait_until
+
+    service, base = due_state(make_service, own_etcd, redis_conn, tmp_path)
+    deltas_before = service.store.list_deltas()
+    queue = job_queue(redis_conn)
+    jobs = [queue.enqueue(COMPACT_JOB) for _ in range(5)]
+    wait_until(lambda: all(job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED) for job in jobs),
+               180, "the flood of compaction jobs")
+    made = [job.return_value() for job in jobs if job.get_status() == JobStatus.FINISHED]
+    compacted = [name for name in service.store.list_backups() if backups.is_compacted(name)]
+    assert len(compacted) == 1, (compacted, made)
+    assert base in service.store.list_backups() and service.store.list_deltas() == deltas_before
+
+
+def test_a_backoff_key_without_a_ttl_does_not_stop_compactions_for_ever(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """BREAK (minor; a Redis writer with the worker's or scheduler's rights, not the API's): the README says a failed
+    compaction "holds the next off for 10 minutes (Redis key etcd-backup:compaction-backoff, with its TTL)". The
+    scheduler only asks whether the key exists: set without a TTL (or with a year's), it stops every compaction
+    for ever, silently (no error, no status line), and restores go back to applying every revision since the
+    last full backup. The delta watcher's lease is the precedent: a lease key without a TTL (or over its own) is
+    no watcher's and is taken over; the backoff is not checked the same way."""
+    from scheduler.cron import run_compaction_tick
+    from worker.compact import BACKOFF_KEY
+
+    service, _ = due_state(make_service, own_etcd, redis_conn, tmp_path)
+    redis_conn.set(BACKOFF_KEY, "planted: no TTL")
+    job = run_compaction_tick(service.config, redis_conn, datetime.now(UTC), "test")
+    assert job is not None, (f"{BACKOFF_KEY} without a TTL (ttl {redis_conn.ttl(BACKOFF_KEY)}) holds every "
+                             "compaction off for ever")
