@@ -462,3 +462,32 @@ def test_a_backoff_key_without_a_ttl_does_not_stop_compactions_for_ever(
     job = run_compaction_tick(service.config, redis_conn, datetime.now(UTC), "test")
     assert job is not None, (f"{BACKOFF_KEY} without a TTL (ttl {redis_conn.ttl(BACKOFF_KEY)}) holds every "
                              "compaction off for ever")
+
+
+def test_a_value_production_etcd_took_is_restored_whatever_its_max_request_bytes(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """BREAK (no attacker; a production setting): clusters that store big objects raise etcd's
+    --max-request-bytes (default 1.5 MiB; 10 MiB is common advice for large Kubernetes clusters). A put of a
+    2 MiB value is then a revision etcd took and the watcher stored, but the throwaway etcd the apply and the
+    compaction run (recovery.throwaway: etcd's defaults) refuses its Txn: no point-in-time restore or compaction
+    passes that revision (same family as the 128-operation limit: the throwaway's limits are etcd's defaults,
+    not production's)."""
+    server = EtcdServer(tmp_path / "big-etcd", extra_args=["--max-request-bytes", str(10 << 20)]).start()
+    try:
+        service = compacting_service(make_service, server, tmp_path)
+        client = server.client()
+        client.put("/before", "b")
+        full_backup(service)
+        with watcher(service.config, redis_conn):
+            client.put("/big", b"x" * (2 << 20))
+            for number in range(COMPACT_AFTER + 5):
+                client.put(f"/filler/{number % 10}", f"f{number}")
+            end = current_revision(server.url)
+            wait_stored(redis_conn, end)
+            done, data_dir = restore_cli(service, tmp_path, end)
+            result = compact(service, redis_conn)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert served(data_dir) == kvs(server.url, end)
+        assert result is not None and result["backup"] is not None, result
+    finally:
+        server.stop()
