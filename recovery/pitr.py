@@ -133,17 +133,25 @@ def reach_from(store: BackupStore, revision: int, identities: list[Identity]) ->
 
 
 def base_backup(store: BackupStore, target: int, now: datetime) -> tuple[str, BackupMetadata]:
-    """The newest current backup (with metadata) whose snapshot is at or before revision `target`."""
+    """The current backup (with metadata) nearest below revision `target`: the highest revision whose snapshot is at
+    or before it (the newest name among equals). By revision, not by name: a compacted backup is named after the
+    moment the watcher received its revision (its clock, maybe lagging), so it may sort after a backup taken from
+    etcd later at a higher revision; picked by name, a restore would start from the lower one and need deltas that
+    retention, counting from the newer backup, has deleted."""
+    best: tuple[str, BackupMetadata] | None = None
     for name in reversed(store.list_backups(now)):
         if backups.is_stale(name) or backups.is_future(name, now):
             continue
         metadata = store.read_metadata(name)
         # The snapshot holds a revision from `revision` to `revision_at_end`: all of it must be before the target
         # (a snapshot started before a --to-time may hold later revisions: it is picked by revision too).
-        if metadata is not None and (metadata.revision_at_end or metadata.revision) <= target:
-            return name, metadata
-    raise RestoreError(f"no full backup (with its metadata) was taken at or before revision {target}: nothing to "
-                       "start from")
+        if metadata is not None and (metadata.revision_at_end or metadata.revision) <= target \
+                and (best is None or metadata.revision > best[1].revision):
+            best = name, metadata
+    if best is None:
+        raise RestoreError(f"no full backup (with its metadata) was taken at or before revision {target}: nothing "
+                           "to start from")
+    return best
 
 
 def _revision_at(store: BackupStore, when: datetime, now: datetime, identities: list[Identity]) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from common import etcd
 from common.config import EtcdConfig
+from common.deltas import MAX_DELTA_EVENTS, MAX_PLAIN_BYTES
 from recovery.workdir import SOCKET_PREFIX, private_workdir
 
 START_TIMEOUT = 60.0
@@ -30,6 +31,12 @@ MEMBER_NAME = "drill"
 SHORT_PATHS = Path("/tmp")
 """Where the client reaches the socket through a short path: a unix socket's path may not be longer than
 107 bytes, and the work dir may be deep (a restore's sits beside the user's --data-dir)."""
+
+
+REQUEST_LIMITS = ("--max-txn-ops", str(MAX_DELTA_EVENTS), "--max-request-bytes", str(MAX_PLAIN_BYTES))
+"""A point-in-time restore applies each original revision as one Txn: one that deleted a lease's keys, or a prefix,
+holds a delete per key (etcd's default allows 128 operations), and production etcd may have taken a value bigger
+than the default 1.5 MiB (its --max-request-bytes raised). What a delta may hold bounds both instead."""
 
 
 class ThrowawayFailed(Exception):
@@ -110,7 +117,7 @@ def throwaway_etcd(work: Path, data_dir: Path, username: str | None, password: s
             ["setpriv", "--pdeathsig", "KILL", "--", etcd_bin, "--name", MEMBER_NAME, "--data-dir", str(data_dir),
              "--listen-client-urls", f"unix://{CLIENT_SOCKET}", "--advertise-client-urls", f"unix://{CLIENT_SOCKET}",
              "--listen-peer-urls", PEER_URL, "--initial-advertise-peer-urls", PEER_URL,
-             "--initial-cluster", f"{MEMBER_NAME}={PEER_URL}"],
+             "--initial-cluster", f"{MEMBER_NAME}={PEER_URL}", *REQUEST_LIMITS],
             stdout=log, stderr=subprocess.STDOUT, cwd=work,
         )
     try:

@@ -88,13 +88,23 @@ def run_drill_tick(config: Config, connection: redis.Redis, tick: datetime, sche
     return job
 
 
+_BACKOFF_IF_TRUSTED = """
+local ttl = redis.call('TTL', KEYS[1])
+if ttl == -1 or ttl > tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return -2 end
+return ttl
+"""
+"""The compaction back-off key's TTL (-2: none), after deleting one the worker did not set (no TTL, or a longer one)."""
+
+
 def run_compaction_tick(config: Config, connection: redis.Redis, tick: datetime, scheduler: str) -> Job | None:
     """Queue a compaction (a worker runs it) if the deltas after the newest backup reach compact-after-revisions
     past it. No tick is claimed (a key every 10 s would pile up in Redis): two schedulers that both find it due
     queue one compaction, as the second joins the first's (common.queue.enqueue_or_join)."""
-    from worker.compact import BACKOFF_KEY, due  # the worker's own; imported only by a scheduler that compacts
+    from worker.compact import BACKOFF_KEY, BACKOFF_SECONDS, due  # the worker's; imported by a scheduler that compacts
 
-    if connection.exists(BACKOFF_KEY):  # the last compaction failed: none for a while (its TTL)
+    # The last compaction failed: none for a while (its TTL). A key without that TTL (set by hand, or by whoever
+    # can write to Redis) is deleted, not obeyed: it would stop compactions for ever, silently.
+    if int(connection.register_script(_BACKOFF_IF_TRUSTED)(keys=[BACKOFF_KEY], args=[BACKOFF_SECONDS])) >= 0:
         return None
     found = due(config, open_store(config), redis_clock(connection)())
     if found is None:

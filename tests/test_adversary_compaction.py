@@ -1,8 +1,9 @@
 """Adversary (adv26): compacted backups (worker.compact), the faster apply (recovery.pitr's hand-written Txn and
 reading thread) and etcd-bin (recovery.throwaway.choose_etcd).
 
-Each test is one attack. Those that fail on main are breaks (the docstring says what etcd never held, or what
-history vanished, and who can cause it); those that pass guard a promise that held. Real etcd and real Redis,
+Each test is one attack. Six broke the code as it was when written (their docstrings begin "FIXED": what etcd
+never held, or what history vanished, and who could cause it) and pass since their fixes; the others guard a promise
+that held. Real etcd and real Redis,
 on loopback and free ports; each test that compacts has an etcd of its own (its history is read at old
 revisions: nothing else may compact it; etcd 3.4's auto-compaction is off by default)."""
 
@@ -94,9 +95,10 @@ def restore_cli(service: Service, tmp_path: Path, target: int,
 # --- Breaks ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_revision_that_deletes_more_than_128_keys_is_restored_and_compacted(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
-    """BREAK (no attacker needed; any etcd user, e.g. Kubernetes itself): one revision can hold more events than
+    """FIXED (no attacker needed; any etcd user, e.g. Kubernetes itself): one revision can hold more events than
     etcd takes in one Txn. A lease that expires or is revoked deletes every key attached to it in ONE revision
     (kube-apiserver attaches all Events of a minute to one lease), and a range delete (`etcdctl del --prefix`)
     deletes all its keys in one revision. The apply (recovery.pitr._request_op/txn_request) turns that revision
@@ -126,9 +128,10 @@ def test_a_revision_that_deletes_more_than_128_keys_is_restored_and_compacted(
     assert result is not None and result["backup"] is not None, result
 
 
+@pytest.mark.slow
 def test_restore_to_time_never_reaches_a_revision_received_after_that_time(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
-    """BREAK (no attacker needed): `restore --to-time T` promises "the newest revision the watcher had received by
+    """FIXED (no attacker needed): `restore --to-time T` promises "the newest revision the watcher had received by
     then". A compacted backup's metadata says `started` = the reached revision's delta's last_seen, which a delta
     name holds ROUNDED DOWN to the second, and recovery.pitr._revision_at counts a backup's `revision` as received
     at its `started`. So for any T between that whole second and the instant the reached revision really came (up
@@ -164,9 +167,10 @@ def test_restore_to_time_never_reaches_a_revision_received_after_that_time(
         f"{datetime.fromtimestamp(seen[last], UTC).isoformat()}, after that time")
 
 
+@pytest.mark.slow
 def test_a_compacted_backup_holds_no_lease_that_etcd_revoked(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
-    """BREAK (no attacker needed): a lease revoked (or expired) in etcd shows in the deltas only as the deletes of
+    """FIXED (no attacker needed): a lease revoked (or expired) in etcd shows in the deltas only as the deletes of
     its keys; the throwaway etcd granted it for the puts (or restored it from the base) and never revokes it. The
     compacted backup's snapshot keeps it, so a restore from it (or `tar xzf` + `etcdctl snapshot restore`) holds
     a lease etcd no longer had at that revision, with its full TTL counted afresh. Each compaction restores the
@@ -202,6 +206,7 @@ def test_a_compacted_backup_holds_no_lease_that_etcd_revoked(
 # --- Guards (attacks that did not break) -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_compacted_backup_equals_etcd_at_its_revision_at_the_edges(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
     """GUARD: a history whose last revisions stress the compaction at reached-1: a key deleted at exactly the
@@ -363,7 +368,7 @@ class _NamesStore:
 
 
 def test_a_compacted_backup_named_after_a_newer_full_backup_never_hides_it_from_a_restore() -> None:
-    """BREAK (race, no attacker; a Redis writer who queues the compaction job at the right moment helps): a
+    """FIXED (race, no attacker; a Redis writer who queues the compaction job at the right moment helps): a
     compaction is planned while full backup B2 is still being written (not listed yet), from the base before it
     (B1, revision 100), and reaches the end of the stored deltas, revision 300, which the watcher received
     (catching up after a restart, or behind a burst) in a second AFTER B2 started at revision 500. The compacted
@@ -422,6 +427,7 @@ def due_state(make_service: Callable[..., Service], own_etcd: EtcdServer, redis_
     return service, base
 
 
+@pytest.mark.slow
 def test_a_flood_of_compaction_jobs_makes_one_compacted_backup_and_deletes_nothing(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
     """GUARD (Redis writer, e.g. with the API's ACL user, which may push jobs): five compaction jobs queued at once
@@ -448,7 +454,7 @@ def test_a_flood_of_compaction_jobs_makes_one_compacted_backup_and_deletes_nothi
 
 def test_a_backoff_key_without_a_ttl_does_not_stop_compactions_for_ever(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
-    """BREAK (minor; a Redis writer with the worker's or scheduler's rights, not the API's): the README says a failed
+    """FIXED (minor; a Redis writer with the worker's or scheduler's rights, not the API's): the README says a failed
     compaction "holds the next off for 10 minutes (Redis key etcd-backup:compaction-backoff, with its TTL)". The
     scheduler only asks whether the key exists: set without a TTL (or with a year's), it stops every compaction
     for ever, silently (no error, no status line), and restores go back to applying every revision since the
@@ -464,9 +470,10 @@ def test_a_backoff_key_without_a_ttl_does_not_stop_compactions_for_ever(
                              "compaction off for ever")
 
 
+@pytest.mark.slow
 def test_a_value_production_etcd_took_is_restored_whatever_its_max_request_bytes(
         make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> None:
-    """BREAK (no attacker; a production setting): clusters that store big objects raise etcd's
+    """FIXED (no attacker; a production setting): clusters that store big objects raise etcd's
     --max-request-bytes (default 1.5 MiB; 10 MiB is common advice for large Kubernetes clusters). A put of a
     2 MiB value is then a revision etcd took and the watcher stored, but the throwaway etcd the apply and the
     compaction run (recovery.throwaway: etcd's defaults) refuses its Txn: no point-in-time restore or compaction

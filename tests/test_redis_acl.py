@@ -201,7 +201,9 @@ def test_each_user_is_refused_what_it_does_not_need(shipped_redis: ShippedRedis,
     assert admin.get(LOCK_KEY) == b"a worker's" and admin.dbsize() == 1
     # The API still reads what it shows, and queues jobs.
     assert api.get(LOCK_KEY) == b"a worker's" and api.set("etcd-backup:pending-job", "x") is True
-    assert api.set("etcd-backup:pending-verify:snapshot-20261207_060000.stale.tar.gz.age", "x") is True
+    for backup in ("snapshot-20261207_060000.stale.tar.gz.age", "snapshot-20261207_060000.compacted.tar.gz",
+                   "snapshot-20261207_060000.compacted.tar.gz.age"):  # every kind of backup the API can verify
+        assert api.set(f"etcd-backup:pending-verify:{backup}", "x") is True
     anonymous = redis.Redis(port=shipped_redis.port)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import redis
@@ -33,7 +33,8 @@ from etcd3 import etcdrpc
 from common import backups, etcd, retention
 from common.clock import redis_clock
 from common.config import Config
-from common.deltas import parse_delta_name
+from common.deltas import DeltaError, parse_delta_name
+from common.encryption import Identity
 from common.metadata import MAX_DURATION, BackupMetadata
 from common.phases import Phases
 from common.storage import BackupStore, StorageError, open_store
@@ -44,6 +45,7 @@ from recovery.pitr import (
     base_backup,
     identities_of,
     leases_kept_alive,
+    read_delta,
     unbroken_from,
 )
 from recovery.restore import RestoreError
@@ -129,12 +131,14 @@ def _compact(config: Config, store: BackupStore, connection: redis.Redis, job_id
     if last is None or last.last != reached or reached - metadata.revision < config.compact_after_revisions:
         raise NotCompacted(f"the deltas after it break at revision {reached}, fewer than compact-after-revisions "
                            "past it (a missing or damaged delta): not compacted")
-    # Named after the second the watcher received the reached revision (its delta's name says it, rounded down),
-    # and at least a second after its base: within the base's second a compacted name sorts first, and the next
-    # compaction, retention and a restore would take the base for the newer.
+    # Named after the second the watcher received the reached revision, and at least a second after its base: within
+    # the base's second a compacted name sorts first, and the next compaction, retention and a restore would take the
+    # base for the newer. `received` is the exact moment (the delta's record of it, not its name's second rounded
+    # down): --to-time counts the backup's revision as received at its `started`, and an earlier `started` would let
+    # a restore to a time just before that write bring it back.
     base_time = backups.backup_time(base)
     assert base_time is not None, base
-    received = max(last.last_seen, base_time + timedelta(seconds=1))
+    received = max(_received_at(store, deltas[-1], reached, identities), base_time + timedelta(seconds=1))
     name = backups.backup_name(received, encrypted=config.encryption is not None, compacted=True)
     if name in store.taken_names():
         raise NotCompacted(f"{name} is taken (a compaction of that second): not compacted now")
@@ -168,9 +172,22 @@ def _compact(config: Config, store: BackupStore, connection: redis.Redis, job_id
     return name, events
 
 
+def _received_at(store: BackupStore, name: str, reached: int, identities: list[Identity]) -> datetime:
+    """When the watcher received revision `reached`, as delta `name` (which holds it) records it."""
+    try:
+        seen = [revision.seen for revision in read_delta(store, name, identities, events=False).revisions
+                if revision.number == reached]
+    except DeltaError as exc:
+        raise NotCompacted(f"{exc} (it was intact a moment ago)") from None
+    if not seen:
+        raise NotCompacted(f"{name} does not hold revision {reached}, which its name says it holds")
+    return datetime.fromtimestamp(seen[0], UTC)
+
+
 def _compact_member(member: etcd.EtcdConnection, reached: int) -> int:
     """Drop the throwaway etcd's history before `reached` (keeping that revision's events: see the module's
     docstring), give the freed pages back (defragment), and count its keys at `reached`."""
+    _revoke_keyless_leases(member)
     kv = etcdrpc.KVStub(member.channel)
     if reached > 1:
         kv.Compact(etcdrpc.CompactionRequest(revision=reached - 1, physical=True), metadata=member.metadata,
@@ -178,6 +195,27 @@ def _compact_member(member: etcd.EtcdConnection, reached: int) -> int:
     etcdrpc.MaintenanceStub(member.channel).Defragment(etcdrpc.DefragmentRequest(), metadata=member.metadata,
                                                        timeout=TIMEOUT)
     return member.key_count(reached, TIMEOUT)
+
+
+def _revoke_keyless_leases(member: etcd.EtcdConnection) -> int:
+    """Revoke the throwaway etcd's leases that no key is attached to; return how many. The deltas show a lease revoked
+    (or expired) in etcd only as the deletes of its keys: the throwaway etcd still holds it, and each compaction,
+    starting from the last, would carry it on for ever (kube-apiserver grants one a minute for Events). A lease etcd
+    still held with no key on it is dropped too (no delta tells the two apart): its holder's next keep-alive finds it
+    gone and grants another, as after any lease expiry. Revoking a lease without keys makes no revision
+    (_check_still_at would say so)."""
+    stub = etcdrpc.LeaseStub(member.channel)
+    leases = stub.LeaseLeases(etcdrpc.LeaseLeasesRequest(), metadata=member.metadata, timeout=TIMEOUT).leases
+    revoked = 0
+    for lease in leases:
+        alive = stub.LeaseTimeToLive(etcdrpc.LeaseTimeToLiveRequest(ID=lease.ID, keys=True),
+                                     metadata=member.metadata, timeout=TIMEOUT)
+        if alive.TTL != -1 and not alive.keys:
+            stub.LeaseRevoke(etcdrpc.LeaseRevokeRequest(ID=lease.ID), metadata=member.metadata, timeout=TIMEOUT)
+            revoked += 1
+    if revoked:
+        logger.info("compaction: %d of %d leases had no key and were revoked", revoked, len(leases))
+    return revoked
 
 
 def _check_still_at(member: etcd.EtcdConnection, reached: int) -> None:
