@@ -102,7 +102,9 @@ def test_a_member_cut_off_from_the_quorum_is_never_snapshotted(
     m1, m2, _ = partitioned_cluster
     cluster_revision = revision(m2)
     stale_revision = revision(m1)
-    assert stale_revision < cluster_revision - 40  # m1 still answers, with old data
+    # m1 still answers, with old data. Not by how much: a CI run on etcd 3.5 saw m1 take 10 of the 50 writes before
+    # the cut held (revision 16 against 56); behind is what the test needs.
+    assert stale_revision < cluster_revision
     urls = [member.url for member in partitioned_cluster]
     deployment = Deployment(tmp_path / "service", urls, redis_server, etcd={"endpoints": urls, "timeout": "2s"})
     deployment.start()
