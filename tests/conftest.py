@@ -272,3 +272,16 @@ def backup(service: Service, etcd: EtcdServer) -> Path:
         client.put(f"/recovery/key-{number}", f"value-{number}")
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     return service.config.backup_dir / name
+
+
+@pytest.fixture
+def empty_etcd() -> Iterator[Any]:
+    """A throwaway etcd (recovery.throwaway) on a new data dir: at revision 1."""
+    import tempfile
+
+    from recovery.throwaway import throwaway_etcd
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
+        work = Path(directory)
+        work.chmod(0o700)
+        with throwaway_etcd(work, work / "data", None, None) as connection:
+            yield connection

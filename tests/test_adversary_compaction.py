@@ -31,7 +31,7 @@ from harness.keys import signing
 from harness.servers import EtcdServer, etcdctl
 from harness.writer import current_revision
 from recovery.pitr import Target, _apply, base_backup, plan_restore
-from recovery.throwaway import choose_etcd, throwaway_etcd
+from recovery.throwaway import choose_etcd
 from tests.test_compaction import compact, kvs, served
 from tests.test_deltas import wait_stored, watcher
 
@@ -264,16 +264,6 @@ def test_a_compacted_backup_equals_etcd_at_its_revision_at_the_edges(
     done, data_dir = restore_cli(service, tmp_path, reached + 2, "-edited")
     assert done.returncode == 0 and f"{base}: " in done.stdout and name not in done.stdout, done.stdout
     assert served(data_dir) == kvs(own_etcd.url, reached + 2)
-
-
-@pytest.fixture
-def empty_etcd() -> Iterator[Any]:
-    import tempfile
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
-        work = Path(directory)
-        work.chmod(0o700)
-        with throwaway_etcd(work, work / "data", None, None) as connection:
-            yield connection
 
 
 def test_the_hand_written_txn_applies_edge_values_as_etcd_had_them(empty_etcd: Any) -> None:

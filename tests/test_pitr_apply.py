@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from harness.in_process import Service
 from harness.servers import EtcdServer, etcdctl
 from recovery.pitr import _apply, txn_request, txn_revision
 from recovery.restore import RestoreError
-from recovery.throwaway import throwaway_etcd
 from tests.test_deltas import wait_stored, watcher
 
 pytestmark = pytest.mark.xdist_group("point-in-time")
@@ -127,16 +125,6 @@ def test_a_restore_equals_the_original_key_for_key(
         finally:
             server.stop()
     assert any(lease for *_, lease in expected[end].values()) and len(expected[end]) > 10, expected[end]
-
-
-@pytest.fixture
-def empty_etcd() -> Iterator[Any]:
-    """A throwaway etcd (recovery.throwaway) on a new data dir: at revision 1."""
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
-        work = Path(directory)
-        work.chmod(0o700)
-        with throwaway_etcd(work, work / "data", None, None) as connection:
-            yield connection
 
 
 def puts(first: int, count: int) -> list[Revision]:
