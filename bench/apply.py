@@ -7,7 +7,7 @@ them (common.deltas, about MAX_DELTA_BYTES each), then:
 
 - the phases of one revision on the Python side, CPU per revision: reading (decoding) the deltas, building the
   Txn with etcd3's protobuf classes and serializing it, writing the same bytes by hand (common.protowire), parsing
-  the answer, the lease bookkeeping (recovery.pitr._Leases.grant_missing on leaseless puts);
+  the answer, the lease bookkeeping (recovery.pitr.LeasesKeptAlive.grant_missing on leaseless puts);
 - the gRPC call on a throwaway etcd (recovery.throwaway, its data in /dev/shm), pre-encoded bytes: wall time,
   this process's CPU and etcd's CPU per call; etcd's own numbers beside it: a serial loop of Put calls, and its
   capacity with calls in flight (threads, futures);
@@ -51,7 +51,7 @@ from common.deltas import (
     encode_delta,
 )
 from recovery import throwaway
-from recovery.pitr import TXN_METHOD, _apply, _apply_revisions, _Leases, txn_request, txn_revision
+from recovery.pitr import TXN_METHOD, LeasesKeptAlive, _apply, _apply_revisions, txn_request, txn_revision
 from recovery.restore import SHARED_MEMORY
 
 KEYS = 1000
@@ -143,7 +143,7 @@ def python_phases(deltas: list[tuple[str, bytes]], revisions: list[Revision]) ->
 
 
 def lease_bookkeeping(connection: etcd.EtcdConnection, revisions: list[Revision]) -> float:
-    with _Leases(connection) as leases:
+    with LeasesKeptAlive(connection) as leases:
         def bookkeeping() -> None:
             for revision in revisions:
                 leases.grant_missing(revision.events)
@@ -238,7 +238,7 @@ def applied_before(connection: etcd.EtcdConnection, revisions: Iterator[Revision
     (leases and checks as now)."""
     kv = etcdrpc.KVStub(connection.channel)
     current, events = int(connection.status.header.revision), 0
-    with _Leases(connection) as leases:
+    with LeasesKeptAlive(connection) as leases:
         for revision in revisions:
             leases.grant_missing(revision.events)
             operations = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=event.key, value=event.value,
@@ -257,7 +257,7 @@ def applied_before(connection: etcd.EtcdConnection, revisions: Iterator[Revision
 def applied_inline(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:
     """The apply now, but each revision read and encoded on the applying thread, not ahead on a thread of its own:
     what the reading thread (recovery.pitr._prepared_ahead) is worth."""
-    with _Leases(connection) as leases:
+    with LeasesKeptAlive(connection) as leases:
         return _apply_revisions(connection, ((revision, txn_request(revision.events)) for revision in revisions),
                                 target, leases)
 

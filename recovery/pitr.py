@@ -119,8 +119,15 @@ def plan_restore(store: BackupStore, target: Target, now: datetime, identities: 
 def unbroken_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
     """The deltas that follow `revision` without a break, up to the end of what is stored or the first missing or
     damaged delta, and the revision they reach (worker.compact compacts no further)."""
-    deltas, reached, _, _ = _chain(store, revision, END_OF_DELTAS, identities)
+    deltas, reached, _ = stored_after(store, revision, identities)
     return deltas, reached
+
+
+def stored_after(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int, str]:
+    """As unbroken_from, and why they stop there if a missing or damaged delta stops them ("" if they reach the end
+    of what is stored): worker.standby follows the deltas until a break, then starts again from a newer backup."""
+    deltas, reached, broken, blocked = _chain(store, revision, END_OF_DELTAS, identities)
+    return deltas, reached, broken if blocked else ""
 
 
 def reach_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
@@ -387,12 +394,14 @@ def _apply_dir(work: Path, db_size: int) -> Iterator[Path]:
         yield work
 
 
-def apply_plan(connection: etcd.EtcdConnection, store: BackupStore, plan: Plan, identities: list[Identity]) -> int:
+def apply_plan(connection: etcd.EtcdConnection, store: BackupStore, plan: Plan, identities: list[Identity],
+               leases: LeasesKeptAlive | None = None) -> int:
     """Apply the plan's deltas to the etcd of `connection` (its backup restored), once the first is tied to the
-    backup; return the events applied."""
+    backup; return the events applied. `leases`: the etcd's leases, kept alive already by the caller (a standby's,
+    which applies plan after plan: the leases granted for one must stay alive for the next)."""
     if plan.deltas:
         _check_follows_backup(connection, plan, read_delta(store, plan.deltas[0], identities))
-    return _apply(connection, _revisions(store, plan, identities), plan.revision)
+    return _apply(connection, _revisions(store, plan, identities), plan.revision, leases)
 
 
 def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> Iterator[Revision]:
@@ -405,14 +414,18 @@ def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> It
         yield from delta.revisions
 
 
-def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:
+def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int,
+           leases: LeasesKeptAlive | None = None) -> int:
     """Apply `revisions` after the restored one, up to `target`, one Txn each; check each lands on its number."""
-    with _Leases(connection) as leases, _prepared_ahead(revisions) as prepared:
-        return _apply_revisions(connection, prepared, target, leases)
+    if leases is not None:
+        with _prepared_ahead(revisions) as prepared:
+            return _apply_revisions(connection, prepared, target, leases)
+    with LeasesKeptAlive(connection) as own, _prepared_ahead(revisions) as prepared:
+        return _apply_revisions(connection, prepared, target, own)
 
 
 def _apply_revisions(connection: etcd.EtcdConnection, prepared: Iterator[tuple[Revision, bytes]], target: int,
-                     leases: _Leases) -> int:
+                     leases: LeasesKeptAlive) -> int:
     """One Txn per revision, serially, each sent only once the one before it is answered: etcd's gRPC server
     runs each call on a goroutine of its own, so two in flight may reach raft in either order (measured:
     docs/performance.md, "Where a point-in-time restore's time goes"), and a revision must land on its number."""
@@ -516,15 +529,10 @@ def txn_revision(response: bytes) -> int:
     return 0
 
 
-def leases_kept_alive(connection: etcd.EtcdConnection) -> _Leases:
-    """A context that keeps every lease the throwaway etcd holds now alive: worker.compact's, while it compacts
-    and snapshots (an expiry there would delete keys at a revision the original never had)."""
-    return _Leases(connection)
-
-
-class _Leases:
+class LeasesKeptAlive:
     """The throwaway etcd's leases (the snapshot's, then those granted for the deltas' puts), kept alive on a
-    stream of their own while the deltas are applied: an expiry there would delete keys, a revision the original
+    stream of their own while the deltas are applied (and while worker.compact compacts and snapshots, and for as
+    long as worker.standby runs): an expiry there would delete keys, a revision the original
     never had at that point (its own expiries are in the deltas, as deletes)."""
 
     def __init__(self, connection: etcd.EtcdConnection) -> None:
@@ -532,7 +540,7 @@ class _Leases:
         self._stub = etcdrpc.LeaseStub(connection.channel)
         answer = self._stub.LeaseLeases(etcdrpc.LeaseLeasesRequest(), metadata=connection.metadata, timeout=30)
         self._held = [int(lease.ID) for lease in answer.leases]
-        """Appended to only (read by the keep-alive stream's thread meanwhile)."""
+        """Appended to, or replaced whole (the keep-alive stream's thread reads it meanwhile)."""
         self._known = set(self._held)
         self._stop = threading.Event()
 
@@ -549,14 +557,35 @@ class _Leases:
             self._known.add(event.lease)
             self._held.append(event.lease)
 
+    def revoke_keyless(self) -> int:
+        """Revoke the leases that no key is attached to; return how many. The deltas show a lease revoked (or
+        expired) in etcd only as the deletes of its keys: the throwaway etcd still holds it, and each compacted
+        backup, starting from the last, would carry it on for ever (kube-apiserver grants one a minute for Events).
+        A lease etcd still held with no key on it is dropped too (no delta tells the two apart): its holder's next
+        keep-alive finds it gone and grants another, as after any lease expiry; a later put with it grants it
+        again (grant_missing). Revoking a lease without keys makes no revision."""
+        revoked = set()
+        for lease in list(self._held):
+            alive = self._stub.LeaseTimeToLive(etcdrpc.LeaseTimeToLiveRequest(ID=lease, keys=True),
+                                               metadata=self._connection.metadata, timeout=30)
+            if alive.TTL != -1 and not alive.keys:
+                self._stub.LeaseRevoke(etcdrpc.LeaseRevokeRequest(ID=lease), metadata=self._connection.metadata,
+                                       timeout=30)
+                revoked.add(lease)
+        if revoked:
+            self._held = [lease for lease in self._held if lease not in revoked]
+            self._known -= revoked
+            logger.info("%d of %d leases had no key and were revoked", len(revoked), len(self._held) + len(revoked))
+        return len(revoked)
+
     def _requests(self) -> Iterator[etcdrpc.LeaseKeepAliveRequest]:
         while True:
-            for index in range(len(self._held)):
-                yield etcdrpc.LeaseKeepAliveRequest(ID=self._held[index])
+            for lease in list(self._held):
+                yield etcdrpc.LeaseKeepAliveRequest(ID=lease)
             if self._stop.wait(KEEP_ALIVE_SECONDS):
                 return
 
-    def __enter__(self) -> _Leases:
+    def __enter__(self) -> LeasesKeptAlive:
         self._stream = self._stub.LeaseKeepAlive(self._requests(), metadata=self._connection.metadata)
         self._drain = threading.Thread(target=self._receive, name="pitr-keep-alive", daemon=True)
         self._drain.start()

@@ -40,11 +40,11 @@ from common.phases import Phases
 from common.storage import BackupStore, StorageError, open_store
 from recovery.pitr import (
     END_OF_DELTAS,
+    LeasesKeptAlive,
     Plan,
     applied_in_throwaway,
     base_backup,
     identities_of,
-    leases_kept_alive,
     read_delta,
     unbroken_from,
 )
@@ -131,45 +131,80 @@ def _compact(config: Config, store: BackupStore, connection: redis.Redis, job_id
     if last is None or last.last != reached or reached - metadata.revision < config.compact_after_revisions:
         raise NotCompacted(f"the deltas after it break at revision {reached}, fewer than compact-after-revisions "
                            "past it (a missing or damaged delta): not compacted")
-    # Named after the second the watcher received the reached revision, and at least a second after its base: within
-    # the base's second a compacted name sorts first, and the next compaction, retention and a restore would take the
-    # base for the newer. `received` is the exact moment (the delta's record of it, not its name's second rounded
-    # down): --to-time counts the backup's revision as received at its `started`, and an earlier `started` would let
-    # a restore to a time just before that write bring it back.
+    name, received = compacted_name(config, store, connection, base, deltas[-1], reached, identities)
+    plan = Plan(base, metadata, deltas, reached)
+    with private_workdir(COMPACT_PREFIX) as work, \
+            applied_in_throwaway(config, store, plan, work, config.identity_file, logger.info) as (member, events):
+        with LeasesKeptAlive(member) as leases:
+            compacted = store_compacted(config, store, connection, job_id, member, leases,
+                                        Compaction(name, received, base, metadata, reached, began))
+    logger.info("compacted backup %s: %s and %d events of %d deltas (revisions %d-%d), %d bytes, %d keys, "
+                "database %d bytes, in %.1f s", name, base, events, len(deltas), metadata.revision + 1, reached,
+                compacted.filesize, compacted.key_count, compacted.db_size, time.monotonic() - began)
+    return name, events
+
+
+def compacted_name(config: Config, store: BackupStore, connection: redis.Redis, base: str, last_delta: str,
+                   reached: int, identities: list[Identity]) -> tuple[str, datetime]:
+    """The name of the compacted backup of `base` and the deltas up to revision `reached` (held by `last_delta`),
+    and the moment the watcher received that revision (its `started`); NotCompacted if it cannot be stored now.
+
+    Named after the second the watcher received the reached revision, and at least a second after its base: within
+    the base's second a compacted name sorts first, and the next compaction, retention and a restore would take the
+    base for the newer. `received` is the exact moment (the delta's record of it, not its name's second rounded
+    down): --to-time counts the backup's revision as received at its `started`, and an earlier `started` would let
+    a restore to a time just before that write bring it back."""
     base_time = backups.backup_time(base)
     assert base_time is not None, base
-    received = max(_received_at(store, deltas[-1], reached, identities), base_time + timedelta(seconds=1))
+    received = max(_received_at(store, last_delta, reached, identities), base_time + timedelta(seconds=1))
     name = backups.backup_name(received, encrypted=config.encryption is not None, compacted=True)
     if name in store.taken_names():
         raise NotCompacted(f"{name} is taken (a compaction of that second): not compacted now")
     if backups.is_future(name, redis_clock(connection)()):
         raise NotCompacted(f"{name} would be named in the future (the watcher's clock is ahead): not compacted now")
-    plan = Plan(base, metadata, deltas, reached)
-    with private_workdir(COMPACT_PREFIX) as work, \
-            applied_in_throwaway(config, store, plan, work, config.identity_file, logger.info) as (member, events):
-        try:
-            with leases_kept_alive(member):
-                key_count = _compact_member(member, reached)
-                # The lock, as a backup's: a backup that starts meanwhile removes every temp file not the holder's.
-                with backup_lock(connection, token=job_id), store.new_backup(name, job_id) as pending:
-                    snapshot, archive = stream_archive(member, pending, received, config, Phases())
-                    _check_still_at(member, reached)
-                    assert snapshot.db_sha256 is not None, "the archive is written only once the snapshot is verified"
-                    compacted = BackupMetadata(
-                        filename=name, filesize=archive.size, archive_sha256=archive.sha256,
-                        cluster_id=metadata.cluster_id, member_id=metadata.member_id, endpoint=metadata.endpoint,
-                        revision=reached, revision_at_end=reached, etcd_version=member.status.version,
-                        db_size=snapshot.data_size, db_sha256=snapshot.db_sha256, started=received.isoformat(),
-                        duration=round(min(time.monotonic() - began, MAX_DURATION), 3), key_count=key_count,
-                        recipients=list(config.encryption.recipients) if config.encryption is not None else None,
-                        compacted_from=base, compacted_revisions=[metadata.revision + 1, reached])
-                    pending.publish(compacted)
-        except grpc.RpcError as exc:
-            raise RestoreError(f"the throwaway etcd failed: {etcd.describe_rpc_error(exc, TIMEOUT)}") from None
-    logger.info("compacted backup %s: %s and %d events of %d deltas (revisions %d-%d), %d bytes, %d keys, "
-                "database %d bytes, in %.1f s", name, base, events, len(deltas), metadata.revision + 1, reached,
-                compacted.filesize, key_count, compacted.db_size, time.monotonic() - began)
-    return name, events
+    return name, received
+
+
+@dataclass(frozen=True)
+class Compaction:
+    name: str
+    """The compacted backup's name (compacted_name)."""
+    received: datetime
+    """When the watcher received `reached` (compacted_name): the backup's `started`."""
+    base: str
+    base_metadata: BackupMetadata
+    """The backup the throwaway etcd was restored from, or the compacted backup it was last compacted into."""
+    reached: int
+    """The revision the throwaway etcd is at."""
+    began: float
+    """time.monotonic() when the work began (its duration is recorded)."""
+
+
+def store_compacted(config: Config, store: BackupStore, connection: redis.Redis, token: str,
+                    member: etcd.EtcdConnection, leases: LeasesKeptAlive, compaction: Compaction) -> BackupMetadata:
+    """Compact the throwaway etcd of `member` (at `compaction.reached`, its leases kept alive by `leases`) and store
+    its snapshot as `compaction.name`, authenticated like any backup; return its metadata. `token`: the backup
+    lock's (a job id with a live heartbeat)."""
+    metadata, reached = compaction.base_metadata, compaction.reached
+    try:
+        key_count = _compact_member(member, reached, leases)
+        # The lock, as a backup's: a backup that starts meanwhile removes every temp file not the holder's.
+        with backup_lock(connection, token=token), store.new_backup(compaction.name, token) as pending:
+            snapshot, archive = stream_archive(member, pending, compaction.received, config, Phases())
+            _check_still_at(member, reached)
+            assert snapshot.db_sha256 is not None, "the archive is written only once the snapshot is verified"
+            compacted = BackupMetadata(
+                filename=compaction.name, filesize=archive.size, archive_sha256=archive.sha256,
+                cluster_id=metadata.cluster_id, member_id=metadata.member_id, endpoint=metadata.endpoint,
+                revision=reached, revision_at_end=reached, etcd_version=member.status.version,
+                db_size=snapshot.data_size, db_sha256=snapshot.db_sha256, started=compaction.received.isoformat(),
+                duration=round(min(time.monotonic() - compaction.began, MAX_DURATION), 3), key_count=key_count,
+                recipients=list(config.encryption.recipients) if config.encryption is not None else None,
+                compacted_from=compaction.base, compacted_revisions=[metadata.revision + 1, reached])
+            pending.publish(compacted)
+    except grpc.RpcError as exc:
+        raise RestoreError(f"the throwaway etcd failed: {etcd.describe_rpc_error(exc, TIMEOUT)}") from None
+    return compacted
 
 
 def _received_at(store: BackupStore, name: str, reached: int, identities: list[Identity]) -> datetime:
@@ -184,10 +219,11 @@ def _received_at(store: BackupStore, name: str, reached: int, identities: list[I
     return datetime.fromtimestamp(seen[0], UTC)
 
 
-def _compact_member(member: etcd.EtcdConnection, reached: int) -> int:
+def _compact_member(member: etcd.EtcdConnection, reached: int, leases: LeasesKeptAlive) -> int:
     """Drop the throwaway etcd's history before `reached` (keeping that revision's events: see the module's
-    docstring), give the freed pages back (defragment), and count its keys at `reached`."""
-    _revoke_keyless_leases(member)
+    docstring) and its leases without keys (LeasesKeptAlive.revoke_keyless), give the freed pages back
+    (defragment), and count its keys at `reached`."""
+    leases.revoke_keyless()
     kv = etcdrpc.KVStub(member.channel)
     if reached > 1:
         kv.Compact(etcdrpc.CompactionRequest(revision=reached - 1, physical=True), metadata=member.metadata,
@@ -195,27 +231,6 @@ def _compact_member(member: etcd.EtcdConnection, reached: int) -> int:
     etcdrpc.MaintenanceStub(member.channel).Defragment(etcdrpc.DefragmentRequest(), metadata=member.metadata,
                                                        timeout=TIMEOUT)
     return member.key_count(reached, TIMEOUT)
-
-
-def _revoke_keyless_leases(member: etcd.EtcdConnection) -> int:
-    """Revoke the throwaway etcd's leases that no key is attached to; return how many. The deltas show a lease revoked
-    (or expired) in etcd only as the deletes of its keys: the throwaway etcd still holds it, and each compaction,
-    starting from the last, would carry it on for ever (kube-apiserver grants one a minute for Events). A lease etcd
-    still held with no key on it is dropped too (no delta tells the two apart): its holder's next keep-alive finds it
-    gone and grants another, as after any lease expiry. Revoking a lease without keys makes no revision
-    (_check_still_at would say so)."""
-    stub = etcdrpc.LeaseStub(member.channel)
-    leases = stub.LeaseLeases(etcdrpc.LeaseLeasesRequest(), metadata=member.metadata, timeout=TIMEOUT).leases
-    revoked = 0
-    for lease in leases:
-        alive = stub.LeaseTimeToLive(etcdrpc.LeaseTimeToLiveRequest(ID=lease.ID, keys=True),
-                                     metadata=member.metadata, timeout=TIMEOUT)
-        if alive.TTL != -1 and not alive.keys:
-            stub.LeaseRevoke(etcdrpc.LeaseRevokeRequest(ID=lease.ID), metadata=member.metadata, timeout=TIMEOUT)
-            revoked += 1
-    if revoked:
-        logger.info("compaction: %d of %d leases had no key and were revoked", revoked, len(leases))
-    return revoked
 
 
 def _check_still_at(member: etcd.EtcdConnection, reached: int) -> None:
