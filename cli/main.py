@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "for restore --to-revision/--to-time. One watcher writes at a time (a Redis lease): start two\n"
                 "for availability.",
                 ["etcd-backup deltas --config /etc/etcd-backup/config.yml"])
+    add_command(commands, "standby", standby, "run the standby: compacted backups from the deltas, as they come",
+                "Restores the newest backup into a throwaway etcd of its own, applies each delta as the watcher\n"
+                "stores it, and stores a compacted backup every compact-after-revisions revisions: a restore to\n"
+                "any revision then applies at most about that many. Reads the store alone, never etcd. One\n"
+                "standby works at a time (a Redis lease).",
+                ["etcd-backup standby --config /etc/etcd-backup/config.yml"])
     prune_parser = add_command(
         commands, "prune", prune_command, "delete the backups that rotate and retention do not keep, now",
         "As after each backup: prints each backup with `keep` or `deleted` and the reason, newest first.",
@@ -183,6 +189,20 @@ def deltas(args: argparse.Namespace) -> None:
     etcd_seen.start_reporter(config.etcd, connection, "deltas")  # for the API's /readyz (common.etcd_seen)
     # Stored before it ends: the events received since the last delta.
     run_watcher(config, connection, stop)
+
+
+def standby(args: argparse.Namespace) -> None:
+    config = _service_config(args)
+    exit_unless_shared_queue(config, "the standby runs apart from the API")
+    _check_signing(config)
+    import threading
+
+    from worker.standby import run_standby
+
+    stop = threading.Event()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, frame: stop.set())
+    run_standby(config, queue.connect(config), stop)
 
 
 def keygen(args: argparse.Namespace) -> None:

@@ -123,10 +123,12 @@ def unbroken_from(store: BackupStore, revision: int, identities: list[Identity])
     return deltas, reached
 
 
-def stored_after(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int, str]:
-    """As unbroken_from, and why they stop there if a missing or damaged delta stops them ("" if they reach the end
-    of what is stored): worker.standby follows the deltas until a break, then starts again from a newer backup."""
-    deltas, reached, broken, blocked = _chain(store, revision, END_OF_DELTAS, identities)
+def stored_after(store: BackupStore, revision: int, identities: list[Identity],
+                 until: int = END_OF_DELTAS) -> tuple[list[str], int, str]:
+    """As unbroken_from, up to revision `until` at most (the delta that holds it is read and checked whole), and
+    why they stop there if a missing or damaged delta stops them ("" if they reach the end of what is stored):
+    worker.standby follows the deltas until a break, then starts again from a newer backup."""
+    deltas, reached, broken, blocked = _chain(store, revision, until, identities)
     return deltas, reached, broken if blocked else ""
 
 
@@ -334,7 +336,7 @@ def _check_follows_backup(connection: etcd.EtcdConnection, plan: Plan, first: De
     and any of its revisions the snapshot holds already must be the snapshot's own. Nothing else ties them:
     with encryption on, only someone who can read the backup could forge that, and no one without the
     identity can (a delta encrypted to the public recipient alone is not enough)."""
-    head = int(connection.status.header.revision)
+    head = head_revision(connection)
     held = [revision for revision in first.revisions if revision.number <= head]
     checked = [revision.number for revision in held]
     if first.previous.digest != NO_FINGERPRINT:
@@ -350,6 +352,14 @@ def _check_follows_backup(connection: etcd.EtcdConnection, plan: Plan, first: De
             raise RestoreError(f"{plan.deltas[0]} does not follow {plan.backup}: its revision {wanted.revision} is "
                                f"not the backup's (planted, or another history): restore to revision {head} at most "
                                "from it")
+
+
+def head_revision(connection: etcd.EtcdConnection) -> int:
+    """The etcd's revision now (connection.status is the one it had when connected: a standby applies again and
+    again on one connection)."""
+    status = etcdrpc.MaintenanceStub(connection.channel).Status(etcdrpc.StatusRequest(), metadata=connection.metadata,
+                                                                timeout=30)
+    return int(status.header.revision)
 
 
 def revision_events(connection: etcd.EtcdConnection, first: int, last: int) -> dict[int, list[Event]]:
@@ -430,7 +440,7 @@ def _apply_revisions(connection: etcd.EtcdConnection, prepared: Iterator[tuple[R
     runs each call on a goroutine of its own, so two in flight may reach raft in either order (measured:
     docs/performance.md, "Where a point-in-time restore's time goes"), and a revision must land on its number."""
     txn = connection.channel.unary_unary(TXN_METHOD)  # bytes in, bytes out: no protobuf objects (common.protowire)
-    current = int(connection.status.header.revision)
+    current = head_revision(connection)
     events = 0
     for revision, request in prepared:
         if revision.number <= current:  # already in the snapshot (taken while etcd was written to)

@@ -106,6 +106,8 @@ def run_compaction_tick(config: Config, connection: redis.Redis, tick: datetime,
     # can write to Redis) is deleted, not obeyed: it would stop compactions for ever, silently.
     if int(connection.register_script(_BACKOFF_IF_TRUSTED)(keys=[BACKOFF_KEY], args=[BACKOFF_SECONDS])) >= 0:
         return None
+    if _standby_alive(connection):  # it compacts as the deltas come (worker.standby): no job to do it again
+        return None
     found = due(config, open_store(config), redis_clock(connection)())
     if found is None:
         return None
@@ -114,6 +116,14 @@ def run_compaction_tick(config: Config, connection: redis.Redis, tick: datetime,
     logger.info("compaction tick %s: the deltas reach revision %d, %d past %s: compaction job %s", tick.isoformat(),
                 last, last - metadata.revision, base, job.id)
     return job
+
+
+def _standby_alive(connection: redis.Redis) -> bool:
+    """Whether a standby holds its lease. A lease key with no TTL or a longer one than a standby sets is no
+    standby's (whoever can write Redis set it): it stops no compaction."""
+    from worker.standby import LEASE_KEY, LEASE_TTL
+
+    return 0 < connection.pttl(LEASE_KEY) <= LEASE_TTL * 1000
 
 
 def compacts(config: Config) -> bool:

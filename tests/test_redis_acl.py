@@ -15,6 +15,7 @@ import pytest
 import redis
 import yaml
 
+from common import backups
 from common.etcd_seen import SEEN_KEY
 from common.queue import LOCK_KEY
 from common.recovery_window import STATS_KEY
@@ -121,15 +122,17 @@ def test_every_process_runs_on_its_own_user_and_nothing_is_refused(
     assert int(admin.config_get("maxmemory")["maxmemory"]) > 0
     api_url = shipped_redis.user_url("etcd-backup-api", passwords["etcd-backup-api"])
     worker_url = shipped_redis.user_url("etcd-backup-worker", passwords["etcd-backup-worker"])
-    urls = {"web": api_url, "worker": worker_url, "scheduler": worker_url, "deltas": worker_url}
+    urls = {"web": api_url, "worker": worker_url, "scheduler": worker_url, "deltas": worker_url,
+            "standby": worker_url}
     assert set(procfile()) == set(urls)
     deployment = Deployment(tmp_path / "deploy", [etcd.url], shipped_redis,
                             environments={name: {"REDIS_URL": url} for name, url in urls.items()}, deltas=True,
-                            delta_period="1s", schedule=EVERY_5_SECONDS, drill=EVERY_5_SECONDS)
+                            delta_period="1s", schedule=EVERY_5_SECONDS, drill=EVERY_5_SECONDS,
+                            compact_after_revisions=100)
     others = []
     try:
         deployment.start()
-        others = [deployment.start_process(procfile()[name], name) for name in ("scheduler", "deltas")]
+        others = [deployment.start_process(procfile()[name], name) for name in ("scheduler", "deltas", "standby")]
         client = etcd.client()
         for number in range(20):
             client.put(f"/acl/key-{number}", f"value-{number}")
@@ -144,9 +147,13 @@ def test_every_process_runs_on_its_own_user_and_nothing_is_refused(
         wait_until(lambda: deployment.request("GET", "/readyz")[0] == 200, 30, "/readyz 200")
         for path in ("/metrics", "/api/v1/status", "/api/v1/recovery-window", "/"):
             assert deployment.request("GET", path)[0] == 200, path
-        client.put("/acl/after", "x")  # the delta watcher stores it
+        for number in range(100):  # the delta watcher stores them, the standby compacts them
+            client.put(f"/acl/after-{number}", "x")
         end = current_revision(etcd.url)
         wait_until(lambda: int(admin.hget(STATS_KEY, "last_revision") or 0) >= end, 60, "a delta stored")
+        # The standby compacts the 100 puts' deltas (compact-after-revisions 100) under the backup lock.
+        wait_until(lambda: any(backups.is_compacted(name) for name in deployment.backups()), 90,
+                   "the standby's compacted backup")
         # The scheduler's tick (a backup) and the drill, within seconds.
         wait_until(lambda: json.loads(deployment.request("GET", "/api/v1/status")[2]).get("drill") is not None,
                    150, "the drill to run", deployment.web)
@@ -162,7 +169,8 @@ def test_every_process_runs_on_its_own_user_and_nothing_is_refused(
     assert refused == [], refused
     memory = admin.info("memory")
     report("the Procfile deployment on redis.yaml's own redis-server and redis-users.acl (API user, worker "
-           "user, default off)", "POST 200, verify 200, list, download, deltas, a drill that passed, /readyz 200; "
+           "user, default off)", "POST 200, verify 200, list, download, deltas, the standby's compacted backup, "
+           "a drill that passed, /readyz 200; "
            f"ACL LOG empty; Redis used {memory['used_memory'] / 2**20:.1f} MiB of maxmemory "
            f"{memory['maxmemory'] / 2**20:.0f} MiB")
 

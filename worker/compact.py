@@ -44,6 +44,7 @@ from recovery.pitr import (
     Plan,
     applied_in_throwaway,
     base_backup,
+    head_revision,
     identities_of,
     read_delta,
     unbroken_from,
@@ -236,9 +237,6 @@ def _compact_member(member: etcd.EtcdConnection, reached: int, leases: LeasesKep
 def _check_still_at(member: etcd.EtcdConnection, reached: int) -> None:
     """The snapshot holds `reached` only if nothing wrote to the throwaway etcd (an expired lease) before it began:
     its revision afterwards says so."""
-    status = etcdrpc.MaintenanceStub(member.channel).Status(etcdrpc.StatusRequest(), metadata=member.metadata,
-                                                            timeout=TIMEOUT)
-    if int(status.header.revision) != reached:
-        raise BackupError(f"the throwaway etcd moved from revision {reached} to {status.header.revision} by itself "
+    if (now := head_revision(member)) != reached:
+        raise BackupError(f"the throwaway etcd moved from revision {reached} to {now} by itself "
                           "(an expiring lease?): not stored")
-

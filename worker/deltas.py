@@ -60,6 +60,7 @@ from common.encryption import parse_recipient
 from common.queue import enqueue_or_join, job_queue
 from common.recovery_window import COUNTERS, GAPS_KEY, MAX_GAPS_KEPT, STATS_KEY
 from common.storage import BackupStore, StorageError, open_store
+from worker.leases import clear_unexpiring_lease
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +82,6 @@ _M_MMAP_THRESHOLD = -3
 """glibc's mallopt() parameter (malloc.h)."""
 LEASES_REMEMBERED = 65536
 """Leases whose granted TTL the watcher remembers (the least recently seen forgotten first: asked again if seen)."""
-_CLEAR_UNEXPIRING_LEASE = """
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -1 or ttl > tonumber(ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-"""Deletes the lease key if it has no TTL or one longer than a watcher ever sets: in one step, so that a live
-watcher's lease, renewed meanwhile, is never deleted."""
-
-
 class LeaseLost(Exception):
     """Another watcher holds the lease now: this one must stop writing."""
 
@@ -121,10 +110,9 @@ def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) 
     """Watch and store deltas until `stop` is set, whenever this process holds the lease."""
     return_large_buffers()
     lease = connection.lock(LEASE_KEY, timeout=LEASE_TTL, thread_local=False)
-    clear_unexpiring = connection.register_script(_CLEAR_UNEXPIRING_LEASE)
     warned = False
     while not stop.is_set():
-        if _cleared(clear_unexpiring) and not warned:
+        if _cleared(connection) and not warned:
             logger.warning("delta watcher: %s had no TTL (or one past %gs): not a live watcher's lease (set by hand?); "
                            "deleted it and took the lease", LEASE_KEY, LEASE_TTL)
             warned = True
@@ -155,11 +143,11 @@ def return_large_buffers() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES))
 
 
-def _cleared(clear_unexpiring: redis.commands.core.Script) -> bool:
+def _cleared(connection: redis.Redis) -> bool:
     """Whether the lease key was there without a TTL a watcher sets (no watcher would ever release it), and is
     gone now: whoever could write Redis must not stop every watcher for good."""
     try:
-        return bool(clear_unexpiring(keys=[LEASE_KEY], args=[int(LEASE_TTL * 1000)]))
+        return clear_unexpiring_lease(connection, LEASE_KEY, LEASE_TTL)
     except redis.RedisError:  # the acquire that follows meets Redis' failure too
         return False
 

@@ -42,7 +42,7 @@ def backup_lock(connection: redis.Redis, token: str, blocking: bool = True) -> I
         _break_if_holder_dead(connection)
         time.sleep(LOCK_POLL_SECONDS)
     try:
-        with _renewing(lock.reacquire, LOCK_TTL / 3, "the backup lock"):
+        with renewing(lock.reacquire, LOCK_TTL / 3, "the backup lock"):
             yield True
     finally:
         try:
@@ -90,12 +90,30 @@ def job_heartbeat(connection: redis.Redis, job_id: str) -> Iterator[None]:
         connection.set(key, 1, ex=int(HEARTBEAT_TTL))
 
     beat()
-    with _renewing(beat, HEARTBEAT_TTL / 3, "the job heartbeat"):
+    with renewing(beat, HEARTBEAT_TTL / 3, "the job heartbeat"):
         yield
 
 
+_CLEAR_UNEXPIRING = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 or ttl > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+def clear_unexpiring_lease(connection: redis.Redis, key: str, ttl: float) -> bool:
+    """Delete the lease `key` if it has no TTL or one longer than `ttl` (which its holders set), in one step, so that
+    a live holder's lease, renewed meanwhile, is never deleted; whether it did. Such a key was set by hand (or by
+    whoever can write to Redis): no holder would ever release it, and every process waiting for it would wait for
+    good. A Lua script, run by its hash (the worker's Redis user may EVALSHA, not EVAL)."""
+    return bool(connection.register_script(_CLEAR_UNEXPIRING)(keys=[key], args=[int(ttl * 1000)]))
+
+
 @contextmanager
-def _renewing(renew: Callable[[], object], every: float, what: str) -> Iterator[None]:
+def renewing(renew: Callable[[], object], every: float, what: str) -> Iterator[None]:
     """Call `renew` every `every` seconds on a thread while the block runs."""
     done = threading.Event()
 
