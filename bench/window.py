@@ -1,10 +1,11 @@
 """Restore time across a recovery window, with compacted backups (issue 26): does it stay bounded as the window grows?
 
-etcd filled to --size MB, a full backup, then the Procfile deployment (web, worker, scheduler, deltas) with deltas
-and compaction on while writers put --rate puts/s of 1 KB for --window-minutes. Then `etcd-backup restore
+etcd filled to --size MB, a full backup, then the Procfile deployment (web, worker, scheduler, deltas, standby) with
+deltas and compaction on while writers put --rate puts/s of 1 KB for --window-minutes. Then `etcd-backup restore
 --to-revision` to 6 targets (the latest and 5 random revisions of the window), each timed with the events it
-applied; and the compactions made: how many, their seconds (from the worker's log), their stored bytes, and the
-worker's peak RSS (its throwaway etcd is a process of its own, counted apart).
+applied; and the compactions made: how many, their seconds (from the standby's log, or the worker's with
+--no-standby: the scheduler's compaction jobs then), their stored bytes, and the peak RSS of the worker and the
+standby (their throwaway etcd is a process of its own, counted apart).
 
     python -m bench.window --window-minutes 10 --rate 1000 --size 300
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -50,13 +52,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=300, help="MB of etcd database before the window")
     parser.add_argument("--compact-after", type=int, default=100_000, help="compact-after-revisions")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-standby", dest="standby", action="store_false",
+                        help="compact with the scheduler's jobs alone, no standby process")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-window-") as work:
-        result = run(Path(work), args.window_minutes * 60, args.rate, args.size, args.compact_after, args.seed)
+        result = run(Path(work), args.window_minutes * 60, args.rate, args.size, args.compact_after, args.seed,
+                     args.standby)
     print(json.dumps(result, indent=1))
 
 
-def run(work: Path, window: float, rate: int, size: int, compact_after: int, seed: int) -> dict[str, Any]:
+def run(work: Path, window: float, rate: int, size: int, compact_after: int, seed: int,
+        standby: bool = True) -> dict[str, Any]:
     etcd = EtcdServer(work / "etcd", extra_args=ETCD_FLAGS).start()
     redis = RedisServer(work / "redis").start()
     deployment = Deployment(work / "deployment", [etcd.url], redis, deltas=True, delta_period="10s",
@@ -70,13 +76,20 @@ def run(work: Path, window: float, rate: int, size: int, compact_after: int, see
         worker_pid = deployment.workers[0].pid
         base = deployment.post_backup()["filename"]
         log(f"full backup {base} ({db_size / MB:.0f} MB database); window of {window:g} s at {rate} puts/s")
-        processes = [deployment.start_process(procfile()[role], role) for role in ("deltas", "scheduler")]
+        roles = ("deltas", "scheduler", *(("standby",) if standby else ()))
+        processes = [deployment.start_process(procfile()[role], role) for role in roles]
         time.sleep(3)  # the watcher takes its lease
         revisions = _write_steadily(client, rate, window)
         latest = revisions[-1]
         log(f"wrote {len(revisions)} puts, revisions {revisions[0]}-{latest}; waiting for the watcher")
         store = LocalStore(deployment.backup_dir)
         _wait(lambda: max((int(name.split("-")[2]) for name in store.list_deltas()), default=0) >= latest, 120)
+        watcher_caught_up = time.monotonic()
+        if standby:  # until it has applied the latest revision (or compacted past it)
+            _wait(lambda: _standby_reached(deployment.work / "standby.log") >= latest, 900)
+            log(f"the standby reached revision {latest} {time.monotonic() - watcher_caught_up:.1f} s after the "
+                "watcher stored it")
+        standby_rss = peak_rss(processes[2].pid) / MB if standby else None
         for process in processes:
             stop_process(process, timeout=30)
         processes = []
@@ -90,16 +103,22 @@ def run(work: Path, window: float, rate: int, size: int, compact_after: int, see
             "revisions_written": len(revisions), "restores": restores,
             "worst_restore_s": max(restore["seconds"] for restore in restores),
             "target_s": TARGET_SECONDS,
-            "compactions": _compactions(deployment.work / "worker0.log"),
+            "standby": standby,
+            "standby_lag_after_writes_s": round(time.monotonic() - watcher_caught_up, 1) if standby else None,
+            "compactions": _compactions(deployment.work / ("standby.log" if standby else "worker0.log")),
             "compacted_backups": len(compacted),
             "compacted_stored_bytes": sum(stat.size for name in compacted if (stat := store.stat(name)) is not None),
             "worker_peak_rss_mb": peak_rss(worker_pid) / MB,
+            "standby_peak_rss_mb": standby_rss,
         }
         return result
     finally:
         for process in processes:
             stop_process(process, timeout=30)
         deployment.stop()
+        for name in ("standby.log", "worker0.log", "deltas.log"):  # kept for a look afterwards
+            if (deployment.work / name).exists():
+                shutil.copy(deployment.work / name, Path(tempfile.gettempdir()) / f"bench-window-{name}")
         redis.stop()
         etcd.stop()
 
@@ -145,12 +164,20 @@ def _restore(deployment: Deployment, work: Path, target: int) -> dict[str, Any]:
             "from": start[1] if start else None}
 
 
-def _compactions(worker_log: Path) -> list[dict[str, Any]]:
-    """Each compaction the worker logged: its backup, base, events, stored bytes, database bytes, seconds."""
-    made = re.findall(r"compacted backup (\S+): (\S+) and (\d+) events .*?, (\d+) bytes, \d+ keys, database (\d+) "
-                      r"bytes, in ([\d.]+) s", worker_log.read_text(errors="replace"))
-    return [{"backup": name, "from": base, "events": int(events), "bytes": int(stored), "db_bytes": int(db),
-             "seconds": float(seconds)} for name, base, events, stored, db, seconds in made]
+def _compactions(log_file: Path) -> list[dict[str, Any]]:
+    """Each compaction the worker or the standby logged: its backup, base, stored bytes, database bytes, seconds
+    (the worker's: restoring, applying and storing; the standby's: storing only, it applied the deltas as they
+    came)."""
+    made = re.findall(r"compacted backup (\S+): (\S+) and .*?, (\d+) bytes, \d+ keys, database (\d+) "
+                      r"bytes, in ([\d.]+) s", log_file.read_text(errors="replace"))
+    return [{"backup": name, "from": base, "bytes": int(stored), "db_bytes": int(db), "seconds": float(seconds)}
+            for name, base, stored, db, seconds in made]
+
+
+def _standby_reached(log_file: Path) -> int:
+    """The newest revision the standby logged it is at."""
+    text = log_file.read_text(errors="replace")
+    return max((int(number) for number in re.findall(r"at revision (\d+)", text)), default=0)
 
 
 def _wait(check: Any, timeout: float) -> None:
