@@ -87,8 +87,9 @@ def run(work: Path, window: float, rate: int, size: int, compact_after: int, see
         watcher_caught_up = time.monotonic()
         if standby:  # until it has applied the latest revision (or compacted past it)
             _wait(lambda: _standby_reached(deployment.work / "standby.log") >= latest, 900)
-            log(f"the standby reached revision {latest} {time.monotonic() - watcher_caught_up:.1f} s after the "
-                "watcher stored it")
+        standby_lag = round(time.monotonic() - watcher_caught_up, 1)
+        if standby:
+            log(f"the standby reached revision {latest} {standby_lag} s after the watcher stored it")
         standby_rss = peak_rss(processes[2].pid) / MB if standby else None
         for process in processes:
             stop_process(process, timeout=30)
@@ -104,7 +105,7 @@ def run(work: Path, window: float, rate: int, size: int, compact_after: int, see
             "worst_restore_s": max(restore["seconds"] for restore in restores),
             "target_s": TARGET_SECONDS,
             "standby": standby,
-            "standby_lag_after_writes_s": round(time.monotonic() - watcher_caught_up, 1) if standby else None,
+            "standby_lag_after_writes_s": standby_lag if standby else None,
             "compactions": _compactions(deployment.work / ("standby.log" if standby else "worker0.log")),
             "compacted_backups": len(compacted),
             "compacted_stored_bytes": sum(stat.size for name in compacted if (stat := store.stat(name)) is not None),

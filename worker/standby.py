@@ -55,6 +55,7 @@ from recovery.restore import RestoreError
 from recovery.verify import CannotVerify, VerifyError
 from recovery.workdir import COMPACT_PREFIX, private_workdir, remove_abandoned_workdirs
 from worker.compact import Compaction, NotCompacted, compacted_name, store_compacted
+from worker.deltas import return_large_buffers
 from worker.errors import BackupError
 from worker.leases import clear_unexpiring_lease, job_heartbeat, renewing
 
@@ -96,6 +97,7 @@ def run_standby(config: Config, connection: redis.Redis, stop: threading.Event) 
                        "no deltas" if not config.deltas else "compact-after-revisions 0")
         stop.wait()
         return
+    return_large_buffers()  # as the watcher: a delta's big buffers go back to the system once freed
     lease = connection.lock(LEASE_KEY, timeout=LEASE_TTL, thread_local=False)
     token = f"standby-{uuid.uuid4().hex}"
     """The backup lock's token while a compacted backup is stored, with a heartbeat of its own (worker.leases)."""
