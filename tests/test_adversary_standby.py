@@ -8,21 +8,32 @@ real Redis, the watcher and the standby as the service runs them, signing on (`s
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 import redis
 
-from common.deltas import decode_delta, delta_name, encode_delta, parse_delta_name
+from common.deltas import PUT, Event, Fingerprint, Revision, decode_delta, delta_name, encode_delta, parse_delta_name
+from common.storage.local import is_temp_name
+from harness.cli import COMMAND, environment
+from harness.fill import ETCD_FLAGS, fill
 from harness.in_process import Service
 from harness.processes import wait_until
 from harness.servers import EtcdServer
 from harness.writer import current_revision
-from tests.test_adversary_compaction import compacting_service, full_backup, restore_cli
+from recovery.workdir import COMPACT_PREFIX
+from tests.test_adversary_compaction import compacting_service, full_backup, restore_cli, unpacked
 from tests.test_compaction import kvs, served, write_round
 from tests.test_deltas import wait_stored, watcher
 from tests.test_standby import compacted, newest_compacted_revision, standby
+from worker.standby import LEASE_KEY
 
 pytestmark = pytest.mark.xdist_group("point-in-time")
 COMPACT_AFTER = 100  # the least the config takes
@@ -82,3 +93,188 @@ def test_a_second_watchers_agreeing_copy_across_a_compacted_revision_loses_no_hi
     done, data_dir = restore_cli(service, tmp_path, end)
     assert done.returncode == 0, done.stdout + done.stderr
     assert served(data_dir) == kvs(own_etcd.url, end)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the standby's throwaway etcd: setpriv execs etcd in the child)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass(frozen=True)
+class Throwaway:
+    """A standby's throwaway etcd as it ran: its process, its work dir and the directory of its data dir (in
+    /dev/shm when there is room: recovery.pitr's MEMORY_DIR)."""
+
+    pid: int
+    work: Path
+    data: Path
+
+
+def throwaway_of(standby_pid: int) -> Throwaway | None:
+    """The standby's throwaway etcd (the one child that serves a socket: not `etcdctl snapshot restore`)."""
+    for child in children_of(standby_pid):
+        try:
+            arguments = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            work = Path(os.readlink(f"/proc/{child}/cwd"))
+        except OSError:
+            continue
+        if b"--listen-client-urls" in arguments:
+            return Throwaway(child, work, Path(arguments[arguments.index(b"--data-dir") + 1].decode()).parent)
+    return None
+
+
+def standby_process(tmp_path: Path, label: str) -> subprocess.Popen[bytes]:
+    """`etcd-backup standby`, as the Procfile runs it (its log in tmp_path/standby-<label>.log)."""
+    with (tmp_path / f"standby-{label}.log").open("wb") as log:
+        return subprocess.Popen([COMMAND, "standby", "--config", str(tmp_path / "config.yml")], stdout=log,
+                                stderr=subprocess.STDOUT, env=environment(None))
+
+
+def running_throwaway(service: Service, process: subprocess.Popen[bytes], writing: bool) -> Throwaway | None:
+    """The standby's throwaway etcd, if it runs (it is applying the backlog then), and, if `writing`, once the
+    standby writes a compacted backup (its temp file is in backup-dir)."""
+    return throwaway_of(process.pid) if not writing or compacted_temp_files(service) else None
+
+
+def waited_for(find: Callable[[], Throwaway | None], timeout: float, what: str,
+               process: subprocess.Popen[bytes]) -> Throwaway:
+    """What `find` finds, once it does."""
+    found: list[Throwaway] = []
+
+    def check() -> bool:
+        if (value := find()) is not None:
+            found.append(value)
+        return bool(found)
+
+    wait_until(check, timeout, what, process)
+    return found[0]
+
+
+def killed(process: subprocess.Popen[bytes], throwaway: Throwaway) -> None:
+    """kill -9 the standby; its throwaway etcd must die with it (setpriv --pdeathsig)."""
+    process.kill()
+    process.wait(10)
+    wait_until(lambda: not alive(throwaway.pid), 10, f"the killed standby's etcd (pid {throwaway.pid}) to die")
+
+
+def compacted_temp_files(service: Service) -> list[str]:
+    return [name for name in os.listdir(service.config.backup_dir) if is_temp_name(name) and "compacted" in name]
+
+
+@pytest.mark.slow
+def test_a_standby_killed_mid_apply_and_mid_compaction_leaves_nothing_for_good_and_the_next_goes_on(
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """GUARD (faults): `etcd-backup standby` killed -9 while it applies a backlog, then again while it writes a
+    compacted backup (its temp file in backup-dir), on a 30 MB database. Each time: its throwaway etcd dies with
+    it, no partial backup is listed, the backups stay; the next standby removes the work dirs (/tmp, /dev/shm) the
+    killed one left, goes on and stores a compacted backup equal to etcd at its revision; the next full backup
+    removes the temp file; a restore to the end equals etcd."""
+    server = EtcdServer(tmp_path / "etcd", extra_args=ETCD_FLAGS).start()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        client = server.client()
+        fill(client, 30 << 20)
+        service = compacting_service(make_service, server, tmp_path)
+        base = full_backup(service)
+        with watcher(service.config, redis_conn):
+            lease = None
+            for round_ in range(4):  # a backlog of ~600 revisions
+                lease = write_round(client, round_, lease)
+            wait_stored(redis_conn, current_revision(server.url))
+            left: list[Throwaway] = []
+            for label, writing in (("mid-apply", False), ("mid-compaction", True)):
+                redis_conn.delete(LEASE_KEY)  # the killed one's lease, lapsed (LEASE_TTL) sooner
+                process = standby_process(tmp_path, label)
+                processes.append(process)
+                throwaway = waited_for(partial(running_throwaway, service, process, writing), 120,
+                                       f"the standby {label}", process)
+                killed(process, throwaway)
+                left.append(throwaway)
+                assert [name for name in service.store.list_backups()] == [base], label
+            assert compacted_temp_files(service), "killed mid-compaction: its temp file is there"
+            redis_conn.delete(LEASE_KEY)
+            process = standby_process(tmp_path, "after")
+            processes.append(process)
+            wait_until(lambda: bool(compacted(service.store)), 180, "a compacted backup by the next standby", process)
+            for throwaway in left:  # removed by the next standby as it started
+                assert throwaway.work.name.startswith(COMPACT_PREFIX), throwaway
+                assert not throwaway.work.exists() and not throwaway.data.exists(), throwaway
+            write_round(client, 9, lease, steps=20)
+            end = current_revision(server.url)
+            wait_stored(redis_conn, end)
+            wait_until(lambda: throwaway_of(process.pid) is not None, 30, "the standby's etcd")
+            running = throwaway_of(process.pid)
+            assert running is not None
+            process.terminate()
+            assert process.wait(60) == 0
+            assert not alive(running.pid) and not running.work.exists() and not running.data.exists()
+        full_backup(service)  # removes every temp file not the live holder's: the killed standby's
+        assert compacted_temp_files(service) == []
+        name, metadata = compacted(service.store)[0]
+        assert metadata.compacted_from == base and served(unpacked(service, name, tmp_path)) == kvs(
+            server.url, metadata.revision)
+        done, data_dir = restore_cli(service, tmp_path, end)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert served(data_dir) == kvs(server.url, end)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_signed_delta_of_another_history_at_the_standbys_next_revision_is_never_applied(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """GUARD (store writer, signing on): the service's signature proves a delta came from a watcher with the key, not
+    that it is this etcd's history: one key for a fleet of clusters, or this cluster's etcd before it was restored
+    to an earlier revision. Copied into the store just ahead of the standby (its next revisions, before the
+    watcher stores them, reaching compact-after-revisions past its base), with a Secret of its own: the standby
+    refuses it (its revision before is not the throwaway etcd's), stores no compacted backup holding it, and a
+    restore past it is refused too (two histories) while it is there."""
+    service = compacting_service(make_service, own_etcd, tmp_path)
+    client = own_etcd.client()
+    client.put("/before", "b")
+    full_backup(service)
+    caplog.set_level(logging.INFO, logger="worker.standby")
+    with watcher(service.config, redis_conn), standby(service.config, redis_conn):
+        for number in range(20):
+            client.put(f"/filler/{number % 5}", f"f{number}")
+        reached = current_revision(own_etcd.url)
+        wait_stored(redis_conn, reached)
+        wait_until(lambda: f"at revision {reached}" in caplog.text, 30, f"the standby at revision {reached}")
+        secret = b"/registry/secrets/kube-system/another-history"
+        foreign = [Revision(reached + n, time.time(), (Event(PUT, secret if n == 1 else f"/other/{n}".encode(),
+                                                            b"not this etcd's"),)) for n in range(1, COMPACT_AFTER + 2)]
+        planted = service.store.put_delta(str(delta_name(foreign, encrypted=False)),
+                                          encode_delta(Fingerprint(reached, os.urandom(32)), foreign))
+        wait_until(lambda: "does not follow" in caplog.text, 30, "the standby to refuse the planted delta")
+        for number in range(COMPACT_AFTER + 20):  # this etcd's own revisions, past the planted ones
+            client.put(f"/filler/{number % 5}", f"g{number}")
+        end = current_revision(own_etcd.url)
+        wait_stored(redis_conn, end)
+        time.sleep(5)
+    assert all(secret not in served(unpacked(service, name, tmp_path)) for name, _ in compacted(service.store))
+    done, data_dir = restore_cli(service, tmp_path, end)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and planted in said and not data_dir.exists(), said
+    assert "two histories" in said or "disagree" in said, said
