@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from etcd3 import etcdrpc
 
+import worker.standby as standby_module
+from common import etcd
+from common.config import EtcdConfig
 from common.deltas import PUT, Event, Fingerprint, Revision, decode_delta, delta_name, encode_delta, parse_delta_name
 from common.storage.local import is_temp_name
 from harness.cli import COMMAND, environment
@@ -28,6 +33,7 @@ from harness.in_process import Service
 from harness.processes import wait_until
 from harness.servers import EtcdServer
 from harness.writer import current_revision
+from recovery.throwaway import CLIENT_SOCKET
 from recovery.workdir import COMPACT_PREFIX
 from tests.test_adversary_compaction import compacting_service, full_backup, restore_cli, unpacked
 from tests.test_compaction import kvs, served, write_round
@@ -128,14 +134,14 @@ class Throwaway:
 
 
 def throwaway_of(standby_pid: int) -> Throwaway | None:
-    """The standby's throwaway etcd (the one child that serves a socket: not `etcdctl snapshot restore`)."""
+    """The standby's throwaway etcd (the child that serves its socket: not `etcdctl snapshot restore`)."""
     for child in children_of(standby_pid):
         try:
             arguments = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             work = Path(os.readlink(f"/proc/{child}/cwd"))
         except OSError:
             continue
-        if b"--listen-client-urls" in arguments:
+        if f"unix://{CLIENT_SOCKET}".encode() in arguments:  # not the test's own etcd servers
             return Throwaway(child, work, Path(arguments[arguments.index(b"--data-dir") + 1].decode()).parent)
     return None
 
@@ -278,3 +284,63 @@ def test_a_signed_delta_of_another_history_at_the_standbys_next_revision_is_neve
     said = done.stdout + done.stderr
     assert done.returncode != 0 and planted in said and not data_dir.exists(), said
     assert "two histories" in said or "disagree" in said, said
+
+
+def throwaway_connection(throwaway: Throwaway) -> etcd.EtcdConnection:
+    """A connection to the throwaway etcd's own socket (in its 0700 work dir: this test runs as its user)."""
+    return etcd.connect(EtcdConfig(endpoints=(f"unix://{throwaway.work}/{CLIENT_SOCKET}",), timeout=5.0), prove=False)
+
+
+@pytest.mark.slow
+def test_a_throwaway_etcd_that_moves_by_itself_or_dies_never_makes_a_compacted_backup(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUARD (faults): the standby's throwaway etcd runs for as long as the standby, every lease of production kept
+    alive there. One of them expires there (a stalled keep-alive; here revoked on its socket, which makes the same
+    revision: the lease's keys deleted), while production keeps it: the throwaway etcd now holds a revision etcd
+    never had. Then the throwaway etcd is killed -9. Each time the standby must refuse what it has, start again
+    from the newest backup, and every compacted backup stored equals etcd at its revision, key for key (leases
+    too); a restore to the end equals etcd."""
+    monkeypatch.setattr(standby_module, "RETRY_SECONDS", 1.0)  # the test waits less for the restart: nothing else
+    service = compacting_service(make_service, own_etcd, tmp_path)
+    client = own_etcd.client()
+    lease = write_round(client, 0, None)
+    full_backup(service)
+    caplog.set_level(logging.INFO, logger="worker.standby")
+    with watcher(service.config, redis_conn), standby(service.config, redis_conn):
+        lease = write_round(client, 1, lease)
+        reached = current_revision(own_etcd.url)
+        wait_stored(redis_conn, reached)
+        wait_until(lambda: f"at revision {reached}" in caplog.text, 60, f"the standby at revision {reached}")
+        throwaway = throwaway_of(os.getpid())
+        assert throwaway is not None
+        inside = throwaway_connection(throwaway)
+        try:
+            etcdrpc.LeaseStub(inside.channel).LeaseRevoke(etcdrpc.LeaseRevokeRequest(ID=lease.id), timeout=10)
+        finally:
+            inside.close()
+        lease = write_round(client, 2, lease)  # production still holds it, and revokes it itself only now
+        wait_stored(redis_conn, current_revision(own_etcd.url))
+        wait_until(lambda: "starting again from the newest backup" in caplog.text, 60,
+                   "the standby to refuse the revision its throwaway etcd made by itself")
+        refused = caplog.text.split("starting again from the newest backup")[0].splitlines()[-1]
+        wait_until(lambda: (found := throwaway_of(os.getpid())) is not None and found.pid != throwaway.pid, 60,
+                   "the standby's next throwaway etcd")
+        killed_etcd = throwaway_of(os.getpid())
+        assert killed_etcd is not None
+        os.kill(killed_etcd.pid, signal.SIGKILL)
+        write_round(client, 3, lease)
+        end = current_revision(own_etcd.url)
+        wait_stored(redis_conn, end)
+        wait_until(lambda: end - newest_compacted_revision(service.store) < COMPACT_AFTER, 120,
+                   "the standby to compact up to the last compact-after-revisions")
+        assert caplog.text.count("starting again from the newest backup") >= 2, caplog.text
+        assert not killed_etcd.work.exists() and not killed_etcd.data.exists()
+    assert "does not follow" in refused or "by itself" in refused, refused
+    made = compacted(service.store)
+    assert made
+    for name, metadata in made:
+        assert served(unpacked(service, name, tmp_path)) == kvs(own_etcd.url, metadata.revision), name
+    done, data_dir = restore_cli(service, tmp_path, end)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert served(data_dir) == kvs(own_etcd.url, end)
