@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from harness.in_process import Service
 from harness.processes import wait_until
 from harness.servers import EtcdServer
 from harness.writer import current_revision
+from recovery.pitr import base_backup
 from recovery.throwaway import CLIENT_SOCKET
 from recovery.workdir import COMPACT_PREFIX
 from tests.test_adversary_compaction import compacting_service, full_backup, restore_cli, unpacked
@@ -344,3 +346,52 @@ def test_a_throwaway_etcd_that_moves_by_itself_or_dies_never_makes_a_compacted_b
     done, data_dir = restore_cli(service, tmp_path, end)
     assert done.returncode == 0, done.stdout + done.stderr
     assert served(data_dir) == kvs(own_etcd.url, end)
+
+
+class SkewedClock(redis.Redis):
+    """The service's Redis, whose `TIME` (the clock that names backups and deltas: common.clock) is `offset`
+    seconds ahead of the real one: a Redis host whose clock was stepped, later set right. Everything else is the
+    real Redis' (its keys, its TTLs)."""
+
+    offset = 0.0
+
+    def time(self) -> tuple[int, int]:  # type: ignore[override]
+        seconds, microseconds = super().time()
+        shifted = round((int(seconds) + self.offset) * 1_000_000) + int(microseconds)
+        return shifted // 1_000_000, shifted % 1_000_000
+
+
+@pytest.mark.slow
+def test_compactions_go_on_once_redis_clock_is_set_back(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Clocks: Redis' clock (which names backups and deltas) runs an hour ahead for a while, then is set right. The
+    compacted backup the standby stored meanwhile is named in the future now: restores and retention skip it (its
+    time is unknown). The standby must go on compacting: a restore to the end applies at most about
+    compact-after-revisions (plus a delta) revisions' events again, as a compaction job would (it starts from
+    the newest backup not named in the future)."""
+    service = compacting_service(make_service, own_etcd, tmp_path)
+    client = own_etcd.client()
+    lease = write_round(client, 0, None)
+    full_backup(service)
+    clock = SkewedClock(connection_pool=redis_conn.connection_pool)
+    clock.offset = 3600.0
+    caplog.set_level(logging.INFO, logger="worker.standby")
+    with watcher(service.config, clock), standby(service.config, clock):
+        lease = write_round(client, 1, lease)
+        wait_stored(redis_conn, current_revision(own_etcd.url))
+        wait_until(lambda: bool(compacted(service.store)), 60, "a compacted backup while the clock is ahead")
+        ahead, _ = compacted(service.store)[-1]
+        clock.offset = 0.0  # set right
+        for round_ in range(2, 5):
+            lease = write_round(client, round_, lease)
+        end = current_revision(own_etcd.url)
+        wait_stored(redis_conn, end)
+        deadline = time.monotonic() + 60
+        while (end - (base := base_backup(service.store, end, datetime.now(UTC)))[1].revision > COMPACT_AFTER + 160
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
+    said = [line for line in caplog.text.splitlines() if "compacted backup at revision" in line]
+    assert end - base[1].revision <= COMPACT_AFTER + 160, (
+        f"a restore to {end} starts from {base[0]} (revision {base[1].revision}); the standby follows {ahead}, named "
+        f"in the future now: {said[-1:]}")
