@@ -41,7 +41,7 @@ from tests.test_adversary_compaction import compacting_service, full_backup, res
 from tests.test_compaction import kvs, served, write_round
 from tests.test_deltas import wait_stored, watcher
 from tests.test_standby import compacted, newest_compacted_revision, standby
-from worker.standby import LEASE_KEY
+from worker.standby import LEASE_KEY, LEASE_TTL
 
 pytestmark = pytest.mark.xdist_group("point-in-time")
 COMPACT_AFTER = 100  # the least the config takes
@@ -70,11 +70,15 @@ def second_watchers_copy(service: Service, ending_at: int) -> str:
 @pytest.mark.slow
 def test_a_second_watchers_agreeing_copy_across_a_compacted_revision_loses_no_history(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
-    """Two watchers (a deployment may run several; a Redis writer who deletes the watcher's lease makes the race)
-    can store the same revisions twice, in deltas cut at other places: the project takes one copy when they agree
-    (tests/test_deltas.py). The standby compacts exactly at the end of a delta (the batch's last), at revision C;
-    the second watcher's copy then holds C's delta and the next one. A restore past C starts from the compacted
-    backup and must still reach every revision; the standby must go on compacting."""
+    """FIXED (no attacker needed; a Redis writer who deletes the watcher's lease makes the race): two watchers (a
+    deployment may run several) can store the same revisions twice, in deltas cut at other places, and the project
+    takes one copy when they agree (tests/test_deltas.py). The standby compacts exactly at the end of a delta (the
+    batch's last), at revision C, and etcd's compaction at C-1 drops the history before it; the second watcher's
+    copy holds C's delta and the next one, and reaches as far as any: the chain after C takes it. Tying it to the
+    compacted backup watched the throwaway etcd from the copy's first revision, long compacted: "the backup no
+    longer holds revision ...". Every restore past C was refused until the next full backup (the history after C
+    vanished for restores), and the standby started again every minute from C, restoring the whole database, and
+    failed the same way, for ever (no compaction job either: the standby holds its lease)."""
     service = compacting_service(make_service, own_etcd, tmp_path)
     client = own_etcd.client()
     lease = write_round(client, 0, None)
@@ -365,11 +369,14 @@ class SkewedClock(redis.Redis):
 def test_compactions_go_on_once_redis_clock_is_set_back(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    """Clocks: Redis' clock (which names backups and deltas) runs an hour ahead for a while, then is set right. The
-    compacted backup the standby stored meanwhile is named in the future now: restores and retention skip it (its
-    time is unknown). The standby must go on compacting: a restore to the end applies at most about
-    compact-after-revisions (plus a delta) revisions' events again, as a compaction job would (it starts from
-    the newest backup not named in the future)."""
+    """FIXED (no attacker needed: a Redis host whose clock is stepped back, e.g. by NTP after it ran ahead): Redis'
+    clock (which names backups and deltas) runs an hour ahead for a while, then is set right. The compacted backup
+    the standby stored meanwhile is named in the future now: restores and retention skip it (its time is unknown).
+    The standby went on following it, and named each next compacted backup at least a second after it: in the
+    future, not stored ("the watcher's clock is ahead", it said; it is not). For that hour no compacted backup,
+    no compaction job (the standby holds its lease), and a restore to the end applied every revision since the
+    last full backup. It must go on compacting, as a compaction job would (from the newest backup not named in
+    the future)."""
     service = compacting_service(make_service, own_etcd, tmp_path)
     client = own_etcd.client()
     lease = write_round(client, 0, None)
@@ -395,3 +402,28 @@ def test_compactions_go_on_once_redis_clock_is_set_back(
     assert end - base[1].revision <= COMPACT_AFTER + 160, (
         f"a restore to {end} starts from {base[0]} (revision {base[1].revision}); the standby follows {ahead}, named "
         f"in the future now: {said[-1:]}")
+
+
+@pytest.mark.xfail(strict=True, reason="scheduler/cron.py (_standby_alive) takes any key with the standby's TTL for "
+                   "a live standby, however far behind the compactions are, and nothing (status, metrics, a log line) "
+                   "says compactions stopped: a fix there (e.g. queue the job anyway when the deltas are several "
+                   "compact-after-revisions past the newest backup) is the integrator's to choose")
+def test_a_redis_writer_holding_the_standbys_lease_does_not_stop_compactions_for_ever(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """BROKEN (Redis writer with the worker's rights, e.g. a compromised worker pod; not the API's ACL user):
+    `etcd-backup:standby` set again every 10 s with the standby's own 30 s TTL (what clear_unexpiring_lease lets
+    stand). No standby ever gets the lease, and while the key is there the scheduler queues no compaction job:
+    compactions stop, silently, for as long as the writer keeps at it, and restores go back to applying every
+    revision since the last full backup. Here the deltas are three times compact-after-revisions past it."""
+    from scheduler.cron import run_compaction_tick
+
+    service = compacting_service(make_service, own_etcd, tmp_path)
+    client = own_etcd.client()
+    client.put("/before", "b")
+    full_backup(service)
+    with watcher(service.config, redis_conn):
+        for number in range(3 * COMPACT_AFTER + 5):
+            client.put(f"/filler/{number % 10}", f"f{number}")
+        wait_stored(redis_conn, current_revision(own_etcd.url))
+    redis_conn.set(LEASE_KEY, "not a standby", px=int(LEASE_TTL * 1000))
+    assert run_compaction_tick(service.config, redis_conn, datetime.now(UTC), "test") is not None
