@@ -41,6 +41,7 @@ from tests.test_adversary_compaction import compacting_service, full_backup, res
 from tests.test_compaction import kvs, served, write_round
 from tests.test_deltas import wait_stored, watcher
 from tests.test_standby import compacted, newest_compacted_revision, standby
+from tests.test_worker import small_disk  # noqa: F401 - the fixture (request.getfixturevalue)
 from worker.standby import LEASE_KEY, LEASE_TTL
 
 pytestmark = pytest.mark.xdist_group("point-in-time")
@@ -427,3 +428,50 @@ def test_a_redis_writer_holding_the_standbys_lease_does_not_stop_compactions_for
         wait_stored(redis_conn, current_revision(own_etcd.url))
     redis_conn.set(LEASE_KEY, "not a standby", px=int(LEASE_TTL * 1000))
     assert run_compaction_tick(service.config, redis_conn, datetime.now(UTC), "test") is not None
+
+
+def fill_disk(directory: Path) -> Path:
+    """Fill the file system of `directory` with one file (returned): every write there fails now."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_leaves_no_partial_compacted_backup_and_the_standby_goes_on_once_there_is_room(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUARD (faults): backup-dir on a 1 MiB tmpfs, full when the standby's compacted backup is due. It fails,
+    leaves no temp file and no partial backup, removes nothing (the full backup and every delta stay), and starts
+    again; once there is room it stores the compacted backup, equal to etcd at its revision."""
+    monkeypatch.setattr(standby_module, "RETRY_SECONDS", 1.0)  # the test waits less for the restart: nothing else
+    disk: Path = request.getfixturevalue("small_disk")  # tests/test_worker.py's: a 1 MiB tmpfs
+    service = compacting_service(make_service, own_etcd, tmp_path, backup_dir=str(disk))
+    client = own_etcd.client()
+    lease = write_round(client, 0, None)
+    base = full_backup(service)
+    with watcher(service.config, redis_conn):
+        write_round(client, 1, lease)
+        end = current_revision(own_etcd.url)
+        wait_stored(redis_conn, end)
+    stored = sorted(os.listdir(disk))
+    filler = fill_disk(disk)
+    caplog.set_level(logging.INFO, logger="worker.standby")
+    with standby(service.config, redis_conn):
+        wait_until(lambda: caplog.text.count("starting again from the newest backup") >= 2, 60,
+                   "the standby to fail twice on the full disk")
+        assert sorted(os.listdir(disk)) == sorted([*stored, filler.name]), "a partial file, or one removed"
+        filler.unlink()
+        wait_until(lambda: bool(compacted(service.store)), 60, "the compacted backup once there is room")
+    failed = [line for line in caplog.text.splitlines() if "starting again from the newest backup" in line]
+    assert all("No space left on device" in line or "is full" in line for line in failed), failed
+    (name, metadata), = compacted(service.store)
+    assert metadata.compacted_from == base and base in service.store.list_backups()
+    assert served(unpacked(service, name, tmp_path)) == kvs(own_etcd.url, metadata.revision)
