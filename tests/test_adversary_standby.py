@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -32,7 +33,7 @@ from harness.cli import COMMAND, environment
 from harness.fill import ETCD_FLAGS, fill
 from harness.in_process import Service
 from harness.processes import wait_until
-from harness.servers import EtcdServer
+from harness.servers import EtcdServer, RedisServer
 from harness.writer import current_revision
 from recovery.pitr import base_backup
 from recovery.throwaway import CLIENT_SOCKET
@@ -475,3 +476,89 @@ def test_a_full_disk_leaves_no_partial_compacted_backup_and_the_standby_goes_on_
     (name, metadata), = compacted(service.store)
     assert metadata.compacted_from == base and base in service.store.list_backups()
     assert served(unpacked(service, name, tmp_path)) == kvs(own_etcd.url, metadata.revision)
+
+
+def every_compacted_backup_equals_etcd(service: Service, endpoint: str, tmp_path: Path) -> list[str]:
+    """The compacted backups stored, each checked equal to etcd at its revision, key for key (opened as an operator
+    opens it: tar xzf + etcdctl snapshot restore)."""
+    made = compacted(service.store)
+    for name, metadata in made:
+        assert served(unpacked(service, name, tmp_path)) == kvs(endpoint, metadata.revision), name
+    return [name for name, _ in made]
+
+
+def expired(client: Any, key: str) -> bool:
+    """Whether `key` (put with a lease) is gone: etcd deletes it once its lease expires."""
+    return client.get(key)[0] is None
+
+
+@pytest.mark.slow
+def test_leases_that_expire_in_production_between_deltas_are_compacted_as_etcd_had_them(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """GUARD (faults, no attacker): leases of etcd's shortest TTL (2 s) that production lets expire, between two
+    deltas, while the standby follows (their keys deleted by etcd itself, one revision each; the throwaway etcd
+    keeps its copy of each lease alive meanwhile, and revokes it once keyless). Every compacted backup equals etcd
+    at its revision, lease IDs included, and a restore to the end equals etcd."""
+    service = compacting_service(make_service, own_etcd, tmp_path)
+    client = own_etcd.client()
+    client.put("/before", "b")
+    full_backup(service)
+    with watcher(service.config, redis_conn), standby(service.config, redis_conn):
+        for round_ in range(3):
+            short = client.lease(2)
+            for number in range(3):
+                client.put(f"/expiring/{round_}/{number}", "gone in 2 s", lease=short)
+            for number in range(60):
+                client.put(f"/filler/{number % 7}", f"{round_}.{number}")
+            wait_until(partial(expired, client, f"/expiring/{round_}/0"), 15, "production to let the lease expire")
+            for number in range(60):
+                client.put(f"/filler/{number % 7}", f"{round_}.after.{number}")
+        end = current_revision(own_etcd.url)
+        wait_stored(redis_conn, end)
+        wait_until(lambda: end - newest_compacted_revision(service.store) < COMPACT_AFTER, 60,
+                   "the standby to compact up to the last compact-after-revisions")
+    assert not any(key.startswith(b"/expiring/") for key in kvs(own_etcd.url, end))
+    assert len(every_compacted_backup_equals_etcd(service, own_etcd.url, tmp_path)) >= 2
+    done, data_dir = restore_cli(service, tmp_path, end)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert served(data_dir) == kvs(own_etcd.url, end)
+
+
+@pytest.mark.slow
+def test_redis_gone_and_back_leaves_no_partial_backup_and_the_standby_goes_on(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUARD (faults): the standby's Redis (its lease, the backup lock, the clock) stops while it follows, for a few
+    seconds, and comes back empty (no persistence). The standby stops, leaves no partial backup, and once Redis is
+    back takes the lease again and goes on; its compacted backups equal etcd, and a restore to the end too. (Its
+    Redis is one of its own here, so that the session's, which the watcher and the worker use, stays up.)"""
+    monkeypatch.setattr(standby_module, "RETRY_SECONDS", 1.0)  # the test waits less for the restart: nothing else
+    own_redis = RedisServer(tmp_path / "standby-redis").start()
+    try:
+        service = compacting_service(make_service, own_etcd, tmp_path)
+        client = own_etcd.client()
+        lease = write_round(client, 0, None)
+        full_backup(service)
+        caplog.set_level(logging.INFO, logger="worker.standby")
+        with watcher(service.config, redis_conn), standby(service.config, own_redis.client()):
+            lease = write_round(client, 1, lease)
+            wait_stored(redis_conn, current_revision(own_etcd.url))
+            wait_until(lambda: bool(compacted(service.store)), 60, "a compacted backup")
+            own_redis.stop()
+            lease = write_round(client, 2, lease)
+            wait_until(lambda: "standby: Redis" in caplog.text or "Connection refused" in caplog.text, 30,
+                       "the standby to meet Redis gone")
+            time.sleep(2)
+            own_redis.start()
+            write_round(client, 3, lease)
+            end = current_revision(own_etcd.url)
+            wait_stored(redis_conn, end)
+            wait_until(lambda: end - newest_compacted_revision(service.store) < COMPACT_AFTER, 90,
+                       "the standby to compact up to the last compact-after-revisions")
+        assert compacted_temp_files(service) == []
+        assert len(every_compacted_backup_equals_etcd(service, own_etcd.url, tmp_path)) >= 2
+        done, data_dir = restore_cli(service, tmp_path, end)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert served(data_dir) == kvs(own_etcd.url, end)
+    finally:
+        own_redis.stop()
