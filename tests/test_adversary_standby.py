@@ -33,7 +33,7 @@ from harness.cli import COMMAND, environment
 from harness.fill import ETCD_FLAGS, fill
 from harness.in_process import Service
 from harness.processes import wait_until
-from harness.servers import EtcdServer, RedisServer
+from harness.servers import EtcdServer, RedisServer, etcdctl
 from harness.writer import current_revision
 from recovery.pitr import base_backup
 from recovery.throwaway import CLIENT_SOCKET
@@ -562,3 +562,36 @@ def test_redis_gone_and_back_leaves_no_partial_backup_and_the_standby_goes_on(
         assert served(data_dir) == kvs(own_etcd.url, end)
     finally:
         own_redis.stop()
+
+
+@pytest.mark.slow
+def test_a_backup_taken_after_etcd_compacted_inside_a_long_delta_is_restored_past(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """FIXED (the same check as the second watcher's copy above, no attacker; the README allows a delta-period up
+    to 10 minutes, and kube-apiserver compacts etcd every 5): production etcd compacts at revision c while a delta
+    is being gathered that began before c, and a full backup is then taken (its snapshot holds no history before
+    c). A restore past the backup starts from it, and the delta that holds its revision began before c: tying
+    them watched the restored backup from the delta's first revision, and every restore past the backup was
+    refused ("the backup no longer holds revision ..."), until the next full backup."""
+    service = compacting_service(make_service, own_etcd, tmp_path, delta_period="60s")
+    client = own_etcd.client()
+    client.put("/before", "b")
+    full_backup(service)
+    with watcher(service.config, redis_conn):
+        for number in range(20):  # the delta being gathered begins here
+            client.put(f"/filler/{number % 5}", f"f{number}")
+        compacted_at = current_revision(own_etcd.url)
+        etcdctl("compact", str(compacted_at), endpoint=own_etcd.url)
+        client.put("/after-the-compaction", "x")
+        backup = full_backup(service)
+        for number in range(20):
+            client.put(f"/filler/{number % 5}", f"g{number}")
+        end = current_revision(own_etcd.url)
+    wait_stored(redis_conn, end)  # stored as the watcher stopped: one delta from before the compaction to the end
+    said = [parse_delta_name(name) for name in service.store.list_deltas()]
+    metadata = service.store.read_metadata(backup)
+    assert metadata is not None and any(delta is not None and delta.first < compacted_at and delta.last == end
+                                        for delta in said), said
+    done, data_dir = restore_cli(service, tmp_path, end)
+    assert done.returncode == 0 and f"{backup}: " in done.stdout, done.stdout + done.stderr
+    assert served(data_dir) == kvs(own_etcd.url)
