@@ -33,6 +33,7 @@ from harness.cli import COMMAND, environment
 from harness.fill import ETCD_FLAGS, fill
 from harness.in_process import Service
 from harness.processes import wait_until
+from harness.report import Report
 from harness.servers import EtcdServer, RedisServer, etcdctl
 from harness.writer import current_revision
 from recovery.pitr import base_backup
@@ -71,7 +72,8 @@ def second_watchers_copy(service: Service, ending_at: int) -> str:
 
 @pytest.mark.slow
 def test_a_second_watchers_agreeing_copy_across_a_compacted_revision_loses_no_history(
-        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
     """FIXED (no attacker needed; a Redis writer who deletes the watcher's lease makes the race): two watchers (a
     deployment may run several) can store the same revisions twice, in deltas cut at other places, and the project
     takes one copy when they agree (tests/test_deltas.py). The standby compacts exactly at the end of a delta (the
@@ -107,6 +109,9 @@ def test_a_second_watchers_agreeing_copy_across_a_compacted_revision_loses_no_hi
     done, data_dir = restore_cli(service, tmp_path, end)
     assert done.returncode == 0, done.stdout + done.stderr
     assert served(data_dir) == kvs(own_etcd.url, end)
+    report(f"a second watcher's agreeing copy of the delta the standby's compacted backup ends with (revision "
+           f"{first.revision}) and of the next one", f"restores to {past} (from {first_name}) and to {end} equal etcd; "
+           f"the standby compacted past it (to {newest_compacted_revision(service.store)})")
 
 
 def children_of(pid: int) -> list[int]:
@@ -194,7 +199,7 @@ def compacted_temp_files(service: Service) -> list[str]:
 
 @pytest.mark.slow
 def test_a_standby_killed_mid_apply_and_mid_compaction_leaves_nothing_for_good_and_the_next_goes_on(
-        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> None:
+        make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
     """GUARD (faults): `etcd-backup standby` killed -9 while it applies a backlog, then again while it writes a
     compacted backup (its temp file in backup-dir), on a 30 MB database. Each time: its throwaway etcd dies with
     it, no partial backup is listed, the backups stay; the next standby removes the work dirs (/tmp, /dev/shm) the
@@ -247,6 +252,11 @@ def test_a_standby_killed_mid_apply_and_mid_compaction_leaves_nothing_for_good_a
         done, data_dir = restore_cli(service, tmp_path, end)
         assert done.returncode == 0, done.stdout + done.stderr
         assert served(data_dir) == kvs(server.url, end)
+        report("`etcd-backup standby` killed -9 as its throwaway etcd started on a 30 MB database with a backlog, "
+               "then again while it wrote its first compacted backup",
+               "each time its etcd died with it, nothing listed but the full backup; the next standby removed the "
+               f"work dirs left in /tmp and /dev/shm and stored {len(compacted(service.store))} compacted backups, "
+               "equal to etcd; the next full backup removed the temp file; restore to the end equal to etcd")
     finally:
         for process in processes:
             if process.poll() is None:
@@ -370,7 +380,7 @@ class SkewedClock(redis.Redis):
 @pytest.mark.slow
 def test_compactions_go_on_once_redis_clock_is_set_back(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, report: Report) -> None:
     """FIXED (no attacker needed: a Redis host whose clock is stepped back, e.g. by NTP after it ran ahead): Redis'
     clock (which names backups and deltas) runs an hour ahead for a while, then is set right. The compacted backup
     the standby stored meanwhile is named in the future now: restores and retention skip it (its time is unknown).
@@ -404,6 +414,8 @@ def test_compactions_go_on_once_redis_clock_is_set_back(
     assert end - base[1].revision <= COMPACT_AFTER + 160, (
         f"a restore to {end} starts from {base[0]} (revision {base[1].revision}); the standby follows {ahead}, named "
         f"in the future now: {said[-1:]}")
+    report("Redis' clock an hour ahead while the standby compacted, then set right",
+           f"a restore to {end} starts from {base[0]} (revision {base[1].revision})")
 
 
 @pytest.mark.xfail(strict=True, reason="scheduler/cron.py (_standby_alive) takes any key with the standby's TTL for "
@@ -448,7 +460,8 @@ def fill_disk(directory: Path) -> Path:
 @pytest.mark.slow
 def test_a_full_disk_leaves_no_partial_compacted_backup_and_the_standby_goes_on_once_there_is_room(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
-        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        report: Report) -> None:
     """GUARD (faults): backup-dir on a 1 MiB tmpfs, full when the standby's compacted backup is due. It fails,
     leaves no temp file and no partial backup, removes nothing (the full backup and every delta stay), and starts
     again; once there is room it stores the compacted backup, equal to etcd at its revision."""
@@ -476,6 +489,9 @@ def test_a_full_disk_leaves_no_partial_compacted_backup_and_the_standby_goes_on_
     (name, metadata), = compacted(service.store)
     assert metadata.compacted_from == base and base in service.store.list_backups()
     assert served(unpacked(service, name, tmp_path)) == kvs(own_etcd.url, metadata.revision)
+    report("backup-dir on a 1 MiB tmpfs, full when the standby's compacted backup is due",
+           f"{len(failed)} tries failed (\"{failed[0].split('standby: ', 1)[-1][:120]}\"), no file added or removed; "
+           f"once there was room, {name}, equal to etcd")
 
 
 def every_compacted_backup_equals_etcd(service: Service, endpoint: str, tmp_path: Path) -> list[str]:
