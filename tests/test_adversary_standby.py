@@ -36,7 +36,7 @@ from harness.processes import wait_until
 from harness.report import Report
 from harness.servers import EtcdServer, RedisServer, etcdctl
 from harness.writer import current_revision
-from recovery.pitr import base_backup
+from recovery.pitr import base_backup, reach_from
 from recovery.throwaway import CLIENT_SOCKET
 from recovery.workdir import COMPACT_PREFIX
 from tests.test_adversary_compaction import compacting_service, full_backup, restore_cli, unpacked
@@ -204,7 +204,8 @@ def test_a_standby_killed_mid_apply_and_mid_compaction_leaves_nothing_for_good_a
     compacted backup (its temp file in backup-dir), on a 30 MB database. Each time: its throwaway etcd dies with
     it, no partial backup is listed, the backups stay; the next standby removes the work dirs (/tmp, /dev/shm) the
     killed one left, goes on and stores a compacted backup equal to etcd at its revision; the next full backup
-    removes the temp file; a restore to the end equals etcd."""
+    removes the temp file; a restore to the end equals etcd. What it held meanwhile (its work dir, its etcd's data
+    dir, the temp file) was private to its user."""
     server = EtcdServer(tmp_path / "etcd", extra_args=ETCD_FLAGS).start()
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -224,6 +225,10 @@ def test_a_standby_killed_mid_apply_and_mid_compaction_leaves_nothing_for_good_a
                 processes.append(process)
                 throwaway = waited_for(partial(running_throwaway, service, process, writing), 120,
                                        f"the standby {label}", process)
+                # Another local user reaches none of what it holds: every Secret of the cluster.
+                private = [throwaway.work, throwaway.data, *(service.config.backup_dir / name
+                                                             for name in compacted_temp_files(service))]
+                assert all(path.stat().st_mode & 0o077 == 0 for path in private), private
                 killed(process, throwaway)
                 left.append(throwaway)
                 assert [name for name in service.store.list_backups()] == [base], label
@@ -611,3 +616,51 @@ def test_a_backup_taken_after_etcd_compacted_inside_a_long_delta_is_restored_pas
     done, data_dir = restore_cli(service, tmp_path, end)
     assert done.returncode == 0 and f"{backup}: " in done.stdout, done.stdout + done.stderr
     assert served(data_dir) == kvs(own_etcd.url)
+
+
+@pytest.mark.slow
+def test_with_rotate_1_a_full_backup_mid_way_keeps_the_history_and_every_restore_applies_little(
+        make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
+        report: Report) -> None:
+    """GUARD (retention, the recovery point): rotate 1, and a full backup taken while the standby follows. Its
+    compacted backups never push the full backup or a delta after it out (each compaction prunes, as any backup);
+    the deltas after the full backup reach the end without a break; and for EVERY revision from the full backup to
+    the end, the backup a restore starts from is at most compact-after-revisions plus one delta's revisions
+    before it. Restores into the middle and to the end equal etcd."""
+    service = compacting_service(make_service, own_etcd, tmp_path, rotate=1)
+    client = own_etcd.client()
+    lease = write_round(client, 0, None)
+    first = full_backup(service)
+    with watcher(service.config, redis_conn), standby(service.config, redis_conn):
+        for round_ in range(1, 3):
+            lease = write_round(client, round_, lease)
+        wait_stored(redis_conn, current_revision(own_etcd.url))
+        wait_until(lambda: bool(compacted(service.store)), 60, "a compacted backup")
+        second = full_backup(service)
+        for round_ in range(3, 6):
+            lease = write_round(client, round_, lease)
+        end = current_revision(own_etcd.url)
+        wait_stored(redis_conn, end)
+        wait_until(lambda: end - newest_compacted_revision(service.store) < COMPACT_AFTER, 60,
+                   "the standby to compact up to the last compact-after-revisions")
+    store, now = service.store, datetime.now(UTC)
+    kept = store.list_backups()
+    assert second in kept and first not in kept, kept  # rotate 1: the newest full backup, never a compacted one
+    since = store.read_metadata(second)
+    assert since is not None
+    deltas, reached = reach_from(store, since.revision, [])
+    assert reached == end, (reached, deltas)
+    spans = [said.last - said.first + 1 for name in store.list_deltas() if (said := parse_delta_name(name))]
+    behind = {target: target - base_backup(store, target, now)[1].revision for target in range(since.revision, end + 1)}
+    worst = max(behind, key=lambda target: behind[target])
+    assert behind[worst] <= COMPACT_AFTER + max(spans), (worst, behind[worst], max(spans))
+    middle = since.revision + COMPACT_AFTER // 2
+    for target in (middle, end):
+        done, data_dir = restore_cli(service, tmp_path, target)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert served(data_dir) == kvs(own_etcd.url, target), target
+    report("rotate 1, a full backup taken while the standby follows, ~750 revisions",
+           f"{second} kept, {first} and the compacted backups before {second} pruned, the deltas after it unbroken to "
+           f"{end}; for every revision {since.revision}..{end} a restore starts at most {behind[worst]} revisions "
+           f"before it (compact-after-revisions {COMPACT_AFTER}, the largest delta {max(spans)} revisions); restores "
+           f"to {middle} and {end} equal etcd")
