@@ -344,14 +344,33 @@ def _check_follows_backup(connection: etcd.EtcdConnection, plan: Plan, first: De
     if not checked or max(checked) > head:
         raise RestoreError(f"{plan.deltas[0]} cannot be tied to {plan.backup} (it records no revision the backup "
                            f"holds): restore to revision {head} at most from it")
-    snapshot = revision_events(connection, min(checked), max(checked))
+    try:
+        snapshot = revision_events(connection, min(checked), max(checked))
+    except HistoryCompacted as exc:
+        # A compacted backup keeps whole only the revisions after the one it was compacted at (worker.compact: the
+        # one before its own), and a delta may begin before that: a second watcher's copy that overlaps the delta
+        # the backup ends with. The revisions it holds whole tie them as well (its own revision always is one);
+        # the earlier ones are in the snapshot already and are not applied.
+        checked = [number for number in checked if number > exc.compacted_at]
+        if not checked:
+            raise
+        snapshot = revision_events(connection, min(checked), max(checked))
     expected = [*([first.previous] if first.previous.revision in checked else []),
-                *(fingerprint(revision.number, revision.events) for revision in held)]
+                *(fingerprint(revision.number, revision.events) for revision in held if revision.number in checked)]
     for wanted in expected:
         if fingerprint(wanted.revision, snapshot.get(wanted.revision, [])) != wanted:
             raise RestoreError(f"{plan.deltas[0]} does not follow {plan.backup}: its revision {wanted.revision} is "
                                f"not the backup's (planted, or another history): restore to revision {head} at most "
                                "from it")
+
+
+class HistoryCompacted(RestoreError):
+    """The etcd no longer holds the revisions asked for: its history was compacted at revision `compacted_at`."""
+
+    def __init__(self, first: int, compacted_at: int) -> None:
+        super().__init__(f"the backup no longer holds revision {first} (compacted at {compacted_at}): its deltas "
+                         "cannot be tied to it")
+        self.compacted_at = compacted_at
 
 
 def head_revision(connection: etcd.EtcdConnection) -> int:
@@ -380,8 +399,7 @@ def revision_events(connection: etcd.EtcdConnection, first: int, last: int) -> d
     try:
         for response in stream:
             if response.canceled:
-                raise RestoreError(f"the backup no longer holds revision {first} (compacted at "
-                                   f"{response.compact_revision}): its deltas cannot be tied to it")
+                raise HistoryCompacted(first, int(response.compact_revision))
             for event in response.events:
                 events.setdefault(int(event.kv.mod_revision), []).append(event_from_watch(event))
             if events and max(events) >= last:

@@ -19,7 +19,9 @@ One standby at a time (a Redis lease, as the delta watcher's: a second waits for
 the scheduler queues no compaction job (scheduler.cron), which would compact the same deltas again. When the deltas
 break (a missing or damaged delta), it keeps what it has and waits for a backup past the break, then starts again
 from it; anything else that fails it (the store, the throwaway etcd, two histories) ends the run, and it starts
-again from the newest backup RETRY_SECONDS later.
+again from the newest backup RETRY_SECONDS later. A base named in the future (Redis' clock, set back since it named
+it) ends the run too, and it starts again at once from the newest backup not in the future: no compacted backup
+could be named after that base until the clock caught up.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass, replace
 import redis
 from redis.exceptions import LockError
 
-from common import etcd, retention
+from common import backups, etcd, retention
 from common.clock import redis_clock
 from common.config import Config
 from common.deltas import DeltaError, parse_delta_name
@@ -152,6 +154,14 @@ def _follow(config: Config, connection: redis.Redis, token: str, lease: redis.lo
             if not lease.owned():
                 raise LeaseLost
             if _due(config, followed):
+                if backups.is_future(followed.base, redis_clock(connection)()):
+                    # Redis' clock was ahead when it was named, and was set back since: each compacted backup is
+                    # named after its base, so none could be stored until the clock caught up (an hour's skew: an
+                    # hour), and restores and retention skip it meanwhile. The newest backup not in the future
+                    # is where a compaction job would start.
+                    logger.warning("standby: %s, which it follows, is named in the future now (Redis' clock was "
+                                   "ahead, and was set back): starting again from the newest backup", followed.base)
+                    return
                 followed = _store(config, store, connection, token, member, leases, followed, identities)
             deltas, reached, broken = _next_batch(store, followed.reached, followed.base_metadata.revision, config,
                                                   identities)
