@@ -106,16 +106,27 @@ def run_compaction_tick(config: Config, connection: redis.Redis, tick: datetime,
     # can write to Redis) is deleted, not obeyed: it would stop compactions for ever, silently.
     if int(connection.register_script(_BACKOFF_IF_TRUSTED)(keys=[BACKOFF_KEY], args=[BACKOFF_SECONDS])) >= 0:
         return None
-    if _standby_alive(connection):  # it compacts as the deltas come (worker.standby): no job to do it again
-        return None
     found = due(config, open_store(config), redis_clock(connection)())
     if found is None:
         return None
     base, metadata, last = found
+    if _standby_alive(connection):
+        # It compacts as the deltas come (worker.standby): no job to do it again, unless it is far behind (slow, or
+        # no standby at all: whoever can write Redis can set its lease key, TTL and all).
+        if last - metadata.revision < STANDBY_BEHIND * config.compact_after_revisions:
+            return None
+        logger.warning("compaction tick %s: a standby holds its lease, but the deltas reach %d revisions past the "
+                       "newest backup %s, %d times compact-after-revisions: queuing a compaction job all the same",
+                       tick.isoformat(), last - metadata.revision, base, STANDBY_BEHIND)
     job = enqueue_compaction(job_queue(connection))
     logger.info("compaction tick %s: the deltas reach revision %d, %d past %s: compaction job %s", tick.isoformat(),
                 last, last - metadata.revision, base, job.id)
     return job
+
+
+STANDBY_BEHIND = 3
+"""A standby stores a compacted backup every compact-after-revisions revisions, between two deltas: with deltas this
+many times that past the newest backup, it is not keeping up (or not there), and a compaction job is queued."""
 
 
 def _standby_alive(connection: redis.Redis) -> bool:

@@ -423,17 +423,13 @@ def test_compactions_go_on_once_redis_clock_is_set_back(
            f"a restore to {end} starts from {base[0]} (revision {base[1].revision})")
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler/cron.py (_standby_alive) takes any key with the standby's TTL for "
-                   "a live standby, however far behind the compactions are, and nothing (status, metrics, a log line) "
-                   "says compactions stopped: a fix there (e.g. queue the job anyway when the deltas are several "
-                   "compact-after-revisions past the newest backup) is the integrator's to choose")
 def test_a_redis_writer_holding_the_standbys_lease_does_not_stop_compactions_for_ever(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
-    """BROKEN (Redis writer with the worker's rights, e.g. a compromised worker pod; not the API's ACL user):
-    `etcd-backup:standby` set again every 10 s with the standby's own 30 s TTL (what clear_unexpiring_lease lets
-    stand). No standby ever gets the lease, and while the key is there the scheduler queues no compaction job:
-    compactions stop, silently, for as long as the writer keeps at it, and restores go back to applying every
-    revision since the last full backup. Here the deltas are three times compact-after-revisions past it."""
+    """A Redis writer with the worker's rights (e.g. a compromised worker pod; not the API's ACL user) sets
+    `etcd-backup:standby` again every 10 s with the standby's own 30 s TTL (what clear_unexpiring_lease lets stand):
+    no standby ever gets the lease. Once the deltas are three times compact-after-revisions past the newest backup,
+    the scheduler queues a compaction job all the same (scheduler.cron.STANDBY_BEHIND): compactions do not stop
+    for ever. (It failed before: while the key was there, no job was ever queued.)"""
     from scheduler.cron import run_compaction_tick
 
     service = compacting_service(make_service, own_etcd, tmp_path)

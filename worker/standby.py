@@ -16,10 +16,12 @@ under the backup lock; retention then runs as after any backup. Production etcd 
 standby reads the store alone.
 
 One standby at a time (a Redis lease, as the delta watcher's: a second waits for it to lapse); while one holds it,
-the scheduler queues no compaction job (scheduler.cron), which would compact the same deltas again. When the deltas
+the scheduler queues no compaction job (scheduler.cron), which would compact the same deltas again, unless the
+deltas reach 3 x compact-after-revisions past the newest backup (no standby keeps up so far behind). When the deltas
 break (a missing or damaged delta), it keeps what it has and waits for a backup past the break, then starts again
 from it; anything else that fails it (the store, the throwaway etcd, two histories) ends the run, and it starts
-again from the newest backup RETRY_SECONDS later. A base named in the future (Redis' clock, set back since it named
+again from the newest backup RETRY_SECONDS later (twice as long after each failure in a row, up to
+MAX_RETRY_SECONDS). A base named in the future (Redis' clock, set back since it named
 it) ends the run too, and it starts again at once from the newest backup not in the future: no compacted backup
 could be named after that base until the clock caught up.
 """
@@ -69,6 +71,8 @@ LEASE_TTL = 30.0
 POLL_SECONDS = 2.0
 """How often the standby lists the store for new deltas (a listing: one request to S3)."""
 RETRY_SECONDS = 60.0
+MAX_RETRY_SECONDS = 600.0
+"""After each failure in a row the standby waits twice as long to start again, up to this."""
 """How long a standby waits before starting again after a failure (each start restores the newest backup)."""
 FAILURES = (RestoreError, VerifyError, CannotVerify, BackupError, StorageError, DeltaError, redis.RedisError)
 
@@ -101,6 +105,7 @@ def run_standby(config: Config, connection: redis.Redis, stop: threading.Event) 
         return
     return_large_buffers()  # as the watcher: a delta's big buffers go back to the system once freed
     lease = connection.lock(LEASE_KEY, timeout=LEASE_TTL, thread_local=False)
+    failures = 0
     token = f"standby-{uuid.uuid4().hex}"
     """The backup lock's token while a compacted backup is stored, with a heartbeat of its own (worker.leases)."""
     while not stop.is_set():
@@ -116,14 +121,20 @@ def run_standby(config: Config, connection: redis.Redis, stop: threading.Event) 
             stop.wait(RETRY_SECONDS)
             continue
         logger.info("standby: holding the lease")
+        began = time.monotonic()
         try:
             with renewing(lease.reacquire, LEASE_TTL / 3, "the standby's lease"), job_heartbeat(connection, token):
                 _follow(config, connection, token, lease, stop)
         except LeaseLost:
             logger.warning("standby: another standby holds the lease now: stopped following")
         except FAILURES as exc:
-            logger.error("standby: %s; starting again from the newest backup in %g s", exc, RETRY_SECONDS)
-            stop.wait(RETRY_SECONDS)
+            # Each start restores the whole database: a failure that stays (two histories, an identity missing)
+            # must not have it do so every minute. A run that lasted counts as a fresh start.
+            failures = 0 if time.monotonic() - began > MAX_RETRY_SECONDS else failures
+            delay = min(RETRY_SECONDS * 2**failures, MAX_RETRY_SECONDS)
+            failures += 1
+            logger.error("standby: %s; starting again from the newest backup in %g s", exc, delay)
+            stop.wait(delay)
         finally:
             try:
                 lease.release()
