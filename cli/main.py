@@ -21,8 +21,7 @@ from cli import recovery
 from cli import status as status_command
 from cli.startup import exit_unless_shared_queue, exit_with, start_up
 from cli.tree import EXIT_STATUSES, add_command
-from common import queue, retention
-from common.clock import redis_clock
+from common import retention
 from common.config import Config, effective_config
 from common.deltas import is_delta_name
 from common.storage import open_store
@@ -138,7 +137,9 @@ def _check_signing(config: Config) -> None:
                   "unsigned would be refused by every reader)")
 
 
-# Each command imports only what it runs: a worker never loads gunicorn or Flask.
+# Each command imports only what it runs: a worker never loads gunicorn or Flask, and the recovery commands
+# (cli.recovery) never load the queue's Redis client, RQ and fakeredis (common.queue), which take a quarter of
+# a second to load: `etcd-backup restore` runs when every second counts (tests/test_startup_imports.py).
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -179,7 +180,7 @@ def deltas(args: argparse.Namespace) -> None:
     _check_signing(config)
     import threading
 
-    from common import etcd_seen
+    from common import etcd_seen, queue
     from worker.deltas import run_watcher
 
     stop = threading.Event()
@@ -197,6 +198,7 @@ def standby(args: argparse.Namespace) -> None:
     _check_signing(config)
     import threading
 
+    from common import queue
     from worker.standby import run_standby
 
     stop = threading.Event()
@@ -237,6 +239,9 @@ def prune_command(args: argparse.Namespace) -> None:
 
 def prune(config: Config, dry_run: bool) -> None:
     """Print each backup with the verdict and its reason, newest first; delete unless `dry_run`."""
+    from common import queue
+    from common.clock import redis_clock
+
     # The clock that names the backups (Redis'), not this host's: a clock behind would take new
     # backups for backups named in the future.
     now = redis_clock(queue.connect(config) if config.redis_url is not None else None)()
