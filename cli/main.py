@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from importlib.metadata import version
 
-import argcomplete
 import yaml
 
 from cli import recovery
@@ -104,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    # Shell completion (`eval "$(register-python-argcomplete etcd-backup)"`): when the shell asks, this
-    # answers the completions and exits; otherwise it returns at once.
-    argcomplete.autocomplete(parser)
+    # Shell completion (`eval "$(register-python-argcomplete etcd-backup)"`): when the shell asks (it sets
+    # _ARGCOMPLETE, which argcomplete checks first), this answers the completions and exits. argcomplete is
+    # loaded only then: every other command would load it for nothing.
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:  # `etcd-backup [--config FILE]`: the service, as the original started it
         args.config, args.run = args.service_config, serve
@@ -209,8 +213,6 @@ def standby(args: argparse.Namespace) -> None:
 
 def keygen(args: argparse.Namespace) -> None:
     """Write a new signing key to --key-file (never over an existing file) and print its verify key."""
-    import os
-
     from common.signing import new_signing_key
 
     private, verify_key = new_signing_key()
