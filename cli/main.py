@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
-from importlib.metadata import version
+from collections.abc import Sequence
+from typing import Any
 
-import argcomplete
 import yaml
 
 from cli import recovery
 from cli import status as status_command
 from cli.startup import exit_unless_shared_queue, exit_with, start_up
 from cli.tree import EXIT_STATUSES, add_command
-from common import queue, retention
-from common.clock import redis_clock
+from common import retention
 from common.config import Config, effective_config
 from common.deltas import is_delta_name
 from common.storage import open_store
@@ -39,13 +39,29 @@ examples:
 {EXIT_STATUSES}"""
 
 
+class InstalledVersion(argparse.Action):
+    """--version: the installed package's version, looked up only when asked. importlib.metadata (and the csv,
+    email and zipfile modules it loads) would cost every command's start-up tens of milliseconds."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="show program's version number and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import version
+
+        print(f"{parser.prog} {version('etcd-backup')}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree: each command's parser calls `set_defaults(run=...)` with what runs it."""
     parser = argparse.ArgumentParser(
         prog="etcd-backup", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="REST API backup service for etcd: takes, keeps, checks and restores etcd snapshots.",
         epilog=OVERVIEW)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('etcd-backup')}")
+    parser.add_argument("--version", action=InstalledVersion)
     # The original's one option: `etcd-backup --config FILE` (no command) starts the service.
     parser.add_argument("--config", dest="service_config", metavar="FILE",
                         help="with no command: start the service with this config (as `serve --config FILE`)")
@@ -105,9 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    # Shell completion (`eval "$(register-python-argcomplete etcd-backup)"`): when the shell asks, this
-    # answers the completions and exits; otherwise it returns at once.
-    argcomplete.autocomplete(parser)
+    # Shell completion (`eval "$(register-python-argcomplete etcd-backup)"`): when the shell asks (it sets
+    # _ARGCOMPLETE, which argcomplete checks first), this answers the completions and exits. argcomplete is
+    # loaded only then: every other command would load it for nothing.
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:  # `etcd-backup [--config FILE]`: the service, as the original started it
         args.config, args.run = args.service_config, serve
@@ -138,7 +158,9 @@ def _check_signing(config: Config) -> None:
                   "unsigned would be refused by every reader)")
 
 
-# Each command imports only what it runs: a worker never loads gunicorn or Flask.
+# Each command imports only what it runs: a worker never loads gunicorn or Flask, and the recovery commands
+# (cli.recovery) never load the queue's Redis client, RQ and fakeredis (common.queue), which take a quarter of
+# a second to load: `etcd-backup restore` runs when every second counts (tests/test_startup_imports.py).
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -179,7 +201,7 @@ def deltas(args: argparse.Namespace) -> None:
     _check_signing(config)
     import threading
 
-    from common import etcd_seen
+    from common import etcd_seen, queue
     from worker.deltas import run_watcher
 
     stop = threading.Event()
@@ -197,6 +219,7 @@ def standby(args: argparse.Namespace) -> None:
     _check_signing(config)
     import threading
 
+    from common import queue
     from worker.standby import run_standby
 
     stop = threading.Event()
@@ -207,8 +230,6 @@ def standby(args: argparse.Namespace) -> None:
 
 def keygen(args: argparse.Namespace) -> None:
     """Write a new signing key to --key-file (never over an existing file) and print its verify key."""
-    import os
-
     from common.signing import new_signing_key
 
     private, verify_key = new_signing_key()
@@ -237,6 +258,9 @@ def prune_command(args: argparse.Namespace) -> None:
 
 def prune(config: Config, dry_run: bool) -> None:
     """Print each backup with the verdict and its reason, newest first; delete unless `dry_run`."""
+    from common import queue
+    from common.clock import redis_clock
+
     # The clock that names the backups (Redis'), not this host's: a clock behind would take new
     # backups for backups named in the future.
     now = redis_clock(queue.connect(config) if config.redis_url is not None else None)()

@@ -17,8 +17,7 @@ from typing import Any, NoReturn
 from cli.recovery import DEFAULT_URL, URL_ENV, duration, service_options
 from cli.startup import read_config
 from cli.tree import Commands, add_command
-from common import present, queue, status
-from common.clock import redis_clock
+from common import present
 from common.storage import StorageError, open_store
 from recovery.client import Client, ClientError, UsageError, one_line
 
@@ -75,6 +74,11 @@ def _remote(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 
 def _local(config_path: str) -> dict[str, Any]:
+    # Deferred: the queue's libraries (Redis' client, RQ, fakeredis) take a quarter of a second to load, and
+    # cli.main imports this module for every command, `etcd-backup restore` included.
+    from common import queue, status
+    from common.clock import redis_clock
+
     config = read_config(config_path)
     # Without redis-url the queue is embedded in the service's own process: nothing to read from here.
     job_queue = queue.job_queue(queue.connect(config)) if config.redis_url is not None else None

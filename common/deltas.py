@@ -39,12 +39,15 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pyrage
-from etcd3.etcdrpc import kv_pb2
 
 from common import signing
 from common.encryption import Identity, Recipient
+
+if TYPE_CHECKING:  # etcd's protobufs (and gRPC) take a fifth of a second to load: a restore from a file reads no event
+    from etcd3.etcdrpc import kv_pb2
 
 MAGIC = b"etcd-backup delta 3\n"
 """What the watcher writes: version 3, with the lease of each put."""
@@ -119,7 +122,7 @@ class Fingerprint:
 
 def event_from_watch(event: kv_pb2.Event) -> Event:
     """An event as etcd's watch gives it: what the watcher stores and what a restore compares with."""
-    if event.type == kv_pb2.Event.DELETE:
+    if event.type == event.DELETE:  # kv_pb2.Event.DELETE, through the event: etcd3 is not imported at run time
         return Event(DELETE, event.kv.key, event.kv.value)
     return Event(PUT, event.kv.key, event.kv.value, int(event.kv.lease))  # its TTL: the watcher asks etcd
 

@@ -2,6 +2,10 @@
 
 We use the gRPC stubs that the `etcd3` package ships, not its client class: the client only takes
 TLS material as file paths and cannot use the system's CA roots, while the config allows inline PEM.
+
+gRPC and those stubs are imported by the functions that talk to etcd, not at the top: they take a third of a
+second to load, and `etcd-backup restore FILE` imports this module (recovery.restore, recovery.throwaway) without
+ever connecting to an etcd (tests/test_startup_imports.py).
 """
 
 from __future__ import annotations
@@ -9,13 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
-import grpc
-from etcd3 import etcdrpc
-
 from common.config import EtcdConfig
+
+if TYPE_CHECKING:
+    import grpc
+    from etcd3 import etcdrpc
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +39,11 @@ CHANNEL_OPTIONS = [
     # etcd refuses pings more frequent than its --grpc-keepalive-min-time (5s by default).
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    # Let the thread that iterates a snapshot stream poll gRPC itself instead of being handed each
-    # message by gRPC's own thread: measured on a 300 MB snapshot, 40% less CPU to receive it.
-    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
+"""Every channel's options; _open_channel adds gRPC's SingleThreadedUnaryStream."""
 
 
-class SnapshotStream(Iterator[etcdrpc.SnapshotResponse], Protocol):
+class SnapshotStream(Iterator["etcdrpc.SnapshotResponse"], Protocol):
     """etcd's Maintenance.Snapshot responses as gRPC delivers them: an iterator that can be cancelled."""
 
     def cancel(self) -> bool: ...
@@ -91,6 +94,8 @@ class EtcdConnection:
 
     def snapshot(self) -> SnapshotStream:
         """Start the Maintenance.Snapshot stream (no deadline: a big database takes a while)."""
+        from etcd3 import etcdrpc
+
         stub = etcdrpc.MaintenanceStub(self.channel)
         responses: SnapshotStream = stub.Snapshot(
             etcdrpc.SnapshotRequest(), metadata=self.metadata
@@ -100,6 +105,8 @@ class EtcdConnection:
     def key_count(self, revision: int, timeout: float) -> int:
         """How many keys etcd holds at `revision` (a count-only range over the whole keyspace): the quorum's
         count, or, on a connection without the proof, the member's own (a serializable read)."""
+        from etcd3 import etcdrpc
+
         response = etcdrpc.KVStub(self.channel).Range(
             etcdrpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True, revision=revision,
                                  serializable=self.currency is None),
@@ -117,7 +124,7 @@ class EtcdConnection:
         self.close()
 
 
-Qualify = Callable[[grpc.Channel, Metadata, etcdrpc.StatusResponse, float], Currency | None]
+Qualify: TypeAlias = "Callable[[grpc.Channel, Metadata, etcdrpc.StatusResponse, float], Currency | None]"
 """Checks a member that answered; raises NotCurrent to pass it over."""
 
 
@@ -136,6 +143,9 @@ def connect_leaderless(config: EtcdConfig) -> EtcdConnection:
 
 
 def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str) -> EtcdConnection:
+    import grpc
+    from etcd3 import etcdrpc
+
     problems = []
     for endpoint in config.endpoints:
         channel = _open_channel(endpoint, config)
@@ -175,6 +185,9 @@ def prove_current(channel: grpc.Channel, metadata: Metadata, status: etcdrpc.Sta
     or a learner, fails it. A snapshot the member starts after this read holds at least the revision
     the read returned, so a backup is behind the cluster by at most the writes made while it streams.
     """
+    import grpc
+    from etcd3 import etcdrpc
+
     member = status.header.member_id
     if status.leader == 0:
         raise NotCurrent("it has no leader (cut off from the cluster's quorum)")
@@ -206,6 +219,8 @@ def unproven_state(status: etcdrpc.StatusResponse) -> Currency:
 
 def describe_rpc_error(exc: grpc.RpcError, timeout: float) -> str:
     """Turn a gRPC error into a short human cause."""
+    import grpc
+
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -220,9 +235,17 @@ def describe_rpc_error(exc: grpc.RpcError, timeout: float) -> str:
 
 
 def _open_channel(endpoint: str, config: EtcdConfig) -> grpc.Channel:
+    import grpc.experimental
+
+    options = [
+        *CHANNEL_OPTIONS,
+        # Let the thread that iterates a snapshot stream poll gRPC itself instead of being handed each
+        # message by gRPC's own thread: measured on a 300 MB snapshot, 40% less CPU to receive it.
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+    ]
     parts = urlsplit(endpoint)
     if parts.scheme == "unix":  # a socket file: the restore drill's etcd, which nothing else can reach
-        return grpc.insecure_channel(f"unix:{parts.path}", options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(f"unix:{parts.path}", options=options)
     target = parts.netloc
     if parts.scheme == "https":
         # No CA configured: gRPC falls back to the system's trusted roots.
@@ -231,14 +254,16 @@ def _open_channel(endpoint: str, config: EtcdConfig) -> grpc.Channel:
             private_key=config.tls_key,
             certificate_chain=config.tls_cert,
         )
-        return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(target, credentials, options=options)
+    return grpc.insecure_channel(target, options=options)
 
 
 def _authenticate(channel: grpc.Channel, config: EtcdConfig) -> Metadata:
     """Exchange username/password for a token; return the metadata that carries it."""
     if config.username is None or config.password is None:
         return ()
+    from etcd3 import etcdrpc
+
     response = etcdrpc.AuthStub(channel).Authenticate(
         etcdrpc.AuthenticateRequest(name=config.username, password=config.password),
         timeout=config.timeout,

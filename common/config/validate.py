@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from croniter import CroniterBadDateError, croniter
-from redis import connection as redis_connection
 
 from common.config import tls_files
 from common.config.errors import ConfigError
@@ -422,6 +421,10 @@ def _redis_url_problem(url: str) -> str | None:
         return f"no host or port: {REDIS_URL_HINT}"
     if parts.path.strip("/") and not parts.path.strip("/").isdigit():
         return f"the path must be a database number (/0): {REDIS_URL_HINT}"
+    # Deferred: Redis' client takes a quarter of a second to load, and a config without redis-url (a restore host's)
+    # never needs it.
+    from redis import connection as redis_connection
+
     try:
         redis_connection.parse_url(url)  # type: ignore[no-untyped-call]  # what redis.Redis.from_url does
     except ValueError:  # its messages may quote the URL

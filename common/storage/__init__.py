@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING, Any
 
 from common.config import Config
 from common.config.schema import S3Config
 from common.storage.authenticated import AuthenticatedStore
 from common.storage.interface import BackupStore, CatalogEntry, OpenedBackup, PendingBackup, StorageError, StoredFile
 from common.storage.local import LocalStore
-from common.storage.s3 import S3Store
+
+if TYPE_CHECKING:
+    from common.storage.s3 import S3Store
 
 __all__ = ["AuthenticatedStore", "BackupStore", "CatalogEntry", "LocalStore", "OpenedBackup", "PendingBackup",
            "S3Store", "StorageError", "StoredFile", "open_store"]
@@ -32,4 +35,15 @@ def _s3_store(settings: S3Config, pid: int) -> S3Store:
     """One per settings and process: a boto3 client takes tens of milliseconds to make, and is thread-safe.
     Per process, by `pid`: gunicorn's master checks the bucket, then forks its workers, which must not
     share the master's open connections (two processes on one socket mix their answers)."""
+    from common.storage.s3 import S3Store  # deferred: boto3 takes a quarter of a second to load, a local store none
+
     return S3Store(settings)
+
+
+def __getattr__(name: str) -> Any:
+    """`common.storage.S3Store`, loaded (with boto3) when first asked for: a restore from a file never needs it."""
+    if name == "S3Store":
+        from common.storage.s3 import S3Store
+
+        return S3Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
