@@ -45,8 +45,8 @@ TREE = every_command(build_parser())
 
 
 def test_the_tree_has_the_commands_a_newcomer_looks_for() -> None:
-    assert {path[0] for path in TREE} == {"serve", "worker", "scheduler", "deltas", "prune", "config", "status",
-                                          "verify", "restore", "download", "list", "keygen"}
+    assert {path[0] for path in TREE} == {"serve", "worker", "scheduler", "deltas", "standby", "prune", "config",
+                                          "status", "verify", "restore", "download", "list", "keygen"}
     assert ("config", "check") in TREE
 
 
@@ -136,5 +136,5 @@ def test_shell_completion_completes_commands_and_their_options(tmp_path: Path) -
                                 "_ARGCOMPLETE_STDOUT_FILENAME": str(out)})
         assert done.returncode == 0, done.stderr
         answers[line] = out.read_text().split()
-    assert answers == {"etcd-backup st": ["status"], "etcd-backup status --m": ["--max-age"],
+    assert answers == {"etcd-backup st": ["standby", "status"], "etcd-backup status --m": ["--max-age"],
                        "etcd-backup config c": ["check"]}
