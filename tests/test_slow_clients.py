@@ -133,9 +133,11 @@ class SlowLoris:
         selector.close()
 
 
-@pytest.fixture
-def all_in_one(tmp_path: Path, etcd: EtcdServer) -> Iterator[Deployment]:
-    deployment = Deployment(tmp_path / "service", [etcd.url]).start()
+@pytest.fixture(scope="module")
+def all_in_one(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdServer) -> Iterator[Deployment]:
+    """One all-in-one service for the module's attacks (a start and a stop cost some 3 s each, 16 times): each attack
+    ends with its connections, and each test checks that the server answers, in the same process, after its own."""
+    deployment = Deployment(tmp_path_factory.mktemp("slow-clients") / "service", [etcd.url]).start()
     yield deployment
     deployment.stop()
 
@@ -333,11 +335,29 @@ STALLING_REQUESTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def stalled(all_in_one: Deployment) -> dict[str, tuple[str, dict[str, str], bytes, float]]:
+    """Each of STALLING_REQUESTS sent on a connection of its own, all at once (each waits out REQUEST_TIMEOUT: one
+    after the other they took three times as long); the answer to each, and the seconds it took."""
+    answers: dict[str, tuple[str, dict[str, str], bytes, float]] = {}
+
+    def send(name: str) -> None:
+        began = time.monotonic()
+        status, headers, body = raw_request(all_in_one.port, STALLING_REQUESTS[name])
+        answers[name] = (status, headers, body, time.monotonic() - began)
+
+    senders = [threading.Thread(target=send, args=(name,)) for name in STALLING_REQUESTS]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(REQUEST_TIMEOUT + 30)
+    return answers
+
+
 @pytest.mark.parametrize("name", STALLING_REQUESTS)
-def test_a_request_that_stalls_gets_408_json(all_in_one: Deployment, name: str, report: Report) -> None:
-    began = time.monotonic()
-    status, headers, body = raw_request(all_in_one.port, STALLING_REQUESTS[name])
-    seconds = time.monotonic() - began
+def test_a_request_that_stalls_gets_408_json(stalled: dict[str, tuple[str, dict[str, str], bytes, float]], name: str,
+                                             report: Report) -> None:
+    status, headers, body, seconds = stalled[name]
     assert status == "HTTP/1.1 408 Request Timeout" and headers["content-type"] == "application/json"
     assert REQUEST_TIMEOUT - 1 < seconds < REQUEST_TIMEOUT + 3
     report(name, f"{status} after {seconds:.1f} s, from the event loop (no thread waited for it): "
