@@ -51,7 +51,15 @@ from common.deltas import (
     encode_delta,
 )
 from recovery import throwaway
-from recovery.pitr import TXN_METHOD, LeasesKeptAlive, _apply, _apply_revisions, txn_request, txn_revision
+from recovery.pitr import (
+    TXN_METHOD,
+    LeasesKeptAlive,
+    _apply,
+    _apply_revisions,
+    head_revision,
+    txn_request,
+    txn_revision,
+)
 from recovery.restore import SHARED_MEMORY
 
 KEYS = 1000
@@ -257,9 +265,10 @@ def applied_before(connection: etcd.EtcdConnection, revisions: Iterator[Revision
 def applied_inline(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int) -> int:
     """The apply now, but each revision read and encoded on the applying thread, not ahead on a thread of its own:
     what the reading thread (recovery.pitr._prepared_ahead) is worth."""
+    head = head_revision(connection)
     with LeasesKeptAlive(connection) as leases:
         return _apply_revisions(connection, ((revision, txn_request(revision.events)) for revision in revisions),
-                                target, leases)
+                                target, leases, head)
 
 
 def before_and_after(deltas: list[tuple[str, bytes]], target: int, rounds: int) -> dict[str, list[float]]:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -199,14 +200,10 @@ def deltas(args: argparse.Namespace) -> None:
     config = _service_config(args)
     exit_unless_shared_queue(config, "the delta watcher runs apart from the API")
     _check_signing(config)
-    import threading
-
     from common import etcd_seen, queue
     from worker.deltas import run_watcher
 
-    stop = threading.Event()
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop_signal, lambda signum, frame: stop.set())
+    stop = _stop_on_signals()
     connection = queue.connect(config)
     etcd_seen.start_reporter(config.etcd, connection, "deltas")  # for the API's /readyz (common.etcd_seen)
     # Stored before it ends: the events received since the last delta.
@@ -217,15 +214,18 @@ def standby(args: argparse.Namespace) -> None:
     config = _service_config(args)
     exit_unless_shared_queue(config, "the standby runs apart from the API")
     _check_signing(config)
-    import threading
-
     from common import queue
     from worker.standby import run_standby
 
+    run_standby(config, queue.connect(config), _stop_on_signals())
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: the loop that watches it ends cleanly (what it holds is stored first)."""
     stop = threading.Event()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: stop.set())
-    run_standby(config, queue.connect(config), stop)
+    return stop
 
 
 def keygen(args: argparse.Namespace) -> None:

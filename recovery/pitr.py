@@ -445,20 +445,23 @@ def _revisions(store: BackupStore, plan: Plan, identities: list[Identity]) -> It
 def _apply(connection: etcd.EtcdConnection, revisions: Iterator[Revision], target: int,
            leases: LeasesKeptAlive | None = None) -> int:
     """Apply `revisions` after the restored one, up to `target`, one Txn each; check each lands on its number."""
+    # Where the etcd is, read before anything is applied (or read ahead): a write it takes later by itself (an
+    # expiring lease) must show as a revision out of place, never as one "already held" and skipped.
+    head = head_revision(connection)
     if leases is not None:
         with _prepared_ahead(revisions) as prepared:
-            return _apply_revisions(connection, prepared, target, leases)
+            return _apply_revisions(connection, prepared, target, leases, head)
     with LeasesKeptAlive(connection) as own, _prepared_ahead(revisions) as prepared:
-        return _apply_revisions(connection, prepared, target, own)
+        return _apply_revisions(connection, prepared, target, own, head)
 
 
 def _apply_revisions(connection: etcd.EtcdConnection, prepared: Iterator[tuple[Revision, bytes]], target: int,
-                     leases: LeasesKeptAlive) -> int:
+                     leases: LeasesKeptAlive, head: int) -> int:
     """One Txn per revision, serially, each sent only once the one before it is answered: etcd's gRPC server
     runs each call on a goroutine of its own, so two in flight may reach raft in either order (measured:
     docs/performance.md, "Where a point-in-time restore's time goes"), and a revision must land on its number."""
     txn = connection.channel.unary_unary(TXN_METHOD)  # bytes in, bytes out: no protobuf objects (common.protowire)
-    current = head_revision(connection)
+    current = head
     events = 0
     for revision, request in prepared:
         if revision.number <= current:  # already in the snapshot (taken while etcd was written to)

@@ -275,6 +275,14 @@ def backup(service: Service, etcd: EtcdServer) -> Path:
 
 
 @pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """An etcd of the test's own: its history is compared at old revisions, which no other test may compact."""
+    server = EtcdServer(tmp_path / "etcd").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def empty_etcd() -> Iterator[Any]:
     """A throwaway etcd (recovery.throwaway) on a new data dir: at revision 1."""
     import tempfile

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,6 @@ from tests.test_deltas import wait_stored, watcher
 
 pytestmark = pytest.mark.xdist_group("point-in-time")
 COMPACT_AFTER = 100  # the least the config takes
-
-
-@pytest.fixture
-def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd").start()
-    yield server
-    server.stop()
 
 
 def compacting_service(make_service: Callable[..., Service], own_etcd: EtcdServer, tmp_path: Path,

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -43,18 +43,11 @@ from tests.test_adversary_compaction import compacting_service, full_backup, res
 from tests.test_compaction import kvs, served, write_round
 from tests.test_deltas import wait_stored, watcher
 from tests.test_standby import compacted, newest_compacted_revision, standby
-from tests.test_worker import small_disk  # noqa: F401 - the fixture (request.getfixturevalue)
+from tests.test_worker import fill_disk, small_disk  # noqa: F401 - the fixture (request.getfixturevalue)
 from worker.standby import LEASE_KEY, LEASE_TTL
 
 pytestmark = pytest.mark.xdist_group("point-in-time")
 COMPACT_AFTER = 100  # the least the config takes
-
-
-@pytest.fixture
-def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd").start()
-    yield server
-    server.stop()
 
 
 def second_watchers_copy(service: Service, ending_at: int) -> str:
@@ -444,18 +437,6 @@ def test_a_redis_writer_holding_the_standbys_lease_does_not_stop_compactions_for
     assert run_compaction_tick(service.config, redis_conn, datetime.now(UTC), "test") is not None
 
 
-def fill_disk(directory: Path) -> Path:
-    """Fill the file system of `directory` with one file (returned): every write there fails now."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.mark.slow

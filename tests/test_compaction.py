@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from rq.job import JobStatus
 from common import backups, retention
 from common.config import RetentionConfig, next_fire
 from common.deltas import DeltaName, decode_delta
+from common.metadata import BackupMetadata
 from common.storage import BackupStore
 from harness.cli import etcd_backup
 from harness.in_process import Service
@@ -41,13 +42,6 @@ and nothing to a compacted backup's."""
 
 KeyValue = tuple[bytes, int, int, int, int]
 """A key's value, create revision, mod revision, version and lease."""
-
-
-@pytest.fixture
-def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd").start()
-    yield server
-    server.stop()
 
 
 def kvs(endpoint: str, revision: int | None = None) -> dict[bytes, KeyValue]:
@@ -111,6 +105,21 @@ def events_between(store: BackupStore, after: int, upto: int) -> int:
     return sum(seen.values())
 
 
+def equals_etcd_at_its_revision(tmp_path: Path, service: Service, own_etcd: EtcdServer, name: str,
+                                metadata: BackupMetadata) -> bool:
+    """Whether backup `name`, opened as an operator would (tar xzf + etcdctl snapshot restore), serves what etcd held
+    at its revision, key for key (value, create/mod revision, version, lease)."""
+    unpacked = tmp_path / f"unpacked-{name}"
+    unpacked.mkdir()
+    subprocess.run(["tar", "xzf", str(service.config.backup_dir / name), "-C", str(unpacked)], check=True)
+    restored = EtcdServer(tmp_path / f"etcdctl-{name}", name="restored")
+    etcdctl("snapshot", "restore", str(unpacked / backups.member_name(name)), f"--data-dir={restored.data_dir}",
+            f"--name={restored.name}", f"--initial-cluster={restored.name}={restored.peer_url}",
+            f"--initial-advertise-peer-urls={restored.peer_url}")
+    expected = kvs(own_etcd.url, metadata.revision)
+    return served(restored.data_dir, "restored") == expected and len(expected) == metadata.key_count
+
+
 @pytest.mark.slow
 def test_compacted_backups_equal_etcd_at_their_revision_and_bound_what_a_restore_applies(
         make_service: Callable[..., Service], own_etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path,
@@ -151,15 +160,7 @@ def test_compacted_backups_equal_etcd_at_their_revision_and_bound_what_a_restore
     # Each compacted backup is etcd at its revision, key for key (value, create/mod revision, version, lease),
     # opened as an operator would: tar xzf + etcdctl snapshot restore.
     for name, metadata in zip(compacted, (first, second), strict=True):
-        unpacked = tmp_path / f"unpacked-{name}"
-        unpacked.mkdir()
-        subprocess.run(["tar", "xzf", str(service.config.backup_dir / name), "-C", str(unpacked)], check=True)
-        restored = EtcdServer(tmp_path / f"etcdctl-{name}", name="restored")
-        etcdctl("snapshot", "restore", str(unpacked / backups.member_name(name)), f"--data-dir={restored.data_dir}",
-                f"--name={restored.name}", f"--initial-cluster={restored.name}={restored.peer_url}",
-                f"--initial-advertise-peer-urls={restored.peer_url}")
-        expected = kvs(own_etcd.url, metadata.revision)
-        assert served(restored.data_dir, "restored") == expected and len(expected) == metadata.key_count
+        assert equals_etcd_at_its_revision(tmp_path, service, own_etcd, name, metadata), name
     # Its size does not grow with the history: a round of overwrites adds ~300 KB to etcd, nothing to it.
     history = 140 * VALUE_BYTES
     assert second.db_size < first.db_size + history // 3, (first.db_size, second.db_size)

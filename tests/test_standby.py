@@ -4,7 +4,6 @@ compared at old revisions), a real Redis, the watcher and the standby on threads
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,22 +22,15 @@ from harness.in_process import Service
 from harness.keys import signing
 from harness.processes import wait_until
 from harness.report import Report
-from harness.servers import EtcdServer, etcdctl
+from harness.servers import EtcdServer
 from harness.writer import current_revision
 from scheduler.cron import run_compaction_tick
-from tests.test_compaction import events_between, kvs, served, write_round
+from tests.test_compaction import equals_etcd_at_its_revision, events_between, kvs, served, write_round
 from tests.test_deltas import wait_stored, watcher
 from worker.standby import LEASE_KEY, LEASE_TTL, run_standby
 
 pytestmark = pytest.mark.xdist_group("point-in-time")
 COMPACT_AFTER = 100
-
-
-@pytest.fixture
-def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd").start()
-    yield server
-    server.stop()
 
 
 @contextmanager
@@ -66,21 +58,6 @@ def compacted(store: BackupStore) -> list[tuple[str, BackupMetadata]]:
 
 def newest_compacted_revision(store: BackupStore) -> int:
     return max((metadata.revision for _, metadata in compacted(store)), default=0)
-
-
-def equals_etcd_at_its_revision(tmp_path: Path, service: Service, own_etcd: EtcdServer, name: str,
-                                metadata: BackupMetadata) -> bool:
-    """Whether backup `name`, opened as an operator would (tar xzf + etcdctl snapshot restore), serves what etcd held
-    at its revision, key for key (value, create/mod revision, version, lease)."""
-    unpacked = tmp_path / f"unpacked-{name}"
-    unpacked.mkdir()
-    subprocess.run(["tar", "xzf", str(service.config.backup_dir / name), "-C", str(unpacked)], check=True)
-    restored = EtcdServer(tmp_path / f"etcdctl-{name}", name="restored")
-    etcdctl("snapshot", "restore", str(unpacked / backups.member_name(name)), f"--data-dir={restored.data_dir}",
-            f"--name={restored.name}", f"--initial-cluster={restored.name}={restored.peer_url}",
-            f"--initial-advertise-peer-urls={restored.peer_url}")
-    expected = kvs(own_etcd.url, metadata.revision)
-    return served(restored.data_dir, "restored") == expected and len(expected) == metadata.key_count
 
 
 @pytest.mark.slow

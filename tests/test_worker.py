@@ -77,15 +77,7 @@ def test_full_disk_is_a_500_that_says_so_and_keeps_old_backups(
     service = make_service(backup_dir=str(small_disk), rotate=1)
     old = small_disk / OLD_BACKUP
     old.write_bytes(b"an older good backup")
-    # Fill the disk: whatever is left is less than one archive needs.
-    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fill_disk(small_disk)  # whatever is left is less than one archive needs
     response = service.client.post("/api/v1/backup")
     assert response.status_code == 500
     message = response.get_json()["message"]
@@ -142,3 +134,17 @@ def test_a_stream_frozen_before_its_first_message_stalls(write_config: ConfigFac
     assert os.listdir(backup_dir) == []
     report("a snapshot stream that never sends its first message (a fake stream, stall timeout 0.5 s)",
            f"the backup failed as stalled after {waited:.1f} s; the stream was cancelled; nothing written")
+
+
+def fill_disk(directory: Path) -> Path:
+    """Fill the file system of `directory` with one file (returned): every write there fails now."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler

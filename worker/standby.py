@@ -178,8 +178,16 @@ def _follow(config: Config, connection: redis.Redis, token: str, lease: redis.lo
                                                   identities)
             if deltas:
                 began = time.monotonic()
-                events = apply_plan(member, store, Plan(followed.base, followed.base_metadata, deltas, reached),
-                                    identities, leases)
+                try:
+                    events = apply_plan(member, store, Plan(followed.base, followed.base_metadata, deltas, reached),
+                                        identities, leases)
+                except RestoreError as exc:
+                    # Retention deletes the deltas before the oldest kept backup: a standby behind a newer backup
+                    # may find the next gone. It starts again from that backup now, not a minute later.
+                    if (newer := _newer_backup(store, connection, followed.reached)) is None:
+                        raise
+                    logger.warning("standby: %s; starting again from %s", exc, newer)
+                    return
                 logger.info("standby: applied %d events of %d deltas in %.1f s: at revision %d", events, len(deltas),
                             time.monotonic() - began, reached)
                 followed = replace(followed, reached=reached, last_delta=deltas[-1])
