@@ -42,6 +42,9 @@ def test_bench_smoke_run_measures_every_contender(tmp_path: Path) -> None:
         "2", "4"}
     assert "| 4. POST, gunicorn + Redis + worker |" in done.stdout
     deltas = result["details"]["deltas"]
-    assert deltas["writes"] == 2000 and deltas["restore_events"] >= 2000 and deltas["deltas_stored"] >= 2, deltas
+    # Up to 1,000 writes/s for 2 s: each writer stops at the end of the time, so under load fewer (CI saw 1,635);
+    # every write answered is in the restore.
+    assert 0 < deltas["writes"] <= 2000 and deltas["restore_events"] >= deltas["writes"] \
+        and deltas["deltas_stored"] >= 2, deltas
     # The last write waits for the next delta-period at most (and the store's write).
     assert 0 < deltas["recovery_point_s"] < 1 + 5, deltas
