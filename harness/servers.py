@@ -158,6 +158,15 @@ class EtcdServer:
     def client(self) -> Any:
         return etcd3.client(host="127.0.0.1", port=self.client_port, timeout=5)
 
+    def watches_caught_up(self, at_least: int = 1) -> bool:
+        """At least `at_least` watches are open and none is still catching up (etcd's own gauges, no TLS): a
+        compaction from now on cancels none of them."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            gauges = dict(line.split(" ", 1) for line in response.read().decode().splitlines()
+                          if line.startswith("etcd_debugging_mvcc_"))
+        return (float(gauges["etcd_debugging_mvcc_watcher_total"]) >= at_least
+                and float(gauges["etcd_debugging_mvcc_slow_watcher_total"]) == 0)
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)

@@ -578,6 +578,9 @@ def test_a_backup_taken_after_etcd_compacted_inside_a_long_delta_is_restored_pas
     with watcher(service.config, redis_conn):
         for number in range(20):  # the delta being gathered begins here
             client.put(f"/filler/{number % 5}", f"f{number}")
+        # The watch has begun and has every put: a compaction now falls inside its delta (CI once compacted
+        # before the watcher's thread had opened its watch: a gap, not this case).
+        wait_until(own_etcd.watches_caught_up, 20, "the watcher's watch to catch up")
         compacted_at = current_revision(own_etcd.url)
         etcdctl("compact", str(compacted_at), endpoint=own_etcd.url)
         client.put("/after-the-compaction", "x")
