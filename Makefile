@@ -1,5 +1,6 @@
 # Two commands do all the setup on a fresh Debian/Ubuntu machine:
-#   make demo   installs what is missing, starts a throwaway etcd and runs the service on :8080
+#   make demo   installs etcd and a venv if missing, starts a throwaway etcd and runs the service on :8080
+#               (DEMO_PORT=8081 DEMO_ETCD_PORT=22379 DEMO_ETCD_PEER_PORT=22380 to move it); Ctrl+C stops it
 #   make test   installs what is missing, then runs ruff, mypy and the test suite
 #   make bench  the benchmark (bench/run.py; BENCH_ARGS="--size 1000" to change it), a few minutes
 VENV ?= .venv
@@ -12,7 +13,20 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := etcd-server etcd-client redis-server nginx curl python3-venv iptables chromium chromium-driver age \
 	podman debootstrap debian-archive-keyring prometheus
 
-.PHONY: demo test lint bench reliability-report system-deps lock
+.PHONY: demo test lint bench reliability-report system-deps demo-deps lock
+
+# The demo runs etcd and the service alone: it installs only those (not Redis, nginx, chromium, podman, ...).
+DEMO_DEBIAN_PACKAGES := etcd-server etcd-client python3-venv
+DEMO_PORT ?= 8080
+DEMO_ETCD_PORT ?= 12379
+DEMO_ETCD_PEER_PORT ?= 12380
+
+demo-deps:
+	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+	  echo "installing Debian packages: $(DEMO_DEBIAN_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEMO_DEBIAN_PACKAGES); \
+	fi
 
 system-deps:
 	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v redis-server >/dev/null \
@@ -54,8 +68,9 @@ PYTEST_PARALLEL ?= -n 2 --dist loadgroup
 test: system-deps lint
 	$(VENV)/bin/pytest $(PYTEST_PARALLEL) --durations=30
 
-demo: system-deps $(VENV)/.runtime-installed
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./examples/demo.sh
+demo: demo-deps $(VENV)/.runtime-installed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DEMO_PORT=$(DEMO_PORT) DEMO_ETCD_PORT=$(DEMO_ETCD_PORT) \
+	  DEMO_ETCD_PEER_PORT=$(DEMO_ETCD_PEER_PORT) ./examples/demo.sh
 
 bench: system-deps $(VENV)/.bench-installed
 	$(PY) -m bench $(BENCH_ARGS)

@@ -215,19 +215,6 @@ def test_web_process_needs_redis(tmp_path: Path) -> None:
     ]
 
 
-def test_example_configs_use_only_known_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = Path(__file__).resolve().parent.parent
-    example = yaml.safe_load((root / "examples" / "config.yml").read_text())
-    for key in ("tls-ca-file", "tls-cert-file", "tls-key-file"):
-        del example["etcd"][key]  # they name files of a real deployment
-    example["backup-dir"] = str(tmp_path / "b")
-    config = parse(example)
-    assert config.etcd.endpoints == ("https://10.0.0.1:2379", "https://10.0.0.2:2379")
-    monkeypatch.chdir(tmp_path)
-    demo = load_config(root / "examples" / "demo.yml")
-    assert demo.listen == "127.0.0.1:8080" and demo.redis_url is None
-
-
 # Passwords with the characters that cut a URL short. The ids name the character: a test's tmp_path (and so
 # the config path in the error line) must not hold the password.
 SECRET_PASSWORDS = {"hash": "Xk7#Pq2Vn9", "slash": "Xk7/Pq2Vn9", "question": "Xk7?Pq2Vn9"}
