@@ -90,11 +90,15 @@ class TokenProxy(Nginx):
         self.public_base = f"http://{public_name}:{self.port}"
 
 
+PROXY_DOCUMENT = ROOT / "docs" / "monitoring.md"
+"""The document that shows the proxy for browsers (the status page with tokens): the README points to it."""
+
+
 def readme_proxy_config() -> str:
-    """The README's nginx config for browsers (its one ```nginx block), as written there."""
-    blocks = re.findall(r"^```nginx\n(.*?)^```$", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL)
+    """The documented nginx config for browsers (PROXY_DOCUMENT's one ```nginx block), as written there."""
+    blocks = re.findall(r"^```nginx\n(.*?)^```$", PROXY_DOCUMENT.read_text(), re.MULTILINE | re.DOTALL)
     if len(blocks) != 1:
-        raise ValueError(f"README.md has {len(blocks)} ```nginx blocks, expected one: its proxy for browsers")
+        raise ValueError(f"{PROXY_DOCUMENT.name} has {len(blocks)} ```nginx blocks, expected one: its proxy for browsers")
     return str(blocks[0])
 
 

@@ -38,7 +38,7 @@ README_HEALTH_URL = "http://127.0.0.1:8080/healthz"
 
 def readme_health_check(url: str) -> list[str]:
     """The README's `docker run --health-cmd '...'` (Python's own: the image has no curl), asking `url`."""
-    command = re.search(r"--health-cmd '([^']+)'", (ROOT / "README.md").read_text())
+    command = re.search(r"--health-cmd '([^']+)'", (ROOT / "docs" / "deploying.md").read_text())
     assert command is not None and README_HEALTH_URL in command.group(1)
     return [url if word == README_HEALTH_URL else word for word in shlex.split(command.group(1))]
 
