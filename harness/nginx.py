@@ -98,7 +98,7 @@ def readme_proxy_config() -> str:
     """The documented nginx config for browsers (PROXY_DOCUMENT's one ```nginx block), as written there."""
     blocks = re.findall(r"^```nginx\n(.*?)^```$", PROXY_DOCUMENT.read_text(), re.MULTILINE | re.DOTALL)
     if len(blocks) != 1:
-        raise ValueError(f"{PROXY_DOCUMENT.name} has {len(blocks)} ```nginx blocks, expected one: its proxy for browsers")
+        raise ValueError(f"{PROXY_DOCUMENT.name} has {len(blocks)} ```nginx blocks, expected one: the browsers' proxy")
     return str(blocks[0])
 
 

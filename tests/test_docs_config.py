@@ -107,7 +107,9 @@ def test_the_example_config_loads_with_the_real_loader(tmp_path: Path) -> None:
 
 
 def procfile_blocks(text: str) -> list[str]:
-    return re.findall(r"^```procfile\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    """The ```procfile blocks of a markdown text, each without the indentation of its fence (a list item's)."""
+    blocks = re.findall(r"^( *)```procfile\n(.*?)^\1```$", text, re.MULTILINE | re.DOTALL)
+    return ["".join(line.removeprefix(indent) for line in block.splitlines(keepends=True)) for indent, block in blocks]
 
 
 def test_the_readme_procfile_block_is_the_procfile() -> None:
