@@ -72,8 +72,20 @@ Then try:
 MSG
 etcd-backup --config "$DEMO_DIR/config.yml" &
 service_pid=$!
-# wait returns when the service ends, or at once when a trapped signal arrives (the trap then stops both).
 status=0
-wait "$service_pid" || status=$?
-service_pid=
+if [ -t 0 ] && [ -t 1 ]; then
+  # On a terminal the service takes it over (fg): Ctrl+C reaches the service alone, which stops, and not make (a
+  # `make demo` would die of it and say "Interrupt"). This script then stops etcd, below.
+  fg %2 >/dev/null || status=$?
+  if [ "$status" = 130 ]; then status=0; fi  # the service stopped by Ctrl+C: the way a demo ends
+  service_pid=
+  stop
+  echo
+  echo "demo: stopped etcd and the service"
+else
+  # No terminal (a test, a pipe): wait returns when the service ends, or at once when a trapped signal arrives
+  # (the trap then stops both).
+  wait "$service_pid" || status=$?
+  service_pid=
+fi
 exit "$status"
