@@ -15,14 +15,16 @@ DEBIAN_PACKAGES := etcd-server etcd-client redis-server nginx curl python3-venv 
 
 .PHONY: demo test lint bench reliability-report system-deps demo-deps lock
 
-# The demo runs etcd and the service alone: it installs only those (not Redis, nginx, chromium, podman, ...).
-DEMO_DEBIAN_PACKAGES := etcd-server etcd-client python3-venv
+# The demo runs etcd and the service alone: it installs only those, and curl for the README's quick start (not
+# Redis, nginx, chromium, podman, ...: the tests' packages).
+DEMO_DEBIAN_PACKAGES := etcd-server etcd-client python3-venv curl
 DEMO_PORT ?= 8080
 DEMO_ETCD_PORT ?= 12379
 DEMO_ETCD_PEER_PORT ?= 12380
 
 demo-deps:
-	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v curl >/dev/null \
+	    || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "installing Debian packages: $(DEMO_DEBIAN_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEMO_DEBIAN_PACKAGES); \
