@@ -152,7 +152,7 @@ def _check_signing(config: Config) -> None:
     if config.signing is None:
         logging.getLogger("etcd-backup").warning(
             "no signing key (the config's signing section): whoever can write to %s can plant a backup or a delta "
-            "that is listed, drilled and restored as if etcd held it; see the README's Security section",
+            "that is listed, drilled and restored as if etcd held it; see docs/encryption.md (signing)",
             config.s3.url if config.s3 is not None else config.backup_dir)
     elif config.signing.key_file is None:
         exit_with("signing.key-file: required for a process that takes backups or stores deltas (what it stored "
