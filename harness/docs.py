@@ -177,6 +177,9 @@ class DocsRunner:
             if (done.returncode == 0 and matches(command.expected, output)) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        if record := os.environ.get("DOCS_RECORD"):  # what each command printed, to paste into the page
+            with open(record, "a") as file:
+                file.write(f"--- {where}\n$ {command.text}\n{output}")
         assert done.returncode == 0, f"{where}: `{command.text}` exited {done.returncode}:\n{output}"
         assert matches(command.expected, output), (
             f"{where}: `{command.text}` printed:\n{output}\nthe document shows:\n" + "\n".join(command.expected))
