@@ -6,6 +6,8 @@ Every command must exit 0 (a page that shows a failure shows `$ COMMAND; echo $?
 started in the background (a daemon as a service manager would run it), its output to a log, and stopped when
 the runner ends.
 
+Hashes and IDs (8 or more hex digits) stand for any such value.
+
 The documents speak of the operator's machines (10.0.0.1 ... 10.0.0.6, /etc/etcd-backup/config.yml,
 /var/lib/etcd ...); a test maps each to a loopback port or a temporary path (`DocsRunner.map`, and
 `map_on_host` for what differs from host to host, as each member's /var/lib/etcd), and maps the output back
@@ -99,15 +101,30 @@ def console_blocks(document: str) -> list[Block]:
     return blocks
 
 
+VARYING = {"hex": "[0-9a-f]{8,}", "digits": r"\d+"}
+"""What stands for any value of its kind: a hash or an ID (8 or more hex digits), a number."""
+
+
+def _tokens(line: str) -> Iterator[tuple[str, str]]:
+    """`line` cut into literal text ("", text) and the values that differ from run to run (kind, text)."""
+    end = 0
+    for match in re.finditer(r"\b[0-9a-f]{8,}\b|\d+", line):
+        yield "", line[end:match.start()]
+        yield ("digits" if match.group().isdigit() else "hex"), match.group()
+        end = match.end()
+    yield "", line[end:]
+
+
 def output_pattern(expected: list[str]) -> re.Pattern[str]:
-    """The regular expression that `expected` stands for: digit runs as any digit run, `...` lines as any lines,
-    a `...` inside a line as any text."""
+    """The regular expression that `expected` stands for: numbers, hashes and IDs as any of their kind, `...`
+    lines as any lines, a `...` inside a line as any text."""
     parts = []
     for line in expected:
         if line.strip() == "...":
             parts.append(r"(?:[^\n]*\n)*?")
             continue
-        literal = r"\d+".join(re.escape(piece) for piece in re.split(r"\d+", line)).replace(re.escape("..."), ".*")
+        literal = "".join(VARYING[kind] if kind else re.escape(text).replace(re.escape("..."), ".*")
+                          for kind, text in _tokens(line))
         parts.append(literal + r"[ \t]*\n")
     return re.compile("".join(parts))
 

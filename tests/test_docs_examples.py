@@ -30,7 +30,7 @@ from tests.test_deltas import wait_stored, watcher
 RESTORE = "docs/restore.md"
 README = "README.md"
 MEMBERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
-DOCUMENTED_REVISION = "1234"  # docs/restore.md's --to-revision
+DOCUMENTED_REVISION = "84"  # docs/restore.md's --to-revision
 DOCUMENTED_TIME = "2026-12-07T03:00:00Z"  # its --to-time
 
 RUN_BY_THE_TESTS: dict[str, tuple[str, ...]] = {
@@ -91,16 +91,23 @@ def members(runner: DocsRunner, work: Path, hosts: tuple[str, ...] = MEMBERS) ->
         client_port, peer_port = free_port(), free_port()
         runner.map(f"{host}:2379", f"127.0.0.1:{client_port}")
         runner.map(f"{host}:2380", f"127.0.0.1:{peer_port}")
-        data = work / host
-        data.mkdir(parents=True)
-        runner.map_on_host(host, "/var/lib/etcd", str(data / "etcd"))
+        var_lib = work / host  # /var/lib on that host: etcd's data dir, and the restore's staging dirs beside it
+        var_lib.mkdir(parents=True)
+        runner.map_on_host(host, "/var/lib", str(var_lib))
         urls[host] = f"http://127.0.0.1:{client_port}"
     return urls
 
 
-def runbook(work: Path, config: Path) -> DocsRunner:
+def runbook(work: Path, service: Service) -> DocsRunner:
+    """A runner in a new directory `work`, with the service's config and store where the page says."""
+    work.mkdir()
     runner = DocsRunner(work)
-    runner.map("/etc/etcd-backup/config.yml", str(config))
+    runner.map("/etc/etcd-backup/config.yml", str(work.parent / "config.yml"))  # conftest's write_config
+    if service.config.s3 is None:
+        runner.map("/var/lib/etcd-backup", str(service.config.backup_dir))
+    else:
+        runner.map("s3://etcd-backups/", service.config.s3.url.rstrip("/") + "/")
+        runner.map("http://10.0.0.6:8333", str(service.config.s3.endpoint))
     return runner
 
 
@@ -109,13 +116,12 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_thre
         lost_cluster: LostCluster, tmp_path: Path) -> None:
     lost = lost_cluster
     with served_over_http(lost.service) as url:
-        runner = runbook(tmp_path / "find", lost.config)
-        runner.work.mkdir()
+        runner = runbook(tmp_path / "find", lost.service)
         runner.map("http://10.0.0.4:8080", url)
         for block in sections(RESTORE, "1. Find the backup"):
             runner.run_block(block)
 
-    one = runbook(tmp_path / "one", lost.config)
+    one = runbook(tmp_path / "one", lost.service)
     urls = members(one, one.work, MEMBERS[:1])
     try:
         for block in sections(RESTORE, "3. Restore one member"):
@@ -124,7 +130,7 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_thre
     finally:
         one.stop()
 
-    three = runbook(tmp_path / "three", lost.config)
+    three = runbook(tmp_path / "three", lost.service)
     three.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
     urls = members(three, three.work)
     try:
@@ -135,7 +141,7 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_thre
     finally:
         three.stop()
 
-    past = runbook(tmp_path / "past", lost.config)
+    past = runbook(tmp_path / "past", lost.service)
     past.map(DOCUMENTED_TIME, lost.middle_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
     members(past, past.work, MEMBERS[:1])
     for block in sections(RESTORE, "5. Restore a point in time"):
@@ -171,11 +177,8 @@ def test_the_restore_runbook_opens_encrypted_signed_backups_in_s3_with_the_servi
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     held = kvs(own_etcd.url)
     service.stop_worker()  # the service is down: only its store is left
-    runner = runbook(tmp_path / "encrypted", tmp_path / "config.yml")
-    runner.work.mkdir()
+    runner = runbook(tmp_path / "encrypted", service)
     runner.map("/etc/etcd-backup/age-identity.txt", str(identity_file))
-    assert service.config.s3 is not None
-    runner.map("s3://etcd-backups/", service.config.s3.url.rstrip("/") + "/")
     runner.map("snapshot-20261207_030000.tar.gz.age", name)
     (runner.work / name).write_bytes(service.read_backup(name))  # the file, copied from the bucket
     members(runner, runner.work, MEMBERS[:1])
