@@ -66,8 +66,10 @@ def lost_cluster(make_service: Callable[..., Service], redis_conn: redis.Redis,
     try:
         service = make_service(etcd_overrides={"endpoints": [source.url]}, deltas=True, delta_period="100ms")
         client = source.client()
-        write_keys(client, "before", 20)
-        assert service.client.post("/api/v1/backup").status_code == 200
+        for day in ("monday", "tuesday"):  # two full backups, a second apart (their names are to the second)
+            write_keys(client, day, 10)
+            assert service.client.post("/api/v1/backup").status_code == 200
+            time.sleep(1.1)
         with watcher(service.config, redis_conn):
             write_keys(client, "first", 30)
             middle = current_revision(source.url)
