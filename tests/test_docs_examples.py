@@ -1,0 +1,197 @@
+"""The documents' console examples, run as written (harness.docs): docs/restore.md's runbook against a lost etcd's
+real backups and deltas (one member, then a three-member cluster, a point in time, encrypted backups in
+SeaweedFS with the service down), and the README's. Each test maps the documents' hosts and paths to its own,
+runs every block of its sections, compares the output with the page, and then checks what the page promises
+(the restored etcd serves what the lost one held at that revision). A last test checks that every console
+block of both documents is run by one of them."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+from pyrage import x25519
+
+from harness.docs import DocsRunner, console_blocks, sections
+from harness.in_process import Service, served_over_http
+from harness.keys import encryption, signing
+from harness.processes import free_port
+from harness.servers import EtcdServer
+from harness.writer import current_revision
+from tests.test_compaction import KeyValue, kvs
+from tests.test_deltas import wait_stored, watcher
+
+RESTORE = "docs/restore.md"
+README = "README.md"
+MEMBERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+DOCUMENTED_REVISION = "84"  # docs/restore.md's --to-revision
+DOCUMENTED_TIME = "2026-12-07T03:00:00Z"  # its --to-time
+
+RUN_BY_THE_TESTS: dict[str, tuple[str, ...]] = {
+    RESTORE: ("1. Find the backup", "3. Restore one member", "4. Restore a three-member cluster",
+              "5. Restore a point in time", "6. Encrypted backups"),
+    README: (),
+}
+"""The sections whose console blocks the tests below run (test_every_console_block_is_run checks it is all)."""
+
+
+@dataclass
+class LostCluster:
+    """An etcd that was backed up (a full backup, then deltas) and is gone; what it held, to compare with."""
+
+    service: Service
+    config: Path
+    end: int  # the last revision it wrote, stored in the deltas
+    middle: int  # a revision between the backup and the end
+    middle_time: datetime  # a moment just after `middle` was stored and before the next write
+    held_at: Callable[[int], dict[bytes, KeyValue]]
+
+
+def write_keys(client: object, prefix: str, count: int) -> None:
+    for number in range(count):
+        client.put(f"/registry/{prefix}/{number % 7}", f"{prefix} {number}")  # type: ignore[attr-defined]
+    client.delete(f"/registry/{prefix}/0")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def lost_cluster(make_service: Callable[..., Service], redis_conn: redis.Redis,
+                 tmp_path: Path) -> Iterator[LostCluster]:
+    source = EtcdServer(tmp_path / "lost-etcd").start()
+    try:
+        service = make_service(etcd_overrides={"endpoints": [source.url]}, deltas=True, delta_period="100ms")
+        client = source.client()
+        for day in ("monday", "tuesday"):  # two full backups, a second apart (their names are to the second)
+            write_keys(client, day, 10)
+            assert service.client.post("/api/v1/backup").status_code == 200
+            time.sleep(1.1)
+        with watcher(service.config, redis_conn):
+            write_keys(client, "first", 30)
+            middle = current_revision(source.url)
+            wait_stored(redis_conn, middle)
+            time.sleep(1.2)  # the delta names' times are whole seconds: the target second holds nothing later
+            middle_time = datetime.now(UTC).replace(microsecond=0)
+            time.sleep(1.2)
+            write_keys(client, "second", 30)
+            end = current_revision(source.url)
+            wait_stored(redis_conn, end)
+        held = {revision: kvs(source.url, revision) for revision in (middle, end)}
+    finally:
+        source.stop()
+    yield LostCluster(service, tmp_path / "config.yml", end, middle, middle_time, held.__getitem__)
+
+
+def members(runner: DocsRunner, work: Path, hosts: tuple[str, ...] = MEMBERS) -> dict[str, str]:
+    """Map each host's etcd ports and data dir to fresh ones of this test; return each host's client URL."""
+    urls = {}
+    for host in hosts:
+        client_port, peer_port = free_port(), free_port()
+        runner.map(f"{host}:2379", f"127.0.0.1:{client_port}")
+        runner.map(f"{host}:2380", f"127.0.0.1:{peer_port}")
+        var_lib = work / host  # /var/lib on that host: etcd's data dir, and the restore's staging dirs beside it
+        var_lib.mkdir(parents=True)
+        runner.map_on_host(host, "/var/lib", str(var_lib))
+        urls[host] = f"http://127.0.0.1:{client_port}"
+    return urls
+
+
+def runbook(work: Path, service: Service) -> DocsRunner:
+    """A runner in a new directory `work`, with the service's config and store where the page says."""
+    work.mkdir()
+    runner = DocsRunner(work)
+    runner.map("/etc/etcd-backup/config.yml", str(work.parent / "config.yml"))  # conftest's write_config
+    if service.config.s3 is None:
+        runner.map("/var/lib/etcd-backup", str(service.config.backup_dir))
+    else:
+        runner.map("s3://etcd-backups/", service.config.s3.url.rstrip("/") + "/")
+        runner.map("http://10.0.0.6:8333", str(service.config.s3.endpoint))
+    return runner
+
+
+@pytest.mark.slow
+def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_three(
+        lost_cluster: LostCluster, tmp_path: Path) -> None:
+    lost = lost_cluster
+    with served_over_http(lost.service) as url:
+        runner = runbook(tmp_path / "find", lost.service)
+        runner.map("http://10.0.0.4:8080", url)
+        for block in sections(RESTORE, "1. Find the backup"):
+            runner.run_block(block)
+
+    one = runbook(tmp_path / "one", lost.service)
+    urls = members(one, one.work, MEMBERS[:1])
+    try:
+        for block in sections(RESTORE, "3. Restore one member"):
+            one.run_block(block)
+        assert kvs(urls["10.0.0.1"]) == lost.held_at(lost.end), "the restored member serves the lost etcd's keys"
+    finally:
+        one.stop()
+
+    three = runbook(tmp_path / "three", lost.service)
+    three.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
+    urls = members(three, three.work)
+    try:
+        for block in sections(RESTORE, "4. Restore a three-member cluster"):
+            three.run_block(block)
+        for url in urls.values():
+            assert kvs(url) == lost.held_at(lost.end), f"{url} serves the lost etcd's keys"
+    finally:
+        three.stop()
+
+    past = runbook(tmp_path / "past", lost.service)
+    past.map(DOCUMENTED_TIME, lost.middle_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    members(past, past.work, MEMBERS[:1])
+    for block in sections(RESTORE, "5. Restore a point in time"):
+        past.run_block(block)
+    restored = EtcdServer(past.work / "10.0.0.1" / "etcd", name="etcd0").start()
+    try:
+        assert kvs(restored.url) == lost.held_at(lost.middle), "the point in time is the lost etcd at that moment"
+    finally:
+        restored.stop()
+
+
+def test_every_console_block_is_run() -> None:
+    """A console block outside the sections the tests run would be an example nobody checks."""
+    unrun = [block.where for document, headings in RUN_BY_THE_TESTS.items()
+             for block in console_blocks(document) if not block.heading.startswith(headings or ("\0",))]
+    assert unrun == []
+
+
+def test_the_output_matcher_fails_on_a_wrong_line() -> None:
+    from harness.docs import matches
+    assert matches(['"Revision" : 1234', "..."], '"Revision" : 99\nmore\n')
+    assert not matches(['"Revision" : 1234'], '"Revision" : x\n')
+    assert not matches(["restored snapshot-1.tar.gz"], "refused snapshot-1.tar.gz\n")
+
+
+@pytest.mark.slow
+def test_the_restore_runbook_opens_encrypted_signed_backups_in_s3_with_the_service_down(
+        s3_service: Callable[..., Service], own_etcd: EtcdServer, identity: x25519.Identity, identity_file: Path,
+        tmp_path: Path) -> None:
+    service = s3_service(etcd_overrides={"endpoints": [own_etcd.url]}, encryption=encryption(identity),
+                         signing=signing(tmp_path))
+    write_keys(own_etcd.client(), "secret", 25)
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    held = kvs(own_etcd.url)
+    service.stop_worker()  # the service is down: only its store is left
+    runner = runbook(tmp_path / "encrypted", service)
+    runner.map("/etc/etcd-backup/age-identity.txt", str(identity_file))
+    runner.map("snapshot-20261207_030000.tar.gz.age", name)
+    (runner.work / name).write_bytes(service.read_backup(name))  # the file, copied from the bucket
+    members(runner, runner.work, MEMBERS[:1])
+    data_dir = runner.work / "10.0.0.1" / "etcd"
+    blocks = list(sections(RESTORE, "6. Encrypted backups"))
+    assert len(blocks) == 2
+    for block in blocks:  # each restores into a new data dir, which then serves what etcd held
+        shutil.rmtree(data_dir, ignore_errors=True)
+        runner.run_block(block)
+        restored = EtcdServer(data_dir, name="etcd0").start()
+        try:
+            assert kvs(restored.url) == held, block.where
+        finally:
+            restored.stop()
