@@ -64,7 +64,7 @@ class Block:
 def console_blocks(document: str) -> list[Block]:
     """Every ```console block of `document` (a path relative to the repository), in order."""
     blocks: list[Block] = []
-    heading, fence, block, host = "", None, None, DEFAULT_HOST
+    heading, fence, block, host, indent = "", None, None, DEFAULT_HOST, 0
     lines = (ROOT / document).read_text().splitlines()
     index = 0
     while index < len(lines):
@@ -72,7 +72,7 @@ def console_blocks(document: str) -> list[Block]:
         index += 1
         if (match := FENCE.match(line)) is not None:
             if fence is None:
-                fence = match.group(2)
+                fence, indent = match.group(2), len(match.group(1))  # a block in a list item is indented
                 if fence == "console":
                     block, host = Block(document, heading, number), DEFAULT_HOST
             else:
@@ -86,6 +86,7 @@ def console_blocks(document: str) -> list[Block]:
             continue
         if block is None:
             continue
+        line = line[indent:] if line[:indent].isspace() else line.lstrip()
         if (on := HOST_LINE.match(line)) is not None:
             host = on.group(1)
         elif line.startswith("$ "):

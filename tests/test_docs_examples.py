@@ -7,9 +7,11 @@ block of both documents is run by one of them."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +20,10 @@ import pytest
 import redis
 from pyrage import x25519
 
-from harness.docs import DocsRunner, console_blocks, sections
+from harness.docs import ROOT, DocsRunner, console_blocks, sections
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption, signing
-from harness.processes import free_port
+from harness.processes import BIN_DIR, free_port, http, stop_process, wait_until
 from harness.servers import EtcdServer
 from harness.writer import current_revision
 from tests.test_compaction import KeyValue, kvs
@@ -31,22 +33,22 @@ RESTORE = "docs/restore.md"
 README = "README.md"
 MEMBERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 DOCUMENTED_REVISION = "84"  # docs/restore.md's --to-revision
-DOCUMENTED_TIME = "2026-12-07T03:00:00Z"  # its --to-time
+DOCUMENTED_TIME = "2026-12-07T03:00:00Z"  # its --to-time, and the README's
 
 RUN_BY_THE_TESTS: dict[str, tuple[str, ...]] = {
     RESTORE: ("1. Find the backup", "3. Restore one member", "4. Restore a three-member cluster",
               "5. Restore a point in time", "6. Encrypted backups"),
-    README: (),
+    README: ("etcd lost its data? Restore now", "Quick start"),
 }
 """The sections whose console blocks the tests below run (test_every_console_block_is_run checks it is all)."""
 
 
 @dataclass
 class LostCluster:
-    """An etcd that was backed up (a full backup, then deltas) and is gone; what it held, to compare with."""
+    """An etcd that was backed up (full backups, then deltas) and is gone, and the service with it; what it held,
+    to compare with."""
 
     service: Service
-    config: Path
     end: int  # the last revision it wrote, stored in the deltas
     middle: int  # a revision between the backup and the end
     middle_time: datetime  # a moment just after `middle` was stored and before the next write
@@ -59,12 +61,12 @@ def write_keys(client: object, prefix: str, count: int) -> None:
     client.delete(f"/registry/{prefix}/0")  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def lost_cluster(make_service: Callable[..., Service], redis_conn: redis.Redis,
-                 tmp_path: Path) -> Iterator[LostCluster]:
+def lose_etcd(make: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path,
+              **overrides: object) -> LostCluster:
+    """An etcd backed up by a service made by `make` (with `overrides`): two full backups, then deltas; then gone."""
     source = EtcdServer(tmp_path / "lost-etcd").start()
     try:
-        service = make_service(etcd_overrides={"endpoints": [source.url]}, deltas=True, delta_period="100ms")
+        service = make(etcd_overrides={"endpoints": [source.url]}, deltas=True, delta_period="100ms", **overrides)
         client = source.client()
         for day in ("monday", "tuesday"):  # two full backups, a second apart (their names are to the second)
             write_keys(client, day, 10)
@@ -83,7 +85,14 @@ def lost_cluster(make_service: Callable[..., Service], redis_conn: redis.Redis,
         held = {revision: kvs(source.url, revision) for revision in (middle, end)}
     finally:
         source.stop()
-    yield LostCluster(service, tmp_path / "config.yml", end, middle, middle_time, held.__getitem__)
+    service.stop_worker()  # the service is down too: only its store is left
+    return LostCluster(service, end, middle, middle_time, held.__getitem__)
+
+
+@pytest.fixture
+def lost_cluster(make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> LostCluster:
+    """Backed up into a local backup-dir."""
+    return lose_etcd(make_service, redis_conn, tmp_path)
 
 
 def members(runner: DocsRunner, work: Path, hosts: tuple[str, ...] = MEMBERS) -> dict[str, str]:
@@ -195,3 +204,65 @@ def test_the_restore_runbook_opens_encrypted_signed_backups_in_s3_with_the_servi
             assert kvs(restored.url) == held, block.where
         finally:
             restored.stop()
+
+
+def restored_on(runner: DocsRunner, host: str) -> dict[bytes, KeyValue]:
+    """What the data dir the page restored into on `host` serves (etcd started on it, then stopped)."""
+    server = EtcdServer(runner.work / host / "etcd").start()
+    try:
+        return kvs(server.url)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_the_readmes_restore_now_brings_back_the_lost_etcd_from_a_signed_bucket_with_the_service_down(
+        s3_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path) -> None:
+    lost = lose_etcd(s3_service, redis_conn, tmp_path, signing=signing(tmp_path))
+    runner = runbook(tmp_path / "readme", lost.service)
+    runner.map(DOCUMENTED_TIME, lost.middle_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    runner.map("snapshot-....tar.gz", lost.service.store.list_backups()[-1])
+    urls = members(runner, runner.work)
+    one_member, three_members, to_time, verify, start, check = sections(README, "etcd lost its data? Restore now")
+    runner.run_block(one_member)
+    assert restored_on(runner, "10.0.0.1") == lost.held_at(lost.end)
+    runner.run_block(three_members)
+    assert restored_on(runner, "10.0.0.2") == lost.held_at(lost.end)
+    shutil.rmtree(runner.work / "10.0.0.1" / "etcd")  # the point in time, into a new data dir
+    runner.run_block(to_time)
+    runner.run_block(verify)
+    runner.run_block(start)
+    runner.run_block(check)
+    try:
+        assert kvs(urls["10.0.0.1"]) == lost.held_at(lost.middle), "etcd serves the lost etcd at that time"
+    finally:
+        runner.stop()
+
+
+def answers(url: str) -> bool:
+    try:
+        return http("GET", url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_the_readmes_quick_start_works_as_written_on_the_demo(tmp_path: Path) -> None:
+    work = tmp_path / "clone"
+    work.mkdir()
+    port = free_port()
+    demo = subprocess.Popen([str(ROOT / "examples" / "demo.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={
+                                **os.environ, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", "DEMO_PORT": str(port),
+                                "DEMO_ETCD_PORT": str(free_port()), "DEMO_ETCD_PEER_PORT": str(free_port()),
+                                "DEMO_DIR": str(work / "demo")})
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/readyz"), 60, "the demo's service", demo)
+        runner = DocsRunner(work)
+        runner.map("localhost:8080", f"localhost:{port}")
+        for block in sections(README, "Quick start"):
+            runner.run_block(block)
+        assert len(list(work.glob("snapshot-*.tar.gz"))) == 1, "downloaded"
+        assert len(restored := list((work / "demo" / "restored").iterdir())) == 1 and restored[0].name == "member"
+    finally:
+        stop_process(demo)
