@@ -206,9 +206,10 @@ def test_the_restore_runbook_opens_encrypted_signed_backups_in_s3_with_the_servi
             restored.stop()
 
 
-def restored_on(runner: DocsRunner, host: str) -> dict[bytes, KeyValue]:
-    """What the data dir the page restored into on `host` serves (etcd started on it, then stopped)."""
-    server = EtcdServer(runner.work / host / "etcd").start()
+def restored_on(runner: DocsRunner, host: str, name: str = "etcd0") -> dict[bytes, KeyValue]:
+    """What the data dir the page restored into on `host` serves (etcd started on it, then stopped; alone, as a
+    cluster of its own: a member of three would wait for the other two)."""
+    server = EtcdServer(runner.work / host / "etcd", name=name, extra_args=("--force-new-cluster",)).start()
     try:
         return kvs(server.url)
     finally:
@@ -221,13 +222,14 @@ def test_the_readmes_restore_now_brings_back_the_lost_etcd_from_a_signed_bucket_
     lost = lose_etcd(s3_service, redis_conn, tmp_path, signing=signing(tmp_path))
     runner = runbook(tmp_path / "readme", lost.service)
     runner.map(DOCUMENTED_TIME, lost.middle_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    runner.map("snapshot-....tar.gz", lost.service.store.list_backups()[-1])
+    runner.map("s3://etcd-backups/cluster-1/", runner.mapping.pop("s3://etcd-backups/"))  # the README's config
+    runner.map("snapshot-20261207_030000.tar.gz", lost.service.store.list_backups()[-1])
     urls = members(runner, runner.work)
     one_member, three_members, to_time, verify, start, check = sections(README, "etcd lost its data? Restore now")
     runner.run_block(one_member)
     assert restored_on(runner, "10.0.0.1") == lost.held_at(lost.end)
     runner.run_block(three_members)
-    assert restored_on(runner, "10.0.0.2") == lost.held_at(lost.end)
+    assert restored_on(runner, "10.0.0.2", "etcd1") == lost.held_at(lost.end)
     shutil.rmtree(runner.work / "10.0.0.1" / "etcd")  # the point in time, into a new data dir
     runner.run_block(to_time)
     runner.run_block(verify)
