@@ -37,7 +37,7 @@ DOCUMENTED_TIME = "2026-12-07T03:00:00Z"  # its --to-time, and the README's
 
 RUN_BY_THE_TESTS: dict[str, tuple[str, ...]] = {
     RESTORE: ("1. Find the backup", "3. Restore one member", "4. Restore a three-member cluster",
-              "5. Restore a point in time", "6. Encrypted backups"),
+              "5. Restore a point in time", "6. Encrypted backups", "When a restore refuses"),
     README: ("etcd lost its data? Restore now", "Quick start"),
 }
 """The sections whose console blocks the tests below run (test_every_console_block_is_run checks it is all)."""
@@ -268,3 +268,19 @@ def test_the_readmes_quick_start_works_as_written_on_the_demo(tmp_path: Path) ->
         assert len(restored := list((work / "demo" / "restored").iterdir())) == 1 and restored[0].name == "member"
     finally:
         stop_process(demo)
+
+
+@pytest.mark.slow
+def test_the_runbooks_refusals_are_those_the_page_shows(lost_cluster: LostCluster, tmp_path: Path) -> None:
+    lost = lost_cluster
+    runner = runbook(tmp_path / "refused", lost.service)
+    members(runner, runner.work, MEMBERS[:1])
+    (runner.work / "10.0.0.1" / "etcd.lost" / "member").mkdir(parents=True)  # step 2's data dir set aside
+    deltas = lost.service.store.list_deltas()
+    damaged = lost.service.config.backup_dir / deltas[len(deltas) // 2]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    (block,) = sections(RESTORE, "When a restore refuses")
+    runner.run_block(block)
+    assert list((runner.work / "10.0.0.1").iterdir()) == [runner.work / "10.0.0.1" / "etcd.lost"], "nothing left"
