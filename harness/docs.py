@@ -189,9 +189,9 @@ class DocsRunner:
         deadline = time.monotonic() + (DAEMON_START if self.starting else 0)
         self.starting = False
         while True:
-            done = subprocess.run(["bash", "-c", actual], capture_output=True, text=True, env=self.env,
-                                  cwd=self.work, timeout=timeout)
-            output = self.to_documented(done.stdout + done.stderr, command.host)
+            done = subprocess.run(["bash", "-c", actual], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=self.env, cwd=self.work, timeout=timeout)
+            output = self.to_documented(done.stdout, command.host)
             if (done.returncode == 0 and matches(command.expected, output)) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

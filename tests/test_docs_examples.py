@@ -274,6 +274,7 @@ def test_the_readmes_quick_start_works_as_written_on_the_demo(tmp_path: Path) ->
 def test_the_runbooks_refusals_are_those_the_page_shows(lost_cluster: LostCluster, tmp_path: Path) -> None:
     lost = lost_cluster
     runner = runbook(tmp_path / "refused", lost.service)
+    runner.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
     members(runner, runner.work, MEMBERS[:1])
     (runner.work / "10.0.0.1" / "etcd.lost" / "member").mkdir(parents=True)  # step 2's data dir set aside
     deltas = lost.service.store.list_deltas()
