@@ -33,7 +33,7 @@ from common.deltas import (
     fingerprint,
 )
 from common.encryption import Recipient
-from common.recovery_window import GAPS_KEY, STATS_KEY
+from common.recovery_window import GAPS_KEY, LEASE_KEY, STATS_KEY
 from common.storage import BackupStore
 from harness.cli import COMMAND, etcd_backup
 from harness.in_process import Service, served_over_http
@@ -42,7 +42,6 @@ from recovery.pitr import Target, plan_restore, restore_to, revision_events
 from recovery.restore import Member, RestoreError
 from recovery.throwaway import member_flags
 from recovery.workdir import SOCKET_PREFIX
-from worker.deltas import LEASE_KEY
 
 NOBODY = "65534"
 # One xdist process for the point-in-time restores that look at /dev/shm's apply dirs (tests/test_deltas.py too).
@@ -301,7 +300,7 @@ def test_hostile_values_never_break_the_status_or_the_pages_window(
         assert "\033" not in done.stdout and "<script>" in done.stdout  # on a terminal, text is text
         labels = [line.split("  ")[0] for line in done.stdout.splitlines()]
         assert labels == ["status of", "newest backup", "kept", "last failure", "drill", "queue", "recovery point",
-                          "recovery window", "gaps", "watcher", "next backup", "next drill"], done.stdout
+                          "recovery window", "gaps", "delta watcher", "next backup", "next drill"], done.stdout
         point = [line for line in done.stdout.splitlines() if line.startswith("recovery point ")][0]
         assert f"revision {base + 3}, named 9999-12-31 23:59:58 UTC: in the future" in point, point
         assert "[2Jcheck OK" in done.stdout  # the planted holder, on its one line

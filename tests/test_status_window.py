@@ -89,7 +89,7 @@ def test_the_window_of_a_running_watcher_in_text_and_json_by_url_and_by_config(
             f"revision {earliest} ({present.when(api['earliest']['time'])}) "
             f"to {end} ({present.when(api['latest']['time'])})")
         assert field(shown.stdout, "gaps") == "none"
-        line = field(shown.stdout, "watcher")
+        line = field(shown.stdout, "delta watcher")
         assert line.startswith(f"running, lease held by delta-watcher@{socket.gethostname()}:{os.getpid()}/"), line
         assert f"last stored revision {end} " in line and "0 revisions behind etcd" in line, line
         assert "deltas" not in [row.split("  ")[0] for row in shown.stdout.splitlines()]  # on: said by the rest
@@ -104,7 +104,7 @@ def test_the_window_of_a_running_watcher_in_text_and_json_by_url_and_by_config(
         both = etcd_backup("status", "--url", base, "--max-recovery-age", "1s", "--max-age", "1s", "--json")
         young_backup = etcd_backup("status", "--url", base, "--max-recovery-age", "1h", "--max-age", "1h")
     assert stopped.returncode == 1, stopped.stdout
-    assert field(stopped.stdout, "watcher").startswith("not running (no watcher holds the lease), "
+    assert field(stopped.stdout, "delta watcher").startswith("not running (no watcher holds the lease), "
                                                        f"last stored revision {end} ")
     verdict = field(stopped.stdout, "check")
     assert re.fullmatch(r"FAILED: the recovery point is \d+ s old, more than --max-recovery-age 1 s", verdict), \
@@ -170,7 +170,7 @@ def test_deltas_off_in_one_line(make_service: Callable[..., Service], tmp_path: 
     assert text.returncode == 0, text.stderr
     labels = [row.split("  ")[0] for row in text.stdout.splitlines()]
     assert field(text.stdout, "deltas").startswith("off: full backups only")
-    for label in ("recovery point", "recovery window", "gaps", "watcher"):
+    for label in ("recovery point", "recovery window", "gaps", "delta watcher"):
         assert label not in labels
     assert checked.returncode == 1
     assert field(checked.stdout, "check") == "FAILED: no recovery point: deltas are off"
@@ -191,7 +191,7 @@ def test_deltas_on_and_none_stored_yet_fails_the_check(make_service: Callable[..
     assert window["watcher"]["running"] is False and window["watcher"]["last_stored"] is None
     assert checked.returncode == 1
     assert field(checked.stdout, "recovery point") == "none: no delta stored yet"
-    assert field(checked.stdout, "watcher").startswith("not running (no watcher holds the lease), nothing stored")
+    assert field(checked.stdout, "delta watcher").startswith("not running (no watcher holds the lease), nothing stored")
     assert field(checked.stdout, "check") == "FAILED: no recovery point: no delta stored yet"
 
 
