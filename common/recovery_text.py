@@ -77,9 +77,10 @@ def _watcher(watcher: dict[str, Any]) -> tuple[str, str]:
         text += ", nothing stored yet"
     else:
         age = last["age_seconds"]
-        ago = "in the future" if isinstance(age, int | float) and age < 0 else f"{present.duration(age)} ago"
-        text += f", last stored revision {last['revision']} at {present.when(last['time'])} ({ago})"
+        ago = f"named {present.when(last['time'])}: in the future" if isinstance(age, int | float) and age < 0 \
+            else f"{present.duration(age)} ago"
+        text += f", last stored revision {last['revision']} ({ago})"
     if watcher.get("behind_revisions") is not None:
-        text += (f", {present.count(watcher['behind_revisions'], 'revision')} behind etcd's revision "
-                 f"{watcher['etcd_revision']} (reported {present.when(watcher['etcd_seen'])})")
+        text += (f", {present.count(watcher['behind_revisions'], 'revision')} behind etcd (revision "
+                 f"{watcher['etcd_revision']}, reported {present.when(watcher['etcd_seen'])})")
     return text, tone

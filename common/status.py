@@ -74,12 +74,14 @@ def recovery(config: Config, store: BackupStore, connection: redis.Redis | None,
     """The recovery window part of the status: whether deltas are on (the config says so, or deltas are stored, or
     a watcher ran: the Procfile's `deltas` runs whatever the config says), the recovery point (the newest revision a
     restore reaches, and as of when the store held all etcd had), the earliest and latest restorable revision and
-    time, the gaps, and the watcher (who holds its lease, its newest delta, how far behind etcd's last reported
-    revision that is)."""
+    time, the gaps, and the watcher (who holds its lease, its newest delta, and how far behind etcd's revision that
+    is, by a worker's report from after that delta: common.etcd_seen)."""
     reading = recovery_window.read(store, connection, now, catalog, no_redis=EMBEDDED_REDIS)
     window, newest = reading.window.to_json(), reading.newest_delta
     on = config.deltas or bool(reading.deltas) or bool(reading.watcher) or bool(reading.running)
     seen = reading.etcd_seen() if on and newest is not None else None
+    if seen is not None and newest is not None and seen[1] < newest.last_seen.timestamp():
+        seen = None  # a report from before the newest delta tells nothing of how far behind etcd that one is
     return {
         "deltas_on": on,
         "deltas_stored": len(reading.deltas),
@@ -95,7 +97,7 @@ def recovery(config: Config, store: BackupStore, connection: redis.Redis | None,
                                                         "age_seconds": _age(newest.last_seen, now)},
             "etcd_revision": None if seen is None else seen[0],
             "etcd_seen": None if seen is None else datetime.fromtimestamp(seen[1], UTC).isoformat(),
-            # As of that report: etcd's revision past the newest stored delta's (0 if it was not past it yet).
+            # As of that report (a worker's, every few seconds): etcd's revision past the newest delta's.
             "behind_revisions": None if seen is None or newest is None else max(0, seen[0] - newest.last),
         },
     }

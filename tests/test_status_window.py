@@ -47,6 +47,7 @@ def window_of(document: dict[str, Any]) -> dict[str, Any]:
     return window
 
 
+@pytest.mark.slow  # about 12 s: a second of writes, a worker's report of etcd after them (every 5 s), a 2 s wait
 def test_the_window_of_a_running_watcher_in_text_and_json_by_url_and_by_config(
         make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
     service = make_service(delta_period="100ms")
@@ -58,6 +59,9 @@ def test_the_window_of_a_running_watcher_in_text_and_json_by_url_and_by_config(
         writer.stop()
         end = current_revision(etcd.url)
         wait_stored(redis_conn, end)
+        # How far behind etcd the watcher is: by the worker's report of etcd's revision (every 5 s) after it stored.
+        wait_until(lambda: window_of(status_json("--url", base))["watcher"]["behind_revisions"] is not None, 10,
+                   "a report of etcd's revision after the last delta")
         # The store lists what the watcher's Redis says it stored (a local backup-dir: at once).
         api = service.client.get("/api/v1/recovery-window").get_json()
         assert api["latest"]["revision"] == end, api
