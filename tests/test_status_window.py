@@ -28,7 +28,7 @@ from harness.in_process import Service, served_over_http
 from harness.processes import wait_until
 from harness.servers import EtcdServer
 from harness.writer import ContinuousWriter, current_revision
-from tests.test_deltas import wait_stored, watcher
+from tests.test_deltas import compacted_past_the_watcher, wait_stored, watcher
 from tests.test_status import field, status_json
 
 # The restores and watchers of test_deltas share an xdist group; these watchers only store, beside them.
@@ -129,16 +129,10 @@ def test_a_gap_where_etcd_compacted_past_the_watcher(
     own = EtcdServer(tmp_path / "etcd").start()  # compacted: not the shared one
     try:
         service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="100ms")
-        client = own.client()
-        client.put("/gap/a", "1")
-        old = service.client.post("/api/v1/backup").get_json()["filename"]
-        missed = client.put("/gap/b", "2").header.revision
-        client.put("/gap/c", "3")
-        compacted = current_revision(own.url)
-        client.compact(compacted)
+        old, missed, _ = compacted_past_the_watcher(service, own)
         with watcher(service.config, redis_conn):
             wait_until(lambda: len(service.store.list_backups()) == 2, 30, "the full backup after the gap")
-            end = client.put("/gap/d", "4").header.revision
+            end = own.client().put("/gap/d", "4").header.revision
             wait_stored(redis_conn, end)
             with served_over_http(service) as base:
                 document = status_json("--url", base)
@@ -179,6 +173,8 @@ def test_deltas_off_in_one_line(make_service: Callable[..., Service], tmp_path: 
     assert checked.returncode == 1
     assert field(checked.stdout, "check") == "FAILED: no recovery point: deltas are off"
     assert json.loads(json_check.stdout)["problems"] == ["no recovery point: deltas are off"]
+    bad_usage = etcd_backup("status", "--max-recovery-age", "soon")
+    assert bad_usage.returncode == 2 and "--max-recovery-age" in bad_usage.stderr
 
 
 def test_deltas_on_and_none_stored_yet_fails_the_check(make_service: Callable[..., Service],
