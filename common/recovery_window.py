@@ -99,6 +99,9 @@ class RecordedGap:
 class Window:
     spans: list[Span]
     gaps: list[Gap] = field(default_factory=list)
+    newest_delta: DeltaName | None = None
+    """The stored delta that reaches the highest revision, whether a span reaches it or not: how far the watcher
+    has stored."""
 
     @property
     def earliest(self) -> Point | None:
@@ -130,7 +133,8 @@ def recovery_window(catalog: Sequence[CatalogEntry], delta_names: Sequence[str],
         start = Point(_at_most(metadata), datetime.fromisoformat(metadata.started))
         end = Point(chain[-1].last, chain[-1].last_seen) if chain and chain[-1].last > start.revision else start
         spans.append(Span(name, start, end, [str(said) for said in chain]))
-    return Window(spans, _gaps(spans, recorded))
+    newest = max(deltas.sorted, key=lambda said: (said.last, said.last_seen), default=None)
+    return Window(spans, _gaps(spans, recorded), newest)
 
 
 def _bases(catalog: Sequence[CatalogEntry], now: datetime) -> list[tuple[str, BackupMetadata]]:
@@ -273,11 +277,6 @@ class Reading:
         """Whether a watcher holds the lease; None: Redis was not read."""
         return None if self.redis != "ok" else self.lease_holder is not None
 
-    @property
-    def newest_delta(self) -> DeltaName | None:
-        """The stored delta that reaches the highest revision (in the window or not)."""
-        said = [parsed for name in self.deltas if (parsed := parse_delta_name(name)) is not None]
-        return max(said, key=lambda delta: (delta.last, delta.last_seen), default=None)
 
 
 def read(store: BackupStore, connection: redis.Redis | None, now: datetime,

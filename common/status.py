@@ -77,7 +77,7 @@ def recovery(config: Config, store: BackupStore, connection: redis.Redis | None,
     time, the gaps, and the watcher (who holds its lease, its newest delta, and how far behind etcd's revision that
     is, by a worker's report from after that delta: common.etcd_seen)."""
     reading = recovery_window.read(store, connection, now, catalog, no_redis=EMBEDDED_REDIS)
-    window, newest = reading.window.to_json(), reading.newest_delta
+    window, newest = reading.window.to_json(), reading.window.newest_delta
     on = config.deltas or bool(reading.deltas) or bool(reading.watcher) or bool(reading.running)
     seen = reading.etcd_seen() if on and newest is not None else None
     if seen is not None and newest is not None and seen[1] < newest.last_seen.timestamp():
