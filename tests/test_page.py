@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from common import present
+from common.recovery_text import DELTAS_OFF
 from harness.browser import chromium
 from harness.in_process import Service, served_over_http
 from harness.processes import ROOT, wait_until
@@ -163,6 +164,7 @@ def test_the_page_is_server_rendered_and_self_contained(make_service: Callable[.
     assert '<form method="post" action="/api/v1/backup"' in html  # the button posts even without JavaScript
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no CDN, no other site
     assert 'lang="en"' in html and 'name="viewport"' in html
+    assert f"<dt>Deltas</dt>\n  <dd>{DELTAS_OFF}</dd>" in html  # the recovery window: one line with deltas off
 
 
 def test_what_the_page_shows_is_escaped(make_service: Callable[..., Service], redis_conn: redis.Redis) -> None:
