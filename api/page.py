@@ -1,7 +1,8 @@
 """GET /: the status page, for a person in a browser. The same facts as `etcd-backup status`
-(common.status), the backups in a table with download links, a chart of their size and duration, and a
-"Back up now" button. Rendered on the server (api/templates/status.html), no framework, nothing from
-another site: readable without JavaScript, which only the button needs. The API's token rules apply.
+(common.status; the recovery window in the same words: common.recovery_text), the backups in a table
+with download links, a chart of their size and duration, and a "Back up now" button. Rendered on the
+server (api/templates/status.html), no framework, nothing from another site: readable without
+JavaScript, which only the button needs. The API's token rules apply.
 
 It says when it was rendered ("as of") and refreshes itself every REFRESH_SECONDS: with JavaScript by
 fetching itself again (a backup under way is not cut off), without by a meta refresh; when a refresh
@@ -24,7 +25,7 @@ from flask import Blueprint, Response, make_response, render_template
 
 from api.meta import auth_detail
 from api.state import state
-from common import backups, present, status
+from common import backups, present, recovery_text, status
 from common.clock import redis_clock
 from common.storage import BackupStore
 
@@ -80,7 +81,9 @@ def status_page() -> Response:
     charts = [_chart("Archive size", [(row.completed, row.filesize) for row in rows], present.size),
               _chart("Duration", [(row.completed, row.duration) for row in rows if row.duration is not None],
                      lambda seconds: f"{seconds:.3f} s")]
-    html = render_template("status.html", facts=facts, rows=rows[::-1], now=now, present=present,
+    recovery = [(label[:1].upper() + label[1:], text, tone)
+                for label, text, tone in recovery_text.lines(facts["recovery_window"])]
+    html = render_template("status.html", facts=facts, rows=rows[::-1], now=now, present=present, recovery=recovery,
                            api_auth=auth_detail(current.config),
                            charts=[chart for chart in charts if chart is not None], shown=SHOWN_BACKUPS,
                            width=CHART_WIDTH, height=CHART_HEIGHT, refresh_seconds=REFRESH_SECONDS)

@@ -32,13 +32,13 @@ import etcd3
 
 from bench.measure import MB
 from common.deltas import parse_delta_name
+from common.recovery_window import LEASE_KEY
 from common.storage import LocalStore
 from harness.cli import etcd_backup
 from harness.deployment import Deployment, procfile
 from harness.fill import ETCD_FLAGS
 from harness.processes import http, rss, stop_process, wait_until
 from harness.servers import EtcdServer, RedisServer
-from worker.deltas import LEASE_KEY
 
 POLL = 0.05
 """Seconds between two looks at the backup dir (and the watcher's RSS, the API's metric every 10th)."""

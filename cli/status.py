@@ -1,4 +1,5 @@
-"""`etcd-backup status`: the service at a glance, for the person on call, and a cron/Nagios-style check.
+"""`etcd-backup status`: the service at a glance, for the person on call, and a cron/Nagios-style check of the
+newest backup's age (--max-age) and of the recovery point's (--max-recovery-age: how much losing etcd now loses).
 
 It shows the status document (common.status) that the service answers at GET /api/v1/status (--url), or
 that it finds itself reading the store and Redis of a config (--config). Everything in it may come from a
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 from cli.recovery import DEFAULT_URL, URL_ENV, duration, service_options
 from cli.startup import read_config
 from cli.tree import Commands, add_command
-from common import present
+from common import present, recovery_text
 from common.storage import StorageError, open_store
 from recovery.client import Client, ClientError, UsageError, one_line
 
@@ -27,18 +28,24 @@ STATUS_PATH = "/api/v1/status"
 def add_commands(commands: Commands) -> None:
     """Add status to the command tree."""
     parser = add_command(
-        commands, "status", run, "show the newest backup, failures, the drill, the queue and the next run",
+        commands, "status", run,
+        "show the newest backup, the recovery window, failures, the drill, the queue and the next run",
         "Asks the service (--url, as `list` does), or reads the store and Redis of a config itself\n"
         "(--config). With --max-age it is a check: exit 1 when the newest backup is older (or there is\n"
-        "none), for cron or Nagios. Coloured on a terminal only (NO_COLOR turns it off).",
+        "none), for cron or Nagios; with --max-recovery-age, the same for the recovery point (the newest\n"
+        "revision a restore reaches: exit 1 when it is older, or there is none). Coloured on a terminal\n"
+        "only (NO_COLOR turns it off).",
         ["etcd-backup status --url http://backup-host:8080",
-         "etcd-backup status --config /etc/etcd-backup/config.yml --max-age 7h",
-         "etcd-backup status --json | jq .newest.age_seconds"],
+         "etcd-backup status --config /etc/etcd-backup/config.yml --max-age 7h --max-recovery-age 5m",
+         "etcd-backup status --json | jq .recovery_window.recovery_point"],
         config_option=False, parents=[service_options(default_url=None)])
     parser.add_argument("--config", metavar="FILE",
                         help="read the store and Redis of this config instead of asking the service")
     parser.add_argument("--max-age", type=duration, metavar="DURATION",
                         help="exit 1 when the newest backup is older than this, e.g. 7h (Go syntax)")
+    parser.add_argument("--max-recovery-age", type=duration, metavar="DURATION",
+                        help="exit 1 when the recovery point is older than this, or there is none (deltas off or "
+                             "none stored), e.g. 5m")
     parser.add_argument("--json", action="store_true", help="print the status document as JSON, for scripts")
 
 
@@ -47,9 +54,10 @@ def run(args: argparse.Namespace) -> None:
     source = f"config {args.config}" if local else (args.url or os.environ.get(URL_ENV, DEFAULT_URL))
     try:
         document = _local(args.config) if local else _remote(args, source)
-        problems = check(document, args.max_age)
+        problems = check(document, args.max_age) + check_recovery(document, args.max_recovery_age)
         if args.json:
-            checked = {"ok": not problems, "problems": problems} if args.max_age is not None else {}
+            asked = args.max_age is not None or args.max_recovery_age is not None
+            checked = {"ok": not problems, "problems": problems} if asked else {}
             shown = json.dumps({**document, **checked}, indent=1)
         else:
             shown = report(document, problems, source, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
@@ -104,7 +112,31 @@ def check(document: dict[str, Any], max_age: float | None) -> list[str]:
     return []
 
 
+def check_recovery(document: dict[str, Any], max_age: float | None) -> list[str]:
+    """What makes the recovery point's check fail: no recovery point (deltas off, none stored, a service that does
+    not say), one named in the future (its age unknown), or one older than `max_age` seconds."""
+    if max_age is None:
+        return []
+    recovery = document.get("recovery_window")
+    if not isinstance(recovery, dict):
+        return ["no recovery point: the service does not say"]
+    if not recovery.get("deltas_on"):
+        return ["no recovery point: deltas are off"]
+    point = recovery.get("recovery_point")
+    if point is None:
+        return [f"no recovery point: {recovery_text.no_point_reason(recovery)}"]
+    age = point.get("age_seconds")
+    if age is None:
+        return ["the recovery point is named in the future (a clock ahead, or a planted delta): its age is unknown"]
+    if not isinstance(age, int | float) or isinstance(age, bool):
+        raise ClientError(f"GET {STATUS_PATH}: the recovery point's age is not a number: not the service's answer")
+    if age > max_age:
+        return [f"the recovery point is {_duration(age)} old, more than --max-recovery-age {_duration(max_age)}"]
+    return []
+
+
 GREEN, YELLOW, RED, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[0m"
+TONES = {recovery_text.OK: GREEN, recovery_text.WARN: YELLOW, recovery_text.BAD: RED}
 
 
 def report(document: dict[str, Any], problems: list[str], source: str, colour: bool) -> str:
@@ -145,6 +177,10 @@ def report(document: dict[str, Any], problems: list[str], source: str, colour: b
                                f"{_text(present.count(depth.get('failed_jobs'), 'failed job'))} kept"))
     if document.get("redis") != "ok":
         lines.append(("redis", paint(_text(document.get("redis")), YELLOW)))
+    for label, text, tone in recovery_text.lines(document.get("recovery_window")):
+        late = label == "recovery point" and any(problem.startswith("the recovery point") for problem in problems)
+        shown = _text(text, limit=1000)
+        lines.append((label, paint(shown, RED if late else TONES[tone]) if tone is not None else shown))
     schedule = document.get("schedule") or {}
     for kind in ("backup", "drill"):
         planned = schedule.get(kind)
@@ -169,9 +205,9 @@ def _drill(drill: dict[str, Any] | None, redis_state: object, paint: Callable[[s
     return paint("failed", RED) + f" {ago}{on}: {_text(drill.get('reason') or '')}{last}"
 
 
-def _text(value: object) -> str:
+def _text(value: object, limit: int = 300) -> str:
     """`value` on one line, control characters (a terminal's escapes) removed."""
-    return one_line(str(value), limit=300)
+    return one_line(str(value), limit=limit)
 
 
 def _fail(message: str, status: int) -> NoReturn:

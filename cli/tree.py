@@ -16,8 +16,9 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 EXIT_STATUSES = """\
 exit status:
   0  done; for a check (status, verify): all is well
-  1  a check failed: the newest backup is older than --max-age, a backup is bad, the service
-     refused or could not be reached
+  1  a check failed: the newest backup is older than --max-age, the recovery point than
+     --max-recovery-age (or there is none), a backup is bad, the service refused or could not be
+     reached
   2  a usage error, or a config that cannot be used (one line names the key)
   3  verify, restore, download --verify: no verdict, the check could not be done here"""
 

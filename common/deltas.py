@@ -185,7 +185,7 @@ def parse_delta_name(name: str) -> DeltaName | None:
         return None
     first, last = int(match[1]), int(match[2])
     try:
-        first_seen, last_seen = (datetime.strptime(match[i], NAME_TIME).replace(tzinfo=UTC) for i in (3, 4))
+        first_seen, last_seen = _name_time(match[3]), _name_time(match[4])
     except ValueError:  # digits of no date, such as month 13
         return None
     if not 0 < first <= last <= MAX_REVISION or first_seen > last_seen:
@@ -196,6 +196,13 @@ def parse_delta_name(name: str) -> DeltaName | None:
     if stored_sha256 is None or signature is None:  # another spelling of the same bytes: not a name we write
         return None
     return DeltaName(first, last, first_seen, last_seen, match[7] is not None, stored_sha256, signature)
+
+
+def _name_time(digits: str) -> datetime:
+    """A name's YYYYMMDD_HHMMSS (NAME_TIME) as a UTC time; ValueError if it is no date. What strptime reads, at a
+    tenth of its cost: the status, the page and the recovery window parse every stored delta's name (thousands)."""
+    return datetime(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]), int(digits[9:11]), int(digits[11:13]),
+                    int(digits[13:15]), tzinfo=UTC)
 
 
 def is_delta_name(name: str) -> bool:

@@ -17,6 +17,7 @@ import bisect
 import json
 import logging
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,11 +25,13 @@ from datetime import UTC, datetime
 import redis
 
 from common import backups
+from common.config import printable
 from common.deltas import DeltaName, parse_delta_name
+from common.etcd_seen import etcd_seen_at
 from common.metadata import BackupMetadata
-from common.metrics import skip_wrong_type
+from common.metrics import read_watcher, skip_wrong_type
 from common.redis_tools import text
-from common.storage import CatalogEntry
+from common.storage import BackupStore, CatalogEntry
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,13 @@ COUNTERS = ("events", "bytes", "deltas", "gaps")
 GAPS_KEY = "etcd-backup:delta-gaps"
 """A Redis list of the gaps etcd's compaction made, newest first, as JSON: {"from", "to", "time"}."""
 MAX_GAPS_KEPT = 100
+LEASE_KEY = "etcd-backup:delta-watcher"
+"""The delta watcher's lease (a Redis lock, worker.deltas): held by the one watcher that writes, its value naming
+it (lease_token)."""
+LEASE_TTL = 15.0
+"""Seconds the lease outlives a watcher that stopped renewing it (killed, cut off from Redis)."""
+MAX_HOLDER_CHARACTERS = 200
+"""Characters of the lease's value read: a watcher's is about 60; anyone who can write Redis writes the rest."""
 COMPACTED = "etcd compacted them before the watcher stored them"
 NOT_STORED = "no delta holds them (missing, or the watcher was not running)"
 
@@ -89,6 +99,9 @@ class RecordedGap:
 class Window:
     spans: list[Span]
     gaps: list[Gap] = field(default_factory=list)
+    newest_delta: DeltaName | None = None
+    """The stored delta that reaches the highest revision, whether a span reaches it or not: how far the watcher
+    has stored."""
 
     @property
     def earliest(self) -> Point | None:
@@ -120,7 +133,8 @@ def recovery_window(catalog: Sequence[CatalogEntry], delta_names: Sequence[str],
         start = Point(_at_most(metadata), datetime.fromisoformat(metadata.started))
         end = Point(chain[-1].last, chain[-1].last_seen) if chain and chain[-1].last > start.revision else start
         spans.append(Span(name, start, end, [str(said) for said in chain]))
-    return Window(spans, _gaps(spans, recorded))
+    newest = max(deltas.sorted, key=lambda said: (said.last, said.last_seen), default=None)
+    return Window(spans, _gaps(spans, recorded), newest)
 
 
 def _bases(catalog: Sequence[CatalogEntry], now: datetime) -> list[tuple[str, BackupMetadata]]:
@@ -231,3 +245,73 @@ def read_recorded_gaps(connection: redis.Redis) -> list[RecordedGap]:
 
 def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def lease_token(holder: str) -> str:
+    """The value a watcher holds its lease with: `holder` (common.etcd_seen.reporter_name: role, host, process),
+    for the person on call, and a random part, for the lock: two watchers of one process never share a token."""
+    return f"{holder}/{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the store and Redis say of the deltas, read once: for GET /api/v1/recovery-window, `etcd-backup
+    status` and the status page alike (common.status), so that each shows the same."""
+
+    window: Window
+    point: RecoveryPoint | None
+    """None while no delta is stored and no watcher has noted it was current (deltas off, or not started)."""
+    deltas: list[str]
+    """The stored deltas' names."""
+    watcher: dict[str, float]
+    """The watcher's counters and times in Redis (STATS_KEY), each only if readable; empty: none has run."""
+    lease_holder: str | None
+    """Who holds the watcher's lease, as its value says (anyone who can write Redis can set it): printable."""
+    redis: str
+    """"ok", or why Redis could not be read ("embedded: ..." when there is none to read from here)."""
+    etcd_seen: Callable[[], tuple[int, float] | None]
+    """etcd's revision and when a worker saw it (common.etcd_seen.etcd_seen_at), asked only when shown."""
+
+    @property
+    def running(self) -> bool | None:
+        """Whether a watcher holds the lease; None: Redis was not read."""
+        return None if self.redis != "ok" else self.lease_holder is not None
+
+
+
+def read(store: BackupStore, connection: redis.Redis | None, now: datetime,
+         catalog: Sequence[CatalogEntry] | None = None, no_redis: str = "not read") -> Reading:
+    """The recovery window and what Redis adds to it at `now`: `catalog` (the store's, if the caller has read it),
+    `connection` None when there is no Redis to read from here (`no_redis` says why). While Redis does not answer,
+    the window is still the store's: its gaps without the reason Redis would have told."""
+    recorded: list[RecordedGap] = []
+    watcher: dict[str, float] = {}
+    holder = None
+    state = no_redis
+    if connection is not None:
+        try:
+            recorded, watcher, holder = read_recorded_gaps(connection), read_watcher(connection, STATS_KEY), \
+                read_lease_holder(connection)
+            state = "ok"
+        except redis.RedisError as exc:
+            logger.warning("recovery window without the watcher's records: Redis: %s", exc)
+            state = f"unreachable: {exc}"
+    names = store.list_deltas()
+    window = recovery_window(store.catalog(now) if catalog is None else catalog, names, now, recorded)
+    seen = etcd_seen_at(connection) if connection is not None and state == "ok" else lambda: None
+    # From the store: Redis' current_at only moves it later where credible (recovery_point).
+    point = recovery_point(window, watcher.get("current_at"), now, seen) if names or "current_at" in watcher else None
+    return Reading(window, point, names, watcher, holder, state, seen)
+
+
+def read_lease_holder(connection: redis.Redis) -> str | None:
+    """The value of the watcher's lease while a watcher holds it (a TTL a watcher sets), else None. A key of
+    another type, or one without a TTL, is no watcher's: the watchers delete the latter (worker.deltas)."""
+    ttl = connection.pttl(LEASE_KEY)
+    if not isinstance(ttl, int) or not 0 < ttl <= LEASE_TTL * 1000:
+        return None
+    raw = skip_wrong_type(lambda: connection.getrange(LEASE_KEY, 0, MAX_HOLDER_CHARACTERS - 1), LEASE_KEY)
+    if raw is None:
+        return None
+    held = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return printable(held) or "(an empty value)"

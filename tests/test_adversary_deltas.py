@@ -6,6 +6,7 @@ Breaks are strict xfails (the fix flips them); attacks that hold are plain tests
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -32,10 +33,10 @@ from common.deltas import (
     fingerprint,
 )
 from common.encryption import Recipient
-from common.recovery_window import GAPS_KEY, STATS_KEY
+from common.recovery_window import GAPS_KEY, LEASE_KEY, STATS_KEY
 from common.storage import BackupStore
-from harness.cli import COMMAND
-from harness.in_process import Service
+from harness.cli import COMMAND, etcd_backup
+from harness.in_process import Service, served_over_http
 from harness.report import Report
 from recovery.pitr import Target, plan_restore, restore_to, revision_events
 from recovery.restore import Member, RestoreError
@@ -266,6 +267,55 @@ def test_a_count_too_large_for_a_float_never_500s(service: Service, redis_conn: 
     if path == "/metrics":  # only the bad value's own metric is left out
         scraped = answer.get_data(as_text=True)
         assert "etcd_backup_deltas_written_total" not in scraped and "etcd_backup_delta_events_total 7.0" in scraped
+
+
+FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 58, tzinfo=UTC).timestamp()
+HOSTILE_LEASE = "<script>alert(1)</script>\n\033[2Jcheck  OK"
+
+
+def test_hostile_values_never_break_the_status_or_the_pages_window(
+        service: Service, redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
+    """The status and the page show what Redis and the store say of the deltas: a planted lease holder (the page's
+    markup, a terminal's escapes, a forged line), a planted gap carrying a reason of its own, current_at NaN, a last
+    revision too large for a float, and a delta named in the far future (a clock ahead, or planted: it would make a
+    stopped watcher's recovery point look new for ever). Nothing breaks, nothing is taken for markup or a line, and
+    the point named in the future fails --max-recovery-age instead of passing it."""
+    base = base_revision(service)
+    plant(service.store, unknown_previous(base), puts(base + 1, 2, b"/adv/s/"))
+    planted = Revision(base + 3, FAR_FUTURE, (Event(PUT, b"/adv/s/future", b"v"),))
+    plant(service.store, Fingerprint(base + 2, bytes(32)), [planted])
+    redis_conn.hset(STATS_KEY, mapping={"current_at": "nan", "last_revision": "9" * 400})
+    redis_conn.set(LEASE_KEY, HOSTILE_LEASE, px=15000)
+    redis_conn.rpush(GAPS_KEY, json.dumps({"from": base + 1, "to": base + 2, "time": 0,
+                                           "reason": "<img src=x onerror=alert(1)>"}))
+    with served_over_http(service) as url:
+        shown = etcd_backup("status", "--url", url)
+        checked = etcd_backup("status", "--url", url, "--max-recovery-age", "1h", "--json")
+    local = etcd_backup("status", "--config", str(tmp_path / "config.yml"))
+    page = service.client.get("/")
+    html = page.get_data(as_text=True)
+
+    for done in (shown, local):
+        assert done.returncode == 0, done.stderr
+        assert "\033" not in done.stdout and "<script>" in done.stdout  # on a terminal, text is text
+        labels = [line.split("  ")[0] for line in done.stdout.splitlines()]
+        assert labels == ["status of", "newest backup", "kept", "last failure", "drill", "queue", "recovery point",
+                          "recovery window", "gaps", "delta watcher", "next backup", "next drill"], done.stdout
+        point = [line for line in done.stdout.splitlines() if line.startswith("recovery point ")][0]
+        assert f"revision {base + 3}, named 9999-12-31 23:59:58 UTC: in the future" in point, point
+        assert "[2Jcheck OK" in done.stdout  # the planted holder, on its one line
+    assert checked.returncode == 1
+    document = json.loads(checked.stdout)
+    assert document["recovery_window"]["recovery_point"]["age_seconds"] is None
+    assert document["recovery_window"]["gaps"] == []  # the planted gap is in no window: its reason nowhere
+    assert document["problems"] == ["the recovery point is named in the future (a clock ahead, or a planted delta): "
+                                    "its age is unknown"]
+    assert page.status_code == 200
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "onerror" not in html and "9999-12-31 23:59:58 UTC" in html
+    report("a planted lease holder with markup and escapes, a gap with a reason, current_at NaN, a 400-digit "
+           "last revision, a delta named in year 9999", "status (--url, --config) and the page answer, every value "
+           "as text on its line; the future point fails --max-recovery-age")
 
 
 # --- the restore's private places, against another local user and SIGTERM ----------------------------------------

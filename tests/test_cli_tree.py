@@ -136,5 +136,6 @@ def test_shell_completion_completes_commands_and_their_options(tmp_path: Path) -
                                 "_ARGCOMPLETE_STDOUT_FILENAME": str(out)})
         assert done.returncode == 0, done.stderr
         answers[line] = out.read_text().split()
-    assert answers == {"etcd-backup st": ["standby", "status"], "etcd-backup status --m": ["--max-age"],
+    assert answers == {"etcd-backup st": ["standby", "status"],
+                       "etcd-backup status --m": ["--max-age", "--max-recovery-age"],
                        "etcd-backup config c": ["check"]}

@@ -283,19 +283,26 @@ def test_a_killed_watcher_resumes_without_a_gap_or_a_duplicate_and_of_two_watche
            f"revision {stored_then}); one of the two watchers wrote, the other waited on the lease")
 
 
+def compacted_past_the_watcher(service: Service, own: EtcdServer) -> tuple[str, int, int]:
+    """A full backup, then writes that no watcher stores, and etcd (`own`: the service's) compacted past them: the
+    gap a watcher started next records. Return the backup's name, the first revision missed and the compaction's."""
+    client = own.client()
+    client.put("/gap/a", "1")
+    old = service.client.post("/api/v1/backup").get_json()["filename"]
+    missed = client.put("/gap/b", "2").header.revision
+    client.put("/gap/c", "3")
+    compacted = current_revision(own.url)
+    client.compact(compacted)
+    return old, missed, compacted
+
+
 def test_a_compaction_past_the_watcher_is_a_recorded_gap_then_a_full_backup(
         make_service: Callable[..., Service], redis_conn: redis.Redis, tmp_path: Path, report: Report) -> None:
     own = EtcdServer(tmp_path / "etcd").start()  # compacted: not the shared one
     try:
         service = make_service(etcd_overrides={"endpoints": [own.url]}, delta_period="100ms")
         client = own.client()
-        client.put("/gap/a", "1")
-        service.client.post("/api/v1/backup")
-        (old,) = service.store.list_backups()
-        missed = client.put("/gap/b", "2").header.revision
-        client.put("/gap/c", "3")
-        compacted = current_revision(own.url)
-        client.compact(compacted)
+        old, missed, compacted = compacted_past_the_watcher(service, own)
         with watcher(service.config, redis_conn):
             wait_until(lambda: len(service.store.list_backups()) == 2, 30, "the full backup after the gap")
             end = client.put("/gap/d", "4").header.revision

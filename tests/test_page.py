@@ -1,13 +1,15 @@
 """The status page at GET /, in a real browser (Debian's chromium, headless, driven by Selenium through
 chromium-driver): it shows the backups and the same facts as `etcd-backup status`, "Back up now" takes a
-backup that then appears, it fits a phone, and with an api-token it is refused without it. The test saves
-a screenshot in its temp dir; with UPDATE_SCREENSHOT=1, as docs/status-page.png (the README shows it), so
+backup that then appears, it fits a phone, and with an api-token it is refused without it; with a delta
+watcher running, the recovery window it shows is the one `etcd-backup status --json` gives. The window test
+saves a screenshot in its temp dir; with UPDATE_SCREENSHOT=1, as docs/status-page.png (the docs show it), so
 that a test run leaves the tree as it was."""
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,9 +20,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from common import present
+from common.recovery_text import DELTAS_OFF
 from harness.browser import chromium
 from harness.in_process import Service, served_over_http
-from harness.processes import ROOT
+from harness.processes import ROOT, wait_until
+from harness.servers import EtcdServer
+from harness.writer import ContinuousWriter, current_revision
+from tests.test_deltas import wait_stored, watcher
+from tests.test_status import status_json
 from worker.drill import run_drill
 
 DOCS_SCREENSHOT = ROOT / "docs" / "status-page.png"
@@ -46,7 +53,7 @@ def fact(driver: webdriver.Chrome, label: str) -> str:
 
 @pytest.mark.slow
 def test_the_page_in_a_browser_backs_up_now(make_service: Callable[..., Service], redis_conn: redis.Redis,
-                                            browser: webdriver.Chrome, tmp_path: Path) -> None:
+                                            browser: webdriver.Chrome) -> None:
     service = make_service(schedule="0 */6 * * *", drill="30 3 * * *")
     for _ in range(3):
         service.client.post("/api/v1/backup")
@@ -74,15 +81,56 @@ def test_the_page_in_a_browser_backs_up_now(make_service: Callable[..., Service]
         WebDriverWait(browser, 30).until(lambda driver: table_names(driver)[:1] == [new_name])
         assert service.client.get("/api/v1/backup").get_json() == [*names, new_name]
         assert fact(browser, "Kept").startswith("4 backups, ")
+        assert_fits_a_phone(browser, base)
+
+
+def assert_fits_a_phone(browser: webdriver.Chrome, base: str) -> None:
+    browser.set_window_size(390, 844)  # a phone: nothing but the table scrolls sideways
+    browser.get(base + "/")
+    page_width = browser.execute_script("return document.documentElement.scrollWidth")
+    view_width = browser.execute_script("return document.documentElement.clientWidth")
+    assert page_width <= view_width, (page_width, view_width)
+
+
+@pytest.mark.slow
+def test_the_page_shows_the_recovery_window_of_a_running_watcher(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, browser: webdriver.Chrome,
+        tmp_path: Path) -> None:
+    """A full backup, writes, the delta watcher storing them: the page's recovery point, window, gaps and
+    watcher are those of `etcd-backup status --json` (its revisions and times, shown as the page shows times)."""
+    service = make_service(schedule="0 */6 * * *", drill="30 3 * * *", delta_period="100ms")
+    writer = ContinuousWriter(etcd.client(), f"/page-window-{tmp_path.name}/").start()
+    service.client.post("/api/v1/backup")
+    drilled = run_drill(service.config, redis_conn)
+    assert drilled.passed, drilled.reason
+    with served_over_http(service) as base, watcher(service.config, redis_conn):
+        time.sleep(1.01)  # a new second: a new backup name
+        service.client.post("/api/v1/backup")  # while deltas are stored: no gap between the two
+        time.sleep(1)
+        writer.stop()
+        end = current_revision(etcd.url)
+        wait_stored(redis_conn, end)
+        wait_until(lambda: status_json("--url", base)["recovery_window"]["watcher"]["behind_revisions"] is not None,
+                   10, "a report of etcd's revision after the last delta (the worker's, every 5 s)")
+        window = status_json("--url", base)["recovery_window"]
+        browser.get(base + "/")
+        point, span = fact(browser, "Recovery point"), fact(browser, "Recovery window")
+        gaps, running = fact(browser, "Gaps"), fact(browser, "Delta watcher")
         browser.set_window_size(1100, browser.execute_script("return document.documentElement.scrollHeight") + 140)
         screenshot = DOCS_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "status-page.png"
         browser.save_screenshot(str(screenshot))
-
-        browser.set_window_size(390, 844)  # a phone: nothing but the table scrolls sideways
-        browser.get(base + "/")
-        page_width = browser.execute_script("return document.documentElement.scrollWidth")
-        view_width = browser.execute_script("return document.documentElement.clientWidth")
-        assert page_width <= view_width, (page_width, view_width)
+        assert_fits_a_phone(browser, base)
+    earliest, latest = window["earliest"], window["latest"]
+    assert latest["revision"] == end and window["recovery_point"]["revision"] == end
+    assert re.fullmatch(rf"revision {end}, \d+ s ago \(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", point), point
+    assert span == (f"revision {earliest['revision']} ({present.when(earliest['time'])}) to {latest['revision']} "
+                    f"({present.when(latest['time'])})"), (span, window)
+    assert gaps == "none"
+    last = window["watcher"]["last_stored"]
+    assert running.startswith(f"running, lease held by {window['watcher']['lease_holder']}, last stored revision "
+                              f"{last['revision']} ("), running
+    assert running.endswith(f", 0 revisions behind etcd (revision {window['watcher']['etcd_revision']}, "
+                            f"reported {present.when(window['watcher']['etcd_seen'])})"), running
     assert screenshot.stat().st_size > 10_000
 
 
@@ -116,6 +164,7 @@ def test_the_page_is_server_rendered_and_self_contained(make_service: Callable[.
     assert '<form method="post" action="/api/v1/backup"' in html  # the button posts even without JavaScript
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no CDN, no other site
     assert 'lang="en"' in html and 'name="viewport"' in html
+    assert f"<dt>Deltas</dt>\n  <dd>{DELTAS_OFF}</dd>" in html  # the recovery window: one line with deltas off
 
 
 def test_what_the_page_shows_is_escaped(make_service: Callable[..., Service], redis_conn: redis.Redis) -> None:

@@ -173,7 +173,7 @@ def test_a_failure_message_cannot_drive_the_terminal(live: tuple[Service, str], 
     assert field(done.stdout, "last failure").endswith(": boom [2Jcheck OK")
     assert "\033" not in done.stdout
     labels = [line.split("  ")[0] for line in done.stdout.splitlines()]
-    assert labels == ["status of", "newest backup", "kept", "last failure", "drill", "queue", "next backup",
+    assert labels == ["status of", "newest backup", "kept", "last failure", "drill", "queue", "deltas", "next backup",
                       "next drill", "check"]  # no line forged
     assert field(done.stdout, "check") == "the last backup failed"
 

@@ -57,16 +57,14 @@ from common.deltas import (
     parse_fingerprint,
 )
 from common.encryption import parse_recipient
+from common.etcd_seen import reporter_name
 from common.queue import enqueue_or_join, job_queue
-from common.recovery_window import COUNTERS, GAPS_KEY, MAX_GAPS_KEPT, STATS_KEY
+from common.recovery_window import COUNTERS, GAPS_KEY, LEASE_KEY, LEASE_TTL, MAX_GAPS_KEPT, STATS_KEY, lease_token
 from common.storage import BackupStore, StorageError, open_store
 from worker.leases import clear_unexpiring_lease
 
 logger = logging.getLogger(__name__)
 
-LEASE_KEY = "etcd-backup:delta-watcher"
-LEASE_TTL = 15.0
-"""Seconds the lease outlives a watcher that stopped renewing it (killed, cut off from Redis)."""
 LEASE_RENEWAL = LEASE_TTL / 3
 """A watcher renews its lease this often: a delta-period longer than LEASE_TTL must not let it lapse."""
 WATCH_QUEUE_BYTES = 4 << 20
@@ -116,7 +114,8 @@ def run_watcher(config: Config, connection: redis.Redis, stop: threading.Event) 
             logger.warning("delta watcher: %s had no TTL (or one past %gs): not a live watcher's lease (set by hand?); "
                            "deleted it and took the lease", LEASE_KEY, LEASE_TTL)
             warned = True
-        if not lease.acquire(blocking=False):
+        # Its value names this process: `etcd-backup status` and the page say who holds the lease.
+        if not lease.acquire(blocking=False, token=lease_token(reporter_name("delta-watcher"))):
             stop.wait(LEASE_TTL / 3)
             continue
         logger.info("delta watcher: holding the lease, watching etcd")
