@@ -117,17 +117,33 @@ def _tokens(line: str) -> Iterator[tuple[str, str]]:
 
 
 def output_pattern(expected: list[str]) -> re.Pattern[str]:
-    """The regular expression that `expected` stands for: numbers, hashes and IDs as any of their kind, `...`
-    lines as any lines, a `...` inside a line as any text."""
+    """The regular expression that `expected` stands for: numbers, hashes and IDs as any of their kind (and the
+    word after a number in the singular or the plural), `...` lines as any lines, a `...` inside a line as any
+    text."""
     parts = []
     for line in expected:
         if line.strip() == "...":
             parts.append(r"(?:[^\n]*\n)*?")
             continue
-        literal = "".join(VARYING[kind] if kind else re.escape(text).replace(re.escape("..."), ".*")
-                          for kind, text in _tokens(line))
-        parts.append(literal + r"[ \t]*\n")
+        pattern, after_number = "", False
+        for kind, text in _tokens(line):
+            if kind:
+                pattern += VARYING[kind]
+            else:
+                pattern += _literal(text, after_number)
+            after_number = kind == "digits"
+        parts.append(pattern + r"[ \t]*\n")
     return re.compile("".join(parts))
+
+
+def _literal(text: str, after_number: bool) -> str:
+    """`text` as itself (a `...` in it as any text); right after a number, its first word in the singular or the
+    plural (the number is any: "1 delta" and "3 deltas" are the same line)."""
+    head = ""
+    if after_number and (word := re.match(r" ([a-z]{2,})", text)) is not None:
+        head = " " + re.escape(word.group(1).removesuffix("s")) + "s?"
+        text = text[word.end():]
+    return head + re.escape(text).replace(re.escape("..."), ".*")
 
 
 def matches(expected: list[str], output: str) -> bool:

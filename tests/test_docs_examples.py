@@ -178,6 +178,10 @@ def test_the_output_matcher_fails_on_a_wrong_line() -> None:
     assert matches(['"Revision" : 1234', "..."], '"Revision" : 99\nmore\n')
     assert not matches(['"Revision" : 1234'], '"Revision" : x\n')
     assert not matches(["restored snapshot-1.tar.gz"], "refused snapshot-1.tar.gz\n")
+    assert matches(["then 1 delta to revision 9"], "then 3 deltas to revision 12\n")
+    assert matches(["then 3 deltas, hash ab12cd34ef"], "then 1 delta, hash 0123456789\n")
+    assert not matches(["then 3 deltas"], "then 3 backups\n")
+    assert not matches(["a", "...", "b"], "a\nx\n")
 
 
 @pytest.mark.slow
