@@ -21,11 +21,11 @@ import yaml
 
 from cli import recovery
 from cli import status as status_command
-from cli.startup import exit_unless_shared_queue, exit_with, start_up
 from cli.tree import EXIT_STATUSES, add_command
 from common import retention
 from common.config import Config, effective_config
 from common.deltas import is_delta_name
+from common.startup import exit_unless_shared_queue, exit_with, start_up
 from common.storage import open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -328,7 +328,7 @@ def _restore_to_point(args: argparse.Namespace) -> None:
     """Restore to a revision or a time, from the full backups and deltas of the config's store."""
     if args.source is not None:
         raise UsageError("give either a backup (FILE|URL) or --to-revision/--to-time, not both")
-    from cli.startup import read_config
+    from common.startup import read_config
     from common.storage import open_store
     from recovery.pitr import Target, identities_of, plan_restore, restore_to
 
