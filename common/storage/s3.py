@@ -78,7 +78,9 @@ class S3Store:
         try:
             self.client.head_bucket(Bucket=self.settings.bucket)
         except S3_ERRORS as exc:
-            raise StorageError(f"cannot reach {self.where}: {_describe(exc)}") from None
+            missing = isinstance(exc, ClientError) and _code(exc) in (*NOT_THERE, "NoSuchBucket")
+            why = f"there is no bucket {self.settings.bucket} ({_describe(exc)})" if missing else _describe(exc)
+            raise StorageError(f"cannot reach {self.where}: {why}") from None
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
         names = [name for name in self._objects() if is_backup_name(name)]
