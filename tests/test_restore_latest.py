@@ -6,7 +6,6 @@ service, as `list` does."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,65 +15,16 @@ import pytest
 import redis
 
 from harness.cli import etcd_backup
+from harness.deltas import deltas_after_a_backup, put_keys, restore_host_config, restored_keys
 from harness.files import write_config
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption
 from harness.report import Report
 from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 from harness.servers import EtcdServer
-from harness.writer import current_revision, keys_at
-from worker.deltas import STATS_KEY, start_thread_watcher
+from harness.writer import keys_at
 
 pytestmark = pytest.mark.xdist_group("point-in-time")  # restores apply deltas in /dev/shm, as tests/test_deltas.py's
-
-
-def restore_host_config(path: Path, service: Service, **more: Any) -> Path:
-    """The config a restore host holds: the service's store (and its S3 settings), etcd's endpoints; no Redis."""
-    config = service.config
-    document: dict[str, Any] = {"etcd": {"endpoints": list(config.etcd.endpoints)}, **more}
-    if config.s3 is not None:
-        s3 = config.s3
-        document |= {"backup-dir": s3.url, "s3": {"endpoint": s3.endpoint, "region": s3.region,
-                                                  "addressing-style": s3.addressing_style,
-                                                  "access-key-id": s3.access_key_id,
-                                                  "secret-access-key": s3.secret_access_key}}
-    else:
-        document["backup-dir"] = str(config.backup_dir)
-    return write_config(path, document)
-
-
-def restored_keys(data_dir: Path, prefix: str) -> dict[bytes, bytes]:
-    server = EtcdServer(data_dir).start()
-    try:
-        return keys_at(server.url, prefix)
-    finally:
-        server.stop()
-
-
-def put(etcd: EtcdServer, prefix: str, count: int, start: int = 0) -> None:
-    client = etcd.client()
-    for number in range(start, start + count):
-        client.put(f"{prefix}key-{number}", f"value-{number}")
-    client.close()
-
-
-def deltas_after_a_backup(service: Service, etcd: EtcdServer, connection: redis.Redis, prefix: str) -> tuple[str, int]:
-    """A full backup after 5 keys, then 7 more keys stored as deltas by the watcher; the backup's name and the
-    revision the deltas end at."""
-    put(etcd, prefix, 5)
-    name = service.client.post("/api/v1/backup").get_json()["filename"]
-    thread, stop = start_thread_watcher(service.config, connection)
-    try:
-        put(etcd, prefix, 7, start=5)
-        end = current_revision(etcd.url)
-        deadline = time.monotonic() + 30
-        while int(connection.hget(STATS_KEY, "last_revision") or 0) < end:
-            assert time.monotonic() < deadline, f"the watcher did not store revision {end}"
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        thread.join(30)
-    return name, end
 
 
 def test_restore_latest_from_a_bucket_with_the_service_down(
@@ -85,7 +35,7 @@ def test_restore_latest_from_a_bucket_with_the_service_down(
     prefix = f"/latest-{tmp_path.name}/"
     backup, end = deltas_after_a_backup(service, etcd, redis_conn, prefix)
     service.stop_worker()
-    put(etcd, prefix, 3, start=100)  # after the last delta: in no backup, so not restored
+    put_keys(etcd, prefix, 3, start=100)  # after the last delta: in no backup, so not restored
     config = restore_host_config(tmp_path / "restore-host.yml", service)
     data_dir = tmp_path / "restored"
 
@@ -110,7 +60,7 @@ def test_verify_and_restore_an_s3_object_with_and_without_the_config(
         report: Report) -> None:
     service = s3_service()
     prefix = f"/s3-object-{tmp_path.name}/"
-    put(etcd, prefix, 4)
+    put_keys(etcd, prefix, 4)
     name = service.client.post("/api/v1/backup").get_json()["filename"]
     expected = keys_at(etcd.url, prefix)
     service.stop_worker()
@@ -166,9 +116,9 @@ def test_restore_latest_of_an_encrypted_local_store_and_through_the_service(
     Without --config, `latest` is the service's newest backup, asked at --url."""
     service = make_service(encryption=encryption(identity))
     prefix = f"/latest-encrypted-{tmp_path.name}/"
-    put(etcd, prefix, 3)
+    put_keys(etcd, prefix, 3)
     service.client.post("/api/v1/backup")
-    put(etcd, prefix, 2, start=3)
+    put_keys(etcd, prefix, 2, start=3)
     newest = service.client.post("/api/v1/backup").get_json()["filename"]
     assert newest.endswith(".tar.gz.age")
     expected = keys_at(etcd.url, prefix)
