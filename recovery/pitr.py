@@ -29,7 +29,7 @@ from typing import NamedTuple
 import grpc
 from etcd3 import etcdrpc
 
-from common import backups, etcd, protowire
+from common import backups, etcd, present, protowire
 from common.config import Config
 from common.deltas import (
     NO_FINGERPRINT,
@@ -362,12 +362,22 @@ def applied_in_throwaway(config: Config, store: BackupStore, plan: Plan, work: P
             verified.db_path.unlink()
             with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password, binary) as connection:
                 events = apply_plan(connection, store, plan, identities)
-                say(f"applied {events} events of {len(plan.deltas)} deltas: etcd is at revision {plan.revision}")
+                say(f"applied {present.count(events, 'event')} of {present.count(len(plan.deltas), 'delta')}: etcd is "
+                    f"at revision {plan.revision}{_with_user_keys(connection, plan.revision)}")
                 yield connection, events
     except ThrowawayFailed as exc:
         raise RestoreError(str(exc)) from None
     except grpc.RpcError as exc:
         raise RestoreError(f"the throwaway etcd failed: {etcd.describe_rpc_error(exc, 10)}") from None
+
+
+def _with_user_keys(connection: etcd.EtcdConnection, revision: int) -> str:
+    """", with N user keys" (the keys a client sees at `revision`), or nothing if etcd would not count them (a user
+    whose role may write every key but not read them all)."""
+    try:
+        return f", with {present.count(connection.key_count(revision, timeout=60), 'user key')}"
+    except grpc.RpcError:
+        return ""
 
 
 def _check_follows_backup(connection: etcd.EtcdConnection, plan: Plan, first: Delta) -> None:
