@@ -387,11 +387,12 @@ def _stored(store: BackupStore, name: str, metadata: Any, identity_file: Path | 
 def _open_config_store(args: argparse.Namespace, etcd_credentials: bool = False) -> tuple[BackupStore, Config]:
     """The store of the config `args.config` names, read directly (the service may be down); signed backups only
     when the config signs, unless --allow-unsigned. Without `etcd_credentials`, etcd's TLS files and password are
-    not read: a restore host need not hold them to read the store."""
+    not read: a restore host need not hold them to read the store. The config has --etcd-bin's binaries, if given
+    (checked before the store is read)."""
     from common.startup import read_config
     from common.storage import open_store
 
-    config = read_config(args.config, etcd_credentials=etcd_credentials)
+    config = _with_etcd_bin(args, read_config(args.config, etcd_credentials=etcd_credentials))
     store = open_store(config, allow_unsigned=getattr(args, "allow_unsigned", False))
     store.check()
     return store, config
@@ -465,7 +466,6 @@ def _restore_latest(args: argparse.Namespace) -> None:
     from recovery.pitr import identities_of, plan_latest
 
     store, config = _open_config_store(args, etcd_credentials=True)
-    config = _with_etcd_bin(args, config)
     identity_file = args.identity or config.identity_file
     check_data_dir(args.data_dir)  # before reading a delta
     plan = plan_latest(store, datetime.now(UTC), identities_of(identity_file))
@@ -488,7 +488,6 @@ def _restore_to_point(args: argparse.Namespace) -> None:
 
     to_time = moment(args.to_time) if args.to_time is not None else None  # a bad time before the store is read
     store, config = _open_config_store(args, etcd_credentials=True)
-    config = _with_etcd_bin(args, config)
     identity_file = args.identity or config.identity_file
     check_data_dir(args.data_dir)
     now = datetime.now(UTC)
@@ -520,7 +519,7 @@ def _restore_plan(args: argparse.Namespace, config: Config, store: BackupStore, 
 
 def _with_etcd_bin(args: argparse.Namespace, config: Config) -> Config:
     """`config` with --etcd-bin's etcd binaries, if given: the ones the deltas may be applied in."""
-    if not args.etcd_bin:
+    if not getattr(args, "etcd_bin", None):
         return config
     for path in args.etcd_bin:
         if not (path.is_file() and os.access(path, os.X_OK)):
