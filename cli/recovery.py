@@ -532,7 +532,8 @@ def _next_steps(args: argparse.Namespace, data_dir: Path) -> None:
     print(f"""restored into {data_dir}. Next:
   - one member: start etcd on it, e.g.
       {etcd} --name {args.name or 'default'} --data-dir {data_dir} --listen-client-urls ... --advertise-client-urls ...
-    and check it: ETCDCTL_API=3 etcdctl --endpoints ... endpoint status
+    and check it: ETCDCTL_API=3 etcdctl --endpoints ... endpoint status -w json   (its "revision": the restored
+    one; etcd 3.4 shows it in JSON only)
   - a cluster: restore the same backup on every member, each with its own --name and
     --initial-advertise-peer-urls and the same --initial-cluster and --initial-cluster-token, then start them all
     with those same flags and --initial-cluster-state new.""")

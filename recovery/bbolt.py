@@ -49,8 +49,12 @@ class BadDatabase(Exception):
 
 def user_keys(db_path: Path) -> int:
     """How many keys a client sees in the etcd database `db_path` (a snapshot, its SHA-256 trailer allowed)."""
-    with open(db_path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        return _Database(data).user_keys()
+    with open(db_path, "rb") as file:
+        try:
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _Database(data).user_keys()
+        except (struct.error, ValueError) as exc:  # a structure cut by the file's end; an empty file
+            raise BadDatabase(f"cut short: {exc}") from None
 
 
 class _Database:

@@ -72,3 +72,56 @@ def test_an_empty_etcd_has_no_user_key(empty_etcd: Any, tmp_path: Path) -> None:
     snapshot = tmp_path / "empty.db"
     _save_snapshot(empty_etcd, snapshot)
     assert user_keys(snapshot) == 0
+
+
+PAGE = 4096
+
+
+def bbolt_file(path: Path, pages: list[bytes]) -> Path:
+    """A bbolt file of two meta pages whose root bucket is page 2, then `pages` (each padded to a page)."""
+    from recovery.bbolt import MAGIC, META, PAGE_HEADER
+
+    file = b""
+    for meta_id in (0, 1):
+        meta = PAGE_HEADER.pack(meta_id, 0x04, 0, 0) + META.pack(MAGIC, 2, PAGE, 0, 2, 0, 0, 2 + len(pages),
+                                                                  meta_id, 0)
+        file += meta.ljust(PAGE, b"\0")
+    path.write_bytes(file + b"".join(page.ljust(PAGE, b"\0") for page in pages))
+    return path
+
+
+def branch(page_id: int, *children: int) -> bytes:
+    from recovery.bbolt import BRANCH, BRANCH_ELEMENT, PAGE_HEADER
+
+    elements = b"".join(BRANCH_ELEMENT.pack(BRANCH_ELEMENT.size * (len(children) - index), 1, child)
+                        for index, child in enumerate(children))
+    return PAGE_HEADER.pack(page_id, BRANCH, len(children), 0) + elements + b"k" * len(children)
+
+
+def test_a_forged_database_is_refused_not_looped_on(tmp_path: Path) -> None:
+    """The database comes from the backup, from whoever could write to the store: a page that points at itself, a
+    page past the file's end, elements past it, no key bucket, nothing at all: BadDatabase, at once."""
+    from recovery.bbolt import LEAF, PAGE_HEADER, BadDatabase, user_keys
+
+    cases = {
+        "reached twice": bbolt_file(tmp_path / "cycle.db", [branch(2, 2)]),
+        "outside the file": bbolt_file(tmp_path / "far.db", [branch(2, 10**9)]),
+        "cut short": bbolt_file(tmp_path / "elements.db", [PAGE_HEADER.pack(2, LEAF, 65535, 0)]),
+        "no key bucket": bbolt_file(tmp_path / "empty-root.db", [PAGE_HEADER.pack(2, LEAF, 0, 0)]),
+        "no valid bbolt meta page": tmp_path / "zeros.db",
+    }
+    (tmp_path / "zeros.db").write_bytes(bytes(3 * PAGE))
+    for says, path in cases.items():
+        try:
+            user_keys(path)
+        except BadDatabase as exc:
+            assert says in str(exc), (says, exc)
+        else:
+            raise AssertionError(f"{path.name}: read as a database")
+    (tmp_path / "nothing.db").write_bytes(b"")
+    try:
+        user_keys(tmp_path / "nothing.db")
+    except BadDatabase:
+        pass
+    else:
+        raise AssertionError("an empty file read as a database")
