@@ -126,6 +126,9 @@ def add_commands(commands: Commands) -> None:
         config_option=False, parents=[source_options(), identity])
     verify.add_argument("source", metavar="FILE|URL|s3://BUCKET/KEY|latest", help=SOURCE_HELP)
     add_config_option(verify, " (for latest and s3://: the store, its credentials and signing keys)")
+    verify.add_argument("--allow-unsigned", action="store_true",
+                        help="with --config and a config with signing: take an unsigned backup too (one taken before "
+                             "signing was configured; or planted)")
 
     restore_parser = add_command(
         commands, "restore", run, "verify a backup and restore it into a new etcd data dir",
@@ -393,7 +396,7 @@ def _open_config_store(args: argparse.Namespace, etcd_credentials: bool = False)
     from common.storage import open_store
 
     config = _with_etcd_bin(args, read_config(args.config, etcd_credentials=etcd_credentials))
-    store = open_store(config, allow_unsigned=getattr(args, "allow_unsigned", False))
+    store = open_store(config, allow_unsigned=args.allow_unsigned)
     store.check()
     return store, config
 
@@ -424,10 +427,15 @@ def _s3_object(args: argparse.Namespace, url: str) -> Source:
         config = read_config(args.config, etcd_credentials=False)
         config = replace(config, s3=replace(config.s3, bucket=bucket, prefix=folder) if config.s3 is not None
                          else S3Config(bucket, folder))
-        store = open_store(config, allow_unsigned=getattr(args, "allow_unsigned", False))
+        store = open_store(config, allow_unsigned=args.allow_unsigned)
         identity_file = args.identity or config.identity_file
     store.check()  # a bucket that does not exist, credentials it refuses: said before anything else
     if store.stat(name) is None:
+        from common.storage import AuthenticatedStore
+
+        if isinstance(store, AuthenticatedStore) and store.inner.stat(name) is not None:
+            raise VerifyError(f"{name} in {store.where} is not signed by the config's signing key (nor is its "
+                              "metadata): not this service's backup; --allow-unsigned takes it all the same")
         raise VerifyError(f"no backup {name} in {store.where}")
     return _stored(store, name, store.read_metadata(name), identity_file)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from harness.cli import etcd_backup
 from harness.deltas import deltas_after_a_backup, put_keys, restore_host_config, restored_keys
 from harness.files import write_config
 from harness.in_process import Service, served_over_http
-from harness.keys import encryption
+from harness.keys import encryption, signing
 from harness.report import Report
 from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 from harness.servers import EtcdServer
@@ -139,3 +140,32 @@ def test_restore_latest_of_an_encrypted_local_store_and_through_the_service(
     assert asked.returncode == 0 and asked.stderr == "", asked
     assert asked.stdout.splitlines()[0] == f"latest: {newest}, the newest backup of {url}", asked.stdout
     assert asked.stdout.splitlines()[1].startswith(f"{url}/api/v1/backup/{newest}: good: revision"), asked.stdout
+
+
+def test_with_a_signing_config_latest_and_s3_take_only_the_services_signed_backups(
+        s3_service: Callable[..., Service], seaweedfs: S3Server, etcd: EtcdServer, tmp_path: Path,
+        report: Report) -> None:
+    """Whoever can write to the bucket plants a newer backup (a good snapshot, unsigned): with the config's signing
+    verify-key, `latest` is still the service's newest, and the planted one named as s3:// is refused; without the
+    config (no key to check with), s3:// reads it as any object."""
+    keys = signing(tmp_path)
+    service = s3_service(signing=keys)
+    put_keys(etcd, f"/signed-{tmp_path.name}/", 2)
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    taken = datetime.strptime(name, "snapshot-%Y%m%d_%H%M%S.tar.gz")
+    planted = f"snapshot-{taken + timedelta(seconds=30):%Y%m%d_%H%M%S}.tar.gz"
+    service.plant(planted, service.read_backup(name))
+    s3 = service.config.s3
+    assert s3 is not None
+    config = restore_host_config(tmp_path / "restore-host.yml", service, signing={"verify-key": keys["verify-key"]})
+
+    latest = etcd_backup("verify", "--config", str(config), "latest", timeout=120)
+    assert latest.returncode == 0 and latest.stdout.startswith(f"{name} in "), latest
+    refused = etcd_backup("verify", "--config", str(config), f"s3://{s3.bucket}/{s3.prefix}{planted}", timeout=120)
+    assert refused.returncode == 1 and "is not signed by the config's signing key" in refused.stderr, refused
+    taken_anyway = etcd_backup("verify", "--config", str(config), "--allow-unsigned",
+                               f"s3://{s3.bucket}/{s3.prefix}{planted}", timeout=120)
+    assert taken_anyway.returncode == 0 and ": good: revision" in taken_anyway.stdout, taken_anyway
+    report("a newer unsigned backup planted in the bucket, a restore host's config with signing.verify-key",
+           f"verify --config C latest: {name} (the signed one); verify --config C s3://.../{planted}: exit 1, "
+           f"{refused.stderr.strip()!r}; with --allow-unsigned: good")
