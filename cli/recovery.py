@@ -387,17 +387,23 @@ def _stored(store: BackupStore, name: str, metadata: Any, identity_file: Path | 
     return Source(f"{name} in {store.where}", extract)
 
 
-def _open_config_store(args: argparse.Namespace, etcd_credentials: bool = False) -> tuple[BackupStore, Config]:
+def _open_config_store(args: argparse.Namespace, etcd_credentials: bool = False,
+                       bucket: tuple[str, str] | None = None) -> tuple[BackupStore, Config]:
     """The store of the config `args.config` names, read directly (the service may be down); signed backups only
     when the config signs, unless --allow-unsigned. Without `etcd_credentials`, etcd's TLS files and password are
     not read: a restore host need not hold them to read the store. The config has --etcd-bin's binaries, if given
-    (checked before the store is read)."""
+    (checked before the store is read). `bucket`: a bucket and prefix of S3 instead of the config's backup-dir,
+    reached with the config's s3 settings."""
+    from common.config.schema import S3Config
     from common.startup import read_config
     from common.storage import open_store
 
     config = _with_etcd_bin(args, read_config(args.config, etcd_credentials=etcd_credentials))
+    if bucket is not None:
+        config = replace(config, s3=replace(config.s3, bucket=bucket[0], prefix=bucket[1]) if config.s3 is not None
+                         else S3Config(*bucket))
     store = open_store(config, allow_unsigned=args.allow_unsigned)
-    store.check()
+    store.check()  # a bucket that does not exist, credentials it refuses: said before anything else
     return store, config
 
 
@@ -405,9 +411,7 @@ def _s3_object(args: argparse.Namespace, url: str) -> Source:
     """s3://BUCKET/[PREFIX/]NAME, read directly: with --config, with its s3 settings (endpoint, region,
     credentials) and its signing keys; without, with boto3's default chain (AWS_* variables, AWS_ENDPOINT_URL,
     shared files, instance roles)."""
-    from common.config.schema import S3Config
     from common.config.validate import S3_BUCKET
-    from common.storage import open_store
 
     bucket, _, key = url.removeprefix(S3_SCHEME).partition("/")
     prefix, _, name = key.rpartition("/")
@@ -416,20 +420,16 @@ def _s3_object(args: argparse.Namespace, url: str) -> Source:
     if not backups.is_backup_name(name):
         raise UsageError(f"{shown(key)} is not a backup's key: expected [PREFIX/]{NAME_FORM}")
     folder = f"{prefix}/" if prefix else ""
+    store: BackupStore
     if args.config is None:
+        from common.config.schema import S3Config
         from common.storage.s3 import S3Store
 
-        store: BackupStore = S3Store(S3Config(bucket, folder))
-        identity_file = args.identity
+        store, identity_file = S3Store(S3Config(bucket, folder)), args.identity
+        store.check()
     else:
-        from common.startup import read_config
-
-        config = read_config(args.config, etcd_credentials=False)
-        config = replace(config, s3=replace(config.s3, bucket=bucket, prefix=folder) if config.s3 is not None
-                         else S3Config(bucket, folder))
-        store = open_store(config, allow_unsigned=args.allow_unsigned)
+        store, config = _open_config_store(args, bucket=(bucket, folder))
         identity_file = args.identity or config.identity_file
-    store.check()  # a bucket that does not exist, credentials it refuses: said before anything else
     if store.stat(name) is None:
         from common.storage import AuthenticatedStore
 
