@@ -14,7 +14,6 @@ import redis
 
 from common.queue import enqueue_drill, job_queue
 from harness.cli import etcd_backup
-from harness.deltas import deltas_after_a_backup, restore_host_config, restored_keys
 from harness.deployment import procfile, start
 from harness.in_process import Service
 from harness.keys import signing
@@ -22,6 +21,8 @@ from harness.processes import stop_process, wait_until
 from harness.report import Report
 from harness.servers import EtcdServer
 from harness.writer import keys_at
+from tests.test_deltas import restored
+from tests.test_restore_latest import deltas_after_a_backup, restore_host_config
 
 pytestmark = pytest.mark.xdist_group("point-in-time")  # restores apply deltas in /dev/shm, as tests/test_deltas.py's
 NOISE = (" WARNING ", " ERROR ", "Traceback", "unreachable")
@@ -74,7 +75,7 @@ def test_a_restore_past_the_newest_data_is_quiet_and_says_how_far_the_data_reach
         said = [line for line in done.stdout.splitlines() if "past the newest data" in line]
         assert len(said) == 1 and f"the deltas reach revision {end} (" in said[0] \
             and said[0].endswith("); restored to it"), done.stdout
-        assert restored_keys(data_dir, prefix) == expected and len(expected) == 12
+        assert restored(data_dir, prefix) == expected and len(expected) == 12
     report("`restore --to-time` an hour past the newest delta (ISO 8601, then Unix seconds), with the service down",
            f"exit 0, stderr empty, no WARNING; \"{said[0]}\"; the restored keys equal etcd's at revision {end}")
 

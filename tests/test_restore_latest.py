@@ -16,16 +16,55 @@ import pytest
 import redis
 
 from harness.cli import etcd_backup
-from harness.deltas import deltas_after_a_backup, put_keys, restore_host_config, restored_keys
 from harness.files import write_config
 from harness.in_process import Service, served_over_http
 from harness.keys import encryption, signing
 from harness.report import Report
 from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 from harness.servers import EtcdServer
-from harness.writer import keys_at
+from harness.writer import current_revision, keys_at
+from tests.test_deltas import restored, wait_stored, watcher
 
 pytestmark = pytest.mark.xdist_group("point-in-time")  # restores apply deltas in /dev/shm, as tests/test_deltas.py's
+
+
+def put_keys(etcd: EtcdServer, prefix: str, count: int, start: int = 0) -> None:
+    """Put `prefix`key-N = value-N for N from `start`, one revision each."""
+    client = etcd.client()
+    try:
+        for number in range(start, start + count):
+            client.put(f"{prefix}key-{number}", f"value-{number}")
+    finally:
+        client.close()
+
+
+def deltas_after_a_backup(service: Service, etcd: EtcdServer, connection: redis.Redis, prefix: str,
+                          before: int = 5, after: int = 7) -> tuple[str, int]:
+    """A full backup after `before` keys, then `after` more keys stored as deltas by the watcher (a thread, stopped
+    again); the backup's name and the revision the deltas end at."""
+    put_keys(etcd, prefix, before)
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    with watcher(service.config, connection):
+        put_keys(etcd, prefix, after, start=before)
+        end = current_revision(etcd.url)
+        wait_stored(connection, end)
+    return name, end
+
+
+def restore_host_config(path: Path, service: Service, **more: Any) -> Path:
+    """The config a restore host holds: the service's store (and its S3 settings), etcd's endpoints, `more`; no
+    Redis: nothing of the service is asked."""
+    config = service.config
+    document: dict[str, Any] = {"etcd": {"endpoints": list(config.etcd.endpoints)}, **more}
+    if config.s3 is not None:
+        s3 = config.s3
+        document |= {"backup-dir": s3.url, "s3": {"endpoint": s3.endpoint, "region": s3.region,
+                                                  "addressing-style": s3.addressing_style,
+                                                  "access-key-id": s3.access_key_id,
+                                                  "secret-access-key": s3.secret_access_key}}
+    else:
+        document["backup-dir"] = str(config.backup_dir)
+    return write_config(path, document)
 
 
 def test_restore_latest_from_a_bucket_with_the_service_down(
@@ -47,7 +86,7 @@ def test_restore_latest_from_a_bucket_with_the_service_down(
     assert first.startswith(f"latest in {service.config.s3.url}") and f": {backup} (revision " in first \
         and f"to revision {end} (" in first, done.stdout
     expected = keys_at(etcd.url, prefix, revision=end)
-    assert len(expected) == 12 and restored_keys(data_dir, prefix) == expected
+    assert len(expected) == 12 and restored(data_dir, prefix) == expected
 
     verified = etcd_backup("verify", "--config", str(config), "latest", timeout=120)
     assert verified.returncode == 0 and verified.stdout.startswith(f"{backup} in {service.config.s3.url}"), verified
@@ -83,7 +122,7 @@ def test_verify_and_restore_an_s3_object_with_and_without_the_config(
     data_dir = tmp_path / "restored"
     done = etcd_backup("restore", url, "--config", str(config), "--data-dir", str(data_dir), timeout=120)
     assert done.returncode == 0 and done.stderr == "", done
-    assert restored_keys(data_dir, prefix) == expected and len(expected) == 4
+    assert restored(data_dir, prefix) == expected and len(expected) == 4
 
     # Refused, in one line each: no credentials, a bucket that does not exist, a key that is not a backup's, an empty
     # store.
@@ -133,13 +172,17 @@ def test_restore_latest_of_an_encrypted_local_store_and_through_the_service(
                        "--data-dir", str(data_dir), timeout=120)
     assert done.returncode == 0 and done.stderr == "", done
     assert done.stdout.startswith(f"latest in {service.store.where}: {newest}, revision "), done.stdout
-    assert restored_keys(data_dir, prefix) == expected and len(expected) == 5
+    assert restored(data_dir, prefix) == expected and len(expected) == 5
 
     with served_over_http(service) as url:
         asked = etcd_backup("verify", "latest", "--url", url, "--identity", str(identity_file), timeout=120)
+        from_service = etcd_backup("restore", "latest", "--identity", str(identity_file), "--data-dir",
+                                   str(tmp_path / "from-service"), env={"ETCD_BACKUP_URL": url}, timeout=120)
     assert asked.returncode == 0 and asked.stderr == "", asked
     assert asked.stdout.splitlines()[0] == f"latest: {newest}, the newest backup of {url}", asked.stdout
     assert asked.stdout.splitlines()[1].startswith(f"{url}/api/v1/backup/{newest}: good: revision"), asked.stdout
+    assert from_service.returncode == 0 and from_service.stderr == "", from_service
+    assert restored(tmp_path / "from-service", prefix) == expected
 
 
 def test_with_a_signing_config_latest_and_s3_take_only_the_services_signed_backups(
