@@ -1,6 +1,6 @@
 """The WSGI app for gunicorn (see api/gunicorn_conf.py), configured from $ETCD_BACKUP_CONFIG."""
 
 from api import create_app
-from cli.startup import load_web_config
+from common.startup import load_web_config
 
 app = create_app(load_web_config())

@@ -21,11 +21,11 @@ import yaml
 
 from cli import recovery
 from cli import status as status_command
-from cli.startup import exit_unless_shared_queue, exit_with, start_up
 from cli.tree import EXIT_STATUSES, add_command
-from common import retention
+from common import present, retention
 from common.config import Config, effective_config
 from common.deltas import is_delta_name
+from common.startup import exit_unless_shared_queue, exit_with, start_up
 from common.storage import open_store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -277,5 +277,5 @@ def prune(config: Config, dry_run: bool) -> None:
             verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
             print(f"{verdict:12} {decision.name}  {decision.reason}")
     if kept_deltas:
-        print(f"{'keep':12} {len(kept_deltas)} deltas, {kept_deltas[0].name} to {kept_deltas[-1].name}  "
-              f"{kept_deltas[0].reason}")
+        print(f"{'keep':12} {present.count(len(kept_deltas), 'delta')}, {kept_deltas[0].name} to "
+              f"{kept_deltas[-1].name}  {kept_deltas[0].reason}")

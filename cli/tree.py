@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import TypeAlias
 
-from cli.startup import CONFIG_ENV, DEFAULT_CONFIG_PATH
+from common.startup import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
 # A string: argparse's class is generic to type checkers only.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

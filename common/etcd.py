@@ -128,11 +128,14 @@ Qualify: TypeAlias = "Callable[[grpc.Channel, Metadata, etcdrpc.StatusResponse, 
 """Checks a member that answered; raises NotCurrent to pass it over."""
 
 
-def connect(config: EtcdConfig, prove: bool = True) -> EtcdConnection:
+def connect(config: EtcdConfig, prove: bool = True, wait_for_ready: bool = False) -> EtcdConnection:
     """Return a connection to the first endpoint, in configured order, that answers in time and
     proves current: a member cut off from the quorum answers too, with old data. `prove=False` skips
-    the proof (a throwaway single member, whose auth may not let us read)."""
-    return _first_qualifying(config, prove_current if prove else _anyone, "no current etcd member answered")
+    the proof (a throwaway single member, whose auth may not let us read). `wait_for_ready`: an endpoint that
+    refuses the connection is tried again until its timeout (gRPC's wait-for-ready), for an etcd that is starting
+    (recovery.throwaway); else it fails at once."""
+    return _first_qualifying(config, prove_current if prove else _anyone, "no current etcd member answered",
+                             wait_for_ready)
 
 
 def connect_leaderless(config: EtcdConfig) -> EtcdConnection:
@@ -142,7 +145,8 @@ def connect_leaderless(config: EtcdConfig) -> EtcdConnection:
     return _first_qualifying(config, _without_leader, "no etcd member without a leader answered")
 
 
-def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str) -> EtcdConnection:
+def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str,
+                      wait_for_ready: bool = False) -> EtcdConnection:
     import grpc
     from etcd3 import etcdrpc
 
@@ -150,9 +154,9 @@ def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str) -> Et
     for endpoint in config.endpoints:
         channel = _open_channel(endpoint, config)
         try:
-            metadata = _authenticate(channel, config)
+            metadata = _authenticate(channel, config, wait_for_ready)
             status = etcdrpc.MaintenanceStub(channel).Status(
-                etcdrpc.StatusRequest(), timeout=config.timeout, metadata=metadata
+                etcdrpc.StatusRequest(), timeout=config.timeout, metadata=metadata, wait_for_ready=wait_for_ready
             )
             currency = qualify(channel, metadata, status, config.timeout)
         except (grpc.RpcError, NotCurrent) as exc:
@@ -258,7 +262,7 @@ def _open_channel(endpoint: str, config: EtcdConfig) -> grpc.Channel:
     return grpc.insecure_channel(target, options=options)
 
 
-def _authenticate(channel: grpc.Channel, config: EtcdConfig) -> Metadata:
+def _authenticate(channel: grpc.Channel, config: EtcdConfig, wait_for_ready: bool = False) -> Metadata:
     """Exchange username/password for a token; return the metadata that carries it."""
     if config.username is None or config.password is None:
         return ()
@@ -266,6 +270,6 @@ def _authenticate(channel: grpc.Channel, config: EtcdConfig) -> Metadata:
 
     response = etcdrpc.AuthStub(channel).Authenticate(
         etcdrpc.AuthenticateRequest(name=config.username, password=config.password),
-        timeout=config.timeout,
+        timeout=config.timeout, wait_for_ready=wait_for_ready,
     )
     return (("token", response.token),)

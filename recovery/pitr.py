@@ -22,13 +22,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 from etcd3 import etcdrpc
 
-from common import backups, etcd, protowire
+from common import backups, etcd, present, protowire
 from common.config import Config
 from common.deltas import (
     NO_FINGERPRINT,
@@ -99,6 +100,8 @@ class Plan:
     """The deltas to apply, in order, each read and checked once already."""
     revision: int
     """The revision the restore reaches."""
+    reached_at: datetime | None = None
+    """When etcd had that revision: the watcher's time of receiving it, or the backup's start without deltas."""
 
 
 def plan_restore(store: BackupStore, target: Target, now: datetime, identities: list[Identity]) -> Plan:
@@ -109,11 +112,36 @@ def plan_restore(store: BackupStore, target: Target, now: datetime, identities: 
         asked += f" (revision {target.revision})"
     assert target.revision is not None
     backup, metadata = base_backup(store, target.revision, now)
-    deltas, reached, broken, _ = _chain(store, metadata.revision, target.revision, identities)
-    if reached < target.revision:
-        raise RestoreError(f"cannot reach {asked}: {broken}; from {backup}, the backups and "
-                           f"deltas reach revision {reached} (restore --to-revision {reached})")
-    return Plan(backup, metadata, deltas, reached)
+    chain = _chain(store, metadata.revision, target.revision, identities)
+    if chain.reached < target.revision:
+        raise RestoreError(f"cannot reach {asked}: {chain.broken}; from {backup}, the backups and "
+                           f"deltas reach revision {chain.reached} (restore --to-revision {chain.reached})")
+    reached_at = metadata.started_at() if chain.reached_seen is None else datetime.fromtimestamp(chain.reached_seen,
+                                                                                                   UTC)
+    return Plan(backup, metadata, chain.deltas, chain.reached, reached_at)
+
+
+def plan_latest(store: BackupStore, now: datetime, identities: list[Identity]) -> Plan:
+    """The newest state the store can give: the newest full backup by revision, then the deltas after it up to
+    the newest revision stored, as plan_restore plans that revision (a missing or damaged delta on the way refuses
+    it, naming the revision the others reach); RestoreError if the store holds no backup."""
+    return plan_restore(store, Target(revision=newest_stored_revision(store, now)), now, identities)
+
+
+def newest_backup(store: BackupStore, now: datetime) -> tuple[str, BackupMetadata]:
+    """The newest full backup by revision (base_backup's pick, with nothing past it); RestoreError if the store
+    holds none."""
+    if not any(not backups.is_stale(name) and not backups.is_future(name, now) for name in store.list_backups(now)):
+        raise RestoreError(f"no backup in {store.where}")
+    return base_backup(store, END_OF_DELTAS, now)
+
+
+def newest_stored_revision(store: BackupStore, now: datetime) -> int:
+    """The newest revision the store holds: the newest full backup's (by revision), or the newest a delta's name
+    says it holds if that is later; RestoreError if the store holds no backup."""
+    _, metadata = newest_backup(store, now)
+    deltas = (said.last for name in store.list_deltas() if (said := parse_delta_name(name)) is not None)
+    return max([metadata.revision, *deltas])
 
 
 def unbroken_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
@@ -128,17 +156,18 @@ def stored_after(store: BackupStore, revision: int, identities: list[Identity],
     """As unbroken_from, up to revision `until` at most (the delta that holds it is read and checked whole), and
     why they stop there if a missing or damaged delta stops them ("" if they reach the end of what is stored):
     worker.standby follows the deltas until a break, then starts again from a newer backup."""
-    deltas, reached, broken, blocked = _chain(store, revision, until, identities)
-    return deltas, reached, broken if blocked else ""
+    chain = _chain(store, revision, until, identities)
+    return chain.deltas, chain.reached, chain.broken if chain.blocked else ""
 
 
 def reach_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
     """The deltas that follow `revision` without a break, to the end of what is stored, and the revision they
     reach; RestoreError if one on the way is missing or damaged."""
-    deltas, reached, broken, blocked = _chain(store, revision, END_OF_DELTAS, identities)
-    if blocked:
-        raise RestoreError(f"the deltas after revision {revision} break after revision {reached}: {broken}")
-    return deltas, reached
+    chain = _chain(store, revision, END_OF_DELTAS, identities)
+    if chain.blocked:
+        raise RestoreError(f"the deltas after revision {revision} break after revision {chain.reached}: "
+                           f"{chain.broken}")
+    return chain.deltas, chain.reached
 
 
 def base_backup(store: BackupStore, target: int, now: datetime) -> tuple[str, BackupMetadata]:
@@ -205,23 +234,33 @@ def _revision_at(store: BackupStore, when: datetime, now: datetime, identities: 
     return reached
 
 
-def _chain(store: BackupStore, after: int, target: int,
-           identities: list[Identity]) -> tuple[list[str], int, str, bool]:
-    """The deltas that follow revision `after` without a break, up to revision `target`: their names, the revision
-    they reach, why they stop there (a missing or damaged delta, or the end of what is stored), and whether it is
-    a missing or damaged delta."""
+class _Chain(NamedTuple):
+    deltas: list[str]
+    reached: int
+    """The revision they reach."""
+    broken: str
+    """Why they stop there (a missing or damaged delta, or the end of what is stored); "" at the target."""
+    blocked: bool
+    """Whether a missing or damaged delta stops them."""
+    reached_seen: float | None
+    """When the watcher received revision `reached` (Unix time); None if no delta was applied."""
+
+
+def _chain(store: BackupStore, after: int, target: int, identities: list[Identity]) -> _Chain:
+    """The deltas that follow revision `after` without a break, up to revision `target`."""
     stored = sorted((said, name) for name in store.list_deltas() if (said := parse_delta_name(name)) is not None)
     chain: list[str] = []
     reached, last_applied = after, None
     while reached < target:
         candidates = [(said, name) for said, name in stored if said.first <= reached + 1 <= said.last]
+        seen = last_applied.seen if last_applied is not None else None
         if not candidates:
             later = any(said.first > reached + 1 for said, _ in stored)
             why = " (one is missing)" if later else ": the deltas stored end there"
-            return chain, reached, f"no delta holds revision {reached + 1}{why}", later
+            return _Chain(chain, reached, f"no delta holds revision {reached + 1}{why}", later, seen)
         delta, name, why = _first_intact(store, candidates, identities)
         if delta is None:
-            return chain, reached, why, True
+            return _Chain(chain, reached, why, True, seen)
         revisions = delta.revisions
         _check_same_history(chain[-1] if chain else "", last_applied, name, delta)
         _check_overlaps(store, name, revisions, stored, identities)
@@ -231,7 +270,7 @@ def _chain(store: BackupStore, after: int, target: int,
             reached, last_applied = wanted[-1].number, wanted[-1]
         if any(revision.number > reached for revision in revisions):  # the rest is past the target
             break
-    return chain, reached, "", False
+    return _Chain(chain, reached, "", False, last_applied.seen if last_applied is not None else None)
 
 
 def _first_intact(store: BackupStore, candidates: list[tuple[DeltaName, str]],
@@ -323,12 +362,22 @@ def applied_in_throwaway(config: Config, store: BackupStore, plan: Plan, work: P
             verified.db_path.unlink()
             with throwaway_etcd(work, staged, config.etcd.username, config.etcd.password, binary) as connection:
                 events = apply_plan(connection, store, plan, identities)
-                say(f"applied {events} events of {len(plan.deltas)} deltas: etcd is at revision {plan.revision}")
+                say(f"applied {present.count(events, 'event')} of {present.count(len(plan.deltas), 'delta')}: etcd is "
+                    f"at revision {plan.revision}{_with_user_keys(connection, plan.revision)}")
                 yield connection, events
     except ThrowawayFailed as exc:
         raise RestoreError(str(exc)) from None
     except grpc.RpcError as exc:
         raise RestoreError(f"the throwaway etcd failed: {etcd.describe_rpc_error(exc, 10)}") from None
+
+
+def _with_user_keys(connection: etcd.EtcdConnection, revision: int) -> str:
+    """", with N user keys" (the keys a client sees at `revision`), or nothing if etcd would not count them (a user
+    whose role may write every key but not read them all)."""
+    try:
+        return f", with {present.count(connection.key_count(revision, timeout=60), 'user key')}"
+    except grpc.RpcError:
+        return ""
 
 
 def _check_follows_backup(connection: etcd.EtcdConnection, plan: Plan, first: Delta) -> None:

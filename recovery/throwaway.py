@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common import etcd
@@ -123,9 +123,9 @@ def throwaway_etcd(work: Path, data_dir: Path, username: str | None, password: s
     try:
         with private_workdir(SOCKET_PREFIX, SHORT_PATHS) as short:
             (short / "w").symlink_to(work.resolve())
-            access = EtcdConfig(endpoints=(f"unix://{short / 'w' / CLIENT_SOCKET}",), timeout=2.0,
+            access = EtcdConfig(endpoints=(f"unix://{short / 'w' / CLIENT_SOCKET}",), timeout=START_TIMEOUT,
                                 username=username, password=password)
-            with _connect_when_up(access, process) as connection:
+            with _connect_when_up(access, process, work / CLIENT_SOCKET) as connection:
                 yield connection
     finally:
         process.terminate()
@@ -136,14 +136,27 @@ def throwaway_etcd(work: Path, data_dir: Path, username: str | None, password: s
             process.wait()
 
 
-def _connect_when_up(access: EtcdConfig, process: subprocess.Popen[bytes]) -> etcd.EtcdConnection:
+LISTEN_POLL = 0.02
+"""Seconds between two looks for etcd's client socket while it starts."""
+
+
+def _connect_when_up(access: EtcdConfig, process: subprocess.Popen[bytes], socket: Path) -> etcd.EtcdConnection:
+    """Connect once etcd listens on `socket`. Nothing connects before: a connection to a socket not made yet fails,
+    and etcd.connect warns of every endpoint that fails (right for the cluster's etcd; for this one, starting, it
+    was a warning after every successful drill and restore). Once it listens, one connect waits (gRPC's
+    wait-for-ready) until etcd serves, which it does once it has elected itself."""
     deadline = time.monotonic() + START_TIMEOUT
-    while True:
+    while not socket.is_socket():
         if process.poll() is not None:
             raise ThrowawayFailed(f"the restored etcd exited with status {process.returncode}")
-        try:
-            return etcd.connect(access, prove=False)  # one member of its own: current by definition
-        except etcd.EtcdUnavailable:
-            if time.monotonic() > deadline:
-                raise ThrowawayFailed(f"the restored etcd did not answer within {START_TIMEOUT:g}s") from None
-            time.sleep(0.2)
+        if time.monotonic() > deadline:
+            raise ThrowawayFailed(f"the restored etcd did not listen within {START_TIMEOUT:g}s")
+        time.sleep(LISTEN_POLL)
+    waiting = replace(access, timeout=max(deadline - time.monotonic(), 1.0))
+    try:
+        return etcd.connect(waiting, prove=False, wait_for_ready=True)  # one member of its own: current by definition
+    except etcd.EtcdUnavailable as exc:
+        status = process.poll()
+        if status is not None:
+            raise ThrowawayFailed(f"the restored etcd exited with status {status}") from None
+        raise ThrowawayFailed(f"the restored etcd did not answer: {exc}") from None

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Protocol
 
 from isal import isal_zlib
 
+from common import present
 from common.backups import is_backup_name, is_encrypted
 from common.encryption import (
     AGE_MAGIC,
@@ -50,6 +51,7 @@ from common.metadata import BackupMetadata
 from common.phases import phase
 from common.snapshot_format import TRAILER_SIZE, TrailerCheck
 from common.storage import BackupStore
+from recovery.bbolt import BadDatabase, user_keys
 
 CHUNK = 1 << 20
 BLOCK = 512
@@ -115,12 +117,15 @@ class Verified:
     db_sha256: str
     revision: int
     total_keys: int
+    """etcd's `snapshot status` totalKey: every entry of the database, etcd's own and every revision kept."""
     total_size: int
     hash: int
     """etcd's own hash of the database (`snapshot status`)."""
+    user_keys: int
+    """The keys a client sees at `revision` (`etcdctl get "" --prefix`): recovery.bbolt."""
 
     def report(self) -> str:
-        return (f"good: revision {self.revision}, {self.total_keys} keys in the database, "
+        return (f"good: revision {self.revision}, {present.count(self.user_keys, 'user key')}, "
                 f"{self.total_size} bytes, hash {self.hash:08x}, sha256 {self.db_sha256}")
 
 
@@ -137,9 +142,14 @@ class Extracted:
         """The extracted snapshot as etcd's own tool reads it (VerifyError if it refuses it)."""
         with phase("etcd snapshot status"):
             status = snapshot_status(self.db_path)
+        with phase("count the user keys"):
+            try:
+                keys = user_keys(self.db_path)
+            except BadDatabase as exc:  # read by etcd's tool, yet its keys cannot be: damaged, or made to pass it
+                raise VerifyError(f"its keys cannot be read: {exc}") from None
         return Verified(db_path=self.db_path, db_size=self.db_size, db_sha256=self.db_sha256,
                         revision=int(status["revision"]), total_keys=int(status["totalKey"]),
-                        total_size=int(status["totalSize"]), hash=int(status["hash"]))
+                        total_size=int(status["totalSize"]), hash=int(status["hash"]), user_keys=keys)
 
 
 class CannotDecrypt(CannotVerify):

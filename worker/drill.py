@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import redis
 
-from common import backups, etcd
+from common import backups, etcd, present
 from common.clock import redis_clock
 from common.config import Config
 from common.metadata import BackupMetadata
@@ -141,9 +141,9 @@ def _check_member(connection: etcd.EtcdConnection, no_username: bool, metadata: 
                     "on the drill's unix socket)")
         raise DrillFailed(f"cannot count the restored keys: {why}") from None
     if keys != metadata.key_count:
-        raise DrillFailed(f"the restored etcd has {keys} keys at revision {metadata.revision}, "
+        raise DrillFailed(f"the restored etcd has {present.count(keys, 'user key')} at revision {metadata.revision}, "
                           f"the backup recorded {metadata.key_count}")
-    return f"the restored etcd serves revision {revision} with {keys} keys, as recorded"
+    return f"the restored etcd serves revision {revision} with {present.count(keys, 'user key')}, as recorded"
 
 
 def _record(store: BackupStore, connection: redis.Redis | None, result: DrillResult) -> None:

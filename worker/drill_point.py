@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 from etcd3 import etcdrpc
 
-from common import etcd
+from common import etcd, present
 from common.config import Config
 from common.metadata import BackupMetadata
 from common.storage import BackupStore
@@ -54,7 +54,8 @@ def check_random_point(config: Config, store: BackupStore, backup: str, metadata
         events = apply_plan(restored, store, Plan(backup, metadata, deltas, revision), identities)
     except RestoreError as exc:
         raise PointFailed(f"revision {revision}: {exc}") from None
-    applied = f"point in time: revision {revision} (random, of {start + 1}-{reached}), {events} events applied"
+    applied = (f"point in time: revision {revision} (random, of {start + 1}-{reached}), "
+               f"{present.count(events, 'event')} applied")
     return PointChecked(revision, f"{applied}; {_compare(config, restored, revision)}")
 
 
@@ -71,7 +72,7 @@ def _compare(config: Config, restored: etcd.EtcdConnection, revision: int) -> st
                 raise PointFailed(f"at revision {revision}, the restored keys differ from etcd's: "
                                   f"{_first_difference(ours, theirs)}")
             compared += len(ours)
-        return f"{compared} keys equal to etcd's at that revision"
+        return f"{present.count(compared, 'user key')} equal to etcd's at that revision"
     except grpc.RpcError as exc:
         # Only etcd's own compaction spares the check; a future revision (also OUT_OF_RANGE) is a failure.
         if exc.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (exc.details() or ""):

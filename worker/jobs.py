@@ -99,8 +99,11 @@ def verify_backup(config: Config, filename: str) -> dict[str, object]:
     except VerifyError as exc:
         _record_cause(job, exc)
         raise
+    # total_keys is etcd's own count (`snapshot status`: its internal keys and every revision kept), as the API always
+    # answered it; user_keys, what a client sees.
     return {"filename": filename, "revision": verified.revision, "total_keys": verified.total_keys,
-            "total_size": verified.total_size, "hash": verified.hash, "db_sha256": verified.db_sha256}
+            "user_keys": verified.user_keys, "total_size": verified.total_size, "hash": verified.hash,
+            "db_sha256": verified.db_sha256}
 
 
 def _result(metadata: BackupMetadata) -> dict[str, object]:

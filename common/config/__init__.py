@@ -5,7 +5,7 @@ strictly), `validate` (the rules of each key), `section` (the generic validator 
 `durations` (Go's duration syntax), `files` (reading the files it names: regular, bounded),
 `effective` (the settings written back, secrets masked), `errors` (the one-line ConfigError).
 Nothing here exits the process or creates a directory: the processes do that at start-up
-(cli.startup).
+(common.startup).
 """
 
 from common.config.durations import format_duration, parse_duration

@@ -1,7 +1,7 @@
 """The service's rules for each key: validate an already-parsed YAML document into a Config, the
 first mistake a ConfigError naming the key. Reads the files the config names (PEMs, the API's TLS
 files), refusing private keys that others can read (common.config.secret_files); creates nothing
-(backup-dir is prepared at start-up: cli.startup)."""
+(backup-dir is prepared at start-up: common.startup)."""
 
 from __future__ import annotations
 

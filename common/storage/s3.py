@@ -53,11 +53,12 @@ NOT_THERE = ("404", "NoSuchKey", "NotFound")
 class S3Store:
     def __init__(self, settings: S3Config) -> None:
         self.settings = settings
-        self.where = f"{settings.url} at {settings.endpoint or 'AWS'}"
         _return_big_buffers_to_the_system()
         self.session = _session()
         self._session_lock = threading.Lock()
         self.client = self.new_client()
+        # Where the client goes: without an endpoint in the settings, AWS or $AWS_ENDPOINT_URL (boto3's chain).
+        self.where = f"{settings.url} at {settings.endpoint or self.client.meta.endpoint_url}"
         self._catalog_lock = threading.Lock()
         self._metadata_read: dict[str, tuple[str | None, BackupMetadata | None]] = {}
         """catalog's cache: each backup's metadata, and the ETag of the object it was read from."""
@@ -78,7 +79,9 @@ class S3Store:
         try:
             self.client.head_bucket(Bucket=self.settings.bucket)
         except S3_ERRORS as exc:
-            raise StorageError(f"cannot reach {self.where}: {_describe(exc)}") from None
+            missing = isinstance(exc, ClientError) and _code(exc) in (*NOT_THERE, "NoSuchBucket")
+            why = f"there is no bucket {self.settings.bucket} ({_describe(exc)})" if missing else _describe(exc)
+            raise StorageError(f"cannot reach {self.where}: {why}") from None
 
     def list_backups(self, now: datetime | None = None) -> list[str]:
         names = [name for name in self._objects() if is_backup_name(name)]
