@@ -2,7 +2,8 @@
 `\\` continues one), the lines after each its expected output (stdout and stderr together). A `# on HOST` line
 says where the commands after it run. Output is matched with every run of digits standing for any run of
 digits (revisions, sizes, times and names differ from run to run) and a line `...` for any number of lines.
-Every command must exit 0 (a page that shows a failure shows `$ COMMAND; echo $?`); one that ends in `&` is
+Every command must exit 0 (a page that shows a failure shows `$ COMMAND; echo "exit $?"`, and its `exit N` line
+is matched as written: an exit status is the one number that must not differ); one that ends in `&` is
 started in the background (a daemon as a service manager would run it), its output to a log, and stopped when
 the runner ends.
 
@@ -104,6 +105,8 @@ def console_blocks(document: str) -> list[Block]:
 
 VARYING = {"hex": "[0-9a-f]{8,}", "digits": r"\d+"}
 """What stands for any value of its kind: a hash or an ID (8 or more hex digits), a number."""
+EXIT_STATUS = re.compile(r"exit \d+")
+"""`echo "exit $?"`'s line: the page's promise of a command's exit status, matched as written."""
 
 
 def _tokens(line: str) -> Iterator[tuple[str, str]]:
@@ -119,11 +122,14 @@ def _tokens(line: str) -> Iterator[tuple[str, str]]:
 def output_pattern(expected: list[str]) -> re.Pattern[str]:
     """The regular expression that `expected` stands for: numbers, hashes and IDs as any of their kind (and the
     word after a number in the singular or the plural), `...` lines as any lines, a `...` inside a line as any
-    text."""
+    text; an `exit N` line as written."""
     parts = []
     for line in expected:
         if line.strip() == "...":
             parts.append(r"(?:[^\n]*\n)*?")
+            continue
+        if EXIT_STATUS.fullmatch(line.strip()):
+            parts.append(re.escape(line.strip()) + r"[ \t]*\n")
             continue
         pattern, after_number = "", False
         for kind, text in _tokens(line):
