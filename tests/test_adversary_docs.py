@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from harness.docs import console_blocks, matches
+from harness.docs import console_blocks, matches, sections
 
 
 def test_a_documented_exit_status_is_matched_as_written_not_as_any_number() -> None:
@@ -19,3 +19,15 @@ def test_a_documented_exit_status_is_matched_as_written_not_as_any_number() -> N
              for command in block.commands if "echo \"exit $?\"" in command.text]
     assert shown and all(re.fullmatch(r"exit \d+", command.expected[-1]) for command in shown), \
         "the pages show exit statuses as `exit N` on the last line"
+
+
+def test_the_readmes_check_shows_a_revision_its_restore_printed() -> None:
+    """Step 4 says "check that etcd serves the revision the restore printed": the revision its example shows is one
+    that a restore above it printed (numbers stand for any number when the examples run, so only this reads it)."""
+    blocks = list(sections("README.md", "etcd lost its data? Restore now"))
+    printed = {int(number) for block in blocks[:-1] for command in block.commands for line in command.expected
+               for number in re.findall(r"(?:etcd is at|to) revision (\d+)", line)}
+    check = blocks[-1].commands[-1]
+    assert "endpoint status" in check.text
+    shown = {int(number) for line in check.expected for number in re.findall(r'"revision":(\d+)', line)}
+    assert printed and shown and shown <= printed, (shown, printed)
