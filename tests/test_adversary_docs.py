@@ -5,8 +5,16 @@ and fails if it gets through."""
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from common.deltas import DeltaName
+from harness.cli import etcd_backup
 from harness.docs import console_blocks, matches, sections
+from harness.in_process import Service, served_over_http
+from tests.test_status import field, status_json
 
 
 def test_a_documented_exit_status_is_matched_as_written_not_as_any_number() -> None:
@@ -31,3 +39,26 @@ def test_the_readmes_check_shows_a_revision_its_restore_printed() -> None:
     assert "endpoint status" in check.text
     shown = {int(number) for line in check.expected for number in re.findall(r'"revision":(\d+)', line)}
     assert printed and shown and shown <= printed, (shown, printed)
+
+
+def test_a_delta_named_in_the_future_does_not_make_the_recovery_point_fresh(
+        make_service: Callable[..., Service], tmp_path: Path) -> None:
+    """Whoever can write an unsigned store (or a watcher host whose clock is a year ahead) names one delta after the
+    newest backup's revision with a time a year ahead: the window is read from names alone, and the recovery
+    point, clamped to now, would read "0 s ago" for a year, so that --max-recovery-age passes while no watcher
+    stores anything. A name in the future cannot be when the watcher received it: as a backup's, it is ignored."""
+    service = make_service(deltas=True)
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    metadata = service.store.read_metadata(name)
+    assert metadata is not None
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(days=365)
+    planted = str(DeltaName(metadata.revision + 1, metadata.revision + 1000, ahead, ahead, encrypted=False))
+    service.plant(planted, b"not a delta")
+    time.sleep(2.1)  # the backup, the newest data the store holds, is 2 s old
+    with served_over_http(service) as base:
+        checked = etcd_backup("status", "--url", base, "--max-recovery-age", "1s")
+        document = status_json("--url", base)
+    assert checked.returncode == 1, checked.stdout
+    assert field(checked.stdout, "check").startswith("FAILED: "), checked.stdout
+    point = document["recovery_window"]["recovery_point"]
+    assert point is None or point["age_seconds"] is None, point
