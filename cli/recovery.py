@@ -66,6 +66,8 @@ S3_SCHEME = "s3://"
 SOURCE_HELP = ("a .tar.gz (or .tar.gz.age), its URL on the service, or its s3://BUCKET/KEY; latest: the newest (with "
                "--config, read from the config's store; without, asked of the service at --url); a FILE may also be a "
                ".db (etcdctl snapshot save) or a .db.gz (the original etcd-backup)")
+UNCHECKED_SIGNATURE = "(signature not checked: no --config)"
+"""What an s3:// object read without the config is labelled with: there is no key to check its signature with."""
 TIME_FORMS = "2026-12-07T00:21:57Z (UTC), 2026-12-07T00:21:57+01:00, or Unix seconds (1796602917)"
 
 
@@ -437,7 +439,10 @@ def _s3_object(args: argparse.Namespace, url: str) -> Source:
             raise VerifyError(f"{name} in {store.where} is not signed by the config's signing key (nor is its "
                               "metadata): not this service's backup; --allow-unsigned takes it all the same")
         raise VerifyError(f"no backup {name} in {store.where}")
-    return _stored(store, name, store.read_metadata(name), identity_file)
+    source = _stored(store, name, store.read_metadata(name), identity_file)
+    # Without the config there is no verify-key: whoever can write the bucket may have put this object there, and
+    # the line that says it is good must not let the operator believe its signature was checked.
+    return source if args.config is not None else replace(source, label=f"{source.label} {UNCHECKED_SIGNATURE}")
 
 
 def _restore(args: argparse.Namespace, source: Source) -> None:

@@ -10,10 +10,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from common.deltas import DeltaName
 from harness.cli import etcd_backup
 from harness.docs import console_blocks, matches, sections
 from harness.in_process import Service, served_over_http
+from harness.keys import signing
+from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.test_status import field, status_json
 
 
@@ -62,3 +66,32 @@ def test_a_delta_named_in_the_future_does_not_make_the_recovery_point_fresh(
     assert field(checked.stdout, "check").startswith("FAILED: "), checked.stdout
     point = document["recovery_window"]["recovery_point"]
     assert point is None or point["age_seconds"] is None, point
+
+
+@pytest.mark.slow  # about 16 s: SeaweedFS, a backup, a verify and a restore
+def test_an_s3_object_read_without_the_config_says_its_signature_was_not_checked(
+        s3_service: Callable[..., Service], seaweedfs: S3Server, tmp_path: Path) -> None:
+    """`verify`/`restore s3://BUCKET/KEY` without --config has no signing key to check with: whoever can write the
+    bucket plants a backup of their own (here an unsigned copy under a newer name, in a signing service's bucket),
+    and it verifies good. The operator, who may believe the page's "verify checks ... its signature", is told on
+    the line that says good that no signature was checked; with the config, it is refused."""
+    service = s3_service(signing=signing(tmp_path))
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    taken = datetime.strptime(name, "snapshot-%Y%m%d_%H%M%S.tar.gz")
+    planted = f"snapshot-{taken + timedelta(seconds=30):%Y%m%d_%H%M%S}.tar.gz"
+    service.plant(planted, service.read_backup(name))
+    s3 = service.config.s3
+    assert s3 is not None
+    aws = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": seaweedfs.endpoint,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+    read = etcd_backup("verify", f"s3://{s3.bucket}/{s3.prefix}{planted}", env=aws, timeout=120)
+    assert read.returncode == 0 and read.stderr == "", read
+    assert read.stdout.startswith(f"{planted} in s3://{s3.bucket}/{s3.prefix} at {seaweedfs.endpoint} (signature not "
+                                  "checked: no --config): good: revision"), read.stdout
+    data_dir = tmp_path / "restored"
+    done = etcd_backup("restore", f"s3://{s3.bucket}/{s3.prefix}{planted}", "--data-dir", str(data_dir), env=aws,
+                       timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done
+    assert f"{planted} in s3://{s3.bucket}/{s3.prefix} at {seaweedfs.endpoint} (signature not checked: no --config): " \
+           "good: revision" in done.stdout, done.stdout
