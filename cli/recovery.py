@@ -213,7 +213,8 @@ def moment(text: str) -> datetime:
         except (OverflowError, OSError, ValueError):
             raise UsageError(f"--to-time {shown(text)}: not a time of this era; give {TIME_FORMS}") from None
     try:
-        parsed = datetime.fromisoformat(text)
+        # RFC 3339 lets the T and the Z be written in lowercase; Python's reader takes uppercase only.
+        parsed = datetime.fromisoformat(text.upper())
     except ValueError:
         raise UsageError(f"--to-time {shown(text)} is not a time: give {TIME_FORMS}") from None
     if parsed.tzinfo is None:

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from cli.recovery import moment
 from common.deltas import DeltaName
 from harness.cli import etcd_backup
 from harness.docs import console_blocks, matches, sections
 from harness.in_process import Service, served_over_http
 from harness.keys import signing
 from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
+from recovery.client import UsageError
 from tests.test_status import field, status_json
 
 
@@ -95,3 +97,22 @@ def test_an_s3_object_read_without_the_config_says_its_signature_was_not_checked
     assert done.returncode == 0 and done.stderr == "", done
     assert f"{planted} in s3://{s3.bucket}/{s3.prefix} at {seaweedfs.endpoint} (signature not checked: no --config): " \
            "good: revision" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(("given", "meant"), [
+    ("2026-12-07t03:00:00z", datetime(2026, 12, 7, 3, tzinfo=UTC)),  # RFC 3339 (5.6) allows t and z in lowercase
+    ("2026-12-07T03:00:00-00:00", datetime(2026, 12, 7, 3, tzinfo=UTC)),
+    ("2026-12-07T03:00:00.999999999Z", datetime(2026, 12, 7, 3, 0, 0, 999999, tzinfo=UTC)),  # never past it
+    ("2026-12-08T03:00:00+14:00", datetime(2026, 12, 7, 13, tzinfo=UTC)),
+])
+def test_to_time_takes_each_zoned_form_as_the_moment_it_names(given: str, meant: datetime) -> None:
+    assert moment(given) == meant
+
+
+@pytest.mark.parametrize("given", ["2026-12-07", "2026-W49-1", "2026-12-07T03:00", "2026-12-07T24:00:00Z",
+                                   "2026-12-31T23:59:60Z", "-1", "99999999999999", "yesterday",
+                                   "2026-12-07T03:00:00+25:00"])
+def test_to_time_refuses_what_names_no_moment_in_one_line_with_the_forms(given: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        moment(given)
+    assert "\n" not in str(refused.value) and "Unix seconds" in str(refused.value), refused.value
