@@ -7,7 +7,8 @@ is matched as written: an exit status is the one number that must not differ); o
 started in the background (a daemon as a service manager would run it), its output to a log, and stopped when
 the runner ends.
 
-Hashes and IDs (8 or more hex digits) stand for any such value.
+Hashes and IDs (8 or more hex digits) stand for any such value. A number the page promises (the demo's 20 keys, not
+an example's revision) is declared by its test (`DocsRunner.promise`) and must then be printed as written.
 
 The documents speak of the operator's machines (10.0.0.1 ... 10.0.0.6, /etc/etcd-backup/config.yml,
 /var/lib/etcd ...); a test maps each to a loopback port or a temporary path (`DocsRunner.map`, and
@@ -168,12 +169,18 @@ class DocsRunner:
         self.daemons: list[subprocess.Popen[bytes]] = []
         self.starting = False  # daemons were started since the last command
         self.ran: list[str] = []  # every command run, as the test ran it
+        self.promised: list[str] = []  # documented text printed as written wherever the page shows it (promise)
 
     def map(self, documented: str, actual: str) -> None:
         self.mapping[documented] = actual
 
     def map_on_host(self, host: str, documented: str, actual: str) -> None:
         self.host_mapping.setdefault(host, {})[documented] = actual
+
+    def promise(self, documented: str) -> None:
+        """`documented` (e.g. "20 user keys") is a promise, not an example: a command whose output the page shows
+        with it must print it as written, its numbers too (elsewhere any number stands for any number)."""
+        self.promised.append(documented)
 
     def _pairs(self, host: str) -> list[tuple[str, str]]:
         pairs = {**self.mapping, **self.host_mapping.get(host, {})}
@@ -223,6 +230,10 @@ class DocsRunner:
         assert done.returncode == 0, f"{where}: `{command.text}` exited {done.returncode}:\n{output}"
         assert matches(command.expected, output), (
             f"{where}: `{command.text}` printed:\n{output}\nthe document shows:\n" + "\n".join(command.expected))
+        for promised in self.promised:
+            shown = sum(line.count(promised) for line in command.expected)
+            assert output.count(promised) >= shown, \
+                f"{where}: the page promises {promised!r}; `{command.text}` printed:\n{output}"
         return output
 
     def stop(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from cli.recovery import moment
 from common.deltas import DeltaName
 from harness.cli import etcd_backup
-from harness.docs import console_blocks, matches, sections
+from harness.docs import DEFAULT_HOST, Block, Command, DocsRunner, console_blocks, matches, sections
 from harness.in_process import Service, served_over_http
 from harness.keys import signing
 from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
@@ -116,3 +117,19 @@ def test_to_time_refuses_what_names_no_moment_in_one_line_with_the_forms(given: 
     with pytest.raises(UsageError) as refused:
         moment(given)
     assert "\n" not in str(refused.value) and "Unix seconds" in str(refused.value), refused.value
+
+
+def test_a_promised_number_on_a_page_is_checked_as_written(tmp_path: Path) -> None:
+    """The README's quick start shows verify's "20 user keys" for the demo's 20 keys (issue 27: it once said 24). Any
+    number standing for any number, a count gone wrong again would pass; the test promises it, and then it must be
+    printed as written."""
+    block = Block("README.md", "Quick start", 1)
+    block.commands.append(Command("echo 'x.tar.gz: good: revision 21, 24 user keys'",
+                                  ["x.tar.gz: good: revision 21, 20 user keys"], DEFAULT_HOST, 2))
+    runner = DocsRunner(tmp_path)
+    runner.run_block(block)  # an example's numbers: any
+    runner.promise("20 user keys")
+    with pytest.raises(AssertionError, match="promises '20 user keys'"):
+        runner.run_block(block)
+    block.commands[0] = replace(block.commands[0], text="echo 'x.tar.gz: good: revision 9, 20 user keys'")
+    runner.run_block(block)
