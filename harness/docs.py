@@ -178,8 +178,9 @@ class DocsRunner:
         self.host_mapping.setdefault(host, {})[documented] = actual
 
     def promise(self, documented: str) -> None:
-        """`documented` (e.g. "20 user keys") is a promise, not an example: a command whose output the page shows
-        with it must print it as written, its numbers too (elsewhere any number stands for any number)."""
+        """`documented` (e.g. "20 user keys") is a promise, not an example: wherever an output the page shows has
+        its shape (any number, then " user keys"), the page shows it as written and the command prints it, its
+        numbers too (elsewhere any number stands for any number)."""
         self.promised.append(documented)
 
     def _pairs(self, host: str) -> list[tuple[str, str]]:
@@ -231,8 +232,13 @@ class DocsRunner:
         assert matches(command.expected, output), (
             f"{where}: `{command.text}` printed:\n{output}\nthe document shows:\n" + "\n".join(command.expected))
         for promised in self.promised:
-            shown = sum(line.count(promised) for line in command.expected)
-            assert output.count(promised) >= shown, \
+            # Wherever the page shows the promise's shape ("N user keys"), it shows the promise, and it was printed.
+            shape = re.compile(r"(?<![\w.])" + "".join(VARYING[kind] if kind else re.escape(text)
+                                                      for kind, text in _tokens(promised)))
+            shown = [found.group() for line in command.expected for found in shape.finditer(line)]
+            assert all(text == promised for text in shown), \
+                f"{where}: the page shows {shown}, where the test promises {promised!r}"
+            assert output.count(promised) >= len(shown), \
                 f"{where}: the page promises {promised!r}; `{command.text}` printed:\n{output}"
         return output
 

@@ -133,3 +133,8 @@ def test_a_promised_number_on_a_page_is_checked_as_written(tmp_path: Path) -> No
         runner.run_block(block)
     block.commands[0] = replace(block.commands[0], text="echo 'x.tar.gz: good: revision 9, 20 user keys'")
     runner.run_block(block)
+    # The page itself showing another count (its output then printed as the page shows it) is caught too.
+    block.commands[0] = replace(block.commands[0], text="echo 'x.tar.gz: good: revision 9, 120 user keys'",
+                                expected=["x.tar.gz: good: revision 21, 120 user keys"])
+    with pytest.raises(AssertionError, match="where the test promises '20 user keys'"):
+        runner.run_block(block)
