@@ -29,7 +29,8 @@ from harness.cli import environment
 from harness.processes import BIN_DIR, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
-FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^\s`]*).*$")
+"""A fence (CommonMark): ``` or ~~~, then the block's language (its first word: ```console title="x" is console)."""
 HOST_LINE = re.compile(r"^# on (\S+)")
 DEFAULT_HOST = "10.0.0.1"
 DAEMON_START = 30.0
@@ -67,14 +68,18 @@ def console_blocks(document: str) -> list[Block]:
     """Every ```console block of `document` (a path relative to the repository), in order."""
     blocks: list[Block] = []
     heading, fence, block, host, indent = "", None, None, DEFAULT_HOST, 0
+    opened = ""  # the open fence's characters: only a fence of the same kind, no shorter and bare, closes it
     lines = (ROOT / document).read_text().splitlines()
     index = 0
     while index < len(lines):
         line, number = lines[index], index + 1
         index += 1
-        if (match := FENCE.match(line)) is not None:
+        if (match := FENCE.match(line)) is not None and (
+                fence is None or (match.group(2)[0] == opened[0] and len(match.group(2)) >= len(opened)
+                                  and line.strip() == match.group(2))):
             if fence is None:
-                fence, indent = match.group(2), len(match.group(1))  # a block in a list item is indented
+                fence, indent = match.group(3), len(match.group(1))  # a block in a list item is indented
+                opened = match.group(2)
                 if fence == "console":
                     block, host = Block(document, heading, number), DEFAULT_HOST
             else:
@@ -246,6 +251,20 @@ class DocsRunner:
         for daemon in self.daemons:
             stop_process(daemon)  # its whole process group (started in a session of its own)
         self.daemons.clear()
+
+
+def unrun_examples(document: str) -> list[str]:
+    """Where `document` shows a `$ ` command in a fenced block that is not a console block (```shell-session,
+    ```bash ...): an example the tests would not run, though a reader takes it for one."""
+    found, fence, opened = [], None, ""
+    for number, line in enumerate((ROOT / document).read_text().splitlines(), 1):
+        if (match := FENCE.match(line)) is not None and (
+                fence is None or (match.group(2)[0] == opened[0] and line.strip() == match.group(2))):
+            fence, opened = (match.group(3), match.group(2)) if fence is None else (None, "")
+            start = number
+        elif fence not in (None, "console") and line.lstrip().startswith("$ "):
+            found.append(f"{document}:{start}")
+    return list(dict.fromkeys(found))
 
 
 def sections(document: str, *headings: str) -> Iterator[Block]:

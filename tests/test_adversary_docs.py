@@ -16,7 +16,16 @@ import pytest
 from cli.recovery import moment
 from common.deltas import DeltaName
 from harness.cli import etcd_backup
-from harness.docs import DEFAULT_HOST, Block, Command, DocsRunner, console_blocks, matches, sections
+from harness.docs import (
+    DEFAULT_HOST,
+    Block,
+    Command,
+    DocsRunner,
+    console_blocks,
+    matches,
+    sections,
+    unrun_examples,
+)
 from harness.in_process import Service, served_over_http
 from harness.keys import signing
 from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
@@ -138,3 +147,21 @@ def test_a_promised_number_on_a_page_is_checked_as_written(tmp_path: Path) -> No
                                 expected=["x.tar.gz: good: revision 21, 120 user keys"])
     with pytest.raises(AssertionError, match="where the test promises '20 user keys'"):
         runner.run_block(block)
+
+
+def test_a_console_example_fenced_otherwise_is_caught_by_the_guard(tmp_path: Path) -> None:
+    """test_every_console_block_is_run sees ```console blocks only: the same example fenced ```shell-session, ~~~
+    or ```console with a title (GitHub shows them all alike) would be an example no test runs, and the README's
+    quick start test, which runs whatever blocks its section has, would pass without it. (```console with a title
+    also put the reader out of step: every block after it was missed.)"""
+    page = tmp_path / "page.md"
+    page.write_text("Quick start\n-----------\n\n"
+                    "```shell-session\n$ etcd-backup list --url http://localhost:8080\nsnapshot-1.tar.gz\n```\n\n"
+                    "~~~console\n$ etcd-backup verify snapshot-1.tar.gz\n~~~\n\n"
+                    "```console title=\"restore\"\n$ etcd-backup restore snapshot-1.tar.gz\n```\n\n"
+                    "```sh\nsystemctl stop etcd\n```\n\n"
+                    "```console\n$ etcd-backup status\n```\n")
+    assert [where.rsplit(":", 1)[1] for where in unrun_examples(str(page))] == ["4"]
+    assert [block.line for block in console_blocks(str(page))] == [9, 13, 21]  # run, whichever the fence
+    for document in ("README.md", "docs/restore.md"):
+        assert unrun_examples(document) == [], document
