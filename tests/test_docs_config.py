@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import termios
 import threading
 import urllib.request
@@ -239,17 +240,28 @@ def test_the_demo_refuses_a_taken_port_in_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_package_builds_without_a_setuptools_warning(tmp_path: Path) -> None:
-    """`pip install` builds the package (pyproject.toml's build backend, in pip's isolated environment) without a
-    deprecation or packaging warning: the tracked files alone, copied, so that nothing is built in the tree."""
+@pytest.mark.parametrize("build", ["wheel", "editable"])
+def test_the_package_builds_without_a_setuptools_warning(tmp_path: Path, build: str) -> None:
+    """`pip wheel`, and the editable install as the Makefile runs it (`make demo`, `make test`), build the package
+    (pyproject.toml's build backend, in pip's isolated environment) without a deprecation or packaging warning:
+    the tracked files alone, copied, so that nothing is built in the tree."""
     tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True).stdout
     source = tmp_path / "source"
     for name in tracked.decode().split("\0"):
         if name and (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
-    built = subprocess.run([str(BIN_DIR / "python"), "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "wheel"),
-                            str(source)], capture_output=True, text=True, timeout=300)
+    if build == "wheel":
+        command = [str(BIN_DIR / "python"), "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "wheel"),
+                   str(source)]
+    else:
+        editable = re.search(r"^EDITABLE := (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+        assert editable is not None, "the Makefile's EDITABLE flags"
+        python = str(tmp_path / "venv" / "bin" / "python")  # a venv as the Makefile makes it: pip upgraded (the
+        subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)  # bundled one is quiet)
+        subprocess.run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True, timeout=300)
+        command = [python, "-m", "pip", "install", "--no-deps", *editable.group(1).split(), str(source)]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     output = built.stdout + built.stderr
     assert not re.search(r"Warning|!!|\*\*\*\*", output), output

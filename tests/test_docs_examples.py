@@ -32,7 +32,7 @@ from tests.test_deltas import wait_stored, watcher
 RESTORE = "docs/restore.md"
 README = "README.md"
 MEMBERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
-DOCUMENTED_REVISION = "84"  # docs/restore.md's --to-revision
+DOCUMENTED_REVISION = "85"  # docs/restore.md's --to-revision
 DOCUMENTED_TIME = "2026-12-07T03:00:00Z"  # its --to-time, and the README's
 
 RUN_BY_THE_TESTS: dict[str, tuple[str, ...]] = {
