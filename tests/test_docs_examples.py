@@ -34,6 +34,11 @@ README = "README.md"
 MEMBERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 DOCUMENTED_REVISION = "85"  # docs/restore.md's --to-revision
 DOCUMENTED_TIME = "2026-12-07T03:00:00Z"  # its --to-time, and the README's
+NEWEST_BACKUP = "revision 23, 12 user keys"
+AT_THE_END = "revision 85, with 24 user keys"
+AT_THE_TIME = "revision 54, with 18 user keys"
+"""What lose_etcd's writes make etcd hold (a revision a write): the pages show them, as promises (DocsRunner.promise):
+the newest backup (after monday's and tuesday's writes), the last delta, the moment between first and second."""
 
 RUN_BY_THE_TESTS: dict[str, tuple[str, ...]] = {
     RESTORE: ("1. Find the backup", "3. Restore one member", "4. Restore a three-member cluster",
@@ -135,6 +140,8 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_thre
             runner.run_block(block)
 
     one = runbook(tmp_path / "one", lost.service)
+    for promised in (NEWEST_BACKUP, AT_THE_END, f'"Revision" : {DOCUMENTED_REVISION}'):
+        one.promise(promised)
     urls = members(one, one.work, MEMBERS[:1])
     try:
         for block in sections(RESTORE, "3. Restore one member"):
@@ -145,6 +152,7 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_thre
 
     three = runbook(tmp_path / "three", lost.service)
     three.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
+    three.promise(f'"Revision" : {DOCUMENTED_REVISION}')
     urls = members(three, three.work)
     try:
         for block in sections(RESTORE, "4. Restore a three-member cluster"):
@@ -156,6 +164,8 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_thre
 
     past = runbook(tmp_path / "past", lost.service)
     past.map(DOCUMENTED_TIME, lost.middle_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    past.promise(NEWEST_BACKUP)
+    past.promise(AT_THE_TIME)
     members(past, past.work, MEMBERS[:1])
     for block in sections(RESTORE, "5. Restore a point in time"):
         past.run_block(block)
@@ -228,6 +238,8 @@ def test_the_readmes_restore_now_brings_back_the_lost_etcd_from_a_signed_bucket_
     lost = lose_etcd(s3_service, redis_conn, tmp_path, signing=signing(tmp_path))
     runner = runbook(tmp_path / "readme", lost.service)
     runner.map(DOCUMENTED_TIME, lost.middle_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    for promised in (NEWEST_BACKUP, AT_THE_END):
+        runner.promise(promised)
     runner.map("s3://etcd-backups/cluster-1/", runner.mapping.pop("s3://etcd-backups/"))  # the README's config
     runner.map("snapshot-20261207_030000.tar.gz", lost.service.store.list_backups()[-1])
     urls = members(runner, runner.work)
