@@ -352,6 +352,8 @@ def _resolve(args: argparse.Namespace) -> Source:
         return _s3_object(args, source)
     if source.startswith(("http://", "https://")):
         return _from_url(args, source)
+    if not os.path.lexists(source):  # a mistyped name: no verdict on any backup (exit 1 says one is bad)
+        raise UsageError(f"no such file: {source}")
     # An operator's own file: the formats they may bring from elsewhere are taken too.
     return Source(source, lambda work: extract_file(Path(source), work, follow_symlinks=True,
                                                     identity_file=args.identity, older_formats=True))

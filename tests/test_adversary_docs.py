@@ -165,3 +165,16 @@ def test_a_console_example_fenced_otherwise_is_caught_by_the_guard(tmp_path: Pat
     assert [block.line for block in console_blocks(str(page))] == [9, 13, 21]  # run, whichever the fence
     for document in ("README.md", "docs/restore.md"):
         assert unrun_examples(document) == [], document
+
+
+def test_verify_of_a_file_that_is_not_there_is_a_usage_error_not_a_bad_backup(tmp_path: Path) -> None:
+    """restore.md: `verify` exits 1 when the backup is not good. A mistyped file name is no verdict on any backup: a
+    script that moves on to an older backup on 1 would skip a good one. It is a usage error (2), in one line, and
+    restore refuses it before touching the data dir."""
+    missing = tmp_path / "snapshot-20261207_030000.tar.gz"
+    verified = etcd_backup("verify", str(missing))
+    assert verified.returncode == 2 and verified.stdout == "", verified
+    assert verified.stderr.strip() == f"etcd-backup verify {missing}: no such file: {missing}", verified.stderr
+    restored = etcd_backup("restore", str(missing), "--data-dir", str(tmp_path / "etcd"))
+    assert restored.returncode == 2 and "no such file" in restored.stderr, restored
+    assert not (tmp_path / "etcd").exists()
