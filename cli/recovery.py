@@ -352,11 +352,16 @@ def _resolve(args: argparse.Namespace) -> Source:
         return _s3_object(args, source)
     if source.startswith(("http://", "https://")):
         return _from_url(args, source)
-    if not os.path.lexists(source):  # a mistyped name: no verdict on any backup (exit 1 says one is bad)
-        raise UsageError(f"no such file: {source}")
-    # An operator's own file: the formats they may bring from elsewhere are taken too.
-    return Source(source, lambda work: extract_file(Path(source), work, follow_symlinks=True,
-                                                    identity_file=args.identity, older_formats=True))
+
+    def extract(work: Path) -> Extracted:
+        # Checked when read (after the data dir): a mistyped name is no verdict on any backup (1 says one is bad).
+        if not os.path.lexists(source):
+            raise UsageError(f"no such file: {source}")
+        # An operator's own file: the formats they may bring from elsewhere are taken too.
+        return extract_file(Path(source), work, follow_symlinks=True, identity_file=args.identity,
+                            older_formats=True)
+
+    return Source(source, extract)
 
 
 def _from_url(args: argparse.Namespace, url: str) -> Source:
