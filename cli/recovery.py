@@ -513,7 +513,10 @@ def _restore_to_point(args: argparse.Namespace) -> None:
     check_data_dir(args.data_dir)
     now = datetime.now(UTC)
     plan = plan_restore(store, Target(args.to_revision, to_time), now, identities_of(identity_file))
-    print(f"restoring to revision {plan.revision}: {plan.backup} (revision {plan.metadata.revision}), then "
+    # When etcd had the revision restored (the watcher's receipt): a --to-time's state may be older than the time
+    # asked (no write since, or a watcher that was down then), and the person on call sees by how much.
+    at = f" ({present.when(plan.reached_at.isoformat())})" if plan.reached_at is not None else ""
+    print(f"restoring to revision {plan.revision}{at}: {plan.backup} (revision {plan.metadata.revision}), then "
           f"{present.count(len(plan.deltas), 'delta')}")
     _restore_plan(args, config, store, plan, identity_file)
     if to_time is not None and plan.reached_at is not None and plan.reached_at < to_time \
