@@ -178,3 +178,21 @@ def test_verify_of_a_file_that_is_not_there_is_a_usage_error_not_a_bad_backup(tm
     restored = etcd_backup("restore", str(missing), "--data-dir", str(tmp_path / "etcd"))
     assert restored.returncode == 2 and "no such file" in restored.stderr, restored
     assert not (tmp_path / "etcd").exists()
+
+
+def test_to_time_at_the_ends_of_the_calendar_is_restored_or_refused_in_one_line(
+        make_service: Callable[..., Service], tmp_path: Path) -> None:
+    """Times that Python holds but that are not in UTC's range (year 10000 in UTC, year 0 in UTC): the newest data,
+    said to be past; nothing before the first backup, in one line; never a traceback."""
+    service = make_service()
+    service.client.post("/api/v1/backup")
+    config = str(tmp_path / "config.yml")  # conftest's write_config
+    future = etcd_backup("restore", "--config", config, "--to-time", "9999-12-31T23:59:59-14:00", "--data-dir",
+                         str(tmp_path / "future"), timeout=120)
+    assert future.returncode == 0 and future.stderr == "", future
+    assert "--to-time 9999-12-31T23:59:59-14:00 is past the newest data" in future.stdout, future.stdout
+    past = etcd_backup("restore", "--config", config, "--to-time", "0001-01-01T00:00:00+14:00", "--data-dir",
+                       str(tmp_path / "past"), timeout=120)
+    assert past.returncode == 1 and past.stdout == "" and len(past.stderr.splitlines()) == 1, past
+    assert "no full backup (with its metadata) was taken at or before time 0001-01-01" in past.stderr, past.stderr
+    assert not (tmp_path / "past").exists()
