@@ -429,6 +429,11 @@ def _s3_object(args: argparse.Namespace, url: str) -> Source:
         raise UsageError(f"{shown(bucket)} is no S3 bucket name (3-63 lowercase letters, digits, . and -)")
     if not backups.is_backup_name(name):
         raise UsageError(f"{shown(key)} is not a backup's key: expected [PREFIX/]{NAME_FORM}")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        # S3 takes a key as written (a/../NAME is a key of its own; some stores answer 400), and a proxy that
+        # normalizes paths would read another object than the one this line names.
+        raise UsageError(f"{shown(key)} has an empty, . or .. path segment: the key is taken as written, so name it "
+                         "without them")
     folder = f"{prefix}/" if prefix else ""
     store: BackupStore
     if args.config is None:

@@ -196,3 +196,16 @@ def test_to_time_at_the_ends_of_the_calendar_is_restored_or_refused_in_one_line(
     assert past.returncode == 1 and past.stdout == "" and len(past.stderr.splitlines()) == 1, past
     assert "no full backup (with its metadata) was taken at or before time 0001-01-01" in past.stderr, past.stderr
     assert not (tmp_path / "past").exists()
+
+
+@pytest.mark.parametrize("key", ["zzz/../prefix/", "./prefix/", "prefix/x/../", "prefix//", "/prefix/"])
+def test_an_s3_key_with_a_dot_or_empty_segment_is_a_usage_error_before_any_request(key: str) -> None:
+    """`s3://BUCKET/a/../p/NAME`: S3 keys are literal (AWS takes a/../p/NAME as its own key; SeaweedFS answered 400
+    Bad Request, exit 1, "cannot read ...": a verdict-like status for a typo), and a proxy that normalizes the path
+    would read another object than the line names. Refused as the config's backup-dir is, in one line, exit 2."""
+    url = f"s3://etcd-backups/{key}snapshot-20261207_030000.tar.gz"
+    done = etcd_backup("verify", url, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                                           "AWS_SECRET_ACCESS_KEY": "y"})
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.strip().endswith("has an empty, . or .. path segment: the key is taken as written, so name "
+                                        "it without them"), done.stderr
