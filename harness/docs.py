@@ -31,6 +31,16 @@ from harness.processes import BIN_DIR, stop_process
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^\s`]*).*$")
 """A fence (CommonMark): ``` or ~~~, then the block's language (its first word: ```console title="x" is console)."""
+
+
+def _fence(line: str, opened: str) -> re.Match[str] | None:
+    """`line` as a fence that opens a block (`opened` "": none is open) or closes the one `opened` began: a bare
+    fence of the same character, no shorter."""
+    match = FENCE.match(line)
+    if match is None or not opened:
+        return match
+    fence = match.group(2)
+    return match if fence[0] == opened[0] and len(fence) >= len(opened) and line.strip() == fence else None
 HOST_LINE = re.compile(r"^# on (\S+)")
 DEFAULT_HOST = "10.0.0.1"
 DAEMON_START = 30.0
@@ -74,9 +84,7 @@ def console_blocks(document: str) -> list[Block]:
     while index < len(lines):
         line, number = lines[index], index + 1
         index += 1
-        if (match := FENCE.match(line)) is not None and (
-                fence is None or (match.group(2)[0] == opened[0] and len(match.group(2)) >= len(opened)
-                                  and line.strip() == match.group(2))):
+        if (match := _fence(line, opened)) is not None:
             if fence is None:
                 fence, indent = match.group(3), len(match.group(1))  # a block in a list item is indented
                 opened = match.group(2)
@@ -85,7 +93,7 @@ def console_blocks(document: str) -> list[Block]:
             else:
                 if block is not None:
                     blocks.append(block)
-                fence, block = None, None
+                fence, block, opened = None, None, ""
             continue
         if fence is None:
             if line.startswith("#") or (index < len(lines) and re.fullmatch(r"-{3,}|={3,}", lines[index])):
@@ -258,8 +266,7 @@ def unrun_examples(document: str) -> list[str]:
     ```bash ...): an example the tests would not run, though a reader takes it for one."""
     found, fence, opened = [], None, ""
     for number, line in enumerate((ROOT / document).read_text().splitlines(), 1):
-        if (match := FENCE.match(line)) is not None and (
-                fence is None or (match.group(2)[0] == opened[0] and line.strip() == match.group(2))):
+        if (match := _fence(line, opened)) is not None:
             fence, opened = (match.group(3), match.group(2)) if fence is None else (None, "")
             start = number
         elif fence not in (None, "console") and line.lstrip().startswith("$ "):
