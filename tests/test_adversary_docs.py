@@ -4,6 +4,7 @@ and fails if it gets through."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -12,12 +13,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from cli.recovery import moment
 from common.deltas import DeltaName
+from common.etcd_seen import SEEN_KEY
+from common.recovery_window import STATS_KEY
 from harness.cli import etcd_backup
 from harness.docs import (
     DEFAULT_HOST,
+    ROOT,
     Block,
     Command,
     DocsRunner,
@@ -29,7 +34,10 @@ from harness.docs import (
 from harness.in_process import Service, served_over_http
 from harness.keys import signing
 from harness.s3 import ACCESS_KEY, SECRET_KEY, S3Server
+from harness.servers import EtcdServer
+from harness.writer import current_revision
 from recovery.client import UsageError
+from tests.test_deltas import deltas_during_writes
 from tests.test_status import field, status_json
 
 
@@ -209,3 +217,28 @@ def test_an_s3_key_with_a_dot_or_empty_segment_is_a_usage_error_before_any_reque
     assert done.returncode == 2 and done.stdout == "", done
     assert done.stderr.strip().endswith("has an empty, . or .. path segment: the key is taken as written, so name "
                                         "it without them"), done.stderr
+
+
+def test_a_redis_writer_who_forges_etcds_report_too_can_hide_a_growing_recovery_point(
+        make_service: Callable[..., Service], etcd: EtcdServer, redis_conn: redis.Redis, tmp_path: Path) -> None:
+    """security.md's table said a Redis writer cannot "hide a growing recovery point". The watcher's current_at is
+    believed past the store's time when a worker's report of etcd (also in Redis) shows etcd at the store's latest
+    revision: a Redis writer who stops the workers (which it can) and writes both keeps the point fresh while etcd
+    takes writes that no delta holds. The page now says so; this test holds it to what it says (and fails when the
+    recovery point no longer trusts Redis this far: then the page should say it cannot be hidden again)."""
+    service = make_service(delta_period="100ms")
+    _, end = deltas_during_writes(service, etcd, redis_conn, f"/hidden-{tmp_path.name}/", seconds=0.3)
+    service.stop_worker()  # its reporter would tell the truth within 5 s
+    etcd.client().put(f"/hidden-{tmp_path.name}/unstored", "a write no delta holds")
+    time.sleep(3)
+    now = time.time()
+    redis_conn.set(SEEN_KEY, json.dumps({"reporter": "worker/forged", "at": now, "endpoint": etcd.url,
+                                         "version": "3.4.23", "revision": end}))
+    redis_conn.hset(STATS_KEY, "current_at", now)
+    window = service.client.get("/api/v1/recovery-window").get_json()
+    assert current_revision(etcd.url) > end
+    assert window["watcher"]["recovery_point_seconds"] < 2, window  # fresh: the 3 s old write is hidden
+    row = next(line for line in (ROOT / "docs" / "security.md").read_text().splitlines()
+               if line.startswith("Whoever can write Redis |"))
+    _, can, cannot = row.split(" | ")
+    assert "keep the recovery point current" in can and "growing recovery point" not in cannot, row
