@@ -39,6 +39,7 @@ AT_THE_END = "revision 85, with 24 user keys"
 AT_THE_TIME = "revision 54, with 18 user keys"
 """What lose_etcd's writes make etcd hold (a revision a write): the pages show them, as promises (DocsRunner.promise):
 the newest backup (after monday's and tuesday's writes), the last delta, the moment between first and second."""
+ENCRYPTED_BACKUP = "revision 27, 6 user keys"  # write_keys("secret", 25) on a fresh etcd: keys 1 to 6 of 7 left
 
 RUN_BY_THE_TESTS: dict[str, tuple[str, ...]] = {
     RESTORE: ("1. Find the backup", "3. Restore one member", "4. Restore a three-member cluster",
@@ -206,6 +207,7 @@ def test_the_restore_runbook_opens_encrypted_signed_backups_in_s3_with_the_servi
     service.stop_worker()  # the service is down: only its store is left
     runner = runbook(tmp_path / "encrypted", service)
     runner.map("/etc/etcd-backup/age-identity.txt", str(identity_file))
+    runner.promise(ENCRYPTED_BACKUP)
     runner.map("snapshot-20261207_030000.tar.gz.age", name)
     (runner.work / name).write_bytes(service.read_backup(name))  # the file, copied from the bucket
     members(runner, runner.work, MEMBERS[:1])
