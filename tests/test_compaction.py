@@ -182,8 +182,8 @@ def test_compacted_backups_equal_etcd_at_their_revision_and_bound_what_a_restore
                            "--data-dir", str(data_dir), timeout=180)
         assert done.returncode == 0, done.stderr
         expected_events = events_between(store, starts.revision, target)
-        applied = f"applied {count(expected_events, 'event')} of"
-        assert f"{starts.filename}: " in done.stdout and applied in done.stdout, \
+        said = f"applied {count(expected_events, 'event')} of"
+        assert f"{starts.filename}: " in done.stdout and said in done.stdout, \
             (label, starts.filename, expected_events, done.stdout)
         assert served(data_dir) == kvs(own_etcd.url, target), label
         applied[label] = expected_events
