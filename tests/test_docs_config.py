@@ -176,12 +176,12 @@ DEMO = str(ROOT / "examples" / "demo.sh")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ctrl_c", ["make demo on a terminal", "demo.sh on a terminal", "SIGINT to its group",
-                                    "SIGINT to the script"])
+@pytest.mark.parametrize("ctrl_c", ["make demo on a terminal", "SIGINT to its group"])  # demo.sh's two paths
 def test_the_demo_backs_up_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ctrl_c: str) -> None:
     """examples/demo.sh on free ports: a POST backs up its etcd; Ctrl+C stops etcd and the service, exit 0, no
-    traceback. Typed on a terminal, under make as `make demo` runs it (make must not die of it, "Interrupt") and
-    alone; and without a terminal, SIGINT to its process group or to the script alone."""
+    traceback. Typed on a terminal, under make as `make demo` runs it (make must not die of it, "Interrupt"); and
+    without a terminal, SIGINT to its process group (demo.sh alone on a terminal and SIGINT to the script alone
+    take the same two paths: they were tried when it was written, and left out for CI's time)."""
     ports = {"DEMO_PORT": free_port(), "DEMO_ETCD_PORT": free_port(), "DEMO_ETCD_PEER_PORT": free_port()}
     demo_dir = tmp_path / "demo"
     env = {**os.environ, **{key: str(port) for key, port in ports.items()}, "DEMO_DIR": str(demo_dir),
@@ -190,8 +190,6 @@ def test_the_demo_backs_up_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ctrl_c: s
     if ctrl_c == "make demo on a terminal":  # the Makefile's recipe, in a Makefile of the test's own
         (tmp_path / "Makefile").write_text(f".PHONY: demo\ndemo:\n\t{DEMO}\n")
         terminal = _Terminal(["make", "-s", "-C", str(tmp_path), "demo"], env)
-    elif ctrl_c == "demo.sh on a terminal":
-        terminal = _Terminal([DEMO], env)
     demo = terminal.proc if terminal is not None else subprocess.Popen(
         [DEMO], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -202,10 +200,8 @@ def test_the_demo_backs_up_and_stops_cleanly_on_ctrl_c(tmp_path: Path, ctrl_c: s
         assert len(_processes_naming(str(demo_dir))) >= 2  # etcd and the service, before Ctrl+C
         if terminal is not None:
             terminal.ctrl_c()
-        elif ctrl_c == "SIGINT to its group":
-            os.killpg(demo.pid, signal.SIGINT)
         else:
-            demo.send_signal(signal.SIGINT)
+            os.killpg(demo.pid, signal.SIGINT)
         if terminal is not None:
             demo.wait(timeout=60)
             output = terminal.output()

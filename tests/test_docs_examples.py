@@ -131,7 +131,7 @@ def runbook(work: Path, service: Service) -> DocsRunner:
 
 
 @pytest.mark.slow
-def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_three(
+def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_on_three_and_at_a_time_and_refuses_as_said(
         lost_cluster: LostCluster, tmp_path: Path) -> None:
     lost = lost_cluster
     with served_over_http(lost.service) as url:
@@ -175,6 +175,20 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_and_on_thre
         assert kvs(restored.url) == lost.held_at(lost.middle), "the point in time is the lost etcd at that moment"
     finally:
         restored.stop()
+
+    # Last, as it damages the store: the refusals, each what the page shows, and nothing left behind.
+    refused = runbook(tmp_path / "refused", lost.service)
+    refused.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
+    members(refused, refused.work, MEMBERS[:1])
+    (refused.work / "10.0.0.1" / "etcd.lost" / "member").mkdir(parents=True)  # step 2's data dir set aside
+    deltas = lost.service.store.list_deltas()
+    damaged = lost.service.config.backup_dir / deltas[len(deltas) // 2]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    for block in sections(RESTORE, "When a restore refuses"):
+        refused.run_block(block)
+    assert list((refused.work / "10.0.0.1").iterdir()) == [refused.work / "10.0.0.1" / "etcd.lost"], "nothing left"
 
 
 def test_every_console_block_is_run() -> None:
@@ -289,20 +303,3 @@ def test_the_readmes_quick_start_works_as_written_on_the_demo(tmp_path: Path) ->
         assert len(restored := list((work / "demo" / "restored").iterdir())) == 1 and restored[0].name == "member"
     finally:
         stop_process(demo)
-
-
-@pytest.mark.slow
-def test_the_runbooks_refusals_are_those_the_page_shows(lost_cluster: LostCluster, tmp_path: Path) -> None:
-    lost = lost_cluster
-    runner = runbook(tmp_path / "refused", lost.service)
-    runner.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
-    members(runner, runner.work, MEMBERS[:1])
-    (runner.work / "10.0.0.1" / "etcd.lost" / "member").mkdir(parents=True)  # step 2's data dir set aside
-    deltas = lost.service.store.list_deltas()
-    damaged = lost.service.config.backup_dir / deltas[len(deltas) // 2]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    damaged.write_bytes(bytes(data))
-    (block,) = sections(RESTORE, "When a restore refuses")
-    runner.run_block(block)
-    assert list((runner.work / "10.0.0.1").iterdir()) == [runner.work / "10.0.0.1" / "etcd.lost"], "nothing left"
