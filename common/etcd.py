@@ -128,14 +128,11 @@ Qualify: TypeAlias = "Callable[[grpc.Channel, Metadata, etcdrpc.StatusResponse, 
 """Checks a member that answered; raises NotCurrent to pass it over."""
 
 
-def connect(config: EtcdConfig, prove: bool = True, wait_for_ready: bool = False) -> EtcdConnection:
+def connect(config: EtcdConfig, prove: bool = True) -> EtcdConnection:
     """Return a connection to the first endpoint, in configured order, that answers in time and
     proves current: a member cut off from the quorum answers too, with old data. `prove=False` skips
-    the proof (a throwaway single member, whose auth may not let us read). `wait_for_ready`: an endpoint that
-    refuses the connection is tried again until its timeout (gRPC's wait-for-ready), for an etcd that is starting
-    (recovery.throwaway); else it fails at once."""
-    return _first_qualifying(config, prove_current if prove else _anyone, "no current etcd member answered",
-                             wait_for_ready)
+    the proof (a throwaway single member, whose auth may not let us read)."""
+    return _first_qualifying(config, prove_current if prove else _anyone, "no current etcd member answered")
 
 
 def connect_leaderless(config: EtcdConfig) -> EtcdConnection:
@@ -145,8 +142,7 @@ def connect_leaderless(config: EtcdConfig) -> EtcdConnection:
     return _first_qualifying(config, _without_leader, "no etcd member without a leader answered")
 
 
-def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str,
-                      wait_for_ready: bool = False) -> EtcdConnection:
+def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str) -> EtcdConnection:
     import grpc
     from etcd3 import etcdrpc
 
@@ -154,9 +150,9 @@ def _first_qualifying(config: EtcdConfig, qualify: Qualify, none_did: str,
     for endpoint in config.endpoints:
         channel = _open_channel(endpoint, config)
         try:
-            metadata = _authenticate(channel, config, wait_for_ready)
+            metadata = _authenticate(channel, config)
             status = etcdrpc.MaintenanceStub(channel).Status(
-                etcdrpc.StatusRequest(), timeout=config.timeout, metadata=metadata, wait_for_ready=wait_for_ready
+                etcdrpc.StatusRequest(), timeout=config.timeout, metadata=metadata
             )
             currency = qualify(channel, metadata, status, config.timeout)
         except (grpc.RpcError, NotCurrent) as exc:
@@ -262,7 +258,7 @@ def _open_channel(endpoint: str, config: EtcdConfig) -> grpc.Channel:
     return grpc.insecure_channel(target, options=options)
 
 
-def _authenticate(channel: grpc.Channel, config: EtcdConfig, wait_for_ready: bool = False) -> Metadata:
+def _authenticate(channel: grpc.Channel, config: EtcdConfig) -> Metadata:
     """Exchange username/password for a token; return the metadata that carries it."""
     if config.username is None or config.password is None:
         return ()
@@ -270,6 +266,6 @@ def _authenticate(channel: grpc.Channel, config: EtcdConfig, wait_for_ready: boo
 
     response = etcdrpc.AuthStub(channel).Authenticate(
         etcdrpc.AuthenticateRequest(name=config.username, password=config.password),
-        timeout=config.timeout, wait_for_ready=wait_for_ready,
+        timeout=config.timeout,
     )
     return (("token", response.token),)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -125,7 +126,7 @@ def throwaway_etcd(work: Path, data_dir: Path, username: str | None, password: s
             (short / "w").symlink_to(work.resolve())
             access = EtcdConfig(endpoints=(f"unix://{short / 'w' / CLIENT_SOCKET}",), timeout=START_TIMEOUT,
                                 username=username, password=password)
-            with _connect_when_up(access, process, work / CLIENT_SOCKET) as connection:
+            with _connect_when_up(access, process, work / CLIENT_SOCKET, short / "w" / CLIENT_SOCKET) as connection:
                 yield connection
     finally:
         process.terminate()
@@ -137,26 +138,48 @@ def throwaway_etcd(work: Path, data_dir: Path, username: str | None, password: s
 
 
 LISTEN_POLL = 0.02
-"""Seconds between two looks for etcd's client socket while it starts."""
+"""Seconds between two looks at etcd while it starts: its client socket, then its health."""
+HEALTH_TIMEOUT = 1.0
+"""Seconds one look at etcd's health may take (etcd answers in ms once it listens)."""
+MAX_HEALTH_ANSWER = 64 << 10
 
 
-def _connect_when_up(access: EtcdConfig, process: subprocess.Popen[bytes], socket: Path) -> etcd.EtcdConnection:
-    """Connect once etcd listens on `socket`. Nothing connects before: a connection to a socket not made yet fails,
-    and etcd.connect warns of every endpoint that fails (right for the cluster's etcd; for this one, starting, it
-    was a warning after every successful drill and restore). Once it listens, one connect waits (gRPC's
-    wait-for-ready) until etcd serves, which it does once it has elected itself."""
+def _connect_when_up(access: EtcdConfig, process: subprocess.Popen[bytes], socket_file: Path,
+                     short_socket: Path) -> etcd.EtcdConnection:
+    """Connect once etcd serves, on `socket_file` (`short_socket`: the same, by a path short enough to connect
+    to). Nothing connects over gRPC before: a connection to a socket not made yet fails, and etcd.connect warns of
+    every endpoint that fails (right for the cluster's etcd; for this one, starting, it was a warning after every
+    successful drill and restore). Its health is asked instead, over the socket, until it has elected itself; and
+    between two asks, whether it still runs: an etcd that dies once it listens is said at once (a gRPC connect
+    waiting for it to serve waited out the whole START_TIMEOUT, a minute, for a process that was gone)."""
     deadline = time.monotonic() + START_TIMEOUT
-    while not socket.is_socket():
+    while not (socket_file.is_socket() and _serves(short_socket)):
         if process.poll() is not None:
             raise ThrowawayFailed(f"the restored etcd exited with status {process.returncode}")
         if time.monotonic() > deadline:
-            raise ThrowawayFailed(f"the restored etcd did not listen within {START_TIMEOUT:g}s")
+            raise ThrowawayFailed(f"the restored etcd did not serve within {START_TIMEOUT:g}s")
         time.sleep(LISTEN_POLL)
     waiting = replace(access, timeout=max(deadline - time.monotonic(), 1.0))
     try:
-        return etcd.connect(waiting, prove=False, wait_for_ready=True)  # one member of its own: current by definition
+        return etcd.connect(waiting, prove=False)  # one member of its own: current by definition
     except etcd.EtcdUnavailable as exc:
         status = process.poll()
         if status is not None:
             raise ThrowawayFailed(f"the restored etcd exited with status {status}") from None
         raise ThrowawayFailed(f"the restored etcd did not answer: {exc}") from None
+
+
+def _serves(socket_path: Path) -> bool:
+    """etcd's /health, asked over its client socket (etcd serves HTTP there beside gRPC), says true: it has a
+    leader, itself. With auth on too: /health needs no user (etcd 3.4 and 3.5, tried)."""
+    answer = b""
+    try:
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.settimeout(HEALTH_TIMEOUT)
+            connection.connect(str(socket_path))
+            connection.sendall(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")
+            while len(answer) < MAX_HEALTH_ANSWER and (chunk := connection.recv(4096)):
+                answer += chunk
+    except OSError:
+        return False
+    return answer.startswith(b"HTTP/1.0 200") and b'"health":"true"' in answer

@@ -5,6 +5,7 @@ refused in one line that shows the forms taken; a time past the newest data says
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from harness.processes import stop_process, wait_until
 from harness.report import Report
 from harness.servers import EtcdServer
 from harness.writer import keys_at
+from recovery.throwaway import START_TIMEOUT, EtcdBinary, ThrowawayFailed, throwaway_etcd
 from tests.test_deltas import restored
 from tests.test_restore_latest import ONE_AS_MANY, deltas_after_a_backup, restore_host_config
 
@@ -92,3 +94,32 @@ def test_a_time_without_a_zone_or_no_time_is_refused_in_one_line(given: str, tmp
     if given.startswith("2026-12-07"):
         assert "has no zone" in lines[0] and "2026-12-07T00:21:57Z" in lines[0] and "1796602917" in lines[0], lines
     assert not (tmp_path / "restored").exists()
+
+
+FAKE_ETCD = """#!/usr/bin/env python3
+# An etcd that dies once it listens (a database it panics on): its client socket is made, and stays behind.
+import socket, sys, time
+url = sys.argv[sys.argv.index("--listen-client-urls") + 1]
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(url.removeprefix("unix://"))
+listener.listen()
+time.sleep(0.5)
+sys.exit(7)
+"""
+
+
+def test_a_throwaway_etcd_that_dies_once_it_listens_is_said_at_once(tmp_path: Path) -> None:
+    """The throwaway etcd (drill, point-in-time restore, standby) is waited for by its health, and between two
+    looks by whether it still runs: one that dies after making its socket is said within seconds. (A gRPC connect
+    that waited for it to serve waited out the whole start timeout, a minute: the standby's adversary test, whose
+    throwaway etcd is killed as it starts, took 74 s instead of 14.)"""
+    fake = tmp_path / "etcd"
+    fake.write_text(FAKE_ETCD)
+    fake.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    began = time.monotonic()
+    with pytest.raises(ThrowawayFailed, match="exited with status 7"), \
+            throwaway_etcd(work, work / "data", None, None, EtcdBinary(str(fake), "3.4.23")):
+        pass
+    assert time.monotonic() - began < START_TIMEOUT / 6
