@@ -38,6 +38,7 @@ from harness.servers import EtcdServer
 from harness.writer import current_revision
 from recovery.client import UsageError
 from tests.test_deltas import deltas_during_writes
+from tests.test_restore_latest import backup_and_a_newer_unsigned_copy
 from tests.test_status import field, status_json
 
 
@@ -96,10 +97,7 @@ def test_an_s3_object_read_without_the_config_says_its_signature_was_not_checked
     and it verifies good. The operator, who may believe the page's "verify checks ... its signature", is told on
     the line that says good that no signature was checked; with the config, it is refused."""
     service = s3_service(signing=signing(tmp_path))
-    name = service.client.post("/api/v1/backup").get_json()["filename"]
-    taken = datetime.strptime(name, "snapshot-%Y%m%d_%H%M%S.tar.gz")
-    planted = f"snapshot-{taken + timedelta(seconds=30):%Y%m%d_%H%M%S}.tar.gz"
-    service.plant(planted, service.read_backup(name))
+    name, planted = backup_and_a_newer_unsigned_copy(service)
     s3 = service.config.s3
     assert s3 is not None
     aws = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": seaweedfs.endpoint,

@@ -188,6 +188,16 @@ def test_restore_latest_of_an_encrypted_local_store_and_through_the_service(
     assert restored(tmp_path / "from-service", prefix) == expected
 
 
+def backup_and_a_newer_unsigned_copy(service: Service) -> tuple[str, str]:
+    """A backup taken, and a copy of it planted unsigned under a name 30 s newer, as a bucket writer could: the
+    names of both."""
+    name = service.client.post("/api/v1/backup").get_json()["filename"]
+    taken = datetime.strptime(name, "snapshot-%Y%m%d_%H%M%S.tar.gz")
+    planted = f"snapshot-{taken + timedelta(seconds=30):%Y%m%d_%H%M%S}.tar.gz"
+    service.plant(planted, service.read_backup(name))
+    return name, planted
+
+
 def test_with_a_signing_config_latest_and_s3_take_only_the_services_signed_backups(
         s3_service: Callable[..., Service], seaweedfs: S3Server, etcd: EtcdServer, tmp_path: Path,
         report: Report) -> None:
@@ -197,10 +207,7 @@ def test_with_a_signing_config_latest_and_s3_take_only_the_services_signed_backu
     keys = signing(tmp_path)
     service = s3_service(signing=keys)
     put_keys(etcd, f"/signed-{tmp_path.name}/", 2)
-    name = service.client.post("/api/v1/backup").get_json()["filename"]
-    taken = datetime.strptime(name, "snapshot-%Y%m%d_%H%M%S.tar.gz")
-    planted = f"snapshot-{taken + timedelta(seconds=30):%Y%m%d_%H%M%S}.tar.gz"
-    service.plant(planted, service.read_backup(name))
+    name, planted = backup_and_a_newer_unsigned_copy(service)
     s3 = service.config.s3
     assert s3 is not None
     config = restore_host_config(tmp_path / "restore-host.yml", service, signing={"verify-key": keys["verify-key"]})
