@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from cli.recovery import DEFAULT_URL, URL_ENV, duration, service_options
-from cli.startup import read_config
 from cli.tree import Commands, add_command
 from common import present, recovery_text
+from common.startup import read_config
 from common.storage import StorageError, open_store
 from recovery.client import Client, ClientError, UsageError, one_line
 

@@ -181,7 +181,6 @@ class DocsRunner:
         self.env = environment({"PATH": f"{BIN_DIR}:{os.environ['PATH']}", "ETCDCTL_API": "3", **(env or {})})
         self.daemons: list[subprocess.Popen[bytes]] = []
         self.starting = False  # daemons were started since the last command
-        self.ran: list[str] = []  # every command run, as the test ran it
         self.promised: list[str] = []  # documented text printed as written wherever the page shows it (promise)
 
     def map(self, documented: str, actual: str) -> None:
@@ -216,7 +215,6 @@ class DocsRunner:
 
     def run(self, command: Command, block: Block, timeout: float = 180) -> str:
         actual = self.to_actual(command.text, command.host)
-        self.ran.append(actual)
         where = f"{block.document}:{command.line}"
         if command.background:
             assert not command.expected, f"{where}: a background command shows no output"

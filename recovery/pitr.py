@@ -144,16 +144,10 @@ def newest_stored_revision(store: BackupStore, now: datetime) -> int:
     return max([metadata.revision, *deltas])
 
 
-def unbroken_from(store: BackupStore, revision: int, identities: list[Identity]) -> tuple[list[str], int]:
-    """The deltas that follow `revision` without a break, up to the end of what is stored or the first missing or
-    damaged delta, and the revision they reach (worker.compact compacts no further)."""
-    deltas, reached, _ = stored_after(store, revision, identities)
-    return deltas, reached
-
-
 def stored_after(store: BackupStore, revision: int, identities: list[Identity],
                  until: int = END_OF_DELTAS) -> tuple[list[str], int, str]:
-    """As unbroken_from, up to revision `until` at most (the delta that holds it is read and checked whole), and
+    """The deltas that follow `revision` without a break, up to the end of what is stored, the first missing or
+    damaged delta, or revision `until` at most (the delta that holds it is read and checked whole), and
     why they stop there if a missing or damaged delta stops them ("" if they reach the end of what is stored):
     worker.standby follows the deltas until a break, then starts again from a newer backup."""
     chain = _chain(store, revision, until, identities)

@@ -11,8 +11,8 @@ import pytest
 import redis
 from pyrage import x25519
 
-from cli.startup import prepare_backup_dir
 from common.config import load_config
+from common.startup import prepare_backup_dir
 from harness.files import write_config as write_config_file
 from harness.fill import ETCD_FLAGS, fill
 from harness.image import ContainerImage, built_image
@@ -191,7 +191,7 @@ def make_service(
     def make(worker: bool = True, **overrides: Any) -> Service:
         overrides.setdefault("redis_url", redis_server.url)
         config = load_config(write_config(**overrides))
-        prepare_backup_dir(config)  # as every process does at start-up (cli.startup)
+        prepare_backup_dir(config)  # as every process does at start-up (common.startup)
         service = Service(config, redis_conn)
         if worker:
             service.start_worker()

@@ -35,13 +35,13 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cli.startup import prepare_backup_dir
 from common.clock import redis_clock
 from common.config import load_config
 from common.etcd_seen import SEEN_KEY
 from common.queue import PENDING_KEY, PUBLISHED_META, job_queue
 from common.recovery_window import CURRENT_SLACK_SECONDS, STATS_KEY
 from common.redis_tools import text
+from common.startup import prepare_backup_dir
 from harness.browser import chromium
 from harness.cli import COMMAND, environment
 from harness.deployment import Deployment

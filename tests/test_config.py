@@ -17,7 +17,6 @@ import redis
 import yaml
 from pyrage import x25519
 
-from cli.startup import prepare_backup_dir
 from common.config import (
     Config,
     ConfigError,
@@ -28,6 +27,7 @@ from common.config import (
     split_listen,
 )
 from common.queue import connect
+from common.startup import prepare_backup_dir
 from harness.files import write_private
 from harness.in_process import ConfigFactory
 from harness.pki import certificate_and_key
@@ -709,7 +709,7 @@ def test_every_process_refuses_a_config_whose_secrets_others_can_read_with_one_l
 
 def test_a_process_that_never_connects_to_etcd_reads_none_of_its_credentials(write_config: ConfigFactory,
                                                                              tmp_path: Path) -> None:
-    """The Procfile's web (cli.startup.load_web_config): etcd's TLS files need not exist where it runs, and its
+    """The Procfile's web (common.startup.load_web_config): etcd's TLS files need not exist where it runs, and its
     password is not kept; their keys are still checked for type."""
     absent = tmp_path / "not-mounted"
     path = write_config(etcd_overrides={"tls-ca-file": str(absent / "ca.pem"), "tls-cert-file": str(absent / "c.pem"),

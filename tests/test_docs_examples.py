@@ -103,14 +103,14 @@ def lost_cluster(make_service: Callable[..., Service], redis_conn: redis.Redis, 
     return lose_etcd(make_service, redis_conn, tmp_path)
 
 
-def members(runner: DocsRunner, work: Path, hosts: tuple[str, ...] = MEMBERS) -> dict[str, str]:
+def members(runner: DocsRunner, hosts: tuple[str, ...] = MEMBERS) -> dict[str, str]:
     """Map each host's etcd ports and data dir to fresh ones of this test; return each host's client URL."""
     urls = {}
     for host in hosts:
         client_port, peer_port = free_port(), free_port()
         runner.map(f"{host}:2379", f"127.0.0.1:{client_port}")
         runner.map(f"{host}:2380", f"127.0.0.1:{peer_port}")
-        var_lib = work / host  # /var/lib on that host: etcd's data dir, and the restore's staging dirs beside it
+        var_lib = runner.work / host  # /var/lib on that host: etcd's data dir, and the restore's staging dirs beside it
         var_lib.mkdir(parents=True)
         runner.map_on_host(host, "/var/lib", str(var_lib))
         urls[host] = f"http://127.0.0.1:{client_port}"
@@ -143,7 +143,7 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_on_three_an
     one = runbook(tmp_path / "one", lost.service)
     for promised in (NEWEST_BACKUP, AT_THE_END, f'"Revision" : {DOCUMENTED_REVISION}'):
         one.promise(promised)
-    urls = members(one, one.work, MEMBERS[:1])
+    urls = members(one, MEMBERS[:1])
     try:
         for block in sections(RESTORE, "3. Restore one member"):
             one.run_block(block)
@@ -154,7 +154,7 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_on_three_an
     three = runbook(tmp_path / "three", lost.service)
     three.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
     three.promise(f'"Revision" : {DOCUMENTED_REVISION}')
-    urls = members(three, three.work)
+    urls = members(three)
     try:
         for block in sections(RESTORE, "4. Restore a three-member cluster"):
             three.run_block(block)
@@ -167,7 +167,7 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_on_three_an
     past.map(DOCUMENTED_TIME, lost.middle_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
     past.promise(NEWEST_BACKUP)
     past.promise(AT_THE_TIME)
-    members(past, past.work, MEMBERS[:1])
+    members(past, MEMBERS[:1])
     for block in sections(RESTORE, "5. Restore a point in time"):
         past.run_block(block)
     restored = EtcdServer(past.work / "10.0.0.1" / "etcd", name="etcd0").start()
@@ -179,7 +179,7 @@ def test_the_restore_runbook_brings_back_the_lost_etcd_on_one_member_on_three_an
     # Last, as it damages the store: the refusals, each what the page shows, and nothing left behind.
     refused = runbook(tmp_path / "refused", lost.service)
     refused.map(f"--to-revision {DOCUMENTED_REVISION}", f"--to-revision {lost.end}")
-    members(refused, refused.work, MEMBERS[:1])
+    members(refused, MEMBERS[:1])
     (refused.work / "10.0.0.1" / "etcd.lost" / "member").mkdir(parents=True)  # step 2's data dir set aside
     deltas = lost.service.store.list_deltas()
     damaged = lost.service.config.backup_dir / deltas[len(deltas) // 2]
@@ -224,7 +224,7 @@ def test_the_restore_runbook_opens_encrypted_signed_backups_in_s3_with_the_servi
     runner.promise(ENCRYPTED_BACKUP)
     runner.map("snapshot-20261207_030000.tar.gz.age", name)
     (runner.work / name).write_bytes(service.read_backup(name))  # the file, copied from the bucket
-    members(runner, runner.work, MEMBERS[:1])
+    members(runner, MEMBERS[:1])
     data_dir = runner.work / "10.0.0.1" / "etcd"
     blocks = list(sections(RESTORE, "6. Encrypted backups"))
     assert len(blocks) == 2
@@ -258,7 +258,7 @@ def test_the_readmes_restore_now_brings_back_the_lost_etcd_from_a_signed_bucket_
         runner.promise(promised)
     runner.map("s3://etcd-backups/cluster-1/", runner.mapping.pop("s3://etcd-backups/"))  # the README's config
     runner.map("snapshot-20261207_030000.tar.gz", lost.service.store.list_backups()[-1])
-    urls = members(runner, runner.work)
+    urls = members(runner)
     one_member, three_members, to_time, verify, start, check = sections(README, "etcd lost its data? Restore now")
     runner.run_block(one_member)
     assert restored_on(runner, "10.0.0.1") == lost.held_at(lost.end)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from cli.startup import prepare_backup_dir
 from common.config import load_config
 from common.etcd_seen import FRESH_SECONDS, MAX_REPORT_BYTES, SEEN_KEY
+from common.startup import prepare_backup_dir
 from harness.in_process import ConfigFactory, Service
 from harness.servers import EtcdServer
 

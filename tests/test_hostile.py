@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from api.meta import OPENAPI_PATH
-from cli.startup import prepare_backup_dir
 from common.config import API_TOKEN_ENV, ConfigError, parse_config
 from common.queue import QUEUE_NAME
+from common.startup import prepare_backup_dir
 from harness.deployment import Deployment, start
 from harness.in_process import Service
 from harness.pki import make_tls_files

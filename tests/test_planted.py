@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from cli.startup import start_up
 from common import backups, retention
+from common.startup import start_up
 from common.storage import LocalStore
 from common.storage.local import temp_name
 from harness.in_process import ConfigFactory, Service

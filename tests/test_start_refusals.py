@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pyrage import x25519
 
-from cli.startup import prepare_backup_dir
 from common.config import ConfigError, load_config, parse_config
 from common.queue import connect
+from common.startup import prepare_backup_dir
 from harness.cli import environment, etcd_backup
 from harness.files import write_config, write_private
 from harness.in_process import Service

@@ -14,10 +14,10 @@ import grpc
 import pytest
 import redis
 
-from cli.startup import prepare_backup_dir
 from common.config import load_config
 from common.etcd import EtcdConnection
 from common.queue import LOCK_KEY
+from common.startup import prepare_backup_dir
 from common.storage import LocalStore
 from common.storage.local import temp_name
 from harness.in_process import ConfigFactory, Service

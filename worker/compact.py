@@ -47,7 +47,7 @@ from recovery.pitr import (
     head_revision,
     identities_of,
     read_delta,
-    unbroken_from,
+    stored_after,
 )
 from recovery.restore import RestoreError
 from recovery.verify import CannotVerify, VerifyError
@@ -127,7 +127,7 @@ def run_compaction(config: Config, connection: redis.Redis, job_id: str) -> Comp
 def _compact(config: Config, store: BackupStore, connection: redis.Redis, job_id: str, base: str,
              metadata: BackupMetadata, began: float) -> tuple[str, int]:
     identities = identities_of(config.identity_file)
-    deltas, reached = unbroken_from(store, metadata.revision, identities)
+    deltas, reached, _ = stored_after(store, metadata.revision, identities)  # compacted no further than a break
     last = parse_delta_name(deltas[-1]) if deltas else None
     if last is None or last.last != reached or reached - metadata.revision < config.compact_after_revisions:
         raise NotCompacted(f"the deltas after it break at revision {reached}, fewer than compact-after-revisions "
